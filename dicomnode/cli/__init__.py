@@ -1,0 +1,27 @@
+"""The ``dicomnode`` command line (typer). Each command group lives in its own module."""
+
+from __future__ import annotations
+
+import typer
+
+from dicomnode.cli import imaging, node, quantify, queue, rules
+
+
+def build_app() -> typer.Typer:
+    app = typer.Typer(
+        name="dicomnode",
+        help="A DICOM node between scanners and the PACS: receive, route, process, send.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
+    node.register(app)
+    rules.register(app)
+    imaging.register(app)
+    quantify.register(app)
+    queue.register(app)
+    return app
+
+
+def main() -> None:
+    build_app()()

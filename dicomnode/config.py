@@ -1,0 +1,287 @@
+"""Configuration: frozen pydantic v2 models loaded from YAML plus ``DICOMNODE_*`` environment overrides.
+
+Environment overrides use a double underscore between levels, e.g. ``DICOMNODE_NODE__PORT=11113`` sets
+``node.port`` and ``DICOMNODE_DESTINATIONS__PACS__PORT=4243`` sets ``destinations.pacs.port``. Values are
+parsed as YAML scalars/lists (``DICOMNODE_NODE__ALLOWED_CALLING_AETS='[CT1, MR2]'``).
+
+Every validation error is reported with the dotted key and the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from dicomnode.errors import ConfigError
+
+ENV_PREFIX = "DICOMNODE_"
+DEFAULT_CONFIG_ENV = "DICOMNODE_CONFIG"
+_AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable ASCII without backslash
+
+
+def _check_ae(value: str) -> str:
+    stripped = value.strip()
+    if not stripped or not _AE_RE.match(value):
+        raise ValueError(f"'{value}' is not a valid AE title (1-16 printable characters, no backslash)")
+    return stripped
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TLSConfig(_Model):
+    """DICOM TLS. For the listener: our certificate/key, and a CA bundle to verify clients with."""
+
+    enabled: bool = False
+    cert: Path | None = None
+    key: Path | None = None
+    ca: Path | None = None
+    require_client_cert: bool = False
+    verify_peer: bool = True  # when sending: verify the peer's certificate against ``ca``
+
+    @model_validator(mode="after")
+    def _files_given(self) -> TLSConfig:
+        if self.enabled and (self.cert is None or self.key is None) and self.require_client_cert:
+            raise ValueError("tls.enabled with require_client_cert needs both 'cert' and 'key'")
+        return self
+
+
+class NodeConfig(_Model):
+    ae_title: str = "DICOMNODE"
+    host: str = "0.0.0.0"
+    port: int = Field(11112, ge=1, le=65535)
+    allowed_calling_aets: list[str] = Field(default_factory=list)  # empty = any
+    require_called_aet: bool = True  # the called AE must equal ae_title
+    max_associations: int = Field(16, ge=1, le=1000)
+    acse_timeout: float = Field(30.0, gt=0)
+    dimse_timeout: float = Field(60.0, gt=0)
+    network_timeout: float = Field(120.0, gt=0)
+    max_pdu_size: int = Field(262144, ge=0)  # 0 = unlimited
+    tls: TLSConfig = Field(default_factory=TLSConfig)
+
+    _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae(v)))
+
+    @field_validator("allowed_calling_aets")
+    @classmethod
+    def _aets(cls, values: list[str]) -> list[str]:
+        return [_check_ae(v) for v in values]
+
+
+class StorageConfig(_Model):
+    path: Path = Path("./dicomnode-data")
+    fsync: bool = True  # fsync every instance (and its directory) before Success
+    min_free_mb: int = Field(1024, ge=0)  # refuse new associations below this much free space
+    max_used_percent: float = Field(95.0, gt=0, le=100)  # ... or above this fill level
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.path / "spool"
+
+    @property
+    def database_path(self) -> Path:
+        return self.path / "dicomnode.sqlite3"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.path / "jobs"
+
+
+class CompletionConfig(_Model):
+    series_quiet_seconds: float = Field(30.0, ge=0)
+    study_quiet_seconds: float = Field(60.0, ge=0)
+    check_interval_seconds: float = Field(1.0, gt=0)
+
+
+class RulesConfig(_Model):
+    path: Path = Path("rules")
+    watch: bool = True  # hot-reload on file change (SIGHUP always reloads)
+
+
+class ProcessingConfig(_Model):
+    executor: Literal["local", "celery"] = "local"
+    workers: int = Field(1, ge=1, le=64)
+    job_timeout_seconds: float = Field(1800.0, gt=0)
+    max_attempts: int = Field(2, ge=1)
+    itk_threads: int = Field(1, ge=1)
+    broker_url: str | None = None
+
+
+class ViewerProfile(_Model):
+    """What a destination's viewers can display."""
+
+    seg_omit_empty_frames: bool = True
+    secondary_capture: bool = False  # also send burned-in outlines for viewers without SEG/SR support
+    send_seg: bool = True
+    send_enhanced: bool = True
+    send_sr: bool = True
+
+
+class DestinationConfig(_Model):
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+    calling_ae_title: str | None = None  # default: node.ae_title
+    tls: TLSConfig = Field(default_factory=TLSConfig)
+    transfer_syntaxes: list[str] = Field(default_factory=list)  # empty = Explicit VR LE, Implicit VR LE
+    profile: ViewerProfile = Field(default_factory=ViewerProfile)
+    deidentify: bool = False
+    timeout: float = Field(60.0, gt=0)
+
+    _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae(v)))
+
+
+class OutboxConfig(_Model):
+    backoff_initial_seconds: float = Field(30.0, ge=0)
+    backoff_max_seconds: float = Field(3600.0, gt=0)
+    max_attempts: int = Field(20, ge=1)
+    batch_size: int = Field(500, ge=1)
+    poll_seconds: float = Field(1.0, gt=0)
+
+
+class MetricsConfig(_Model):
+    port: int = Field(9112, ge=0, le=65535)  # 0 = off
+    host: str = "127.0.0.1"
+
+
+class LoggingConfig(_Model):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["auto", "json", "text"] = "auto"
+    include_phi: bool = False  # patient names/IDs in logs only when explicitly enabled
+
+
+class RetentionConfig(_Model):
+    enabled: bool = False
+    keep_days: float = Field(30.0, gt=0)
+
+
+class SecurityConfig(_Model):
+    deidentification_secret: str | None = None  # keyed hash for pseudonymous UIDs/IDs
+
+
+class ConsoleConfig(_Model):
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    admin_password_hash: str | None = None
+    proxy_user_header: str | None = None
+    secret_key: str | None = None
+
+
+class Config(_Model):
+    node: NodeConfig = Field(default_factory=NodeConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    completion: CompletionConfig = Field(default_factory=CompletionConfig)
+    rules: RulesConfig = Field(default_factory=RulesConfig)
+    processing: ProcessingConfig = Field(default_factory=ProcessingConfig)
+    destinations: dict[str, DestinationConfig] = Field(default_factory=dict)
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
+    console: ConsoleConfig = Field(default_factory=ConsoleConfig)
+
+    @field_validator("destinations")
+    @classmethod
+    def _destination_names(cls, value: dict[str, DestinationConfig]) -> dict[str, DestinationConfig]:
+        for name in value:
+            if not re.match(r"^[A-Za-z0-9_.-]+$", name):
+                raise ValueError(f"destination name '{name}' may only contain letters, digits, '_', '.', '-'")
+        return value
+
+    def destination(self, name: str) -> DestinationConfig:
+        try:
+            return self.destinations[name]
+        except KeyError:
+            known = ", ".join(sorted(self.destinations)) or "none"
+            raise ConfigError(f"Destination '{name}' is not configured (configured: {known}).") from None
+
+
+def _format_validation_error(error: ValidationError, source: str) -> str:
+    lines = [f"Invalid configuration in {source}:"]
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        reason = item["msg"]
+        if item["type"] == "extra_forbidden":
+            reason = "unknown key (check the spelling; see conf/dicomnode.yaml for every option)"
+        got = item.get("input")
+        got_text = "" if item["type"] in ("extra_forbidden", "missing") else f" (got {got!r})"
+        lines.append(f"  {key}: {reason}{got_text}")
+    return "\n".join(lines)
+
+
+def _set_path(tree: dict[str, Any], keys: list[str], value: Any) -> None:
+    node = tree
+    for key in keys[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = {}
+            node[key] = child
+        node = child
+    node[keys[-1]] = value
+
+
+def _env_overrides(environ: Mapping[str, str]) -> list[tuple[list[str], Any]]:
+    overrides = []
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == DEFAULT_CONFIG_ENV:
+            continue
+        keys = [k.lower() for k in name[len(ENV_PREFIX):].split("__") if k]
+        if not keys:
+            continue
+        if keys[0] == "destinations" and len(keys) >= 2:
+            keys[1] = name[len(ENV_PREFIX):].split("__")[1]  # keep the destination's own spelling
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        overrides.append((keys, value))
+    return overrides
+
+
+def load_config(path: Path | str | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Load the configuration from ``path`` (or ``$DICOMNODE_CONFIG``) and apply environment overrides.
+
+    With no file at all the embedded defaults are used. Raises :class:`ConfigError` naming each bad key.
+    """
+    environ = os.environ if environ is None else environ
+    if path is None and environ.get(DEFAULT_CONFIG_ENV):
+        path = environ[DEFAULT_CONFIG_ENV]
+    data: dict[str, Any] = {}
+    source = "the built-in defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"Configuration file '{path}' does not exist or is not a file.")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigError(f"Configuration file '{path}' is not valid YAML{where}: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(
+                f"Configuration file '{path}' must contain a mapping at the top level, "
+                f"not {type(loaded).__name__}."
+            )
+        data = loaded
+    overrides = _env_overrides(environ)
+    for keys, value in overrides:
+        _set_path(data, keys, value)
+    if overrides:
+        source += " with " + ", ".join(ENV_PREFIX + "__".join(k).upper() for k, _ in overrides)
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from exc
+    return config
