@@ -17,7 +17,9 @@ T = TypeVar("T")
 
 ConfigOption = Annotated[
     Path | None,
-    typer.Option("--config", "-c", help="YAML config file (default: $DICOMNODE_CONFIG, else built-in defaults)."),
+    typer.Option(
+        "--config", "-c", help="YAML config file (default: $DICOMNODE_CONFIG, else built-in defaults)."
+    ),
 ]
 
 
