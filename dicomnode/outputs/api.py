@@ -1,0 +1,46 @@
+"""What a pipeline hands to the result writers (SEG, derived series, SR, captures).
+
+Arrays are on the source grid in sorted-slice order: axis 0 follows the source datasets as sorted by
+position along the slice normal (the same order as ``ProcessedSeries.sources``), axes 1/2 are rows/columns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pydicom import Dataset
+
+
+@dataclass(frozen=True)
+class Segment:
+    label: str  # shown to the radiologist: "Liver", "Lung", "Left lung", "Lesion 1"
+    structure: str  # key of the coded concept: liver, spleen, lung, lung-left, lung-right, brain, neoplasm, ...
+    mask: np.ndarray  # bool, shape (slices, rows, columns)
+    color: tuple[int, int, int] = (255, 0, 0)  # display colour, RGB 0-255
+    category: str = "organ"  # organ | lesion | tissue
+
+
+@dataclass(frozen=True)
+class Provenance:
+    pipeline: str
+    pipeline_version: str
+    params: dict[str, Any]
+    params_hash: str  # sha256 of the canonical JSON of params (see outputs.uids)
+    node_version: str
+    steps: tuple[str, ...] = ()  # human-readable step names, in order (DerivationDescription)
+    rule: str = ""
+    ruleset_hash: str = ""
+
+
+@dataclass(frozen=True)
+class ProcessedSeries:
+    sources: tuple[Dataset, ...]  # source datasets sorted as the volume's slices (pixel data may be omitted)
+    segments: tuple[Segment, ...]
+    provenance: Provenance
+    enhanced: np.ndarray | None = None  # float, real units (HU for CT), shape (slices, rows, columns)
+    image: np.ndarray | None = None  # the source volume in real units, same shape (for quantification)
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)  # (slice, row, column) spacing in mm
+    window: tuple[float, float] | None = None  # (centre, width) for the organ, for the enhanced series
+    measurements: dict[str, dict[str, float]] = field(default_factory=dict)  # per segment label
