@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from dicomnode.cli import imaging, node, quantify, queue, rules
+from dicomnode.cli import health, imaging, node, quantify, queue, rules
 
 
 def build_app() -> typer.Typer:
@@ -20,6 +20,7 @@ def build_app() -> typer.Typer:
     imaging.register(app)
     quantify.register(app)
     queue.register(app)
+    health.register(app)
     return app
 
 

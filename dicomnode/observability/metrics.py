@@ -1,0 +1,268 @@
+"""Prometheus metrics of one running node, on a per-service :class:`CollectorRegistry`.
+
+The service creates one :class:`Metrics` and hands it to each stage; the stages call these methods
+(all thread-safe, all cheap):
+
+============================================  ====================================================
+call                                          metric(s)
+============================================  ====================================================
+``association_accepted()``                    ``dicomnode_associations_accepted_total``
+``association_rejected(reason)``              ``dicomnode_associations_rejected_total{reason}``
+                                              (reasons e.g. ``calling_aet``, ``called_aet``,
+                                              ``disk_full``, ``busy``, ``tls``, ``no_context``)
+``instance_received(nbytes)``                 ``dicomnode_instances_received_total``,
+                                              ``dicomnode_received_bytes_total``
+``store_failed(reason)``                      ``dicomnode_store_failures_total{reason}``
+``series_completed()``                        ``dicomnode_series_completed_total``
+``rule_matched(rule)``                        ``dicomnode_rule_matches_total{rule}``
+``pipeline_finished(pipeline, seconds, ok)``  ``dicomnode_pipeline_runs_total{pipeline}``,
+                                              ``dicomnode_pipeline_failures_total{pipeline}``,
+                                              ``dicomnode_pipeline_duration_seconds{pipeline}``
+``step_finished(pipeline, step, seconds)``    ``dicomnode_pipeline_step_duration_seconds``
+``instance_sent(destination)``                ``dicomnode_instances_sent_total{destination}``
+``send_failed(destination)``                  ``dicomnode_send_failures_total{destination}``
+``disk_full(active)``                         ``dicomnode_disk_full`` (1 while refusing)
+============================================  ====================================================
+
+Computed at scrape time (a custom collector, never stale): ``dicomnode_outbox_depth{destination}``
+(pending sends per destination, read from the database by an ``outbox_depth`` callable, by default
+:func:`outbox_depth_from_database`), ``dicomnode_spool_filesystem_{free,used,size}_bytes`` and
+``dicomnode_spool_filesystem_used_ratio`` for the spool's filesystem, and
+``dicomnode_spool_bytes`` (the sum of stored instance sizes when the spool index records them).
+
+``pipeline_timer(pipeline)`` and ``step_timer(pipeline, step)`` are context managers around
+``pipeline_finished``/``step_finished`` for code that runs the work itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from dicomnode.database import Database
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# Pipelines take seconds to tens of minutes; steps milliseconds to minutes.
+PIPELINE_BUCKETS = (1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+STEP_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+OutboxDepth = Callable[[], Mapping[str, int]]
+
+
+def outbox_depth_from_database(db: Database) -> OutboxDepth:
+    """Pending sends per destination, read from the sending stage's ``outbox`` table.
+
+    Rows count as pending unless their state is a terminal one (``sent``/``done``/``delivered``/
+    ``dead``/``failed``). A database without an outbox table (sending not configured yet) reports
+    nothing rather than failing the scrape.
+    """
+
+    terminal = ("sent", "done", "delivered", "dead", "failed", "cancelled")
+
+    def depth() -> Mapping[str, int]:
+        try:
+            columns = {row[1] for row in db.conn.execute("PRAGMA table_info(outbox)")}
+            if not {"destination", "state"} <= columns:
+                return {}
+            marks = ",".join("?" * len(terminal))
+            rows = db.conn.execute(
+                f"SELECT destination, COUNT(*) FROM outbox WHERE state NOT IN ({marks}) GROUP BY destination",
+                terminal,
+            ).fetchall()
+        except sqlite3.Error as exc:
+            log.warning("Cannot read the outbox depth for metrics: %s", exc)
+            return {}
+        return {str(dest): int(count) for dest, count in rows}
+
+    return depth
+
+
+class _ScrapeTimeCollector(Collector):
+    """Gauges computed when Prometheus scrapes: outbox depth and spool disk usage."""
+
+    def __init__(self, spool_dir: Path | None, outbox_depth: OutboxDepth | None,
+                 spool_bytes: Callable[[], int] | None) -> None:
+        self.spool_dir = spool_dir
+        self.outbox_depth = outbox_depth
+        self.spool_bytes = spool_bytes
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())  # dynamic: nothing to check at registration
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        depth = GaugeMetricFamily(
+            "dicomnode_outbox_depth", "Sends waiting in the outbox, per destination.", labels=["destination"]
+        )
+        if self.outbox_depth is not None:
+            for destination, count in sorted(self.outbox_depth().items()):
+                depth.add_metric([destination], count)
+        yield depth
+        if self.spool_dir is not None:
+            try:
+                usage = shutil.disk_usage(self._existing(self.spool_dir))
+            except OSError as exc:
+                log.warning("Cannot read disk usage of '%s' for metrics: %s", self.spool_dir, exc)
+            else:
+                yield GaugeMetricFamily("dicomnode_spool_filesystem_size_bytes",
+                                        "Size of the spool's filesystem.", value=usage.total)
+                yield GaugeMetricFamily("dicomnode_spool_filesystem_free_bytes",
+                                        "Free space on the spool's filesystem.", value=usage.free)
+                yield GaugeMetricFamily("dicomnode_spool_filesystem_used_bytes",
+                                        "Used space on the spool's filesystem.", value=usage.used)
+                ratio = usage.used / usage.total if usage.total else 0.0
+                yield GaugeMetricFamily("dicomnode_spool_filesystem_used_ratio",
+                                        "Fill level (0..1) of the spool's filesystem.", value=ratio)
+        if self.spool_bytes is not None:
+            yield GaugeMetricFamily("dicomnode_spool_bytes", "Bytes of DICOM instances held in the spool.",
+                                    value=self.spool_bytes())
+
+    @staticmethod
+    def _existing(path: Path) -> Path:
+        while not path.exists() and path != path.parent:
+            path = path.parent
+        return path
+
+
+class Metrics:
+    """The node's metrics. One instance per service; nothing is registered globally."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        spool_dir: Path | None = None,
+        outbox_depth: OutboxDepth | None = None,
+        spool_bytes: Callable[[], int] | None = None,
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self._assoc_accepted = Counter(
+            "dicomnode_associations_accepted", "Associations accepted by the listener.", registry=r)
+        self._assoc_rejected = Counter(
+            "dicomnode_associations_rejected", "Associations refused by the listener, by reason.",
+            ["reason"], registry=r)
+        self._instances = Counter(
+            "dicomnode_instances_received", "Instances stored durably (answered Success).", registry=r)
+        self._bytes = Counter("dicomnode_received_bytes", "Bytes of instances stored durably.", registry=r)
+        self._store_failures = Counter(
+            "dicomnode_store_failures", "C-STORE requests answered with a failure status, by reason.",
+            ["reason"], registry=r)
+        self._series = Counter("dicomnode_series_completed", "Series found complete.", registry=r)
+        self._rules = Counter(
+            "dicomnode_rule_matches", "Routing rule matches, by rule name.", ["rule"], registry=r)
+        self._pipeline_runs = Counter(
+            "dicomnode_pipeline_runs", "Pipeline runs finished (ok or failed).", ["pipeline"], registry=r)
+        self._pipeline_failures = Counter(
+            "dicomnode_pipeline_failures", "Pipeline runs that failed, crashed or timed out.",
+            ["pipeline"], registry=r)
+        self._pipeline_seconds = Histogram(
+            "dicomnode_pipeline_duration_seconds", "Wall time of pipeline runs.", ["pipeline"],
+            buckets=PIPELINE_BUCKETS, registry=r)
+        self._step_seconds = Histogram(
+            "dicomnode_pipeline_step_duration_seconds", "Wall time of pipeline steps.", ["pipeline", "step"],
+            buckets=STEP_BUCKETS, registry=r)
+        self._sent = Counter(
+            "dicomnode_instances_sent", "Instances delivered, per destination.", ["destination"], registry=r)
+        self._send_failures = Counter(
+            "dicomnode_send_failures", "Send attempts that failed, per destination.", ["destination"],
+            registry=r)
+        self._disk_full = Gauge(
+            "dicomnode_disk_full", "1 while new associations are refused because the spool is full.",
+            registry=r)
+        self._collector = _ScrapeTimeCollector(spool_dir, outbox_depth, spool_bytes)
+        r.register(self._collector)
+
+    # --- wiring -------------------------------------------------------------------------------------
+    def attach_outbox(self, outbox_depth: OutboxDepth) -> None:
+        """Report ``outbox_depth()`` (destination → pending sends) at each scrape."""
+        self._collector.outbox_depth = outbox_depth
+
+    def attach_spool(self, spool_dir: Path, spool_bytes: Callable[[], int] | None = None) -> None:
+        self._collector.spool_dir = Path(spool_dir)
+        if spool_bytes is not None:
+            self._collector.spool_bytes = spool_bytes
+
+    # --- receive --------------------------------------------------------------------------------------
+    def association_accepted(self) -> None:
+        self._assoc_accepted.inc()
+
+    def association_rejected(self, reason: str) -> None:
+        self._assoc_rejected.labels(reason=reason).inc()
+
+    def instance_received(self, nbytes: int) -> None:
+        self._instances.inc()
+        self._bytes.inc(max(0, int(nbytes)))
+
+    def store_failed(self, reason: str) -> None:
+        self._store_failures.labels(reason=reason).inc()
+
+    def disk_full(self, active: bool) -> None:
+        self._disk_full.set(1 if active else 0)
+
+    # --- assemble / route -----------------------------------------------------------------------------
+    def series_completed(self) -> None:
+        self._series.inc()
+
+    def rule_matched(self, rule: str) -> None:
+        self._rules.labels(rule=rule).inc()
+
+    # --- pipelines --------------------------------------------------------------------------------------
+    def pipeline_finished(self, pipeline: str, seconds: float, ok: bool) -> None:
+        self._pipeline_runs.labels(pipeline=pipeline).inc()
+        if not ok:
+            self._pipeline_failures.labels(pipeline=pipeline).inc()
+        self._pipeline_seconds.labels(pipeline=pipeline).observe(max(0.0, seconds))
+
+    def step_finished(self, pipeline: str, step: str, seconds: float) -> None:
+        self._step_seconds.labels(pipeline=pipeline, step=step).observe(max(0.0, seconds))
+
+    def step_timings(self, pipeline: str, timings: Mapping[str, float]) -> None:
+        """Record a whole ``{step: seconds}`` mapping (e.g. from ``JobResult.summary``)."""
+        for step, seconds in timings.items():
+            self.step_finished(pipeline, step, float(seconds))
+
+    @contextmanager
+    def pipeline_timer(self, pipeline: str) -> Iterator[None]:
+        start = time.monotonic()
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            self.pipeline_finished(pipeline, time.monotonic() - start, ok)
+
+    @contextmanager
+    def step_timer(self, pipeline: str, step: str) -> Iterator[None]:
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self.step_finished(pipeline, step, time.monotonic() - start)
+
+    # --- send ---------------------------------------------------------------------------------------------
+    def instance_sent(self, destination: str, count: int = 1) -> None:
+        self._sent.labels(destination=destination).inc(count)
+
+    def send_failed(self, destination: str) -> None:
+        self._send_failures.labels(destination=destination).inc()
+
+    # --- exposition ---------------------------------------------------------------------------------------
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)
+
+    def value(self, name: str, labels: Mapping[str, str] | None = None) -> float | None:
+        """A sample's current value (``None`` when absent); for tests and ``dicomnode status``."""
+        return self.registry.get_sample_value(name, dict(labels or {}))
