@@ -1,0 +1,403 @@
+"""Synthetic CT (abdomen/chest) and MR (head) phantoms with exact masks, for imaging tests.
+
+API (all sizes in millimetres; arrays are ``(slices, rows, columns)`` = ``(z, y, x)`` with the slice axis
+ascending along +z of LPS, i.e. index 0 is the most inferior slice — the order
+:mod:`dicomnode.imaging.volume` produces)::
+
+    ct = make_ct_phantom(shape=(40, 128, 128), spacing=(5.0, 2.8, 2.8), phase="portal",
+                         noise_sd=12.0, lesions=True, metal=False, seed=0)
+    ct.image          # float32 HU, partial-volume blurred + Gaussian noise (+ metal streaks if metal=True)
+    ct.clean          # float32 HU without noise and without metal streaks (ground truth for MAR tests)
+    ct.masks          # dict name -> bool array: body, liver, spleen, kidney-left, kidney-right, lung-left,
+                      # lung-right, lungs, airways, aorta, portal-vein, vessels, spine, lesions, metal
+    ct.lesions        # tuple[LesionTruth] (label, centre_mm (x, y, z) LPS, diameter_mm, kind hypo|hyper)
+    ct.lesion_labels  # int16 array, 0 = background, i = ct.lesions[i-1]
+    ct.spacing, ct.origin, ct.direction       # (z, y, x) mm; LPS origin of voxel [0,0,0]; 3x3 row-major
+    ct.to_sitk()      # SimpleITK.Image (float32, x/y/z axis order, geometry set)
+    ct.mask_sitk("liver")                      # uint8 SimpleITK mask on the same grid
+
+    mr = make_mr_head_phantom(shape=(48, 96, 96), spacing=(3.0, 2.5, 2.5), noise_sd=0.02,
+                              bias=0.2, seed=0)
+    mr.image          # float32 T1-like signal (0..~1); masks: head, scalp, skull, csf, brain, ventricles
+
+    write_dicom_series(ct, out_dir, modality="CT")  -> list[Path]   # one CT Image Storage file per slice
+        # options: shuffle_instance_numbers, tilt_deg (gantry tilt), drop_slices, duplicate_slice,
+        #          slope/intercept, unsigned (PixelRepresentation 0), series_uid, study_uid
+
+Phases (``phase``): ``native`` (liver ~58 HU, vessels darker than liver), ``arterial`` (aorta bright,
+liver ~75 HU) and ``portal`` (liver ~105 HU, portal veins bright). Lesions: spheres inside the liver,
+diameters 8–25 mm, hypodense (−45 HU vs liver) or hyperdense (+50 HU vs liver), never touching each other.
+Metal: a 14 mm steel rod (3000 HU) in the right paravertebral soft tissue; streaks are made physically
+(forward projection with photon starvation in the metal trace, filtered back projection) on the slices
+it crosses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+PHASE_HU: dict[str, dict[str, float]] = {
+    #            liver spleen kidney aorta portal  muscle
+    "native": {"liver": 58, "spleen": 46, "kidney": 32, "aorta": 42, "portal-vein": 40, "muscle": 48},
+    "arterial": {"liver": 75, "spleen": 120, "kidney": 180, "aorta": 280, "portal-vein": 90, "muscle": 55},
+    "portal": {"liver": 105, "spleen": 118, "kidney": 160, "aorta": 150, "portal-vein": 175, "muscle": 60},
+}
+
+
+@dataclass(frozen=True)
+class LesionTruth:
+    label: int
+    centre_mm: tuple[float, float, float]  # LPS x, y, z
+    diameter_mm: float
+    kind: str  # "hypo" | "hyper"
+
+
+@dataclass(frozen=True)
+class Phantom:
+    image: np.ndarray
+    clean: np.ndarray
+    masks: dict[str, np.ndarray]
+    spacing: tuple[float, float, float]  # (z, y, x) mm
+    origin: tuple[float, float, float]  # LPS (x, y, z) of voxel [0, 0, 0]
+    direction: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+    modality: str = "CT"
+    phase: str = ""
+    lesions: tuple[LesionTruth, ...] = ()
+    lesion_labels: np.ndarray | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def to_sitk(self, array: np.ndarray | None = None):  # noqa: ANN201 - SimpleITK.Image
+        import SimpleITK as sitk
+
+        img = sitk.GetImageFromArray(np.ascontiguousarray(self.image if array is None else array))
+        img.SetSpacing(tuple(float(s) for s in self.spacing[::-1]))
+        img.SetOrigin(self.origin)
+        img.SetDirection(self.direction)
+        return img
+
+    def mask_sitk(self, name: str):  # noqa: ANN201 - SimpleITK.Image
+        return self.to_sitk(self.masks[name].astype(np.uint8))
+
+
+def _grid(shape: tuple[int, int, int], spacing: tuple[float, float, float]):
+    nz, ny, nx = shape
+    sz, sy, sx = spacing
+    x = (np.arange(nx) - (nx - 1) / 2.0) * sx
+    y = (np.arange(ny) - (ny - 1) / 2.0) * sy
+    z = (np.arange(nz) - (nz - 1) / 2.0) * sz
+    zz, yy, xx = np.meshgrid(z, y, x, indexing="ij", sparse=True)
+    origin = (float(x[0]), float(y[0]), float(z[0]))
+    return zz, yy, xx, origin
+
+
+def _ellipsoid(zz, yy, xx, c, r) -> np.ndarray:
+    return ((xx - c[0]) / r[0]) ** 2 + ((yy - c[1]) / r[1]) ** 2 + ((zz - c[2]) / r[2]) ** 2 <= 1.0
+
+
+def _cylinder(zz, yy, xx, c, r, z_range) -> np.ndarray:
+    inside = ((xx - c[0]) / r[0]) ** 2 + ((yy - c[1]) / r[1]) ** 2 <= 1.0
+    return inside & (zz >= z_range[0]) & (zz <= z_range[1])
+
+
+def _finish(clean: np.ndarray, spacing, noise_sd: float, rng: np.random.Generator) -> np.ndarray:
+    sigma = [0.35 * min(1.0, 1.0 / max(s, 1e-3)) * 2 for s in spacing]  # mild partial-volume blur
+    blurred = ndimage.gaussian_filter(clean, sigma=[max(0.4, s) for s in sigma])
+    noise = rng.normal(0.0, noise_sd, size=clean.shape).astype(np.float32)
+    return (blurred + noise).astype(np.float32)
+
+
+def make_ct_phantom(
+    shape: tuple[int, int, int] = (40, 128, 128),
+    spacing: tuple[float, float, float] = (5.0, 2.8, 2.8),
+    phase: str = "portal",
+    noise_sd: float = 12.0,
+    lesions: bool = True,
+    metal: bool = False,
+    seed: int = 0,
+) -> Phantom:
+    """An abdomen + lung-base CT phantom centred in a FOV of ``shape × spacing`` (body ~300 × 220 mm)."""
+    if phase not in PHASE_HU:
+        raise ValueError(f"Unknown phase '{phase}'; expected one of {sorted(PHASE_HU)}.")
+    hu = PHASE_HU[phase]
+    rng = np.random.default_rng(seed)
+    zz, yy, xx, origin = _grid(shape, spacing)
+    zmax = (shape[0] - 1) / 2.0 * spacing[0]
+    full = np.ones(shape, dtype=bool)
+
+    body = _ellipsoid(zz, yy, xx, (0, 0, 0), (150, 110, 1e6)) & full
+    inner = _ellipsoid(zz, yy, xx, (0, 0, 0), (138, 98, 1e6)) & full  # inside the fat/muscle wall
+    spine = _cylinder(zz, yy, xx, (0, 70), (18, 16), (-1e6, 1e6)) & full
+    aorta = _cylinder(zz, yy, xx, (18, 45), (11, 11), (-1e6, 1e6)) & full
+    # lungs in the upper part of the volume; the right lung base sits on the liver dome
+    lung_base = 0.15 * zmax
+    lung_r = _ellipsoid(zz, yy, xx, (-70, 5, zmax + 40), (55, 75, 130)) & (zz >= lung_base)
+    lung_l = _ellipsoid(zz, yy, xx, (70, 5, zmax + 30), (55, 75, 130)) & (zz >= lung_base + 10)
+    trachea = _cylinder(zz, yy, xx, (0, -25), (9, 9), (zmax - 0.25 * zmax, 1e6)) & full
+    carina_z = zmax - 0.25 * zmax
+    bronchus_r = _cylinder(zz, yy, xx, (-20, -20), (6, 6), (carina_z - 30, carina_z + 2)) & full
+    bronchus_l = _cylinder(zz, yy, xx, (20, -20), (6, 6), (carina_z - 30, carina_z + 2)) & full
+    airways = (trachea | bronchus_r | bronchus_l) & inner
+    liver = (
+        _ellipsoid(zz, yy, xx, (-55, -5, -0.15 * zmax), (85, 70, 0.6 * zmax + 25))
+        | _ellipsoid(zz, yy, xx, (5, -35, -0.1 * zmax), (50, 35, 0.45 * zmax + 15))
+    ) & inner
+    liver &= ~spine & ~aorta  # the liver dome pushes the right lung base up (lung = lung minus liver)
+    lung_r &= inner & ~liver
+    lung_l &= inner
+    spleen = _ellipsoid(zz, yy, xx, (95, 40, -0.1 * zmax), (30, 45, 0.35 * zmax + 10)) & inner & ~lung_l
+    kidney_r = _ellipsoid(zz, yy, xx, (-60, 60, -0.75 * zmax), (25, 28, 0.3 * zmax + 8)) & inner
+    kidney_l = _ellipsoid(zz, yy, xx, (65, 60, -0.7 * zmax), (25, 28, 0.3 * zmax + 8)) & inner
+    kidney_r &= ~liver
+    portal = (
+        _cylinder(zz, yy, xx, (-30, 0), (7, 7), (-0.6 * zmax, 0.1 * zmax))
+        | _cylinder(zz, yy, xx, (-70, -10), (4, 4), (-0.5 * zmax, 0.25 * zmax))
+    ) & liver
+    # ribs: small bony ellipses along the wall on every slice
+    ribs = np.zeros(shape, dtype=bool)
+    for angle in np.deg2rad([200, 220, 240, 300, 320, 340, 25, 155]):
+        cx, cy = 140 * np.cos(angle), 102 * np.sin(angle)
+        ribs |= _cylinder(zz, yy, xx, (cx, cy), (7, 5), (-1e6, 1e6)) & full
+    ribs &= body
+
+    clean = np.full(shape, -1000.0, dtype=np.float32)
+    clean[body] = -100.0  # subcutaneous fat
+    clean[inner] = hu["muscle"] - 20  # generic soft tissue / bowel
+    clean[lung_r | lung_l] = -850.0
+    clean[airways] = -1000.0
+    clean[liver] = hu["liver"]
+    clean[spleen] = hu["spleen"]
+    clean[kidney_r | kidney_l] = hu["kidney"]
+    clean[portal] = hu["portal-vein"]
+    clean[aorta] = hu["aorta"]
+    clean[spine | ribs] = 650.0
+
+    lesion_labels = np.zeros(shape, dtype=np.int16)
+    truths: list[LesionTruth] = []
+    if lesions:
+        candidates = [
+            ((-70.0, -20.0, -0.15 * zmax), 25.0, "hypo"),
+            ((-30.0, 25.0, -0.35 * zmax), 16.0, "hyper"),
+            ((-95.0, 10.0, 0.05 * zmax), 12.0, "hypo"),
+            ((-40.0, -45.0, 0.15 * zmax), 10.0, "hyper"),
+            ((-60.0, 35.0, -0.5 * zmax), 8.0, "hypo"),
+        ]
+        lesion_core = liver & ~portal
+        for centre, diameter, kind in candidates:
+            sphere = _ellipsoid(zz, yy, xx, centre, (diameter / 2,) * 3) & lesion_core
+            if not sphere.any():
+                continue
+            label = len(truths) + 1
+            lesion_labels[sphere] = label
+            clean[sphere] = hu["liver"] + (-45.0 if kind == "hypo" else 50.0)
+            truths.append(LesionTruth(label, centre, diameter, kind))
+
+    metal_mask = np.zeros(shape, dtype=bool)
+    if metal:
+        metal_mask = _cylinder(zz, yy, xx, (-40, 60), (7, 7), (-0.6 * zmax, 0.6 * zmax)) & inner
+        clean[metal_mask] = 3000.0
+
+    image = _finish(clean, spacing, noise_sd, rng)
+    if metal:
+        image = _add_metal_streaks(image, metal_mask, spacing[1], rng)
+        image[metal_mask] = clean[metal_mask] + rng.normal(0, noise_sd, int(metal_mask.sum()))
+
+    masks = {
+        "body": body,
+        "liver": liver,
+        "spleen": spleen,
+        "kidney-right": kidney_r,
+        "kidney-left": kidney_l,
+        "lung-right": lung_r & ~airways,
+        "lung-left": lung_l & ~airways,
+        "lungs": (lung_r | lung_l) & ~airways,
+        "airways": airways,
+        "aorta": aorta,
+        "portal-vein": portal,
+        "vessels": aorta | portal,
+        "spine": spine,
+        "ribs": ribs,
+        "lesions": lesion_labels > 0,
+        "metal": metal_mask,
+    }
+    return Phantom(
+        image=image,
+        clean=clean,
+        masks=masks,
+        spacing=tuple(float(s) for s in spacing),
+        origin=origin,
+        modality="CT",
+        phase=phase,
+        lesions=tuple(truths),
+        lesion_labels=lesion_labels,
+    )
+
+
+def _add_metal_streaks(
+    image: np.ndarray, metal: np.ndarray, pixel_mm: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Physically motivated streaks: photon starvation/beam hardening along the metal trace, FBP."""
+    from skimage.transform import iradon, radon
+
+    out = image.copy()
+    ny, nx = image.shape[1:]
+    size = max(ny, nx)
+    theta = np.linspace(0.0, 180.0, max(180, size), endpoint=False)
+    mu_water = 0.02 * pixel_mm  # attenuation per pixel of water (1/mm × mm)
+    for k in np.flatnonzero(metal.any(axis=(1, 2))):
+        sl = np.zeros((size, size), dtype=np.float64)
+        sl[:ny, :nx] = np.clip(image[k] + 1000.0, 0, None) / 1000.0 * mu_water
+        sino = radon(sl, theta=theta, circle=False)
+        metal_sl = np.zeros((size, size))
+        metal_sl[:ny, :nx] = metal[k]
+        trace = radon(metal_sl, theta=theta, circle=False)
+        # beam hardening (line integrals through metal saturate) and photon starvation noise
+        hardening = 1.5 * np.square(trace * mu_water * 3.0)
+        starvation = rng.normal(0.0, 1.0, size=sino.shape) * 0.15 * np.sqrt(hardening)
+        corrupted = sino - hardening + starvation
+        recon = iradon(corrupted, theta=theta, circle=False, filter_name="ramp", output_size=size)
+        recon_clean = iradon(sino, theta=theta, circle=False, filter_name="ramp", output_size=size)
+        streaks = (recon - recon_clean)[:ny, :nx] / mu_water * 1000.0
+        out[k] = image[k] + streaks.astype(np.float32)
+    return out
+
+
+def make_mr_head_phantom(
+    shape: tuple[int, int, int] = (48, 96, 96),
+    spacing: tuple[float, float, float] = (3.0, 2.5, 2.5),
+    noise_sd: float = 0.02,
+    bias: float = 0.2,
+    seed: int = 0,
+) -> Phantom:
+    """A T1-like head: bright scalp fat, dark skull, dark CSF rim and ventricles, GM/WM brain."""
+    rng = np.random.default_rng(seed)
+    zz, yy, xx, origin = _grid(shape, spacing)
+    full = np.ones(shape, dtype=bool)
+    c = (0.0, 0.0, -10.0)
+    head = _ellipsoid(zz, yy, xx, c, (78, 95, 85)) & full
+    skull_outer = _ellipsoid(zz, yy, xx, c, (72, 89, 79)) & full
+    csf_outer = _ellipsoid(zz, yy, xx, c, (66, 83, 73)) & full
+    brain = _ellipsoid(zz, yy, xx, c, (63, 80, 70)) & full
+    wm = _ellipsoid(zz, yy, xx, c, (50, 66, 56)) & full
+    ventricles = (
+        _ellipsoid(zz, yy, xx, (-9, -5, c[2] + 5), (5, 22, 10))
+        | _ellipsoid(zz, yy, xx, (9, -5, c[2] + 5), (5, 22, 10))
+    ) & full
+    clean = np.zeros(shape, dtype=np.float32)
+    clean[head] = 0.85  # scalp fat
+    clean[skull_outer] = 0.08  # cortical bone
+    clean[csf_outer] = 0.18  # CSF
+    clean[brain] = 0.55  # grey matter
+    clean[wm] = 0.75  # white matter
+    clean[ventricles] = 0.18
+    zn = (zz - zz.min()) / max(1e-6, float(np.ptp(zz)))
+    field_ = (1.0 + bias * (zn - 0.5) + 0.0 * yy + 0.0 * xx).astype(np.float32)
+    image = _finish(clean * field_, spacing, noise_sd, rng)
+    image = np.abs(image)  # magnitude images
+    masks = {
+        "head": head,
+        "scalp": head & ~skull_outer,
+        "skull": skull_outer & ~csf_outer,
+        "csf": (csf_outer & ~brain) | ventricles,
+        "brain": brain,
+        "ventricles": ventricles,
+    }
+    return Phantom(image=image, clean=clean, masks=masks, spacing=tuple(float(s) for s in spacing),
+                   origin=origin, modality="MR")
+
+
+def write_dicom_series(
+    phantom: Phantom,
+    out_dir: Path | str,
+    *,
+    modality: str | None = None,
+    shuffle_instance_numbers: bool = False,
+    tilt_deg: float = 0.0,
+    drop_slices: tuple[int, ...] = (),
+    duplicate_slice: int | None = None,
+    slope: float = 1.0,
+    intercept: float = -1024.0,
+    unsigned: bool = False,
+    series_uid: str | None = None,
+    study_uid: str | None = None,
+    seed: int = 0,
+) -> list[Path]:
+    """Write ``phantom.image`` as a single-frame DICOM series (CT or MR Image Storage) into ``out_dir``."""
+    from pydicom import Dataset
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    modality = modality or phantom.modality
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sop_class = "1.2.840.10008.5.1.4.1.1.2" if modality == "CT" else "1.2.840.10008.5.1.4.1.1.4"
+    study_uid = study_uid or generate_uid()
+    series_uid = series_uid or generate_uid()
+    frame_uid = generate_uid()
+    sz, sy, sx = phantom.spacing
+    nz = phantom.image.shape[0]
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(nz) if shuffle_instance_numbers else np.arange(nz)
+    if modality != "CT":
+        slope, intercept = (1.0 / 4000.0, 0.0)
+        unsigned = True
+    tilt = np.deg2rad(tilt_deg)
+    paths: list[Path] = []
+    indices = [k for k in range(nz) if k not in drop_slices]
+    if duplicate_slice is not None:
+        indices.append(duplicate_slice)
+    for n, k in enumerate(indices):
+        stored = np.round((phantom.image[k] - intercept) / slope)
+        lo, hi = (0, 65535) if unsigned else (-32768, 32767)
+        stored = np.clip(stored, lo, hi).astype(np.uint16 if unsigned else np.int16)
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID = sop_class
+        ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SOPClassUID = sop_class
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID = study_uid
+        ds.SeriesInstanceUID = series_uid
+        ds.FrameOfReferenceUID = frame_uid
+        ds.Modality = modality
+        ds.PatientName = "Phantom^Test"
+        ds.PatientID = "PHANTOM1"
+        ds.PatientBirthDate = ""
+        ds.PatientSex = "O"
+        ds.StudyDate = "20240101"
+        ds.StudyTime = "120000"
+        ds.AccessionNumber = "ACC1"
+        ds.ReferringPhysicianName = ""
+        ds.StudyID = "1"
+        ds.SeriesNumber = 1
+        ds.Manufacturer = "dicomnode-phantom"
+        ds.InstanceNumber = int(order[k]) + 1
+        # gantry tilt: the image plane tilts about x while the table still moves along z
+        ds.ImageOrientationPatient = [1, 0, 0, 0, float(np.cos(tilt)), float(np.sin(tilt))]
+        ds.ImagePositionPatient = [phantom.origin[0], phantom.origin[1], phantom.origin[2] + k * sz]
+        ds.PixelSpacing = [sy, sx]
+        ds.SliceThickness = sz
+        ds.GantryDetectorTilt = tilt_deg
+        ds.PatientPosition = "HFS"
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.Rows, ds.Columns = stored.shape
+        ds.BitsAllocated = 16
+        ds.BitsStored = 16
+        ds.HighBit = 15
+        ds.PixelRepresentation = 0 if unsigned else 1
+        ds.RescaleIntercept = intercept
+        ds.RescaleSlope = slope
+        ds.RescaleType = "HU" if modality == "CT" else "US"
+        if modality == "CT" and phantom.phase in ("arterial", "portal"):
+            ds.ContrastBolusAgent = "IODINE"
+        ds.PixelData = stored.tobytes()
+        path = out / f"IMG{n:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
