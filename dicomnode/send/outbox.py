@@ -1,0 +1,333 @@
+"""The durable outbox: every instance to deliver is a row in the node database until it is sent or dead.
+
+States: ``queued`` → ``sending`` → ``sent`` | ``failed`` (retry scheduled with exponential backoff) |
+``dead`` (``outbox.max_attempts`` reached, or a permanent refusal). Rows left in ``sending`` by a crash
+go back to ``queued`` on the next start (:meth:`Outbox.recover_interrupted`); DICOM's re-store of the
+same SOP Instance UID is idempotent at the PACS, so nothing is lost and nothing duplicated.
+
+Enqueueing is idempotent per (destination, SOP Instance UID) while a row is pending: a rerun of a
+deterministic result replaces the pending row (new file, attempts reset) instead of adding another.
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+
+from dicomnode.config import OutboxConfig
+from dicomnode.database import Database
+from dicomnode.errors import SendError
+
+log = logging.getLogger(__name__)
+
+State = Literal["queued", "sending", "sent", "failed", "dead"]
+Origin = Literal["result", "forward"]
+STATES: tuple[State, ...] = ("queued", "sending", "sent", "failed", "dead")
+PENDING: tuple[State, ...] = ("queued", "sending", "failed")
+ORIGINS: tuple[Origin, ...] = ("result", "forward")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    destination TEXT NOT NULL,
+    file_path TEXT NOT NULL,
+    sop_instance_uid TEXT NOT NULL,
+    series_uid TEXT NOT NULL DEFAULT '',
+    study_uid TEXT NOT NULL DEFAULT '',
+    origin TEXT NOT NULL CHECK (origin IN ('result', 'forward')),
+    job_id TEXT,
+    state TEXT NOT NULL CHECK (state IN ('queued', 'sending', 'sent', 'failed', 'dead')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_error TEXT NOT NULL DEFAULT '',
+    last_status INTEGER,
+    resend INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    sent_at REAL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS outbox_pending_sop ON outbox (destination, sop_instance_uid)
+    WHERE state IN ('queued', 'sending', 'failed');
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, destination, next_attempt_at);
+"""
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    id: int
+    destination: str
+    file_path: Path
+    sop_instance_uid: str
+    series_uid: str
+    study_uid: str
+    origin: str
+    job_id: str | None
+    state: str
+    attempts: int
+    next_attempt_at: float
+    last_error: str
+    last_status: int | None
+    created_at: float
+    updated_at: float
+    sent_at: float | None
+
+    @classmethod
+    def from_row(cls, row: object) -> OutboxItem:
+        data = dict(row)  # type: ignore[call-overload]
+        data.pop("resend", None)
+        data["file_path"] = Path(data["file_path"])
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, object]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
+
+
+@dataclass(frozen=True)
+class _Identity:
+    sop_instance_uid: str
+    series_uid: str
+    study_uid: str
+
+
+def read_identity(path: Path) -> _Identity:
+    """The UIDs of a DICOM file, read from its header only."""
+    try:
+        ds = dcmread(path, stop_before_pixels=True,
+                     specific_tags=["SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"])
+    except (OSError, InvalidDicomError) as exc:
+        raise SendError(f"Cannot enqueue '{path}': it is not a readable DICOM file ({exc}).") from exc
+    sop = str(ds.get("SOPInstanceUID", "") or ds.file_meta.get("MediaStorageSOPInstanceUID", ""))
+    if not sop:
+        raise SendError(f"Cannot enqueue '{path}': it has no SOP Instance UID.")
+    return _Identity(sop, str(ds.get("SeriesInstanceUID", "")), str(ds.get("StudyInstanceUID", "")))
+
+
+class Outbox:
+    """The ``outbox`` table of the node database and its state machine."""
+
+    def __init__(self, db: Database, config: OutboxConfig, *, clock: Callable[[], float] = time.time) -> None:
+        self.db = db
+        self.config = config
+        self._clock = clock
+        db.ensure_schema(SCHEMA)
+
+    # -- producers -------------------------------------------------------------------------------
+    def enqueue(
+        self, destination: str, files: Iterable[Path | str], origin: Origin, job_id: str | None = None
+    ) -> list[int]:
+        """Queue ``files`` for ``destination``; returns one row id per file (an existing pending row for
+        the same SOP instance is reused and points at the new file)."""
+        if origin not in ORIGINS:
+            raise SendError(f"Outbox origin '{origin}' is not one of {', '.join(ORIGINS)}.")
+        items = [(Path(f).resolve(), read_identity(Path(f))) for f in files]
+        now = self._clock()
+        ids: list[int] = []
+        with self.db.transaction() as conn:
+            for path, ident in items:
+                row = conn.execute(
+                    "SELECT id, state FROM outbox WHERE destination = ? AND sop_instance_uid = ? "
+                    "AND state IN ('queued', 'sending', 'failed')", (destination, ident.sop_instance_uid),
+                ).fetchone()
+                if row is None:
+                    cur = conn.execute(
+                        "INSERT INTO outbox (destination, file_path, sop_instance_uid, series_uid, "
+                        "study_uid, origin, job_id, state, next_attempt_at, created_at, updated_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
+                        (destination, str(path), ident.sop_instance_uid, ident.series_uid, ident.study_uid,
+                         origin, job_id, now, now, now),
+                    )
+                    ids.append(int(cur.lastrowid or 0))
+                    continue
+                # a pending send of the same instance: point it at the new file; if it is being sent
+                # right now, send it once more afterwards (the file may have changed)
+                conn.execute(
+                    "UPDATE outbox SET file_path = ?, series_uid = ?, study_uid = ?, origin = ?, job_id = ?, "
+                    "attempts = CASE WHEN state = 'sending' THEN attempts ELSE 0 END, "
+                    "state = CASE WHEN state = 'sending' THEN 'sending' ELSE 'queued' END, "
+                    "resend = CASE WHEN state = 'sending' THEN 1 ELSE 0 END, "
+                    "next_attempt_at = ?, last_error = '', updated_at = ? WHERE id = ?",
+                    (str(path), ident.series_uid, ident.study_uid, origin, job_id, now, now, row["id"]),
+                )
+                ids.append(int(row["id"]))
+        log.info("Queued %d instance(s) for destination %s (origin %s, job %s)", len(ids), destination,
+                 origin, job_id or "-", extra={"destination": destination, "job_id": job_id})
+        return ids
+
+    # -- the sender's side -----------------------------------------------------------------------
+    def recover_interrupted(self) -> int:
+        """Put rows a crash left in ``sending`` back to ``queued`` (call once at start-up)."""
+        now = self._clock()
+        with self.db.transaction() as conn:
+            cur = conn.execute(
+                "UPDATE outbox SET state = 'queued', resend = 0, next_attempt_at = ?, updated_at = ? "
+                "WHERE state = 'sending'", (now, now),
+            )
+        if cur.rowcount:
+            log.warning("Re-queued %d outbox row(s) left in 'sending' by an interrupted run", cur.rowcount)
+        return cur.rowcount
+
+    def due_destinations(self) -> builtins.list[str]:
+        now = self._clock()
+        rows = self.db.conn.execute(
+            "SELECT DISTINCT destination FROM outbox WHERE state IN ('queued', 'failed') "
+            "AND next_attempt_at <= ? ORDER BY destination", (now,),
+        ).fetchall()
+        return [r["destination"] for r in rows]
+
+    def claim_due(self, destination: str, limit: int | None = None) -> builtins.list[OutboxItem]:
+        """Atomically move up to ``limit`` (default ``batch_size``) due rows of ``destination`` to
+        ``sending`` and return them, oldest first."""
+        limit = limit or self.config.batch_size
+        now = self._clock()
+        with self.db.transaction() as conn:
+            rows = conn.execute(
+                "SELECT * FROM outbox WHERE destination = ? AND state IN ('queued', 'failed') "
+                "AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?", (destination, now, limit),
+            ).fetchall()
+            ids = [r["id"] for r in rows]
+            conn.executemany("UPDATE outbox SET state = 'sending', updated_at = ? WHERE id = ?",
+                             [(now, i) for i in ids])
+        return [OutboxItem.from_row({**dict(r), "state": "sending"}) for r in rows]
+
+    def mark_sent(self, ids: Sequence[int], status: int | None = 0) -> None:
+        now = self._clock()
+        with self.db.transaction() as conn:
+            conn.executemany(
+                "UPDATE outbox SET state = CASE WHEN resend THEN 'queued' ELSE 'sent' END, "
+                "sent_at = ?, attempts = attempts + 1, last_status = ?, last_error = '', resend = 0, "
+                "next_attempt_at = ?, updated_at = ? WHERE id = ? AND state = 'sending'",
+                [(now, status, now, now, i) for i in ids],
+            )
+
+    def backoff(self, attempts: int) -> float:
+        """Delay before attempt ``attempts + 1``: initial, doubling, capped at the maximum."""
+        cfg = self.config
+        return float(min(cfg.backoff_initial_seconds * 2 ** max(attempts - 1, 0), cfg.backoff_max_seconds))
+
+    def mark_failed(
+        self, item_id: int, error: str, *, status: int | None = None, permanent: bool = False
+    ) -> State:
+        """Record a failed attempt: ``failed`` with the next attempt scheduled, or ``dead`` when the
+        attempts are used up or the failure is permanent. Returns the new state."""
+        now = self._clock()
+        with self.db.transaction() as conn:
+            row = conn.execute("SELECT attempts, resend FROM outbox WHERE id = ?", (item_id,)).fetchone()
+            if row is None:
+                raise SendError(f"Outbox row {item_id} does not exist.")
+            attempts = int(row["attempts"]) + 1
+            state: State = "dead" if permanent or attempts >= self.config.max_attempts else "failed"
+            if row["resend"] and not permanent:  # a newer file was queued meanwhile: try it right away
+                state, attempts = "queued", 0
+            delay = 0.0 if state == "queued" else self.backoff(attempts)
+            conn.execute(
+                "UPDATE outbox SET state = ?, attempts = ?, last_error = ?, last_status = ?, resend = 0, "
+                "next_attempt_at = ?, updated_at = ? WHERE id = ?",
+                (state, attempts, error, status, now + delay, now, item_id),
+            )
+        return state
+
+    # -- operators -------------------------------------------------------------------------------
+    def get(self, item_id: int) -> OutboxItem:
+        row = self.db.conn.execute("SELECT * FROM outbox WHERE id = ?", (item_id,)).fetchone()
+        if row is None:
+            raise SendError(f"Outbox entry {item_id} does not exist (see 'dicomnode queue list').")
+        return OutboxItem.from_row(row)
+
+    def list(
+        self, state: str | None = None, destination: str | None = None, limit: int | None = None
+    ) -> builtins.list[OutboxItem]:
+        where, args = self._filter(state, destination)
+        sql = f"SELECT * FROM outbox{where} ORDER BY id"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        return [OutboxItem.from_row(r) for r in self.db.conn.execute(sql, args).fetchall()]
+
+    def retry(self, item_id: int) -> OutboxItem:
+        """Send a ``failed`` or ``dead`` entry again now (a dead one gets a fresh set of attempts)."""
+        item = self.get(item_id)
+        if item.state not in ("failed", "dead"):
+            raise SendError(f"Outbox entry {item_id} is '{item.state}'; only failed or dead entries can be "
+                            "retried.")
+        now = self._clock()
+        with self.db.transaction() as conn:
+            clash = conn.execute(
+                "SELECT id FROM outbox WHERE destination = ? AND sop_instance_uid = ? AND id != ? "
+                "AND state IN ('queued', 'sending', 'failed')",
+                (item.destination, item.sop_instance_uid, item_id),
+            ).fetchone()
+            if clash is not None:
+                raise SendError(f"Outbox entry {item_id} is already pending again as entry {clash['id']}.")
+            conn.execute(
+                "UPDATE outbox SET state = 'queued', "
+                "attempts = CASE WHEN state = 'dead' THEN 0 ELSE attempts END,"
+                " next_attempt_at = ?, updated_at = ? WHERE id = ?", (now, now, item_id),
+            )
+        return self.get(item_id)
+
+    def retry_failed(self, destination: str | None = None) -> int:
+        """Send every failed and dead entry again now; returns how many were re-queued."""
+        count = 0
+        for item in self.list(destination=destination):
+            if item.state in ("failed", "dead"):
+                try:
+                    self.retry(item.id)
+                except SendError as exc:  # a newer pending row exists: that one will be sent
+                    log.info("%s", exc)
+                    continue
+                count += 1
+        return count
+
+    def purge(self, state: str | None = None, destination: str | None = None) -> int:
+        """Delete entries: by default those that are finished (``sent`` and ``dead``). ``sending`` entries
+        are in flight and cannot be purged."""
+        if state == "sending":
+            raise SendError("Entries in state 'sending' are in flight and cannot be purged.")
+        states = ("sent", "dead") if state is None else (state,)
+        for s in states:
+            if s not in STATES:
+                raise SendError(f"Outbox state '{s}' is not one of {', '.join(STATES)}.")
+        args: builtins.list[object] = builtins.list(states)
+        sql = f"DELETE FROM outbox WHERE state IN ({', '.join('?' * len(states))})"
+        if destination:
+            sql += " AND destination = ?"
+            args.append(destination)
+        with self.db.transaction() as conn:
+            return conn.execute(sql, args).rowcount
+
+    def depth_by_destination(self) -> dict[str, int]:
+        """Pending entries (queued, sending, failed) per destination."""
+        rows = self.db.conn.execute(
+            "SELECT destination, COUNT(*) AS n FROM outbox WHERE state IN ('queued', 'sending', 'failed') "
+            "GROUP BY destination ORDER BY destination"
+        ).fetchall()
+        return {r["destination"]: int(r["n"]) for r in rows}
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Entries per destination and state."""
+        out: dict[str, dict[str, int]] = {}
+        for r in self.db.conn.execute(
+            "SELECT destination, state, COUNT(*) AS n FROM outbox GROUP BY destination, state"
+        ).fetchall():
+            out.setdefault(r["destination"], {})[r["state"]] = int(r["n"])
+        return out
+
+    @staticmethod
+    def _filter(state: str | None, destination: str | None) -> tuple[str, builtins.list[object]]:
+        clauses, args = [], []
+        if state is not None:
+            if state not in STATES:
+                raise SendError(f"Outbox state '{state}' is not one of {', '.join(STATES)}.")
+            clauses.append("state = ?")
+            args.append(state)
+        if destination is not None:
+            clauses.append("destination = ?")
+            args.append(destination)
+        return (" WHERE " + " AND ".join(clauses) if clauses else ""), args

@@ -1,0 +1,156 @@
+"""The sender: a runtime component delivering the outbox, one worker thread per destination.
+
+Each worker claims the destination's due rows in batches of ``outbox.batch_size``, sends the batch over
+one association and records every instance's outcome; a destination that is down (or slow to time out)
+only delays its own rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+
+from dicomnode.config import Config
+from dicomnode.database import Database
+from dicomnode.errors import DicomNodeError, SendError
+from dicomnode.send.deidentify import Deidentifier
+from dicomnode.send.destination import Destination, DicomDestination, SendOutcome
+from dicomnode.send.outbox import Outbox, OutboxItem
+
+log = logging.getLogger(__name__)
+
+
+def build_destinations(config: Config) -> dict[str, Destination]:
+    """A :class:`DicomDestination` for every configured destination."""
+    secret = config.security.deidentification_secret
+    deidentifier = Deidentifier(secret) if secret else None
+    return {
+        name: DicomDestination(name, dest, config.node.ae_title, deidentifier=deidentifier)
+        for name, dest in config.destinations.items()
+    }
+
+
+class Sender:
+    """Delivers the outbox. ``start()`` re-queues rows a crash left in ``sending`` and starts the
+    workers; ``stop()`` lets each worker finish its current batch and joins it."""
+
+    def __init__(self, outbox: Outbox, destinations: Mapping[str, Destination], *,
+                 poll_seconds: float | None = None) -> None:
+        self.outbox = outbox
+        self.destinations = dict(destinations)
+        self.poll_seconds = poll_seconds if poll_seconds is not None else outbox.config.poll_seconds
+        self._stop = threading.Event()
+        self._wake = {name: threading.Event() for name in self.destinations}
+        self._threads: list[threading.Thread] = []
+
+    @classmethod
+    def from_config(cls, config: Config, db: Database | None = None) -> Sender:
+        db = db or Database(config.storage.database_path)
+        return cls(Outbox(db, config.outbox), build_destinations(config))
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._threads:
+            return
+        self._stop.clear()
+        self.outbox.recover_interrupted()
+        unknown = sorted(set(self.outbox.depth_by_destination()) - set(self.destinations))
+        if unknown:
+            log.warning("The outbox holds pending entries for unconfigured destination(s) %s; they wait "
+                        "until configured (or 'dicomnode queue purge --destination NAME')",
+                        ", ".join(unknown))
+        for name in self.destinations:
+            thread = threading.Thread(target=self._run, args=(name,), name=f"sender-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        for event in self._wake.values():
+            event.set()
+        for thread in self._threads:
+            thread.join(timeout)
+        self._threads = []
+
+    def wake(self, destination: str | None = None) -> None:
+        """Look at the outbox now instead of at the next poll (call after enqueueing)."""
+        for name, event in self._wake.items():
+            if destination is None or name == destination:
+                event.set()
+
+    # -- work ------------------------------------------------------------------------------------
+    def _run(self, name: str) -> None:
+        wake = self._wake[name]
+        while not self._stop.is_set():
+            try:
+                sent_any = self.process_batch(name) > 0
+            except Exception:  # the worker must survive anything; the rows stay in the database
+                log.exception("Sender for destination %s failed unexpectedly; retrying after %.1f s",
+                              name, self.poll_seconds, extra={"destination": name})
+                sent_any = False
+            if not sent_any:
+                wake.wait(self.poll_seconds)
+                wake.clear()
+
+    def process_batch(self, name: str) -> int:
+        """Send one batch of ``name``'s due rows; returns how many rows were attempted."""
+        destination = self.destinations[name]
+        items = self.outbox.claim_due(name)
+        if not items:
+            return 0
+        try:
+            outcomes = destination.send([item.file_path for item in items])
+        except SendError as exc:
+            self._fail_all(name, items, str(exc))
+            return len(items)
+        except DicomNodeError as exc:
+            self._fail_all(name, items, f"{type(exc).__name__}: {exc}")
+            return len(items)
+        except Exception as exc:
+            self._fail_all(name, items, f"Unexpected {type(exc).__name__} while sending: {exc}")
+            raise
+        self._record(name, items, outcomes)
+        return len(items)
+
+    def process_due(self) -> int:
+        """Synchronously send everything that is due now, destination by destination (tests, CLI)."""
+        total = 0
+        for name in self.outbox.due_destinations():
+            if name not in self.destinations:
+                continue
+            while (n := self.process_batch(name)) > 0:
+                total += n
+        return total
+
+    def _record(self, name: str, items: list[OutboxItem], outcomes: list[SendOutcome]) -> None:
+        if len(outcomes) != len(items):
+            self._fail_all(name, items, f"Destination '{name}' returned {len(outcomes)} outcomes for "
+                                        f"{len(items)} files.")
+            return
+        delivered = [i for i, o in zip(items, outcomes, strict=True) if o.delivered]
+        for status in {o.status for o in outcomes if o.delivered}:
+            self.outbox.mark_sent([i.id for i, o in zip(items, outcomes, strict=True)
+                                   if o.delivered and o.status == status], status=status)
+        jobs = sorted({i.job_id for i in delivered if i.job_id})
+        if delivered:
+            log.info("Sent %d instance(s) to %s (series %s; jobs %s)", len(delivered), name,
+                     ", ".join(sorted({i.series_uid for i in delivered})), ", ".join(jobs) or "-",
+                     extra={"destination": name, "job_id": ",".join(jobs)})
+        for item, outcome in zip(items, outcomes, strict=True):
+            if not outcome.delivered:
+                self._fail(name, item, outcome.error, status=outcome.status, permanent=outcome.permanent)
+
+    def _fail_all(self, name: str, items: list[OutboxItem], error: str) -> None:
+        log.warning("Batch of %d instance(s) for destination %s not delivered: %s", len(items), name, error,
+                    extra={"destination": name})
+        for item in items:
+            self.outbox.mark_failed(item.id, error)
+
+    def _fail(self, name: str, item: OutboxItem, error: str, *, status: int | None, permanent: bool) -> None:
+        state = self.outbox.mark_failed(item.id, error, status=status, permanent=permanent)
+        level = logging.ERROR if state == "dead" else logging.WARNING
+        log.log(level, "Instance %s (series %s, job %s) not delivered to %s, now %s: %s",
+                item.sop_instance_uid, item.series_uid, item.job_id or "-", name, state, error,
+                extra={"destination": name, "sop_instance_uid": item.sop_instance_uid,
+                       "series_uid": item.series_uid, "study_uid": item.study_uid, "job_id": item.job_id})
