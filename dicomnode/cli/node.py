@@ -1,10 +1,138 @@
-"""CLI commands: node (placeholder until its issue lands)."""
+"""CLI commands of the node itself: ``serve``, ``status`` and ``config check``."""
 
 from __future__ import annotations
 
+import json
+import logging
+import sqlite3
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+
+from dicomnode.cli.common import ConfigOption, cli_errors, load_config_or_exit
+from dicomnode.config import Config
+
+
+def _configure_logging(config: Config) -> None:
+    from dicomnode.observability.logging import configure_logging
+
+    configure_logging(config.logging)
+    logging.getLogger().setLevel(config.logging.level)
+    # pynetdicom narrates every association at INFO; keep it for DEBUG runs.
+    if config.logging.level != "DEBUG":
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+def serve(config_path: ConfigOption = None) -> None:
+    """Run the node: receive, assemble, route, process and send until SIGTERM."""
+    config = load_config_or_exit(config_path)
+    _configure_logging(config)
+    from dicomnode.runtime.wiring import build_service
+
+    with cli_errors():
+        build_service(config).run_forever()
+
+
+def read_status(database_path: Path) -> list[dict[str, Any]]:
+    """Studies with their series, state, generation and instance counts, read from the node database."""
+    if not database_path.exists():
+        return []
+    conn = sqlite3.connect(f"file:{database_path}?mode=ro", uri=True)
+    conn.row_factory = sqlite3.Row
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "spool_instances" not in tables or "assembly_series" not in tables:
+            return []
+        series_rows = conn.execute(
+            """SELECT i.study_uid, i.series_uid, MAX(i.modality) AS modality,
+                      MIN(i.series_number) AS series_number, COUNT(*) AS instances, SUM(i.size) AS bytes,
+                      MAX(i.received_at) AS last_received_at, a.state, a.generation
+               FROM spool_instances i LEFT JOIN assembly_series a
+                 ON a.study_uid = i.study_uid AND a.series_uid = i.series_uid
+               GROUP BY i.study_uid, i.series_uid ORDER BY MIN(i.received_at)"""
+        ).fetchall()
+        study_rows = {
+            r["study_uid"]: r
+            for r in conn.execute("SELECT study_uid, state, generation FROM assembly_studies")
+        }
+    finally:
+        conn.close()
+    studies: dict[str, dict[str, Any]] = {}
+    for r in series_rows:
+        study = study_rows.get(r["study_uid"])
+        entry = studies.setdefault(
+            r["study_uid"],
+            {
+                "study_uid": r["study_uid"],
+                "state": study["state"] if study else "open",
+                "generation": study["generation"] if study else 0,
+                "instances": 0,
+                "series": [],
+            },
+        )
+        entry["instances"] += r["instances"]
+        entry["series"].append(
+            {
+                "series_uid": r["series_uid"],
+                "modality": r["modality"],
+                "series_number": r["series_number"],
+                "state": r["state"] or "open",
+                "generation": r["generation"] or 0,
+                "instances": r["instances"],
+                "bytes": r["bytes"],
+                "last_received_at": r["last_received_at"],
+            }
+        )
+    return list(studies.values())
+
+
+def status(
+    config_path: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """List the studies and series the node holds, with state and instance counts."""
+    config = load_config_or_exit(config_path)
+    with cli_errors():
+        try:
+            studies = read_status(config.storage.database_path)
+        except sqlite3.Error as exc:
+            from dicomnode.errors import DicomNodeError
+
+            raise DicomNodeError(
+                f"Cannot read the node database '{config.storage.database_path}': {exc}."
+            ) from exc
+    if as_json:
+        typer.echo(json.dumps({"studies": studies}, indent=2))
+        return
+    if not studies:
+        typer.echo(f"No studies in {config.storage.path}.")
+        return
+    for study in studies:
+        typer.echo(
+            f"study {study['study_uid']}  {study['state']} (generation {study['generation']})  "
+            f"{len(study['series'])} series, {study['instances']} instances"
+        )
+        for s in study["series"]:
+            typer.echo(
+                f"  series {s['series_uid']}  {s['modality'] or '-':<3} #{s['series_number'] or '-'}  "
+                f"{s['state']} (generation {s['generation']})  {s['instances']} instances"
+            )
+
+
+def config_check(config_path: ConfigOption = None) -> None:
+    """Validate the configuration file and environment overrides; exit non-zero naming each bad key."""
+    config = load_config_or_exit(config_path)
+    typer.echo(
+        f"Configuration OK: AE '{config.node.ae_title}' on {config.node.host}:{config.node.port}, "
+        f"data in {config.storage.path}."
+    )
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the dicomnode app."""
-    del app
+    app.command("serve")(serve)
+    app.command("status")(status)
+    config_app = typer.Typer(help="Configuration commands.", no_args_is_help=True)
+    config_app.command("check")(config_check)
+    app.add_typer(config_app, name="config")

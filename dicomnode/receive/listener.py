@@ -1,0 +1,161 @@
+"""The DICOM listener: a pynetdicom AE serving C-ECHO and C-STORE for every storage SOP class.
+
+Association policy comes from ``config.node``; pynetdicom sends the A-ASSOCIATE-RJ for it:
+
+* calling AE not in ``allowed_calling_aets`` (when not empty): rejected-permanent, service-user,
+  calling-AE-title-not-recognized;
+* called AE ≠ ``ae_title`` (when ``require_called_aet``): rejected-permanent, service-user,
+  called-AE-title-not-recognized;
+* more than ``max_associations`` at once: rejected-transient, service-provider (presentation),
+  local-limit-exceeded.
+
+This module adds: the spool's filesystem above ``storage.min_free_mb``/``max_used_percent`` →
+rejected-transient, service-provider (presentation), temporary-congestion; TCP_NODELAY on every
+accepted socket; and a graceful stop (stop accepting, let in-flight associations finish).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import time
+from collections.abc import Callable
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+
+from dicomnode.config import NodeConfig
+from dicomnode.errors import ReceiveError, StorageFullError
+from dicomnode.receive.ingest import SUCCESS, Ingest
+
+log = logging.getLogger(__name__)
+
+REJECT_TRANSIENT = 0x02
+SOURCE_PROVIDER_PRESENTATION = 0x03
+REASON_TEMPORARY_CONGESTION = 0x01
+
+
+def _tls_context(node: NodeConfig) -> ssl.SSLContext | None:
+    tls = node.tls
+    if not tls.enabled:
+        return None
+    if tls.cert is None or tls.key is None:
+        raise ReceiveError("node.tls.enabled needs node.tls.cert and node.tls.key.")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(tls.cert), str(tls.key))
+    if tls.ca is not None:
+        context.load_verify_locations(str(tls.ca))
+        context.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_OPTIONAL
+    elif tls.require_client_cert:
+        raise ReceiveError("node.tls.require_client_cert needs node.tls.ca to verify client certificates.")
+    return context
+
+
+class Listener:
+    """Starts/stops the SCP; ``space_check`` raises :class:`StorageFullError` when the spool is full."""
+
+    def __init__(self, node: NodeConfig, ingest: Ingest, space_check: Callable[[], None]) -> None:
+        self.node = node
+        self.ingest = ingest
+        self.space_check = space_check
+        self.ae = self._build_ae()
+        self._server: ThreadedAssociationServer | None = None
+
+    def _build_ae(self) -> AE:
+        ae = AE(ae_title=self.node.ae_title)
+        ae.acse_timeout = self.node.acse_timeout
+        ae.dimse_timeout = self.node.dimse_timeout
+        ae.network_timeout = self.node.network_timeout
+        ae.maximum_pdu_size = self.node.max_pdu_size
+        ae.maximum_associations = self.node.max_associations
+        ae.require_calling_aet = list(self.node.allowed_calling_aets)
+        ae.require_called_aet = self.node.require_called_aet
+        ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        return ae
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise ReceiveError("The listener is not running.")
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        handlers = [
+            (evt.EVT_CONN_OPEN, self._on_connection),
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+        ]
+        try:
+            self._server = self.ae.start_server(
+                (self.node.host, self.node.port),
+                block=False,
+                evt_handlers=handlers,
+                ssl_context=_tls_context(self.node),
+            )
+        except OSError as exc:
+            raise ReceiveError(f"Cannot listen on {self.node.host}:{self.node.port}: {exc}.") from exc
+        log.info("Listening as '%s' on %s:%d.", self.node.ae_title, self.node.host, self.port)
+
+    def active_associations(self) -> int:
+        return sum(1 for a in self.ae.active_associations if a.is_acceptor)
+
+    def stop(self, drain_seconds: float = 30.0) -> None:
+        """Stop accepting, wait up to ``drain_seconds`` for in-flight associations, abort the rest."""
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server = None
+        deadline = time.monotonic() + drain_seconds
+        while self.active_associations() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        leftover = [a for a in self.ae.active_associations if a.is_acceptor]
+        for assoc in leftover:
+            log.warning("Aborting association from '%s' still open at shutdown.", assoc.requestor.ae_title)
+            assoc.abort()
+        log.info("Listener stopped.")
+
+    # -- event handlers -------------------------------------------------------------------------------
+    @staticmethod
+    def _on_connection(event: evt.Event) -> None:
+        sock = getattr(event.assoc.dul.socket, "socket", None)
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError as exc:  # not fatal: only latency suffers
+                log.debug("Could not set TCP_NODELAY: %s", exc)
+
+    def _on_requested(self, event: evt.Event) -> None:
+        try:
+            self.space_check()
+        except StorageFullError as exc:
+            log.error("Refusing association from '%s': %s", event.assoc.requestor.ae_title, exc)
+            event.assoc.acse.send_reject(
+                REJECT_TRANSIENT, SOURCE_PROVIDER_PRESENTATION, REASON_TEMPORARY_CONGESTION
+            )
+
+    @staticmethod
+    def _on_echo(event: evt.Event) -> int:
+        return SUCCESS
+
+    def _on_store(self, event: evt.Event) -> Dataset:
+        request = event.request
+        buffer = request.DataSet
+        with buffer.getbuffer() as view:
+            result = self.ingest.store(
+                view,
+                transfer_syntax=event.context.transfer_syntax,
+                sop_class_uid=str(request.AffectedSOPClassUID or ""),
+                sop_instance_uid=str(request.AffectedSOPInstanceUID or ""),
+                calling_aet=event.assoc.requestor.ae_title.strip(),
+            )
+        status = Dataset()
+        status.Status = result.status
+        if result.comment:
+            status.ErrorComment = result.comment[:64]
+        return status

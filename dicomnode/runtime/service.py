@@ -1,0 +1,143 @@
+"""The running node: config → database → spool → assembler → components → listener, and back down.
+
+``start()``/``stop()`` are usable in process (tests); ``run_forever()`` (``dicomnode serve``) also
+installs signal handlers: SIGTERM/SIGINT stop the node gracefully (stop accepting, let in-flight
+associations finish, hand on queued events, stop components, close the database; exit status 0) and
+SIGHUP calls the registered reload hooks.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from typing import Protocol
+
+from dicomnode.assemble.assembler import Assembler, Event, QuietResolver
+from dicomnode.config import Config
+from dicomnode.database import Database
+from dicomnode.receive.ingest import Ingest
+from dicomnode.receive.listener import Listener
+from dicomnode.runtime.dispatch import EventDispatcher, ReadyHandler
+from dicomnode.spool.index import SpoolIndex
+from dicomnode.spool.recovery import recover
+from dicomnode.spool.store import Spool
+
+log = logging.getLogger(__name__)
+
+
+class Component(Protocol):
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class Service:
+    """One dicomnode instance. Build it with :func:`dicomnode.runtime.wiring.build_service`."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.database = Database(config.storage.database_path)
+        self.spool = Spool(config.storage.spool_dir, fsync=config.storage.fsync)
+        self.index = SpoolIndex(self.database, self.spool.root)
+        self.quiet_seconds_resolver: QuietResolver | None = None
+        self.assembler = Assembler(
+            self.database, self.index, config.completion, self._emit, quiet_resolver=self._resolve_quiet
+        )
+        self.dispatcher = EventDispatcher(self.assembler)
+        self.ingest = Ingest(self.spool, self.index, self.assembler)
+        self.listener = Listener(config.node, self.ingest, self.check_space)
+        self._components: list[Component] = []
+        self._started: list[Component] = []
+        self._reload_hooks: list[Callable[[], None]] = []
+        self._stop_requested = threading.Event()
+        self._reload_requested = threading.Event()
+        self._running = False
+
+    # -- extension points -----------------------------------------------------------------------------
+    def add_ready_handler(self, fn: ReadyHandler) -> None:
+        """``fn(SeriesReady | StudyReady)`` runs on the dispatch thread for every completion."""
+        self.dispatcher.handlers.append(fn)
+
+    def add_component(self, obj: Component) -> None:
+        """Started after the database/assembler (in order), stopped before them (in reverse order)."""
+        self._components.append(obj)
+
+    def add_reload_hook(self, fn: Callable[[], None]) -> None:
+        """Called on SIGHUP (and by :meth:`reload`)."""
+        self._reload_hooks.append(fn)
+
+    def check_space(self) -> None:
+        self.spool.check_space(self.config.storage.min_free_mb, self.config.storage.max_used_percent)
+
+    def _resolve_quiet(self, study_uid: str, series_uid: str) -> float | None:
+        resolver = self.quiet_seconds_resolver
+        return resolver(study_uid, series_uid) if resolver is not None else None
+
+    def _emit(self, event: Event) -> None:
+        self.dispatcher.put(event)
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    def start(self) -> None:
+        recover(self.spool, self.index)
+        self.dispatcher.start()
+        self.assembler.start()
+        try:
+            for component in self._components:
+                component.start()
+                self._started.append(component)
+            self.listener.start()
+        except BaseException:
+            self.stop()
+            raise
+        self._running = True
+
+    def stop(self) -> None:
+        """Stop accepting, finish in-flight associations, flush events, stop components, close the DB."""
+        self.listener.stop(drain_seconds=self.config.node.dimse_timeout)
+        self.assembler.stop()
+        self.dispatcher.stop()
+        while self._started:
+            component = self._started.pop()
+            try:
+                component.stop()
+            except Exception:  # keep stopping the others; the failure is logged
+                log.exception("Component %r failed to stop.", component)
+        self.database.close()
+        self._running = False
+
+    def reload(self) -> None:
+        for hook in list(self._reload_hooks):
+            try:
+                hook()
+            except Exception:  # a failed reload keeps the previous state; the hook reports why
+                log.exception("Reload hook %r failed.", hook)
+
+    def request_stop(self) -> None:
+        self._stop_requested.set()
+
+    def run_forever(self) -> None:
+        """Start, serve until SIGTERM/SIGINT (or :meth:`request_stop`), then stop gracefully."""
+        previous = {
+            sig: signal.signal(sig, handler)
+            for sig, handler in (
+                (signal.SIGTERM, lambda *_: self._stop_requested.set()),
+                (signal.SIGINT, lambda *_: self._stop_requested.set()),
+                (signal.SIGHUP, lambda *_: self._reload_requested.set()),
+            )
+        }
+        try:
+            self.start()
+            while not self._stop_requested.wait(0.2):
+                if self._reload_requested.is_set():
+                    self._reload_requested.clear()
+                    log.info("SIGHUP: reloading.")
+                    self.reload()
+            log.info("Stopping: no new associations; finishing in-flight transfers.")
+        finally:
+            if self._running:
+                self.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        log.info("Stopped.")

@@ -1,0 +1,20 @@
+"""The one place where the node's optional stages are attached to the :class:`Service`.
+
+Each stage adds itself here in a few obvious lines: a ready handler (routing), components with
+``start()``/``stop()`` (outbox sender, pipeline executor, metrics server, rule watcher), reload hooks
+(SIGHUP) and, for routing, ``service.quiet_seconds_resolver``.
+"""
+
+from __future__ import annotations
+
+from dicomnode.config import Config
+from dicomnode.runtime.service import Service
+
+
+def build_service(config: Config) -> Service:
+    service = Service(config)
+    # Stages plug in below, e.g.:
+    #   router = Router(config, service.database, service.index); service.add_ready_handler(router.on_ready)
+    #   service.quiet_seconds_resolver = router.quiet_seconds; service.add_reload_hook(router.reload)
+    #   service.add_component(Outbox(config, service.database))
+    return service
