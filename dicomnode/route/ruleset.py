@@ -1,0 +1,345 @@
+"""A rule set: every ``*.yaml``/``*.yml`` file of the rules folder, validated as a whole.
+
+Each file holds a list of rules (or one rule mapping; an empty file holds none). Errors name the file, the
+line, the rule and the reason; one bad rule makes the whole set invalid (a half-applied set is worse than
+the previous one). The version of a set is the SHA-256 over its files' names and bytes.
+
+Order of evaluation: higher ``priority`` first; equal priorities in file-name order, then in file order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from dicomnode.errors import RuleError
+from dicomnode.route.evaluate import EvalContext, Explanation, rule_holds
+from dicomnode.route.rules import Rule
+from dicomnode.route.yamlsource import LineDict, LineList, load_yaml
+
+RULE_SUFFIXES = (".yaml", ".yml")
+
+
+@dataclass(frozen=True)
+class RuleIssue:
+    file: str
+    line: int | None
+    rule: str | None
+    reason: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        who = f" rule '{self.rule}':" if self.rule else ""
+        return f"{where}:{who} {self.reason}"
+
+
+class RuleSetError(RuleError):
+    """A rule set is invalid; ``issues`` lists every problem found."""
+
+    def __init__(self, issues: Sequence[RuleIssue]) -> None:
+        self.issues = list(issues)
+        count = len(self.issues)
+        head = f"The rule set is invalid ({count} problem{'s' if count != 1 else ''}):"
+        super().__init__("\n  ".join([head, *map(str, self.issues)]))
+
+
+@dataclass(frozen=True)
+class LoadedRule:
+    rule: Rule
+    file: str
+    line: int
+    order: int  # position within its file
+
+    @property
+    def name(self) -> str:
+        return self.rule.name
+
+
+@dataclass(frozen=True)
+class RuleResult:
+    """The outcome of one rule for one subject."""
+
+    loaded: LoadedRule
+    matched: bool
+    explanation: Explanation | None = None
+    skipped: str = ""  # why the rule was not evaluated ("disabled", "after stop", "fallback not needed")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    level: str
+    results: tuple[RuleResult, ...]
+    fallback_used: bool
+
+    @property
+    def fired(self) -> list[LoadedRule]:
+        return [r.loaded for r in self.results if r.matched]
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    folder: Path
+    rules: tuple[LoadedRule, ...]
+    files: tuple[str, ...]
+    sha256: str
+    _by_level: dict[str, tuple[LoadedRule, ...]] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for level in ("series", "study"):
+            ordered = sorted(
+                (r for r in self.rules if r.rule.level == level),
+                key=lambda r: (-r.rule.priority, r.file, r.order),
+            )
+            self._by_level[level] = tuple(ordered)
+
+    @property
+    def version(self) -> str:
+        return self.sha256[:12]
+
+    def ordered(self, level: str) -> tuple[LoadedRule, ...]:
+        return self._by_level[level]
+
+    def has_level(self, level: str) -> bool:
+        return bool(self._by_level[level])
+
+    def evaluate(self, level: str, ctx: EvalContext, explain: bool = False) -> Evaluation:
+        """Fire every matching ordinary rule (until one with ``stop``); fallbacks only if none fired."""
+        rules = self.ordered(level)
+        results: list[RuleResult] = []
+        stopped = False
+        for loaded in (r for r in rules if not r.rule.fallback):
+            results.append(_run(loaded, ctx, explain, stopped))
+            stopped = stopped or (results[-1].matched and loaded.rule.then.stop)
+        ordinary_fired = any(r.matched for r in results)
+        fallback_used = False
+        stopped = False
+        for loaded in (r for r in rules if r.rule.fallback):
+            if ordinary_fired:
+                results.append(RuleResult(loaded, False, None, "fallback not needed"))
+                continue
+            result = _run(loaded, ctx, explain, stopped)
+            results.append(result)
+            fallback_used = fallback_used or result.matched
+            stopped = stopped or (result.matched and loaded.rule.then.stop)
+        return Evaluation(level, tuple(results), fallback_used)
+
+
+def _run(loaded: LoadedRule, ctx: EvalContext, explain: bool, stopped: bool) -> RuleResult:
+    if not loaded.rule.enabled:
+        return RuleResult(loaded, False, None, "disabled")
+    if stopped:
+        return RuleResult(loaded, False, None, "not evaluated: an earlier rule has stop")
+    held, why = rule_holds(loaded.rule, ctx, explain)
+    return RuleResult(loaded, held, why)
+
+
+def rule_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise RuleSetError([RuleIssue(str(folder), None, None, "the rules folder does not exist")])
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in RULE_SUFFIXES)
+
+
+def fingerprint(folder: Path) -> tuple[tuple[str, int, int], ...]:
+    """Cheap change detection: (name, mtime_ns, size) of every rule file."""
+    out = []
+    try:
+        for path in rule_files(folder):
+            stat = path.stat()
+            out.append((path.name, stat.st_mtime_ns, stat.st_size))
+    except (RuleSetError, OSError):
+        return ()
+    return tuple(out)
+
+
+def _reason(errors: list[dict[str, Any]]) -> str:
+    first = errors[0]
+    if first["type"] == "extra_forbidden":
+        return f"unknown key '{first['loc'][-1]}' (check the spelling; see README 'Routing rules')"
+    if first["type"] == "missing":
+        return f"'{first['loc'][-1]}' is required"
+    if {e["type"] for e in errors} <= {"string_type", "int_type", "float_type", "list_type"}:
+        return f"should be text, a number or a list of them (got {first.get('input')!r})"
+    messages = []
+    for error in errors:
+        message = str(error["msg"]).removeprefix("Value error, ")
+        message = message.replace("Input should be ", "" if len(errors) > 1 else "should be ")
+        if message not in messages:
+            messages.append(message)
+    text = " or ".join(messages)
+    if len(errors) > 1:
+        text = "should be " + text
+    if first["type"] not in ("value_error", "condition_kind") and not isinstance(first.get("input"), dict):
+        text += f" (got {first.get('input')!r})"
+    return text
+
+
+_UNION_TAGS = {
+    "tag", "all", "any", "not", "calling_ae", "called_ae", "instances", "series_in_study", "time",
+    "study_has_series", "ValueTest", "str", "int", "float", "bool", "list[union[str,int,float]]",
+}
+
+
+def _locate(data: Any, loc: Sequence[int | str]) -> tuple[str, int | None]:
+    """The key path of an error as the administrator wrote it (union tags dropped) and its line."""
+    out = ""
+    node = data
+    line = getattr(data, "line", None)
+    for i, part in enumerate(loc):
+        following = loc[i + 1] if i + 1 < len(loc) else None
+        if isinstance(node, dict):
+            previous = loc[i - 1] if i else None
+            if part in _UNION_TAGS and (following in node or (following is None and previous != part)):
+                continue
+            if part in node:
+                out += f".{part}" if out else str(part)
+                line = node.key_lines.get(part, line) if isinstance(node, LineDict) else line
+                node = node[part]
+            elif isinstance(part, str) and part not in _UNION_TAGS:
+                out += f".{part}" if out else part
+                node = None
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            out += f"[{part}]"
+            line = node.item_lines[part] if isinstance(node, LineList) else line
+            node = node[part]
+    return out, line
+
+
+def _validate_rule(item: Any, file: str, index: int) -> tuple[Rule | None, list[RuleIssue]]:
+    name = item.get("name") if isinstance(item, dict) and isinstance(item.get("name"), str) else None
+    label = name or f"#{index + 1}"
+    line = getattr(item, "line", None)
+    if not isinstance(item, dict):
+        return None, [RuleIssue(file, line, label, f"a rule must be a mapping, not {type(item).__name__}")]
+    try:
+        return Rule.model_validate(item), []
+    except ValidationError as exc:
+        grouped: dict[str, list[dict[str, Any]]] = {}
+        lines: dict[str, int | None] = {}
+        for error in exc.errors():
+            key, where = _locate(item, error["loc"])
+            grouped.setdefault(key, []).append(error)
+            lines.setdefault(key, where or line)
+        return None, [
+            RuleIssue(file, lines[key], label, f"{key + ': ' if key else ''}{_reason(errors)}")
+            for key, errors in grouped.items()
+        ]
+
+
+def parse_rule_file(
+    path: Path, display: str | None = None
+) -> tuple[list[LoadedRule], list[RuleIssue], bytes]:
+    """Rules of one file and the problems found in it (the raw bytes are returned for hashing)."""
+    file = display or str(path)
+    try:
+        raw = path.read_bytes()
+        text = raw.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return [], [RuleIssue(file, None, None, f"cannot be read: {exc}")], b""
+    try:
+        data = load_yaml(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        return [], [RuleIssue(file, mark.line + 1 if mark else None, None, f"invalid YAML: {problem}")], raw
+    if data is None:
+        return [], [], raw
+    if isinstance(data, LineDict):
+        items: Iterable[Any] = [data]
+        item_lines = [data.line]
+    elif isinstance(data, LineList):
+        items, item_lines = data, data.item_lines
+    else:
+        problem = "a rule file must hold a list of rules (or one rule mapping)"
+        return [], [RuleIssue(file, 1, None, problem)], raw
+    rules: list[LoadedRule] = []
+    issues: list[RuleIssue] = []
+    for index, (item, line) in enumerate(zip(items, item_lines, strict=True)):
+        rule, problems = _validate_rule(item, file, index)
+        issues.extend(problems)
+        if rule is not None:
+            rules.append(LoadedRule(rule, file, getattr(item, "line", line), index))
+    return rules, issues, raw
+
+
+def load_ruleset(
+    folder: Path | str,
+    *,
+    pipelines: Iterable[str] | None = None,
+    destinations: Iterable[str] | None = None,
+) -> RuleSet:
+    """Load and validate every rule file in ``folder``; raise :class:`RuleSetError` listing all problems.
+
+    With ``pipelines``/``destinations`` given, every reference is checked against them too.
+    """
+    folder = Path(folder)
+    files = rule_files(folder)
+    digest = hashlib.sha256()
+    rules: list[LoadedRule] = []
+    issues: list[RuleIssue] = []
+    for path in files:
+        display = str(path)
+        found, problems, raw = parse_rule_file(path, display)
+        digest.update(path.name.encode() + b"\0" + hashlib.sha256(raw).digest())
+        rules.extend(found)
+        issues.extend(problems)
+    seen: dict[str, LoadedRule] = {}
+    for loaded in rules:
+        if loaded.name in seen:
+            first = seen[loaded.name]
+            issues.append(RuleIssue(
+                loaded.file, loaded.line, loaded.name,
+                f"the name is already used by the rule at {first.file}:{first.line}",
+            ))
+        seen.setdefault(loaded.name, loaded)
+    issues.extend(check_references(rules, pipelines, destinations))
+    issues.sort(key=lambda i: (i.file, i.line or 0))
+    if issues:
+        raise RuleSetError(issues)
+    return RuleSet(folder, tuple(rules), tuple(p.name for p in files), digest.hexdigest())
+
+
+def check_references(
+    rules: Iterable[LoadedRule], pipelines: Iterable[str] | None, destinations: Iterable[str] | None
+) -> list[RuleIssue]:
+    issues = []
+    known_pipelines = set(pipelines) if pipelines is not None else None
+    known_destinations = set(destinations) if destinations is not None else None
+    for loaded in rules:
+        action = loaded.rule.then
+        if known_pipelines is not None and action.pipeline and action.pipeline not in known_pipelines:
+            known = ", ".join(sorted(known_pipelines)) or "none"
+            issues.append(RuleIssue(
+                loaded.file, loaded.line, loaded.name,
+                f"then.pipeline: pipeline '{action.pipeline}' is not registered (registered: {known})",
+            ))
+        if known_destinations is not None:
+            for name in action.send_to:
+                if name not in known_destinations:
+                    known = ", ".join(sorted(known_destinations)) or "none"
+                    issues.append(RuleIssue(
+                        loaded.file, loaded.line, loaded.name,
+                        f"then.send_to: destination '{name}' is not configured (configured: {known})",
+                    ))
+    return issues
+
+
+def references_for(config: Any) -> dict[str, Callable[[], Iterable[str]]]:
+    """Where the node finds the names rules may refer to (pipelines, destinations)."""
+    from dicomnode.pipelines.registry import available_pipelines
+
+    return {"pipelines": available_pipelines, "destinations": lambda: list(config.destinations)}
+
+
+def load_for_config(config: Any) -> RuleSet:
+    """The rule set of ``config.rules.path``, with every reference checked against the config."""
+    from dicomnode.pipelines.registry import available_pipelines
+
+    return load_ruleset(
+        config.rules.path, pipelines=available_pipelines(), destinations=list(config.destinations)
+    )
