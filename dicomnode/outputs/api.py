@@ -16,7 +16,7 @@ from pydicom import Dataset
 @dataclass(frozen=True)
 class Segment:
     label: str  # shown to the radiologist: "Liver", "Lung", "Left lung", "Lesion 1"
-    structure: str  # key of the coded concept: liver, spleen, lung, lung-left, lung-right, brain, neoplasm, ...
+    structure: str  # coded-concept key (outputs.codes): liver, spleen, lung, lung-left, brain, neoplasm, ...
     mask: np.ndarray  # bool, shape (slices, rows, columns)
     color: tuple[int, int, int] = (255, 0, 0)  # display colour, RGB 0-255
     category: str = "organ"  # organ | lesion | tissue

@@ -1,0 +1,172 @@
+"""Coded concepts for result objects: structures (SNOMED CT), display colours, measurement codes.
+
+Codes come from pydicom's code dictionary (``pydicom.sr.codedict.codes``) wherever it has them; the few it
+lacks (left/right lung and kidney) are written out with their SNOMED CT values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from highdicom.sr import CodedConcept
+from pydicom.sr.codedict import codes
+
+from dicomnode.errors import OutputError
+
+SCT = codes.SCT
+IBSI = codes.cid7477  # IBSI morphology feature codes (and the other IBSI groups below)
+
+
+@dataclass(frozen=True)
+class StructureCode:
+    """How one structure key is coded in a SEG segment and an SR finding."""
+
+    category: CodedConcept
+    type: CodedConcept
+    color: tuple[int, int, int]  # default display colour, RGB 0-255
+    finding_site: CodedConcept | None = None  # anatomic location for SR finding sites (organs)
+
+
+def _cc(code) -> CodedConcept:  # type: ignore[no-untyped-def]
+    return CodedConcept(code.value, code.scheme_designator, code.meaning)
+
+
+_ANATOMY = _cc(SCT.AnatomicalStructure)  # CID 7150 "Anatomical Structure" (91723000)
+_TISSUE = _cc(SCT.Tissue)
+_ABNORMAL = _cc(SCT.MorphologicallyAbnormalStructure)  # 49755003
+
+
+def _organ(code: CodedConcept, color: tuple[int, int, int]) -> StructureCode:
+    return StructureCode(_ANATOMY, code, color, code)
+
+
+# Colours follow 3D Slicer's GenericAnatomyColors where it has the structure.
+STRUCTURES: dict[str, StructureCode] = {
+    "liver": _organ(_cc(SCT.Liver), (221, 130, 101)),
+    "spleen": _organ(_cc(SCT.Spleen), (157, 108, 162)),
+    "lung": _organ(_cc(SCT.Lung), (197, 165, 145)),
+    "lung-left": _organ(CodedConcept("44029006", "SCT", "Left lung"), (197, 165, 145)),
+    "lung-right": _organ(CodedConcept("3341006", "SCT", "Right lung"), (197, 165, 145)),
+    "brain": _organ(_cc(SCT.Brain), (250, 250, 225)),
+    "aorta": _organ(_cc(SCT.Aorta), (224, 97, 76)),
+    "kidney": _organ(_cc(SCT.Kidney), (185, 102, 83)),
+    "kidney-left": _organ(CodedConcept("18639004", "SCT", "Left kidney"), (185, 102, 83)),
+    "kidney-right": _organ(CodedConcept("9846003", "SCT", "Right kidney"), (185, 102, 83)),
+    "pancreas": _organ(_cc(SCT.Pancreas), (249, 180, 111)),
+    "heart": _organ(_cc(SCT.Heart), (206, 110, 84)),
+    "stomach": _organ(_cc(SCT.Stomach), (216, 132, 105)),
+    "gallbladder": _organ(_cc(SCT.Gallbladder), (139, 150, 98)),
+    "bladder": _organ(_cc(SCT.Bladder), (222, 154, 132)),
+    "prostate": _organ(_cc(SCT.Prostate), (230, 158, 140)),
+    "breast": _organ(_cc(SCT.Breast), (255, 225, 205)),
+    "bone": StructureCode(_TISSUE, _cc(SCT.Bone), (241, 214, 145)),
+    "neoplasm": StructureCode(_ABNORMAL, _cc(SCT.Neoplasm), (255, 255, 0)),
+    "tumor": StructureCode(_ABNORMAL, _cc(SCT.Neoplasm), (255, 255, 0)),
+    "lesion": StructureCode(_ABNORMAL, _cc(SCT.Lesion), (255, 128, 0)),
+    "mass": StructureCode(_ABNORMAL, _cc(SCT.Mass), (255, 128, 0)),
+}
+
+
+def structure_code(key: str) -> StructureCode:
+    """The coded concept of a structure key (``liver``, ``lung-left``, ``neoplasm`` …)."""
+    try:
+        return STRUCTURES[key.lower()]
+    except KeyError:
+        known = ", ".join(sorted(STRUCTURES))
+        raise OutputError(f"Structure '{key}' has no code (known structures: {known}).") from None
+
+
+# ---------------------------------------------------------------------------------------------- units
+UNIT_ML = CodedConcept("ml", "UCUM", "milliliter")
+UNIT_MM = CodedConcept("mm", "UCUM", "millimeter")
+UNIT_MM2 = CodedConcept("mm2", "UCUM", "square millimeter")
+UNIT_NONE = CodedConcept("1", "UCUM", "no units")
+UNIT_HU = CodedConcept("[hnsf'U]", "UCUM", "Hounsfield unit")
+UNIT_ARB = CodedConcept("[arb'U]", "UCUM", "arbitrary unit")
+UNIT_VOXELS = CodedConcept("{voxels}", "UCUM", "voxels")
+
+
+@dataclass(frozen=True)
+class FeatureCode:
+    """How one pyradiomics feature is reported in the SR: concept name and unit kind."""
+
+    concept: CodedConcept
+    unit: str  # "ml", "mm", "mm2", "1", "intensity" (HU for CT, arbitrary otherwise), "voxels"
+
+
+def _ibsi(value: str, meaning: str) -> CodedConcept:
+    return CodedConcept(value, "IBSI", meaning)
+
+
+#: pyradiomics feature name → SR concept. Volume uses SNOMED CT 118565006 (``ml``); intensities are in the
+#: image's real units (``[hnsf'U]`` for CT); the rest uses IBSI codes (pydicom's CIDs 7468-7477).
+FEATURE_CODES: dict[str, FeatureCode] = {
+    "volume_ml": FeatureCode(_cc(SCT.Volume), "ml"),
+    "original_shape_VoxelVolume": FeatureCode(_cc(codes.cid7472.VolumeFromVoxelSummation), "mm3"),
+    "original_shape_MeshVolume": FeatureCode(_cc(codes.cid7472.VolumeOfMesh), "mm3"),
+    "original_firstorder_Mean": FeatureCode(_cc(SCT.Mean), "intensity"),
+    "original_firstorder_Median": FeatureCode(_cc(SCT.Median), "intensity"),
+    "original_firstorder_StandardDeviation": FeatureCode(_cc(SCT.StandardDeviation), "intensity"),
+    "original_firstorder_Minimum": FeatureCode(_cc(SCT.Minimum), "intensity"),
+    "original_firstorder_Maximum": FeatureCode(_cc(SCT.Maximum), "intensity"),
+    "original_firstorder_10Percentile": FeatureCode(
+        _ibsi("GPMT", "Intensity Histogram 10th Percentile"), "intensity"
+    ),
+    "original_firstorder_90Percentile": FeatureCode(
+        _ibsi("OZ0C", "Intensity Histogram 90th Percentile"), "intensity"
+    ),
+    "original_firstorder_Skewness": FeatureCode(_ibsi("KE2A", "Intensity Skewness"), "1"),
+    "original_firstorder_Kurtosis": FeatureCode(_ibsi("IPH6", "Intensity Kurtosis"), "1"),
+    "original_firstorder_Entropy": FeatureCode(_ibsi("TLU2", "Intensity Histogram Entropy"), "1"),
+    "original_firstorder_Energy": FeatureCode(_ibsi("N8CA", "Intensity Energy"), "1"),
+    "original_shape_SurfaceArea": FeatureCode(_ibsi("C0JK", "Surface Area of Mesh"), "mm2"),
+    "original_shape_Sphericity": FeatureCode(_ibsi("QCFX", "Sphericity"), "1"),
+    "original_shape_Maximum3DDiameter": FeatureCode(_ibsi("L0JK", "Maximum 3D Diameter of a Mesh"), "mm"),
+    "original_shape_MajorAxisLength": FeatureCode(_ibsi("TDIC", "Major Axis in 3D Length"), "mm"),
+    "original_shape_MinorAxisLength": FeatureCode(_ibsi("P9VJ", "Minor Axis in 3D Length"), "mm"),
+    "original_shape_LeastAxisLength": FeatureCode(_ibsi("7J51", "Least Axis in 3D Length"), "mm"),
+    "original_shape_Elongation": FeatureCode(_ibsi("Q3CK", "Elongation"), "1"),
+    "original_shape_Flatness": FeatureCode(_ibsi("N17B", "Flatness"), "1"),
+    "original_glcm_Contrast": FeatureCode(_ibsi("ACUI", "Contrast of GLCM"), "1"),
+    "original_glcm_Correlation": FeatureCode(_ibsi("NI2N", "Correlation of GLCM"), "1"),
+    "original_glcm_JointEntropy": FeatureCode(_ibsi("TU9B", "Joint Entropy of GLCM"), "1"),
+    "original_glrlm_RunPercentage": FeatureCode(_ibsi("9ZK5", "Run Percentage"), "1"),
+    "original_glszm_ZonePercentage": FeatureCode(_ibsi("P30P", "Size Zone Percentage"), "1"),
+    "original_ngtdm_Coarseness": FeatureCode(_ibsi("QCDE", "Coarseness of NGTDM"), "1"),
+}
+
+#: Features that go into the SR when a pipeline does not choose.
+DEFAULT_SR_FEATURES: tuple[str, ...] = (
+    "volume_ml",
+    "original_firstorder_Mean",
+    "original_firstorder_StandardDeviation",
+    "original_firstorder_Median",
+    "original_firstorder_Minimum",
+    "original_firstorder_Maximum",
+    "original_shape_Maximum3DDiameter",
+    "original_shape_Sphericity",
+)
+
+_UNITS = {
+    "ml": UNIT_ML,
+    "mm": UNIT_MM,
+    "mm2": UNIT_MM2,
+    "mm3": CodedConcept("mm3", "UCUM", "cubic millimeter"),
+    "1": UNIT_NONE,
+    "voxels": UNIT_VOXELS,
+}
+
+
+def feature_code(name: str) -> FeatureCode:
+    try:
+        return FEATURE_CODES[name]
+    except KeyError:
+        known = ", ".join(sorted(FEATURE_CODES))
+        raise OutputError(f"Feature '{name}' has no SR code (features with codes: {known}).") from None
+
+
+def feature_unit(code: FeatureCode, modality: str) -> CodedConcept:
+    """The UCUM unit of a feature for images of ``modality`` (intensities are HU only for CT)."""
+    if code.unit == "intensity":
+        return UNIT_HU if modality.upper() == "CT" else UNIT_ARB
+    return _UNITS[code.unit]

@@ -1,0 +1,122 @@
+"""DICOM SEG (BINARY) for a processed series: one segment per structure and per lesion (highdicom)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import highdicom as hd
+import numpy as np
+from pydicom import Dataset
+from pydicom.sr.codedict import codes
+
+from dicomnode.errors import OutputError
+from dicomnode.outputs.api import Provenance, Segment
+from dicomnode.outputs.codes import structure_code
+from dicomnode.outputs.provenance import MANUFACTURER, apply_provenance, contributing_equipment
+from dicomnode.outputs.uids import UIDFactory
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SegSpec:
+    """What varies between SEG objects; everything else is fixed by the source series and provenance."""
+
+    series_description: str = "Segmentation"
+    series_number: int = 901
+    content_label: str = "SEGMENTATION"
+    content_creator_name: str = "DICOMNODE^AUTOMATIC"
+    omit_empty_frames: bool = True
+    instance_number: int = 1
+
+
+def algorithm_identification(provenance: Provenance) -> hd.AlgorithmIdentificationSequence:
+    return hd.AlgorithmIdentificationSequence(
+        name=provenance.pipeline[:64],
+        family=codes.cid7162.ArtificialIntelligence,
+        version=(provenance.pipeline_version or "0")[:64],
+        source=MANUFACTURER,
+        parameters={"params_hash": provenance.params_hash, "node_version": provenance.node_version},
+    )
+
+
+def segment_tracking_uid(uids: UIDFactory, number: int) -> str:
+    """The tracking UID of segment ``number`` (1-based): shared by the SEG and the SR."""
+    return str(uids("tracking", number))
+
+
+def segment_descriptions(
+    segments: Sequence[Segment], provenance: Provenance, uids: UIDFactory
+) -> list[hd.seg.SegmentDescription]:
+    algorithm = algorithm_identification(provenance)
+    descriptions = []
+    for number, segment in enumerate(segments, start=1):
+        code = structure_code(segment.structure)
+        descriptions.append(
+            hd.seg.SegmentDescription(
+                segment_number=number,
+                segment_label=segment.label[:64],
+                segmented_property_category=code.category,
+                segmented_property_type=code.type,
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=algorithm,
+                tracking_uid=segment_tracking_uid(uids, number),
+                tracking_id=segment.label[:64],
+                display_color=hd.color.CIELabColor.from_rgb(*(float(c) for c in segment.color)),
+            )
+        )
+    return descriptions
+
+
+def mask_stack(segments: Sequence[Segment], n_slices: int) -> np.ndarray:
+    """(slices, rows, columns, segments) bool array; checks every mask has the source shape."""
+    if not segments:
+        raise OutputError("Cannot build a SEG without segments.")
+    shape = segments[0].mask.shape
+    for segment in segments:
+        if segment.mask.shape != shape or shape[0] != n_slices:
+            raise OutputError(
+                f"Mask of segment '{segment.label}' has shape {segment.mask.shape}; expected "
+                f"({n_slices}, rows, columns) like the source series and every other segment."
+            )
+    return np.stack([np.asarray(s.mask, dtype=bool) for s in segments], axis=-1)
+
+
+def build_seg(
+    sources: Sequence[Dataset],
+    segments: Sequence[Segment],
+    provenance: Provenance,
+    uids: UIDFactory,
+    spec: SegSpec = SegSpec(),
+) -> hd.seg.Segmentation:
+    """A BINARY Segmentation on the source grid (same study, Frame of Reference, source references)."""
+    pixels = mask_stack(segments, len(sources))
+    if not pixels.any():
+        log.warning("Every segment is empty; the SEG keeps all frames so that it is still valid.")
+    try:
+        seg = hd.seg.Segmentation(
+            source_images=list(sources),
+            pixel_array=pixels,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=segment_descriptions(segments, provenance, uids),
+            series_instance_uid=uids("seg-series"),
+            series_number=spec.series_number,
+            sop_instance_uid=uids("seg"),
+            instance_number=spec.instance_number,
+            manufacturer=MANUFACTURER,
+            manufacturer_model_name=provenance.pipeline[:64],
+            software_versions=provenance.node_version[:64],
+            device_serial_number="0",
+            content_description=spec.series_description[:64],
+            content_creator_name=spec.content_creator_name,
+            content_label=spec.content_label,
+            omit_empty_frames=spec.omit_empty_frames and bool(pixels.any()),
+            contributing_equipment=[contributing_equipment(provenance)],
+        )
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise OutputError(f"The SEG for pipeline '{provenance.pipeline}' could not be built: {exc}") from exc
+    seg.SeriesDescription = spec.series_description[:64]
+    apply_provenance(seg, provenance, equipment=False)
+    return seg

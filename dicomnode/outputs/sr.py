@@ -1,0 +1,210 @@
+"""TID 1500 Measurement Report (Comprehensive 3D SR) for a processed series (highdicom).
+
+Per segment: one TID 1411 volumetric group referencing the SEG segment and the source series, with the
+chosen features (codes and UCUM units from :mod:`dicomnode.outputs.codes`), and one TID 1410 planar group on
+the key slice (largest axial cross-section) with the outline as a closed SCOORD POLYLINE on that source
+image, its area and long/short-axis diameters — so image-anchored viewers (OHIF) show every segment.
+The observer is this node as a device; the report is UNVERIFIED.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import highdicom as hd
+from pydicom import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
+
+from dicomnode.errors import OutputError
+from dicomnode.outputs.api import Provenance, Segment
+from dicomnode.outputs.codes import (
+    UNIT_MM,
+    UNIT_MM2,
+    feature_code,
+    feature_unit,
+    structure_code,
+)
+from dicomnode.outputs.outline import KeySlice, key_slice
+from dicomnode.outputs.provenance import (
+    MANUFACTURER,
+    apply_provenance,
+    contributing_equipment,
+    provenance_items,
+)
+from dicomnode.outputs.seg import segment_tracking_uid
+from dicomnode.outputs.uids import UIDFactory
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SRSpec:
+    series_description: str = "Measurements"
+    series_number: int = 903
+    device_name: str = "dicomnode"
+    device_uid: str = ""  # default: a UID derived from device_name
+    instance_number: int = 1
+
+
+def procedure_code(modality: str) -> hd.sr.CodedConcept:
+    if modality == "CT":
+        code = codes.LN.CTUnspecifiedBodyRegion
+    elif modality == "MR":
+        code = codes.LN.MRIUnspecifiedBodyRegion
+    else:
+        return hd.sr.CodedConcept("363679005", "SCT", "Imaging procedure")
+    return hd.sr.CodedConcept(code.value, code.scheme_designator, code.meaning)
+
+
+def observation_context(provenance: Provenance, spec: SRSpec) -> hd.sr.ObservationContext:
+    uid = spec.device_uid or generate_uid(entropy_srcs=["dicomnode-device", spec.device_name])
+    device = hd.sr.DeviceObserverIdentifyingAttributes(
+        uid=uid,
+        name=spec.device_name[:64],
+        manufacturer_name=MANUFACTURER,
+        model_name=provenance.pipeline[:64],
+    )
+    return hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=codes.DCM.Device, observer_identifying_attributes=device
+        )
+    )
+
+
+def algorithm_id(provenance: Provenance) -> hd.sr.AlgorithmIdentification:
+    """TID 4019 with every provenance value as a parameter TEXT item."""
+    return hd.sr.AlgorithmIdentification(
+        name=provenance.pipeline[:64],
+        version=(provenance.pipeline_version or "0")[:64],
+        parameters=[f"{k}={v}" for k, v in provenance_items(provenance)],
+    )
+
+
+def _finding_sites(segment: Segment) -> list[hd.sr.FindingSite] | None:
+    site = structure_code(segment.structure).finding_site
+    return [hd.sr.FindingSite(anatomic_location=site)] if site is not None else None
+
+
+def volumetric_group(
+    number: int,
+    segment: Segment,
+    seg: Dataset,
+    values: Mapping[str, float],
+    features: Sequence[str],
+    modality: str,
+    provenance: Provenance,
+    uids: UIDFactory,
+) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+    code = structure_code(segment.structure)
+    measurements = []
+    for name in features:
+        if name not in values:
+            if not segment.mask.any():
+                continue  # an empty segment has a volume of 0 and nothing else to measure
+            raise OutputError(f"Feature '{name}' was not computed for segment '{segment.label}'.")
+        fc = feature_code(name)
+        method = codes.cid7474.SumOfSegmentedVoxelMethodForVolume if name == "volume_ml" else None
+        measurements.append(
+            hd.sr.Measurement(
+                name=fc.concept, value=float(values[name]), unit=feature_unit(fc, modality), method=method
+            )
+        )
+    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=segment_tracking_uid(uids, number), identifier=segment.label[:64]
+        ),
+        referenced_segment=hd.sr.ReferencedSegment.from_segmentation(seg, number),
+        finding_type=code.type,
+        finding_category=code.category,
+        finding_sites=_finding_sites(segment),
+        algorithm_id=algorithm_id(provenance),
+        measurements=measurements,
+    )
+
+
+def planar_group(
+    number: int,
+    segment: Segment,
+    key: KeySlice,
+    source: Dataset,
+    provenance: Provenance,
+    uids: UIDFactory,
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    code = structure_code(segment.structure)
+    region = hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=key.outline,
+        source_image=hd.sr.SourceImageForRegion(
+            referenced_sop_class_uid=source.SOPClassUID,
+            referenced_sop_instance_uid=source.SOPInstanceUID,
+        ),
+    )
+    measurements = [
+        hd.sr.Measurement(name=codes.SCT.Area, value=key.area_mm2, unit=UNIT_MM2),
+        hd.sr.Measurement(name=codes.SCT.LongAxis, value=key.long_axis_mm, unit=UNIT_MM),
+        hd.sr.Measurement(name=codes.SCT.ShortAxis, value=key.short_axis_mm, unit=UNIT_MM),
+    ]
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=str(uids("tracking", 10000 + number)), identifier=f"{segment.label} (key slice)"[:64]
+        ),
+        referenced_region=region,
+        finding_type=code.type,
+        finding_category=code.category,
+        finding_sites=_finding_sites(segment),
+        algorithm_id=algorithm_id(provenance),
+        measurements=measurements,
+    )
+
+
+def build_sr(
+    sources: Sequence[Dataset],
+    segments: Sequence[Segment],
+    seg: Dataset,
+    measurements: Mapping[str, Mapping[str, float]],
+    features: Sequence[str],
+    provenance: Provenance,
+    uids: UIDFactory,
+    spec: SRSpec = SRSpec(),
+) -> hd.sr.Comprehensive3DSR:
+    """The Measurement Report; ``measurements`` maps segment label → feature name → value."""
+    modality = str(sources[0].get("Modality", ""))
+    pixel_spacing = tuple(float(v) for v in sources[0].PixelSpacing)
+    groups: list = []
+    for number, segment in enumerate(segments, start=1):
+        values = measurements.get(segment.label)
+        if values is None:
+            raise OutputError(f"No measurements were given for segment '{segment.label}'.")
+        groups.append(volumetric_group(number, segment, seg, values, features, modality, provenance, uids))
+        if segment.mask.any():
+            key = key_slice(segment.mask, pixel_spacing)  # type: ignore[arg-type]
+            groups.append(planar_group(number, segment, key, sources[key.index], provenance, uids))
+        else:
+            log.warning("Segment '%s' is empty: it gets no key-slice outline.", segment.label)
+    try:
+        report = hd.sr.MeasurementReport(
+            observation_context=observation_context(provenance, spec),
+            procedure_reported=procedure_code(modality),
+            imaging_measurements=groups,
+        )
+        sr = hd.sr.Comprehensive3DSR(
+            evidence=[*sources, seg],
+            content=report[0],
+            series_instance_uid=uids("sr-series"),
+            series_number=spec.series_number,
+            sop_instance_uid=uids("sr"),
+            instance_number=spec.instance_number,
+            manufacturer=MANUFACTURER,
+            is_complete=True,
+            is_final=False,
+            is_verified=False,
+            contributing_equipment=[contributing_equipment(provenance)],
+        )
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise OutputError(f"The SR for pipeline '{provenance.pipeline}' could not be built: {exc}") from exc
+    sr.SeriesDescription = spec.series_description[:64]
+    apply_provenance(sr, provenance, equipment=False)
+    return sr
