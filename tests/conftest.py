@@ -5,3 +5,4 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("TCP_NODELAY", "1")  # dcmtk/Orthanc on loopback stall ~45 ms per C-STORE without it
+from tests.fixtures_node import *  # noqa: F401,F403
