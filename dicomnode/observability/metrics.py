@@ -22,6 +22,8 @@ call                                          metric(s)
 ``instance_sent(destination)``                ``dicomnode_instances_sent_total{destination}``
 ``send_failed(destination)``                  ``dicomnode_send_failures_total{destination}``
 ``disk_full(active)``                         ``dicomnode_disk_full`` (1 while refusing)
+``study_removed(nbytes)``                     ``dicomnode_retention_removed_studies_total``,
+                                              ``dicomnode_retention_removed_bytes_total``
 ============================================  ====================================================
 
 Computed at scrape time (a custom collector, never stale): ``dicomnode_outbox_depth{destination}``
@@ -64,22 +66,22 @@ OutboxDepth = Callable[[], Mapping[str, int]]
 def outbox_depth_from_database(db: Database) -> OutboxDepth:
     """Pending sends per destination, read from the sending stage's ``outbox`` table.
 
-    Rows count as pending unless their state is a terminal one (``sent``/``done``/``delivered``/
-    ``dead``/``failed``). A database without an outbox table (sending not configured yet) reports
+    Rows count as pending while ``queued``, ``sending`` or ``failed`` (a retry is scheduled); ``sent``
+    and ``dead`` rows do not. A database without an outbox table (sending not configured yet) reports
     nothing rather than failing the scrape.
     """
 
-    terminal = ("sent", "done", "delivered", "dead", "failed", "cancelled")
+    pending = ("queued", "sending", "failed")  # dicomnode.send.outbox.PENDING ('failed' = retry scheduled)
 
     def depth() -> Mapping[str, int]:
         try:
             columns = {row[1] for row in db.conn.execute("PRAGMA table_info(outbox)")}
             if not {"destination", "state"} <= columns:
                 return {}
-            marks = ",".join("?" * len(terminal))
+            marks = ",".join("?" * len(pending))
             rows = db.conn.execute(
-                f"SELECT destination, COUNT(*) FROM outbox WHERE state NOT IN ({marks}) GROUP BY destination",
-                terminal,
+                f"SELECT destination, COUNT(*) FROM outbox WHERE state IN ({marks}) GROUP BY destination",
+                pending,
             ).fetchall()
         except sqlite3.Error as exc:
             log.warning("Cannot read the outbox depth for metrics: %s", exc)
@@ -178,6 +180,10 @@ class Metrics:
         self._send_failures = Counter(
             "dicomnode_send_failures", "Send attempts that failed, per destination.", ["destination"],
             registry=r)
+        self._retention_studies = Counter(
+            "dicomnode_retention_removed_studies", "Studies removed by retention.", registry=r)
+        self._retention_bytes = Counter(
+            "dicomnode_retention_removed_bytes", "Bytes of spool files removed by retention.", registry=r)
         self._disk_full = Gauge(
             "dicomnode_disk_full", "1 while new associations are refused because the spool is full.",
             registry=r)
@@ -257,6 +263,11 @@ class Metrics:
 
     def send_failed(self, destination: str) -> None:
         self._send_failures.labels(destination=destination).inc()
+
+    # --- retention ----------------------------------------------------------------------------------------
+    def study_removed(self, nbytes: int) -> None:
+        self._retention_studies.inc()
+        self._retention_bytes.inc(max(0, int(nbytes)))
 
     # --- exposition ---------------------------------------------------------------------------------------
     def render(self) -> bytes:
