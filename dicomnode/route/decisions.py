@@ -1,0 +1,184 @@
+"""The decision log: one row per routing decision in the node database (table ``route_decisions``).
+
+Columns::
+
+    id, decided_at REAL (UNIX time), level 'series'|'study', study_uid, series_uid ('' for a study),
+    generation (the completion event's generation), rule ('' when nothing matched), rule_file,
+    ruleset_hash (SHA-256 of the rule files), action 'pipeline'|'forward'|'pipeline+forward'|'discard'|
+    'none'|'unrouted', pipeline, params (JSON), destinations (JSON list), priority, fallback (0/1),
+    quiet_seconds, job_id, instance_count, explanation (why the rule held), state 'pending'|'done'|'failed',
+    error
+
+A decision is recorded (``pending``) before its action runs and marked ``done``/``failed`` afterwards.
+``UNIQUE (level, study_uid, series_uid, generation, rule)`` makes a re-delivered event (restart) re-run only
+the actions that had not completed, never the finished ones.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dicomnode.database import Database
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS route_decisions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    decided_at REAL NOT NULL,
+    level TEXT NOT NULL,
+    study_uid TEXT NOT NULL,
+    series_uid TEXT NOT NULL DEFAULT '',
+    generation INTEGER NOT NULL,
+    rule TEXT NOT NULL DEFAULT '',
+    rule_file TEXT NOT NULL DEFAULT '',
+    ruleset_hash TEXT NOT NULL DEFAULT '',
+    action TEXT NOT NULL,
+    pipeline TEXT,
+    params TEXT NOT NULL DEFAULT '{}',
+    destinations TEXT NOT NULL DEFAULT '[]',
+    priority INTEGER NOT NULL DEFAULT 0,
+    fallback INTEGER NOT NULL DEFAULT 0,
+    quiet_seconds REAL,
+    job_id TEXT,
+    instance_count INTEGER NOT NULL DEFAULT 0,
+    explanation TEXT NOT NULL DEFAULT '',
+    state TEXT NOT NULL DEFAULT 'pending',
+    error TEXT NOT NULL DEFAULT '',
+    UNIQUE (level, study_uid, series_uid, generation, rule)
+);
+CREATE INDEX IF NOT EXISTS route_decisions_series ON route_decisions (study_uid, series_uid);
+"""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the router decided for one subject and one rule (or that nothing matched)."""
+
+    level: str
+    study_uid: str
+    series_uid: str
+    generation: int
+    rule: str
+    rule_file: str
+    ruleset_hash: str
+    action: str
+    pipeline: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    destinations: tuple[str, ...] = ()
+    priority: int = 0
+    fallback: bool = False
+    quiet_seconds: float | None = None
+    job_id: str | None = None
+    instance_count: int = 0
+    explanation: str = ""
+
+
+@dataclass(frozen=True)
+class RecordedDecision:
+    id: int
+    decision: Decision
+    state: str
+
+
+class DecisionLog:
+    """Reads and writes ``route_decisions`` (see the module docstring)."""
+
+    def __init__(self, database: Database, clock: Any = time.time) -> None:
+        self.database = database
+        self.clock = clock
+        database.ensure_schema(SCHEMA)
+
+    def record(self, decisions: Sequence[Decision]) -> list[RecordedDecision]:
+        """Insert the decisions (already recorded ones are kept) and return those whose action is pending."""
+        now = self.clock()
+        out: list[RecordedDecision] = []
+        with self.database.transaction() as conn:
+            for d in decisions:
+                conn.execute(
+                    """INSERT OR IGNORE INTO route_decisions (decided_at, level, study_uid, series_uid,
+                           generation, rule, rule_file, ruleset_hash, action, pipeline, params, destinations,
+                           priority, fallback, quiet_seconds, job_id, instance_count, explanation, state)
+                       VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,'pending')""",
+                    (
+                        now, d.level, d.study_uid, d.series_uid, d.generation, d.rule, d.rule_file,
+                        d.ruleset_hash, d.action, d.pipeline, json.dumps(d.params, sort_keys=True),
+                        json.dumps(list(d.destinations)), d.priority, int(d.fallback), d.quiet_seconds,
+                        d.job_id, d.instance_count, d.explanation,
+                    ),
+                )
+                row = conn.execute(
+                    """SELECT id, state FROM route_decisions WHERE level = ? AND study_uid = ?
+                       AND series_uid = ? AND generation = ? AND rule = ?""",
+                    (d.level, d.study_uid, d.series_uid, d.generation, d.rule),
+                ).fetchone()
+                out.append(RecordedDecision(int(row["id"]), d, str(row["state"])))
+        return [r for r in out if r.state == "pending"]
+
+    def mark(self, decision_id: int, state: str, error: str = "") -> None:
+        self.database.conn.execute(
+            "UPDATE route_decisions SET state = ?, error = ? WHERE id = ?", (state, error, decision_id)
+        )
+
+    def recent(self, limit: int = 50, study_uid: str | None = None) -> list[dict[str, Any]]:
+        return query_decisions(self.database.conn, limit=limit, study_uid=study_uid)
+
+
+def _row(row: sqlite3.Row) -> dict[str, Any]:
+    out = dict(row)
+    out["params"] = json.loads(out.get("params") or "{}")
+    out["destinations"] = json.loads(out.get("destinations") or "[]")
+    out["fallback"] = bool(out.get("fallback"))
+    return out
+
+
+def query_decisions(
+    conn: sqlite3.Connection, *, limit: int = 50, study_uid: str | None = None
+) -> list[dict[str, Any]]:
+    """The newest decisions first (all studies, or one)."""
+    conn.row_factory = sqlite3.Row
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "route_decisions" not in tables:
+        return []
+    sql = "SELECT * FROM route_decisions"
+    args: list[Any] = []
+    if study_uid:
+        sql += " WHERE study_uid = ?"
+        args.append(study_uid)
+    sql += " ORDER BY id DESC LIMIT ?"
+    args.append(limit)
+    return [_row(r) for r in conn.execute(sql, args).fetchall()]
+
+
+def read_decisions(
+    database_path: Path, *, limit: int = 50, study_uid: str | None = None
+) -> list[dict[str, Any]]:
+    """Read-only access for CLI commands (``dicomnode status``) while the node runs."""
+    if not Path(database_path).exists():
+        return []
+    conn = sqlite3.connect(f"file:{database_path}?mode=ro", uri=True)
+    try:
+        return query_decisions(conn, limit=limit, study_uid=study_uid)
+    finally:
+        conn.close()
+
+
+def format_decision(row: dict[str, Any]) -> str:
+    """One line for ``dicomnode status``."""
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["decided_at"]))
+    subject = f"series {row['series_uid']}" if row["level"] == "series" else f"study {row['study_uid']}"
+    what = row["action"]
+    if row.get("pipeline"):
+        what += f" {row['pipeline']}"
+    if row["destinations"]:
+        what += " → " + ",".join(row["destinations"])
+    rule = row["rule"] or "(no rule)"
+    state = row["state"] + (f": {row['error']}" if row.get("error") else "")
+    return (
+        f"{when}  {subject} gen {row['generation']}  rule {rule}  {what}  "
+        f"[rules {str(row['ruleset_hash'])[:12] or '-'}] {state}"
+    )
