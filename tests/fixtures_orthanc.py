@@ -224,7 +224,8 @@ def status_scp() -> Iterator[Callable[..., StatusSCP]]:
     lock = threading.Lock()
 
     def start(status_for: Callable[[object], int], aet: str = "STATUSSCP",
-              sop_classes: list[str] | None = None) -> StatusSCP:
+              sop_classes: list[str] | None = None, require_calling_aet: list[str] | None = None,
+              ) -> StatusSCP:
         scp = StatusSCP(free_port(), aet)
 
         def on_store(event: object) -> int:
@@ -239,6 +240,7 @@ def status_scp() -> Iterator[Callable[..., StatusSCP]]:
                 scp.contexts.append((str(cx.abstract_syntax), str(cx.transfer_syntax[0])))
 
         ae = AE(ae_title=aet)
+        ae.require_calling_aet = require_calling_aet or []
         for cx in AllStoragePresentationContexts:
             if sop_classes is None or cx.abstract_syntax in sop_classes:
                 ae.add_supported_context(cx.abstract_syntax, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
@@ -253,3 +255,75 @@ def status_scp() -> Iterator[Callable[..., StatusSCP]]:
     finally:
         for server in servers:
             server.shutdown()  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class PKI:
+    """A throwaway CA with a server certificate (localhost, 127.0.0.1) and a client certificate."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+def make_pki(directory: Path, name: str = "test") -> PKI:
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+
+    def key() -> rsa.RSAPrivateKey:
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    def write_key(k: rsa.RSAPrivateKey, path: Path) -> Path:
+        path.write_bytes(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                         serialization.NoEncryption()))
+        return path
+
+    def write_cert(c: x509.Certificate, path: Path) -> Path:
+        path.write_bytes(c.public_bytes(serialization.Encoding.PEM))
+        return path
+
+    ca_key = key()
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{name} CA")])
+    ca_cert = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+               .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=5))
+               .not_valid_after(now + datetime.timedelta(days=2))
+               .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+               .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                            content_commitment=False, key_encipherment=False,
+                                            data_encipherment=False, key_agreement=False,
+                                            encipher_only=False, decipher_only=False), critical=True)
+               .sign(ca_key, hashes.SHA256()))
+
+    def leaf(cn: str, usage: x509.ObjectIdentifier) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
+        k = key()
+        builder = (x509.CertificateBuilder()
+                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+                   .issuer_name(ca_name).public_key(k.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+                   .add_extension(x509.SubjectAlternativeName([
+                       x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                       critical=False))
+        return builder.sign(ca_key, hashes.SHA256()), k
+
+    server, server_key = leaf("localhost", ExtendedKeyUsageOID.SERVER_AUTH)
+    client, client_key = leaf(f"{name} client", ExtendedKeyUsageOID.CLIENT_AUTH)
+    return PKI(
+        ca=write_cert(ca_cert, directory / "ca.pem"),
+        server_cert=write_cert(server, directory / "server.pem"),
+        server_key=write_key(server_key, directory / "server.key"),
+        client_cert=write_cert(client, directory / "client.pem"),
+        client_key=write_key(client_key, directory / "client.key"),
+    )

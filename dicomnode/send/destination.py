@@ -20,7 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, build_context
+from pynetdicom import AE, build_context, evt
 from pynetdicom.ae import AddressInformation
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
@@ -194,25 +194,45 @@ class DicomDestination:
         ae.network_timeout = self.config.timeout
         ae.connection_timeout = self.config.timeout
         tls_args = (self._ssl, self.config.host) if self._ssl else None
+        connected: list[bool] = []
         try:
             assoc = ae.associate(self.config.host, self.config.port, contexts=self.contexts_for(items),
-                                 ae_title=self.config.ae_title, tls_args=tls_args)
+                                 ae_title=self.config.ae_title, tls_args=tls_args,
+                                 evt_handlers=[(evt.EVT_CONN_OPEN, lambda event: connected.append(True))])
         except (OSError, RuntimeError, ValueError) as exc:
             raise SendError(f"Cannot associate with {self.address}: {exc}.") from exc
         if assoc.is_established:
             return assoc
-        if assoc.is_rejected:
+        if not connected:
+            reason = f"no connection ({self._diagnose()})"
+        elif assoc.is_rejected:
             rej = assoc.acceptor.primitive
             reason = f"association rejected (result {rej.result_str}, source {rej.source_str}, " \
                      f"reason {rej.reason_str})" if rej is not None else "association rejected"
         elif assoc.is_aborted:
             reason = "association aborted by the peer during negotiation"
         else:
-            reason = "no connection (peer down, unreachable, or the TLS handshake failed)"
+            reason = "no answer to the association request"
         raise SendError(f"Cannot deliver to destination '{self.name}' {self.address}: {reason}.")
+
+    def _diagnose(self) -> str:
+        """Why the connection failed (pynetdicom only logs it): connect again once, plainly."""
+        address = (self.config.host, self.config.port)
+        try:
+            with socket.create_connection(address, timeout=min(self.config.timeout, 10)) as sock:
+                if self._ssl is None:
+                    return "the connection was closed at once"
+                with self._ssl.wrap_socket(sock, server_hostname=self.config.host):
+                    return "the connection was closed after the TLS handshake"
+        except ssl.SSLError as exc:
+            return f"TLS handshake failed: {exc.reason or exc}"
+        except OSError as exc:
+            return f"{exc.strerror or exc}; is the peer down?"
 
     def _dataset(self, item: _Item, assoc: Association) -> Dataset:
         ds = dcmread(item.path)
+        if not ds.get("SOPClassUID") or not ds.get("SOPInstanceUID"):  # some writers leave them empty
+            ds.SOPClassUID, ds.SOPInstanceUID = item.sop_class, item.sop_instance
         if self._deidentifier is not None:
             ds = self._deidentifier.deidentify(ds)
         accepted = {(c.abstract_syntax, c.transfer_syntax[0]) for c in assoc.accepted_contexts}
