@@ -98,7 +98,12 @@ def value_holds(test: ValueTest, value: Value | None) -> bool:
 def describe_test(test: ValueTest) -> str:
     """``equals 'CT'``, ``in ['ABDOMEN', 'LIVER']``, ``range [0.5, 5.0]`` …"""
     op, operand = test.operator, test.operand
-    text = f"{op} {operand!r}" if not isinstance(operand, bool) else f"{op}: {str(operand).lower()}"
+    if isinstance(operand, bool):
+        text = f"{op}: {str(operand).lower()}"
+    elif op == "regex":
+        text = f"regex /{operand}/"
+    else:
+        text = f"{op} {operand!r}"
     return text + (" (ignoring case)" if test.ignore_case else "")
 
 
