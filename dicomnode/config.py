@@ -160,6 +160,7 @@ class LoggingConfig(_Model):
 class RetentionConfig(_Model):
     enabled: bool = False
     keep_days: float = Field(30.0, gt=0)
+    check_interval_minutes: float = Field(60.0, gt=0)  # how often retention looks for removable studies
 
 
 class SecurityConfig(_Model):
