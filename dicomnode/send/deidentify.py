@@ -24,7 +24,7 @@ from pydicom.tag import BaseTag
 from dicomnode.errors import SendError
 from dicomnode.send.confidentiality import BASIC_PROFILE
 
-METHOD = "PS3.15 E.1 Basic Application Level Confidentiality Profile (dicomnode, keyed-hash pseudonyms)"
+METHOD = "PS3.15 Basic Profile, keyed-hash pseudonyms (dicomnode)"  # LO: at most 64
 _CODES = (("113100", "Basic Application Confidentiality Profile"),)
 _DUMMY_BY_VR = {
     "PN": "ANONYMOUS", "DA": "19000101", "TM": "000000", "DT": "19000101000000.000000",
