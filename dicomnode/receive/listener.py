@@ -10,7 +10,8 @@ Association policy comes from ``config.node``; pynetdicom sends the A-ASSOCIATE-
   local-limit-exceeded.
 
 This module adds: the spool's filesystem above ``storage.min_free_mb``/``max_used_percent`` →
-rejected-transient, service-provider (presentation), temporary-congestion; TCP_NODELAY on every
+rejected-transient, service-provider (presentation), temporary-congestion (associations that propose
+only Verification are still accepted, for monitoring); TCP_NODELAY on every
 accepted socket; and a graceful stop (stop accepting, let in-flight associations finish).
 """
 
@@ -131,13 +132,18 @@ class Listener:
                 log.debug("Could not set TCP_NODELAY: %s", exc)
 
     def _on_requested(self, event: evt.Event) -> None:
+        requested = event.assoc.requestor.primitive.presentation_context_definition_list or []
+        if all(cx.abstract_syntax == Verification for cx in requested):
+            return  # C-ECHO keeps answering when the spool is full (monitoring)
         try:
             self.space_check()
         except StorageFullError as exc:
-            log.error("Refusing association from '%s': %s", event.assoc.requestor.ae_title, exc)
+            calling = event.assoc.requestor.primitive.calling_ae_title
+            log.error("Refusing association from '%s': %s", calling, exc)
             event.assoc.acse.send_reject(
                 REJECT_TRANSIENT, SOURCE_PROVIDER_PRESENTATION, REASON_TEMPORARY_CONGESTION
             )
+            event.assoc.kill()  # as pynetdicom does after its own rejections: waits until the PDU is sent
 
     @staticmethod
     def _on_echo(event: evt.Event) -> int:
