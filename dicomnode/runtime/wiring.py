@@ -8,12 +8,14 @@ Each stage adds itself here in a few obvious lines: a ready handler (routing), c
 from __future__ import annotations
 
 from dicomnode.config import Config
+from dicomnode.observability.attach import attach_observability
 from dicomnode.route.attach import attach_routing
 from dicomnode.runtime.service import Service
 
 
 def build_service(config: Config) -> Service:
     service = Service(config)
+    attach_observability(service)  # service.metrics/.audit, /metrics+/readyz, retention, sd_notify
     attach_routing(service)  # rules, decision log, hot reload; pass submit_job=/forward= to connect stages
     # Stages plug in below, e.g.:
     #   router = Router(config, service.database, service.index); service.add_ready_handler(router.on_ready)

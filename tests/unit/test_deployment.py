@@ -109,6 +109,22 @@ def test_sd_notify_ready_reload_stop(tmp_path: Path) -> None:
         assert sock.recv(4096).decode().startswith("STOPPING=1")
 
 
+def test_sd_notify_waits_for_the_listener(tmp_path: Path) -> None:
+    path = str(tmp_path / "notify.sock")
+    bound: list[bool] = []
+    with _listen(path) as sock:
+        notifier = SystemdNotifier({"NOTIFY_SOCKET": path}, ready_when=lambda: bool(bound))
+        notifier.start()
+        sock.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            sock.recv(4096)  # not ready while the listener is not bound
+        bound.append(True)
+        sock.settimeout(2)
+        assert sock.recv(4096).decode().startswith("READY=1")
+        notifier.stop()
+        assert sock.recv(4096).decode().startswith("STOPPING=1")
+
+
 def test_sd_notify_abstract_socket_and_absence() -> None:
     name = f"dicomnode-test-{id(object())}"
     with _listen("\0" + name) as sock:

@@ -1,0 +1,130 @@
+"""Attaching the operations layer to a :class:`~dicomnode.runtime.service.Service` (from ``build_service``).
+
+:func:`attach_observability` creates and registers, through the service's public hooks only:
+
+* ``service.metrics`` — the service's :class:`Metrics` (other stages call its methods; see
+  :mod:`dicomnode.observability.metrics`), with outbox depth and spool usage computed at scrape time;
+* ``service.audit`` — the :class:`AuditTrail`; a ready handler records ``received`` (per series: first/last
+  arrival and instance count, from the assembler's table) and ``completed`` for every series/study;
+* the ``/metrics`` ``/healthz`` ``/readyz`` HTTP component (unless ``metrics.port`` is 0), whose readiness
+  checks are: listener bound, database writable, disk below the storage thresholds;
+* the :class:`Retention` component (idle unless ``retention.enabled``);
+* the :class:`SystemdNotifier` (``READY=1`` once the listener is bound; a reload hook);
+* the disk-full metric: the listener's injected ``space_check`` is wrapped so each refusal counts
+  ``dicomnode_associations_rejected_total{reason="disk_full"}`` and sets ``dicomnode_disk_full``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from dicomnode.errors import DicomNodeError, StorageFullError
+from dicomnode.events import SeriesReady, StudyReady
+from dicomnode.observability.audit import AuditTrail
+from dicomnode.observability.health import database_check, disk_check, listener_check
+from dicomnode.observability.http import HealthServer
+from dicomnode.observability.metrics import Metrics, outbox_depth_from_database
+from dicomnode.observability.sdnotify import SystemdNotifier
+from dicomnode.runtime.retention import Retention
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Observability:
+    metrics: Metrics
+    audit: AuditTrail
+    http: HealthServer | None
+    retention: Retention
+    notifier: SystemdNotifier
+
+
+def _listener_bound(service: Any) -> Callable[[], bool]:
+    def bound() -> bool:
+        try:
+            service.listener.port  # noqa: B018 (raises while the listener is not running)
+        except DicomNodeError:
+            return False
+        return True
+
+    return bound
+
+
+def _count_disk_refusals(service: Any, metrics: Metrics) -> None:
+    check = service.listener.space_check
+
+    def counted_space_check() -> None:
+        try:
+            check()
+        except StorageFullError:
+            metrics.disk_full(True)
+            metrics.association_rejected("disk_full")
+            raise
+        metrics.disk_full(False)
+
+    service.listener.space_check = counted_space_check
+
+
+def _completion_recorder(service: Any, metrics: Metrics, audit: AuditTrail) -> Callable[[object], None]:
+    db = service.database
+
+    def on_ready(event: object) -> None:
+        if isinstance(event, SeriesReady):
+            metrics.series_completed()
+            row = db.conn.execute(
+                "SELECT first_received_at, last_received_at, instance_count FROM assembly_series "
+                "WHERE study_uid = ? AND series_uid = ?", (event.study_uid, event.series_uid),
+            ).fetchone()
+            if row is not None:
+                audit.record("received", event.study_uid, series_uid=event.series_uid,
+                             detail={"instances": row["instance_count"],
+                                     "first_received_at": row["first_received_at"]},
+                             at=row["last_received_at"])
+            audit.record("completed", event.study_uid, series_uid=event.series_uid,
+                         detail={"instances": event.instance_count, "generation": event.generation,
+                                 "reason": event.reason})
+        elif isinstance(event, StudyReady):
+            audit.record("completed", event.study_uid,
+                         detail={"series": len(event.series_uids), "generation": event.generation})
+
+    return on_ready
+
+
+def _spool_bytes(service: Any) -> Callable[[], int]:
+    def total() -> int:
+        row = service.database.conn.execute("SELECT COALESCE(SUM(size), 0) FROM spool_instances").fetchone()
+        return int(row[0])
+
+    return total
+
+
+def attach_observability(service: Any) -> Observability:
+    """Create metrics, audit, health endpoint, retention and systemd notification for ``service``."""
+    config = service.config
+    db = service.database
+    metrics = Metrics(spool_dir=config.storage.spool_dir, outbox_depth=outbox_depth_from_database(db),
+                      spool_bytes=_spool_bytes(service))
+    audit = AuditTrail(db)
+    service.metrics = metrics
+    service.audit = audit
+    _count_disk_refusals(service, metrics)
+    service.add_ready_handler(_completion_recorder(service, metrics, audit))
+    bound = _listener_bound(service)
+    http = None
+    if config.metrics.port:
+        storage = config.storage
+        http = HealthServer(config.metrics.host, config.metrics.port, metrics, {
+            "listener": listener_check(config.node.host, config.node.port, is_bound=bound),
+            "database": database_check(db),
+            "disk": disk_check(storage.spool_dir, storage.min_free_mb, storage.max_used_percent),
+        })
+        service.add_component(http)
+    retention = Retention(config, db, metrics=metrics, audit=audit)
+    service.add_component(retention)
+    notifier = SystemdNotifier(ready_when=bound)
+    service.add_component(notifier)
+    service.add_reload_hook(notifier.reloading)
+    return Observability(metrics, audit, http, retention, notifier)
