@@ -96,6 +96,9 @@ def status(
     with cli_errors():
         try:
             studies = read_status(config.storage.database_path)
+            from dicomnode.route.decisions import format_decision, read_decisions
+
+            decisions = read_decisions(config.storage.database_path, limit=20)
         except sqlite3.Error as exc:
             from dicomnode.errors import DicomNodeError
 
@@ -103,7 +106,7 @@ def status(
                 f"Cannot read the node database '{config.storage.database_path}': {exc}."
             ) from exc
     if as_json:
-        typer.echo(json.dumps({"studies": studies}, indent=2))
+        typer.echo(json.dumps({"studies": studies, "decisions": decisions}, indent=2))
         return
     if not studies:
         typer.echo(f"No studies in {config.storage.path}.")
@@ -118,6 +121,10 @@ def status(
                 f"  series {s['series_uid']}  {s['modality'] or '-':<3} #{s['series_number'] or '-'}  "
                 f"{s['state']} (generation {s['generation']})  {s['instances']} instances"
             )
+    if decisions:
+        typer.echo("Routing decisions (newest first):")
+        for decision in decisions:
+            typer.echo("  " + format_decision(decision))
 
 
 def config_check(config_path: ConfigOption = None) -> None:
