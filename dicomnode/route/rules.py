@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
-from pydantic import Field, StrictStr, model_validator
+from pydantic import Field, StrictStr, field_validator, model_validator
 
 from dicomnode.route.conditions import Condition, _Strict
 
@@ -52,7 +53,7 @@ class Action(_Strict):
 
 
 class Rule(_Strict):
-    name: StrictStr = Field(pattern=NAME_PATTERN)
+    name: StrictStr
     description: StrictStr = ""
     enabled: bool = True
     priority: int = 0  # higher first; also the priority of the jobs the rule creates
@@ -60,3 +61,13 @@ class Rule(_Strict):
     fallback: bool = False  # applies only when no ordinary rule of its level matched
     when: Condition | None = None  # omitted: always holds
     then: Action
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not re.match(NAME_PATTERN, value):
+            raise ValueError(
+                f"rule name '{value}' may only contain letters, digits, '_', '.' and '-' "
+                "(1-64 characters, starting with a letter or digit)"
+            )
+        return value
