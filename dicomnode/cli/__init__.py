@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from dicomnode.cli import health, imaging, node, quantify, queue, rules
+from dicomnode.cli import audit, health, imaging, node, quantify, queue, rules
 
 
 def build_app() -> typer.Typer:
@@ -21,6 +21,7 @@ def build_app() -> typer.Typer:
     quantify.register(app)
     queue.register(app)
     health.register(app)
+    audit.register(app)
     return app
 
 

@@ -90,9 +90,14 @@ def read_status(database_path: Path) -> list[dict[str, Any]]:
 def status(
     config_path: ConfigOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    study: Annotated[str | None, typer.Option("--study", help="One study's audit timeline.")] = None,
 ) -> None:
     """List the studies and series the node holds, with state and instance counts."""
     config = load_config_or_exit(config_path)
+    if study is not None:
+        from dicomnode.cli.audit import show_study
+
+        return show_study(config, study, as_json)
     with cli_errors():
         try:
             studies = read_status(config.storage.database_path)

@@ -11,7 +11,11 @@
 * the :class:`Retention` component (idle unless ``retention.enabled``);
 * the :class:`SystemdNotifier` (``READY=1`` once the listener is bound; a reload hook);
 * the disk-full metric: the listener's injected ``space_check`` is wrapped so each refusal counts
-  ``dicomnode_associations_rejected_total{reason="disk_full"}`` and sets ``dicomnode_disk_full``.
+  ``dicomnode_associations_rejected_total{reason="disk_full"}`` and sets ``dicomnode_disk_full``;
+* receive metrics and log context: ``service.ingest.store`` is wrapped so every C-STORE counts
+  ``instances_received``/``received_bytes`` or ``store_failures{reason="0xA700"…}`` and its log lines carry
+  ``calling_aet`` and ``sop_uid``; ``service.dispatcher.deliver`` is wrapped so every line written while a
+  completion is routed (and jobs/forwards are queued) carries ``study_uid``/``series_uid``.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from dicomnode.events import SeriesReady, StudyReady
 from dicomnode.observability.audit import AuditTrail
 from dicomnode.observability.health import database_check, disk_check, listener_check
 from dicomnode.observability.http import HealthServer
+from dicomnode.observability.logging import log_context
 from dicomnode.observability.metrics import Metrics, outbox_depth_from_database
 from dicomnode.observability.sdnotify import SystemdNotifier
 from dicomnode.runtime.retention import Retention
@@ -66,6 +71,32 @@ def _count_disk_refusals(service: Any, metrics: Metrics) -> None:
         metrics.disk_full(False)
 
     service.listener.space_check = counted_space_check
+
+
+def _observe_ingest(service: Any, metrics: Metrics) -> None:
+    store = service.ingest.store
+
+    def observed_store(encoded: bytes | memoryview, **kwargs: Any) -> Any:
+        with log_context(calling_aet=kwargs.get("calling_aet"), sop_uid=kwargs.get("sop_instance_uid")):
+            result = store(encoded, **kwargs)
+        if result.status == 0:
+            if not result.duplicate:
+                metrics.instance_received(len(encoded))
+        else:
+            metrics.store_failed(f"0x{result.status:04X}")
+        return result
+
+    service.ingest.store = observed_store
+
+
+def _deliver_in_context(service: Any) -> None:
+    deliver = service.dispatcher.deliver
+
+    def deliver_with_identifiers(event: Any) -> None:
+        with log_context(study_uid=event.study_uid, series_uid=getattr(event, "series_uid", None)):
+            deliver(event)
+
+    service.dispatcher.deliver = deliver_with_identifiers
 
 
 def _completion_recorder(service: Any, metrics: Metrics, audit: AuditTrail) -> Callable[[object], None]:
@@ -111,6 +142,8 @@ def attach_observability(service: Any) -> Observability:
     service.metrics = metrics
     service.audit = audit
     _count_disk_refusals(service, metrics)
+    _observe_ingest(service, metrics)
+    _deliver_in_context(service)
     service.add_ready_handler(_completion_recorder(service, metrics, audit))
     bound = _listener_bound(service)
     http = None
