@@ -1,4 +1,4 @@
-"""A real ``dicomnode serve``: sd_notify readiness, /metrics, /readyz, health command, audit, PHI-free logs."""
+"""A real ``dicomnode serve``: sd_notify, /metrics, /readyz, health command, audit, PHI-free logs."""
 
 from __future__ import annotations
 
