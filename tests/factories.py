@@ -175,7 +175,7 @@ def ct_study(
 
 
 def jpeg2000_series(folder: Path, *, count: int = 20, seed: str = "j2k") -> list[Path]:
-    """Real JPEG 2000 CT slices from shared data with their empty Study/Series/SOP UIDs filled in.
+    """Real JPEG 2000 CT slices from shared data with their empty Study/Series/SOP (class) UIDs filled in.
 
     The encapsulated pixel data is copied unchanged (never decoded or re-encoded).
     """
@@ -187,6 +187,7 @@ def jpeg2000_series(folder: Path, *, count: int = 20, seed: str = "j2k") -> list
         ds.StudyInstanceUID = uid(seed, "study")
         ds.SeriesInstanceUID = uid(seed, "series")
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
         out = folder / f"{path.name}.dcm"
         ds.save_as(out, enforce_file_format=True)
         paths.append(out)
