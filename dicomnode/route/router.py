@@ -25,7 +25,7 @@ from typing import Protocol
 
 from dicomnode.config import Config
 from dicomnode.database import Database
-from dicomnode.errors import DicomNodeError
+from dicomnode.errors import DicomNodeError, RuleError
 from dicomnode.events import SeriesReady, StudyReady
 from dicomnode.jobs import JobSpec
 from dicomnode.route.decisions import Decision, DecisionLog, RecordedDecision
@@ -104,8 +104,11 @@ class Router:
     def route_series(self, event: SeriesReady) -> list[RecordedDecision]:
         ruleset = self.book.current
         try:
+            files = dicom_files(event.series_dir)
+            if not files:
+                raise RuleError(f"Series folder '{event.series_dir}' holds no instances.")
             view = SeriesView.from_files(
-                dicom_files(event.series_dir), self.headers,
+                files, self.headers,
                 study_uid=event.study_uid, series_uid=event.series_uid,
             )
             ctx = self._context(view, event.study_uid, event.series_uid, event.series_dir.parent)
@@ -152,6 +155,8 @@ class Router:
             return cached[1]
         series_dir = self.spool_root / study_uid / series_uid
         files = dicom_files(series_dir)
+        if not files:
+            return None
         if cached is not None and cached[0] == ruleset.sha256 and cached[3] == len(files):
             value = cached[1]
         else:
@@ -181,7 +186,10 @@ class Router:
         study_views: Sequence[SeriesView] | None = None,
     ) -> EvalContext:
         calling_ae, received_at = self._arrival(study_uid, series_uid)
-        series_dirs = sorted(p for p in study_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+        try:
+            series_dirs = sorted(p for p in study_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+        except OSError:
+            series_dirs = []
 
         def load_study() -> list[SeriesView]:
             if study_views is not None:
