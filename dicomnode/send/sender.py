@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 from collections.abc import Mapping
+from typing import Any, Protocol
 
 from dicomnode.config import Config
 from dicomnode.database import Database
@@ -19,6 +21,21 @@ from dicomnode.send.destination import Destination, DicomDestination, SendOutcom
 from dicomnode.send.outbox import Outbox, OutboxItem
 
 log = logging.getLogger(__name__)
+
+
+class SendMetrics(Protocol):
+    """What the sender reports to (``dicomnode.observability.metrics.Metrics`` fits)."""
+
+    def instance_sent(self, destination: str) -> None: ...
+
+    def send_failed(self, destination: str) -> None: ...
+
+
+class SendAudit(Protocol):
+    """Where the sender records ``sent``/``failed`` events (``AuditTrail`` fits)."""
+
+    def record(self, stage: str, study_uid: str, *, series_uid: str | None = None, job_id: str | None = None,
+               detail: Mapping[str, Any] | None = None) -> None: ...
 
 
 def build_destinations(config: Config) -> dict[str, Destination]:
@@ -36,8 +53,11 @@ class Sender:
     workers; ``stop()`` lets each worker finish its current batch and joins it."""
 
     def __init__(self, outbox: Outbox, destinations: Mapping[str, Destination], *,
-                 poll_seconds: float | None = None) -> None:
+                 poll_seconds: float | None = None, metrics: SendMetrics | None = None,
+                 audit: SendAudit | None = None) -> None:
         self.outbox = outbox
+        self.metrics = metrics
+        self.audit = audit
         self.destinations = dict(destinations)
         self.poll_seconds = poll_seconds if poll_seconds is not None else outbox.config.poll_seconds
         self._stop = threading.Event()
@@ -45,9 +65,10 @@ class Sender:
         self._threads: list[threading.Thread] = []
 
     @classmethod
-    def from_config(cls, config: Config, db: Database | None = None) -> Sender:
+    def from_config(cls, config: Config, db: Database | None = None, *, metrics: SendMetrics | None = None,
+                    audit: SendAudit | None = None) -> Sender:
         db = db or Database(config.storage.database_path)
-        return cls(Outbox(db, config.outbox), build_destinations(config))
+        return cls(Outbox(db, config.outbox), build_destinations(config), metrics=metrics, audit=audit)
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -132,6 +153,7 @@ class Sender:
         for status in {o.status for o in outcomes if o.delivered}:
             self.outbox.mark_sent([i.id for i, o in zip(items, outcomes, strict=True)
                                    if o.delivered and o.status == status], status=status)
+        self._report_sent(name, delivered)
         jobs = sorted({i.job_id for i in delivered if i.job_id})
         if delivered:
             log.info("Sent %d instance(s) to %s (series %s; jobs %s)", len(delivered), name,
@@ -141,14 +163,33 @@ class Sender:
             if not outcome.delivered:
                 self._fail(name, item, outcome.error, status=outcome.status, permanent=outcome.permanent)
 
+    def _report_sent(self, name: str, delivered: list[OutboxItem]) -> None:
+        if self.metrics is not None:
+            for _ in delivered:
+                self.metrics.instance_sent(name)
+        if self.audit is not None:
+            groups = Counter((i.study_uid, i.series_uid, i.job_id) for i in delivered if i.study_uid)
+            for (study, series, job), count in groups.items():
+                self.audit.record("sent", study, series_uid=series, job_id=job,
+                                  detail={"destination": name, "instances": count})
+
     def _fail_all(self, name: str, items: list[OutboxItem], error: str) -> None:
         log.warning("Batch of %d instance(s) for destination %s not delivered: %s", len(items), name, error,
                     extra={"destination": name})
         for item in items:
-            self.outbox.mark_failed(item.id, error)
+            self._fail(name, item, error, status=None, permanent=False, quiet=True)
 
-    def _fail(self, name: str, item: OutboxItem, error: str, *, status: int | None, permanent: bool) -> None:
+    def _fail(self, name: str, item: OutboxItem, error: str, *, status: int | None, permanent: bool,
+              quiet: bool = False) -> None:
         state = self.outbox.mark_failed(item.id, error, status=status, permanent=permanent)
+        if self.metrics is not None:
+            self.metrics.send_failed(name)
+        if state == "dead" and self.audit is not None and item.study_uid:
+            self.audit.record("failed", item.study_uid, series_uid=item.series_uid, job_id=item.job_id,
+                              detail={"stage": "send", "destination": name, "error": error,
+                                      "sop_instance_uid": item.sop_instance_uid})
+        if quiet and state != "dead":
+            return  # the batch failure was logged once
         level = logging.ERROR if state == "dead" else logging.WARNING
         log.log(level, "Instance %s (series %s, job %s) not delivered to %s, now %s: %s",
                 item.sop_instance_uid, item.series_uid, item.job_id or "-", name, state, error,

@@ -3,6 +3,7 @@ Orthanc down at first and the node restarted in between; every instance arrives 
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -62,4 +63,6 @@ def test_forward_waits_for_the_pacs_and_survives_a_restart(
     assert orthanc.count_instances() == 20
     changes = orthanc.get_json("/changes?limit=1000")["Changes"]  # type: ignore[index]
     assert sum(1 for c in changes if c["ChangeType"] == "NewInstance") == 20
+    sent_events = outbox("SELECT detail FROM audit WHERE stage = 'sent'")
+    assert sum(json.loads(str(e["detail"]))["instances"] for e in sent_events) == 20
     assert node.stop() == 0

@@ -242,3 +242,23 @@ def test_retry_failed_and_purge(outbox: Outbox, files: list[Path]) -> None:
     assert outbox.list() == []
     with pytest.raises(SendError, match="Outbox entry 999 does not exist"):
         outbox.retry(999)
+
+
+def test_sender_reports_metrics_and_audit(outbox: Outbox, files: list[Path]) -> None:
+    from dicomnode.observability.audit import AuditTrail
+    from dicomnode.observability.metrics import Metrics
+
+    metrics, audit = Metrics(), AuditTrail(outbox.db)
+    outbox.enqueue("pacs", files[:3], "result", job_id="job-9")
+    dest = FakeDestination("pacs")
+    dest.permanent = {files[2].resolve()}
+    Sender(outbox, {"pacs": dest}, metrics=metrics, audit=audit).process_due()
+    value = metrics.registry.get_sample_value
+    assert value("dicomnode_instances_sent_total", {"destination": "pacs"}) == 2
+    assert value("dicomnode_send_failures_total", {"destination": "pacs"}) == 1
+    events = audit.events("1.2.3")
+    sent = [e for e in events if e["stage"] == "sent"]
+    failed = [e for e in events if e["stage"] == "failed"]
+    assert len(sent) == 1 and sent[0]["job_id"] == "job-9"
+    assert sent[0]["detail"] == {"destination": "pacs", "instances": 2}
+    assert failed[0]["detail"]["stage"] == "send" and failed[0]["detail"]["error"] == "refused"
