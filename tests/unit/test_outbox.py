@@ -262,3 +262,34 @@ def test_sender_reports_metrics_and_audit(outbox: Outbox, files: list[Path]) -> 
     assert len(sent) == 1 and sent[0]["job_id"] == "job-9"
     assert sent[0]["detail"] == {"destination": "pacs", "instances": 2}
     assert failed[0]["detail"]["stage"] == "send" and failed[0]["detail"]["error"] == "refused"
+
+
+def test_results_are_filtered_by_viewer_profile(outbox: Outbox, tmp_path: Path) -> None:
+    from pydicom.uid import ComprehensiveSRStorage, SecondaryCaptureImageStorage, SegmentationStorage
+
+    from dicomnode.config import Config
+    from dicomnode.errors import ConfigError
+    from dicomnode.send.results import enqueue_results
+
+    def typed(name: str, sop_class: str) -> Path:
+        path = write_instance(tmp_path / "out" / f"{name}.dcm")
+        from pydicom import dcmread
+
+        ds = dcmread(path)
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
+        ds.save_as(path)
+        return path
+
+    files = [typed("seg", SegmentationStorage), typed("sr", ComprehensiveSRStorage),
+             typed("sc", SecondaryCaptureImageStorage), typed("ct", CTImageStorage)]
+    dest = {"ae_title": "X", "host": "127.0.0.1", "port": 104}
+    config = Config.model_validate({"destinations": {
+        "pacs": dest,
+        "legacy": {**dest, "profile": {"send_seg": False, "send_sr": False, "secondary_capture": True}},
+    }})
+    queued = enqueue_results(outbox, config, files, ["pacs", "legacy"], job_id="j")
+    by_id = {i.id: i.file_path.stem for i in outbox.list()}
+    assert sorted(by_id[i] for i in queued["pacs"]) == ["ct", "seg", "sr"]
+    assert sorted(by_id[i] for i in queued["legacy"]) == ["ct", "sc"]
+    with pytest.raises(ConfigError, match="Destination 'nowhere' is not configured"):
+        enqueue_results(outbox, config, files, ["nowhere"])

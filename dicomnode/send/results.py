@@ -1,0 +1,52 @@
+"""Queueing a job's result objects for its destinations, filtered by each destination's viewer profile
+(``destinations.<name>.profile``: send_seg, send_enhanced, send_sr, secondary_capture)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydicom.filereader import read_file_meta_info
+
+from dicomnode.config import Config, ViewerProfile
+from dicomnode.errors import SendError
+from dicomnode.send.outbox import Outbox
+
+SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.4"
+SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
+SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
+
+
+def result_kind(path: Path) -> str:
+    """``seg``, ``sr``, ``capture`` or ``enhanced`` (any other image), from the file's SOP class."""
+    try:
+        sop_class = str(read_file_meta_info(path).MediaStorageSOPClassUID)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is reported the same way
+        raise SendError(f"Cannot read the SOP class of result file '{path}': {exc}.") from exc
+    if sop_class == SEGMENTATION:
+        return "seg"
+    if sop_class.startswith(SR_PREFIX):
+        return "sr"
+    if sop_class.startswith(SECONDARY_CAPTURE_PREFIX):
+        return "capture"
+    return "enhanced"
+
+
+def wanted(profile: ViewerProfile, kind: str) -> bool:
+    return {"seg": profile.send_seg, "sr": profile.send_sr, "capture": profile.secondary_capture,
+            "enhanced": profile.send_enhanced}[kind]
+
+
+def enqueue_results(
+    outbox: Outbox, config: Config, files: Sequence[Path | str], destinations: Sequence[str],
+    job_id: str | None = None,
+) -> dict[str, list[int]]:
+    """Queue each result file for each destination whose profile wants that kind of object; returns the
+    outbox ids per destination. Unknown destination names raise :class:`ConfigError`."""
+    kinds = {Path(f): result_kind(Path(f)) for f in files}
+    queued: dict[str, list[int]] = {}
+    for name in destinations:
+        profile = config.destination(name).profile
+        chosen = [f for f, kind in kinds.items() if wanted(profile, kind)]
+        queued[name] = outbox.enqueue(name, chosen, "result", job_id=job_id) if chosen else []
+    return queued
