@@ -76,8 +76,8 @@ class EventDispatcher:
             log.info("Dropped superseded completion: %s.", describe(event))
             return
         kind = "Series" if isinstance(event, SeriesReady) else "Study"
-        if not self.handlers:
-            log.info("%s ready (no handler registered): %s.", kind, describe(event))
+        suffix = "" if self.handlers else " (no handler registered)"
+        log.info("%s ready%s: %s.", kind, suffix, describe(event))
         for handler in list(self.handlers):
             try:
                 handler(event)
