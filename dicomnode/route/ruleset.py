@@ -55,6 +55,10 @@ class LoadedRule:
     file: str
     line: int
     order: int  # position within its file
+    action_lines: dict[str, int] = field(default_factory=dict, compare=False)  # then.<key> → line
+
+    def line_of(self, key: str) -> int:
+        return self.action_lines.get(key, self.line)
 
     @property
     def name(self) -> str:
@@ -263,7 +267,9 @@ def parse_rule_file(
         rule, problems = _validate_rule(item, file, index)
         issues.extend(problems)
         if rule is not None:
-            rules.append(LoadedRule(rule, file, getattr(item, "line", line), index))
+            then = item.get("then")
+            action_lines = dict(then.key_lines) if isinstance(then, LineDict) else {}
+            rules.append(LoadedRule(rule, file, getattr(item, "line", line), index, action_lines))
     return rules, issues, raw
 
 
@@ -315,7 +321,7 @@ def check_references(
         if known_pipelines is not None and action.pipeline and action.pipeline not in known_pipelines:
             known = ", ".join(sorted(known_pipelines)) or "none"
             issues.append(RuleIssue(
-                loaded.file, loaded.line, loaded.name,
+                loaded.file, loaded.line_of("pipeline"), loaded.name,
                 f"then.pipeline: pipeline '{action.pipeline}' is not registered (registered: {known})",
             ))
         if known_destinations is not None:
@@ -323,7 +329,7 @@ def check_references(
                 if name not in known_destinations:
                     known = ", ".join(sorted(known_destinations)) or "none"
                     issues.append(RuleIssue(
-                        loaded.file, loaded.line, loaded.name,
+                        loaded.file, loaded.line_of("send_to"), loaded.name,
                         f"then.send_to: destination '{name}' is not configured (configured: {known})",
                     ))
     return issues

@@ -126,9 +126,9 @@ def test_references_are_checked(tmp_path: Path) -> None:
     write(tmp_path, "r.yaml", GOOD.replace("liver-ct, send_to: [pacs]", "livr-ct, send_to: [pacs, archive]"))
     found = problems(tmp_path, pipelines=["liver-ct", "lung-ct"], destinations=["pacs"])
     assert found == [
-        f"{tmp_path / 'r.yaml'}:1: rule 'liver-ct': then.pipeline: pipeline 'livr-ct' is not registered "
+        f"{tmp_path / 'r.yaml'}:7: rule 'liver-ct': then.pipeline: pipeline 'livr-ct' is not registered "
         "(registered: liver-ct, lung-ct)",
-        f"{tmp_path / 'r.yaml'}:1: rule 'liver-ct': then.send_to: destination 'archive' is not configured "
+        f"{tmp_path / 'r.yaml'}:7: rule 'liver-ct': then.send_to: destination 'archive' is not configured "
         "(configured: pacs)",
     ]
 
