@@ -116,7 +116,12 @@ def volumetric_group(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=segment_tracking_uid(uids, number), identifier=segment.label[:64]
         ),
-        referenced_segment=hd.sr.ReferencedSegment.from_segmentation(seg, number),
+        referenced_segment=hd.sr.ReferencedSegment(
+            sop_class_uid=seg.SOPClassUID,
+            sop_instance_uid=seg.SOPInstanceUID,
+            segment_number=number,
+            source_series=hd.sr.SourceSeriesForSegmentation(str(seg.ReferencedSeriesSequence[0].SeriesInstanceUID)),
+        ),
         finding_type=code.type,
         finding_category=code.category,
         finding_sites=_finding_sites(segment),
@@ -189,6 +194,7 @@ def build_sr(
             observation_context=observation_context(provenance, spec),
             procedure_reported=procedure_code(modality),
             imaging_measurements=groups,
+            referenced_images=list(sources),  # TID 1600 Image Library, as reference tools write it
         )
         sr = hd.sr.Comprehensive3DSR(
             evidence=[*sources, seg],

@@ -1,0 +1,285 @@
+"""Result package on the real CT (../shared/data/ct-abdomen-20): SEG, derived series, SR, capture.
+
+Masks are the reference labels (liver = 5, spleen = 1) resampled by geometry onto the DICOM grid, so the
+NRRD/DICOM slice order is handled by positions, not by index. The enhanced array is the CT plus a ramp.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from scipy import ndimage
+
+from dicomnode.config import ViewerProfile
+from dicomnode.errors import OutputError
+from dicomnode.imaging.volume import read_volume, resample_onto
+from dicomnode.outputs.api import ProcessedSeries, Provenance, Segment
+from dicomnode.outputs.codes import DEFAULT_SR_FEATURES
+from dicomnode.outputs.package import write_result_package
+from dicomnode.outputs.provenance import read_provenance
+from dicomnode.outputs.seg import SegSpec, build_seg
+from dicomnode.outputs.segmask import seg_mask
+from dicomnode.outputs.uids import UIDFactory, params_hash
+from tests.support import shared_data
+
+PARAMS = {"sigma": 1.0, "organs": ["liver", "spleen"]}
+
+
+def make_processed(params: dict = PARAMS) -> ProcessedSeries:
+    volume = read_volume(shared_data("ct-abdomen-20", "dicom"))
+    labels = resample_onto(sitk.ReadImage(str(shared_data("ct-abdomen-20", "reference-labels.nrrd"))), volume)
+    provenance = Provenance(
+        pipeline="liver-ct", pipeline_version="1.2", params=params, params_hash=params_hash(params),
+        node_version="0.1.0", steps=("Gaussian smoothing", "Unsharp mask"), rule="ct-abdomen",
+        ruleset_hash="f" * 64,
+    )
+    ramp = np.linspace(0, 20, volume.shape[2], dtype=np.float32)[None, None, :]
+    return ProcessedSeries(
+        sources=volume.datasets,
+        segments=(
+            Segment("Liver", "liver", labels == 5, (221, 130, 101)),
+            Segment("Spleen", "spleen", labels == 1, (157, 108, 162)),
+        ),
+        provenance=provenance,
+        enhanced=volume.array + ramp,
+        image=volume.array,
+        spacing=volume.spacing,
+        window=(60.0, 160.0),
+    )
+
+
+@pytest.fixture(scope="module")
+def processed() -> ProcessedSeries:
+    return make_processed()
+
+
+@pytest.fixture(scope="module")
+def package(processed, tmp_path_factory):
+    out = tmp_path_factory.mktemp("package")
+    paths = write_result_package(processed, out, ViewerProfile(secondary_capture=True))
+    return out, paths
+
+
+def test_labels_land_on_the_right_dicom_slices(processed):
+    nrrd = sitk.ReadImage(str(shared_data("ct-abdomen-20", "reference-labels.nrrd")))
+    z_nrrd = [nrrd.TransformIndexToPhysicalPoint((0, 0, k))[2] for k in range(nrrd.GetSize()[2])]
+    z_dicom = [float(ds.ImagePositionPatient[2]) for ds in processed.sources]
+    assert z_dicom == pytest.approx(z_nrrd)  # both ascending: voxel k of the NRRD is source k
+    liver = processed.segments[0].mask
+    assert liver.sum() == (sitk.GetArrayFromImage(nrrd) == 5).sum() > 10000
+
+
+def test_package_files_have_stable_names(package, processed):
+    out, paths = package
+    names = sorted(str(p.relative_to(out)) for p in paths)
+    n = len(processed.sources)
+    assert names == sorted(
+        ["seg.dcm", "sr.dcm"] + [f"derived/IM{i:05d}.dcm" for i in range(1, n + 1)]
+        + [f"capture/IM{i:05d}.dcm" for i in range(1, n + 1)]
+    )
+
+
+def test_seg_is_coded_on_the_source_grid_and_round_trips(package, processed):
+    out, _ = package
+    seg = hd.seg.segread(out / "seg.dcm")
+    src = processed.sources[0]
+    assert seg.StudyInstanceUID == src.StudyInstanceUID
+    assert seg.FrameOfReferenceUID == src.FrameOfReferenceUID
+    assert seg.SeriesInstanceUID != src.SeriesInstanceUID
+    assert seg.SegmentationType == "BINARY"
+    assert seg.ContentCreatorName == "DICOMNODE^AUTOMATIC"
+    assert seg.SeriesDescription == "liver-ct segmentation" and int(seg.SeriesNumber) == 1001
+    types = [(s.SegmentLabel, s.SegmentedPropertyTypeCodeSequence[0].CodeValue) for s in seg.SegmentSequence]
+    assert types == [("Liver", "10200004"), ("Spleen", "78961009")]
+    for item in seg.SegmentSequence:
+        assert item.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "91723000"
+        assert item.SegmentAlgorithmName == "liver-ct" and item.SegmentAlgorithmType == "AUTOMATIC"
+        assert len(item.RecommendedDisplayCIELabValue) == 3
+    non_empty = sum(int(s.mask[k].any()) for s in processed.segments for k in range(len(processed.sources)))
+    assert int(seg.NumberOfFrames) == non_empty  # empty frames omitted by default
+    for number, segment in enumerate(processed.segments, start=1):
+        assert np.array_equal(seg_mask(seg, processed.sources, number), segment.mask)
+    assert read_provenance(seg)["params_hash"] == processed.provenance.params_hash
+    equipment = [e for e in seg.ContributingEquipmentSequence if e.Manufacturer == "dicomnode"][0]
+    assert "ruleset_hash=" + "f" * 64 in equipment.ContributionDescription
+
+
+def test_seg_keeps_all_frames_when_the_profile_asks(processed):
+    uids = UIDFactory(processed.sources[0].SeriesInstanceUID, "liver-ct", "x")
+    seg = build_seg(processed.sources, processed.segments, processed.provenance, uids,
+                    SegSpec(omit_empty_frames=False))
+    assert int(seg.NumberOfFrames) == 2 * len(processed.sources)
+
+
+def test_derived_series_keeps_geometry_and_stored_representation(package, processed):
+    out, _ = package
+    first_uid = None
+    for k, source in enumerate(processed.sources):
+        ds = pydicom.dcmread(out / "derived" / f"IM{k + 1:05d}.dcm")
+        assert ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+        for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing",
+                        "FrameOfReferenceUID", "StudyInstanceUID", "BitsStored", "PixelRepresentation",
+                        "RescaleIntercept"):
+            assert ds[keyword].value == source[keyword].value, keyword
+        assert list(ds.ImageType[:2]) == ["DERIVED", "SECONDARY"]
+        assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+        assert ds.ReferencedImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+        assert [c.CodeValue for c in ds.DerivationCodeSequence] == ["113088", "113089"]
+        assert "Gaussian smoothing" in ds.DerivationDescription
+        assert (float(ds.WindowCenter), float(ds.WindowWidth)) == (60.0, 160.0)
+        hu = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+        expected = np.clip(np.rint(processed.enhanced[k]), -1024, 4095 - 1024)
+        assert np.array_equal(hu, expected)
+        first_uid = first_uid or ds.SeriesInstanceUID
+        assert ds.SeriesInstanceUID == first_uid != source.SeriesInstanceUID
+        assert "SIEMENS CSA HEADER" not in str(ds)  # source private tags dropped
+        assert read_provenance(ds)["pipeline"] == "liver-ct"
+
+
+def _groups(sr):
+    return sr.ContentSequence[-1].ContentSequence  # Imaging Measurements container
+
+
+def test_sr_volumes_reference_the_seg_and_match_voxel_count(package, processed):
+    out, _ = package
+    sr = hd.sr.srread(out / "sr.dcm")
+    seg = pydicom.dcmread(out / "seg.dcm")
+    assert sr.VerificationFlag == "UNVERIFIED" and sr.CompletionFlag == "COMPLETE"
+    assert sr.StudyInstanceUID == processed.sources[0].StudyInstanceUID
+    volumetric = sr.content.get_volumetric_roi_measurement_groups()
+    assert [g.tracking_identifier for g in volumetric] == ["Liver", "Spleen"]
+    voxel_ml = math.prod(processed.spacing) / 1000.0
+    seg_items = {int(s.SegmentNumber): s for s in seg.SegmentSequence}
+    for number, (group, segment) in enumerate(zip(volumetric, processed.segments, strict=True), start=1):
+        ref = group.referenced_segment
+        assert ref.referenced_sop_instance_uid == seg.SOPInstanceUID
+        assert ref.referenced_segment_numbers == [number] or ref.referenced_segment_numbers == number
+        assert group.tracking_uid == seg_items[number].TrackingUID
+        volume = group.get_measurements(name=pydicom.sr.codedict.codes.SCT.Volume)[0]
+        assert volume.unit.value == "ml"
+        assert volume.value == pytest.approx(int(segment.mask.sum()) * voxel_ml, rel=1e-9)
+        names = [m.name.meaning for m in group.get_measurements()]
+        assert len(names) == len(DEFAULT_SR_FEATURES)
+        mean = group.get_measurements(name=pydicom.sr.codedict.codes.SCT.Mean)[0]
+        assert mean.unit.value == "[hnsf'U]"
+        assert mean.value == pytest.approx(float(processed.image[segment.mask].mean()), rel=1e-4)
+    observer = [i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "121005"]
+    assert observer[0].ConceptCodeSequence[0].CodeValue == "121007"  # Device
+
+
+def test_sr_key_slice_outline_lies_on_the_largest_cross_section(package, processed):
+    out, _ = package
+    sr = hd.sr.srread(out / "sr.dcm")
+    planar = sr.content.get_planar_roi_measurement_groups()
+    assert len(planar) == len(processed.segments)
+    spacing = [float(v) for v in processed.sources[0].PixelSpacing]
+    for group, segment in zip(planar, processed.segments, strict=True):
+        key = int(np.argmax(segment.mask.sum(axis=(1, 2))))
+        region = group.roi
+        assert region.ValueType == "SCOORD" and region.GraphicType == "POLYLINE"
+        referenced = region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        assert referenced == processed.sources[key].SOPInstanceUID
+        points = region.value
+        assert np.allclose(points[0], points[-1])  # closed
+        labels, count = ndimage.label(segment.mask[key])
+        largest = ndimage.binary_fill_holes(labels == np.argmax(np.bincount(labels.ravel())[1:]) + 1)
+        x, y = points[:, 0] * spacing[1], points[:, 1] * spacing[0]
+        polygon = abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2
+        assert polygon == pytest.approx(largest.sum() * spacing[0] * spacing[1], rel=0.03)
+        area = group.get_measurements(name=pydicom.sr.codedict.codes.SCT.Area)[0]
+        assert area.value == pytest.approx(segment.mask[key].sum() * spacing[0] * spacing[1])
+        long_axis = group.get_measurements(name=pydicom.sr.codedict.codes.SCT.LongAxis)[0].value
+        short_axis = group.get_measurements(name=pydicom.sr.codedict.codes.SCT.ShortAxis)[0].value
+        assert 0 < short_axis <= long_axis
+        rows, cols = np.nonzero(largest)
+        extent = math.hypot((np.ptp(rows) + 1) * spacing[0], (np.ptp(cols) + 1) * spacing[1])
+        assert long_axis <= extent + 1e-6  # never more than the bounding-box diagonal
+
+
+def test_capture_is_labelled_not_for_diagnosis_and_burned_in(package, processed):
+    out, _ = package
+    ds = pydicom.dcmread(out / "capture" / "IM00010.dcm")
+    assert ds.BurnedInAnnotation == "YES"
+    assert ds.SeriesDescription.startswith("NOT FOR DIAGNOSIS")
+    assert "NOT FOR DIAGNOSIS" in ds.ImageComments
+    pixels = ds.pixel_array
+    brightest = pixels == 4095
+    assert brightest[:40, :300].sum() > 200  # the text block, top left
+    boundary = processed.segments[0].mask[9] & ~ndimage.binary_erosion(processed.segments[0].mask[9])
+    assert brightest[boundary].all()
+    assert ds.SeriesInstanceUID not in {pydicom.dcmread(out / "derived" / "IM00001.dcm").SeriesInstanceUID}
+
+
+def _uids(out):
+    found = {}
+    for path in sorted(out.rglob("*.dcm")):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        found[str(path.relative_to(out))] = (ds.SOPInstanceUID, ds.SeriesInstanceUID)
+    return found
+
+
+def test_rerun_gives_identical_uids_and_new_params_new_ones(package, processed, tmp_path):
+    out, _ = package
+    measured = {
+        s.label: {"original_firstorder_Mean": 1.0, "original_firstorder_StandardDeviation": 1.0,
+                  "original_firstorder_Median": 1.0, "original_firstorder_Minimum": 1.0,
+                  "original_firstorder_Maximum": 1.0, "original_shape_Maximum3DDiameter": 1.0,
+                  "original_shape_Sphericity": 1.0}
+        for s in processed.segments
+    }
+    again = dataclasses.replace(processed, measurements=measured)  # skips the slow quantification
+    write_result_package(again, tmp_path / "again", ViewerProfile(secondary_capture=True))
+    assert _uids(tmp_path / "again") == _uids(out)
+    other = dataclasses.replace(
+        again, provenance=dataclasses.replace(processed.provenance, params_hash=params_hash({"sigma": 2}))
+    )
+    write_result_package(other, tmp_path / "other", ViewerProfile(send_enhanced=False))
+    new = _uids(tmp_path / "other")
+    assert set(new) == {"seg.dcm", "sr.dcm"}
+    assert not {u for pair in new.values() for u in pair} & {u for pair in _uids(out).values() for u in pair}
+
+
+def test_params_hash_is_canonical():
+    assert params_hash({"a": 1, "b": [1, 2]}) == params_hash({"b": [1, 2], "a": 1})
+    assert params_hash({"a": 1}) != params_hash({"a": 2})
+
+
+def test_bad_inputs_fail_with_clear_errors(processed, tmp_path):
+    wrong_shape = dataclasses.replace(
+        processed, segments=(Segment("Liver", "liver", np.zeros((3, 4, 4), dtype=bool)),)
+    )
+    with pytest.raises(OutputError, match=r"Mask of segment 'Liver' has shape \(3, 4, 4\)"):
+        write_result_package(wrong_shape, tmp_path)
+    unknown = dataclasses.replace(
+        processed, segments=(Segment("Thing", "unobtainium", processed.segments[0].mask),)
+    )
+    with pytest.raises(OutputError, match="Structure 'unobtainium' has no code"):
+        write_result_package(unknown, tmp_path)
+    with pytest.raises(OutputError, match="Feature 'original_glcm_Foo' has no SR code"):
+        write_result_package(processed, tmp_path, features=["original_glcm_Foo"])
+    with pytest.raises(OutputError, match="enhanced volume has shape"):
+        write_result_package(dataclasses.replace(processed, enhanced=processed.enhanced[:3]), tmp_path,
+                             ViewerProfile(send_seg=False, send_sr=False))
+    no_image = dataclasses.replace(processed, image=None)
+    with pytest.raises(OutputError, match="carries no source image"):
+        write_result_package(no_image, tmp_path, ViewerProfile(send_enhanced=False))
+
+
+def test_empty_segment_still_gives_valid_objects(processed, tmp_path):
+    empty = Segment("Lesion 1", "neoplasm", np.zeros_like(processed.segments[1].mask), (255, 255, 0))
+    spleen = processed.segments[1]
+    measured = {"Spleen": {f: 1.0 for f in DEFAULT_SR_FEATURES if f != "volume_ml"}}
+    small = dataclasses.replace(processed, segments=(spleen, empty), measurements=measured)
+    paths = write_result_package(small, tmp_path, ViewerProfile(send_enhanced=False))
+    sr = hd.sr.srread(tmp_path / "sr.dcm")
+    groups = sr.content.get_volumetric_roi_measurement_groups()
+    assert [g.tracking_identifier for g in groups] == ["Spleen", "Lesion 1"]
+    assert groups[1].get_measurements(name=pydicom.sr.codedict.codes.SCT.Volume)[0].value == 0
+    assert len(sr.content.get_planar_roi_measurement_groups()) == 1
+    assert {p.name for p in paths} == {"seg.dcm", "sr.dcm"}
