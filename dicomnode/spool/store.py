@@ -123,8 +123,7 @@ class Spool:
             self._make_dirs(final.parent)
             duplicate = self._publish(tmp, final)
             if self.fsync:
-                _fsync_dir(final.parent)
-                _fsync_dir(self.tmp_dir)
+                _fsync_dir(final.parent)  # the new name is durable; the .tmp unlink need not be
         except OSError as exc:
             with suppress(OSError):
                 tmp.unlink()
