@@ -50,7 +50,9 @@ def air(image: sitk.Image, body: sitk.Image, *, min_volume_ml: float = 50.0) -> 
     sizes[0] = 0
     keep = np.flatnonzero(sizes >= min_volume_ml)
     if keep.size == 0:
-        raise ImagingError(f"No air region of at least {min_volume_ml} ml inside the body (threshold {level:.0f} HU).")
+        raise ImagingError(
+            f"No air region of at least {min_volume_ml} ml inside the body (threshold {level:.0f} HU)."
+        )
     out = _mask(np.isin(labels, keep), image)
     out.SetMetaData("dicomnode.air_threshold", f"{level:.1f}")
     return out
@@ -123,7 +125,11 @@ def airways(
 
 
 def split(
-    lungs: sitk.Image, airway: sitk.Image | None = None, *, max_erosion_mm: float = 12.0, min_ratio: float = 0.15
+    lungs: sitk.Image,
+    airway: sitk.Image | None = None,
+    *,
+    max_erosion_mm: float = 12.0,
+    min_ratio: float = 0.15,
 ) -> sitk.Image:
     """Lungs without airways as a label map: 1 = right lung, 2 = left lung (uint8)."""
     spacing = tuple(lungs.GetSpacing()[::-1])
