@@ -118,5 +118,6 @@ def build_seg(
     except (ValueError, TypeError, AttributeError) as exc:
         raise OutputError(f"The SEG for pipeline '{provenance.pipeline}' could not be built: {exc}") from exc
     seg.SeriesDescription = spec.series_description[:64]
+    seg.SeriesDate, seg.SeriesTime = seg.ContentDate, seg.ContentTime
     apply_provenance(seg, provenance, equipment=False)
     return seg

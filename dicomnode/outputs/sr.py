@@ -212,5 +212,8 @@ def build_sr(
     except (ValueError, TypeError, AttributeError) as exc:
         raise OutputError(f"The SR for pipeline '{provenance.pipeline}' could not be built: {exc}") from exc
     sr.SeriesDescription = spec.series_description[:64]
+    sr.SeriesDate, sr.SeriesTime = sr.ContentDate, sr.ContentTime
+    sr.ManufacturerModelName = provenance.pipeline[:64]
+    sr.SoftwareVersions = provenance.node_version[:64]
     apply_provenance(sr, provenance, equipment=False)
     return sr
