@@ -75,12 +75,13 @@ def start_storescp(out: Path, port: int) -> subprocess.Popen:
     return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
 
 
-def start_dicomnode(out: Path, port: int) -> subprocess.Popen:
+def start_dicomnode(out: Path, port: int, fsync: bool = True) -> subprocess.Popen:
     out.mkdir(parents=True)
     config = out / "bench.yaml"
     config.write_text(
         f"node: {{ae_title: DICOMNODE, host: 127.0.0.1, port: {port}, max_associations: 16}}\n"
-        f"storage: {{path: {out / 'data'}, min_free_mb: 0, max_used_percent: 100}}\n"
+        f"storage: {{path: {out / 'data'}, fsync: {str(fsync).lower()}, min_free_mb: 0, "
+        "max_used_percent: 100}\n"
         "completion: {series_quiet_seconds: 3600, study_quiet_seconds: 3600, content_quiet_seconds: 3600}\n"
         f"rules: {{path: {out / 'rules'}, watch: false}}\nmetrics: {{port: 0}}\nlogging: {{level: WARNING}}\n"
     )
@@ -111,6 +112,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--concurrency", default="1,4", help="comma-separated association counts")
     parser.add_argument("--rows", type=int, default=512)
+    parser.add_argument("--no-fsync", action="store_true", help="run dicomnode with storage.fsync: false")
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary folder (removed)")
     args = parser.parse_args()
     for tool in (STORESCU, STORESCP, ECHOSCU):
@@ -123,7 +125,7 @@ def main() -> None:
         megabytes = sum(f.stat().st_size for f in files) / 1e6
         print(
             f"{len(files)} generated CT instances {args.rows}×{args.rows} int16 ({megabytes:.0f} MB), "
-            f"{args.reps} rep(s), median shown\n"
+            f"{args.reps} rep(s), median shown, dicomnode fsync {'off' if args.no_fsync else 'on'}\n"
         )
         results: dict[tuple[str, int], float] = {}
         for concurrency in (int(c) for c in args.concurrency.split(",")):
