@@ -1,0 +1,141 @@
+"""End to end through a real PACS: dcmtk storescu sends a CT series → ``dicomnode serve`` completes it,
+routes it to ``liver-ct`` with ``send_to: [pacs]`` → Orthanc holds, in the same study, the SEG, the
+enhanced series and the TID 1500 SR, and the SR's volume of each segment equals the SEG's voxel count ×
+voxel volume (both read back from Orthanc)."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
+from tests.fixtures_orthanc import Orthanc
+from tests.support import shared_data
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytest.importorskip("dicomnode.pipelines.runner", reason="the liver-ct pipeline runner is not built yet")
+
+LIVER_RULE = """
+- name: liver
+  when: {tag: Modality, equals: CT}
+  then: {pipeline: liver-ct, send_to: [pacs]}
+"""
+VOLUMES = ("118565006", "G-D705")  # SNOMED CT Volume (and its retired SRT code)
+SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.4"
+
+
+def wait_until(predicate: Callable[[], bool], what: str, node, timeout: float = 400.0) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(1.0)
+    raise AssertionError(f"timed out waiting for {what}; node log:\n{node.log_text()[-6000:]}")
+
+
+def seg_voxels(seg: Dataset) -> tuple[dict[int, int], float]:
+    """Voxels per segment and the voxel volume in mm³ (pixel spacing × spacing between frame planes)."""
+    frames = seg.pixel_array.reshape(int(seg.NumberOfFrames), seg.Rows, seg.Columns)
+    counts: dict[int, int] = {}
+    positions = []
+    for frame, group in zip(frames, seg.PerFrameFunctionalGroupsSequence, strict=True):
+        number = int(group.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        counts[number] = counts.get(number, 0) + int(np.count_nonzero(frame))
+        positions.append([float(v) for v in group.PlanePositionSequence[0].ImagePositionPatient])
+    measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    orientation = np.array(
+        seg.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient, float
+    )
+    normal = np.cross(orientation[:3], orientation[3:])
+    heights = sorted({round(float(np.dot(normal, p)), 3) for p in positions})
+    spacing = float(np.min(np.diff(heights))) if len(heights) > 1 else float(measures.SliceThickness)
+    row, col = (float(v) for v in measures.PixelSpacing)
+    return counts, row * col * spacing
+
+
+def sr_volumes(sr: Dataset) -> dict[int, tuple[float, str]]:
+    """Segment number → (volume, unit) of every volumetric measurement group of a TID 1500 report."""
+    volumes: dict[int, tuple[float, str]] = {}
+
+    def walk(items: list[Dataset]) -> None:
+        for item in items:
+            children = list(item.get("ContentSequence", []))
+            segment = None
+            volume = None
+            for child in children:
+                if "ReferencedSOPSequence" in child:
+                    ref = child.ReferencedSOPSequence[0]
+                    if ref.ReferencedSOPClassUID == SEGMENTATION and "ReferencedSegmentNumber" in ref:
+                        segment = int(ref.ReferencedSegmentNumber)
+                if child.get("ValueType") == "NUM" and child.ConceptNameCodeSequence[0].CodeValue in VOLUMES:
+                    measured = child.MeasuredValueSequence[0]
+                    volume = (float(measured.NumericValue),
+                              str(measured.MeasurementUnitsCodeSequence[0].CodeValue))
+            if segment is not None and volume is not None:
+                volumes[segment] = volume
+            walk(children)
+
+    walk(list(sr.ContentSequence))
+    return volumes
+
+
+def test_ct_series_comes_back_to_the_pacs_as_seg_enhanced_series_and_sr(
+    dicomnode_node, orthanc: Orthanc  # noqa: ANN001
+) -> None:
+    from tests.fixtures_node import storescu
+
+    series = shared_data("ct-abdomen-20", "dicom")
+    source = dcmread(next(iter(sorted(series.glob("*.dcm")))), stop_before_pixels=True)
+    node = dicomnode_node(
+        start=False,
+        destinations={"pacs": {"ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}},
+        outbox={"backoff_initial_seconds": 1, "poll_seconds": 0.2},
+        completion={"series_quiet_seconds": 1, "study_quiet_seconds": 2, "check_interval_seconds": 0.2},
+    )
+    (node.root / "rules" / "rules.yaml").write_text(LIVER_RULE)
+    node.start()
+    sent = storescu(node, series)
+    assert sent.returncode == 0, sent.stderr
+
+    def modalities() -> dict[str, list[dict[str, object]]]:
+        found: dict[str, list[dict[str, object]]] = {}
+        for s in orthanc.series_of_study(source.StudyInstanceUID):
+            found.setdefault(str(s["MainDicomTags"].get("Modality")), []).append(s)  # type: ignore[union-attr]
+        return found
+
+    def complete() -> bool:
+        got = modalities()
+        derived = [s for s in got.get("CT", [])
+                   if s["MainDicomTags"]["SeriesInstanceUID"] != source.SeriesInstanceUID]  # type: ignore[index]
+        pending = node.query("SELECT id FROM outbox WHERE state != 'sent'") if node.database.exists() else [1]
+        return bool(got.get("SEG") and got.get("SR") and derived) and not pending
+
+    wait_until(complete, "SEG, enhanced series and SR in Orthanc", node)
+    got = modalities()
+    derived = [s for s in got["CT"] if s["MainDicomTags"]["SeriesInstanceUID"] != source.SeriesInstanceUID]  # type: ignore[index]
+    assert len(derived) == 1 and len(derived[0]["Instances"]) == 20  # type: ignore[arg-type]
+
+    def only_instance(series_entry: dict[str, object]) -> Dataset:
+        (instance_id,) = series_entry["Instances"]  # type: ignore[misc]
+        return dcmread(io.BytesIO(orthanc.instance_file(str(instance_id))))
+
+    seg = only_instance(got["SEG"][0])
+    sr = only_instance(got["SR"][0])
+    for ds in (seg, sr):
+        assert ds.StudyInstanceUID == source.StudyInstanceUID
+    assert seg.FrameOfReferenceUID == source.FrameOfReferenceUID
+
+    counts, voxel_mm3 = seg_voxels(seg)
+    volumes = sr_volumes(sr)
+    assert volumes, "the SR has no volumetric measurement referencing a SEG segment"
+    assert set(volumes) <= set(counts)
+    for segment, (value, unit) in volumes.items():
+        assert unit in ("ml", "mL", "cm3")
+        expected = counts[segment] * voxel_mm3 / 1000.0
+        assert value == pytest.approx(expected, rel=1e-3, abs=1e-3), f"segment {segment}"
+    assert node.stop() == 0
