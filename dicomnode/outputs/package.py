@@ -66,7 +66,10 @@ def segment_measurements(
             processed.image, segment.mask, processed.spacing, feature_classes=feature_classes_for(missing)
         )
     except QuantifyError as exc:
-        raise OutputError(f"Quantification of segment '{segment.label}' failed: {exc}") from exc
+        if count > 1:
+            raise OutputError(f"Quantification of segment '{segment.label}' failed: {exc}") from exc
+        log.warning("Segment '%s' has a single voxel: only its volume is reported.", segment.label)
+        return values
     return {**computed, **values}
 
 

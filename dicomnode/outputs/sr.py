@@ -102,9 +102,9 @@ def volumetric_group(
     measurements = []
     for name in features:
         if name not in values:
-            if not segment.mask.any():
-                continue  # an empty segment has a volume of 0 and nothing else to measure
-            raise OutputError(f"Feature '{name}' was not computed for segment '{segment.label}'.")
+            # an empty segment has only a volume of 0; a one-voxel one has no texture/shape features
+            log.warning("Segment '%s' has no value for feature '%s'; it is left out.", segment.label, name)
+            continue
         fc = feature_code(name)
         method = codes.cid7474.SumOfSegmentedVoxelMethodForVolume if name == "volume_ml" else None
         measurements.append(

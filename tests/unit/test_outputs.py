@@ -275,11 +275,17 @@ def test_empty_segment_still_gives_valid_objects(processed, tmp_path):
     empty = Segment("Lesion 1", "neoplasm", np.zeros_like(processed.segments[1].mask), (255, 255, 0))
     spleen = processed.segments[1]
     measured = {"Spleen": {f: 1.0 for f in DEFAULT_SR_FEATURES if f != "volume_ml"}}
-    small = dataclasses.replace(processed, segments=(spleen, empty), measurements=measured)
+    dot = np.zeros_like(empty.mask)
+    dot[10, 200, 300] = True  # a one-voxel lesion: pyradiomics cannot measure it, its volume is reported
+    tiny = Segment("Lesion 2", "neoplasm", dot, (255, 255, 0))
+    small = dataclasses.replace(processed, segments=(spleen, empty, tiny), measurements=measured)
     paths = write_result_package(small, tmp_path, ViewerProfile(send_enhanced=False))
     sr = hd.sr.srread(tmp_path / "sr.dcm")
     groups = sr.content.get_volumetric_roi_measurement_groups()
-    assert [g.tracking_identifier for g in groups] == ["Spleen", "Lesion 1"]
+    assert [g.tracking_identifier for g in groups] == ["Spleen", "Lesion 1", "Lesion 2"]
     assert groups[1].get_measurements(name=pydicom.sr.codedict.codes.SCT.Volume)[0].value == 0
-    assert len(sr.content.get_planar_roi_measurement_groups()) == 1
+    voxel_ml = math.prod(processed.spacing) / 1000.0
+    assert [m.value for m in groups[2].get_measurements()] == pytest.approx([voxel_ml])
+    planar = sr.content.get_planar_roi_measurement_groups()
+    assert [g.tracking_identifier for g in planar] == ["Spleen (key slice)", "Lesion 2 (key slice)"]
     assert {p.name for p in paths} == {"seg.dcm", "sr.dcm"}
