@@ -16,7 +16,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
+from pydicom.dataset import Dataset
 
 from tests.support import dcmtk, free_port, require_tool
 
@@ -327,3 +329,54 @@ def make_pki(directory: Path, name: str = "test") -> PKI:
         client_cert=write_cert(client, directory / "client.pem"),
         client_key=write_key(client_key, directory / "client.key"),
     )
+
+
+# -- reading result objects back (SEG voxel counts, TID 1500 volumes) --------------------------------------
+VOLUMES = ("118565006", "G-D705")  # SNOMED CT Volume (and its retired SRT code)
+SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+
+
+def seg_voxels(seg: Dataset) -> tuple[dict[int, int], float]:
+    """Voxels per segment and the voxel volume in mm³ (pixel spacing × spacing between frame planes)."""
+    frames = seg.pixel_array.reshape(int(seg.NumberOfFrames), seg.Rows, seg.Columns)
+    counts: dict[int, int] = {}
+    positions = []
+    for frame, group in zip(frames, seg.PerFrameFunctionalGroupsSequence, strict=True):
+        number = int(group.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        counts[number] = counts.get(number, 0) + int(np.count_nonzero(frame))
+        positions.append([float(v) for v in group.PlanePositionSequence[0].ImagePositionPatient])
+    measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    orientation = np.array(
+        seg.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient, float
+    )
+    normal = np.cross(orientation[:3], orientation[3:])
+    heights = sorted({round(float(np.dot(normal, p)), 3) for p in positions})
+    spacing = float(np.min(np.diff(heights))) if len(heights) > 1 else float(measures.SliceThickness)
+    row, col = (float(v) for v in measures.PixelSpacing)
+    return counts, row * col * spacing
+
+
+def sr_volumes(sr: Dataset) -> dict[int, tuple[float, str]]:
+    """Segment number → (volume, unit) of every volumetric measurement group of a TID 1500 report."""
+    volumes: dict[int, tuple[float, str]] = {}
+
+    def walk(items: list[Dataset]) -> None:
+        for item in items:
+            children = list(item.get("ContentSequence", []))
+            segment = None
+            volume = None
+            for child in children:
+                if "ReferencedSOPSequence" in child:
+                    ref = child.ReferencedSOPSequence[0]
+                    if ref.ReferencedSOPClassUID == SEGMENTATION_STORAGE and "ReferencedSegmentNumber" in ref:
+                        segment = int(ref.ReferencedSegmentNumber)
+                if child.get("ValueType") == "NUM" and child.ConceptNameCodeSequence[0].CodeValue in VOLUMES:
+                    measured = child.MeasuredValueSequence[0]
+                    volume = (float(measured.NumericValue),
+                              str(measured.MeasurementUnitsCodeSequence[0].CodeValue))
+            if segment is not None and volume is not None:
+                volumes[segment] = volume
+            walk(children)
+
+    walk(list(sr.ContentSequence))
+    return volumes

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
 
 from dicomnode.config import Config, ViewerProfile
@@ -18,16 +20,19 @@ SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
 
 
 def result_kind(path: Path) -> str:
-    """``seg``, ``sr``, ``capture`` or ``enhanced`` (any other image), from the file's SOP class."""
+    """``seg``, ``sr``, ``capture`` (a Secondary Capture, or any image with burned-in annotation: the
+    NOT FOR DIAGNOSIS outline series) or ``enhanced`` (any other image)."""
     try:
         sop_class = str(read_file_meta_info(path).MediaStorageSOPClassUID)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is reported the same way
+        burned_in = dcmread(path, stop_before_pixels=True, specific_tags=["BurnedInAnnotation"]).get(
+            "BurnedInAnnotation", "")
+    except (OSError, InvalidDicomError, AttributeError) as exc:
         raise SendError(f"Cannot read the SOP class of result file '{path}': {exc}.") from exc
     if sop_class == SEGMENTATION:
         return "seg"
     if sop_class.startswith(SR_PREFIX):
         return "sr"
-    if sop_class.startswith(SECONDARY_CAPTURE_PREFIX):
+    if sop_class.startswith(SECONDARY_CAPTURE_PREFIX) or str(burned_in).upper() == "YES":
         return "capture"
     return "enhanced"
 
