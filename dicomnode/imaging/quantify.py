@@ -35,8 +35,8 @@ EXTRA_FEATURES = ("voxel_count", "volume_ml")
 
 
 def feature_classes_for(names: Iterable[str]) -> tuple[str, ...]:
-    """The pyradiomics classes needed to compute ``names`` (shape is always cheap and always included)."""
-    needed = {"shape"}
+    """The pyradiomics classes needed to compute ``names`` (shape only when asked: O(surface²))."""
+    needed: set[str] = set()
     for name in names:
         parts = name.split("_")
         if len(parts) >= 3 and parts[1] in FEATURE_CLASSES:
@@ -63,7 +63,7 @@ def make_extractor(settings: Mapping[str, Any] | None = None, feature_classes: I
             f"Unknown pyradiomics setting(s) {', '.join(repr(u) for u in unknown)} "
             f"(known: {', '.join(sorted(KNOWN_SETTINGS))})."
         )
-    classes = tuple(feature_classes or FEATURE_CLASSES)
+    classes = FEATURE_CLASSES if feature_classes is None else tuple(feature_classes)
     bad = [c for c in classes if c not in FEATURE_CLASSES]
     if bad:
         raise QuantifyError(f"Unknown feature class(es) {bad} (known: {', '.join(FEATURE_CLASSES)}).")
@@ -101,12 +101,15 @@ def quantify_images(
         raise QuantifyError(
             f"The mask has no voxel with label {label} (labels present: {present or 'none'})."
         )
-    extractor = make_extractor(settings, feature_classes)
-    try:
-        result = extractor.execute(image, mask, label=label)
-    except (ValueError, RuntimeError, IndexError) as exc:
-        raise QuantifyError(f"pyradiomics failed for label {label}: {exc}") from exc
-    features = {k: _scalar(v) for k, v in result.items() if not k.startswith("diagnostics_")}
+    classes = None if feature_classes is None else tuple(feature_classes)
+    features: dict[str, float] = {}
+    if classes != ():  # an empty selection asks for the exact counts only
+        extractor = make_extractor(settings, classes)
+        try:
+            result = extractor.execute(image, mask, label=label)
+        except (ValueError, RuntimeError, IndexError) as exc:
+            raise QuantifyError(f"pyradiomics failed for label {label}: {exc}") from exc
+        features = {k: _scalar(v) for k, v in result.items() if not k.startswith("diagnostics_")}
     for prefix in {k.rsplit("_", 1)[0] for k in features if k.endswith("_firstorder_Variance")}:
         # pyradiomics marks StandardDeviation deprecated (= sqrt(Variance)) and leaves it out; keep it.
         features.setdefault(f"{prefix}_StandardDeviation", math.sqrt(max(features[f"{prefix}_Variance"], 0)))

@@ -14,7 +14,6 @@ from pydicom.sr.codedict import codes
 from dicomnode.errors import OutputError
 
 SCT = codes.SCT
-IBSI = codes.cid7477  # IBSI morphology feature codes (and the other IBSI groups below)
 
 
 @dataclass(frozen=True)
@@ -135,7 +134,9 @@ FEATURE_CODES: dict[str, FeatureCode] = {
     "original_ngtdm_Coarseness": FeatureCode(_ibsi("QCDE", "Coarseness of NGTDM"), "1"),
 }
 
-#: Features that go into the SR when a pipeline does not choose.
+#: Features that go into the SR when a pipeline does not choose: first-order only, which is cheap for
+#: any organ size. Shape features (Maximum3DDiameter, Sphericity …) cost O(surface vertices²) in
+#: pyradiomics: pipelines that report lesions add them through ``features``.
 DEFAULT_SR_FEATURES: tuple[str, ...] = (
     "volume_ml",
     "original_firstorder_Mean",
@@ -143,7 +144,14 @@ DEFAULT_SR_FEATURES: tuple[str, ...] = (
     "original_firstorder_Median",
     "original_firstorder_Minimum",
     "original_firstorder_Maximum",
+    "original_firstorder_10Percentile",
+    "original_firstorder_90Percentile",
+)
+#: A suggested list for lesion pipelines (adds the shape features).
+LESION_SR_FEATURES: tuple[str, ...] = DEFAULT_SR_FEATURES + (
     "original_shape_Maximum3DDiameter",
+    "original_shape_MajorAxisLength",
+    "original_shape_MinorAxisLength",
     "original_shape_Sphericity",
 )
 

@@ -20,7 +20,7 @@ from dicomnode.config import ViewerProfile
 from dicomnode.errors import OutputError
 from dicomnode.imaging.volume import read_volume, resample_onto
 from dicomnode.outputs.api import ProcessedSeries, Provenance, Segment
-from dicomnode.outputs.codes import DEFAULT_SR_FEATURES
+from dicomnode.outputs.codes import DEFAULT_SR_FEATURES, LESION_SR_FEATURES
 from dicomnode.outputs.package import write_result_package
 from dicomnode.outputs.provenance import read_provenance
 from dicomnode.outputs.seg import SegSpec, build_seg
@@ -226,13 +226,8 @@ def _uids(out):
 
 def test_rerun_gives_identical_uids_and_new_params_new_ones(package, processed, tmp_path):
     out, _ = package
-    measured = {
-        s.label: {"original_firstorder_Mean": 1.0, "original_firstorder_StandardDeviation": 1.0,
-                  "original_firstorder_Median": 1.0, "original_firstorder_Minimum": 1.0,
-                  "original_firstorder_Maximum": 1.0, "original_shape_Maximum3DDiameter": 1.0,
-                  "original_shape_Sphericity": 1.0}
-        for s in processed.segments
-    }
+    given = {f: 1.0 for f in DEFAULT_SR_FEATURES if f != "volume_ml"}
+    measured = {s.label: given for s in processed.segments}
     again = dataclasses.replace(processed, measurements=measured)  # skips the slow quantification
     write_result_package(again, tmp_path / "again", ViewerProfile(secondary_capture=True))
     assert _uids(tmp_path / "again") == _uids(out)
@@ -274,15 +269,19 @@ def test_bad_inputs_fail_with_clear_errors(processed, tmp_path):
 def test_empty_segment_still_gives_valid_objects(processed, tmp_path):
     empty = Segment("Lesion 1", "neoplasm", np.zeros_like(processed.segments[1].mask), (255, 255, 0))
     spleen = processed.segments[1]
-    measured = {"Spleen": {f: 1.0 for f in DEFAULT_SR_FEATURES if f != "volume_ml"}}
+    measured = {"Spleen": {f: 1.0 for f in LESION_SR_FEATURES if f != "volume_ml"}}
     dot = np.zeros_like(empty.mask)
     dot[10, 200, 300] = True  # a one-voxel lesion: pyradiomics cannot measure it, its volume is reported
     tiny = Segment("Lesion 2", "neoplasm", dot, (255, 255, 0))
     small = dataclasses.replace(processed, segments=(spleen, empty, tiny), measurements=measured)
-    paths = write_result_package(small, tmp_path, ViewerProfile(send_enhanced=False))
+    profile = ViewerProfile(send_enhanced=False)
+    paths = write_result_package(small, tmp_path, profile, features=LESION_SR_FEATURES)
     sr = hd.sr.srread(tmp_path / "sr.dcm")
     groups = sr.content.get_volumetric_roi_measurement_groups()
     assert [g.tracking_identifier for g in groups] == ["Spleen", "Lesion 1", "Lesion 2"]
+    assert len(groups[0].get_measurements()) == len(LESION_SR_FEATURES)
+    diameter = [m for m in groups[0].get_measurements() if m.name.value == "L0JK"]
+    assert diameter[0].name.scheme_designator == "IBSI" and diameter[0].unit.value == "mm"
     assert groups[1].get_measurements(name=pydicom.sr.codedict.codes.SCT.Volume)[0].value == 0
     voxel_ml = math.prod(processed.spacing) / 1000.0
     assert [m.value for m in groups[2].get_measurements()] == pytest.approx([voxel_ml])

@@ -149,6 +149,8 @@ def test_arrays_give_exact_volume_and_requested_classes_only():
     assert got["volume_ml"] == pytest.approx(4 * 12 * 12 * 2.5 * 0.8 * 0.8 / 1000)
     assert got["original_firstorder_Mean"] == pytest.approx(float(image[mask].mean()), rel=1e-5)
     assert got["original_firstorder_StandardDeviation"] == pytest.approx(float(image[mask].std()), rel=1e-4)
-    assert not any("_glcm_" in k for k in got)
+    assert not any("_glcm_" in k or "_shape_" in k for k in got)
+    counts = quantify_arrays(image, mask, (1, 1, 1), feature_classes=feature_classes_for(["volume_ml"]))
+    assert counts == {"voxel_count": 576.0, "volume_ml": 0.576}
     with pytest.raises(QuantifyError, match="has no voxel with label 1"):
         quantify_arrays(image, np.zeros_like(mask), (1, 1, 1))
