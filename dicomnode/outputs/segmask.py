@@ -85,7 +85,7 @@ def seg_mask(seg: hd.seg.Segmentation, sources: Sequence[Dataset], number: int) 
     _check_segment(seg, number)
     try:
         return mask_by_reference(seg, sources, number)
-    except (KeyError, ValueError, AttributeError, IndexError) as exc:
+    except (KeyError, ValueError, AttributeError, IndexError, RuntimeError) as exc:
         log.info("SEG source references unusable (%s); placing frames by position instead.", exc)
     try:
         return mask_by_position(seg, sources, number)

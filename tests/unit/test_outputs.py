@@ -288,3 +288,19 @@ def test_empty_segment_still_gives_valid_objects(processed, tmp_path):
     planar = sr.content.get_planar_roi_measurement_groups()
     assert [g.tracking_identifier for g in planar] == ["Spleen (key slice)", "Lesion 2 (key slice)"]
     assert {p.name for p in paths} == {"seg.dcm", "sr.dcm"}
+
+
+def test_seg_without_source_references_is_placed_by_position(package, processed, tmp_path):
+    ds = pydicom.dcmread(package[0] / "seg.dcm")
+    for item in ds.PerFrameFunctionalGroupsSequence:
+        del item.DerivationImageSequence
+    del ds.ReferencedSeriesSequence
+    ds.save_as(tmp_path / "noref.dcm")
+    seg = hd.seg.segread(tmp_path / "noref.dcm")
+    for number, segment in enumerate(processed.segments, start=1):
+        assert np.array_equal(seg_mask(seg, processed.sources, number), segment.mask)
+    shifted = [s.copy() for s in processed.sources]
+    for s in shifted:
+        s.ImagePositionPatient = [float(v) + 1.0 for v in s.ImagePositionPatient]
+    with pytest.raises(OutputError, match="lies on no slice of the series"):
+        seg_mask(seg, shifted, 1)
