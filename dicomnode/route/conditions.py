@@ -68,6 +68,9 @@ class ValueTest(_Strict):
     le: Number | None = None
     ignore_case: bool = False
     _pattern: re.Pattern[str] | None = PrivateAttr(None)
+    _op: str = PrivateAttr("")
+    _operand: Any = PrivateAttr(None)
+    _matcher: Any = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _one_operator(self) -> ValueTest:
@@ -77,6 +80,8 @@ class ValueTest(_Strict):
             raise ValueError(
                 f"a value test needs exactly one operator of {', '.join(OPERATORS)} (got {what})"
             )
+        self._op = given[0]
+        self._operand = getattr(self, "in_" if self._op == "in" else self._op)
         if self.regex is not None:
             try:
                 self._pattern = re.compile(self.regex, re.IGNORECASE if self.ignore_case else 0)
@@ -88,18 +93,23 @@ class ValueTest(_Strict):
                 raise ValueError("range needs at least one bound: [low, high], [low, null] or [null, high]")
             if low is not None and high is not None and low > high:
                 raise ValueError(f"range [{low}, {high}] is empty: the low bound is above the high bound")
+        from dicomnode.route.operators import Matcher
+
+        self._matcher = Matcher(self._op, self._operand, self.ignore_case, self._pattern)
         return self
 
     @property
+    def matcher(self) -> Any:
+        """The compiled test: ``matcher(value) -> bool`` (see :mod:`dicomnode.route.operators`)."""
+        return self._matcher
+
+    @property
     def operator(self) -> str:
-        for name in OPERATORS:
-            if getattr(self, "in_" if name == "in" else name) is not None:
-                return name
-        raise AssertionError("validated ValueTest without operator")
+        return self._op
 
     @property
     def operand(self) -> Any:
-        return getattr(self, "in_" if self.operator == "in" else self.operator)
+        return self._operand
 
     @property
     def pattern(self) -> re.Pattern[str] | None:

@@ -91,20 +91,40 @@ def _ae(name: str, test: ValueTest | str, value: str | None, explain: bool) -> R
     return held, (Explanation(held, f"{name} {what} (is {shown})") if explain else None)
 
 
+_BOUNDED = ("gt", "ge", "lt", "le")
+
+
+def _bounded(op: str, x: float, scope: str, bounds: tuple[bool, float, float, float, float] | None) -> bool:
+    """A numeric comparison over all instances from the per-path bounds (see SeriesView.numeric_bounds)."""
+    if bounds is None:
+        return False
+    every, min_largest, max_largest, min_smallest, max_smallest = bounds
+    if scope == "all" and not every:
+        return False
+    largest = min_largest if scope == "all" else max_largest  # the instance least/most likely to pass
+    smallest = max_smallest if scope == "all" else min_smallest
+    return {"gt": largest > x, "ge": largest >= x, "lt": smallest < x, "le": smallest <= x}[op]
+
+
 def _tag(cond: TagCondition, ctx: EvalContext, explain: bool) -> Result:
-    first, distinct = ctx.subject.values(cond.path)
+    matcher, path, subject = cond.matcher, cond.path, ctx.subject
     if cond.scope == "first":
-        held = bool(ctx.subject.headers) and value_holds(cond, first)
+        first = subject.first_value(path)
+        held = bool(subject.headers) and matcher(first)
         if not explain:
             return held, None
-        shown = "no instances" if not ctx.subject.headers else show_value(first)
+        shown = "no instances" if not subject.headers else show_value(first)
         return held, Explanation(held, f"{cond.tag} {describe_test(cond)} (first instance: {shown})")
-    outcomes = {value: value_holds(cond, value) for value in distinct}
-    any_scope = cond.scope == "any"
-    held = any(outcomes.values()) if any_scope else bool(outcomes) and all(outcomes.values())
+    if not explain and matcher.op in _BOUNDED:
+        return _bounded(matcher.op, matcher.operand, cond.scope, subject.numeric_bounds(path)), None
+    distinct = subject.distinct_values(path)
     if not explain:
-        return held, None
-    values = [cond.path.read(ds) for ds in ctx.subject.headers]
+        if cond.scope == "any":
+            return any(matcher(v) for v in distinct), None
+        return bool(distinct) and all(matcher(v) for v in distinct), None
+    outcomes = {value: matcher(value) for value in distinct}
+    held = any(outcomes.values()) if cond.scope == "any" else bool(outcomes) and all(outcomes.values())
+    values = subject.instance_values(path)
     count = sum(1 for v in values if outcomes[v])
     example = next((v for v in values if outcomes[v] != (cond.scope == "all")), values[0] if values else None)
     return held, Explanation(

@@ -23,6 +23,7 @@ from dicomnode.errors import RuleError
 from dicomnode.route.paths import AttributePath, Value
 
 log = logging.getLogger(__name__)
+Bounds = tuple[bool, float, float, float, float]
 
 
 class HeaderCache:
@@ -60,6 +61,15 @@ class HeaderCache:
         return len(self._entries)
 
 
+def _number(atom: object) -> float | None:
+    if isinstance(atom, int | float) and not isinstance(atom, bool):
+        return float(atom)
+    try:
+        return float(str(atom))
+    except ValueError:
+        return None
+
+
 def _order_key(item: tuple[Path, Dataset]) -> tuple[int, str, str]:
     path, ds = item
     try:
@@ -77,7 +87,10 @@ class SeriesView:
     series_uid: str
     files: tuple[Path, ...]
     headers: tuple[Dataset, ...]
-    _values: dict[str, tuple[Value | None, frozenset[Value | None]]] = field(default_factory=dict, repr=False)
+    _first: dict[str, Value | None] = field(default_factory=dict, repr=False)
+    _distinct: dict[str, frozenset[Value | None]] = field(default_factory=dict, repr=False)
+    _all: dict[str, tuple[Value | None, ...]] = field(default_factory=dict, repr=False)
+    _bounds: dict[str, Bounds | None] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_files(
@@ -104,19 +117,49 @@ class SeriesView:
     def first(self) -> Dataset | None:
         return self.headers[0] if self.headers else None
 
-    def values(self, path: AttributePath) -> tuple[Value | None, frozenset[Value | None]]:
-        """(value of the first instance, distinct values over all instances) of ``path``."""
-        cached = self._values.get(path.text)
+    def first_value(self, path: AttributePath) -> Value | None:
+        """The value of ``path`` in the first instance (``None`` when absent or no instances)."""
+        key = path.text
+        if key in self._first:
+            return self._first[key]
+        value = path.read(self.headers[0]) if self.headers else None
+        self._first[key] = value
+        return value
+
+    def instance_values(self, path: AttributePath) -> tuple[Value | None, ...]:
+        """The value of ``path`` in every instance, in instance order (read once per view)."""
+        cached = self._all.get(path.text)
         if cached is None:
-            if not self.headers:
-                cached = (None, frozenset())
-            else:
-                first = path.read(self.headers[0])
-                distinct = {first}
-                distinct.update(path.read(ds) for ds in self.headers[1:])
-                cached = (first, frozenset(distinct))
-            self._values[path.text] = cached
+            cached = tuple(path.read(ds) for ds in self.headers)
+            self._all[path.text] = cached
         return cached
+
+    def distinct_values(self, path: AttributePath) -> frozenset[Value | None]:
+        """The distinct values of ``path`` over all instances."""
+        cached = self._distinct.get(path.text)
+        if cached is None:
+            cached = frozenset(self.instance_values(path))
+            self._distinct[path.text] = cached
+        return cached
+
+    def numeric_bounds(self, path: AttributePath) -> Bounds | None:
+        """For numeric tests over all instances: (every instance has a number, min and max of the
+        per-instance largest number, min and max of the per-instance smallest number); ``None`` if no
+        instance has a number. A value satisfies ``gt x`` iff its largest number is > x, ``lt x`` iff its
+        smallest is < x, so scope ``all``/``any`` reduce to comparisons with these bounds."""
+        if path.text in self._bounds:
+            return self._bounds[path.text]
+        largest, smallest, every = [], [], True
+        for value in self.distinct_values(path):
+            numbers = [n for n in map(_number, value or ()) if n is not None]
+            if not numbers:
+                every = False
+                continue
+            largest.append(max(numbers))
+            smallest.append(min(numbers))
+        bounds = (every, min(largest), max(largest), min(smallest), max(smallest)) if largest else None
+        self._bounds[path.text] = bounds
+        return bounds
 
     def describe(self) -> str:
         first = self.first

@@ -17,6 +17,7 @@ text comparisons ignore leading/trailing blanks and are case-sensitive unless ``
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from dicomnode.route.conditions import ValueTest
@@ -45,54 +46,60 @@ def _equal(atom: Atom, expected: Any, ignore_case: bool) -> bool:
     return left_text == right_text
 
 
-def _numeric(value: Value, test: ValueTest) -> bool:
-    op, operand = test.operator, test.operand
-    for atom in value:
-        number = _number(atom)
-        if number is None:
-            continue
-        if op == "range":
-            low, high = operand
-            if (low is None or number >= low) and (high is None or number <= high):
+class Matcher:
+    """A value test compiled to plain Python (built once per condition; called per distinct value)."""
+
+    __slots__ = ("op", "operand", "icase", "pattern", "wanted")
+
+    def __init__(self, op: str, operand: Any, icase: bool, pattern: re.Pattern[str] | None) -> None:
+        self.op, self.operand, self.icase, self.pattern = op, operand, icase, pattern
+        self.wanted = operand if isinstance(operand, list) else [operand]
+
+    def __call__(self, value: Value | None) -> bool:
+        op, operand, icase = self.op, self.operand, self.icase
+        if op == "exists":
+            return (value is not None) == operand
+        if op == "missing":
+            return (value is None) == operand
+        if op == "empty":
+            blank = value is None or all(str(atom).strip() == "" for atom in value)
+            return blank == operand
+        if not value:
+            return False
+        if op == "equals":
+            if isinstance(operand, list):
+                return len(value) == len(operand) and all(
+                    _equal(a, e, icase) for a, e in zip(value, operand, strict=True)
+                )
+            return len(value) == 1 and _equal(value[0], operand, icase)
+        if op == "in":
+            return any(_equal(atom, item, icase) for atom in value for item in operand)
+        if op == "contains":
+            return all(any(_equal(atom, item, icase) for atom in value) for item in self.wanted)
+        if op == "regex":
+            search = self.pattern.search  # type: ignore[union-attr]
+            return any(search(str(atom)) for atom in value)
+        for atom in value:
+            number = _number(atom)
+            if number is None:
+                continue
+            if op == "range":
+                low, high = operand
+                if (low is None or number >= low) and (high is None or number <= high):
+                    return True
+            elif (
+                (op == "gt" and number > operand)
+                or (op == "ge" and number >= operand)
+                or (op == "lt" and number < operand)
+                or (op == "le" and number <= operand)
+            ):
                 return True
-        elif (
-            (op == "gt" and number > operand)
-            or (op == "ge" and number >= operand)
-            or (op == "lt" and number < operand)
-            or (op == "le" and number <= operand)
-        ):
-            return True
-    return False
+        return False
 
 
 def value_holds(test: ValueTest, value: Value | None) -> bool:
     """Whether ``value`` satisfies ``test`` (see the module docstring)."""
-    op, operand, icase = test.operator, test.operand, test.ignore_case
-    if op == "exists":
-        return (value is not None) == operand
-    if op == "missing":
-        return (value is None) == operand
-    if op == "empty":
-        blank = value is None or all(str(atom).strip() == "" for atom in value)
-        return blank == operand
-    if not value:
-        return False
-    if op == "equals":
-        if isinstance(operand, list):
-            return len(value) == len(operand) and all(
-                _equal(a, e, icase) for a, e in zip(value, operand, strict=True)
-            )
-        return len(value) == 1 and _equal(value[0], operand, icase)
-    if op == "in":
-        return any(_equal(atom, item, icase) for atom in value for item in operand)
-    if op == "contains":
-        wanted = operand if isinstance(operand, list) else [operand]
-        return all(any(_equal(atom, item, icase) for atom in value) for item in wanted)
-    if op == "regex":
-        pattern = test.pattern
-        assert pattern is not None
-        return any(pattern.search(str(atom)) for atom in value)
-    return _numeric(value, test)
+    return test.matcher(value)
 
 
 def describe_test(test: ValueTest) -> str:

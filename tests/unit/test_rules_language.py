@@ -36,7 +36,8 @@ def dataset(**attrs: object) -> Dataset:
     ds.add_new(0x00191011, "DS", "7.5")  # an element of another (unknown) creator block slot
     for key, value in attrs.items():
         if value is None:
-            delattr(ds, key)
+            if key in ds:
+                delattr(ds, key)
         else:
             setattr(ds, key, value)
     return ds
@@ -254,3 +255,27 @@ def test_invalid_conditions_are_refused_with_a_reason(condition: dict, fragment:
     with pytest.raises(ValidationError) as info:
         CONDITION.validate_python(condition)
     assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize("op", ["gt", "ge", "lt", "le"])
+@pytest.mark.parametrize("scope", ["any", "all"])
+@pytest.mark.parametrize("limit", [-5, 0, 40, 300, 301, 1000])
+def test_numeric_scopes_over_multi_valued_and_text_values(op: str, scope: str, limit: float) -> None:
+    """The fast path (bounds over all instances) agrees with testing every instance one by one."""
+    series = (
+        dataset(WindowCenter=[40, 300]),
+        dataset(WindowCenter=[-5, 0]),
+        dataset(WindowCenter="40"),
+        dataset(WindowCenter=None),
+    )
+    condition = {"tag": "WindowCenter", op: limit, "scope": scope}
+    view = SeriesView("1.2.3", "1.2.3.4", (), series)
+    model = CONDITION.validate_python(condition)
+    fast = evaluate(model, EvalContext(view))[0]
+    one_by_one = [model.matcher(model.path.read(ds)) for ds in series]
+    assert fast == (any(one_by_one) if scope == "any" else all(one_by_one))
+    assert fast == evaluate(model, EvalContext(view), explain=True)[0]
+    # without the instance that lacks the attribute, "all" can hold
+    view = SeriesView("1.2.3", "1.2.3.4", (), series[:3])
+    expected = [model.matcher(model.path.read(ds)) for ds in series[:3]]
+    assert evaluate(model, EvalContext(view))[0] == (any(expected) if scope == "any" else all(expected))
