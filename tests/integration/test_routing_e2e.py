@@ -140,8 +140,10 @@ def test_three_series_routed_and_hot_reload(dicomnode_node, tmp_path: Path) -> N
 
     # An invalid file is refused with a logged error naming file, line and reason; v2 stays in force.
     (rules_dir / "broken.yaml").write_text(BROKEN)
-    wait_for(lambda: "refused" in node.log_text(), "refusal of the broken rules", node)
-    refusal = next(r for r in node.log_records() if "refused" in r.get("message", r.get("msg", "")))
+    refused = f"refused; keeping version {v2[:12]}"
+    wait_for(lambda: refused in node.log_text(), "refusal of the broken rules", node)
+    refusal = next(r for r in node.log_records() if "refused; keeping version" in r.get("message", ""))
+    assert refusal["level"] == "ERROR"
     text = json.dumps(refusal)
     assert "broken.yaml:2" in text and "Modalty" in text and "Modality" in text
     chest3 = write_series(tmp_path / "s6", study_uid, 6, modality="CT", desc="Thorax", part="CHEST")
@@ -167,3 +169,28 @@ def test_three_series_routed_and_hot_reload(dicomnode_node, tmp_path: Path) -> N
     assert dry.returncode == 0, dry.stderr
     assert dry.stdout.count("=> liver") == 1 and "calling AE in ['MODALITY1'] (is 'MODALITY1')" in dry.stdout
     assert node.stop() == 0
+
+
+def test_sighup_reloads_the_rules(dicomnode_node) -> None:
+    import os
+    import signal
+
+    node = dicomnode_node(start=False, rules={"watch": False})
+    rules_dir = node.root / "rules"
+    (rules_dir / "a.yaml").write_text("- {name: one, then: {discard: true}}\n")
+    v1 = load_ruleset(rules_dir).version
+    node.start()
+    wait_for(lambda: f"version {v1} in force" in node.log_text(), "the initial rule set", node)
+
+    (rules_dir / "a.yaml").write_text("- {name: two, then: {discard: true}}\n")
+    v2 = load_ruleset(rules_dir).version
+    time.sleep(1.5)  # no watcher: nothing happens until SIGHUP
+    assert f"version {v2} in force" not in node.log_text()
+    os.kill(node.proc.pid, signal.SIGHUP)
+    wait_for(lambda: f"version {v2} in force" in node.log_text(), "reload on SIGHUP", node)
+
+    (rules_dir / "a.yaml").write_text("- {name: three, then: {discrad: true}}\n")
+    os.kill(node.proc.pid, signal.SIGHUP)
+    wait_for(lambda: f"keeping version {v2}" in node.log_text(), "refusal on SIGHUP", node)
+    assert "unknown key 'discrad'" in node.log_text()
+    assert node.echo() and node.stop() == 0
