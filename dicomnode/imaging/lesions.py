@@ -5,8 +5,10 @@ ordered by decreasing volume) of hypo- and/or hyper-dense regions:
 
 1. The image is smoothed (Gaussian, ``smoothing_mm``); the organ's intensity centre and spread are its
    median and MAD-based sigma inside the organ eroded by ``margin_mm`` (no partial volume).
-2. Candidates differ from the centre by more than ``max(k_sigma × sigma, min_contrast)`` (dark for
-   ``hypo``, bright for ``hyper``), inside the eroded organ; they are then grown back into the
+2. The organ's slowly varying background (Gaussian ``background_mm``, normalised over the organ
+   without the obvious outliers) is subtracted; candidates differ from it by more than
+   ``max(k_sigma × sigma, min_contrast)`` (dark for ``hypo``, bright for ``hyper``), inside the eroded
+   organ; they are then grown back into the
    whole organ through voxels that still pass the threshold (lesions at the organ's edge keep their size).
 3. Each connected component is one lesion; components whose equivalent-sphere diameter is below
    ``min_diameter_mm``, that lie mostly in the organ's edge band (partial volume) or that are tubular
@@ -50,6 +52,7 @@ def detect(
     smoothing_mm: float = 1.5,
     margin_mm: float = 3.0,
     max_elongation: float = 3.0,
+    background_mm: float = 25.0,
 ) -> sitk.Image:
     """A label map of lesions inside ``organ`` (see the module docstring)."""
     if kind not in ("hypo", "hyper", "both"):
@@ -74,13 +77,25 @@ def detect(
         return _empty(image)
     centre = float(np.median(values))
     sigma = 1.4826 * float(np.median(np.abs(values - centre)))
+    # pass 1 against the organ's median finds obvious outliers; the organ's slowly varying background
+    # (contrast gradients, beam hardening) is then estimated without them, and pass 2 thresholds the
+    # residual against that local background
+    outliers = organ_arr & (np.abs(smooth - centre) > max(k_sigma * sigma, min_contrast))
+    weight = (organ_arr & ~dilate_mm(outliers, 2 * smoothing_mm, spacing)).astype(np.float32)
+    bg_sigma = [background_mm / s for s in spacing]
+    background = ndimage.gaussian_filter(smooth * weight, bg_sigma) / np.maximum(
+        ndimage.gaussian_filter(weight, bg_sigma), 1e-3
+    )
+    background = np.where(ndimage.gaussian_filter(weight, bg_sigma) > 0.05, background, centre)
+    residual = smooth - background
+    sigma = 1.4826 * float(np.median(np.abs(residual[core] - np.median(residual[core]))))
     delta = max(k_sigma * sigma, min_contrast)
     candidates = np.zeros_like(organ_arr)
     passes = np.zeros_like(organ_arr)
     if kind in ("hypo", "both"):
-        passes |= smooth < centre - delta
+        passes |= residual < -delta
     if kind in ("hyper", "both"):
-        passes |= smooth > centre + delta
+        passes |= residual > delta
     passes &= organ_arr
     candidates = passes & core
     grown = candidates | (dilate_mm(candidates, depth + max(spacing), spacing) & passes)

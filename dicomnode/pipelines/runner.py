@@ -1,0 +1,196 @@
+"""Run one job: load the series, run its pipeline, write the result package and ``result.json``.
+
+:func:`run_job` is the processing boundary used by the worker pool, ``dicomnode process`` and any other
+executor: every :class:`~dicomnode.errors.DicomNodeError` (bad input, unknown pipeline, failed step,
+result writing) becomes a failed :class:`JobResult` whose ``error`` names the problem; a bug (any other
+exception) is logged with its traceback and reported the same way, so the caller always gets a result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dicomnode.config import ViewerProfile
+from dicomnode.errors import DicomNodeError, PipelineError
+from dicomnode.jobs import JobResult, JobSpec
+from dicomnode.pipelines.registry import PipelineSpec, check_steps, get_pipeline
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StepTiming:
+    step: str
+    use: str
+    seconds: float
+    peak_rss_mb: float
+
+
+@dataclass
+class PipelineRun:
+    """What :func:`execute` produced: the context of named images and per-step timings."""
+
+    context: dict[str, Any]
+    timings: list[StepTiming] = field(default_factory=list)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def params_hash(params: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def execute(spec: PipelineSpec, image: Any) -> PipelineRun:  # noqa: ANN401 - SimpleITK.Image
+    """Run the steps of ``spec`` on ``image`` (a float32 SimpleITK image in real units)."""
+    from dicomnode.pipelines.steps import step_registry
+
+    registry = step_registry()
+    run = PipelineRun(context={"image": image})
+    for step in spec.steps:
+        fn = registry.get(step.use)
+        if fn is None:
+            raise PipelineError(f"Pipeline '{spec.name}' step '{step.id}' uses unknown step '{step.use}'.")
+        args = [run.context[name] for name in step.inputs]
+        kwargs = {key: run.context[name] for key, name in step.keyword_inputs}
+        started = time.perf_counter()
+        try:
+            run.context[step.id] = fn(*args, **kwargs, **dict(step.params))
+        except TypeError as exc:
+            raise PipelineError(f"Step '{step.id}' ({step.use}) was given bad parameters: {exc}.") from exc
+        except DicomNodeError as exc:
+            raise type(exc)(f"Step '{step.id}' ({step.use}) failed: {exc}") from exc
+        run.timings.append(StepTiming(step.id, step.use, time.perf_counter() - started, peak_rss_mb()))
+        log.debug("step %s (%s) took %.2f s", step.id, step.use, run.timings[-1].seconds)
+    return run
+
+
+def build_segments(spec: PipelineSpec, context: dict[str, Any], shape: tuple[int, ...]) -> list:
+    """The pipeline's declared segments as :class:`~dicomnode.outputs.api.Segment` objects."""
+    import SimpleITK as sitk
+
+    from dicomnode.outputs.api import Segment
+
+    segments = []
+    for seg in spec.segments:
+        array = sitk.GetArrayFromImage(context[seg.source])
+        if array.shape != shape:
+            raise PipelineError(
+                f"Segment source '{seg.source}' has shape {array.shape}, not the source grid {shape}; "
+                "map it back with grid.to_source."
+            )
+        if seg.each:
+            for n, value in enumerate(v for v in np.unique(array) if v > 0):
+                segments.append(
+                    Segment(seg.label.format(n=n + 1), seg.structure, array == value, seg.color, seg.category)
+                )
+            continue
+        mask = array == seg.value if seg.value is not None else array > 0
+        if not mask.any():
+            if seg.required:
+                raise PipelineError(
+                    f"The pipeline found no {seg.label.lower()} (segment '{seg.source}' is empty)."
+                )
+            continue
+        segments.append(Segment(seg.label, seg.structure, mask, seg.color, seg.category))
+    return segments
+
+
+def process_volume(spec: PipelineSpec, volume: Any, job: JobSpec) -> tuple[Any, dict[str, Any]]:  # noqa: ANN401
+    """Run ``spec`` on a :class:`~dicomnode.imaging.volume.Volume`; return (ProcessedSeries, summary)."""
+    import SimpleITK as sitk
+
+    from dicomnode import __version__
+    from dicomnode.outputs.api import ProcessedSeries, Provenance
+
+    if spec.modalities and volume.modality and volume.modality not in spec.modalities:
+        raise PipelineError(
+            f"Pipeline '{spec.name}' works on {', '.join(spec.modalities)} "
+            f"but the series is '{volume.modality}'."
+        )
+    run = execute(spec, volume.to_sitk())
+    segments = build_segments(spec, run.context, volume.shape)
+    enhanced = None
+    if spec.enhanced:
+        enhanced = sitk.GetArrayFromImage(run.context[spec.enhanced]).astype(np.float32)
+    params = {**spec.parameters()}
+    provenance = Provenance(
+        pipeline=spec.name,
+        pipeline_version=spec.version,
+        params=params,
+        params_hash=params_hash(params),
+        node_version=str(__version__),
+        steps=tuple(f"{s.id} ({s.use})" for s in spec.steps),
+        rule=job.rule,
+        ruleset_hash=job.ruleset_hash,
+    )
+    voxel_ml = float(np.prod(volume.spacing)) / 1000.0
+    summary = {
+        "pipeline": spec.name,
+        "pipeline_version": spec.version,
+        "steps": [t.__dict__ for t in run.timings],
+        "segments": {s.label: {"voxels": int(s.mask.sum()), "volume_ml": float(s.mask.sum()) * voxel_ml}
+                     for s in segments},
+        "estimates": {
+            f"{name}.{key.removeprefix('dicomnode.')}": img.GetMetaData(key)
+            for name, img in run.context.items()
+            if hasattr(img, "GetMetaDataKeys")
+            for key in img.GetMetaDataKeys()
+            if key.startswith("dicomnode.")
+        },
+    }
+    processed = ProcessedSeries(
+        sources=volume.datasets,
+        segments=tuple(segments),
+        provenance=provenance,
+        enhanced=enhanced,
+        image=volume.array,
+        spacing=volume.spacing,
+        window=spec.window,
+    )
+    return processed, summary
+
+
+def run_job(spec: JobSpec, profile: ViewerProfile | None = None) -> JobResult:
+    """Load ``spec.input_files``, run ``spec.pipeline`` with ``spec.params``, write the result objects
+    and ``result.json`` into ``spec.output_dir``; never raises for a job that fails."""
+    from dicomnode.imaging.volume import load_series
+    from dicomnode.outputs.package import write_result_package
+
+    started = time.perf_counter()
+    output_dir = Path(spec.output_dir)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        pipeline = get_pipeline(spec.pipeline).with_params(spec.params)
+        check_steps(pipeline)
+        if not pipeline.steps:  # forward: nothing to compute, the node sends the source series
+            result = JobResult(spec.job_id, True, (), {"pipeline": pipeline.name, "seconds": 0.0})
+        else:
+            volume = load_series(spec.input_files)
+            processed, summary = process_volume(pipeline, volume, spec)
+            files = write_result_package(processed, output_dir, profile)
+            summary["seconds"] = time.perf_counter() - started
+            summary["peak_rss_mb"] = peak_rss_mb()
+            result = JobResult(spec.job_id, True, tuple(str(f) for f in files), summary)
+    except DicomNodeError as exc:
+        log.warning("Job %s (%s) failed: %s", spec.job_id, spec.pipeline, exc)
+        result = JobResult(spec.job_id, False, error=str(exc))
+    except Exception as exc:  # a bug: report it as the job's failure, with the traceback in the log
+        log.exception("Job %s (%s) crashed", spec.job_id, spec.pipeline)
+        result = JobResult(spec.job_id, False, error=f"Internal error in pipeline '{spec.pipeline}': "
+                                                     f"{type(exc).__name__}: {exc}")
+    try:
+        result.write(output_dir)
+    except OSError as exc:
+        log.error("Cannot write result.json of job %s into %s: %s", spec.job_id, output_dir, exc)
+    return result
