@@ -211,17 +211,26 @@ def nl_means(
 
 
 def wavelet_denoise(
-    image: sitk.Image, *, wavelet: str = "db2", method: str = "BayesShrink", sigma: float | None = None
+    image: sitk.Image,
+    *,
+    wavelet: str = "db2",
+    method: str = "BayesShrink",
+    strength: float = 1.0,
+    sigma: float | None = None,
 ) -> sitk.Image:
-    """Wavelet shrinkage denoising in 3-D (skimage ``denoise_wavelet``, soft thresholds)."""
+    """Wavelet shrinkage denoising in 3-D (skimage ``denoise_wavelet``, soft thresholds).
+
+    The thresholds assume a noise level of ``strength * sigma``; ``sigma`` defaults to the estimate.
+    """
     require_choice("method", method, ("BayesShrink", "VisuShrink"))
+    strength = require_positive("strength", strength)
     image = to_float(image)
     noise = estimate_noise_sigma(image) if sigma is None else require_positive("sigma", sigma)
     array = sitk.GetArrayFromImage(image)
     try:
         out = denoise_wavelet(
             array,
-            sigma=noise,
+            sigma=max(strength * noise, 1e-6),
             wavelet=wavelet,
             mode="soft",
             method=method,
