@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class StepTiming:
-    step: str
+    name: str
     use: str
     seconds: float
     peak_rss_mb: float
