@@ -167,13 +167,31 @@ class SecurityConfig(_Model):
     deidentification_secret: str | None = None  # keyed hash for pseudonymous UIDs/IDs
 
 
+_PASSWORD_HASH_RE = re.compile(r"^scrypt\$\d+\$\d+\$\d+\$[A-Za-z0-9_-]+=*\$[A-Za-z0-9_-]+=*$")
+
+
 class ConsoleConfig(_Model):
+    """The web console (``dicomnode/console``): off by default, loopback only unless configured."""
+
     enabled: bool = False
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
-    admin_password_hash: str | None = None
-    proxy_user_header: str | None = None
-    secret_key: str | None = None
+    admin_user: str = "admin"  # the name to log in with (and recorded in the audit trail)
+    admin_password_hash: str | None = None  # from `dicomnode console hash-password`: scrypt$N$r$p$salt$hash
+    proxy_user_header: str | None = None  # e.g. X-Remote-User, set by an authenticating reverse proxy
+    secret_key: str | None = None  # signs session cookies; null = random per start (logins end at restart)
+    session_hours: float = Field(12.0, gt=0)  # a login lasts this long
+    anonymous_read: bool = True  # visitors who are not logged in may view (patient names hidden), never write
+
+    @field_validator("admin_password_hash")
+    @classmethod
+    def _password_hash(cls, value: str | None) -> str | None:
+        if value is not None and not _PASSWORD_HASH_RE.match(value):
+            raise ValueError(
+                "should be 'scrypt$N$r$p$salt$hash' as printed by 'dicomnode console hash-password' "
+                "(never the password itself)"
+            )
+        return value
 
 
 class Config(_Model):

@@ -61,3 +61,7 @@ class SendError(DicomNodeError):
 
 class QuantifyError(DicomNodeError):
     """Radiomic quantification failed."""
+
+
+class ConsoleError(DicomNodeError):
+    """The web console cannot start, or an operator action in it was refused."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from dicomnode.cli import audit, health, imaging, node, quantify, queue, rules
+from dicomnode.cli import audit, console, health, imaging, node, quantify, queue, rules
 
 
 def build_app() -> typer.Typer:
@@ -22,6 +22,7 @@ def build_app() -> typer.Typer:
     queue.register(app)
     health.register(app)
     audit.register(app)
+    console.register(app)
     return app
 
 

@@ -13,6 +13,7 @@ stage           who records it, and when
 ``sent``        the outbox, per delivered batch (detail: ``destination``, ``instances``)
 ``failed``      any stage, when something for this study failed (detail: ``stage``, ``error``)
 ``removed``     retention, when the study's files were deleted (detail: ``files``, ``bytes``)
+``operator``    the web console, per operator action (detail: ``action``, ``user``, what it did)
 ==============  ================================================================================
 
 :func:`study_timeline` is what ``dicomnode status --study UID`` shows (and prints with ``--json``).
@@ -29,7 +30,7 @@ from typing import Any
 from dicomnode.database import Database
 from dicomnode.errors import DicomNodeError
 
-STAGES = ("received", "completed", "routed", "processed", "sent", "failed", "removed")
+STAGES = ("received", "completed", "routed", "processed", "sent", "failed", "removed", "operator")
 FLOW = ("received", "completed", "routed", "processed", "sent")
 
 SCHEMA = """

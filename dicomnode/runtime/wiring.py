@@ -17,11 +17,14 @@ from dicomnode.send.sender import Sender
 def build_service(config: Config) -> Service:
     service = Service(config)
     attach_observability(service)  # service.metrics/.audit, /metrics+/readyz, retention, sd_notify
-    attach_routing(service)  # rules, decision log, hot reload; pass submit_job=/forward= to connect stages
+    router = attach_routing(service)  # rules, decision log, hot reload; pass submit_job=/forward= to connect
     service.add_component(Sender.from_config(  # delivers the durable outbox
         config, service.database, metrics=service.metrics, audit=service.audit))
     # Stages plug in below, e.g.:
     #   router = Router(config, service.database, service.index); service.add_ready_handler(router.on_ready)
     #   service.quiet_seconds_resolver = router.quiet_seconds; service.add_reload_hook(router.reload)
     #   service.add_component(Outbox(config, service.database))
+    if config.console.enabled:  # the web console (FastAPI imported only when enabled)
+        from dicomnode.console.server import ConsoleServer
+        service.add_component(ConsoleServer.for_service(service, router=router))
     return service

@@ -285,9 +285,11 @@ class Outbox:
                 count += 1
         return count
 
-    def purge(self, state: str | None = None, destination: str | None = None) -> int:
+    def purge(
+        self, state: str | None = None, destination: str | None = None, study_uid: str | None = None
+    ) -> int:
         """Delete entries: by default those that are finished (``sent`` and ``dead``). ``sending`` entries
-        are in flight and cannot be purged."""
+        are in flight and cannot be purged. ``study_uid`` limits it to one study's entries."""
         if state == "sending":
             raise SendError("Entries in state 'sending' are in flight and cannot be purged.")
         states = ("sent", "dead") if state is None else (state,)
@@ -299,6 +301,9 @@ class Outbox:
         if destination:
             sql += " AND destination = ?"
             args.append(destination)
+        if study_uid:
+            sql += " AND study_uid = ?"
+            args.append(study_uid)
         with self.db.transaction() as conn:
             return conn.execute(sql, args).rowcount
 
