@@ -8,6 +8,8 @@ and values, anything that is not one regular grid: several series, non-image obj
 …), mixed orientations/sizes/pixel spacings, gantry tilt (slice offsets not along the normal), duplicate
 slice positions and missing slices (irregular spacing). The rule for duplicates is: always an error
 (two images at one position cannot be told apart safely; the sender must resend a clean series).
+Empty UIDs (seen in the wild) are repaired in the kept headers: SOP UIDs from the file meta, an empty
+Study/Series/Frame of Reference UID by one derived deterministically from the SOP Instance UIDs.
 
 Array layout everywhere in dicomnode: ``(slices, rows, columns)``; ``spacing`` is ``(slice, row, column)``
 in mm; ``origin`` is the LPS position of voxel ``[0, 0, 0]``; ``direction`` is the 3×3 matrix (row-major,
@@ -173,6 +175,7 @@ def load_series(files: Iterable[Path | str], *, skip_non_dicom: bool = False) ->
     modality = str(first.dataset.get("Modality", ""))
     multi = first.frame >= 0
     headers = (_header(first.dataset),) if multi else tuple(_header(s.dataset) for s in slices)
+    _repair_uids(headers)
     return Volume(
         array=array,
         spacing=(slice_spacing, float(first.pixel_spacing[0]), float(first.pixel_spacing[1])),
@@ -384,6 +387,28 @@ def _header(ds: Dataset) -> Dataset:
         ds = ds.copy()
         del ds.PixelData
     return ds
+
+
+def _repair_uids(headers: Sequence[Dataset]) -> None:
+    """Fill empty SOP Class/Instance UIDs from the file meta and empty Study/Series/Frame of Reference
+    UIDs with UIDs derived deterministically from the instances' SOP Instance UIDs (real-world senders
+    do leave them empty; the result objects must reference something stable)."""
+    from pydicom.uid import generate_uid
+
+    for ds in headers:
+        meta = getattr(ds, "file_meta", None)
+        if not str(ds.get("SOPInstanceUID", "") or "") and meta is not None:
+            ds.SOPInstanceUID = meta.get("MediaStorageSOPInstanceUID", "") or generate_uid()
+        if not str(ds.get("SOPClassUID", "") or "") and meta is not None:
+            ds.SOPClassUID = meta.get("MediaStorageSOPClassUID", "")
+    sources = sorted(str(ds.SOPInstanceUID) for ds in headers)
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
+        if any(not str(ds.get(keyword, "") or "") for ds in headers):
+            present = {str(ds.get(keyword, "") or "") for ds in headers} - {""}
+            uid = present.pop() if len(present) == 1 else generate_uid(entropy_srcs=[keyword, *sources])
+            log.warning("The series has an empty %s; using %s.", keyword, uid)
+            for ds in headers:
+                setattr(ds, keyword, uid)
 
 
 def _single_slice_thickness(ds: Dataset) -> float:

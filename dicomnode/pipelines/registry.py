@@ -25,6 +25,7 @@ unknown keys are refused with the list of valid ones.
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -206,6 +207,20 @@ def check_steps(spec: PipelineSpec) -> None:
             f"Pipeline '{spec.name}' uses unknown step(s) {', '.join(repr(m) for m in missing)}; "
             f"known steps: {', '.join(sorted(registry))}."
         )
+    for step in spec.steps:
+        signature = inspect.signature(registry[step.use])
+        accepted = {
+            name for name, p in signature.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
+        }
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
+            continue
+        unknown = sorted(set(step.params) - accepted)
+        if unknown:
+            raise PipelineError(
+                f"Unknown parameter(s) {', '.join(f'{step.id}.{u}' for u in unknown)} for step '{step.id}' "
+                f"({step.use}) of pipeline '{spec.name}'; it accepts: "
+                f"{', '.join(f'{step.id}.{a}' for a in sorted(accepted)) or 'none'}."
+            )
 
 
 def available_pipelines() -> list[str]:
