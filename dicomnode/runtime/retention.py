@@ -5,17 +5,19 @@ A study is removed only when every one of these holds (anything else keeps it, f
 * the assembler marked the study and each of its series ``complete`` and handed every completion on to
   routing (``assembly_events.handed_on_at`` set) — nothing is waiting to be routed;
 * every outbox row of the study is ``sent`` — nothing queued, sending, failed-and-retrying or dead;
+* every routing decision of the study is ``done`` (none ``pending``, none ``failed`` — e.g. unroutable for
+  want of a valid rule set); a series that matched no rule counts as done;
 * no job of the study is in any state but a successful one (when a ``jobs`` table exists), and the audit
   trail shows no ``failed`` event that is not followed by a later ``processed``/``sent`` one;
 * its latest activity (last instance received, completion, last delivery) is older than ``keep_days``.
 
 Removal is crash-safe: inside one database transaction the study folder is renamed into
 ``<spool>/.trash/`` (hidden, so spool recovery never re-indexes it) and the study's rows are deleted
-(``spool_instances``, ``assembly_*``, its ``sent`` outbox rows, its ``jobs`` rows); the files are deleted
-after the commit. A crash before the commit leaves rows and (trashed) files that the next run finishes;
-an instance of the study that arrives during the removal is moved back from the trash. The job output
-folders (``<storage.path>/jobs/<job_id>``) of the study's delivered results go too. The audit trail keeps
-a ``removed`` event.
+(``spool_instances``, ``assembly_*``, ``route_decisions``, its ``sent`` outbox rows, its ``jobs`` rows);
+the files are deleted after the commit. A crash before the commit leaves rows and (trashed) files that
+the next run finishes; an instance of the study that arrives during the removal is moved back from the
+trash. The output folders of the study's jobs (only inside ``<storage.path>/jobs``) go too. The audit
+trail keeps a ``removed`` event.
 """
 
 from __future__ import annotations
@@ -168,6 +170,13 @@ class Retention:
             ).fetchall()
             if rows:
                 return "undelivered: " + ", ".join(f"{r['n']} {r['state']}" for r in rows)
+        if "route_decisions" in tables:
+            rows = conn.execute(
+                "SELECT state, COUNT(*) AS n FROM route_decisions WHERE study_uid = ? AND state != 'done' "
+                "GROUP BY state", (study_uid,),
+            ).fetchall()
+            if rows:
+                return "routing decisions not done: " + ", ".join(f"{r['n']} {r['state']}" for r in rows)
         if "jobs" in tables and self._has_columns("jobs", {"study_uid", "state"}):
             marks = ",".join("?" * len(JOB_DONE_STATES))
             rows = conn.execute(
@@ -210,16 +219,21 @@ class Retention:
                 "WHERE study_uid = ?",
                 (study_uid,),
             ).fetchone()
-            job_ids: list[str] = []
+            job_dirs: set[Path] = set()
             if "outbox" in tables:
-                job_ids = [r[0] for r in conn.execute(
+                job_dirs |= {self.jobs_root / r[0] for r in conn.execute(
                     "SELECT DISTINCT job_id FROM outbox WHERE study_uid = ? AND job_id IS NOT NULL",
-                    (study_uid,))]
+                    (study_uid,))}
+            if "jobs" in tables and self._has_columns("jobs", {"study_uid", "id", "output_dir"}):
+                for r in conn.execute("SELECT id, output_dir FROM jobs WHERE study_uid = ?", (study_uid,)):
+                    job_dirs.add(self.jobs_root / r["id"])
+                    if r["output_dir"]:
+                        job_dirs.add(Path(r["output_dir"]))
             if study_dir.exists():
                 self.trash.mkdir(parents=True, exist_ok=True)
                 os.rename(study_dir, trashed)
             conn.execute("DELETE FROM spool_instances WHERE study_uid = ?", (study_uid,))
-            for table in ("assembly_series", "assembly_studies", "assembly_events"):
+            for table in ("assembly_series", "assembly_studies", "assembly_events", "route_decisions"):
                 if table in tables:
                     conn.execute(f"DELETE FROM {table} WHERE study_uid = ?", (study_uid,))
             if "outbox" in tables:
@@ -227,10 +241,10 @@ class Retention:
             if "jobs" in tables and self._has_columns("jobs", {"study_uid"}):
                 conn.execute("DELETE FROM jobs WHERE study_uid = ?", (study_uid,))
         self._rescue(study_uid, trashed)
-        for job_id in job_ids:
-            job_dir = (self.jobs_root / job_id).resolve()
-            if job_dir.parent == self.jobs_root.resolve() and job_dir.is_dir():
-                shutil.rmtree(job_dir, ignore_errors=True)
+        jobs_root = self.jobs_root.resolve()
+        for job_dir in {d.resolve() for d in job_dirs}:
+            if job_dir.is_relative_to(jobs_root) and job_dir != jobs_root and job_dir.is_dir():
+                shutil.rmtree(job_dir, ignore_errors=True)  # only ever inside <storage.path>/jobs
         shutil.rmtree(trashed, ignore_errors=True)
         return int(size_row["n"]), int(size_row["bytes"])
 

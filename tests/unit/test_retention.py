@@ -13,6 +13,8 @@ from dicomnode.config import Config
 from dicomnode.database import Database
 from dicomnode.observability.audit import AuditTrail
 from dicomnode.observability.metrics import Metrics
+from dicomnode.pipelines.jobstore import DDL as JOBS_SCHEMA
+from dicomnode.route.decisions import SCHEMA as DECISIONS_SCHEMA
 from dicomnode.runtime.retention import DAY, Retention
 from dicomnode.send.outbox import SCHEMA as OUTBOX_SCHEMA
 from dicomnode.spool.index import SCHEMA as SPOOL_SCHEMA
@@ -31,13 +33,14 @@ class Site:
             {"storage": {"path": str(root)}, "retention": {"enabled": True, "keep_days": 30}}
         )
         self.db = Database(self.config.storage.database_path)
-        for ddl in (SPOOL_SCHEMA, ASSEMBLY_SCHEMA, OUTBOX_SCHEMA):
+        for ddl in (SPOOL_SCHEMA, ASSEMBLY_SCHEMA, OUTBOX_SCHEMA, JOBS_SCHEMA, DECISIONS_SCHEMA):
             self.db.ensure_schema(ddl)
         self.audit = AuditTrail(self.db)
         self.spool = self.config.storage.spool_dir
 
     def study(self, uid: str, *, at: float, series_state: str = "complete", handed_on: bool = True,
-              sends: tuple[str, ...] = (), instances: int = 3) -> None:
+              sends: tuple[str, ...] = (), instances: int = 3, job: str | None = None,
+              decision: str = "done") -> None:
         conn = self.db.conn
         series = f"{uid}.1"
         for n in range(instances):
@@ -66,6 +69,18 @@ class Site:
             "handed_on_at) VALUES ('study', ?, 1, 'quiet', ?, ?, ?)",
             (uid, instances, at + 60, at + 61 if handed_on else None),
         )
+        conn.execute(
+            "INSERT INTO route_decisions (decided_at, level, study_uid, series_uid, generation, action, "
+            "state) VALUES (?, 'series', ?, ?, 1, 'pipeline', ?)", (at + 61, uid, series, decision),
+        )
+        if job is not None:
+            out_dir = self.config.storage.jobs_dir / f"job-{uid}"
+            out_dir.mkdir(parents=True, exist_ok=True)
+            conn.execute(
+                "INSERT INTO jobs (id, pipeline, study_uid, series_uid, output_dir, params, spec, state, "
+                "created_at) VALUES (?, 'liver-ct', ?, ?, ?, '{}', '{}', ?, ?)",
+                (f"job-{uid}", uid, series, str(out_dir), job, at),
+            )
         for k, state in enumerate(sends):
             job = f"job-{uid}-{k}"
             out = self.config.storage.jobs_dir / job / "seg.dcm"
@@ -99,6 +114,11 @@ def site(tmp_path: Path) -> Site:
     site.study("2.7", at=OLD)                                   # failed, then processed ok → removed
     site.audit.record("failed", "2.7", job_id="j1", at=OLD + 200)
     site.audit.record("processed", "2.7", job_id="j2", at=OLD + 300)
+    site.study("2.8", at=OLD, job="failed")                     # job failed → kept
+    site.study("2.9", at=OLD, job="running")                    # job still running → kept
+    site.study("2.10", at=OLD, decision="failed")               # unroutable (no valid rules) → kept
+    site.study("2.11", at=OLD, decision="pending")              # decision's action not run → kept
+    site.study("1.3", at=OLD, job="done", sends=("sent",))      # processed and delivered → removed
     site.study("3.1", at=RECENT, sends=("sent",))               # delivered but recent → kept
     return site
 
@@ -107,25 +127,31 @@ def test_removes_only_processed_and_delivered_old_studies(site: Site) -> None:
     metrics = Metrics()
     retention = Retention(site.config, site.db, metrics=metrics, audit=site.audit)
     report = retention.run_once(now=NOW)
-    assert sorted(report.removed) == ["1.1", "1.2", "2.7"]
-    assert report.files == 9 and report.bytes == 9 * 232
-    assert set(report.kept) == {"2.1", "2.2", "2.3", "2.5", "2.6"}  # 2.4 is not even a candidate (open)
+    assert sorted(report.removed) == ["1.1", "1.2", "1.3", "2.7"]
+    assert report.files == 12 and report.bytes == 12 * 232
+    kept = {"2.1", "2.2", "2.3", "2.5", "2.6", "2.8", "2.9", "2.10", "2.11"}
+    assert set(report.kept) == kept  # 2.4 is not even a candidate (open)
+    assert "1 failed" in report.kept["2.8"] and "1 running" in report.kept["2.9"]
+    assert "routing decisions" in report.kept["2.10"] and "1 pending" in report.kept["2.11"]
     assert "1 dead" in report.kept["2.1"] and "1 failed" in report.kept["2.2"]
     assert "1 queued" in report.kept["2.3"]
     assert "routing" in report.kept["2.5"] and "failure" in report.kept["2.6"]
-    for uid in ("1.1", "1.2", "2.7"):
+    for uid in ("1.1", "1.2", "1.3", "2.7"):
         assert not (site.spool / uid).exists()
-        for table in ("spool_instances", "assembly_series", "assembly_studies", "assembly_events", "outbox"):
+        for table in ("spool_instances", "assembly_series", "assembly_studies", "assembly_events", "outbox",
+                      "jobs", "route_decisions"):
             assert site.rows(table, uid) == 0, (uid, table)
         removed = [e for e in site.audit.events(uid) if e["stage"] == "removed"]
         assert removed and removed[0]["detail"]["files"] == 3
     assert not (site.config.storage.jobs_dir / "job-1.1-0").exists()
-    for uid in ("2.1", "2.2", "2.3", "2.4", "2.5", "2.6", "3.1"):
+    assert not (site.config.storage.jobs_dir / "job-1.3").exists()
+    assert (site.config.storage.jobs_dir / "job-2.8").exists()
+    for uid in sorted(kept | {"2.4", "3.1"}):
         assert len(list((site.spool / uid).rglob("*.dcm"))) == 3, uid
         assert site.rows("spool_instances", uid) == 3
     assert (site.config.storage.jobs_dir / "job-2.1-1").exists()  # the dead letter's file stays
     assert site.rows("outbox", "2.1") == 2
-    assert metrics.value("dicomnode_retention_removed_studies_total") == 3
+    assert metrics.value("dicomnode_retention_removed_studies_total") == 4
     assert not any((site.spool / ".trash").iterdir())
     # Spool recovery at the next start does not bring anything back.
     assert recover(Spool(site.spool), SpoolIndex(site.db, site.spool)).indexed == []
@@ -134,7 +160,7 @@ def test_removes_only_processed_and_delivered_old_studies(site: Site) -> None:
 
 def test_dry_run_removes_nothing(site: Site) -> None:
     report = Retention(site.config, site.db).run_once(now=NOW, dry_run=True)
-    assert sorted(report.removed) == ["1.1", "1.2", "2.7"]
+    assert sorted(report.removed) == ["1.1", "1.2", "1.3", "2.7"]
     assert (site.spool / "1.1").is_dir() and site.rows("spool_instances", "1.1") == 3
 
 
