@@ -64,8 +64,9 @@ def select_any(labels: sitk.Image) -> sitk.Image:
 
 
 def median(image: sitk.Image, *, radius_mm: float = 2.0) -> sitk.Image:
-    """Median filter with a physical radius (at least one voxel per axis)."""
-    radius = [max(1, int(round(radius_mm / s))) if s <= radius_mm else 0 for s in image.GetSpacing()]
+    """Median filter with a physical radius: at least one voxel along every axis whose spacing is at
+    most 2.5 × the radius (thick slices are not filtered across)."""
+    radius = [max(1, int(round(radius_mm / s))) if s <= 2.5 * radius_mm else 0 for s in image.GetSpacing()]
     return sitk.Median(sitk.Cast(image, sitk.sitkFloat32), radius)
 
 
