@@ -44,7 +44,9 @@ def test_lungs_on_phantom_split_left_and_right() -> None:
     assert dice(labels == 2, ct.masks["lung-left"]) >= 0.95
 
 
-@pytest.mark.parametrize(("shape", "spacing"), [((48, 96, 96), (3.0, 2.5, 2.5)), ((40, 80, 80), (4.0, 3.0, 3.0))])
+@pytest.mark.parametrize(
+    ("shape", "spacing"), [((48, 96, 96), (3.0, 2.5, 2.5)), ((40, 80, 80), (4.0, 3.0, 3.0))]
+)
 def test_brain_extraction_on_phantoms(shape, spacing) -> None:  # noqa: ANN001
     mr = make_mr_head_phantom(shape=shape, spacing=spacing, bias=0.25, seed=5)
     brain = run_until("brain-mr", "brain", mr.to_sitk())["brain"] > 0
