@@ -1,0 +1,104 @@
+"""Pipeline registry (YAML), runner (run_job → result package + result.json) and the jobs table."""
+
+from __future__ import annotations
+
+import json
+
+import pydicom
+import pytest
+
+from dicomnode.database import Database
+from dicomnode.errors import PipelineError
+from dicomnode.jobs import JobResult, JobSpec
+from dicomnode.pipelines.jobstore import JobStore
+from dicomnode.pipelines.registry import available_pipelines, check_steps, get_pipeline, parse_pipeline
+from dicomnode.pipelines.runner import run_job
+from tests.phantoms import make_ct_phantom, write_dicom_series
+
+
+def test_shipped_pipelines_are_declared_and_use_known_steps() -> None:
+    assert available_pipelines() == ["brain-mr", "forward", "liver-ct", "lung-ct"]
+    for name in available_pipelines():
+        spec = get_pipeline(name)
+        check_steps(spec)
+        assert spec.version and spec.description
+    liver = get_pipeline("liver-ct")
+    assert [s.label for s in liver.segments] == ["Liver", "Lesion {n}"]
+    assert liver.window == (60.0, 400.0)
+    assert "supervoxels.supervoxel_mm" in liver.parameters()
+
+
+def test_unknown_pipeline_and_parameters_are_clear_errors() -> None:
+    with pytest.raises(PipelineError, match="Unknown pipeline 'spleen-ct'; available: brain-mr"):
+        get_pipeline("spleen-ct")
+    with pytest.raises(PipelineError, match="Unknown parameter 'nothing.x'"):
+        get_pipeline("liver-ct").with_params({"nothing.x": 1})
+    with pytest.raises(PipelineError, match=r"liver_work\.closing_radius.*accepts: .*liver_work\.closing_mm"):
+        check_steps(get_pipeline("liver-ct").with_params({"liver_work.closing_radius": 3}))
+    override = get_pipeline("liver-ct").with_params({"liver_work.closing_mm": 4})
+    assert override.parameters()["liver_work.closing_mm"] == 4
+
+
+def test_pipeline_file_errors_name_the_problem() -> None:
+    with pytest.raises(PipelineError, match="uses 'mask' before any step produces it"):
+        parse_pipeline(
+            "name: x\nversion: 1\ndescription: d\n"
+            "steps:\n  - {id: a, use: lesions.detect, in: [image, mask]}\n"
+        )
+    with pytest.raises(PipelineError, match="'description' is missing"):
+        parse_pipeline("name: x\nversion: 1\n")
+
+
+@pytest.fixture(scope="module")
+def phantom_series(tmp_path_factory):
+    ct = make_ct_phantom(shape=(32, 112, 112), spacing=(5.0, 3.0, 3.0), phase="portal", seed=11)
+    folder = tmp_path_factory.mktemp("series")
+    return ct, tuple(str(p) for p in write_dicom_series(ct, folder))
+
+
+def test_run_job_writes_seg_with_named_segments_and_result_json(tmp_path, phantom_series) -> None:
+    ct, files = phantom_series
+    out = tmp_path / "out"
+    result = run_job(JobSpec("job-1", "liver-ct", {}, files, str(out)))
+    assert result.ok, result.error
+    seg = pydicom.dcmread(out / "seg.dcm")
+    labels = [s.SegmentLabel for s in seg.SegmentSequence]
+    assert labels[0] == "Liver" and "Lesion 1" in labels
+    assert (out / "sr.dcm").exists() and len(list((out / "derived").glob("*.dcm"))) == len(files)
+    stored = JobResult.from_json((out / "result.json").read_text())
+    assert stored.ok and set(stored.output_files) == set(result.output_files)
+    liver_ml = float(ct.masks["liver"].sum()) * 45.0 / 1000.0
+    assert stored.summary["segments"]["Liver"]["volume_ml"] == pytest.approx(liver_ml, rel=0.08)
+    assert [s["name"] for s in stored.summary["steps"]][:2] == ["work", "smooth"]
+
+
+def test_run_job_reports_failures_without_raising(tmp_path, phantom_series) -> None:
+    _, files = phantom_series
+    bad = run_job(JobSpec("job-2", "liver-ct", {}, files[:10] + files[11:], str(tmp_path / "a")))
+    assert not bad.ok and "Irregular slice spacing" in bad.error
+    assert json.loads((tmp_path / "a" / "result.json").read_text())["ok"] is False
+    wrong = run_job(JobSpec("job-3", "brain-mr", {}, files, str(tmp_path / "b")))
+    assert not wrong.ok and "works on MR but the series is 'CT'" in wrong.error
+    forward = run_job(JobSpec("job-4", "forward", {}, files, str(tmp_path / "c")))
+    assert forward.ok and forward.output_files == ()
+
+
+def test_job_store_lifecycle_and_retry(tmp_path) -> None:
+    store = JobStore(Database(tmp_path / "db.sqlite3"), max_attempts=2)
+    spec = JobSpec("j1", "liver-ct", {"a.b": 1}, ("x.dcm",), str(tmp_path / "out"), study_uid="1.2.3")
+    assert store.create(spec).state == "queued"
+    store.mark_running("j1")
+    store.mark_failed("j1", "The worker process died (killed by signal SIGKILL).")
+    failed = store.get("j1")
+    assert failed.state == "failed" and "SIGKILL" in failed.error and failed.seconds is not None
+    again = store.retry("j1")
+    assert again.attempt == 2 and store.get("j1").state == "queued"
+    store.mark_running("j1")
+    store.finish(JobResult("j1", True, ("seg.dcm",), {"seconds": 1.5}))
+    done = store.get("j1")
+    assert done.state == "done" and done.output_files == ("seg.dcm",) and done.seconds == 1.5
+    assert [r.id for r in store.list("done")] == ["j1"]
+    with pytest.raises(PipelineError, match="only failed jobs can be retried"):
+        store.retry("j1")
+    with pytest.raises(PipelineError, match="cannot become running"):
+        store.mark_running("j1")

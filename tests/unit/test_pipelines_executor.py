@@ -1,0 +1,76 @@
+"""The worker pool: a crash or a timeout fails only its own job, with the reason; the pool goes on."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from dicomnode.jobs import JobResult, JobSpec
+from dicomnode.pipelines.executor import LocalExecutor
+
+TARGET = "tests.unit.test_pipelines_executor:fake_job"
+
+
+def fake_job(spec: JobSpec) -> JobResult:
+    """Runs in the spawned worker: behaves as the job's ``mode`` parameter says."""
+    mode = spec.params["mode"]
+    if mode == "crash":
+        os._exit(3)
+    if mode == "segfault":
+        import ctypes
+
+        ctypes.string_at(0)
+    if mode == "hang":
+        time.sleep(60)
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    return JobResult(spec.job_id, True, (), {"threads": threads})
+
+
+def run_all(executor: LocalExecutor, specs: list[JobSpec], timeout: float = 60.0) -> dict[str, JobResult]:
+    results: dict[str, JobResult] = {}
+    done = threading.Event()
+
+    def on_done(result: JobResult) -> None:
+        results[result.job_id] = result
+        if len(results) == len(specs):
+            done.set()
+
+    for spec in specs:
+        executor.submit(spec, on_done)
+    assert done.wait(timeout), f"only {sorted(results)} finished"
+    return results
+
+
+def spec(tmp_path: Path, job_id: str, mode: str) -> JobSpec:
+    return JobSpec(job_id, "test", {"mode": mode}, (), str(tmp_path / job_id))
+
+
+def test_crash_and_timeout_fail_only_their_own_jobs(tmp_path) -> None:
+    executor = LocalExecutor(workers=2, timeout=8.0, itk_threads=1, target=TARGET)
+    executor.start()
+    try:
+        results = run_all(
+            executor,
+            [spec(tmp_path, "crash", "crash"), spec(tmp_path, "segv", "segfault"),
+             spec(tmp_path, "hang", "hang"), spec(tmp_path, "fine", "ok")],
+        )
+        assert not results["crash"].ok and "died (exit code 3)" in results["crash"].error
+        assert not results["segv"].ok and "SIGSEGV" in results["segv"].error
+        assert not results["hang"].ok and "timed out after 8 s" in results["hang"].error
+        assert results["fine"].ok and results["fine"].summary["threads"] == "1"
+        after = run_all(executor, [spec(tmp_path, "after", "ok")])  # the pool survived
+        assert after["after"].ok
+        assert executor.running_jobs() == []
+    finally:
+        executor.stop()
+
+
+def test_invalid_settings_are_refused() -> None:
+    from dicomnode.errors import PipelineError
+
+    with pytest.raises(PipelineError, match="workers=0"):
+        LocalExecutor(workers=0)
