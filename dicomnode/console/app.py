@@ -275,6 +275,7 @@ def create_app(node: ConsoleNode) -> FastAPI:
         if ruleset is None:
             return _rules_page(request, 409, tests=[], tested="no valid rule set is in force")
         uploads = [f for f in files or [] if f.filename]
+        names: dict[str, str] = {}
         try:
             if uploads:
                 with tempfile.TemporaryDirectory(prefix="dicomnode-ruletest-") as scratch:
@@ -283,6 +284,7 @@ def create_app(node: ConsoleNode) -> FastAPI:
                         path = Path(scratch) / f"{i:05d}.dcm"
                         path.write_bytes(upload.file.read())
                         paths.append(path)
+                        names[str(path)] = f"upload '{upload.filename}'"
                     tests = dry_run_files(ruleset, paths, calling_ae.strip() or None)
                 tested = f"{len(uploads)} uploaded file(s)"
             elif study_uid:
@@ -290,7 +292,10 @@ def create_app(node: ConsoleNode) -> FastAPI:
             else:
                 return _rules_page(request, 400, tests=[], tested="nothing: pick a study or upload files")
         except DicomNodeError as exc:
-            return _rules_page(request, 400, tests=[], tested=str(exc))
+            message = str(exc)
+            for path, name in names.items():  # name the upload, not the scratch file
+                message = message.replace(f"'{path}'", name)
+            return _rules_page(request, 400, tests=[], tested=message)
         return _rules_page(request, tests=tests, tested=tested)
 
     # -- queue -------------------------------------------------------------------------------------------
