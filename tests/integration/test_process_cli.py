@@ -1,0 +1,86 @@
+"""``dicomnode process`` and ``dicomnode evaluate`` as a user runs them (subprocess, files on disk)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+
+from tests.phantoms import make_ct_phantom, write_dicom_series
+from tests.support import REPO_ROOT, shared_data
+
+pytestmark = pytest.mark.integration
+
+
+def dicomnode(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dicomnode", *args], capture_output=True, text=True, cwd=REPO_ROOT, timeout=300
+    )
+
+
+def test_process_then_evaluate_a_phantom_series(tmp_path) -> None:
+    ct = make_ct_phantom(shape=(32, 112, 112), spacing=(5.0, 3.0, 3.0), phase="native", seed=21)
+    series = tmp_path / "series"
+    write_dicom_series(ct, series, shuffle_instance_numbers=True)
+    out = tmp_path / "out"
+    run = dicomnode("process", "--pipeline", "liver-ct", "--param", "lesions.min_diameter_mm=9", str(series),
+                    "--output", str(out))
+    assert run.returncode == 0, run.stderr
+    seg = pydicom.dcmread(out / "seg.dcm")
+    assert seg.Modality == "SEG"
+    labels = [s.SegmentLabel for s in seg.SegmentSequence]
+    assert labels[0] == "Liver" and "Lesion 1" in labels
+    result = json.loads((out / "result.json").read_text())
+    assert result["ok"] and str(out / "seg.dcm") in result["output_files"]
+    # the reference as a label map (NRRD) on the phantom grid: liver = 1
+    reference = tmp_path / "reference.nrrd"
+    sitk.WriteImage(ct.to_sitk(ct.masks["liver"].astype(np.uint8)), str(reference))
+    evaluated = dicomnode("evaluate", "--seg", str(out / "seg.dcm"), "--reference", str(reference),
+                          "--match", "Liver=1", "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    metrics = json.loads(evaluated.stdout)["Liver"]
+    assert metrics["dice"] >= 0.95 and metrics["hd95_mm"] < 10.0
+    table = dicomnode(
+        "evaluate", "--seg", str(out / "seg.dcm"), "--reference", str(reference), "--match", "Liver=1"
+    )
+    assert table.stdout.splitlines()[0].split()[:4] == ["segment", "dice", "jaccard", "hd95_mm"]
+
+
+def test_evaluate_seg_against_the_reference_seg_by_name() -> None:
+    reference = shared_data("ct-abdomen-20", "reference-seg-liver-spleen-aorta.dcm")
+    run = dicomnode("evaluate", "--seg", str(reference), "--reference", str(reference), "--json")
+    assert run.returncode == 0, run.stderr
+    dices = {k: v["dice"] for k, v in json.loads(run.stdout).items()}
+    assert dices == {"Liver": 1.0, "Spleen": 1.0, "Aorta": 1.0}
+    labels = shared_data("ct-abdomen-20", "reference-labels.nrrd")
+    against_nrrd = dicomnode("evaluate", "--seg", str(reference), "--reference", str(labels),
+                             "--match", "Liver=5", "--match", "Spleen=1", "--json")
+    assert against_nrrd.returncode == 0, against_nrrd.stderr
+    assert json.loads(against_nrrd.stdout)["Liver"]["dice"] == pytest.approx(1.0)
+
+
+def test_clear_errors(tmp_path) -> None:
+    unknown = dicomnode("process", "--pipeline", "kidney-ct", str(tmp_path), "--output", str(tmp_path / "o"))
+    assert unknown.returncode == 2
+    expected = "dicomnode: error: Unknown pipeline 'kidney-ct'; available: brain-mr, forward, liver-ct"
+    assert expected in unknown.stderr
+    bad = dicomnode("process", "--pipeline", "liver-ct", "--param", "liver_work.radius=3", str(tmp_path),
+                    "--output", str(tmp_path / "o"))
+    assert bad.returncode == 2 and "Unknown parameter(s) liver_work.radius" in bad.stderr
+    malformed = dicomnode("process", "--pipeline", "liver-ct", "--param", "oops", str(tmp_path),
+                          "--output", str(tmp_path / "o"))
+    assert malformed.returncode == 2 and "not of the form step.name=value" in malformed.stderr
+    empty = dicomnode("process", "--pipeline", "liver-ct", str(tmp_path), "--output", str(tmp_path / "o"))
+    assert empty.returncode == 2 and "No DICOM files" in empty.stderr
+    dupes = dicomnode("process", "--pipeline", "liver-ct", str(shared_data("dupe-positions")),
+                      "--output", str(tmp_path / "o"))
+    assert dupes.returncode == 2 and "duplicate slice position" in dupes.stderr
+    missing = dicomnode(
+        "evaluate", "--seg", str(tmp_path / "none.dcm"), "--reference", str(tmp_path / "r.nrrd")
+    )
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
