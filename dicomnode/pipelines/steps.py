@@ -83,29 +83,31 @@ def guided_contrast(
     outside the mask. Voxels beyond the band are returned bit-identical."""
     if gain <= 0 or feather_mm < 0:
         raise ImagingError(f"Invalid enhancement parameters: gain={gain!r}, feather_mm={feather_mm!r}.")
-    array = sitk.GetArrayFromImage(image).astype(np.float32)
-    inside = sitk.GetArrayFromImage(mask).astype(bool)
-    if not inside.any():
+    out = sitk.GetArrayFromImage(image).astype(np.float32)
+    full_mask = sitk.GetArrayViewFromImage(mask).astype(bool)
+    if not full_mask.any():
         return sitk.Cast(image, sitk.sitkFloat32)
     spacing = tuple(image.GetSpacing()[::-1])
-    distance = ndimage.distance_transform_edt(~inside, sampling=spacing)
-    weight = np.clip(1.0 - distance / max(feather_mm, 1e-6), 0.0, 1.0).astype(np.float32)
+    # work in the mask's bounding box grown by the feather band (+ one voxel): cost follows the organ
+    idx = np.argwhere(full_mask)
+    grow = np.ceil(feather_mm / np.asarray(spacing)).astype(int) + 1
+    lo = np.maximum(idx.min(axis=0) - grow, 0)
+    hi = np.minimum(idx.max(axis=0) + grow + 1, full_mask.shape)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+    array, inside = out[box].copy(), full_mask[box]
+    distance = ndimage.distance_transform_edt(~inside, sampling=spacing).astype(np.float32)
+    weight = np.clip(1.0 - distance / max(feather_mm, 1e-6), 0.0, 1.0)
     weight[distance > feather_mm] = 0.0
     band = weight > 0
-    idx = np.argwhere(band)
-    lo, hi = idx.min(axis=0), idx.max(axis=0) + 1
-    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
-    sub = sitk.GetImageFromArray(array[box])
-    sub.SetSpacing(image.GetSpacing())
-    smooth = array[box]
+    smooth = array
     if denoise_mm > 0:
+        sub = sitk.GetImageFromArray(array)
+        sub.SetSpacing(image.GetSpacing())
         smooth = sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(sub, denoise_mm))
     centre = float(np.median(array[inside]))
     enhanced = centre + gain * (smooth - centre)
-    out = array.copy()
-    w = weight[box]
-    region = band[box]
-    out[box][region] = (array[box] + w * (enhanced - array[box]))[region]
+    region = out[box]
+    region[band] = (array + weight * (enhanced - array))[band]
     result = sitk.GetImageFromArray(out)
     result.CopyInformation(image)
     return result
