@@ -199,14 +199,17 @@ def create_app(node: ConsoleNode) -> FastAPI:
             _, result = _preview(study_uid, chosen.job_id)
         except DicomNodeError as exc:
             error = str(exc)
-        measurements = []
+        measurements, source = [], "SR" if chosen.sr else "result.json"
         try:
             measurements = sr_measurements(chosen.sr) if chosen.sr else summary_measurements(chosen.summary)
         except DicomNodeError as exc:
             error = error or str(exc)
+        if not measurements and result is not None:
+            measurements, source = result.volumes(), "SEG"
         return console.render(request, "preview.html", title="Result preview", active="Studies",
                               study_uid=study_uid, series_uid=series_uid, job=chosen, jobs=jobs,
-                              result=result, planes=PLANES, measurements=measurements, error=error)
+                              result=result, planes=PLANES, measurements=measurements, error=error,
+                              source=source)
 
     @app.get("/preview/{study_uid}/{job_id}/{plane}.png", dependencies=read)
     def preview_png(request: Request, study_uid: str, job_id: str, plane: str) -> Response:

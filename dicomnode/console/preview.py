@@ -24,6 +24,7 @@ from dicomnode.errors import OutputError
 PLANES = ("axial", "coronal", "sagittal")
 SOFT_TISSUE = (40.0, 400.0)
 PALETTE = ((1.0, 0.2, 0.2), (0.2, 0.8, 1.0), (1.0, 0.85, 0.1), (0.4, 1.0, 0.4), (1.0, 0.4, 1.0))
+MIN_ASPECT = 0.4  # a thin stack's slice axis is stretched to at least this fraction of the width (captioned)
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,12 @@ class Preview:
     segments: tuple[SegmentOverlay, ...]
     shape: tuple[int, int, int]
     spacing: tuple[float, float, float]
+    stretch: dict[str, float]  # plane → factor the slice axis was stretched by (1.0 = true aspect)
+
+    def volumes(self) -> list[Measurement]:
+        """Each segment's volume from its SEG voxels (when no SR or summary gives measurements)."""
+        voxel_ml = float(np.prod(self.spacing)) / 1000.0
+        return [Measurement(s.label, "Volume (SEG voxels)", s.voxels * voxel_ml, "ml") for s in self.segments]
 
 
 def _segment_color(item: Dataset, index: int) -> tuple[float, float, float]:
@@ -93,6 +100,8 @@ def render_plane(
 
     rows, cols = image.shape
     height_mm, width_mm = rows * pixel[0], cols * pixel[1]
+    if flip and height_mm < MIN_ASPECT * width_mm:
+        height_mm = MIN_ASPECT * width_mm
     scale = size_px / max(height_mm, width_mm)
     fig = Figure(figsize=(max(width_mm * scale, 16) / 100, max(height_mm * scale, 16) / 100), dpi=100)
     FigureCanvasAgg(fig)
@@ -135,12 +144,14 @@ def render_preview(series_files: Sequence[Path], seg_path: Path) -> Preview:
     s_slice, s_row, s_col = volume.spacing
     pixels = {"axial": ((s_row, s_col), False), "coronal": ((s_slice, s_col), True),
               "sagittal": ((s_slice, s_row), True)}
-    pngs = {}
+    pngs, stretch = {}, {}
     for plane in PLANES:
         image, plane_masks = _plane(volume.array, masks, plane, union)
         pixel, flip = pixels[plane]
         pngs[plane] = render_plane(image, plane_masks, colors, pixel, window, flip)
-    return Preview(pngs, tuple(overlays), volume.shape, volume.spacing)
+        height, width = image.shape[0] * pixel[0], image.shape[1] * pixel[1]
+        stretch[plane] = max(1.0, MIN_ASPECT * width / height) if flip and height > 0 else 1.0
+    return Preview(pngs, tuple(overlays), volume.shape, volume.spacing, stretch)
 
 
 def _code_meaning(item: Dataset, keyword: str = "ConceptNameCodeSequence") -> str:
