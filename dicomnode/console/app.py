@@ -176,12 +176,13 @@ def create_app(node: ConsoleNode) -> FastAPI:
         if job is None or job.seg is None:
             return None, None
         key = (job_id, job.seg.stat().st_mtime)
-        cached = console.preview_cache.get(key)
-        if cached is None:
-            cached = render_preview(node.index.series_files(study_uid, job.series_uid), job.seg)
-            while len(console.preview_cache) >= PREVIEW_CACHE:
-                console.preview_cache.pop(next(iter(console.preview_cache)))
-            console.preview_cache[key] = cached
+        with console.preview_lock:
+            cached = console.preview_cache.get(key)
+            if cached is None:
+                cached = render_preview(node.index.series_files(study_uid, job.series_uid), job.seg)
+                while len(console.preview_cache) >= PREVIEW_CACHE:
+                    console.preview_cache.pop(next(iter(console.preview_cache)))
+                console.preview_cache[key] = cached
         return job, cached
 
     @app.get("/studies/{study_uid}/series/{series_uid}/preview", response_class=HTMLResponse,

@@ -11,6 +11,7 @@ Rules enforced here (and nowhere bypassed):
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +74,7 @@ class Console:
         env = self.templates.env
         env.filters.update(when=_when, dicom_name=_dicom_name, dicom_date=_dicom_date, bytes=human_bytes)
         self.preview_cache: dict[tuple[str, float], Any] = {}
+        self.preview_lock = threading.Lock()  # one rendering at a time; the page and its images share it
 
     # -- who -----------------------------------------------------------------------------------------
     def session(self, request: Request) -> Session:
