@@ -209,13 +209,14 @@ def _register_slice(fixed: sitk.Image, moving: sitk.Image, levels: int, iteratio
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(0.5, 7)
+    pixels = float(np.prod(fixed.GetSize()))
+    shrink = [2**k for k in reversed(range(levels))]
+    method.SetMetricSamplingPercentagePerLevel([min(0.5, 20_000 * f * f / pixels) for f in shrink], 7)
     method.SetInterpolator(sitk.sitkLinear)
     method.SetOptimizerAsRegularStepGradientDescent(
         learningRate=1.0, minStep=1e-4, numberOfIterations=iterations, gradientMagnitudeTolerance=1e-8
     )
     method.SetOptimizerScalesFromPhysicalShift()
-    shrink = [2**k for k in reversed(range(levels))]
     method.SetShrinkFactorsPerLevel(shrink)
     method.SetSmoothingSigmasPerLevel([s / 2 for s in shrink[:-1]] + [0])
     initial = sitk.CenteredTransformInitializer(

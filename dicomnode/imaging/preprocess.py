@@ -421,13 +421,17 @@ def register(
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=int(bins))
     method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(float(sampling), int(seed))
+    shrink = [2**k for k in reversed(range(int(levels)))]
+    voxels = float(np.prod(fixed.GetSize()))
+    # at most ~200k samples per level: the cost stays bounded on 512 x 512 x 300 volumes
+    method.SetMetricSamplingPercentagePerLevel(
+        [min(float(sampling), 200_000 * f ** fixed.GetDimension() / voxels) for f in shrink], int(seed)
+    )
     method.SetInterpolator(sitk.sitkLinear)
     method.SetOptimizerAsRegularStepGradientDescent(
         learningRate=2.0, minStep=1e-4, numberOfIterations=int(iterations), gradientMagnitudeTolerance=1e-8
     )
     method.SetOptimizerScalesFromPhysicalShift()
-    shrink = [2**k for k in reversed(range(int(levels)))]
     method.SetShrinkFactorsPerLevel(shrink)
     method.SetSmoothingSigmasPerLevel([s / 2 for s in shrink[:-1]] + [0])
     method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()

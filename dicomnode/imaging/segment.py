@@ -351,11 +351,11 @@ def fuzzy_cmeans(
     inside = None if mask is None else _mask_array(mask).ravel()
     features = _features(image, feature_sigma_mm, inside)
     train = features if inside is None else features[inside]
-    if train.shape[0] > _SAMPLE:
-        train = train[np.random.default_rng(seed).choice(train.shape[0], _SAMPLE, replace=False)]
-    rng = np.random.default_rng(seed)
-    centres = train[rng.choice(train.shape[0], int(clusters), replace=False)]
-    centres = np.sort(centres, axis=0) + rng.normal(0, 1e-3, centres.shape)
+    if train.shape[0] > _SAMPLE // 6:  # FCM iterates on a 50k-voxel sample; all voxels are then assigned
+        train = train[np.random.default_rng(seed).choice(train.shape[0], _SAMPLE // 6, replace=False)]
+    # initialised by k-means (k-means++ seeding): FCM from random seeds often splits the largest class
+    centres, _ = kmeans2(train, int(clusters), minit="++", seed=int(seed))
+    centres = centres.astype(np.float64) + np.random.default_rng(seed).normal(0, 1e-3, centres.shape)
     for _ in range(int(iterations)):
         weights = _memberships(train, centres, fuzziness) ** fuzziness
         updated = (weights.T @ train) / weights.sum(axis=0)[:, None]
