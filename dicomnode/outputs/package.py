@@ -7,6 +7,7 @@ pipeline, parameters hash), so writing the package again replaces the same objec
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -31,6 +32,29 @@ SEG_FILE = "seg.dcm"
 SR_FILE = "sr.dcm"
 DERIVED_DIR = "derived"
 CAPTURE_DIR = "capture"
+
+
+# Type 2 attributes of the Patient and General Study modules: they must be present (possibly empty) in every
+# derived object; non-conforming senders omit them, which would make highdicom refuse the sources.
+TYPE2_PATIENT_STUDY = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
+    "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber",
+)
+
+
+def complete_type2(sources: Sequence[Dataset]) -> tuple[Dataset, ...]:
+    """Sources with missing Type 2 patient/study attributes added empty (shallow copies; the originals
+    are left untouched)."""
+    completed = []
+    for source in sources:
+        missing = [k for k in TYPE2_PATIENT_STUDY if k not in source]
+        if missing:
+            original, source = source, Dataset(dict(source.items()))  # Dataset(ds) would share elements
+            source.file_meta = getattr(original, "file_meta", Dataset())
+            for keyword in missing:
+                setattr(source, keyword, "")
+        completed.append(source)
+    return tuple(completed)
 
 
 def series_number(source: Dataset, kind: int) -> int:
@@ -114,6 +138,7 @@ def write_result_package(
         raise OutputError("The processed series has no source images.")
     if not processed.segments:
         raise OutputError("The processed series has no segments.")
+    processed = dataclasses.replace(processed, sources=complete_type2(processed.sources))
     sources = processed.sources
     first = sources[0]
     prov = processed.provenance

@@ -304,3 +304,22 @@ def test_seg_without_source_references_is_placed_by_position(package, processed,
         s.ImagePositionPatient = [float(v) + 1.0 for v in s.ImagePositionPatient]
     with pytest.raises(OutputError, match="lies on no slice of the series"):
         seg_mask(seg, shifted, 1)
+
+
+def test_sources_missing_type2_patient_attributes_still_give_a_package(processed, tmp_path):
+    """Non-conforming senders omit Type 2 attributes (e.g. PatientBirthDate); results are still written,
+    with the attributes present and empty, and the source headers are left untouched."""
+    stripped = []
+    for source in processed.sources:
+        copy = pydicom.Dataset(dict(source.items()))  # pydicom.Dataset(source) shares the element dict
+        copy.file_meta = source.file_meta
+        for keyword in ("PatientBirthDate", "PatientSex", "ReferringPhysicianName", "AccessionNumber"):
+            if keyword in copy:
+                delattr(copy, keyword)
+        stripped.append(copy)
+    small = dataclasses.replace(processed, sources=tuple(stripped), enhanced=None)
+    write_result_package(small, tmp_path, ViewerProfile(send_enhanced=False))
+    seg = pydicom.dcmread(tmp_path / "seg.dcm")
+    assert "PatientBirthDate" in seg and seg.PatientBirthDate == ""
+    assert "PatientBirthDate" not in stripped[0]
+    assert "PatientBirthDate" in processed.sources[0]
