@@ -22,6 +22,7 @@ from dicomnode.errors import ConfigError
 
 ENV_PREFIX = "DICOMNODE_"
 DEFAULT_CONFIG_ENV = "DICOMNODE_CONFIG"
+_SECRET_KEY_RE = re.compile(r"password|secret|hash|(^|\.)key($|\.)", re.IGNORECASE)
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable ASCII without backslash
 
 
@@ -233,6 +234,8 @@ def _format_validation_error(error: ValidationError, source: str) -> str:
             reason = "unknown key (check the spelling; see conf/dicomnode.yaml for every option)"
         got = item.get("input")
         got_text = "" if item["type"] in ("extra_forbidden", "missing") else f" (got {got!r})"
+        if _SECRET_KEY_RE.search(key):
+            got_text = " (value not shown: it may be a secret)"
         lines.append(f"  {key}: {reason}{got_text}")
     return "\n".join(lines)
 

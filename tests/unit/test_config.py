@@ -61,3 +61,12 @@ def test_invalid_config_names_the_key(tmp_path: Path, text: str, needle: str) ->
 def test_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does-not-exist.yaml"):
         load_config(tmp_path / "does-not-exist.yaml", environ={})
+
+
+def test_invalid_secret_values_are_not_echoed(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("console: {admin_password_hash: 'my plaintext password'}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    assert "console.admin_password_hash" in str(info.value)
+    assert "my plaintext password" not in str(info.value)
