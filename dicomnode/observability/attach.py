@@ -142,6 +142,8 @@ def attach_observability(service: Any) -> Observability:
     service.metrics = metrics
     service.audit = audit
     _count_disk_refusals(service, metrics)
+    service.listener.on_accepted.append(metrics.association_accepted)
+    service.listener.on_rejected.append(metrics.association_rejected)
     _observe_ingest(service, metrics)
     _deliver_in_context(service)
     service.add_ready_handler(_completion_recorder(service, metrics, audit))

@@ -38,6 +38,18 @@ REJECT_TRANSIENT = 0x02
 SOURCE_PROVIDER_PRESENTATION = 0x03
 REASON_TEMPORARY_CONGESTION = 0x01
 
+# (result source, diagnostic) of an A-ASSOCIATE-RJ → the reason label used in logs and metrics
+REJECT_REASONS = {
+    (0x01, 0x01): "no_reason",
+    (0x01, 0x02): "application_context",
+    (0x01, 0x03): "calling_aet",
+    (0x01, 0x07): "called_aet",
+    (0x02, 0x01): "no_reason",
+    (0x02, 0x02): "protocol_version",
+    (0x03, 0x01): "disk_full",
+    (0x03, 0x02): "too_many_associations",
+}
+
 
 def _tls_context(node: NodeConfig) -> ssl.SSLContext | None:
     tls = node.tls
@@ -64,6 +76,10 @@ class Listener:
         self.space_check = space_check
         self.ae = self._build_ae()
         self._server: ThreadedAssociationServer | None = None
+        # observers (e.g. metrics): called with no argument per accepted association, and with the
+        # reason label (see REJECT_REASONS) per association pynetdicom rejects
+        self.on_accepted: list[Callable[[], None]] = []
+        self.on_rejected: list[Callable[[str], None]] = []
 
     def _build_ae(self) -> AE:
         ae = AE(ae_title=self.node.ae_title)
@@ -89,6 +105,8 @@ class Listener:
         handlers = [
             (evt.EVT_CONN_OPEN, self._on_connection),
             (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
         ]
@@ -144,6 +162,22 @@ class Listener:
                 REJECT_TRANSIENT, SOURCE_PROVIDER_PRESENTATION, REASON_TEMPORARY_CONGESTION
             )
             event.assoc.kill()  # as pynetdicom does after its own rejections: waits until the PDU is sent
+
+    def _on_accepted(self, event: evt.Event) -> None:
+        for observer in self.on_accepted:
+            observer()
+
+    def _on_rejected(self, event: evt.Event) -> None:
+        primitive = event.assoc.acceptor.primitive
+        key = (getattr(primitive, "result_source", None), getattr(primitive, "diagnostic", None))
+        reason = REJECT_REASONS.get(key, "other")  # type: ignore[arg-type]
+        requestor = event.assoc.requestor
+        log.warning(
+            "Rejected association from '%s' to '%s': %s.",
+            requestor.ae_title.strip(), str(requestor.primitive.called_ae_title).strip(), reason,
+        )
+        for observer in self.on_rejected:
+            observer(reason)
 
     @staticmethod
     def _on_echo(event: evt.Event) -> int:
