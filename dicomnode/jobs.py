@@ -25,6 +25,8 @@ class JobSpec:
     ruleset_hash: str = ""
     destinations: tuple[str, ...] = ()
     attempt: int = 1
+    # what the job's destinations' viewers need (ViewerProfile fields); empty = the defaults
+    profile: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -70,7 +70,10 @@ class Orthanc:
         self.dicom_port = free_port()
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.proc: subprocess.Popen[bytes] | None = None
-        self._http = httpx.Client(base_url=self.url, timeout=30.0)
+        # no keep-alive: Orthanc closes idle connections, and a reused one fails with "Server disconnected"
+        self._http = httpx.Client(
+            base_url=self.url, timeout=30.0, limits=httpx.Limits(max_keepalive_connections=0)
+        )
         workdir.mkdir(parents=True, exist_ok=True)
         self.config_path = workdir / "orthanc.json"
         self.config_path.write_text(json.dumps({

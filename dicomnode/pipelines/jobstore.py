@@ -111,6 +111,18 @@ class JobStore:
             )
         return spec
 
+    def requeue_interrupted(self) -> list[JobSpec]:
+        """Jobs left ``queued`` or ``running`` by a stopped or killed node, put back to ``queued`` (oldest
+        first) so the node can run them again at start-up."""
+        with self.db.transaction() as conn:
+            rows = conn.execute(
+                "SELECT spec FROM jobs WHERE state IN ('queued', 'running') ORDER BY created_at"
+            ).fetchall()
+            conn.execute(
+                "UPDATE jobs SET state = 'queued', started_at = NULL WHERE state IN ('queued', 'running')"
+            )
+        return [JobSpec.from_json(r["spec"]) for r in rows]
+
     def get(self, job_id: str) -> JobRecord:
         row = self.db.conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:

@@ -178,6 +178,8 @@ def run_job(spec: JobSpec, profile: ViewerProfile | None = None) -> JobResult:
         else:
             volume = load_series(spec.input_files)
             processed, summary = process_volume(pipeline, volume, spec)
+            if profile is None and spec.profile:
+                profile = ViewerProfile(**spec.profile)
             files = write_result_package(processed, output_dir, profile)
             summary["seconds"] = time.perf_counter() - started
             summary["peak_rss_mb"] = peak_rss_mb()

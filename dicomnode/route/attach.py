@@ -27,6 +27,26 @@ def outbox_forward(service: Any) -> Forward:
     return forward
 
 
+def _observed(router: Router, service: Any) -> Any:
+    """``router.on_ready`` that also counts rule matches and writes ``routed`` to the audit trail."""
+    metrics = getattr(service, "metrics", None)
+    audit = getattr(service, "audit", None)
+
+    def on_ready(event: Any) -> None:
+        for item in router.on_ready(event):
+            d = item.decision
+            if metrics is not None and d.rule:
+                metrics.rule_matched(d.rule)
+            if audit is not None:
+                audit.record(
+                    "routed", d.study_uid, series_uid=d.series_uid or None, job_id=d.job_id,
+                    detail={"rule": d.rule, "action": d.action, "pipeline": d.pipeline,
+                            "destinations": list(d.destinations), "ruleset": d.ruleset_hash[:12]},
+                )
+
+    return on_ready
+
+
 def attach_routing(
     service: Any, *, submit_job: SubmitJob = log_job_request, forward: Forward | None = None
 ) -> Router:
@@ -41,7 +61,7 @@ def attach_routing(
         config, service.database, book, submit_job=submit_job,
         forward=forward if forward is not None else outbox_forward(service),
     )
-    service.add_ready_handler(router.on_ready)
+    service.add_ready_handler(_observed(router, service))
     service.quiet_seconds_resolver = router.quiet_seconds_for
     service.add_reload_hook(book.reload)
     if config.rules.watch:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dicomnode.config import Config
 from dicomnode.observability.attach import attach_observability
 from dicomnode.route.attach import attach_routing
+from dicomnode.runtime.processing import Processing
 from dicomnode.runtime.service import Service
 from dicomnode.send.sender import Sender
 
@@ -17,13 +18,14 @@ from dicomnode.send.sender import Sender
 def build_service(config: Config) -> Service:
     service = Service(config)
     attach_observability(service)  # service.metrics/.audit, /metrics+/readyz, retention, sd_notify
-    router = attach_routing(service)  # rules, decision log, hot reload; pass submit_job=/forward= to connect
-    service.add_component(Sender.from_config(  # delivers the durable outbox
-        config, service.database, metrics=service.metrics, audit=service.audit))
-    # Stages plug in below, e.g.:
-    #   router = Router(config, service.database, service.index); service.add_ready_handler(router.on_ready)
-    #   service.quiet_seconds_resolver = router.quiet_seconds; service.add_reload_hook(router.reload)
-    #   service.add_component(Outbox(config, service.database))
+    sender = Sender.from_config(  # delivers the durable outbox
+        config, service.database, metrics=service.metrics, audit=service.audit)
+    processing = Processing(  # routed jobs → worker processes → result package → outbox
+        config, service.database, metrics=service.metrics, audit=service.audit, wake_sender=sender.wake)
+    router = attach_routing(service, submit_job=processing.submit)  # rules, decision log, hot reload
+    service.add_component(sender)
+    service.add_component(processing)
+    service.processing = processing  # type: ignore[attr-defined]  # for the console's re-run action
     if config.console.enabled:  # the web console (FastAPI imported only when enabled)
         from dicomnode.console.server import ConsoleServer
         service.add_component(ConsoleServer.for_service(service, router=router))

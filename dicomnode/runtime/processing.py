@@ -1,0 +1,179 @@
+"""Processing stage of the running node: routed jobs → executor → result package → outbox.
+
+:class:`Processing` is the ``submit_job`` the router calls. Each job is recorded in the ``jobs`` table
+before it runs (so a restart resumes what was queued or running), runs in the executor (a crash or
+timeout fails only that job), is retried automatically up to ``processing.max_attempts``, and on
+success its result objects are queued in the durable outbox for the job's destinations, each filtered by
+that destination's viewer profile. Every step is written to the audit trail and counted in the metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from dicomnode.config import Config, ViewerProfile
+from dicomnode.database import Database
+from dicomnode.errors import DicomNodeError, PipelineError
+from dicomnode.jobs import JobResult, JobSpec
+from dicomnode.observability.logging import log_context
+from dicomnode.pipelines.jobstore import JobStore
+from dicomnode.send.forward import forward as queue_forward
+from dicomnode.send.outbox import Outbox
+from dicomnode.send.results import enqueue_results
+
+log = logging.getLogger(__name__)
+
+FORWARD_PIPELINE = "forward"
+
+
+class Executor(Protocol):
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def submit(self, spec: JobSpec, on_done: Any) -> None: ...
+
+
+def combined_profile(config: Config, destinations: Sequence[str]) -> dict[str, Any]:
+    """One package serves every destination of a job: produce each kind of object any destination wants,
+    and keep empty SEG frames when any destination's viewers need them."""
+    profiles = [config.destination(name).profile for name in destinations]
+    if not profiles:
+        return {}
+    union = ViewerProfile(
+        send_seg=any(p.send_seg for p in profiles),
+        send_enhanced=any(p.send_enhanced for p in profiles),
+        send_sr=any(p.send_sr for p in profiles),
+        secondary_capture=any(p.secondary_capture for p in profiles),
+        seg_omit_empty_frames=all(p.seg_omit_empty_frames for p in profiles),
+    )
+    return union.model_dump()
+
+
+class Processing:
+    """``submit(spec, priority=…)`` for the router; ``start()``/``stop()`` as a service component."""
+
+    def __init__(
+        self,
+        config: Config,
+        database: Database,
+        *,
+        executor: Executor | None = None,
+        metrics: Any = None,
+        audit: Any = None,
+        wake_sender: Any = None,
+    ) -> None:
+        self.config = config
+        self.jobs = JobStore(database, max_attempts=config.processing.max_attempts)
+        self.outbox = Outbox(database, config.outbox)
+        if executor is None:
+            from dicomnode.pipelines.executor import LocalExecutor
+
+            p = config.processing
+            executor = LocalExecutor(p.workers, p.job_timeout_seconds, p.itk_threads)
+        self.executor = executor
+        self.metrics = metrics
+        self.audit = audit
+        self.wake_sender = wake_sender
+        self._lock = threading.Lock()
+
+    # -- component ------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.executor.start()
+        for spec in self.jobs.requeue_interrupted():
+            log.info("Resuming job %s (%s) for series %s after a restart.", spec.job_id, spec.pipeline,
+                     spec.series_uid)
+            self.executor.submit(spec, self._on_done)
+
+    def stop(self) -> None:
+        self.executor.stop()
+
+    # -- the router's submit_job ----------------------------------------------------------------------
+    def submit(self, spec: JobSpec, *, priority: int = 0) -> str:
+        """Record and run ``spec``; returns the job's state after submission (``queued`` or ``done``)."""
+        if spec.destinations and not spec.profile:
+            spec = replace(spec, profile=combined_profile(self.config, spec.destinations))
+        with log_context(job_id=spec.job_id, study_uid=spec.study_uid, series_uid=spec.series_uid):
+            if spec.pipeline == FORWARD_PIPELINE:
+                queue_forward(self.outbox, [Path(f) for f in spec.input_files], spec.destinations,
+                              job_id=spec.job_id)
+                self._wake()
+                return "done"
+            with self._lock:
+                try:
+                    existing = self.jobs.get(spec.job_id)
+                except PipelineError:
+                    existing = None
+                if existing is not None:
+                    log.info("Job %s already %s; not submitted again.", spec.job_id, existing.state)
+                    return existing.state
+                self.jobs.create(spec)
+            log.info("Job %s queued: pipeline %s (rule %s, priority %d), %d instances.", spec.job_id,
+                     spec.pipeline, spec.rule, priority, len(spec.input_files))
+            self.executor.submit(spec, self._on_done)
+            return "queued"
+
+    def retry(self, job_id: str) -> JobSpec:
+        """Run a failed job again (operator action)."""
+        spec = self.jobs.retry(job_id)
+        self.executor.submit(spec, self._on_done)
+        return spec
+
+    # -- completion -----------------------------------------------------------------------------------
+    def _on_done(self, result: JobResult) -> None:
+        record = self.jobs.get(result.job_id)
+        spec = record.spec
+        with log_context(job_id=spec.job_id, study_uid=spec.study_uid, series_uid=spec.series_uid):
+            self.jobs.finish(result)
+            seconds = float(result.summary.get("seconds", 0.0) or 0.0)
+            if self.metrics is not None:
+                self.metrics.pipeline_finished(spec.pipeline, seconds, result.ok)
+                steps = result.summary.get("steps") or []
+                timings = {str(s["name"]): float(s["seconds"]) for s in steps if isinstance(s, dict)}
+                if timings:
+                    self.metrics.step_timings(spec.pipeline, timings)
+            if result.ok:
+                self._deliver(spec, result)
+            else:
+                self._failed(spec, result)
+
+    def _deliver(self, spec: JobSpec, result: JobResult) -> None:
+        log.info("Job %s (%s) done in %.1f s: %d result objects.", spec.job_id, spec.pipeline,
+                 float(result.summary.get("seconds", 0.0) or 0.0), len(result.output_files))
+        self._audit("processed", spec, {"pipeline": spec.pipeline, "outputs": len(result.output_files),
+                                        "seconds": result.summary.get("seconds")})
+        if not spec.destinations:
+            return
+        try:
+            queued = enqueue_results(self.outbox, self.config, result.output_files, spec.destinations,
+                                     job_id=spec.job_id)
+        except DicomNodeError as exc:
+            log.error("Results of job %s could not be queued: %s", spec.job_id, exc)
+            self._audit("failed", spec, {"stage": "outbox", "error": str(exc)})
+            return
+        log.info("Job %s: queued %s.", spec.job_id,
+                 ", ".join(f"{len(ids)} objects for {name}" for name, ids in queued.items()))
+        self._wake()
+
+    def _failed(self, spec: JobSpec, result: JobResult) -> None:
+        log.error("Job %s (%s, attempt %d) failed: %s", spec.job_id, spec.pipeline, spec.attempt,
+                  result.error)
+        self._audit("failed", spec, {"pipeline": spec.pipeline, "attempt": spec.attempt,
+                                     "error": result.error})
+        if spec.attempt < self.config.processing.max_attempts:
+            retry = self.jobs.retry(spec.job_id)
+            log.info("Retrying job %s (attempt %d of %d).", spec.job_id, retry.attempt,
+                     self.config.processing.max_attempts)
+            self.executor.submit(retry, self._on_done)
+
+    def _audit(self, stage: str, spec: JobSpec, detail: dict[str, Any]) -> None:
+        if self.audit is not None:
+            self.audit.record(stage, spec.study_uid, series_uid=spec.series_uid, job_id=spec.job_id,
+                              detail=detail)
+
+    def _wake(self) -> None:
+        if self.wake_sender is not None:
+            self.wake_sender()
