@@ -27,7 +27,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from dicomnode.errors import ImagingError
-from dicomnode.imaging.organs.common import dilate_mm, erode_mm
+from dicomnode.imaging.organs.common import dilate_mm, erode_mm, to_working_grid
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,9 @@ def detect(
     **params: object,
 ) -> sitk.Image:
     """A label map of lesions inside ``organ`` (see the module docstring); works on the organ's
-    bounding box (plus a margin), so its cost follows the organ's size, not the volume's."""
+    bounding box (plus a margin), so its cost follows the organ's size, not the volume's, and on a
+    grid no finer than ``working_spacing_mm`` (default 1.5 mm; 0 keeps the source grid). Other keyword
+    parameters are those of :func:`detect_in_region`."""
     if organ.GetSize() != image.GetSize():
         raise ImagingError("The organ mask is not on the image grid.")
     inside = sitk.GetArrayViewFromImage(organ)
@@ -59,7 +61,18 @@ def detect(
     lo = np.maximum(idx.min(axis=0) - margin, 0)
     hi = np.minimum(idx.max(axis=0) + margin + 1, inside.shape)
     crop = tuple(slice(int(a), int(b)) for a, b in zip(lo[::-1], hi[::-1], strict=True))  # x, y, z
-    labels = detect_in_region(image[crop], organ[crop], **params)  # type: ignore[arg-type]
+    region_image, region_organ = image[crop], organ[crop]
+    working_mm = float(params.pop("working_spacing_mm", 1.5))  # type: ignore[arg-type]
+    if working_mm > 0 and min(image.GetSpacing()) < working_mm:  # fine grids: detect on a coarser one
+        coarse = to_working_grid(region_image, working_mm)
+        coarse_organ = sitk.Resample(region_organ, coarse, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+        coarse_labels = detect_in_region(coarse, coarse_organ, **params)  # type: ignore[arg-type]
+        labels = sitk.Resample(coarse_labels, region_image, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+        labels = sitk.Mask(labels, sitk.Cast(region_organ > 0, sitk.sitkUInt8))
+        for key in coarse_labels.GetMetaDataKeys():
+            labels.SetMetaData(key, coarse_labels.GetMetaData(key))
+    else:
+        labels = detect_in_region(region_image, region_organ, **params)  # type: ignore[arg-type]
     out = np.zeros(inside.shape, dtype=np.uint16)
     out[tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))] = sitk.GetArrayFromImage(labels)
     result = sitk.GetImageFromArray(out)

@@ -34,23 +34,50 @@ def to_working_grid(image: sitk.Image, spacing_mm: float) -> sitk.Image:
     shift = np.array(target) / 2 - np.array(image.GetSpacing()) / 2
     origin = np.array(image.GetOrigin()) + np.array(image.GetDirection()).reshape(3, 3) @ shift
     low = float(np.min(sitk.GetArrayViewFromImage(image)))
-    smooth = sitk.SmoothingRecursiveGaussian(sitk.Cast(image, sitk.sitkFloat32), [t / 2.5 for t in target])
+    # anti-aliasing: average integer blocks first (cheap, linear time), then a small residual Gaussian
+    factors = [max(1, int(t // s)) for t, s in zip(target, image.GetSpacing(), strict=True)]
+    source = sitk.Cast(image, sitk.sitkFloat32)
+    if any(f > 1 for f in factors):
+        source = sitk.BinShrink(source, factors)
+    shrunk = source.GetSpacing()
+    residual = [max(0.0, (t / 2.5) ** 2 - (s / 2.5) ** 2) ** 0.5 for t, s in zip(target, shrunk, strict=True)]
+    if any(r > 0.05 * t for r, t in zip(residual, target, strict=True)):
+        source = sitk.SmoothingRecursiveGaussian(source, [max(r, 1e-3) for r in residual])
     return sitk.Resample(
-        smooth, size, sitk.Transform(), sitk.sitkLinear, tuple(origin), target, image.GetDirection(), low,
+        source, size, sitk.Transform(), sitk.sitkLinear, tuple(origin), target, image.GetDirection(), low,
         sitk.sitkFloat32,
     )
 
 
 def mask_to_grid(mask: np.ndarray, working: sitk.Image, reference: sitk.Image) -> sitk.Image:
-    """A working-grid boolean mask → uint8 mask on ``reference``'s grid (smooth 0.5 iso-surface)."""
+    """A working-grid boolean mask → uint8 mask on ``reference``'s grid (smooth 0.5 iso-surface).
+
+    Only the mask's bounding box (plus one working voxel) is resampled, so the cost follows the mask."""
     img = sitk.GetImageFromArray(mask.astype(np.float32))
     img.CopyInformation(working)
     if working.GetSize() == reference.GetSize() and np.allclose(working.GetSpacing(), reference.GetSpacing()):
         out = sitk.Cast(img > 0.5, sitk.sitkUInt8)
         out.CopyInformation(reference)
         return out
-    resampled = sitk.Resample(img, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    return sitk.Cast(resampled >= 0.5, sitk.sitkUInt8)
+    out = np.zeros(reference.GetSize()[::-1], dtype=np.uint8)
+    if not mask.any():
+        result = sitk.GetImageFromArray(out)
+        result.CopyInformation(reference)
+        return result
+    idx = np.argwhere(mask)
+    corners = [
+        working.TransformContinuousIndexToPhysicalPoint([float(c[2]), float(c[1]), float(c[0])])
+        for c in (idx.min(axis=0) - 1.5, idx.max(axis=0) + 1.5)
+    ]
+    ref_idx = np.array([reference.TransformPhysicalPointToContinuousIndex(c) for c in corners])
+    lo = np.clip(np.floor(ref_idx.min(axis=0)), 0, np.array(reference.GetSize()) - 1).astype(int)
+    hi = np.clip(np.ceil(ref_idx.max(axis=0)) + 1, 1, np.array(reference.GetSize())).astype(int)
+    region = reference[int(lo[0]) : int(hi[0]), int(lo[1]) : int(hi[1]), int(lo[2]) : int(hi[2])]
+    resampled = sitk.Resample(img, region, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    out[lo[2] : hi[2], lo[1] : hi[1], lo[0] : hi[0]] = sitk.GetArrayViewFromImage(resampled) >= 0.5
+    result = sitk.GetImageFromArray(out)
+    result.CopyInformation(reference)
+    return result
 
 
 def array_of(image: sitk.Image) -> tuple[np.ndarray, tuple[float, float, float]]:

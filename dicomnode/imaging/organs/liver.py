@@ -192,19 +192,27 @@ def finish(
 ) -> sitk.Image:
     """Largest component, closing by ``closing_mm``, hole filling (3-D, then slice by slice) and,
     given the image, a local boundary refinement (partial-volume voxels to the nearer local mean)."""
-    arr = _bool(mask)
+    full = largest_components(_bool(mask), 1)
     spacing = tuple(mask.GetSpacing()[::-1])
-    arr = largest_components(arr, 1)
-    if not arr.any():
+    if not full.any():
         raise ImagingError("The liver mask is empty.")
+    # work in the bounding box grown by the closing radius, the refinement scale and one voxel
+    idx = np.argwhere(full)
+    grow = np.ceil((closing_mm + 3 * refine_mm) / np.asarray(spacing)).astype(int) + 1
+    lo = np.maximum(idx.min(axis=0) - grow, 0)
+    hi = np.minimum(idx.max(axis=0) + grow + 1, full.shape)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+    arr = full[box]
     pad = [(int(np.ceil(closing_mm / s)) + 1,) * 2 for s in spacing]
     padded = np.pad(arr, pad)
     closed = close_mm(padded, closing_mm, spacing)[tuple(slice(p[0], -p[0]) for p in pad)]
     filled = fill_holes(closed | arr, slicewise=True)
     if image is not None and refine_mm > 0:
-        filled = refine_boundary(array_of(image)[0], filled, spacing, scale_mm=refine_mm)
+        filled = refine_boundary(array_of(image)[0][box], filled, spacing, scale_mm=refine_mm)
         filled = fill_holes(largest_components(filled, 1), slicewise=True)
-    return _mask(filled, mask)
+    out = np.zeros_like(full)
+    out[box] = filled
+    return _mask(out, mask)
 
 
 STEPS = {
