@@ -80,6 +80,9 @@ def make_series(kind: str, folder: Path, matrix: int, slices: int) -> str:
 
 
 def main() -> None:
+    if len(sys.argv) == 6 and sys.argv[1] == "--make":
+        print(make_series(sys.argv[2], Path(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])))
+        return
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -95,7 +98,14 @@ def main() -> None:
             if kind not in series:
                 folder = Path(tmp) / kind
                 started = time.perf_counter()
-                description = make_series(kind, folder, args.matrix, args.slices)
+                # generate in a separate process: on Linux a child inherits its parent's peak RSS
+                # (ru_maxrss survives fork/exec), so the parent must stay small for honest figures
+                made = subprocess.run(
+                    [sys.executable, __file__, "--make", kind, str(folder), str(args.matrix),
+                     str(args.slices)],
+                    capture_output=True, text=True, check=True, cwd=ROOT,
+                )
+                description = made.stdout.strip().splitlines()[-1]
                 print(f"# {description}: generated and written in {time.perf_counter() - started:.1f} s",
                       flush=True)
                 series[kind] = (folder, description)
