@@ -163,7 +163,8 @@ def process_volume(spec: PipelineSpec, volume: Any, job: JobSpec) -> tuple[Any, 
 
 def run_job(spec: JobSpec, profile: ViewerProfile | None = None) -> JobResult:
     """Load ``spec.input_files``, run ``spec.pipeline`` with ``spec.params``, write the result objects
-    and ``result.json`` into ``spec.output_dir``; never raises for a job that fails."""
+    (what ``profile``, else ``spec.profile``, else the default viewer profile asks for) and
+    ``result.json`` into ``spec.output_dir``; never raises for a job that fails."""
     from dicomnode.imaging.volume import load_series
     from dicomnode.outputs.package import write_result_package
 
@@ -178,6 +179,8 @@ def run_job(spec: JobSpec, profile: ViewerProfile | None = None) -> JobResult:
         else:
             volume = load_series(spec.input_files)
             processed, summary = process_volume(pipeline, volume, spec)
+            if profile is None and spec.profile:
+                profile = ViewerProfile(**spec.profile)
             if profile is None and spec.profile:
                 profile = ViewerProfile(**spec.profile)
             files = write_result_package(processed, output_dir, profile)

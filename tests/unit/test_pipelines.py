@@ -102,6 +102,11 @@ def test_job_store_lifecycle_and_retry(tmp_path) -> None:
         store.retry("j1")
     with pytest.raises(PipelineError, match="cannot become running"):
         store.mark_running("j1")
+    store.create(JobSpec("j2", "lung-ct", {}, ("y.dcm",), str(tmp_path / "o2")))
+    store.mark_running("j2")
+    reopened = JobStore(Database(tmp_path / "db.sqlite3"))  # after a restart
+    assert [s.job_id for s in reopened.requeue_interrupted()] == ["j2"]
+    assert reopened.get("j2").state == "queued"
 
 
 def test_guided_contrast_changes_only_the_organ_and_its_feather_band() -> None:
