@@ -44,12 +44,20 @@ class Lesion:
 def detect(
     image: sitk.Image,
     organ: sitk.Image,
-    **params: object,
+    *,
+    kind: str = "both",
+    k_sigma: float = 3.0,
+    min_contrast: float = 20.0,
+    min_diameter_mm: float = 7.0,
+    smoothing_mm: float = 1.5,
+    margin_mm: float = 3.0,
+    max_elongation: float = 3.0,
+    background_mm: float = 25.0,
+    working_spacing_mm: float = 1.5,
 ) -> sitk.Image:
     """A label map of lesions inside ``organ`` (see the module docstring); works on the organ's
     bounding box (plus a margin), so its cost follows the organ's size, not the volume's, and on a
-    grid no finer than ``working_spacing_mm`` (default 1.5 mm; 0 keeps the source grid). Other keyword
-    parameters are those of :func:`detect_in_region`."""
+    grid no finer than ``working_spacing_mm`` (default 1.5 mm; 0 keeps the source grid)."""
     if organ.GetSize() != image.GetSize():
         raise ImagingError("The organ mask is not on the image grid.")
     inside = sitk.GetArrayViewFromImage(organ)
@@ -57,12 +65,17 @@ def detect(
         return _empty(image)
     idx = np.argwhere(inside)
     spacing = np.asarray(image.GetSpacing()[::-1])
-    margin = np.ceil((3.0 * float(params.get("smoothing_mm", 1.5)) + 2.0) / spacing).astype(int)  # type: ignore[arg-type]
+    params = {
+        "kind": kind, "k_sigma": k_sigma, "min_contrast": min_contrast, "min_diameter_mm": min_diameter_mm,
+        "smoothing_mm": smoothing_mm, "margin_mm": margin_mm, "max_elongation": max_elongation,
+        "background_mm": background_mm,
+    }
+    margin = np.ceil((3.0 * smoothing_mm + 2.0) / spacing).astype(int)
     lo = np.maximum(idx.min(axis=0) - margin, 0)
     hi = np.minimum(idx.max(axis=0) + margin + 1, inside.shape)
     crop = tuple(slice(int(a), int(b)) for a, b in zip(lo[::-1], hi[::-1], strict=True))  # x, y, z
     region_image, region_organ = image[crop], organ[crop]
-    working_mm = float(params.pop("working_spacing_mm", 1.5))  # type: ignore[arg-type]
+    working_mm = float(working_spacing_mm)
     if working_mm > 0 and min(image.GetSpacing()) < working_mm:  # fine grids: detect on a coarser one
         coarse = to_working_grid(region_image, working_mm)
         coarse_organ = sitk.Resample(region_organ, coarse, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
