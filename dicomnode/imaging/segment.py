@@ -550,7 +550,8 @@ def supervoxels(
     """SLIC supervoxels (skimage, spacing-aware) of about ``size_mm`` edge: a UInt32 label map (0 = outside).
 
     Intensities are mapped to [0, 1] by their 1–99 % range first, so ``compactness`` is
-    scanner-independent. With ``mask`` only its bounding box is processed.
+    scanner-independent. With ``mask`` only its bounding box is processed (seeded on a regular grid)
+    and labels outside the mask are 0.
     """
     size_mm = require_positive("size_mm", size_mm)
     compactness = require_positive("compactness", compactness)
@@ -575,11 +576,16 @@ def supervoxels(
         n_segments=segments,
         compactness=compactness,
         spacing=spacing,
-        mask=inside,
         channel_axis=None,
         start_label=1,
         enforce_connectivity=True,
     )
+    if inside is not None:
+        # grid seeding on the box, then cut to the mask (skimage's own mask seeding runs k-means on
+        # every mask voxel, which does not finish on organ-sized masks)
+        labels = np.where(inside, labels, 0).ravel()
+        _, compact = np.unique(np.concatenate([[0], labels]), return_inverse=True)  # 0 stays 0
+        labels = compact[1:].reshape(inside.shape)
     out = np.zeros(array.shape, np.uint32)
     out[box] = labels
     return like(out, image, sitk.sitkUInt32)
