@@ -84,22 +84,26 @@ def guided_contrast(
     outside the mask. Voxels beyond the band are returned bit-identical."""
     if gain <= 0 or feather_mm < 0:
         raise ImagingError(f"Invalid enhancement parameters: gain={gain!r}, feather_mm={feather_mm!r}.")
-    out = sitk.GetArrayFromImage(image).astype(np.float32)
-    full_mask = sitk.GetArrayViewFromImage(mask).astype(bool)
+    result = sitk.Cast(image, sitk.sitkFloat32)  # a copy: voxels outside the band stay bit-identical
+    full_mask = sitk.GetArrayViewFromImage(mask)
     if not full_mask.any():
-        return sitk.Cast(image, sitk.sitkFloat32)
+        return result
     spacing = tuple(image.GetSpacing()[::-1])
     # work in the mask's bounding box grown by the feather band (+ one voxel): cost follows the organ
     idx = np.argwhere(full_mask)
     grow = np.ceil(feather_mm / np.asarray(spacing)).astype(int) + 1
     lo = np.maximum(idx.min(axis=0) - grow, 0)
     hi = np.minimum(idx.max(axis=0) + grow + 1, full_mask.shape)
+    del idx
     box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
-    array, inside = out[box].copy(), full_mask[box]
+    crop = tuple(slice(int(a), int(b)) for a, b in zip(lo[::-1], hi[::-1], strict=True))  # x, y, z
+    sub_image = result[crop]
+    array = sitk.GetArrayFromImage(sub_image)
+    inside = full_mask[box].astype(bool)
     distance = ndimage.distance_transform_edt(~inside, sampling=spacing).astype(np.float32)
     weight = np.clip(1.0 - distance / max(feather_mm, 1e-6), 0.0, 1.0)
     weight[distance > feather_mm] = 0.0
-    band = weight > 0
+    del distance
     smooth = array
     if denoise_mm > 0:  # normalised convolution over the organ only: nothing from outside leaks in
         sigma = [denoise_mm / sp for sp in spacing]
@@ -107,13 +111,14 @@ def guided_contrast(
         num = ndimage.gaussian_filter(array * inside_f, sigma)
         den = ndimage.gaussian_filter(inside_f, sigma)
         smooth = np.where(inside, num / np.maximum(den, 1e-3), array).astype(np.float32)
+        del num, den, inside_f
     centre = float(np.median(array[inside]))
-    enhanced = centre + gain * (smooth - centre)
-    region = out[box]
-    region[band] = (array + weight * (enhanced - array))[band]
-    result = sitk.GetImageFromArray(out)
-    result.CopyInformation(image)
-    return result
+    blended = array + weight * (centre + gain * (smooth - centre) - array)
+    band = weight > 0
+    array[band] = blended[band]
+    patch = sitk.GetImageFromArray(array)
+    patch.CopyInformation(sub_image)
+    return sitk.Paste(result, patch, patch.GetSize(), [0, 0, 0], [int(v) for v in lo[::-1]])
 
 
 GLUE_STEPS: Mapping[str, Callable[..., sitk.Image]] = MappingProxyType(
