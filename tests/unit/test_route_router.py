@@ -299,7 +299,10 @@ def test_attach_routing_registers_handler_resolver_reload_and_watcher(tmp_path: 
     service = Service(config)
     try:
         router = attach_routing(service)
-        assert router.on_ready in service.dispatcher.handlers
+        (handler,) = service.dispatcher.handlers  # the router, wrapped to count matches and audit
+        handler(SeriesReady("1.2.3", "1.2.3.4", 0, 1, "quiet", tmp_path / "empty"))
+        (decision,) = read_decisions(config.storage.database_path, study_uid="1.2.3")
+        assert decision["action"] == "unrouted" and "no instances" in decision["explanation"]
         assert service.quiet_seconds_resolver == router.quiet_seconds_for
         assert any(isinstance(c, RuleWatcher) for c in service._components)
         (rules / "r.yaml").write_text("- {name: b, then: {quiet_seconds: 3}}\n")
