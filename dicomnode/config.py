@@ -106,6 +106,36 @@ class RulesConfig(_Model):
     watch: bool = True  # hot-reload on file change (SIGHUP always reloads)
 
 
+class TimeLimitsConfig(_Model):
+    """Celery time limits of one pipeline: the soft limit raises inside the job, the hard one kills it."""
+
+    soft_seconds: float = Field(gt=0)
+    hard_seconds: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _soft_below_hard(self) -> TimeLimitsConfig:
+        if self.soft_seconds >= self.hard_seconds:
+            raise ValueError(f"soft_seconds ({self.soft_seconds:g}) must be below hard_seconds "
+                             f"({self.hard_seconds:g})")
+        return self
+
+
+class CeleryConfig(_Model):
+    """``processing.executor: celery``: jobs run on Celery workers through a Redis broker."""
+
+    shared_dir: Path | None = None  # jobs/<id>/in|out shared by node and workers; default storage.path/jobs
+    scratch_dir: Path | None = None  # worker-local copy of the input; default the system temp dir
+    hard_time_limit_seconds: float | None = Field(None, gt=0)  # default: job_timeout_seconds
+    soft_time_limit_seconds: float | None = Field(None, gt=0)  # default: 90 % of the hard limit
+    time_limits: dict[str, TimeLimitsConfig] = Field(default_factory=dict)  # per pipeline
+    visibility_timeout_seconds: float = Field(43200.0, gt=0)  # must be >= 10 x the largest hard limit
+    lease_seconds: float = Field(60.0, gt=0)  # grace after the hard limit / before a message counts lost
+    reconcile_seconds: float = Field(5.0, gt=0)  # how often the node scans results and leases
+    worker_max_memory_mb: int = Field(4096, ge=64)  # a worker child above this is replaced after its job
+    urgent_rules: list[str] = Field(default_factory=list)  # jobs of these rules go to the urgent queue
+    queue_prefix: str = Field("dicomnode", min_length=1)
+
+
 class ProcessingConfig(_Model):
     executor: Literal["local", "celery"] = "local"
     workers: int = Field(1, ge=1, le=64)
@@ -113,6 +143,7 @@ class ProcessingConfig(_Model):
     max_attempts: int = Field(2, ge=1)
     itk_threads: int = Field(1, ge=1)
     broker_url: str | None = None
+    celery: CeleryConfig = Field(default_factory=CeleryConfig)
 
 
 class ViewerProfile(_Model):

@@ -65,3 +65,7 @@ class QuantifyError(DicomNodeError):
 
 class ConsoleError(DicomNodeError):
     """The web console cannot start, or an operator action in it was refused."""
+
+
+class DistributedError(PipelineError):
+    """Handing a job to distributed workers or collecting its result failed (broker, shared folder, hash)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from dicomnode.cli import audit, console, health, imaging, node, quantify, queue, rules
+from dicomnode.cli import audit, console, health, imaging, node, quantify, queue, rules, worker
 
 
 def build_app() -> typer.Typer:
@@ -23,6 +23,7 @@ def build_app() -> typer.Typer:
     health.register(app)
     audit.register(app)
     console.register(app)
+    worker.register(app)
     return app
 
 

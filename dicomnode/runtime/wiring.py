@@ -20,8 +20,13 @@ def build_service(config: Config) -> Service:
     attach_observability(service)  # service.metrics/.audit, /metrics+/readyz, retention, sd_notify
     sender = Sender.from_config(  # delivers the durable outbox
         config, service.database, metrics=service.metrics, audit=service.audit)
+    executor = None  # processing.executor local: Processing's own process pool
+    if config.processing.executor == "celery":  # Celery workers on a Redis broker
+        from dicomnode.distributed.executor import CeleryExecutor
+        executor = CeleryExecutor(config, service.database, metrics=service.metrics)
     processing = Processing(  # routed jobs → worker processes → result package → outbox
-        config, service.database, metrics=service.metrics, audit=service.audit, wake_sender=sender.wake)
+        config, service.database, executor=executor, metrics=service.metrics, audit=service.audit,
+        wake_sender=sender.wake)
     router = attach_routing(service, submit_job=processing.submit)  # rules, decision log, hot reload
     service.add_component(sender)
     service.add_component(processing)
