@@ -104,6 +104,9 @@ def status(
             from dicomnode.route.decisions import format_decision, read_decisions
 
             decisions = read_decisions(config.storage.database_path, limit=20)
+            from dicomnode.distributed.status import format_job_status, read_job_status
+
+            jobs = read_job_status(config.storage.database_path)  # per state, and per worker (celery)
         except sqlite3.Error as exc:
             from dicomnode.errors import DicomNodeError
 
@@ -111,8 +114,10 @@ def status(
                 f"Cannot read the node database '{config.storage.database_path}': {exc}."
             ) from exc
     if as_json:
-        typer.echo(json.dumps({"studies": studies, "decisions": decisions}, indent=2))
+        typer.echo(json.dumps({"studies": studies, "decisions": decisions, "jobs": jobs}, indent=2))
         return
+    for line in format_job_status(jobs):
+        typer.echo(line)
     if not studies:
         typer.echo(f"No studies in {config.storage.path}.")
         return
