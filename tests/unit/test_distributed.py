@@ -159,3 +159,26 @@ def test_the_worker_command_refuses_unsafe_settings_with_one_clear_line(tmp_path
     assert missing.returncode == 2 and "shared job folder" in missing.stderr and "nfs" in missing.stderr
     local = worker({"executor": "local"})
     assert local.returncode == 2 and "a worker needs 'celery'" in local.stderr
+
+
+def test_the_worker_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    import re
+    import shutil
+    import subprocess
+
+    from tests.support import REPO_ROOT
+
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is missing (Debian package 'systemd'; scripts/run-tests installs it)")
+    text = (REPO_ROOT / "systemd" / "dicomnode-worker.service").read_text()
+    assert "dicomnode worker --config" in text and "KillSignal=SIGTERM" in text
+    copy = tmp_path / "dicomnode-worker.service"
+    copy.write_text(text.replace("/usr/local/bin/dicomnode", shutil.which("true") or "/bin/true"))
+    result = subprocess.run([analyze, "verify", str(copy)], capture_output=True, text=True, timeout=60)
+    noise = re.compile(r"Failed to (connect to|create) bus|System has not been booted"
+                       r"|Failed to setup working|No such file or directory.*/etc/systemd"
+                       r"|RemoveIPC=.*user|Unknown user|unknown group")
+    lines = (result.stdout + result.stderr).splitlines()
+    problems = [ln for ln in lines if ln.strip() and not noise.search(ln)]
+    assert problems == [], "\n".join(problems)
