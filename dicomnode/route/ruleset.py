@@ -324,6 +324,12 @@ def check_references(
                 loaded.file, loaded.line_of("pipeline"), loaded.name,
                 f"then.pipeline: pipeline '{action.pipeline}' is not registered (registered: {known})",
             ))
+        elif known_pipelines is not None and action.pipeline and action.params:
+            problem = pipeline_params_problem(action.pipeline, dict(action.params))
+            if problem:
+                issues.append(RuleIssue(
+                    loaded.file, loaded.line_of("params"), loaded.name, f"then.params: {problem}"
+                ))
         if known_destinations is not None:
             for name in action.send_to:
                 if name not in known_destinations:
@@ -333,6 +339,18 @@ def check_references(
                         f"then.send_to: destination '{name}' is not configured (configured: {known})",
                     ))
     return issues
+
+
+def pipeline_params_problem(pipeline: str, params: dict[str, Any]) -> str | None:
+    """Why ``params`` are not valid for ``pipeline`` (unknown step or parameter), or None."""
+    from dicomnode.errors import DicomNodeError
+    from dicomnode.pipelines.registry import check_steps, get_pipeline
+
+    try:
+        check_steps(get_pipeline(pipeline).with_params(params))
+    except DicomNodeError as exc:
+        return str(exc)
+    return None
 
 
 def references_for(config: Any) -> dict[str, Callable[[], Iterable[str]]]:

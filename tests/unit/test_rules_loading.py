@@ -133,6 +133,24 @@ def test_references_are_checked(tmp_path: Path) -> None:
     ]
 
 
+def test_pipeline_parameters_are_checked(tmp_path: Path) -> None:
+    rule = """\
+- name: liver
+  then:
+    pipeline: liver-ct
+    params: {lesions: true, lesions.min_diameter_mm: 8}
+"""
+    write(tmp_path, "r.yaml", rule)
+    (issue,) = problems(tmp_path, pipelines=["liver-ct"], destinations=[])
+    where = f"{tmp_path / 'r.yaml'}:4: rule 'liver'"
+    assert issue.startswith(f"{where}: then.params: Unknown parameter 'lesions'")
+    write(tmp_path, "r.yaml", rule.replace("lesions: true, ", "").replace("min_diameter_mm", "min_diam"))
+    (issue,) = problems(tmp_path, pipelines=["liver-ct"], destinations=[])
+    assert "lesions.min_diam" in issue
+    write(tmp_path, "r.yaml", rule.replace("lesions: true, ", ""))
+    assert load_ruleset(tmp_path, pipelines=["liver-ct"], destinations=[]).rules
+
+
 def test_one_bad_file_invalidates_the_whole_set(tmp_path: Path) -> None:
     write(tmp_path, "a.yaml", GOOD)
     write(tmp_path, "b.yaml", "- {name: b, then: {discrad: true}}\n")
