@@ -5,7 +5,13 @@ Features keep pyradiomics' names (``original_firstorder_Mean``, ``original_shape
 (voxel count × voxel volume / 1000). Intensities are in the image's real units (HU for CT).
 
 Settings are pyradiomics' own (``binWidth``, ``resampledPixelSpacing``, ``normalize``, ``label`` …); the
-defaults are pyradiomics' defaults (binWidth 25, original image, no resampling or normalisation).
+defaults are pyradiomics' defaults (binWidth 25, original image, no resampling or normalisation), except
+``additionalInfo`` (pyradiomics' diagnostics, which hash whole images and are dropped anyway) is off.
+
+Speed on full-size CT: unless whole-image normalisation or resampling is asked for (both depend on the
+image outside the region), image and mask are cropped to the label's bounding box (plus ``padDistance``)
+before pyradiomics sees them. pyradiomics crops to that box itself before computing any feature, so the
+values are the same; what is saved is its whole-volume loading, checks and conversions.
 """
 
 from __future__ import annotations
@@ -76,6 +82,47 @@ def make_extractor(settings: Mapping[str, Any] | None = None, feature_classes: I
     return extractor
 
 
+def _crop_allowed(settings: Mapping[str, Any]) -> bool:
+    """Whether the features depend only on the region's bounding box (see the module docstring)."""
+    return not settings.get("normalize", False) and settings.get("resampledPixelSpacing") is None
+
+
+def _pad(settings: Mapping[str, Any]) -> int:
+    return max(int(settings.get("padDistance", 5) or 0), 1)
+
+
+def label_box(selected: np.ndarray, pad: int) -> tuple[slice, ...]:
+    """The bounding box of a non-empty bool array as slices, ``pad`` voxels wider, clipped to the array."""
+    box = []
+    for axis in range(selected.ndim):
+        others = tuple(a for a in range(selected.ndim) if a != axis)
+        hits = np.flatnonzero(selected.any(axis=others))
+        box.append(slice(max(int(hits[0]) - pad, 0), min(int(hits[-1]) + 1 + pad, selected.shape[axis])))
+    return tuple(box)
+
+
+def _same_grid(image: sitk.Image, mask: sitk.Image) -> bool:
+    return (
+        image.GetSize() == mask.GetSize()
+        and np.allclose(image.GetSpacing(), mask.GetSpacing(), rtol=0, atol=1e-6)
+        and np.allclose(image.GetOrigin(), mask.GetOrigin(), rtol=0, atol=1e-4)
+        and np.allclose(image.GetDirection(), mask.GetDirection(), rtol=0, atol=1e-6)
+    )
+
+
+def _crop_images(
+    image: sitk.Image, mask: sitk.Image, selected: np.ndarray, pad: int
+) -> tuple[sitk.Image, sitk.Image]:
+    """Image and mask cut to the bounding box of ``selected`` (the mask's (z, y, x) label voxels); the
+    physical grid (origin, spacing, direction) of the kept voxels is unchanged."""
+    box = label_box(selected, pad)
+    if all(b.stop - b.start == n for b, n in zip(box, selected.shape, strict=True)):
+        return image, mask
+    index = [int(b.start) for b in reversed(box)]
+    size = [int(b.stop - b.start) for b in reversed(box)]
+    return sitk.RegionOfInterest(image, size, index), sitk.RegionOfInterest(mask, size, index)
+
+
 def _scalar(value: Any) -> float:
     array = np.asarray(value)
     if array.size != 1:
@@ -94,16 +141,22 @@ def quantify_images(
     """Features of the region ``mask == label`` of ``image`` (both SimpleITK images on the same grid)."""
     settings = dict(settings or {})
     label = int(settings.pop("label", label))
+    settings.setdefault("additionalInfo", False)
     mask_array = sitk.GetArrayViewFromImage(mask)
-    count = int(np.count_nonzero(mask_array == label))
+    selected = mask_array == label
+    count = int(np.count_nonzero(selected))
     if count == 0:
         present = sorted(int(v) for v in np.unique(mask_array) if v != 0)
         raise QuantifyError(
             f"The mask has no voxel with label {label} (labels present: {present or 'none'})."
         )
+    spacing = mask.GetSpacing()
     classes = None if feature_classes is None else tuple(feature_classes)
     features: dict[str, float] = {}
     if classes != ():  # an empty selection asks for the exact counts only
+        if _crop_allowed(settings) and _same_grid(image, mask):
+            image, mask = _crop_images(image, mask, selected, _pad(settings))
+        del selected, mask_array
         extractor = make_extractor(settings, classes)
         try:
             result = extractor.execute(image, mask, label=label)
@@ -113,18 +166,22 @@ def quantify_images(
     for prefix in {k.rsplit("_", 1)[0] for k in features if k.endswith("_firstorder_Variance")}:
         # pyradiomics marks StandardDeviation deprecated (= sqrt(Variance)) and leaves it out; keep it.
         features.setdefault(f"{prefix}_StandardDeviation", math.sqrt(max(features[f"{prefix}_Variance"], 0)))
-    spacing = mask.GetSpacing()
     features["voxel_count"] = float(count)
     features["volume_ml"] = count * math.prod(spacing) / 1000.0
     return features
 
 
-def array_image(array: np.ndarray, spacing: tuple[float, float, float]) -> sitk.Image:
-    """A SimpleITK image from a (slices, rows, columns) array and (slice, row, column) spacing in mm."""
+def array_image(
+    array: np.ndarray, spacing: tuple[float, float, float], offset: tuple[int, int, int] = (0, 0, 0)
+) -> sitk.Image:
+    """A SimpleITK image from a (slices, rows, columns) array and (slice, row, column) spacing in mm;
+    ``offset`` is the (slice, row, column) index of ``array[0, 0, 0]`` in a larger grid with origin 0."""
     if array.ndim != 3:
         raise QuantifyError(f"Expected a 3-D (slices, rows, columns) array, got shape {array.shape}.")
     image = sitk.GetImageFromArray(np.ascontiguousarray(array))
     image.SetSpacing((float(spacing[2]), float(spacing[1]), float(spacing[0])))
+    if any(offset):
+        image.SetOrigin(tuple(float(o * s) for o, s in zip(offset[::-1], spacing[::-1], strict=True)))
     return image
 
 
@@ -140,10 +197,19 @@ def quantify_arrays(
     """Like :func:`quantify_images` for (slices, rows, columns) arrays with (slice, row, col) spacing."""
     if image.shape != mask.shape:
         raise QuantifyError(f"Image shape {image.shape} and mask shape {mask.shape} differ.")
+    offset = (0, 0, 0)
+    wanted = int((settings or {}).get("label", label))
+    selected = mask if mask.dtype == bool else mask == wanted
+    if _crop_allowed(settings or {}) and mask.ndim == 3 and selected.any():
+        # cut before converting: the full-size float/label copies are what costs on a 512x512x300 series
+        box = label_box(selected, _pad(settings or {}))
+        image, mask = image[box], mask[box]
+        offset = tuple(int(b.start) for b in box)  # type: ignore[assignment]
+    del selected
     mask_array = mask.astype(np.uint8) * label if mask.dtype == bool else mask.astype(np.int32)
     return quantify_images(
-        array_image(image.astype(np.float32, copy=False), spacing),
-        array_image(mask_array, spacing),
+        array_image(image.astype(np.float32, copy=False), spacing, offset),
+        array_image(mask_array, spacing, offset),
         label=label,
         settings=settings,
         feature_classes=feature_classes,
