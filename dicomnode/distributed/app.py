@@ -34,6 +34,7 @@ from dicomnode.distributed.task import (
     WorkerContext,
     default_hostname,
     load_target,
+    pipeline_versions,
     record_failure,
     run_attempt,
 )
@@ -90,8 +91,8 @@ def build_app(
     """A Celery app for the node (to publish) or a worker (to consume), with the attempt task."""
     app = Celery("dicomnode", set_as_current=False)
     app.conf.update(celery_config(settings))
-    context = WorkerContext(settings, target, hostname or default_hostname(), Broker(settings.broker_url,
-                                                                                       settings.queue_prefix))
+    context = WorkerContext(settings, target, hostname or default_hostname(),
+                            Broker(settings.broker_url, settings.queue_prefix), pipeline_versions())
 
     class AttemptRequest(Request):
         """Runs in the worker's parent process: reports what a dead child can no longer commit."""

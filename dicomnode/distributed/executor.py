@@ -43,7 +43,7 @@ from dicomnode.distributed.leases import Lease, LeaseStore
 from dicomnode.distributed.message import TASK_NAME, JobMessage
 from dicomnode.distributed.settings import CelerySettings
 from dicomnode.distributed.staging import JobLayout, adopt, read_committed, stage_inputs
-from dicomnode.distributed.task import pipeline_version
+from dicomnode.distributed.task import pipeline_versions
 from dicomnode.errors import DicomNodeError, DistributedError, PipelineError
 from dicomnode.jobs import JobResult, JobSpec
 from dicomnode.pipelines.jobstore import JobStore
@@ -62,6 +62,7 @@ class CeleryExecutor:
         self.settings = CelerySettings.from_config(config)
         self.leases = LeaseStore(database)
         self.jobs = JobStore(database, max_attempts=config.processing.max_attempts)
+        self.versions = pipeline_versions()
         self._lock = threading.Lock()
         self._callbacks: dict[str, OnDone] = {}
         self._specs: dict[str, JobSpec] = {}
@@ -121,9 +122,9 @@ class CeleryExecutor:
         self._wake.set()
 
     def queues(self) -> list[str]:
-        from dicomnode.pipelines.registry import available_pipelines
-
-        return self.settings.default_queues(p for p in available_pipelines() if p != "forward")
+        """The urgent queue and every pipeline's queue, with those of attempts still on the broker."""
+        known = self.settings.default_queues(p for p in self.versions if p != "forward")
+        return known + sorted({lease.queue for lease in self.leases.active()} - set(known))
 
     # -- the collector thread ---------------------------------------------------------------------------
     def _run(self) -> None:
@@ -191,7 +192,7 @@ class CeleryExecutor:
             return
         soft, hard = self.settings.limits_for(spec.pipeline)
         deadline = now + self.settings.visibility_timeout
-        message = JobMessage.for_spec(spec, pipeline_version=pipeline_version(spec.pipeline),
+        message = JobMessage.for_spec(spec, pipeline_version=self.versions.get(spec.pipeline, ""),
                                       manifest_sha256=manifest, deadline=deadline)
         task_id = f"{spec.job_id}-{spec.attempt}-{uuid.uuid4().hex[:12]}"
         try:

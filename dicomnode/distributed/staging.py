@@ -51,13 +51,14 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a fsynced temporary file and a rename."""
+def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` via a temporary file and a rename (fsynced unless it is only a hint)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as handle:
         handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
+        if durable:
+            handle.flush()
+            os.fsync(handle.fileno())
     os.replace(tmp, path)
 
 
@@ -124,7 +125,7 @@ def stage_inputs(layout: JobLayout, files: list[str], attempt: int) -> str:
     """Put the source series into ``in/`` with its manifest (hard links when on the same filesystem)
     and record ``attempt``; returns the manifest's sha256. Reuses a complete earlier staging."""
     layout.out_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(layout.attempt_file, f"{attempt}\n".encode())
+    write_atomic(layout.attempt_file, f"{attempt}\n".encode(), durable=False)  # a hint for workers
     names = [f"{i:05d}-{Path(f).name}" for i, f in enumerate(files, 1)]
     manifest_path = layout.in_dir / MANIFEST
     if manifest_path.exists():
