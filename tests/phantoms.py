@@ -103,6 +103,31 @@ def _cylinder(zz, yy, xx, c, r, z_range) -> np.ndarray:
     return inside & (zz >= z_range[0]) & (zz <= z_range[1])
 
 
+def _capsule(zz, yy, xx, a, b, radius: float) -> np.ndarray:
+    """Voxels within ``radius`` of the segment a–b (x, y, z mm): a straight vessel with round ends."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    d = b - a
+    t = np.clip(((xx - a[0]) * d[0] + (yy - a[1]) * d[1] + (zz - a[2]) * d[2]) / float(d @ d), 0.0, 1.0)
+    distance2 = (xx - a[0] - t * d[0]) ** 2 + (yy - a[1] - t * d[1]) ** 2 + (zz - a[2] - t * d[2]) ** 2
+    return distance2 <= radius**2
+
+
+def _hepatic_tree(zmax: float) -> list[tuple[tuple[float, float, float], tuple[float, float, float], float]]:
+    """Vessel segments (a, b, radius) in the liver: hepatic veins and portal branches."""
+    confluence = (-20.0, 40.0, 0.35 * zmax)
+    portal = (-30.0, 0.0, -0.1 * zmax)
+    right = (-105.0, 10.0, -0.12 * zmax)
+    return [
+        (confluence, (-115.0, -30.0, 0.3 * zmax), 5.0),  # right hepatic vein
+        (confluence, (-60.0, -60.0, 0.3 * zmax), 4.0),  # middle hepatic vein
+        (confluence, (10.0, -40.0, 0.25 * zmax), 3.5),  # left hepatic vein
+        (portal, right, 4.5),  # right portal branch (in-plane)
+        ((-80.0, 8.0, -0.11 * zmax), (-105.0, 45.0, -0.2 * zmax), 3.0),  # posterior sub-branch
+        ((-92.0, 9.5, -0.115 * zmax), (-118.0, -40.0, -0.08 * zmax), 3.0),  # anterior sub-branch
+        (portal, (15.0, -25.0, -0.05 * zmax), 3.5),  # left portal branch
+    ]
+
+
 def _finish(clean: np.ndarray, spacing, noise_sd: float, rng: np.random.Generator) -> np.ndarray:
     sigma = [0.35 * min(1.0, 1.0 / max(s, 1e-3)) * 2 for s in spacing]  # mild partial-volume blur
     blurred = ndimage.gaussian_filter(clean, sigma=[max(0.4, s) for s in sigma])
@@ -118,8 +143,13 @@ def make_ct_phantom(
     lesions: bool = True,
     metal: bool = False,
     seed: int = 0,
+    hepatic_vessels: bool = False,
 ) -> Phantom:
-    """An abdomen + lung-base CT phantom centred in a FOV of ``shape × spacing`` (body ~300 × 220 mm)."""
+    """An abdomen + lung-base CT phantom centred in a FOV of ``shape × spacing`` (body ~300 × 220 mm).
+
+    ``hepatic_vessels=True`` adds a branching vessel tree inside the liver (three oblique hepatic veins
+    converging towards the IVC and in-plane portal branches, 5–10 mm wide), the hard case for lesion
+    detection; the vessels keep at least 4 mm from every lesion."""
     if phase not in PHASE_HU:
         raise ValueError(f"Unknown phase '{phase}'; expected one of {sorted(PHASE_HU)}.")
     hu = PHASE_HU[phase]
@@ -156,6 +186,12 @@ def make_ct_phantom(
         _cylinder(zz, yy, xx, (-30, 0), (7, 7), (-0.6 * zmax, 0.1 * zmax))
         | _cylinder(zz, yy, xx, (-70, -10), (4, 4), (-0.5 * zmax, 0.25 * zmax))
     ) & liver
+    tree = np.zeros(shape, dtype=bool)
+    if hepatic_vessels:
+        for a, b, radius in _hepatic_tree(zmax):
+            tree |= _capsule(zz, yy, xx, a, b, radius)
+        tree &= liver
+        portal |= tree
     # ribs: small bony ellipses along the wall on every slice
     ribs = np.zeros(shape, dtype=bool)
     for angle in np.deg2rad([200, 220, 240, 300, 320, 340, 25, 155]):
@@ -186,9 +222,10 @@ def make_ct_phantom(
             ((-60.0, 35.0, -0.5 * zmax), 8.0, "hypo"),
         ]
         lesion_core = liver & ~portal
+        clearance = ndimage.distance_transform_edt(~tree, sampling=spacing) > 4.0 if hepatic_vessels else True
         for centre, diameter, kind in candidates:
             sphere = _ellipsoid(zz, yy, xx, centre, (diameter / 2,) * 3) & lesion_core
-            if not sphere.any():
+            if not sphere.any() or not np.all(clearance | ~sphere):
                 continue
             label = len(truths) + 1
             lesion_labels[sphere] = label
@@ -218,6 +255,7 @@ def make_ct_phantom(
         "aorta": aorta,
         "portal-vein": portal,
         "vessels": aorta | portal,
+        "hepatic-vessels": tree,
         "spine": spine,
         "ribs": ribs,
         "lesions": lesion_labels > 0,

@@ -3,22 +3,35 @@
 ``detect(image, organ)`` returns a label map (``sitk.sitkUInt16``, 0 = background, 1..N one lesion each,
 ordered by decreasing volume) of hypo- and/or hyper-dense regions:
 
-1. The image is smoothed (Gaussian, ``smoothing_mm``); the organ's intensity centre and spread are its
-   median and MAD-based sigma inside the organ eroded by ``margin_mm`` (no partial volume).
+1. The image is smoothed (Gaussian, ``smoothing_mm``); voxels below ``exclude_below`` (CT: fat and gas in
+   fissures and at the hilum, about -30 HU) are not organ. The organ's intensity centre and spread are
+   its median and MAD-based sigma inside the organ eroded by ``margin_mm`` (and, on thick slices, one
+   slice off its top and bottom).
 2. The organ's slowly varying background (Gaussian ``background_mm``, normalised over the organ
    without the obvious outliers) is subtracted; candidates differ from it by more than
-   ``max(k_sigma × sigma, min_contrast)`` (dark for ``hypo``, bright for ``hyper``), inside the eroded
-   organ; they are then grown back into the
-   whole organ through voxels that still pass the threshold (lesions at the organ's edge keep their size).
-3. Each connected component is one lesion; components whose equivalent-sphere diameter is below
-   ``min_diameter_mm``, that lie mostly in the organ's edge band (partial volume) or that are tubular
-   (elongation above ``max_elongation``: vessels) are dropped.
+   ``delta = max(k_sigma × sigma, min_contrast)`` (dark for ``hypo``, bright for ``hyper``, each
+   polarity on its own) inside the eroded organ. The candidates are opened by a ball of diameter
+   ``vessel_mm`` (thinner vessels and rims vanish) and grown back into the whole organ through voxels
+   that still pass (lesions at the organ's edge keep their size).
+3. Each connected component is one lesion unless it is (reason counted in the ``dicomnode.rejected``
+   metadata): ``small`` (equivalent-sphere diameter below ``min_diameter_mm``); a ``rim`` (mostly in the
+   organ's edge band: partial volume); ``weak`` (the median contrast of its deeper half is below
+   ``min_strength × delta``, ×1.3 when it reaches the edge band: sub-threshold vessels that noise
+   pushes over the threshold, beam hardening next to bone); ``elongated`` (principal-axis ratio above
+   ``max_elongation``); ``tubular`` (inscribed-ball diameter below ``min_compactness`` × the
+   equivalent diameter: branching vessels); or it ``continues as a vessel``: at half the threshold it
+   belongs to a structure that goes on beyond its neighbourhood — inside the organ, or outside it
+   through the same tissue (a vessel leaving at the hilum, a neighbour the mask leaked into) — at
+   least ``max_continuation`` × its own thickness and with a similar peak contrast (≥ 0.65 of its
+   own). A lesion next to a vessel keeps its own, stronger contrast and stays; a subcapsular lesion
+   only touches different tissue outside the organ and stays.
 
 :func:`describe` gives each lesion's volume, diameter, centre (LPS mm), mean value and kind.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -27,7 +40,9 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from dicomnode.errors import ImagingError
-from dicomnode.imaging.organs.common import dilate_mm, erode_mm, to_working_grid
+from dicomnode.imaging.organs.common import dilate_mm, erode_mm, open_mm, to_working_grid
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -53,6 +68,11 @@ def detect(
     margin_mm: float = 3.0,
     max_elongation: float = 3.0,
     background_mm: float = 25.0,
+    vessel_mm: float = 6.0,
+    min_compactness: float = 0.45,
+    max_continuation: float = 0.6,
+    min_strength: float = 1.15,
+    exclude_below: float | None = None,
     working_spacing_mm: float = 1.5,
 ) -> sitk.Image:
     """A label map of lesions inside ``organ`` (see the module docstring); works on the organ's
@@ -68,7 +88,8 @@ def detect(
     params = {
         "kind": kind, "k_sigma": k_sigma, "min_contrast": min_contrast, "min_diameter_mm": min_diameter_mm,
         "smoothing_mm": smoothing_mm, "margin_mm": margin_mm, "max_elongation": max_elongation,
-        "background_mm": background_mm,
+        "background_mm": background_mm, "vessel_mm": vessel_mm, "min_compactness": min_compactness,
+        "max_continuation": max_continuation, "min_strength": min_strength, "exclude_below": exclude_below,
     }
     margin = np.ceil((3.0 * smoothing_mm + 2.0) / spacing).astype(int)
     lo = np.maximum(idx.min(axis=0) - margin, 0)
@@ -107,13 +128,19 @@ def detect_in_region(
     margin_mm: float = 3.0,
     max_elongation: float = 3.0,
     background_mm: float = 25.0,
+    vessel_mm: float = 6.0,
+    min_compactness: float = 0.45,
+    max_continuation: float = 0.6,
+    min_strength: float = 1.15,
+    exclude_below: float | None = None,
 ) -> sitk.Image:
     """:func:`detect` on a region (the whole grid is processed)."""
     if kind not in ("hypo", "hyper", "both"):
         raise ImagingError(f"Parameter 'kind' must be hypo, hyper or both; got {kind!r}.")
-    if min_diameter_mm < 0 or k_sigma <= 0:
+    if min_diameter_mm < 0 or k_sigma <= 0 or vessel_mm < 0:
         raise ImagingError(
-            f"Invalid lesion parameters: k_sigma={k_sigma!r}, min_diameter_mm={min_diameter_mm!r}."
+            f"Invalid lesion parameters: k_sigma={k_sigma!r}, min_diameter_mm={min_diameter_mm!r}, "
+            f"vessel_mm={vessel_mm!r}."
         )
     spacing = tuple(image.GetSpacing()[::-1])
     organ_arr = sitk.GetArrayFromImage(organ).astype(bool)
@@ -121,9 +148,13 @@ def detect_in_region(
         raise ImagingError("The organ mask is not on the image grid.")
     smoothed = sitk.SmoothingRecursiveGaussian(sitk.Cast(image, sitk.sitkFloat32), smoothing_mm)
     smooth = sitk.GetArrayFromImage(smoothed)
+    if exclude_below is not None:  # fat or gas in fissures and at the hilum is not organ (CT: fat < -30 HU)
+        organ_arr &= smooth >= float(exclude_below)
     # at least one voxel deep along every axis: thick slices carry partial volume at the organ's top/bottom
     depth = max(margin_mm, 1.01 * max(spacing))
-    core = erode_mm(organ_arr, depth, spacing)
+    core = erode_mm(organ_arr, margin_mm, spacing)
+    if spacing[0] > margin_mm:  # thick slices: also one slice off the organ's top and bottom
+        core &= ndimage.binary_erosion(organ_arr, np.ones((3, 1, 1), dtype=bool))
     if core.sum() < 50:
         core = organ_arr
     values = smooth[core]
@@ -137,41 +168,138 @@ def detect_in_region(
     outliers = organ_arr & (np.abs(smooth - centre) > max(k_sigma * sigma, min_contrast))
     weight = (organ_arr & ~dilate_mm(outliers, 2 * smoothing_mm, spacing)).astype(np.float32)
     bg_sigma = [background_mm / s for s in spacing]
-    background = ndimage.gaussian_filter(smooth * weight, bg_sigma) / np.maximum(
-        ndimage.gaussian_filter(weight, bg_sigma), 1e-3
-    )
-    background = np.where(ndimage.gaussian_filter(weight, bg_sigma) > 0.05, background, centre)
+    support = ndimage.gaussian_filter(weight, bg_sigma)
+    background = ndimage.gaussian_filter(smooth * weight, bg_sigma) / np.maximum(support, 1e-3)
+    background = np.where(support > 0.05, background, centre)
+    del support, weight
     residual = smooth - background
     sigma = 1.4826 * float(np.median(np.abs(residual[core] - np.median(residual[core]))))
     delta = max(k_sigma * sigma, min_contrast)
-    candidates = np.zeros_like(organ_arr)
-    passes = np.zeros_like(organ_arr)
-    if kind in ("hypo", "both"):
-        passes |= residual < -delta
-    if kind in ("hyper", "both"):
-        passes |= residual > delta
-    passes &= organ_arr
-    candidates = passes & core
-    grown = candidates | (dilate_mm(candidates, depth + max(spacing), spacing) & passes)
-    labels, n = ndimage.label(grown)
-    voxel_ml = float(np.prod(spacing)) / 1000.0
-    kept: list[tuple[float, int]] = []
-    for i, box in enumerate(ndimage.find_objects(labels), start=1):
-        comp = labels[box] == i
-        vol = comp.sum() * voxel_ml
-        diameter = (6.0 * vol * 1000.0 / math.pi) ** (1.0 / 3.0)
-        deep = float(core[box][comp].mean())  # mostly at the edge: partial volume, not a lesion
-        if diameter < min_diameter_mm or deep < 0.5 or _elongation(comp, spacing) > max_elongation:
-            continue
-        kept.append((vol, i))
-    out = np.zeros(labels.shape, dtype=np.uint16)
-    for new, (_, old) in enumerate(sorted(kept, reverse=True), start=1):
-        out[labels == old] = new
+    limits = Limits(min_diameter_mm, max_elongation, min_compactness, max_continuation, delta, min_strength)
+    rejected: dict[str, int] = {}
+    kept: list[tuple[float, np.ndarray]] = []
+    for polarity in ("hypo", "hyper") if kind == "both" else (kind,):
+        passes = (residual < -delta) if polarity == "hypo" else (residual > delta)
+        # structures thinner than ``vessel_mm`` (vessels, rims) do not survive the opening of the seeds;
+        # the seeds then grow back into the whole organ through voxels that still pass
+        seeds = open_mm(passes & core, vessel_mm / 2.0, spacing)
+        grown = seeds | (dilate_mm(seeds, depth + max(spacing), spacing) & passes & organ_arr)
+        half = (residual < -0.5 * delta) if polarity == "hypo" else (residual > 0.5 * delta)
+        labels, _ = ndimage.label(grown)
+        for i, box in enumerate(ndimage.find_objects(labels), start=1):
+            comp = labels[box] == i
+            volume_mm3 = float(comp.sum()) * float(np.prod(spacing))
+            reach = max((6.0 * volume_mm3 / math.pi) ** (1.0 / 3.0), min_diameter_mm)
+            box = _grow_box(box, labels.shape, [int(math.ceil(reach / s)) + 1 for s in spacing])
+            comp = labels[box] == i
+            # the structure the component belongs to at half the threshold: inside the organ, not through
+            # much darker/brighter tissue; outside it, only the same tissue (a vessel leaving at the hilum,
+            # a neighbouring organ the mask leaked into), not what a subcapsular lesion merely touches
+            same = np.abs(smooth[box] - float(np.median(smooth[box][comp]))) <= 0.5 * delta
+            allowed = half[box] & (organ_arr[box] | same)
+            allowed &= np.abs(residual[box]) <= float(np.abs(residual[box][comp]).max()) + delta
+            local, _ = ndimage.label(allowed | comp)
+            weaker = np.isin(local, np.unique(local[comp]))
+            reason = limits.reject(comp, core[box], weaker, np.abs(residual[box]), spacing)
+            if reason:
+                rejected[reason] = rejected.get(reason, 0) + 1
+                log.debug("%s component of %d voxels rejected: %s", polarity, int(comp.sum()), reason)
+                continue
+            full = np.zeros(labels.shape, dtype=bool)
+            full[box] = comp
+            kept.append((float(comp.sum()), full))
+    out = np.zeros(organ_arr.shape, dtype=np.uint16)
+    for new, (_, comp) in enumerate(sorted(kept, key=lambda item: -item[0]), start=1):
+        out[comp] = new
     result = sitk.GetImageFromArray(out)
     result.CopyInformation(image)
     result.SetMetaData("dicomnode.organ_median", f"{centre:.1f}")
     result.SetMetaData("dicomnode.organ_sigma", f"{sigma:.1f}")
+    result.SetMetaData("dicomnode.threshold", f"{delta:.1f}")
+    result.SetMetaData("dicomnode.rejected", ",".join(f"{k}:{v}" for k, v in sorted(rejected.items())))
     return result
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Shape limits a lesion candidate must meet (see :meth:`reject`)."""
+
+    min_diameter_mm: float
+    max_elongation: float
+    min_compactness: float
+    max_continuation: float
+    threshold: float  # the contrast threshold (real units)
+    min_strength: float = 1.15
+    same_contrast: float = 0.65
+    edge_strength: float = 1.3  # the factor on min_strength for components reaching the edge band
+
+    def reject(
+        self,
+        comp: np.ndarray,
+        core: np.ndarray,
+        weaker: np.ndarray | None,
+        contrast: np.ndarray,
+        spacing: tuple[float, ...],
+    ) -> str:
+        """Why the component is not a lesion ('' when it is one); ``weaker`` is the structure the
+        component belongs to at half the contrast threshold (on the same box, ``None`` to skip) and
+        ``contrast`` the absolute difference to the organ's local background."""
+        volume_mm3 = float(comp.sum()) * float(np.prod(spacing))
+        diameter = (6.0 * volume_mm3 / math.pi) ** (1.0 / 3.0)
+        if diameter < self.min_diameter_mm:
+            return "small"
+        deep = float(core[comp].mean())
+        if deep < 0.5:  # mostly at the organ's edge: a partial-volume rim
+            return "rim"
+        # significance: the component's interior (its deeper half), not only its tail, is well beyond
+        # the threshold (sub-threshold structures such as unenhanced vessels cross it where noise adds up);
+        # at the organ's edge (partial volume, beam hardening next to bone) it must be clearer still
+        depth = ndimage.distance_transform_edt(np.pad(comp, 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
+        strength = float(np.median(contrast[depth >= 0.5 * depth.max()]))
+        log.debug("strength %.1f vs threshold %.1f; d=%.1f", strength, self.threshold, diameter)
+        needed = self.min_strength * (self.edge_strength if deep < 0.8 else 1.0)
+        if strength < needed * self.threshold:
+            return "weak"
+        if _elongation(comp, spacing) > self.max_elongation:
+            return "elongated"
+        # compactness: the largest inscribed sphere against the equivalent sphere (1 for a ball, about
+        # 0.8 for a 2:1 ellipsoid, well below 0.5 for branching or tubular structures: vessels)
+        inscribed = 2.0 * float(depth.max())
+        if inscribed < self.min_compactness * min(diameter, _in_plane_limit(comp, spacing)):
+            return "tubular"
+        # continuation: at half the threshold a lesion stays a closed blob, while a vessel cut by the
+        # threshold goes on beyond the component's neighbourhood, about as thick as the piece found and
+        # with a similar peak contrast (a lesion beside a vessel keeps its own, stronger contrast)
+        if weaker is not None:
+            beyond = weaker & ~dilate_mm(comp, 0.5 * max(diameter, self.min_diameter_mm), spacing)
+            if beyond.sum() >= 0.5 * comp.sum():  # more than a few voxels of noise touching the blob
+                thick = _thickness(beyond, spacing)
+                own = max(float(np.percentile(contrast[comp], 90)), 1e-6)
+                peak = float(np.percentile(contrast[beyond], 90)) / own
+                log.debug("continuation: d=%.1f inscribed=%.1f thick=%.1f peak ratio=%.2f", diameter,
+                          inscribed, thick, peak)
+                if thick >= self.max_continuation * inscribed and peak >= self.same_contrast:
+                    return "continues as a vessel"
+        return ""
+
+
+def _thickness(mask: np.ndarray, spacing: tuple[float, ...]) -> float:
+    """Diameter (mm) of the largest inscribed ball (twice the largest distance to the background; a
+    one-voxel structure is two voxels "thick", as the measure counts to the neighbouring voxel centres)."""
+    return 2.0 * float(ndimage.distance_transform_edt(mask, sampling=spacing).max())
+
+
+def _in_plane_limit(comp: np.ndarray, spacing: tuple[float, ...]) -> float:
+    """On thick slices a component's inscribed sphere is limited by its slice count: the largest
+    diameter an ``n``-slice component can hold (no limit in-plane)."""
+    slices = int(comp.any(axis=(1, 2)).sum())
+    return max(slices * float(spacing[0]) + float(spacing[0]), 1e-6)
+
+
+def _grow_box(box: tuple[slice, ...], shape: tuple[int, ...], pad: list[int]) -> tuple[slice, ...]:
+    return tuple(
+        slice(max(0, s.start - p), min(n, s.stop + p)) for s, n, p in zip(box, shape, pad, strict=True)
+    )
 
 
 def _elongation(comp: np.ndarray, spacing) -> float:  # noqa: ANN001
