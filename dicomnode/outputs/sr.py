@@ -27,6 +27,7 @@ from dicomnode.outputs.codes import (
     feature_unit,
     structure_code,
 )
+from dicomnode.outputs.library import complete_image_library, is_uniform, library_seed
 from dicomnode.outputs.outline import KeySlice, key_slice
 from dicomnode.outputs.provenance import (
     MANUFACTURER,
@@ -179,6 +180,7 @@ def build_sr(
     modality = str(sources[0].get("Modality", ""))
     pixel_spacing = tuple(float(v) for v in sources[0].PixelSpacing)
     groups: list = []
+    key_indices: list[int] = []
     for number, segment in enumerate(segments, start=1):
         values = measurements.get(segment.label)
         if values is None:
@@ -186,6 +188,7 @@ def build_sr(
         groups.append(volumetric_group(number, segment, seg, values, features, modality, provenance, uids))
         if segment.mask.any():
             key = key_slice(segment.mask, pixel_spacing)  # type: ignore[arg-type]
+            key_indices.append(key.index)
             groups.append(planar_group(number, segment, key, sources[key.index], provenance, uids))
         else:
             log.warning("Segment '%s' is empty: it gets no key-slice outline.", segment.label)
@@ -194,7 +197,9 @@ def build_sr(
             observation_context=observation_context(provenance, spec),
             procedure_reported=procedure_code(modality),
             imaging_measurements=groups,
-            referenced_images=list(sources),  # TID 1600 Image Library, as reference tools write it
+            # TID 1600 Image Library of every source image, as reference tools write it; highdicom gets
+            # only the key images of a uniform series and the rest is added below (outputs.library)
+            referenced_images=library_seed(sources, key_indices),
         )
         sr = hd.sr.Comprehensive3DSR(
             evidence=[*sources, seg],
@@ -211,6 +216,8 @@ def build_sr(
         )
     except (ValueError, TypeError, AttributeError) as exc:
         raise OutputError(f"The SR for pipeline '{provenance.pipeline}' could not be built: {exc}") from exc
+    if is_uniform(sources):
+        complete_image_library(sr, sources)
     sr.SeriesDescription = spec.series_description[:64]
     sr.SeriesDate, sr.SeriesTime = sr.ContentDate, sr.ContentTime
     sr.ManufacturerModelName = provenance.pipeline[:64]

@@ -1,0 +1,90 @@
+"""The shortcuts taken for full-size series give the same objects and numbers as the straightforward way:
+the SR's image library completed outside highdicom equals highdicom's own, and pyradiomics on the
+label's bounding box equals pyradiomics on the whole volume."""
+
+from __future__ import annotations
+
+import copy
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+
+from dicomnode.errors import OutputError
+from dicomnode.imaging.quantify import make_extractor, quantify_arrays
+from dicomnode.outputs.library import IMAGE_LIBRARY, complete_image_library, is_uniform, library_seed
+from dicomnode.outputs.package import write_result_package
+from tests.unit.test_outputs import make_processed
+
+
+@pytest.fixture(scope="module")
+def processed():
+    return make_processed()
+
+
+def _library(ds: pydicom.Dataset) -> pydicom.Dataset:
+    return next(
+        item for item in ds.ContentSequence
+        if (item.ConceptNameCodeSequence[0].CodingSchemeDesignator,
+            item.ConceptNameCodeSequence[0].CodeValue) == IMAGE_LIBRARY
+    )
+
+
+def test_completed_library_equals_highdicoms_full_library(processed, tmp_path):
+    sources = processed.sources
+    assert is_uniform(sources)
+    write_result_package(processed, tmp_path)
+    written = _library(pydicom.dcmread(tmp_path / "sr.dcm"))
+    expected = hd.sr.ImageLibrary(list(sources))[0]
+    assert len(written.ContentSequence[0].ContentSequence) == len(sources)
+    assert written == expected
+    uids = [item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+            for item in written.ContentSequence[0].ContentSequence if item.ValueType == "IMAGE"]
+    assert uids == [ds.SOPInstanceUID for ds in sources]  # every source, in source order
+
+
+def test_non_uniform_series_gets_highdicoms_library_for_every_image(processed):
+    sources = list(processed.sources)
+    sources[3] = copy.deepcopy(sources[3])  # Dataset.copy() would share the element dict
+    sources[3].SliceThickness = "2.5"
+    assert not is_uniform(sources)
+    assert library_seed(sources, [7]) == sources
+    assert library_seed(processed.sources, [7, 2, 7]) == [processed.sources[2], processed.sources[7]]
+    assert library_seed(processed.sources, []) == [processed.sources[0]]
+
+
+def test_completing_a_report_without_a_library_is_refused():
+    report = pydicom.Dataset()
+    report.ContentSequence = []
+    with pytest.raises(OutputError, match="111028"):
+        complete_image_library(report, [])
+
+
+@pytest.mark.parametrize("classes", [("firstorder",), ("shape", "glcm", "glszm")])
+def test_bounding_box_features_equal_whole_volume_features(processed, classes):
+    import SimpleITK as sitk
+
+    mask = processed.segments[1].mask  # spleen: a small box inside the 512x512 slices
+    cropped = quantify_arrays(processed.image, mask, processed.spacing, feature_classes=classes)
+    image = sitk.GetImageFromArray(processed.image)
+    label = sitk.GetImageFromArray(mask.astype(np.uint8))
+    for img in (image, label):
+        img.SetSpacing(tuple(float(s) for s in processed.spacing[::-1]))
+    whole = make_extractor({"additionalInfo": False}, classes).execute(image, label, label=1)
+    whole = {k: float(v) for k, v in whole.items() if not k.startswith("diagnostics_")}
+    assert whole and set(whole) <= set(cropped)
+    for name, value in whole.items():
+        assert cropped[name] == pytest.approx(value, rel=1e-9, abs=1e-9), name
+
+
+def test_normalised_features_use_the_whole_image(processed):
+    mask = processed.segments[1].mask
+    image = processed.image.copy()
+    far = image[:, :20, :20]
+    far[...] = far * 3.0  # changes the whole-image statistics, never the spleen's voxels
+    args = dict(feature_classes=("firstorder",), settings={"normalize": True})
+    first = quantify_arrays(processed.image, mask, processed.spacing, **args)
+    second = quantify_arrays(image, mask, processed.spacing, **args)
+    assert first["original_firstorder_Mean"] != pytest.approx(second["original_firstorder_Mean"], rel=1e-6)
+
