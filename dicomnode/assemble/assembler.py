@@ -10,9 +10,11 @@ Tables (owned here)::
                      study), generation, reason, instance_count, emitted_at, emit_count, handed_on_at
                      (NULL until the handlers have had it); UNIQUE (kind, study_uid, series_uid, generation)
 
-A new instance opens (or re-opens) its series and study. A timer thread checks open series every
-``check_interval_seconds``: quiet period passed → complete ('quiet'); content evidence → complete early
-('content'). A study completes when none of its series is open and its own quiet period has passed.
+A new instance opens (or re-opens) its series and study. An apscheduler interval job checks open series
+every ``check_interval_seconds`` (the deadlines themselves are derived from the timestamps in SQLite, so a
+restart resumes every timer where it was): quiet period passed → complete ('quiet'); content
+evidence → complete early ('content'). A study completes when none of its series is open and its own
+quiet period has passed.
 Each completion increments the generation and is recorded in ``assembly_events`` before it is emitted;
 after a restart every completion whose ``handed_on_at`` is NULL is emitted again (reason 'recovered').
 """
@@ -21,9 +23,10 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import threading
 import time
 from collections.abc import Callable
+
+from apscheduler.schedulers.background import BackgroundScheduler
 
 from dicomnode.assemble.evidence import CONTIGUOUS, DECLARED, InstanceFacts, content_evidence
 from dicomnode.config import CompletionConfig
@@ -97,8 +100,7 @@ class Assembler:
         self.emit = emit
         self.quiet_resolver = quiet_resolver
         self.clock = clock
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._scheduler: BackgroundScheduler | None = None
         database.ensure_schema(SCHEMA)
 
     # -- intake (called by the receive path inside its index transaction) ---------------------------
@@ -332,9 +334,9 @@ class Assembler:
                 )
         return events
 
-    # -- timer thread ---------------------------------------------------------------------------------
+    # -- timer (apscheduler) -------------------------------------------------------------------------------
     def start(self) -> None:
-        """Reconcile with the index, re-emit what was not handed on, then start the timer thread."""
+        """Reconcile with the index, re-emit what was not handed on, then start the timer."""
         self.reconcile()
         pending = self.pending_events()
         if pending:
@@ -353,22 +355,24 @@ class Assembler:
                     )
         for event in pending:
             self.emit(event)
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="dicomnode-assembler", daemon=True)
-        self._thread.start()
+        scheduler = BackgroundScheduler(
+            daemon=True, job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
+        )
+        scheduler.add_job(
+            self._checked_tick, "interval", seconds=self.config.check_interval_seconds,
+            id="dicomnode-completion", name="completion check",
+        )
+        scheduler.start()
+        self._scheduler = scheduler
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.config.check_interval_seconds):
-            try:
-                self.tick()
-            except (sqlite3.Error, AssemblyError):
-                log.exception(
-                    "Completion check failed; retrying in %.1f s.", self.config.check_interval_seconds
-                )
+    def _checked_tick(self) -> None:
+        try:
+            self.tick()
+        except (sqlite3.Error, AssemblyError):
+            log.exception("Completion check failed; retrying in %.1f s.", self.config.check_interval_seconds)
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=True)  # waits for a check in progress
+            self._scheduler = None
 

@@ -214,5 +214,7 @@ def configure_logging(config: LoggingConfig, stream: TextIO | None = None) -> lo
     root.setLevel(config.level)
     # pynetdicom narrates every PDU at INFO/DEBUG; keep it to warnings unless we debug.
     logging.getLogger("pynetdicom").setLevel(logging.DEBUG if config.level == "DEBUG" else logging.WARNING)
+    # apscheduler logs every run of the completion check at INFO
+    logging.getLogger("apscheduler").setLevel(logging.DEBUG if config.level == "DEBUG" else logging.WARNING)
     logging.captureWarnings(True)
     return handler
