@@ -7,6 +7,8 @@ A pipeline file::
     description: ...
     modalities: [CT]
     window: {center: 60, width: 400}          # for the enhanced series
+    sr_features: [volume_ml, original_firstorder_Mean]   # measurements in the SR (default: volume +
+                                                         # first-order statistics; names with SR codes)
     enhanced: enhanced                        # context name of the enhanced image (optional)
     steps:                                    # run in order on a context of named images
       - {id: work, use: grid.working, in: [image], params: {spacing_mm: 2.0}}
@@ -27,7 +29,7 @@ from __future__ import annotations
 import copy
 import inspect
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import Any
 
@@ -69,6 +71,7 @@ class PipelineSpec:
     modalities: tuple[str, ...] = ()
     window: tuple[float, float] | None = None  # (center, width)
     enhanced: str | None = None
+    sr_features: tuple[str, ...] | None = None  # None = the result writer's default
 
     def parameters(self) -> dict[str, Any]:
         """Every overridable parameter with its default, as ``<step id>.<param>``."""
@@ -92,10 +95,7 @@ class PipelineSpec:
         steps = tuple(
             StepSpec(s.id, s.use, s.inputs, s.keyword_inputs, params[s.id]) for s in self.steps
         )
-        return PipelineSpec(
-            self.name, self.version, self.description, steps, self.segments, self.modalities, self.window,
-            self.enhanced,
-        )
+        return replace(self, steps=steps)
 
 
 def _pipeline_files() -> dict[str, str]:
@@ -166,6 +166,18 @@ def parse_pipeline(text: str, source: str = "<string>") -> PipelineSpec:
     enhanced = data.get("enhanced")
     if enhanced is not None and enhanced not in seen:
         raise _fail(source, f"'enhanced' names '{enhanced}', which no step produces.")
+    sr_features = data.get("sr_features")
+    if sr_features is not None:
+        from dicomnode.errors import OutputError
+        from dicomnode.outputs.codes import feature_code
+
+        if not isinstance(sr_features, list) or not sr_features:
+            raise _fail(source, f"'sr_features' must be a non-empty list of names, got {sr_features!r}.")
+        try:
+            for name in sr_features:
+                feature_code(str(name))
+        except OutputError as exc:
+            raise _fail(source, str(exc)) from exc
     return PipelineSpec(
         name=str(data["name"]),
         version=str(data["version"]),
@@ -175,6 +187,7 @@ def parse_pipeline(text: str, source: str = "<string>") -> PipelineSpec:
         modalities=tuple(str(m) for m in data.get("modalities") or ()),
         window=(float(window["center"]), float(window["width"])) if window else None,
         enhanced=str(enhanced) if enhanced else None,
+        sr_features=tuple(str(n) for n in sr_features) if sr_features else None,
     )
 
 

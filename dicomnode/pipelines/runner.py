@@ -183,7 +183,7 @@ def run_job(spec: JobSpec, profile: ViewerProfile | None = None) -> JobResult:
                 profile = ViewerProfile(**spec.profile)
             if profile is None and spec.profile:
                 profile = ViewerProfile(**spec.profile)
-            files = write_result_package(processed, output_dir, profile)
+            files = write_result_package(processed, output_dir, profile, features=pipeline.sr_features)
             summary["seconds"] = time.perf_counter() - started
             summary["peak_rss_mb"] = peak_rss_mb()
             result = JobResult(spec.job_id, True, tuple(str(f) for f in files), summary)

@@ -47,6 +47,20 @@ def test_pipeline_file_errors_name_the_problem() -> None:
         )
     with pytest.raises(PipelineError, match="'description' is missing"):
         parse_pipeline("name: x\nversion: 1\n")
+    with pytest.raises(PipelineError, match="Feature 'original_firstorder_Meen' has no SR code"):
+        parse_pipeline(
+            "name: x\nversion: 1\ndescription: d\nsr_features: [volume_ml, original_firstorder_Meen]\n"
+        )
+
+
+def test_sr_features_are_chosen_per_pipeline() -> None:
+    spec = parse_pipeline(
+        "name: x\nversion: 1\ndescription: d\n"
+        "steps:\n  - {id: a, use: grid.working, params: {spacing_mm: 2}}\n"
+        "sr_features: [volume_ml, original_firstorder_Median]\n"
+    )
+    assert spec.sr_features == ("volume_ml", "original_firstorder_Median")
+    assert spec.with_params({"a.spacing_mm": 3}).sr_features == spec.sr_features
 
 
 @pytest.fixture(scope="module")
