@@ -20,6 +20,7 @@ with other work the ratio may not be reachable — the table says what was measu
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import shutil
 import signal
@@ -50,7 +51,16 @@ def make_series(folder: Path, count: int, factor: int) -> list[list[str]]:
     from pydicom import dcmread
     from pydicom.uid import generate_uid
 
-    sources = [dcmread(f) for f in sorted(SOURCE.glob("*.dcm"))]
+    sources = []
+    for path in sorted(SOURCE.glob("*.dcm")):
+        ds = dcmread(path)
+        a = ds.pixel_array
+        rows, cols = a.shape[0] // factor, a.shape[1] // factor
+        small = a[:rows * factor, :cols * factor].reshape(rows, factor, cols, factor).mean(axis=(1, 3))
+        ds.PixelData = np.round(small).astype(a.dtype).tobytes()
+        ds.Rows, ds.Columns = rows, cols
+        ds.PixelSpacing = [float(x) * factor for x in ds.PixelSpacing]
+        sources.append(ds)
     series = []
     for n in range(count):
         study_uid = generate_uid(entropy_srcs=["scale", str(n), "study"])
@@ -59,13 +69,7 @@ def make_series(folder: Path, count: int, factor: int) -> list[list[str]]:
         target.mkdir(parents=True)
         files = []
         for i, ds in enumerate(sources):
-            ds = ds.copy()
-            a = ds.pixel_array
-            rows, cols = a.shape[0] // factor, a.shape[1] // factor
-            small = a[:rows * factor, :cols * factor].reshape(rows, factor, cols, factor).mean(axis=(1, 3))
-            ds.PixelData = np.round(small).astype(a.dtype).tobytes()
-            ds.Rows, ds.Columns = rows, cols
-            ds.PixelSpacing = [float(x) * factor for x in ds.PixelSpacing]
+            ds = copy.deepcopy(ds)
             ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
             ds.SOPInstanceUID = generate_uid(entropy_srcs=["scale", str(n), str(i)])
             ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID

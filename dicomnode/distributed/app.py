@@ -23,7 +23,7 @@ import os
 from typing import Any
 
 from celery import Celery, signals
-from celery.exceptions import SoftTimeLimitExceeded, WorkerLostError
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLostError
 from celery.worker.request import Request
 
 from dicomnode.distributed.broker import Broker
@@ -105,9 +105,14 @@ def build_app(
 
         def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> None:
             super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
-            if isinstance(exc_info.exception, WorkerLostError):
+            exc = exc_info.exception
+            exc = getattr(exc, "exc", exc)  # billiard wraps what the pool raised with its traceback
+            if isinstance(exc, WorkerLostError):
                 record_failure(context, _payload(self.args), f"the worker process on {context.hostname} died "
-                               f"({exc_info.exception})")
+                               f"({exc})")
+            elif not isinstance(exc, TimeLimitExceeded):  # e.g. the shared folder could not be written
+                record_failure(context, _payload(self.args), f"the task failed on {context.hostname}: "
+                               f"{type(exc).__name__}: {exc}")
 
     @app.task(name=TASK_NAME, Request=AttemptRequest, acks_late=True, ignore_result=True)
     def attempt(payload: dict[str, Any]) -> dict[str, Any]:

@@ -158,8 +158,13 @@ class CeleryExecutor:
         for lease in self.leases.active() + self._replays(hot):
             if self._stopping.is_set():
                 return
-            if lease.job_id not in self._callbacks:
+            spec = self._specs.get(lease.job_id)
+            if spec is None:
                 continue  # not (re)submitted by the processing stage (yet)
+            if lease.attempt != spec.attempt and lease.state in ("pending", "queued", "running"):
+                self.leases.end(lease.job_id, lease.attempt, "superseded",
+                                f"attempt {spec.attempt} was submitted")
+                continue
             if lease.state == "pending":
                 self._dispatch(lease, now)
             elif lease.state in ("queued", "running") and (full or lease.job_id in hot):

@@ -210,3 +210,21 @@ def test_a_result_folder_with_a_wrong_hash_is_rejected_and_the_job_retried(
     assert not layout.root.exists()
     assert all("forged" not in f for f in record.output_files)
     assert n.attempts("rejected") == 1
+
+
+def test_a_result_committed_while_the_node_was_down_is_collected_after_its_restart(
+    node, celery_workers  # noqa: ANN001
+) -> None:
+    from dicomnode.distributed.staging import JobLayout
+
+    first = node()
+    first.submit("node-down-1", behaviour="slow", seconds=2)
+    wait_for(lambda: first.leases("node-down-1")[0].state == "running", "the attempt to be claimed", 20)
+    first.processing.stop()  # the node goes down; the worker goes on and commits
+    layout = JobLayout(celery_workers.shared, "node-down-1")
+    wait_for(lambda: layout.committed(1).is_dir(), "the commit while the node is down", 20)
+    second = node()  # the same database and folders: a restarted node
+    wait_for(lambda: second.state("node-down-1") == "done", "the job after the restart", 20)
+    assert [lease.state for lease in second.leases("node-down-1")] == ["collected"]  # not run again
+    record = second.processing.jobs.get("node-down-1")
+    assert record.attempt == 1 and len(record.output_files) == 3
