@@ -162,6 +162,9 @@ def test_redis_flushed_then_restarted_mid_run_loses_nothing_and_sends_nothing_tw
     for job_id in flushed:
         n.submit(job_id, behaviour="slow", seconds=1.5)
     wait_for(lambda: sum(n.leases(j)[0].state == "running" for j in flushed) == 2, "two jobs running", 20)
+    depth = {"queue": "dicomnode.brain-mr"}
+    assert n.metrics.value("dicomnode_celery_queue_depth", depth) == 2  # waiting: prefetch multiplier 1
+    assert n.metrics.value("dicomnode_celery_active_attempts", {"state": "running"}) == 2
     celery_workers.redis.flushall()  # the two waiting messages are gone
     restarted = [f"restart-{i}" for i in range(3)]
     wait_for(lambda: all(n.state(j) == "done" and n.outbox(j) for j in flushed), "the flushed jobs", 40)
