@@ -98,7 +98,8 @@ class CompletionConfig(_Model):
     series_quiet_seconds: float = Field(30.0, ge=0)
     study_quiet_seconds: float = Field(60.0, ge=0)
     check_interval_seconds: float = Field(1.0, gt=0)
-    content_quiet_seconds: float = Field(5.0, ge=0)  # shorter wait when InstanceNumbers/positions look complete
+    # shorter wait when InstanceNumbers/positions look complete
+    content_quiet_seconds: float = Field(5.0, ge=0)
 
 
 class RulesConfig(_Model):
