@@ -57,8 +57,26 @@ def _quiet_radiomics() -> None:
     logging.getLogger("radiomics").setLevel(level)
 
 
-def make_extractor(settings: Mapping[str, Any] | None = None, feature_classes: Iterable[str] | None = None):
-    """A configured ``RadiomicsFeatureExtractor`` (original image type; the given classes, all features)."""
+def features_by_class(names: Iterable[str]) -> dict[str, list[str]]:
+    """pyradiomics' ``enableFeaturesByName`` argument for ``original_<class>_<Feature>`` names (the
+    deprecated StandardDeviation is computed from Variance, see :func:`quantify_images`)."""
+    by_class: dict[str, set[str]] = {}
+    for name in names:
+        parts = name.split("_", 2)
+        if len(parts) == 3 and parts[0] == "original" and parts[1] in FEATURE_CLASSES:
+            feature = "Variance" if parts[1:] == ["firstorder", "StandardDeviation"] else parts[2]
+            by_class.setdefault(parts[1], set()).add(feature)
+    return {c: sorted(f) for c, f in by_class.items()}
+
+
+def make_extractor(
+    settings: Mapping[str, Any] | None = None,
+    feature_classes: Iterable[str] | None = None,
+    features: Iterable[str] | None = None,
+):
+    """A configured ``RadiomicsFeatureExtractor`` (original image type; the given classes, all features,
+    or only ``features`` (pyradiomics names) in the classes they name)."""
+    from radiomics import getFeatureClasses
     from radiomics.featureextractor import RadiomicsFeatureExtractor
 
     _quiet_radiomics()
@@ -79,6 +97,13 @@ def make_extractor(settings: Mapping[str, Any] | None = None, feature_classes: I
     extractor.disableAllFeatures()
     for name in classes:
         extractor.enableFeatureClassByName(name)
+    if features is not None:
+        wanted = {c: f for c, f in features_by_class(features).items() if c in classes}
+        known = {c: set(getFeatureClasses()[c].getFeatureNames()) for c in wanted}
+        unknown = sorted(f"original_{c}_{f}" for c, fs in wanted.items() for f in fs if f not in known[c])
+        if unknown:
+            raise QuantifyError(f"Unknown pyradiomics feature(s): {', '.join(unknown)}.")
+        extractor.enableFeaturesByName(**wanted)
     return extractor
 
 
@@ -137,8 +162,10 @@ def quantify_images(
     label: int = 1,
     settings: Mapping[str, Any] | None = None,
     feature_classes: Iterable[str] | None = None,
+    features: Iterable[str] | None = None,
 ) -> dict[str, float]:
-    """Features of the region ``mask == label`` of ``image`` (both SimpleITK images on the same grid)."""
+    """Features of the region ``mask == label`` of ``image`` (both SimpleITK images on the same grid);
+    ``features`` (pyradiomics names) limits the classes' features to those (faster on large regions)."""
     settings = dict(settings or {})
     label = int(settings.pop("label", label))
     settings.setdefault("additionalInfo", False)
@@ -152,23 +179,23 @@ def quantify_images(
         )
     spacing = mask.GetSpacing()
     classes = None if feature_classes is None else tuple(feature_classes)
-    features: dict[str, float] = {}
+    values: dict[str, float] = {}
     if classes != ():  # an empty selection asks for the exact counts only
         if _crop_allowed(settings) and _same_grid(image, mask):
             image, mask = _crop_images(image, mask, selected, _pad(settings))
         del selected, mask_array
-        extractor = make_extractor(settings, classes)
+        extractor = make_extractor(settings, classes, features)
         try:
             result = extractor.execute(image, mask, label=label)
         except (ValueError, RuntimeError, IndexError) as exc:
             raise QuantifyError(f"pyradiomics failed for label {label}: {exc}") from exc
-        features = {k: _scalar(v) for k, v in result.items() if not k.startswith("diagnostics_")}
-    for prefix in {k.rsplit("_", 1)[0] for k in features if k.endswith("_firstorder_Variance")}:
+        values = {k: _scalar(v) for k, v in result.items() if not k.startswith("diagnostics_")}
+    for prefix in {k.rsplit("_", 1)[0] for k in values if k.endswith("_firstorder_Variance")}:
         # pyradiomics marks StandardDeviation deprecated (= sqrt(Variance)) and leaves it out; keep it.
-        features.setdefault(f"{prefix}_StandardDeviation", math.sqrt(max(features[f"{prefix}_Variance"], 0)))
-    features["voxel_count"] = float(count)
-    features["volume_ml"] = count * math.prod(spacing) / 1000.0
-    return features
+        values.setdefault(f"{prefix}_StandardDeviation", math.sqrt(max(values[f"{prefix}_Variance"], 0)))
+    values["voxel_count"] = float(count)
+    values["volume_ml"] = count * math.prod(spacing) / 1000.0
+    return values
 
 
 def array_image(
@@ -193,6 +220,7 @@ def quantify_arrays(
     label: int = 1,
     settings: Mapping[str, Any] | None = None,
     feature_classes: Iterable[str] | None = None,
+    features: Iterable[str] | None = None,
 ) -> dict[str, float]:
     """Like :func:`quantify_images` for (slices, rows, columns) arrays with (slice, row, col) spacing."""
     if image.shape != mask.shape:
@@ -213,6 +241,7 @@ def quantify_arrays(
         label=label,
         settings=settings,
         feature_classes=feature_classes,
+        features=features,
     )
 
 

@@ -87,7 +87,8 @@ def segment_measurements(
 
     try:
         computed = quantify_arrays(
-            processed.image, segment.mask, processed.spacing, feature_classes=feature_classes_for(missing)
+            processed.image, segment.mask, processed.spacing,
+            feature_classes=feature_classes_for(missing), features=missing,
         )
     except QuantifyError as exc:
         if count > 1:

@@ -11,7 +11,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from dicomnode.errors import OutputError
+from dicomnode.errors import OutputError, QuantifyError
 from dicomnode.imaging.quantify import make_extractor, quantify_arrays
 from dicomnode.outputs.library import IMAGE_LIBRARY, complete_image_library, is_uniform, library_seed
 from dicomnode.outputs.package import write_result_package
@@ -88,3 +88,18 @@ def test_normalised_features_use_the_whole_image(processed):
     second = quantify_arrays(image, mask, processed.spacing, **args)
     assert first["original_firstorder_Mean"] != pytest.approx(second["original_firstorder_Mean"], rel=1e-6)
 
+
+
+def test_selected_features_equal_the_full_class_and_unknown_names_are_refused(processed):
+    mask = processed.segments[1].mask
+    names = ["original_firstorder_Mean", "original_firstorder_StandardDeviation", "original_glcm_Contrast"]
+    full = quantify_arrays(processed.image, mask, processed.spacing, feature_classes=("firstorder", "glcm"))
+    some = quantify_arrays(processed.image, mask, processed.spacing, feature_classes=("firstorder", "glcm"),
+                           features=names)
+    assert set(names) <= set(some) < set(full)
+    assert "original_firstorder_Skewness" not in some
+    for name in [*names, "voxel_count", "volume_ml"]:
+        assert some[name] == pytest.approx(full[name], rel=1e-12), name
+    with pytest.raises(QuantifyError, match="original_firstorder_Meen"):
+        quantify_arrays(processed.image, mask, processed.spacing, feature_classes=("firstorder",),
+                        features=["original_firstorder_Meen"])
