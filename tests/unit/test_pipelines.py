@@ -144,3 +144,82 @@ def test_guided_contrast_changes_only_the_organ_and_its_feather_band() -> None:
         return abs(float(image[lesion].mean() - image[liver].mean())) / float(image[liver].std())
 
     assert cnr(enhanced) >= 1.3 * cnr(ct.image)
+
+
+def run_enhancement(pipeline: str, image, mask_name: str, mask):  # noqa: ANN001, ANN201
+    """The pipeline's enhancement steps (those after its mask is made) on ``image`` with a given mask."""
+    import SimpleITK as sitk
+
+    from dicomnode.pipelines.steps import step_registry
+
+    spec = get_pipeline(pipeline)
+    registry = step_registry()
+    context = {"image": image, mask_name: mask}
+    chain = [s for s in spec.steps if s.use.startswith("enhance.")]
+    assert chain and chain[-1].id == spec.enhanced
+    for step in chain:
+        kwargs = {key: context[name] for key, name in step.keyword_inputs}
+        context[step.id] = registry[step.use](**kwargs, **dict(step.params))
+    return sitk.GetArrayFromImage(context[spec.enhanced]), [s.use for s in chain]
+
+
+def feather_band(mask, spacing, feather_mm: float = 5.0):  # noqa: ANN001, ANN201
+    from scipy import ndimage
+
+    return ndimage.distance_transform_edt(~mask, sampling=spacing) <= feather_mm + 1e-3
+
+
+def test_liver_ct_enhancement_uses_the_catalogue_raises_cnr_and_keeps_the_outside() -> None:
+    import numpy as np
+    from scipy import ndimage
+
+    ct = make_ct_phantom(shape=(30, 96, 96), spacing=(5.0, 3.2, 3.2), phase="portal", seed=12)
+    enhanced, uses = run_enhancement("liver-ct", ct.to_sitk(), "liver", ct.mask_sitk("liver"))
+    assert uses == ["enhance.noise_reduction", "enhance.contrast_stretch"]
+    band = feather_band(ct.masks["liver"], ct.spacing)
+    assert np.array_equal(enhanced[~band], ct.image[~band])  # bit-identical outside the feather band
+    assert not np.array_equal(enhanced[ct.masks["liver"]], ct.image[ct.masks["liver"]])
+
+    def cnr(image: np.ndarray, label: int) -> float:
+        lesion = ct.lesion_labels == label
+        liver = ndimage.binary_erosion(ct.masks["liver"], iterations=2)  # the organ's parenchyma
+        liver &= ~ndimage.binary_dilation(ct.masks["lesions"] | ct.masks["portal-vein"], iterations=2)
+        return abs(float(image[lesion].mean() - image[liver].mean())) / float(image[liver].std())
+
+    for truth in ct.lesions:  # every lesion, hypo and hyper, stands out better
+        assert cnr(enhanced, truth.label) >= 1.3 * cnr(ct.image, truth.label), truth
+
+
+def test_brain_mr_enhancement_raises_grey_white_cnr_and_keeps_the_outside() -> None:
+    import numpy as np
+
+    from tests.phantoms import make_mr_head_phantom
+
+    mr = make_mr_head_phantom(shape=(40, 80, 80), spacing=(4.0, 3.0, 3.0), noise_sd=0.04, seed=3)
+    enhanced, uses = run_enhancement("brain-mr", mr.to_sitk(), "brain", mr.mask_sitk("brain"))
+    assert uses == ["enhance.noise_reduction", "enhance.contrast_stretch"]
+    band = feather_band(mr.masks["brain"], mr.spacing)
+    assert np.array_equal(enhanced[~band], mr.image[~band])
+    from scipy import ndimage
+
+    wm = ndimage.binary_erosion(mr.clean == 0.75, iterations=1)
+    gm = ndimage.binary_erosion(mr.clean == 0.55, iterations=1)
+
+    def cnr(image: np.ndarray) -> float:
+        noise = np.sqrt((image[wm].var() + image[gm].var()) / 2)
+        return abs(float(image[wm].mean() - image[gm].mean())) / float(noise)
+
+    assert cnr(enhanced) >= 1.3 * cnr(mr.image)
+
+
+def test_lung_ct_enhancement_changes_only_the_lungs_and_their_band() -> None:
+    import numpy as np
+
+    ct = make_ct_phantom(shape=(30, 96, 96), spacing=(5.0, 3.2, 3.2), phase="portal", seed=13)
+    enhanced, uses = run_enhancement("lung-ct", ct.to_sitk(), "both", ct.mask_sitk("lungs"))
+    assert uses == ["enhance.clahe", "enhance.unsharp_mask"]
+    band = feather_band(ct.masks["lungs"], ct.spacing)
+    assert np.array_equal(enhanced[~band], ct.image[~band])
+    inside = ct.masks["lungs"]
+    assert not np.array_equal(enhanced[inside], ct.image[inside])
+    assert abs(float(enhanced[inside].mean() - ct.image[inside].mean())) < 100  # still lung in HU
