@@ -129,19 +129,32 @@ def _labels_or_class(
 
 
 def seeds_from_mask(mask: sitk.Image, *, count: int = 1) -> list[tuple[float, ...]]:
-    """Physical points of the deepest voxels (distance-transform maxima) of the ``count`` largest regions."""
-    components = sitk.RelabelComponent(sitk.ConnectedComponent(mask), sortByObjectSize=True)
-    labels = sitk.GetArrayViewFromImage(components)
-    # pad with background so that the image border counts as the region's edge
-    distance = ndimage.distance_transform_edt(np.pad(labels > 0, 1), sampling=mask.GetSpacing()[::-1])
-    distance = distance[tuple(slice(1, -1) for _ in labels.shape)]
+    """Physical points of the deepest voxels (distance-transform maxima) of the ``count`` largest regions.
+
+    Each region is cropped to its bounding box (padded by one background voxel, so the image border
+    counts as the region's edge) before its float32 distance map is computed.
+    """
+    components = sitk.RelabelComponent(
+        sitk.ConnectedComponent(sitk.Cast(mask, sitk.sitkUInt8)), sortByObjectSize=True
+    )
+    shapes = sitk.LabelShapeStatisticsImageFilter()
+    shapes.Execute(components)
+    dim = mask.GetDimension()
     seeds = []
     for label in range(1, int(count) + 1):
-        inside = labels == label
-        if not inside.any():
+        if not shapes.HasLabel(label):
             break
-        index = np.unravel_index(np.argmax(np.where(inside, distance, -1)), labels.shape)
-        seeds.append(mask.TransformIndexToPhysicalPoint([int(i) for i in index[::-1]]))
+        box = shapes.GetBoundingBox(label)
+        start, size = box[:dim], box[dim:]
+        region = components[tuple(slice(b, b + n) for b, n in zip(start, size, strict=True))] == label
+        padded = sitk.ConstantPad(region, [1] * dim, [1] * dim, 0)
+        distance = sitk.SignedMaurerDistanceMap(
+            padded, insideIsPositive=True, squaredDistance=False, useImageSpacing=True
+        )
+        depth = sitk.GetArrayViewFromImage(distance)
+        deepest = np.unravel_index(int(np.argmax(depth)), depth.shape)[::-1]
+        index = [int(b + i - 1) for b, i in zip(start, deepest, strict=True)]
+        seeds.append(mask.TransformIndexToPhysicalPoint(index))
     if not seeds:
         raise ImagingError("No seed can be placed: the seed region is empty.")
     return seeds
