@@ -344,8 +344,11 @@ def seg_voxels(seg: Dataset) -> tuple[dict[int, int], float]:
     frames = seg.pixel_array.reshape(int(seg.NumberOfFrames), seg.Rows, seg.Columns)
     counts: dict[int, int] = {}
     positions = []
+    shared = seg.SharedFunctionalGroupsSequence[0]
     for frame, group in zip(frames, seg.PerFrameFunctionalGroupsSequence, strict=True):
-        number = int(group.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        # with a single segment the identification may be shared by every frame
+        identification = group.get("SegmentIdentificationSequence") or shared.SegmentIdentificationSequence
+        number = int(identification[0].ReferencedSegmentNumber)
         counts[number] = counts.get(number, 0) + int(np.count_nonzero(frame))
         positions.append([float(v) for v in group.PlanePositionSequence[0].ImagePositionPatient])
     measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
