@@ -20,6 +20,7 @@ from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes
+from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian
 
 from dicomnode.errors import OutputError
@@ -74,11 +75,48 @@ def to_stored(values: np.ndarray, source: Dataset) -> np.ndarray:
     bits = int(source.BitsStored)
     signed = int(source.PixelRepresentation) == 1
     low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
-    stored = np.rint((np.asarray(values, dtype=np.float64) - intercept) / slope)
-    stored = np.clip(np.nan_to_num(stored, nan=low), low, high)
+    stored = np.array(values, dtype=np.float64)  # our own copy: every step below works in place
+    if intercept:
+        stored -= intercept
+    if slope != 1:
+        stored /= slope
+    np.rint(stored, out=stored)
+    np.nan_to_num(stored, copy=False, nan=low)
+    np.clip(stored, low, high, out=stored)
     allocated = int(source.BitsAllocated)
     dtype = np.dtype(f"{'i' if signed else 'u'}{allocated // 8}")
     return stored.astype(dtype)
+
+
+#: Source attributes a derived image never inherits (pixel data, its statistics, references, lossy notes).
+DROPPED_KEYWORDS = (
+    "PixelData", "SmallestImagePixelValue", "LargestImagePixelValue", "SourceImageSequence",
+    "ReferencedImageSequence", "DerivationCodeSequence", "WindowCenterWidthExplanation",
+    "LossyImageCompression", "LossyImageCompressionRatio", "LossyImageCompressionMethod",
+    "ContentQualification",
+)
+_DROPPED_TAGS = frozenset(Tag(keyword) for keyword in DROPPED_KEYWORDS)
+
+
+def header_copy(source: Dataset, *, keep_private_tags: bool = False) -> Dataset:
+    """A copy of ``source`` without :data:`DROPPED_KEYWORDS` (and private tags unless kept) that shares
+    nothing mutable with it: each element is copied (values are replaced, never changed in place, by
+    the builders), sequences deeply. Much cheaper than ``copy.deepcopy`` of a full CT header
+    (~12 ms per slice), which it replaces for one-image-per-slice series."""
+    ds = Dataset()
+    for elem in source:
+        if elem.tag in _DROPPED_TAGS or (elem.tag.is_private and not keep_private_tags):
+            continue
+        if elem.VR == "SQ":
+            elem = copy.deepcopy(elem)
+            if not keep_private_tags:
+                for item in elem.value:
+                    item.remove_private_tags()
+        else:
+            elem = copy.copy(elem)
+        ds.add(elem)
+    ds.set_original_encoding(source.is_implicit_VR, source.is_little_endian, source.original_character_set)
+    return ds
 
 
 def _source_reference(source: Dataset) -> Dataset:
@@ -124,15 +162,7 @@ def derived_image(
             f"Derived slice {index} has shape {values.shape}; the source image is "
             f"{int(source.Rows)}x{int(source.Columns)}."
         )
-    ds = copy.deepcopy(source)
-    for keyword in ("PixelData", "SmallestImagePixelValue", "LargestImagePixelValue",
-                    "SourceImageSequence", "ReferencedImageSequence", "DerivationCodeSequence",
-                    "WindowCenterWidthExplanation", "LossyImageCompression",
-                    "LossyImageCompressionRatio", "LossyImageCompressionMethod", "ContentQualification"):
-        if keyword in ds:
-            delattr(ds, keyword)
-    if not spec.keep_private_tags:
-        ds.remove_private_tags()
+    ds = header_copy(source, keep_private_tags=spec.keep_private_tags)
     now = now or dt.datetime.now()
     sop_uid = uids(kind, index)
     ds.SOPInstanceUID = sop_uid

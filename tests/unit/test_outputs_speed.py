@@ -13,8 +13,10 @@ import pytest
 
 from dicomnode.errors import OutputError, QuantifyError
 from dicomnode.imaging.quantify import make_extractor, quantify_arrays
+from dicomnode.outputs.derived import DROPPED_KEYWORDS, header_copy
 from dicomnode.outputs.library import IMAGE_LIBRARY, complete_image_library, is_uniform, library_seed
 from dicomnode.outputs.package import write_result_package
+from tests.support import shared_data
 from tests.unit.test_outputs import make_processed
 
 
@@ -103,3 +105,23 @@ def test_selected_features_equal_the_full_class_and_unknown_names_are_refused(pr
     with pytest.raises(QuantifyError, match="original_firstorder_Meen"):
         quantify_arrays(processed.image, mask, processed.spacing, feature_classes=("firstorder",),
                         features=["original_firstorder_Meen"])
+
+
+@pytest.mark.parametrize("keep_private", [False, True])
+def test_header_copy_equals_a_pruned_deep_copy_and_shares_nothing(keep_private):
+    source = pydicom.dcmread(sorted(shared_data("ct-abdomen-20", "dicom").glob("*.dcm"))[0])
+    expected = copy.deepcopy(source)
+    for keyword in DROPPED_KEYWORDS:
+        if keyword in expected:
+            delattr(expected, keyword)
+    if not keep_private:
+        expected.remove_private_tags()
+    got = header_copy(source, keep_private_tags=keep_private)
+    assert "PixelData" not in got and any(e.VR == "SQ" for e in got)
+    assert got == expected
+    assert any(e.tag.is_private for e in got) == keep_private
+    before = copy.deepcopy(source)
+    got.ImageType = ["DERIVED", "SECONDARY"]
+    got.PatientName = "CHANGED"
+    next(e for e in got if e.VR == "SQ" and len(e.value)).value[0].CodeMeaning = "changed"
+    assert source == before
