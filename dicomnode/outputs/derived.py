@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -139,6 +139,20 @@ def _code_item(code: CodedConcept) -> Dataset:
     return item
 
 
+def check_source(source: Dataset, shape: tuple[int, ...], index: int) -> None:
+    """Refuse a source a derived image of ``shape`` (rows, columns) cannot be built from."""
+    if "BitsStored" not in source or int(source.get("SamplesPerPixel", 1)) != 1:
+        raise OutputError(
+            f"Source image '{source.get('SOPInstanceUID', '?')}' is not a grey-scale image; "
+            "a derived image cannot be built from it."
+        )
+    if tuple(shape) != (int(source.Rows), int(source.Columns)):
+        raise OutputError(
+            f"Derived slice {index} has shape {tuple(shape)}; the source image is "
+            f"{int(source.Rows)}x{int(source.Columns)}."
+        )
+
+
 def derived_image(
     source: Dataset,
     values: np.ndarray,
@@ -152,16 +166,7 @@ def derived_image(
     now: dt.datetime | None = None,
 ) -> Dataset:
     """One derived image from ``source`` with the real-unit ``values`` (rows, columns)."""
-    if "BitsStored" not in source or int(source.get("SamplesPerPixel", 1)) != 1:
-        raise OutputError(
-            f"Source image '{source.get('SOPInstanceUID', '?')}' is not a grey-scale image; "
-            "a derived image cannot be built from it."
-        )
-    if values.shape != (int(source.Rows), int(source.Columns)):
-        raise OutputError(
-            f"Derived slice {index} has shape {values.shape}; the source image is "
-            f"{int(source.Rows)}x{int(source.Columns)}."
-        )
+    check_source(source, values.shape, index)
     ds = header_copy(source, keep_private_tags=spec.keep_private_tags)
     now = now or dt.datetime.now()
     sop_uid = uids(kind, index)
@@ -199,6 +204,27 @@ def derived_image(
     return ds
 
 
+def iter_derived_series(
+    sources: Sequence[Dataset],
+    volume: np.ndarray,
+    provenance: Provenance,
+    uids: UIDFactory,
+    spec: DerivedSpec = DerivedSpec(),
+    window: tuple[float, float] | None = None,
+) -> Iterator[Dataset]:
+    """Like :func:`build_derived_series`, one image at a time (write each before the next is built)."""
+    if volume.ndim != 3 or volume.shape[0] != len(sources):
+        raise OutputError(
+            f"The enhanced volume has shape {volume.shape}; expected ({len(sources)}, rows, columns) "
+            "like the source series."
+        )
+    for i, src in enumerate(sources):  # every check before the first image is handed out (and written)
+        check_source(src, volume.shape[1:], i + 1)
+    now = dt.datetime.now()
+    for i, src in enumerate(sources):
+        yield derived_image(src, volume[i], i + 1, provenance, uids, spec, window, now=now)
+
+
 def build_derived_series(
     sources: Sequence[Dataset],
     volume: np.ndarray,
@@ -208,13 +234,4 @@ def build_derived_series(
     window: tuple[float, float] | None = None,
 ) -> list[Dataset]:
     """One derived image per source slice from ``volume`` (slices, rows, columns) in real units."""
-    if volume.ndim != 3 or volume.shape[0] != len(sources):
-        raise OutputError(
-            f"The enhanced volume has shape {volume.shape}; expected ({len(sources)}, rows, columns) "
-            "like the source series."
-        )
-    now = dt.datetime.now()
-    return [
-        derived_image(src, volume[i], i + 1, provenance, uids, spec, window, now=now)
-        for i, src in enumerate(sources)
-    ]
+    return list(iter_derived_series(sources, volume, provenance, uids, spec, window))

@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ from dicomnode.config import ViewerProfile
 from dicomnode.errors import OutputError, QuantifyError
 from dicomnode.outputs.api import ProcessedSeries, Segment
 from dicomnode.outputs.codes import DEFAULT_SR_FEATURES, feature_code
-from dicomnode.outputs.derived import DerivedSpec, build_derived_series
+from dicomnode.outputs.derived import DerivedSpec, iter_derived_series
 from dicomnode.outputs.seg import SegSpec, build_seg
 from dicomnode.outputs.sr import SRSpec, build_sr
 from dicomnode.outputs.uids import UIDFactory
@@ -107,7 +107,7 @@ def _write(dataset: Dataset, path: Path) -> Path:
     return path
 
 
-def _write_series(datasets: Sequence[Dataset], folder: Path) -> list[Path]:
+def _write_series(datasets: Iterable[Dataset], folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = [_write(ds, folder / f"IM{i:05d}.dcm") for i, ds in enumerate(datasets, start=1)]
     wanted = {p.name for p in paths}
@@ -161,7 +161,8 @@ def write_result_package(
     if profile.send_enhanced and processed.enhanced is not None:
         description = f"{first.get('SeriesDescription', '') or 'Series'} enhanced ({prov.pipeline})"
         spec_d = DerivedSpec(series_description=description[:64], series_number=series_number(first, 2))
-        images = build_derived_series(sources, processed.enhanced, prov, uids, spec_d, processed.window)
+        # written as they are built: one image's pixel bytes in memory at a time, not the whole series
+        images = iter_derived_series(sources, processed.enhanced, prov, uids, spec_d, processed.window)
         written.extend(_write_series(images, output_dir / DERIVED_DIR))
 
     measurements = {s.label: segment_measurements(processed, s, features) for s in processed.segments}
