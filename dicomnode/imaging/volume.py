@@ -53,6 +53,9 @@ NON_IMAGE_SOP_CLASSES = {
 ORIENTATION_TOL = 1e-3  # direction cosines
 POSITION_TOL_MM = 0.05  # duplicate / in-plane offset tolerance
 SPACING_REL_TOL = 0.1  # allowed relative deviation of one slice gap from the median gap
+#: Elements larger than this (the pixel data of a slice) are read from the file only when decoded, and each
+#: slice's bytes are dropped once it is in the volume: a 512x512x300 series never holds all its pixel bytes.
+DEFER_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -150,7 +153,7 @@ def load_series(files: Iterable[Path | str], *, skip_non_dicom: bool = False) ->
     datasets: list[tuple[Path, Dataset]] = []
     for path in paths:
         try:
-            datasets.append((path, pydicom.dcmread(path)))
+            datasets.append((path, pydicom.dcmread(path, defer_size=DEFER_BYTES)))
         except InvalidDicomError as exc:
             if skip_non_dicom:
                 log.debug("Skipping non-DICOM file %s", path)
@@ -378,6 +381,9 @@ def _pixels(slices: Sequence[_Slice]) -> np.ndarray:
                 f"Cannot decode the pixel data of '{s.source}' (transfer syntax '{ts}'): {exc}"
             ) from exc
         out[k] = data.astype(np.float32) * np.float32(s.slope) + np.float32(s.intercept)
+        if s.frame < 0:
+            del data
+            del s.dataset.PixelData  # its bytes are in the volume now; the kept header never has them
     return out
 
 
