@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -31,6 +32,20 @@ class Segmentation:
     def spacing(self) -> tuple[float, float, float]:
         return tuple(float(s) for s in self.grid.GetSpacing()[::-1])  # type: ignore[return-value]
 
+
+
+def frame_segment_numbers(seg: Any) -> list[int]:
+    """The segment number of each frame of a DICOM SEG. The Segment Identification Sequence is per frame,
+    or — as highdicom writes it when there is a single segment — shared by every frame."""
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    fallback = shared.get("SegmentIdentificationSequence")
+    numbers = []
+    for i, frame in enumerate(seg.PerFrameFunctionalGroupsSequence, 1):
+        identification = frame.get("SegmentIdentificationSequence") or fallback
+        if not identification:
+            raise ImagingError(f"SEG frame {i} has no Segment Identification Sequence (per frame or shared).")
+        numbers.append(int(identification[0].ReferencedSegmentNumber))
+    return numbers
 
 def read_segmentation(path: Path | str, grid: sitk.Image | None = None) -> Segmentation:
     p = Path(path)
@@ -76,7 +91,7 @@ def _read_seg(path: Path, grid: sitk.Image | None) -> Segmentation:
     positions = np.array(
         [[float(v) for v in f.PlanePositionSequence[0].ImagePositionPatient] for f in per_frame]
     )
-    numbers = [int(f.SegmentIdentificationSequence[0].ReferencedSegmentNumber) for f in per_frame]
+    numbers = frame_segment_numbers(seg)
     if grid is None:
         grid = _grid_from_frames(orientation, spacing_rc, positions, frames.shape[1:], shared)
     size = grid.GetSize()

@@ -42,17 +42,22 @@ TYPE2_PATIENT_STUDY = (
 )
 
 
-def complete_type2(sources: Sequence[Dataset]) -> tuple[Dataset, ...]:
-    """Sources with missing Type 2 patient/study attributes added empty (shallow copies; the originals
-    are left untouched)."""
+def conforming_sources(sources: Sequence[Dataset]) -> tuple[Dataset, ...]:
+    """Sources as the result writers need them, fixing what real scanners get wrong: missing Type 2
+    patient/study attributes are added empty, and an empty Specific Character Set (meaning the default
+    repertoire, which highdicom refuses as a value) is dropped. Shallow copies; the originals are left
+    untouched."""
     completed = []
     for source in sources:
         missing = [k for k in TYPE2_PATIENT_STUDY if k not in source]
-        if missing:
+        empty_charset = "SpecificCharacterSet" in source and not source.SpecificCharacterSet
+        if missing or empty_charset:
             original, source = source, Dataset(dict(source.items()))  # Dataset(ds) would share elements
             source.file_meta = getattr(original, "file_meta", Dataset())
             for keyword in missing:
                 setattr(source, keyword, "")
+            if empty_charset:
+                del source.SpecificCharacterSet
         completed.append(source)
     return tuple(completed)
 
@@ -139,7 +144,7 @@ def write_result_package(
         raise OutputError("The processed series has no source images.")
     if not processed.segments:
         raise OutputError("The processed series has no segments.")
-    processed = dataclasses.replace(processed, sources=complete_type2(processed.sources))
+    processed = dataclasses.replace(processed, sources=conforming_sources(processed.sources))
     sources = processed.sources
     first = sources[0]
     prov = processed.provenance

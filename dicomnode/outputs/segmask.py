@@ -16,6 +16,7 @@ import numpy as np
 from pydicom import Dataset
 
 from dicomnode.errors import OutputError
+from dicomnode.imaging.labelmaps import frame_segment_numbers
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,10 @@ def mask_by_position(seg: hd.seg.Segmentation, sources: Sequence[Dataset], numbe
         )
     mask = np.zeros((len(sources), int(first.Rows), int(first.Columns)), dtype=bool)
     frames = seg.pixel_array if int(seg.NumberOfFrames) > 1 else seg.pixel_array[None]
-    for i, item in enumerate(seg.PerFrameFunctionalGroupsSequence):
-        if int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber) != number:
+    for i, (item, frame_number) in enumerate(
+        zip(seg.PerFrameFunctionalGroupsSequence, frame_segment_numbers(seg), strict=True)
+    ):
+        if frame_number != number:
             continue
         ipp = np.array([float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient])
         offsets = positions - ipp
