@@ -41,6 +41,14 @@ class PipelineRun:
 
     context: dict[str, Any]
     timings: list[StepTiming] = field(default_factory=list)
+    estimates: dict[str, str] = field(default_factory=dict)  # "<step>.<key>" → value the step estimated
+
+    def record_estimates(self, name: str) -> None:
+        img = self.context.get(name)
+        if hasattr(img, "GetMetaDataKeys"):
+            for key in img.GetMetaDataKeys():
+                if key.startswith("dicomnode."):
+                    self.estimates[f"{name}.{key.removeprefix('dicomnode.')}"] = img.GetMetaData(key)
 
 
 def peak_rss_mb() -> float:
@@ -57,7 +65,15 @@ def execute(spec: PipelineSpec, image: Any) -> PipelineRun:  # noqa: ANN401 - Si
 
     registry = step_registry()
     run = PipelineRun(context={"image": image})
-    for step in spec.steps:
+    # free each image after its last use (a 512x512x300 float32 image is 300 MB); keep what the segments
+    # and the enhanced series are built from, and the last step's output
+    keep = {seg.source for seg in spec.segments} | ({spec.enhanced} if spec.enhanced else set())
+    keep |= {spec.steps[-1].id} if spec.steps else set()
+    last_use: dict[str, int] = {}
+    for i, step in enumerate(spec.steps):
+        for name in (*step.inputs, *(v for _, v in step.keyword_inputs)):
+            last_use[name] = i
+    for i, step in enumerate(spec.steps):
         fn = registry.get(step.use)
         if fn is None:
             raise PipelineError(f"Pipeline '{spec.name}' step '{step.id}' uses unknown step '{step.use}'.")
@@ -70,7 +86,11 @@ def execute(spec: PipelineSpec, image: Any) -> PipelineRun:  # noqa: ANN401 - Si
             raise PipelineError(f"Step '{step.id}' ({step.use}) was given bad parameters: {exc}.") from exc
         except DicomNodeError as exc:
             raise type(exc)(f"Step '{step.id}' ({step.use}) failed: {exc}") from exc
+        del args, kwargs
         run.timings.append(StepTiming(step.id, step.use, time.perf_counter() - started, peak_rss_mb()))
+        run.record_estimates(step.id)
+        for name in [n for n in run.context if n not in keep and last_use.get(n, -1) <= i]:
+            del run.context[name]
         log.debug("step %s (%s) took %.2f s", step.id, step.use, run.timings[-1].seconds)
     return run
 
@@ -122,7 +142,8 @@ def process_volume(spec: PipelineSpec, volume: Any, job: JobSpec) -> tuple[Any, 
     segments = build_segments(spec, run.context, volume.shape)
     enhanced = None
     if spec.enhanced:
-        enhanced = sitk.GetArrayFromImage(run.context[spec.enhanced]).astype(np.float32)
+        enhanced = sitk.GetArrayFromImage(run.context[spec.enhanced]).astype(np.float32, copy=False)
+    run.context.clear()  # the package is written from the arrays above
     params = {**spec.parameters()}
     provenance = Provenance(
         pipeline=spec.name,
@@ -141,13 +162,7 @@ def process_volume(spec: PipelineSpec, volume: Any, job: JobSpec) -> tuple[Any, 
         "steps": [t.__dict__ for t in run.timings],
         "segments": {s.label: {"voxels": int(s.mask.sum()), "volume_ml": float(s.mask.sum()) * voxel_ml}
                      for s in segments},
-        "estimates": {
-            f"{name}.{key.removeprefix('dicomnode.')}": img.GetMetaData(key)
-            for name, img in run.context.items()
-            if hasattr(img, "GetMetaDataKeys")
-            for key in img.GetMetaDataKeys()
-            if key.startswith("dicomnode.")
-        },
+        "estimates": run.estimates,
     }
     processed = ProcessedSeries(
         sources=volume.datasets,
