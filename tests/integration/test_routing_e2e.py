@@ -28,7 +28,7 @@ RULES_V1 = """
       - {tag: BodyPartExamined, in: [ABDOMEN, LIVER]}
       - {tag: SeriesDescription, regex: "(?i)portal|venous"}
       - {instances: {min: 4}}
-  then: {pipeline: liver-ct, params: {lesions: true}, send_to: [pacs]}
+  then: {pipeline: liver-ct, params: {lesions.min_diameter_mm: 8}, send_to: [pacs]}
 - name: lung
   priority: 10
   when:
@@ -119,7 +119,7 @@ def test_three_series_routed_and_hot_reload(dicomnode_node, tmp_path: Path) -> N
         assert rows[0]["ruleset_hash"] == v1 and rows[0]["state"] == "done" and rows[0]["generation"] == 1
         assert rows[0]["instance_count"] == 4 and rows[0]["study_uid"] == study_uid
     liver = decisions_for(node, next(iter(expected)))[0]
-    assert json.loads(liver["params"]) == {"lesions": True} and liver["job_id"]
+    assert json.loads(liver["params"]) == {"lesions.min_diameter_mm": 8} and liver["job_id"]
     forwarded = node.query("SELECT destination, series_uid FROM outbox WHERE origin = 'forward'")
     assert {(r["destination"], r["series_uid"]) for r in forwarded} == {("pacs", list(expected)[2])}
 

@@ -26,7 +26,7 @@ RULES = """
     all:
       - {tag: Modality, equals: CT}
       - {tag: SeriesDescription, regex: "(?i)liver"}
-  then: {pipeline: liver-ct, params: {lesions: true}, send_to: [pacs], quiet_seconds: 7}
+  then: {pipeline: liver-ct, params: {lesions.min_diameter_mm: 8}, send_to: [pacs], quiet_seconds: 7}
 - name: archive
   when: {tag: SeriesDescription, regex: "(?i)liver"}
   then: {forward: true, send_to: [archive]}
@@ -106,7 +106,7 @@ def test_matching_rules_fire_once_each_and_are_recorded(node) -> None:
 
     (spec, priority), = calls.jobs
     assert (spec.pipeline, spec.params, spec.rule, spec.destinations, priority) == (
-        "liver-ct", {"lesions": True}, "liver", ("pacs",), 5
+        "liver-ct", {"lesions.min_diameter_mm": 8}, "liver", ("pacs",), 5
     )
     assert sorted(spec.input_files) == sorted(str(p) for p in event.series_dir.glob("*.dcm"))
     assert spec.output_dir == str(config.storage.jobs_dir / spec.job_id)
