@@ -39,24 +39,6 @@ def _load(config: Config, folder: Path | None) -> RuleSet:
         raise typer.Exit(1) from None
 
 
-def _action_text(rule: Any) -> str:
-    action = rule.then
-    parts = []
-    if action.discard:
-        parts.append("discard")
-    if action.pipeline:
-        parts.append(f"pipeline {action.pipeline}")
-    if action.forward:
-        parts.append("forward originals")
-    if action.send_to:
-        parts.append("→ " + ", ".join(action.send_to))
-    if action.quiet_seconds is not None:
-        parts.append(f"quiet {action.quiet_seconds:g} s")
-    if action.stop:
-        parts.append("stop")
-    return " ".join(parts) or "-"
-
-
 def check(config_path: ConfigOption = None, rules: RulesOption = None) -> None:
     """Validate every rule file and every reference (pipelines, destinations); exit 1 on any problem."""
     config = load_config_or_exit(config_path)
@@ -71,7 +53,7 @@ def check(config_path: ConfigOption = None, rules: RulesOption = None) -> None:
             rule = loaded.rule
             flags = ("fallback " if rule.fallback else "") + ("" if rule.enabled else "disabled ")
             typer.echo(
-                f"  {level:<6} {rule.priority:>4}  {rule.name:<24} {flags}{_action_text(rule)}"
+                f"  {level:<6} {rule.priority:>4}  {rule.name:<24} {flags}{rule.then.describe()}"
                 f"  ({Path(loaded.file).name}:{loaded.line})"
             )
 
@@ -82,7 +64,7 @@ def _print_evaluation(title: str, evaluation: Evaluation) -> None:
         rule = result.loaded.rule
         mark = "MATCH" if result.matched else ("skip " if result.skipped else "no   ")
         extra = " (fallback)" if rule.fallback else ""
-        typer.echo(f"  {mark} {rule.name}{extra} [priority {rule.priority}] → {_action_text(rule)}")
+        typer.echo(f"  {mark} {rule.name}{extra} [priority {rule.priority}] → {rule.then.describe()}")
         if result.skipped:
             typer.echo(f"        {result.skipped}")
         elif result.explanation is not None:
@@ -90,7 +72,7 @@ def _print_evaluation(title: str, evaluation: Evaluation) -> None:
                 typer.echo(line)
     fired = evaluation.fired
     if fired:
-        names = ", ".join(f"{r.name} ({_action_text(r.rule)})" for r in fired)
+        names = ", ".join(f"{r.name} ({r.rule.then.describe()})" for r in fired)
         typer.echo(f"  => {names}")
     else:
         typer.echo("  => unrouted: no rule matched and no fallback applies")

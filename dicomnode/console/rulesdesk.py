@@ -155,24 +155,6 @@ def highlight(text: str, error_lines: Sequence[int] = ()) -> Markup:
     return Markup(pyg_highlight(text, YamlLexer(), formatter))
 
 
-def action_text(rule: Any) -> str:
-    action = rule.then
-    parts = []
-    if action.discard:
-        parts.append("discard")
-    if action.pipeline:
-        parts.append(f"pipeline {action.pipeline}")
-    if action.forward:
-        parts.append("forward originals")
-    if action.send_to:
-        parts.append("→ " + ", ".join(action.send_to))
-    if action.quiet_seconds is not None:
-        parts.append(f"quiet {action.quiet_seconds:g} s")
-    if action.stop:
-        parts.append("stop")
-    return " ".join(parts) or "-"
-
-
 @dataclass
 class RuleOutcome:
     name: str
@@ -198,8 +180,8 @@ def _case(title: str, evaluation: Evaluation) -> DryRun:
         rule = result.loaded.rule
         why = result.explanation.lines() if result.explanation is not None else []
         case.outcomes.append(RuleOutcome(rule.name, result.matched, result.skipped, rule.fallback,
-                                         rule.priority, action_text(rule), why))
-    case.fired = [f"{r.name} ({action_text(r.rule)})" for r in evaluation.fired]
+                                         rule.priority, rule.then.describe(), why))
+    case.fired = [f"{r.name} ({r.rule.then.describe()})" for r in evaluation.fired]
     return case
 
 

@@ -38,16 +38,10 @@ from dicomnode.distributed.task import (
     record_failure,
     run_attempt,
 )
+from dicomnode.pipelines.executor import THREAD_VARIABLES
 
 log = logging.getLogger(__name__)
 
-THREAD_VARIABLES = (
-    "OMP_NUM_THREADS",
-    "OPENBLAS_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "NUMEXPR_NUM_THREADS",
-    "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS",
-)
 
 
 def cap_threads(threads: int) -> None:

@@ -51,6 +51,23 @@ class Action(_Strict):
         parts = (["pipeline"] if self.pipeline else []) + (["forward"] if self.forward else [])
         return "+".join(parts) or "none"
 
+    def describe(self) -> str:
+        """One line for people: ``pipeline liver-ct → pacs quiet 20 s stop``."""
+        parts = []
+        if self.discard:
+            parts.append("discard")
+        if self.pipeline:
+            parts.append(f"pipeline {self.pipeline}")
+        if self.forward:
+            parts.append("forward originals")
+        if self.send_to:
+            parts.append("→ " + ", ".join(self.send_to))
+        if self.quiet_seconds is not None:
+            parts.append(f"quiet {self.quiet_seconds:g} s")
+        if self.stop:
+            parts.append("stop")
+        return " ".join(parts) or "-"
+
 
 class Rule(_Strict):
     name: StrictStr
