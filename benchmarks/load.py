@@ -45,6 +45,7 @@ ENV = dict(os.environ, TCP_NODELAY="1")
 
 def start_node(root: Path, rules: Path | None) -> tuple[subprocess.Popen[bytes], int, Path]:
     port = free_port()
+    root.mkdir(parents=True, exist_ok=True)
     rules_dir = rules or (root / "rules")
     rules_dir.mkdir(parents=True, exist_ok=True)
     config = {
