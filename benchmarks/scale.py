@@ -253,7 +253,7 @@ def main() -> None:
         celery1, celery2 = rows[1][2], rows[2][2]
         print(f"\nscaling, celery 2 vs 1 worker processes: {celery1 / celery2:.2f}x (target >= 1.7x)")
         print(f"celery 1 process vs local 1 process:      {rows[0][2] / celery1:.2f}x "
-              "(local spawns a fresh process per job; prefork children are reused)")
+              "(local forks a fresh process per job from its fork server; prefork children are reused)")
         ms = [t * 1000 for t in trips]
         print(f"\nbroker overhead per job ({len(ms)} no-op jobs of {len(series[0])} files, one at a time, "
               f"submit -> collected): median {statistics.median(ms):.1f} ms, "
