@@ -127,7 +127,6 @@ class Processing:
         record = self.jobs.get(result.job_id)
         spec = record.spec
         with log_context(job_id=spec.job_id, study_uid=spec.study_uid, series_uid=spec.series_uid):
-            self.jobs.finish(result)
             seconds = float(result.summary.get("seconds", 0.0) or 0.0)
             if self.metrics is not None:
                 self.metrics.pipeline_finished(spec.pipeline, seconds, result.ok)
@@ -136,8 +135,10 @@ class Processing:
                 if timings:
                     self.metrics.step_timings(spec.pipeline, timings)
             if result.ok:
-                self._deliver(spec, result)
+                self._deliver(spec, result)  # in the outbox before the job is recorded done
+                self.jobs.finish(result)
             else:
+                self.jobs.finish(result)
                 self._failed(spec, result)
 
     def _deliver(self, spec: JobSpec, result: JobResult) -> None:
