@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 from pydicom import Dataset
 
+from dicomnode.imaging.qc import QCReport, SegmentQC
+
 
 @dataclass(frozen=True)
 class Segment:
@@ -20,6 +22,7 @@ class Segment:
     mask: np.ndarray  # bool, shape (slices, rows, columns)
     color: tuple[int, int, int] = (255, 0, 0)  # display colour, RGB 0-255
     category: str = "organ"  # organ | lesion | tissue
+    qc: SegmentQC | None = None  # the pipeline's verdict on this segment (None: not assessed)
 
 
 @dataclass(frozen=True)
@@ -44,3 +47,4 @@ class ProcessedSeries:
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)  # (slice, row, column) spacing in mm
     window: tuple[float, float] | None = None  # (centre, width) for the organ, for the enhanced series
     measurements: dict[str, dict[str, float]] = field(default_factory=dict)  # per segment label
+    qc: QCReport | None = None  # verdicts per segment label (also in result.json)

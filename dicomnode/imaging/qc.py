@@ -1,0 +1,88 @@
+"""Quality-control verdicts of a pipeline's segments: the contract between the pipelines (which compute
+them), ``result.json``, the SR (qualitative evaluations of each finding), the console and the hold logic.
+
+A segment's verdict is ``pass`` (nothing found), ``warn`` (usable with the reasons stated: e.g. a
+truncated organ whose volume is a lower bound) or ``fail`` (do not trust it). The report's status is the
+worst of its segments'. ``result.json`` carries :meth:`QCReport.to_json`::
+
+    "qc": {"status": "pass|warn|fail",
+           "segments": {"Liver": {"status": "warn", "flags": ["truncated"], "reasons": ["..."]}}}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class QCStatus(StrEnum):
+    PASS = "pass"
+    WARN = "warn"
+    FAIL = "fail"
+
+    @property
+    def rank(self) -> int:
+        return {QCStatus.PASS: 0, QCStatus.WARN: 1, QCStatus.FAIL: 2}[self]
+
+
+class QCFlag(StrEnum):
+    TRUNCATED = "truncated"  # the segment touches the edge of the field of view
+    IMPLAUSIBLE_VOLUME = "implausible_volume"  # outside the organ's range for this body size
+    IMPLAUSIBLE_INTENSITY = "implausible_intensity"  # outside the organ's plausible intensity range
+    LEAK = "leak"  # overlaps or spills into a neighbour's territory
+    METAL = "metal"  # metal present in or near the segment
+    LOW_CONTRAST = "low_contrast"  # weak organ/background contrast
+
+
+def worst(statuses: Iterable[QCStatus]) -> QCStatus:
+    """The most severe of ``statuses`` (``pass`` for none)."""
+    return max(statuses, key=lambda s: s.rank, default=QCStatus.PASS)
+
+
+@dataclass(frozen=True)
+class SegmentQC:
+    """The verdict on one segment: status, the flags raised and one sentence per flag."""
+
+    status: QCStatus = QCStatus.PASS
+    flags: tuple[QCFlag, ...] = ()
+    reasons: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "status": str(self.status),
+            "flags": [str(f) for f in self.flags],
+            "reasons": list(self.reasons),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SegmentQC:
+        return cls(
+            QCStatus(data.get("status", "pass")),
+            tuple(QCFlag(f) for f in data.get("flags", ())),
+            tuple(str(r) for r in data.get("reasons", ())),
+        )
+
+
+@dataclass(frozen=True)
+class QCReport:
+    """Verdicts per segment label ("Liver", "Lesion 1", ...)."""
+
+    segments: Mapping[str, SegmentQC] = field(default_factory=dict)
+
+    @property
+    def status(self) -> QCStatus:
+        return worst(s.status for s in self.segments.values())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "status": str(self.status),
+            "segments": {label: qc.to_json() for label, qc in self.segments.items()},
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None) -> QCReport:
+        if not data:
+            return cls()
+        return cls({str(k): SegmentQC.from_json(v) for k, v in dict(data.get("segments", {})).items()})
