@@ -65,6 +65,15 @@ class NodeConfig(_Model):
     dimse_timeout: float = Field(60.0, gt=0)
     network_timeout: float = Field(120.0, gt=0)
     max_pdu_size: int = Field(262144, ge=0)  # 0 = unlimited
+    # protection of the port (see README "Receiving"): the A-ASSOCIATE-RQ must arrive within artim_timeout
+    # of the connect; a PDU once started within artim_timeout + length / min_receive_rate
+    artim_timeout: float = Field(10.0, gt=0)
+    min_receive_rate: int = Field(16384, ge=1)  # bytes/s
+    max_pending_connections: int = Field(64, ge=1, le=10000)  # connected, not associated yet
+    max_pending_per_peer: int = Field(32, ge=1, le=10000)
+    max_associations_per_peer: int = Field(0, ge=0, le=1000)  # 0 = only max_associations applies
+    max_sequence_depth: int = Field(64, ge=1, le=100000)  # deeper nesting: refused with 0xC000
+    max_inflated_mb: int = Field(256, ge=1)  # a deflated dataset expanding beyond: refused with 0xA700
     tls: TLSConfig = Field(default_factory=TLSConfig)
 
     _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae(v)))

@@ -10,11 +10,12 @@
   checks are: listener bound, database writable, disk below the storage thresholds;
 * the :class:`Retention` component (idle unless ``retention.enabled``);
 * the :class:`SystemdNotifier` (``READY=1`` once the listener is bound; a reload hook);
-* the disk-full metric: the listener's injected ``space_check`` is wrapped so each refusal counts
-  ``dicomnode_associations_rejected_total{reason="disk_full"}`` and sets ``dicomnode_disk_full``;
-* receive metrics and log context: ``service.ingest.store`` is wrapped so every C-STORE counts
-  ``instances_received``/``received_bytes`` or ``store_failures{reason="0xA700"…}`` and its log lines carry
-  ``calling_aet`` and ``sop_uid``; ``service.dispatcher.deliver`` is wrapped so every line written while a
+* the disk-full metric: the listener's injected ``space_check`` is wrapped so each refusal sets
+  ``dicomnode_disk_full`` (the listener's ``on_rejected`` counts ``reason="disk_full"``);
+* receive metrics: a ``service.ingest.on_result`` observer counts every C-STORE in
+  ``instances_received``/``received_bytes`` or ``store_failures{reason="0xA700"…}`` (the receive
+  path's log lines name the calling AE and SOP Instance UID in their text);
+  ``service.dispatcher.deliver`` is wrapped so every line written while a
   completion is routed (and jobs/forwards are queued) carries ``study_uid``/``series_uid``.
 """
 
@@ -65,8 +66,7 @@ def _count_disk_refusals(service: Any, metrics: Metrics) -> None:
         try:
             check()
         except StorageFullError:
-            metrics.disk_full(True)
-            metrics.association_rejected("disk_full")
+            metrics.disk_full(True)  # the refused association is counted by the listener's on_rejected
             raise
         metrics.disk_full(False)
 
@@ -74,19 +74,14 @@ def _count_disk_refusals(service: Any, metrics: Metrics) -> None:
 
 
 def _observe_ingest(service: Any, metrics: Metrics) -> None:
-    store = service.ingest.store
-
-    def observed_store(encoded: bytes | memoryview, **kwargs: Any) -> Any:
-        with log_context(calling_aet=kwargs.get("calling_aet"), sop_uid=kwargs.get("sop_instance_uid")):
-            result = store(encoded, **kwargs)
+    def observe(result: Any, nbytes: int) -> None:
         if result.status == 0:
             if not result.duplicate:
-                metrics.instance_received(len(encoded))
+                metrics.instance_received(nbytes)
         else:
             metrics.store_failed(f"0x{result.status:04X}")
-        return result
 
-    service.ingest.store = observed_store
+    service.ingest.on_result.append(observe)
 
 
 def _deliver_in_context(service: Any) -> None:

@@ -19,20 +19,21 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import struct
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
-from pydicom.dataset import FileMetaDataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
 
 from dicomnode.assemble.assembler import Assembler
 from dicomnode.errors import InvalidUIDError, SpoolError
-from dicomnode.spool.header import HeaderError, InstanceHeader, check_complete, parse_dataset
+from dicomnode.spool.header import HeaderError, InstanceHeader
 from dicomnode.spool.index import SpoolIndex
-from dicomnode.spool.store import OutOfSpaceError, Spool
+from dicomnode.spool.store import OutOfSpaceError, PartFile, Spool, validate_uid
+from dicomnode.spool.walker import DatasetWalker, InflateLimitError
 
 log = logging.getLogger(__name__)
 
@@ -54,27 +55,176 @@ class StoreResult:
     duplicate: bool = False
 
 
+def _meta_element(group_element: tuple[int, int], vr: bytes, value: bytes) -> bytes:
+    if vr == b"OB":
+        return struct.pack("<HH2sHI", *group_element, vr, 0, len(value)) + value
+    return struct.pack("<HH2sH", *group_element, vr, len(value)) + value
+
+
+def _even(value: str, pad: bytes) -> bytes:
+    raw = value.encode("ascii", errors="replace")
+    return raw + pad if len(raw) % 2 else raw
+
+
 def file_meta_bytes(
     sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, calling_aet: str
 ) -> bytes:
-    """Preamble, ``DICM`` and the encoded File Meta Information group for a received dataset."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
-    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
-    meta.TransferSyntaxUID = UID(transfer_syntax)
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION
+    """Preamble, ``DICM`` and the File Meta Information group (PS3.10 7.1) for a received dataset.
+
+    Encoded directly (Explicit VR Little Endian, seven fixed elements): it is written once per instance
+    on the receive path, where pydicom's general writer costs more than the rest of the header work.
+    """
+    elements = [
+        _meta_element((0x0002, 0x0001), b"OB", b"\x00\x01"),
+        _meta_element((0x0002, 0x0002), b"UI", _even(sop_class_uid, b"\0")),
+        _meta_element((0x0002, 0x0003), b"UI", _even(sop_instance_uid, b"\0")),
+        _meta_element((0x0002, 0x0010), b"UI", _even(transfer_syntax, b"\0")),
+        _meta_element((0x0002, 0x0012), b"UI", _even(PYDICOM_IMPLEMENTATION_UID, b"\0")),
+        _meta_element((0x0002, 0x0013), b"SH", _even(IMPLEMENTATION_VERSION, b" ")),
+    ]
     if calling_aet:
-        meta.SourceApplicationEntityTitle = calling_aet
-    buffer = DicomBytesIO()
-    buffer.is_little_endian = True
-    buffer.is_implicit_VR = False
-    write_file_meta_info(buffer, meta, enforce_standard=True)
-    return b"\x00" * 128 + b"DICM" + buffer.getvalue()
+        elements.append(_meta_element((0x0002, 0x0016), b"AE", _even(calling_aet, b" ")))
+    body = b"".join(elements)
+    group_length = struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(body))
+    return b"\x00" * 128 + b"DICM" + group_length + body
+
+
+class InstanceWriter:
+    """One C-STORE dataset streamed to the spool as it arrives: :meth:`feed` each fragment, then
+    :meth:`finish` (the status) or :meth:`abort` (the association ended: nothing is kept).
+
+    Only one element header and the indexed identifiers are held in memory, whatever the object's size.
+    The first problem (an incomplete or over-deep dataset, a deflate bomb, a write error) stops the
+    writing and removes the partial file; the rest of the dataset is read and ignored, and
+    :meth:`finish` answers the status for that problem.
+    """
+
+    def __init__(
+        self, ingest: Ingest, *, transfer_syntax: str, sop_class_uid: str, sop_instance_uid: str,
+        calling_aet: str,
+    ) -> None:
+        self.ingest = ingest
+        self.transfer_syntax = transfer_syntax
+        self.sop_class_uid = sop_class_uid.strip()
+        self.sop_instance_uid = sop_instance_uid.strip()
+        self.calling_aet = calling_aet
+        self.where = f"instance '{self.sop_instance_uid}' from '{calling_aet}'"
+        self.walker = DatasetWalker(
+            transfer_syntax, max_depth=ingest.max_sequence_depth, max_inflated=ingest.max_inflated_bytes
+        )
+        self._failed: StoreResult | None = None
+        self._part: PartFile | None = None
+        if not self.sop_instance_uid or not self.sop_class_uid:
+            self._fail(IDENTIFIERS_INVALID, "Command lacks Affected SOP UIDs",
+                       "the C-STORE command has no Affected SOP Class/Instance UID.")
+            return
+        try:
+            validate_uid(self.sop_class_uid, "Affected SOP Class UID")
+            self._part = ingest.spool.open_part(self.sop_instance_uid)
+            self._part.write(
+                file_meta_bytes(self.sop_class_uid, self.sop_instance_uid, transfer_syntax, calling_aet)
+            )
+        except InvalidUIDError as exc:
+            self._fail(IDENTIFIERS_INVALID, str(exc)[:64], str(exc))
+        except SpoolError as exc:
+            self._spool_failed(exc)
+
+    @property
+    def received(self) -> int:
+        return self.walker.received
+
+    def _fail(self, status: int, comment: str, reason: str, *, error: bool = False) -> None:
+        if self._failed is None:
+            (log.error if error else log.warning)(
+                "%s %s (0x%04X): %s", "Could not store" if error else "Refused", self.where, status, reason
+            )
+            self._failed = StoreResult(status, comment)
+        if self._part is not None:
+            self._part.discard()
+            self._part = None
+
+    def _spool_failed(self, exc: SpoolError) -> None:
+        if isinstance(exc, OutOfSpaceError):
+            self._fail(OUT_OF_SPACE, "No space left on the spool", str(exc), error=True)
+        else:
+            self._fail(SPOOL_WRITE_FAILED, "Spool write failed", str(exc), error=True)
+
+    def feed(self, chunk: bytes | bytearray | memoryview) -> None:
+        """Check and write one fragment of the dataset (never raises for bad data or a failed write)."""
+        if self._failed is not None:
+            self.walker.received += len(chunk)
+            return
+        try:
+            self.walker.feed(chunk)
+            if self._part is not None:
+                self._part.write(chunk)
+        except InflateLimitError as exc:
+            self._fail(OUT_OF_SPACE, "Deflated dataset expands beyond the limit", str(exc))
+        except HeaderError as exc:
+            self._fail(CANNOT_UNDERSTAND, _comment(exc), str(exc))
+        except SpoolError as exc:
+            self._spool_failed(exc)
+
+    def abort(self) -> None:
+        """The dataset will not complete (A-ABORT, lost connection): drop the partial file."""
+        if self._part is not None:
+            self._part.discard()
+            self._part = None
+
+    def finish(self) -> StoreResult:
+        """Check the end of the dataset, publish the file durably and index it; the C-STORE status."""
+        result = self._finish()
+        for observer in self.ingest.on_result:
+            observer(result, self.received)
+        return result
+
+    def _finish(self) -> StoreResult:
+        if self._failed is not None:
+            return self._failed
+        try:
+            header = self.walker.finish(
+                sop_instance_uid=self.sop_instance_uid, sop_class_uid=self.sop_class_uid
+            )
+        except HeaderError as exc:
+            self._fail(CANNOT_UNDERSTAND, _comment(exc), str(exc))
+            return self._failed  # type: ignore[return-value]
+        if header.sop_instance_uid != self.sop_instance_uid:
+            self._fail(IDENTIFIERS_INVALID, "SOP Instance UID differs from command",
+                       f"the dataset's SOP Instance UID is '{header.sop_instance_uid}'.")
+            return self._failed  # type: ignore[return-value]
+        if header.sop_class_uid != self.sop_class_uid:
+            self._fail(IDENTIFIERS_INVALID, "SOP Class UID differs from command",
+                       f"the dataset's SOP Class UID is '{header.sop_class_uid}', the command's "
+                       f"'{self.sop_class_uid}'.")
+            return self._failed  # type: ignore[return-value]
+        part, self._part = self._part, None
+        assert part is not None  # open unless failed
+        try:
+            stored = self.ingest.spool.publish(
+                part, header.study_uid, header.series_uid, header.sop_instance_uid
+            )
+        except InvalidUIDError as exc:
+            self._fail(IDENTIFIERS_INVALID, str(exc)[:64], str(exc))
+            return self._failed  # type: ignore[return-value]
+        except SpoolError as exc:
+            self._spool_failed(exc)
+            return self._failed  # type: ignore[return-value]
+        return self.ingest.index_stored(header, stored.path, stored.size, self.transfer_syntax, self.where,
+                                        self.calling_aet)
+
+
+def _comment(exc: HeaderError) -> str:
+    if "nested" in str(exc):
+        return "Sequences nested too deep"
+    return "Not a complete DICOM dataset"
 
 
 class Ingest:
-    """Turns received datasets into stored, indexed instances; never raises for a bad dataset."""
+    """Turns received datasets into stored, indexed instances; never raises for a bad dataset.
+
+    ``on_result`` observers (e.g. metrics) are called with each C-STORE's :class:`StoreResult` and the
+    number of dataset bytes received.
+    """
 
     def __init__(
         self,
@@ -83,11 +233,26 @@ class Ingest:
         assembler: Assembler,
         *,
         clock: Callable[[], float] = time.time,
+        max_sequence_depth: int = 64,
+        max_inflated_bytes: int = 256 * 1024 * 1024,
     ) -> None:
         self.spool = spool
         self.index = index
         self.assembler = assembler
         self.clock = clock
+        self.max_sequence_depth = max_sequence_depth
+        self.max_inflated_bytes = max_inflated_bytes
+        self.on_result: list[Callable[[StoreResult, int], None]] = []
+        self._queue: list[_PendingRow] = []
+        self._queue_lock = threading.Lock()
+        self._commit_lock = threading.Lock()
+
+    def begin(
+        self, *, transfer_syntax: str, sop_class_uid: str, sop_instance_uid: str, calling_aet: str
+    ) -> InstanceWriter:
+        """Start streaming one C-STORE dataset (see :class:`InstanceWriter`)."""
+        return InstanceWriter(self, transfer_syntax=transfer_syntax, sop_class_uid=sop_class_uid,
+                              sop_instance_uid=sop_instance_uid, calling_aet=calling_aet)
 
     def store(
         self,
@@ -98,59 +263,59 @@ class Ingest:
         sop_instance_uid: str,
         calling_aet: str,
     ) -> StoreResult:
-        where = f"instance '{sop_instance_uid}' from '{calling_aet}'"
-        try:
-            check_complete(encoded, transfer_syntax)
-            header = parse_dataset(
-                encoded, transfer_syntax, sop_instance_uid=sop_instance_uid, sop_class_uid=sop_class_uid
-            )
-        except HeaderError as exc:
-            log.warning("Refused %s (0x%04X): %s", where, CANNOT_UNDERSTAND, exc)
-            return StoreResult(CANNOT_UNDERSTAND, "Not a complete DICOM dataset")
-        if sop_instance_uid and header.sop_instance_uid != sop_instance_uid:
-            log.warning(
-                "Refused %s (0x%04X): the dataset's SOP Instance UID is '%s'.",
-                where,
-                IDENTIFIERS_INVALID,
-                header.sop_instance_uid,
-            )
-            return StoreResult(IDENTIFIERS_INVALID, "SOP Instance UID differs from command")
-        try:
-            stored = self.spool.write(
-                header.study_uid,
-                header.series_uid,
-                header.sop_instance_uid,
-                [
-                    file_meta_bytes(sop_class_uid, header.sop_instance_uid, transfer_syntax, calling_aet),
-                    encoded,
-                ],
-            )
-        except InvalidUIDError as exc:
-            log.warning("Refused %s (0x%04X): %s", where, IDENTIFIERS_INVALID, exc)
-            return StoreResult(IDENTIFIERS_INVALID, str(exc)[:64])
-        except OutOfSpaceError as exc:
-            log.error("Could not store %s (0x%04X): %s", where, OUT_OF_SPACE, exc)
-            return StoreResult(OUT_OF_SPACE, "No space left on the spool")
-        except SpoolError as exc:
-            log.error("Could not store %s (0x%04X): %s", where, SPOOL_WRITE_FAILED, exc)
-            return StoreResult(SPOOL_WRITE_FAILED, "Spool write failed")
+        """Store one whole encoded dataset (the streaming path fed in one piece)."""
+        writer = self.begin(transfer_syntax=transfer_syntax, sop_class_uid=sop_class_uid,
+                            sop_instance_uid=sop_instance_uid, calling_aet=calling_aet)
+        writer.feed(encoded)
+        return writer.finish()
+
+    def index_stored(
+        self, header: InstanceHeader, path: Path, size: int, transfer_syntax: str, where: str,
+        calling_aet: str,
+    ) -> StoreResult:
+        """Index a published file and tell the assembler; returns once the row is committed.
+
+        Group commit: the rows of all threads waiting at the same moment go into one transaction, written
+        by whichever thread gets the commit lock first (one SQLite writer at a time, no busy-waiting).
+        """
+        pending = _PendingRow(header, path, size, transfer_syntax, calling_aet, self.clock())
+        with self._queue_lock:
+            self._queue.append(pending)
+        with self._commit_lock:
+            if pending.new is None and pending.error is None:
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+                self._commit(batch)
+        if pending.error is not None:
+            # The file is complete on disk; recovery indexes it at the next start, a resend is a duplicate.
+            log.error("Could not index %s (0x%04X): %s.", where, INDEX_WRITE_FAILED, pending.error)
+            return StoreResult(INDEX_WRITE_FAILED, "Index write failed")
+        if not pending.new:
+            log.info("Duplicate %s of series '%s' kept once.", where, header.series_uid)
+        return StoreResult(SUCCESS, header=header, duplicate=not pending.new)
+
+    def _commit(self, batch: list[_PendingRow]) -> None:
         try:
             with self.index.database.transaction() as conn:
-                new = self.index.add(
-                    header,
-                    path=stored.path,
-                    size=stored.size,
-                    transfer_syntax=transfer_syntax,
-                    calling_aet=calling_aet,
-                    received_at=self.clock(),
-                    conn=conn,
-                )
-                if new:
-                    self.assembler.on_instance(header, conn)
+                for row in batch:
+                    row.new = self.index.add(
+                        row.header, path=row.path, size=row.size, transfer_syntax=row.transfer_syntax,
+                        calling_aet=row.calling_aet, received_at=row.received_at, conn=conn,
+                    )
+                    if row.new:
+                        self.assembler.on_instance(row.header, conn)
         except sqlite3.Error as exc:
-            # The file is complete on disk; recovery indexes it at the next start, a resend is a duplicate.
-            log.error("Could not index %s (0x%04X): %s.", where, INDEX_WRITE_FAILED, exc)
-            return StoreResult(INDEX_WRITE_FAILED, "Index write failed")
-        if not new:
-            log.info("Duplicate %s of series '%s' kept once.", where, header.series_uid)
-        return StoreResult(SUCCESS, header=header, duplicate=not new)
+            for row in batch:
+                row.new, row.error = None, exc
+
+
+@dataclass
+class _PendingRow:
+    header: InstanceHeader
+    path: Path
+    size: int
+    transfer_syntax: str
+    calling_aet: str
+    received_at: float
+    new: bool | None = None
+    error: sqlite3.Error | None = None

@@ -46,7 +46,10 @@ class Service:
             self.database, self.index, config.completion, self._emit, quiet_resolver=self._resolve_quiet
         )
         self.dispatcher = EventDispatcher(self.assembler)
-        self.ingest = Ingest(self.spool, self.index, self.assembler)
+        self.ingest = Ingest(
+            self.spool, self.index, self.assembler, max_sequence_depth=config.node.max_sequence_depth,
+            max_inflated_bytes=config.node.max_inflated_mb * 1024 * 1024,
+        )
         self.listener = Listener(config.node, self.ingest, self.check_space)
         self._components: list[Component] = []
         self._started: list[Component] = []

@@ -62,6 +62,53 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _spool_error(exc: OSError, sop_uid: str, root: Path) -> SpoolError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OutOfSpaceError(f"No space left to store instance '{sop_uid}' in '{root}': {exc}.")
+    return SpoolError(f"Cannot store instance '{sop_uid}' in '{root}': {exc}.")
+
+
+class PartFile:
+    """An instance being streamed into ``.tmp``: :meth:`write` chunks, then :meth:`Spool.publish` it or
+    :meth:`discard` it (an aborted transfer leaves nothing behind)."""
+
+    def __init__(self, path: Path, fd: int, sop_uid: str, root: Path) -> None:
+        self.path = path
+        self.size = 0
+        self._fd: int | None = fd
+        self._sop_uid = sop_uid
+        self._root = root
+
+    def write(self, chunk: bytes | bytearray | memoryview) -> None:
+        if self._fd is None:
+            raise SpoolError(f"The temporary file '{self.path}' is already closed.")
+        view = memoryview(chunk)
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+                self.size += written
+        except OSError as exc:
+            raise _spool_error(exc, self._sop_uid, self._root) from exc
+
+    def close(self, *, fsync: bool) -> None:
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def discard(self) -> None:
+        """Close and remove the temporary file (never raises)."""
+        with suppress(OSError):
+            self.close(fsync=False)
+        with suppress(OSError):
+            self.path.unlink()
+
+
 class Spool:
     """Durable instance files under ``root``; see the module docstring for the layout."""
 
@@ -111,30 +158,47 @@ class Spool:
         final = self.path_for(study_uid, series_uid, sop_uid)
         if final.exists():
             return StoredFile(final, final.stat().st_size, duplicate=True)
-        tmp = self.tmp_dir / f"{final.stem}.{uuid.uuid4().hex}{PART_SUFFIX}"
+        part = self.open_part(sop_uid)
         try:
-            size = 0
-            with open(tmp, "wb") as handle:
-                for chunk in chunks:
-                    size += handle.write(chunk)
-                handle.flush()
-                if self.fsync:
-                    os.fsync(handle.fileno())
+            for chunk in chunks:
+                part.write(chunk)
+        except BaseException:
+            part.discard()
+            raise
+        return self.publish(part, study_uid, series_uid, sop_uid)
+
+    def open_part(self, sop_uid: str) -> PartFile:
+        """A new ``.tmp/<sop>.<random>.part`` file to stream an instance into (see :meth:`publish`)."""
+        name = validate_uid(sop_uid, "SOP Instance UID") if sop_uid.strip() else "unknown"
+        tmp = self.tmp_dir / f"{name}.{uuid.uuid4().hex}{PART_SUFFIX}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise _spool_error(exc, sop_uid, self.root) from exc
+        return PartFile(tmp, fd, sop_uid, self.root)
+
+    def publish(self, part: PartFile, study_uid: str, series_uid: str, sop_uid: str) -> StoredFile:
+        """fsync the part, give it its final name atomically, fsync the folder; the part is gone after.
+
+        A duplicate (the final name exists) keeps the first copy. Raises :class:`SpoolError` (or a
+        subclass); the part is removed whatever happens.
+        """
+        try:
+            final = self.path_for(study_uid, series_uid, sop_uid)
+            part.close(fsync=self.fsync)
             self._make_dirs(final.parent)
-            duplicate = self._publish(tmp, final)
-            if self.fsync:
+            duplicate = self._publish(part.path, final)
+            if self.fsync and not duplicate:
                 _fsync_dir(final.parent)  # the new name is durable; the .tmp unlink need not be
         except OSError as exc:
-            with suppress(OSError):
-                tmp.unlink()
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise OutOfSpaceError(
-                    f"No space left to store instance '{sop_uid}' in '{self.root}': {exc}."
-                ) from exc
-            raise SpoolError(f"Cannot store instance '{sop_uid}' in '{self.root}': {exc}.") from exc
+            part.discard()
+            raise _spool_error(exc, sop_uid, self.root) from exc
+        except BaseException:
+            part.discard()
+            raise
         if duplicate:
             return StoredFile(final, final.stat().st_size, duplicate=True)
-        return StoredFile(final, size, duplicate=False)
+        return StoredFile(final, part.size, duplicate=False)
 
     @staticmethod
     def _publish(tmp: Path, final: Path) -> bool:

@@ -125,7 +125,8 @@ class FailingSpool(Spool):
         super().__init__(root)
         self.error = error
 
-    def write(self, *args, **kwargs):
+    def publish(self, part, *args, **kwargs):
+        part.discard()
         raise self.error
 
 

@@ -1,0 +1,115 @@
+"""Bytes from an accepted socket, under deadlines: the PDU framing of the DICOM Upper Layer (PS3.8 9.3).
+
+:class:`Wire` reads through one reusable buffer: small exact reads for PDU and PDV headers, and views of
+the buffer for the bulk of a P-DATA value, which the caller writes straight to disk. Every read has a
+deadline (the ARTIM timer before the association, the idle timeout between PDUs, and a rate-based bound
+while a PDU arrives: ``grace + length / min_rate`` seconds), so a silent or trickling peer is cut off
+and never holds a thread past it. The PDUs themselves are decoded and encoded by ``pynetdicom.pdu``.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+from collections.abc import Iterator
+
+from dicomnode.errors import ReceiveError
+
+PDU_HEADER = struct.Struct(">BxI")
+PDV_HEADER = struct.Struct(">IBB")
+BUFFER_SIZE = 256 * 1024
+
+
+class PeerGone(ReceiveError):
+    """The peer closed the connection (or it broke)."""
+
+
+class WireTimeout(ReceiveError):
+    """A deadline passed: ``kind`` is ``idle`` (nothing arrived) or ``slow`` (a PDU arrived too slowly)."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class Wire:
+    """Reads and writes one connection; ``deadline`` values are ``time.monotonic()`` instants."""
+
+    def __init__(self, sock: socket.socket, *, min_rate: float, grace: float) -> None:
+        self.sock = sock
+        self.min_rate = min_rate
+        self.grace = grace
+        self._buf = bytearray(BUFFER_SIZE)
+        self._view = memoryview(self._buf)
+        self._start = 0
+        self._end = 0
+        self.deadline_kind = "idle"
+
+    def _fill(self, deadline: float) -> None:
+        """Receive at least one more byte into the buffer (compacting it first when needed)."""
+        if self._start == self._end:
+            self._start = self._end = 0
+        elif self._end == len(self._buf):
+            size = self._end - self._start
+            self._buf[:size] = self._buf[self._start : self._end]
+            self._start, self._end = 0, size
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise WireTimeout("The peer sent nothing before the deadline.", self.deadline_kind)
+        self.sock.settimeout(remaining)
+        try:
+            count = self.sock.recv_into(self._view[self._end :])
+        except TimeoutError as exc:
+            raise WireTimeout(f"The peer sent nothing for {remaining:.1f} s.", self.deadline_kind) from exc
+        except OSError as exc:
+            raise PeerGone(f"The connection broke: {exc}.") from exc
+        if count == 0:
+            raise PeerGone("The peer closed the connection.")
+        self._end += count
+
+    def read_exact(self, count: int, deadline: float) -> bytes:
+        while self._end - self._start < count:
+            if count > len(self._buf):
+                return self._read_large(count, deadline)
+            self._fill(deadline)
+        data = bytes(self._view[self._start : self._start + count])
+        self._start += count
+        return data
+
+    def _read_large(self, count: int, deadline: float) -> bytes:
+        parts = bytearray()
+        for chunk in self.read_chunks(count, deadline):
+            parts += chunk
+        return bytes(parts)
+
+    def read_chunks(self, count: int, deadline: float) -> Iterator[memoryview]:
+        """Yield ``count`` bytes as views of the buffer (each valid until the next read)."""
+        while count:
+            if self._start == self._end:
+                self._fill(deadline)
+            take = min(count, self._end - self._start)
+            view = self._view[self._start : self._start + take]
+            self._start += take
+            count -= take
+            yield view
+
+    def pdu_deadline(self, length: int) -> float:
+        """When a PDU of ``length`` bytes must have arrived completely."""
+        return time.monotonic() + self.grace + length / self.min_rate
+
+    def read_pdu_header(self, idle_deadline: float) -> tuple[int, int, float]:
+        """Wait for the next PDU: (type, length, its deadline); the first byte may wait till ``idle_deadline``."""
+        self.deadline_kind = "idle"
+        if self._start == self._end:
+            self._fill(idle_deadline)
+        self.deadline_kind = "slow"
+        pdu_type, length = PDU_HEADER.unpack(self.read_exact(6, time.monotonic() + self.grace))
+        return pdu_type, length, self.pdu_deadline(length)
+
+    def send(self, data: bytes) -> None:
+        self.sock.settimeout(self.grace)
+        try:
+            self.sock.sendall(data)
+        except OSError as exc:
+            raise PeerGone(f"Cannot send to the peer: {exc}.") from exc
