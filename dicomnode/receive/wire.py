@@ -99,7 +99,7 @@ class Wire:
         return time.monotonic() + self.grace + length / self.min_rate
 
     def read_pdu_header(self, idle_deadline: float) -> tuple[int, int, float]:
-        """Wait for the next PDU: (type, length, its deadline); the first byte may wait till ``idle_deadline``."""
+        """Wait for the next PDU: (type, length, deadline); the first byte may wait until idle_deadline."""
         self.deadline_kind = "idle"
         if self._start == self._end:
             self._fill(idle_deadline)
