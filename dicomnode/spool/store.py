@@ -162,6 +162,9 @@ class Spool:
         try:
             for chunk in chunks:
                 part.write(chunk)
+        except OSError as exc:
+            part.discard()
+            raise _spool_error(exc, sop_uid, self.root) from exc
         except BaseException:
             part.discard()
             raise
