@@ -45,7 +45,8 @@ def test_environment_overrides_nested_keys(tmp_path: Path) -> None:
         ("node: {port: 70000}\n", "node.port"),
         ("node: {ae_tilte: X}\n", "node.ae_tilte: unknown key"),
         ("node: {ae_title: 'THIS AE TITLE IS FAR TOO LONG'}\n", "node.ae_title"),
-        ("destinations: {pacs: {host: x, port: 1}}\n", "destinations.pacs.ae_title"),
+        ("destinations: {pacs: {host: x, port: 1}}\n", "destinations.pacs: Value error, a DIMSE destination "
+         "needs ae_title, host and port (missing: ae_title)"),
         ("- a\n- b\n", "mapping at the top level"),
         ("node: [\n", "not valid YAML at line"),
     ],
