@@ -190,9 +190,12 @@ class DicomDestination:
         return [outcomes[Path(p)] for p in files]
 
     def _associate(self, items: list[_Item]) -> Association:
-        return self._associate_with(self.contexts_for(items))
+        return self.open_association(self.contexts_for(items))
 
-    def _associate_with(self, contexts: list[PresentationContext]) -> Association:
+    def open_association(self, contexts: list[PresentationContext], *, ext_neg: list | None = None,
+                         evt_handlers: list | None = None) -> Association:
+        """An established association with this peer proposing ``contexts`` (TLS, TCP_NODELAY and the
+        timeouts of the destination); raises :class:`SendError` naming why it could not be made."""
         ae = self.ae_class(ae_title=self.calling_ae_title)
         ae.acse_timeout = self.config.timeout
         ae.dimse_timeout = self.config.timeout
@@ -202,8 +205,9 @@ class DicomDestination:
         connected: list[bool] = []
         try:
             assoc = ae.associate(self.config.host, self.config.port, contexts=contexts,
-                                 ae_title=self.config.ae_title, tls_args=tls_args,
-                                 evt_handlers=[(evt.EVT_CONN_OPEN, lambda event: connected.append(True))])
+                                 ae_title=self.config.ae_title, tls_args=tls_args, ext_neg=ext_neg,
+                                 evt_handlers=[(evt.EVT_CONN_OPEN, lambda event: connected.append(True)),
+                                               *(evt_handlers or [])])
         except (OSError, RuntimeError, ValueError) as exc:
             raise SendError(f"Cannot associate with {self.address}: {exc}.") from exc
         if assoc.is_established:
@@ -232,7 +236,7 @@ class DicomDestination:
         )
 
         request = commitment_request(transaction_uid, references)
-        assoc = self._associate_with([build_context(STORAGE_COMMITMENT_PUSH, list(UNCOMPRESSED))])
+        assoc = self.open_association([build_context(STORAGE_COMMITMENT_PUSH, list(UNCOMPRESSED))])
         try:
             if not assoc.accepted_contexts:
                 raise SendError(f"{self.address} does not support Storage Commitment (Push Model); turn off "
