@@ -101,9 +101,9 @@ class PixelEvidence:
         """(True, "") or (False, the reason in one sentence)."""
         values = f"(values {self.low:.0f}…{self.high:.0f})"
         if self.air_fraction < 0.002:
-            return False, (f"the pixels do not look like CT: only {100 * self.air_fraction:.2f} % of the voxels "
-                           f"are air near -1000 HU {values}, which every CT shows outside the body and in the "
-                           "lungs or bowel")
+            return False, (f"the pixels do not look like CT: only {100 * self.air_fraction:.2f} % of the "
+                           f"voxels are air near -1000 HU {values}, which every CT shows outside the body "
+                           "and in the lungs or bowel")
         if self.soft_fraction < 0.05 or not -150.0 <= self.soft_mode <= 150.0:
             return False, (f"the pixels do not look like CT: the soft-tissue peak is at {self.soft_mode:.0f} "
                            f"{values}, not between -150 and 150 HU (fat and soft tissue)")
@@ -216,8 +216,8 @@ def check_input(accepts: Accepts, image: sitk.Image, modality: str, *, pipeline:
             raise InputRefused(f"{who} accepts CT only: {why}.")
         if accepts.pixels == "mr" and is_ct:
             raise InputRefused(
-                f"{who} accepts MR only, but the pixels look like CT: {100 * pixels.air_fraction:.1f} % of the "
-                f"voxels are air near -1000 HU and the soft-tissue peak is at {pixels.soft_mode:.0f} HU."
+                f"{who} accepts MR only, but the pixels look like CT: {100 * pixels.air_fraction:.1f} % of "
+                f"the voxels are air near -1000 HU and the soft-tissue peak is at {pixels.soft_mode:.0f} HU."
             )
         if accepts.regions and is_ct:
             regions = region_evidence(image)

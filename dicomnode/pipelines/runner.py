@@ -132,9 +132,8 @@ def process_volume(spec: PipelineSpec, volume: Any, job: JobSpec) -> tuple[Any, 
     import SimpleITK as sitk
 
     from dicomnode import __version__
-    from dicomnode.outputs.api import ProcessedSeries, Provenance
-
     from dicomnode.imaging.guards import check_input
+    from dicomnode.outputs.api import ProcessedSeries, Provenance
 
     image = volume.to_sitk()
     accepted = check_input(spec.accepts, image, volume.modality, pipeline=spec.name)  # before any step
