@@ -60,9 +60,14 @@ IMPLEMENTATION_CLASS_UID = UID("1.2.826.0.1.3680043.8.498.1")  # pydicom's root,
 MAX_ASSOCIATE_RQ = 1024 * 1024  # an A-ASSOCIATE-RQ longer than this is not a real one
 MAX_COMMAND = 64 * 1024
 
-C_STORE_RQ, C_ECHO_RQ, C_CANCEL_RQ = 0x0001, 0x0030, 0x0FFF
+C_STORE_RQ, C_ECHO_RQ, C_CANCEL_RQ, N_EVENT_REPORT_RQ = 0x0001, 0x0030, 0x0FFF, 0x0100
 NO_DATASET = 0x0101
 UNRECOGNIZED_OPERATION = 0x0211
+PROCESSING_FAILURE = 0x0110
+MAX_EVENT_INFORMATION = 16 * 1024 * 1024  # an N-EVENT-REPORT data set is buffered (storage commitment)
+
+# observers of N-EVENT-REPORTs: (calling AE, SOP Class UID, Event Type ID, event information or None)
+EventReportObserver = Callable[[str, str, int, "Dataset | None"], None]
 
 # A-ABORT provider reasons (PS3.8 9.3.8)
 UNRECOGNIZED_PDU, UNEXPECTED_PDU, INVALID_PARAMETER = 0x01, 0x02, 0x06
@@ -228,6 +233,23 @@ def response(request: Dataset, command_field: int, status: int, comment: str = "
     return rsp
 
 
+class _Buffer:
+    """Keeps a small data set (an N-EVENT-REPORT's event information) up to a limit."""
+
+    def __init__(self, limit: int) -> None:
+        self.data = bytearray()
+        self.received = 0
+        self.limit = limit
+
+    def feed(self, chunk: memoryview) -> None:
+        self.received += len(chunk)
+        if self.received <= self.limit:
+            self.data += chunk
+
+    def abort(self) -> None:
+        self.data.clear()
+
+
 class _Discard:
     """Swallows a dataset that will not be stored (the status is already known)."""
 
@@ -253,6 +275,7 @@ class Association:
         idle_timeout: float,
         peer: str,
         on_protocol_error: Callable[[str], None],
+        on_event_report: list[EventReportObserver] | None = None,
     ) -> None:
         self.wire = wire
         self.request = request
@@ -261,11 +284,12 @@ class Association:
         self.idle_timeout = idle_timeout
         self.peer = peer
         self.on_protocol_error = on_protocol_error
+        self.on_event_report = on_event_report if on_event_report is not None else []
         self.instances = 0
         self._command = bytearray()
         self._pending: Dataset | None = None  # a command whose dataset is arriving
         self._context_id = 0
-        self._sink: InstanceWriter | _Discard | None = None
+        self._sink: InstanceWriter | _Buffer | _Discard | None = None
         self._early_status: tuple[int, str] | None = None
 
     def serve(self) -> str:
@@ -349,6 +373,12 @@ class Association:
         if field_ == C_ECHO_RQ and not has_dataset:
             self._reply(context_id, response(command, 0x8030, SUCCESS))
             return
+        if field_ == N_EVENT_REPORT_RQ:
+            self._pending, self._context_id = command, context_id
+            self._sink = _Buffer(MAX_EVENT_INFORMATION)
+            if not has_dataset:
+                self._dataset_done()
+            return
         if not has_dataset:
             self._reply(context_id, response(command, field_ | 0x8000 if field_ >= 0 else 0x8000,
                                              UNRECOGNIZED_OPERATION))
@@ -382,10 +412,46 @@ class Association:
             result = sink.finish()
             status, comment = result.status, result.comment
             self.instances += result.status == SUCCESS
+        elif isinstance(sink, _Buffer):
+            status, comment = self._event_report(command, sink), ""
+            reply = response(command, 0x8100, status)
+            reply.EventTypeID = command.get("EventTypeID", 0)
+            self._reply(self._context_id, reply)
+            return
         else:
             status, comment = self._early_status or (UNRECOGNIZED_OPERATION, "")
         self._early_status = None
         self._reply(self._context_id, response(command, field_ | 0x8000, status, comment))
+
+    def _event_report(self, command: Dataset, buffer: _Buffer) -> int:
+        """Hand an N-EVENT-REPORT to the observers; its status (0x0110 when it cannot be taken)."""
+        calling = self.request.calling_aet
+        class_uid = str(command.get("AffectedSOPClassUID", ""))
+        event_type = int(command.get("EventTypeID", 0) or 0)
+        if not self.on_event_report:
+            log.warning("N-EVENT-REPORT from '%s' (SOP class %s, event %d) ignored: nothing here expects it.",
+                        calling, class_uid, event_type)
+            return SUCCESS
+        info = None
+        if buffer.received:
+            context = self.accepted[self._context_id]
+            syntax = UID(context.transfer_syntax[0])
+            try:
+                if buffer.received > buffer.limit or syntax.is_deflated:
+                    raise ValueError(f"{buffer.received} bytes in {syntax.name} are not read here")
+                info = read_dataset(io.BytesIO(bytes(buffer.data)), is_implicit_VR=syntax.is_implicit_VR,
+                                    is_little_endian=syntax.is_little_endian)
+            except Exception as exc:  # pydicom raises many types for garbage input
+                log.warning("N-EVENT-REPORT from '%s' has an unreadable data set (0x0110): %s", calling, exc)
+                return PROCESSING_FAILURE
+        try:
+            for observer in self.on_event_report:
+                observer(calling, class_uid, event_type, info)
+        except Exception as exc:  # the peer is told to report again, the association goes on
+            log.error("N-EVENT-REPORT from '%s' (SOP class %s, event %d) not taken (0x0110): %s", calling,
+                      class_uid, event_type, exc)
+            return PROCESSING_FAILURE
+        return SUCCESS
 
     def _reply(self, context_id: int, command: Dataset) -> None:
         payload = encode_command(command)

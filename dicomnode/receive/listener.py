@@ -54,6 +54,7 @@ from dicomnode.receive.association import (
     UNEXPECTED_PDU,
     VERIFICATION,
     Association,
+    EventReportObserver,
     PeerAborted,
     ProtocolError,
     Rejection,
@@ -65,6 +66,8 @@ from dicomnode.receive.association import (
 )
 from dicomnode.receive.ingest import Ingest
 from dicomnode.receive.wire import PeerGone, Wire, WireTimeout
+
+STORAGE_COMMITMENT_PUSH = "1.2.840.10008.1.20.1"
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +109,18 @@ def _tls_context(node: NodeConfig) -> ssl.SSLContext | None:
 
 
 def supported_contexts() -> list[PresentationContext]:
-    """Verification and every storage SOP class, in every transfer syntax pynetdicom knows."""
+    """Verification, every storage SOP class and Storage Commitment Push (its reports, either role), in
+    every transfer syntax pynetdicom knows."""
     contexts = []
-    for abstract in [VERIFICATION, *(cx.abstract_syntax for cx in AllStoragePresentationContexts)]:
+    abstracts = [VERIFICATION, *(cx.abstract_syntax for cx in AllStoragePresentationContexts),
+                 STORAGE_COMMITMENT_PUSH]
+    for abstract in abstracts:
         context = PresentationContext()
         context.abstract_syntax = abstract
         context.transfer_syntax = list(ALL_TRANSFER_SYNTAXES)
+        if abstract == STORAGE_COMMITMENT_PUSH:  # the PACS (SCP role) sends N-EVENT-REPORT on an
+            context.scu_role = True  # association it opens to the node
+            context.scp_role = True
         contexts.append(context)
     return contexts
 
@@ -146,6 +155,10 @@ class Listener:
         # reason label per refused association or cut connection (see the module docstring)
         self.on_accepted: list[Callable[[], None]] = []
         self.on_rejected: list[Callable[[str], None]] = []
+        # N-EVENT-REPORTs a peer sends (a PACS's storage commitment reports): called with
+        # (calling AE, SOP Class UID, Event Type ID, event information data set); an observer that raises
+        # makes the answer 0x0110 (processing failure), so the peer reports again
+        self.on_event_report: list[EventReportObserver] = []
 
     @property
     def port(self) -> int:
@@ -343,7 +356,7 @@ class Listener:
     def _run(self, wire: Wire, request: Request, accepted: dict, conn: _Connection) -> None:
         association = Association(
             wire, request, accepted, self.ingest, idle_timeout=self.node.network_timeout, peer=conn.peer,
-            on_protocol_error=self._reject,
+            on_protocol_error=self._reject, on_event_report=self.on_event_report,
         )
         try:
             association.serve()
