@@ -36,7 +36,6 @@ from tests.factories import ct_series, dataset_hash, dataset_offset
 from tests.fixtures_node import storescu
 from tests.fixtures_orthanc import Orthanc
 from tests.integration.test_fuzz_listener import associate_rq
-from tests.support import dcmtk
 
 pytestmark = pytest.mark.integration
 
