@@ -1,7 +1,12 @@
 """Ingest throughput: dcmtk storescu → (a) dcmtk storescp writing to disk, (b) ``dicomnode serve``.
 
     python benchmarks/ingest.py                     # 500 instances 512×512 int16, 3 reps, 1 and 4 assocs
-    python benchmarks/ingest.py --instances 100 --reps 1
+    python benchmarks/ingest.py --instances 100 --reps 1 --big-gb 0.5
+
+After the ratio table: the attack line (a C-ECHO and a 20-instance storescu while 80 idle/garbage
+connections are held open: the legitimate peer's wall time) and the node's peak RSS growth while it
+receives one object of ``--big-gb`` GB (a multi-frame Secondary Capture whose pixel data is a sparse file;
+0 skips it).
 
 The instances are generated CT slices (tests/factories.py: a synthetic water phantom, Explicit VR LE,
 ~0.5 MB each). storescp runs with ``+B`` (bit-preserving, no fsync; ``--fork`` for concurrent
@@ -16,6 +21,7 @@ import os
 import shutil
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -95,6 +101,94 @@ def start_dicomnode(out: Path, port: int, fsync: bool = True) -> subprocess.Pope
     )
 
 
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def attack_case(work: Path, files: list[Path]) -> str:
+    """Wall time of echoscu + a 20-instance storescu with 80 bad connections held open."""
+    port = free_port()
+    out = work / "out-attack"
+    proc = start_dicomnode(out, port)
+    held: list[socket.socket] = []
+    try:
+        wait_echo(port, "DICOMNODE", proc)
+        folder = work / "attack-src"
+        folder.mkdir()
+        for f in files[:20]:
+            os.link(f, folder / f.name)
+        payloads = [b"", b"\x01", b"GET / HTTP/1.1\r\n\r\n", b"\x01\x00\x00\x00\x01\x00"]
+        for i in range(80):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            if payloads[i % 4]:
+                sock.sendall(payloads[i % 4])
+            held.append(sock)
+        start = time.perf_counter()
+        echo = subprocess.run([ECHOSCU, "-aec", "DICOMNODE", "127.0.0.1", str(port)], capture_output=True,
+                              env=ENV, timeout=120)
+        seconds = send([folder], port, "DICOMNODE") if echo.returncode == 0 else float("nan")
+        total = time.perf_counter() - start
+        return (f"attack: 80 idle/garbage connections held; echoscu rc={echo.returncode}, 20-instance "
+                f"storescu {seconds:.2f} s, both {total:.2f} s (target < 10 s)")
+    finally:
+        for sock in held:
+            sock.close()
+        stop(proc)
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def big_object(work: Path, gigabytes: float) -> Path:
+    """A multi-frame 16-bit Secondary Capture of about ``gigabytes`` GB; the pixel data is a sparse hole."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    frames = max(1, int(gigabytes * 1e9 / (512 * 512 * 2)))
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7.3"
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientID, ds.Modality = "BIG", "OT"
+    ds.Rows = ds.Columns = 512
+    ds.NumberOfFrames = frames
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    path = work / "big" / "big.dcm"
+    path.parent.mkdir()
+    ds.save_as(path, enforce_file_format=True)
+    length = frames * 512 * 512 * 2
+    with open(path, "ab") as handle:
+        handle.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, length))
+        handle.truncate(handle.tell() + length)
+    return path
+
+
+def big_case(work: Path, gigabytes: float) -> str:
+    path = big_object(work, gigabytes)
+    port = free_port()
+    out = work / "out-big"
+    proc = start_dicomnode(out, port)
+    try:
+        wait_echo(port, "DICOMNODE", proc)
+        before = peak_rss_mb(proc.pid)
+        seconds = send([path.parent], port, "DICOMNODE")
+        after = peak_rss_mb(proc.pid)
+        stored = list((out / "data" / "spool").glob("*/*/*.dcm"))
+        size = stored[0].stat().st_size / 1e9 if stored else 0.0
+        return (f"big object: {path.stat().st_size / 1e9:.2f} GB sent, {size:.2f} GB stored in "
+                f"{seconds:.1f} s; node peak RSS {before:.0f} MB before, {after:.0f} MB after (growth {after - before:.0f} MB, "
+                "target < 100 MB)")
+    finally:
+        stop(proc)
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(path.parent, ignore_errors=True)
+
+
 def stop(proc: subprocess.Popen) -> None:
     proc.terminate()
     try:
@@ -114,6 +208,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=512)
     parser.add_argument("--no-fsync", action="store_true", help="run dicomnode with storage.fsync: false")
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary folder (removed)")
+    parser.add_argument("--big-gb", type=float, default=2.0, help="size of the big object (0: skip)")
+    parser.add_argument("--no-attack", action="store_true", help="skip the attack line")
     args = parser.parse_args()
     for tool in (STORESCU, STORESCP, ECHOSCU):
         if not Path(tool).exists():
@@ -161,6 +257,10 @@ def main() -> None:
         print(
             "\nratio = dicomnode throughput / storescp throughput at the same concurrency (1.00 for storescp)"
         )
+        if not args.no_attack:
+            print(attack_case(work, files))
+        if args.big_gb > 0:
+            print(big_case(work, args.big_gb))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
