@@ -39,7 +39,8 @@ def server(tmp_path: Path, db: Database):
     ):
         db.conn.execute(
             "INSERT INTO outbox (destination, file_path, sop_instance_uid, origin, state, next_attempt_at, "
-            "created_at, updated_at) VALUES (?, '/x.dcm', ?, 'forward', ?, 0, 0, 0)", (destination, f"1.{n}", state)
+            "created_at, updated_at) VALUES (?, '/x.dcm', ?, 'forward', ?, 0, 0, 0)",
+            (destination, f"1.{n}", state),
         )
     srv = HealthServer("127.0.0.1", 0, metrics, {"database": database_check(db)})
     srv.start()
