@@ -25,7 +25,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from dicomnode.errors import ImagingError, PipelineError
-from dicomnode.imaging import artifacts, enhance, fuse, lesions, preprocess, segment
+from dicomnode.imaging import artifacts, enhance, fuse, lesions, model, preprocess, segment
 from dicomnode.imaging.organs import brain, common, liver, lung
 from dicomnode.imaging.step import StepOutput, StepValue, image_of, output_of, step, step_names
 
@@ -233,7 +233,7 @@ def guided_contrast(
 
 #: The modules whose ``@step`` functions make up the registry (a new step module is added here).
 STEP_MODULES: tuple[ModuleType, ...] = (
-    preprocess, segment, enhance, artifacts, fuse, liver, lung, brain, lesions,
+    preprocess, segment, enhance, artifacts, fuse, model, liver, lung, brain, lesions,
 )
 
 
