@@ -181,8 +181,8 @@ def big_case(work: Path, gigabytes: float) -> str:
         stored = list((out / "data" / "spool").glob("*/*/*.dcm"))
         size = stored[0].stat().st_size / 1e9 if stored else 0.0
         return (f"big object: {path.stat().st_size / 1e9:.2f} GB sent, {size:.2f} GB stored in "
-                f"{seconds:.1f} s; node peak RSS {before:.0f} MB before, {after:.0f} MB after (growth {after - before:.0f} MB, "
-                "target < 100 MB)")
+                f"{seconds:.1f} s; node peak RSS {before:.0f} MB before, {after:.0f} MB after "
+                f"(growth {after - before:.0f} MB, target < 100 MB)")
     finally:
         stop(proc)
         shutil.rmtree(out, ignore_errors=True)
