@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import shutil
+import threading
 import uuid
 from collections.abc import Iterable
 from contextlib import suppress
@@ -60,6 +61,43 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class DirectorySync:
+    """Group commit of directory fsyncs: concurrent writers into one folder share one ``fsync``.
+
+    A caller's new directory entry is durable once an fsync of the folder that *started after* the entry
+    was made has finished. :meth:`sync` takes a ticket; if an fsync is running it waits for it, then either
+    finds its ticket covered by a later one or runs the next fsync itself, covering every ticket taken
+    before it starts.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._tickets: dict[Path, int] = {}
+        self._done: dict[Path, int] = {}
+        self._running: set[Path] = set()
+
+    def sync(self, folder: Path) -> None:
+        with self._cond:
+            ticket = self._tickets[folder] = self._tickets.get(folder, 0) + 1
+            while folder in self._running:
+                self._cond.wait()
+            if self._done.get(folder, 0) >= ticket:
+                return
+            self._running.add(folder)
+            covered = max(ticket, self._tickets.get(folder, 0))  # pruning may have dropped the counter
+        try:
+            _fsync_dir(folder)
+        finally:
+            with self._cond:
+                self._running.discard(folder)
+                self._done[folder] = max(self._done.get(folder, 0), covered)
+                if len(self._done) > 1024:  # forget idle folders (at worst a later sync runs once more)
+                    for idle in [f for f in self._done if f not in self._running][:512]:
+                        self._done.pop(idle, None)
+                        self._tickets.pop(idle, None)
+                self._cond.notify_all()
 
 
 def _spool_error(exc: OSError, sop_uid: str, root: Path) -> SpoolError:
@@ -117,6 +155,7 @@ class Spool:
         self.fsync = fsync
         self.tmp_dir = self.root / TMP_DIR_NAME
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self._directory_sync = DirectorySync()
 
     def path_for(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
         return (
@@ -192,7 +231,8 @@ class Spool:
             self._make_dirs(final.parent)
             duplicate = self._publish(part.path, final)
             if self.fsync and not duplicate:
-                _fsync_dir(final.parent)  # the new name is durable; the .tmp unlink need not be
+                # the new name is durable; the .tmp unlink need not be
+                self._directory_sync.sync(final.parent)
         except OSError as exc:
             part.discard()
             raise _spool_error(exc, sop_uid, self.root) from exc

@@ -131,3 +131,41 @@ def test_duplicate_index_rows_are_counted(tmp_path: Path, spool: Spool, index: S
     assert index.add(h, calling_aet="A", **kwargs) is True
     assert index.add(h, calling_aet="A", **kwargs) is False
     assert index.instances(h.study_uid, h.series_uid)[0]["duplicates"] == 1
+
+
+def test_directory_fsyncs_of_concurrent_writers_are_shared_and_never_early(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+    import time
+
+    from dicomnode.spool import store
+
+    events: list[tuple[str, float]] = []
+    lock = threading.Lock()
+
+    def slow_fsync(path: Path) -> None:
+        start = time.monotonic()
+        time.sleep(0.05)
+        with lock:
+            events.append(("fsync", start))
+
+    monkeypatch.setattr(store, "_fsync_dir", slow_fsync)
+    syncer = store.DirectorySync()
+    asked: dict[int, float] = {}
+    returned: dict[int, float] = {}
+
+    def writer(i: int) -> None:
+        asked[i] = time.monotonic()
+        syncer.sync(tmp_path)
+        returned[i] = time.monotonic()
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    fsync_starts = [start for _, start in events]
+    assert 1 <= len(fsync_starts) < 8  # shared
+    for i in range(8):  # each caller returned after an fsync that started after it asked
+        assert any(asked[i] <= start and start + 0.05 <= returned[i] + 1e-3 for start in fsync_starts)
