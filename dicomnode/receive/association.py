@@ -27,9 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
-from pydicom.filewriter import write_dataset
 from pydicom.uid import UID
 from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ, A_RELEASE_RP
 from pynetdicom.pdu_primitives import (
@@ -193,16 +191,6 @@ def decode_command(data: bytes) -> Dataset:
         ) from exc
 
 
-def encode_command(command: Dataset) -> bytes:
-    """Implicit VR Little Endian with its (0000,0000) Command Group Length first (PS3.7 E.1)."""
-    buffer = DicomBytesIO()
-    buffer.is_little_endian = True
-    buffer.is_implicit_VR = True
-    write_dataset(buffer, command)
-    body = buffer.getvalue()
-    return struct.pack("<HHII", 0x0000, 0x0000, 4, len(body)) + body
-
-
 def p_data_pdus(context_id: int, payload: bytes, *, command: bool, peer_max_pdu: int) -> bytes:
     """P-DATA-TF PDUs carrying ``payload``, fragmented to fit the peer's Maximum Length."""
     room = (peer_max_pdu - 6) if peer_max_pdu else len(payload) or 1
@@ -218,19 +206,39 @@ def p_data_pdus(context_id: int, payload: bytes, *, command: bool, peer_max_pdu:
     return bytes(out)
 
 
-def response(request: Dataset, command_field: int, status: int, comment: str = "") -> Dataset:
-    rsp = Dataset()
+def _command_element(element: int, value: bytes) -> bytes:
+    return struct.pack("<HHI", 0x0000, element, len(value)) + value
+
+
+def _uid_value(value: object) -> bytes:
+    raw = str(value).encode("ascii", errors="replace")
+    return raw + b"\0" if len(raw) % 2 else raw
+
+
+def response(
+    request: Dataset, command_field: int, status: int, comment: str = "", *, event_type: int | None = None
+) -> bytes:
+    """The encoded response command set (PS3.7 9.3/10.3, Implicit VR Little Endian, group length first).
+
+    Written directly rather than through pydicom's writer: it is eight fixed elements of group 0000 sent
+    once per instance, and pydicom's general writer cost more than the rest of the receive path.
+    """
+    elements = []
     if "AffectedSOPClassUID" in request:
-        rsp.AffectedSOPClassUID = request.AffectedSOPClassUID
-    rsp.CommandField = command_field
-    rsp.MessageIDBeingRespondedTo = request.get("MessageID", 0)
-    rsp.CommandDataSetType = NO_DATASET
-    rsp.Status = status
-    if "AffectedSOPInstanceUID" in request:
-        rsp.AffectedSOPInstanceUID = request.AffectedSOPInstanceUID
+        elements.append(_command_element(0x0002, _uid_value(request.AffectedSOPClassUID)))
+    elements.append(_command_element(0x0100, struct.pack("<H", command_field)))
+    elements.append(_command_element(0x0120, struct.pack("<H", int(request.get("MessageID", 0) or 0))))
+    elements.append(_command_element(0x0800, struct.pack("<H", NO_DATASET)))
+    elements.append(_command_element(0x0900, struct.pack("<H", status)))
     if comment and status != SUCCESS:
-        rsp.ErrorComment = comment[:64]
-    return rsp
+        text = comment[:64].encode("ascii", errors="replace")
+        elements.append(_command_element(0x0902, text + b" " if len(text) % 2 else text))
+    if "AffectedSOPInstanceUID" in request:
+        elements.append(_command_element(0x1000, _uid_value(request.AffectedSOPInstanceUID)))
+    if event_type is not None:
+        elements.append(_command_element(0x1002, struct.pack("<H", event_type)))
+    body = b"".join(elements)
+    return struct.pack("<HHII", 0x0000, 0x0000, 4, len(body)) + body
 
 
 class _Buffer:
@@ -414,9 +422,8 @@ class Association:
             self.instances += result.status == SUCCESS
         elif isinstance(sink, _Buffer):
             status, comment = self._event_report(command, sink), ""
-            reply = response(command, 0x8100, status)
-            reply.EventTypeID = command.get("EventTypeID", 0)
-            self._reply(self._context_id, reply)
+            event_type = int(command.get("EventTypeID", 0) or 0)
+            self._reply(self._context_id, response(command, 0x8100, status, event_type=event_type))
             return
         else:
             status, comment = self._early_status or (UNRECOGNIZED_OPERATION, "")
@@ -453,8 +460,7 @@ class Association:
             return PROCESSING_FAILURE
         return SUCCESS
 
-    def _reply(self, context_id: int, command: Dataset) -> None:
-        payload = encode_command(command)
+    def _reply(self, context_id: int, payload: bytes) -> None:
         self.wire.send(p_data_pdus(context_id, payload, command=True, peer_max_pdu=self.request.peer_max_pdu))
 
 
