@@ -143,7 +143,7 @@ class Listener:
         self.ingest = ingest
         self.space_check = space_check
         self._contexts = supported_contexts()
-        self._tls = _tls_context(node)
+        self._tls: ssl.SSLContext | None = None
         self._sock: socket.socket | None = None
         self._acceptor: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -167,6 +167,7 @@ class Listener:
         return int(self._sock.getsockname()[1])
 
     def start(self) -> None:
+        self._tls = _tls_context(self.node)
         try:
             sock = socket.create_server((self.node.host, self.node.port), backlog=128, reuse_port=False)
         except OSError as exc:
