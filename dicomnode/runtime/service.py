@@ -114,11 +114,8 @@ class Service:
             except Exception:  # a failed reload keeps the previous state; the hook reports why
                 log.exception("Reload hook %r failed.", hook)
 
-    def request_stop(self) -> None:
-        self._stop_requested.set()
-
     def run_forever(self) -> None:
-        """Start, serve until SIGTERM/SIGINT (or :meth:`request_stop`), then stop gracefully."""
+        """Start, serve until SIGTERM/SIGINT, then stop gracefully."""
         previous = {
             sig: signal.signal(sig, handler)
             for sig, handler in (
