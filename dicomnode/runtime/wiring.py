@@ -14,7 +14,7 @@ from dicomnode.config import Config
 from dicomnode.database import Database
 from dicomnode.errors import DicomNodeError
 from dicomnode.observability.audit import AuditTrail
-from dicomnode.observability.completion import CompletionRecorder, spool_bytes_from_database
+from dicomnode.observability.completion import CompletionRecorder
 from dicomnode.observability.health import database_check, disk_check, listener_check
 from dicomnode.observability.http import HealthServer
 from dicomnode.observability.metrics import Metrics, outbox_depth_from_database
@@ -27,6 +27,7 @@ from dicomnode.runtime.processing import Processing
 from dicomnode.runtime.retention import Retention
 from dicomnode.runtime.service import Service
 from dicomnode.send.sender import Sender
+from dicomnode.spool.index import SpoolIndex
 
 
 def _is_bound(listener: Listener) -> Callable[[], bool]:
@@ -44,8 +45,9 @@ def build_service(config: Config) -> Service:
     """The node of ``config``, not started. An invalid rule set at start-up is logged; the node then
     records every series as ``unrouted`` until a valid set is loaded (the files stay in the spool)."""
     database = Database(config.storage.database_path)
+    spool_index = SpoolIndex(database, config.storage.spool_dir)  # for the spool's size at each scrape
     metrics = Metrics(spool_dir=config.storage.spool_dir, outbox_depth=outbox_depth_from_database(database),
-                      spool_bytes=spool_bytes_from_database(database))
+                      spool_bytes=spool_index.total_bytes)
     audit = AuditTrail(database)
 
     sender = Sender.from_config(config, database, metrics=metrics, audit=audit)  # delivers the outbox
