@@ -315,13 +315,16 @@ class Association:
             if pdu_type == 0x04:
                 self._p_data(length, deadline)
             elif pdu_type == 0x05:
+                if length != 4:
+                    raise ProtocolError(f"An A-RELEASE-RQ of {length} bytes (4 expected).")
                 self.wire.read_exact(length, deadline)
                 if self._sink is not None:
                     raise ProtocolError("A-RELEASE-RQ arrived in the middle of a dataset.", UNEXPECTED_PDU)
                 self.wire.send(A_RELEASE_RP().encode())
                 return "released"
             elif pdu_type == 0x07:
-                self.wire.read_exact(min(length, 4), deadline)
+                if length == 4:
+                    self.wire.read_exact(length, deadline)
                 raise PeerAborted(f"The peer '{self.request.calling_aet}' aborted the association.")
             elif pdu_type in (0x01, 0x02, 0x03, 0x06):
                 raise ProtocolError(
@@ -352,6 +355,8 @@ class Association:
             value = item_length - 2
             remaining -= value
             if control & 0x01:
+                if len(self._command) + value > MAX_COMMAND:
+                    raise ProtocolError(f"A DIMSE command set is longer than {MAX_COMMAND} bytes.")
                 last = bool(control & 0x02)
                 self._command_fragment(wire.read_exact(value, deadline), context_id, last=last)
             else:

@@ -30,6 +30,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
 
 from dicomnode.assemble.assembler import Assembler
 from dicomnode.errors import InvalidUIDError, SpoolError
+from dicomnode.observability.logging import log_context, register_phi
 from dicomnode.spool.header import HeaderError, InstanceHeader
 from dicomnode.spool.index import SpoolIndex
 from dicomnode.spool.store import OutOfSpaceError, PartFile, Spool, validate_uid
@@ -135,9 +136,9 @@ class InstanceWriter:
 
     def _fail(self, status: int, comment: str, reason: str, *, error: bool = False) -> None:
         if self._failed is None:
-            (log.error if error else log.warning)(
-                "%s %s (0x%04X): %s", "Could not store" if error else "Refused", self.where, status, reason
-            )
+            with log_context(calling_aet=self.calling_aet, sop_uid=self.sop_instance_uid):
+                verb = "Could not store" if error else "Refused"
+                (log.error if error else log.warning)("%s %s (0x%04X): %s", verb, self.where, status, reason)
             self._failed = StoreResult(status, comment)
         if self._part is not None:
             self._part.discard()
@@ -172,10 +173,18 @@ class InstanceWriter:
             self._part = None
 
     def finish(self) -> StoreResult:
-        """Check the end of the dataset, publish the file durably and index it; the C-STORE status."""
-        result = self._finish()
-        for observer in self.ingest.on_result:
-            observer(result, self.received)
+        """Check the end of the dataset, publish the file durably and index it; the C-STORE status.
+
+        Lines logged meanwhile carry ``calling_aet``/``sop_uid`` (and never the patient's name or ID);
+        the ingest's observers hear the outcome."""
+        with log_context(calling_aet=self.calling_aet, sop_uid=self.sop_instance_uid):
+            result = self._finish()
+        if result.status != SUCCESS:
+            for failed in self.ingest.on_failed:
+                failed(f"0x{result.status:04X}")
+        elif not result.duplicate:
+            for stored in self.ingest.on_stored:
+                stored(self.received)
         return result
 
     def _finish(self) -> StoreResult:
@@ -188,6 +197,7 @@ class InstanceWriter:
         except HeaderError as exc:
             self._fail(CANNOT_UNDERSTAND, _comment(exc), str(exc))
             return self._failed  # type: ignore[return-value]
+        register_phi(header.patient_name, header.patient_id)  # until finish()'s log_context ends
         if header.sop_instance_uid != self.sop_instance_uid:
             self._fail(IDENTIFIERS_INVALID, "SOP Instance UID differs from command",
                        f"the dataset's SOP Instance UID is '{header.sop_instance_uid}'.")
@@ -220,11 +230,7 @@ def _comment(exc: HeaderError) -> str:
 
 
 class Ingest:
-    """Turns received datasets into stored, indexed instances; never raises for a bad dataset.
-
-    ``on_result`` observers (e.g. metrics) are called with each C-STORE's :class:`StoreResult` and the
-    number of dataset bytes received.
-    """
+    """Turns received datasets into stored, indexed instances; never raises for a bad dataset."""
 
     def __init__(
         self,
@@ -242,7 +248,10 @@ class Ingest:
         self.clock = clock
         self.max_sequence_depth = max_sequence_depth
         self.max_inflated_bytes = max_inflated_bytes
-        self.on_result: list[Callable[[StoreResult, int], None]] = []
+        # observers (e.g. metrics): called with the size in bytes of every newly stored instance, and
+        # with the status as text ('0xA700') of every refused or failed one
+        self.on_stored: list[Callable[[int], None]] = []
+        self.on_failed: list[Callable[[str], None]] = []
         self._queue: list[_PendingRow] = []
         self._queue_lock = threading.Lock()
         self._commit_lock = threading.Lock()

@@ -155,6 +155,8 @@ class Listener:
         # reason label per refused association or cut connection (see the module docstring)
         self.on_accepted: list[Callable[[], None]] = []
         self.on_rejected: list[Callable[[str], None]] = []
+        # ... and with the outcome of every spool space check (True: full, the association is refused)
+        self.on_space_checked: list[Callable[[bool], None]] = []
         # N-EVENT-REPORTs a peer sends (a PACS's storage commitment reports): called with
         # (calling AE, SOP Class UID, Event Type ID, event information data set); an observer that raises
         # makes the answer 0x0110 (processing failure), so the peer reports again
@@ -341,7 +343,9 @@ class Listener:
                 self.space_check()
             except StorageFullError as exc:
                 log.error("Refusing association from '%s': %s", request.calling_aet, exc)
+                self._publish_space(full=True)
                 return _rejection(REJECT_TRANSIENT, SOURCE_PROVIDER_PRESENTATION, REASON_TEMPORARY_CONGESTION)
+            self._publish_space(full=False)
         with self._lock:
             if len(self._associated) >= node.max_associations:
                 return _rejection(0x02, 0x03, 0x02)
@@ -353,6 +357,10 @@ class Listener:
             self._associated[id(conn)] = conn
             conn.associated = True
         return None
+
+    def _publish_space(self, *, full: bool) -> None:
+        for observer in self.on_space_checked:
+            observer(full)
 
     def _run(self, wire: Wire, request: Request, accepted: dict, conn: _Connection) -> None:
         association = Association(

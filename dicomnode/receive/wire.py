@@ -3,7 +3,8 @@
 :class:`Wire` reads through one reusable buffer: small exact reads for PDU and PDV headers, and views of
 the buffer for the bulk of a P-DATA value, which the caller writes straight to disk. Every read has a
 deadline (the ARTIM timer before the association, the idle timeout between PDUs, and a rate-based bound
-while a PDU arrives: ``grace + length / min_rate`` seconds), so a silent or trickling peer is cut off
+while a PDU arrives: at any moment after ``grace`` seconds, the PDU's bytes so far must have come at
+``min_rate`` bytes/s, so a trickling sender is cut whatever length its PDU announces), so a silent or trickling peer is cut off
 and never holds a thread past it. The PDUs themselves are decoded and encoded by ``pynetdicom.pdu``.
 """
 
@@ -44,6 +45,9 @@ class Wire:
         self._view = memoryview(self._buf)
         self._start = 0
         self._end = 0
+        self._received = 0  # bytes received from the socket, in all
+        self._pdu_began = 0.0  # when the current PDU's first byte was there
+        self._pdu_mark = 0  # _received before the current PDU
         self.deadline_kind = "idle"
 
     def _fill(self, deadline: float) -> None:
@@ -54,6 +58,9 @@ class Wire:
             size = self._end - self._start
             self._buf[:size] = self._buf[self._start : self._end]
             self._start, self._end = 0, size
+        if self.deadline_kind == "slow":  # the PDU so far must have come at min_rate (after the grace)
+            progress = self._received - self._pdu_mark + 1
+            deadline = min(deadline, self._pdu_began + self.grace + progress / self.min_rate)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise WireTimeout("The peer sent nothing before the deadline.", self.deadline_kind)
@@ -67,6 +74,7 @@ class Wire:
         if count == 0:
             raise PeerGone("The peer closed the connection.")
         self._end += count
+        self._received += count
 
     def read_exact(self, count: int, deadline: float) -> bytes:
         while self._end - self._start < count:
@@ -103,6 +111,8 @@ class Wire:
         self.deadline_kind = "idle"
         if self._start == self._end:
             self._fill(idle_deadline)
+        self._pdu_began = time.monotonic()
+        self._pdu_mark = self._received - (self._end - self._start)
         self.deadline_kind = "slow"
         pdu_type, length = PDU_HEADER.unpack(self.read_exact(6, time.monotonic() + self.grace))
         return pdu_type, length, self.pdu_deadline(length)
