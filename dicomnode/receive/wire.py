@@ -4,8 +4,8 @@
 the buffer for the bulk of a P-DATA value, which the caller writes straight to disk. Every read has a
 deadline (the ARTIM timer before the association, the idle timeout between PDUs, and a rate-based bound
 while a PDU arrives: at any moment after ``grace`` seconds, the PDU's bytes so far must have come at
-``min_rate`` bytes/s, so a trickling sender is cut whatever length its PDU announces), so a silent or trickling peer is cut off
-and never holds a thread past it. The PDUs themselves are decoded and encoded by ``pynetdicom.pdu``.
+``min_rate`` bytes/s, whatever length the PDU announces), so a silent or trickling peer is cut off and
+never holds a thread past it. The PDUs themselves are decoded and encoded by ``pynetdicom.pdu``.
 """
 
 from __future__ import annotations
