@@ -29,6 +29,7 @@ def build_service(config: Config) -> Service:
         wake_sender=sender.wake)
     router = attach_routing(service, submit_job=processing.submit)  # rules, decision log, hot reload
     service.add_component(sender)
+    service.listener.on_event_report.append(sender.on_event_report)  # storage commitment reports
     service.add_component(processing)
     service.processing = processing  # type: ignore[attr-defined]  # for the console's re-run action
     if config.dicomweb.enabled:  # STOW-RS reception into the same ingest as C-STORE
