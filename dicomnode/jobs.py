@@ -27,6 +27,7 @@ class JobSpec:
     attempt: int = 1
     # what the job's destinations' viewers need (ViewerProfile fields); empty = the defaults
     profile: dict[str, Any] = field(default_factory=dict)
+    pipelines_path: str = ""  # the site's pipelines folder (config pipelines.path); empty = shipped only
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

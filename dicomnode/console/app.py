@@ -44,6 +44,7 @@ from dicomnode.console.rulesdesk import (
     dry_run_study,
     highlight,
     list_files,
+    list_pipelines,
     read_file,
     save,
     validate,
@@ -240,7 +241,7 @@ def create_app(node: ConsoleNode) -> FastAPI:
             request, "rules.html", status, title="Rules", active="Rules", ruleset=ruleset, files=files,
             file=file, source=source, highlighted=highlight(source, lines), issues=shown,
             validated=issues is not None, tests=tests, tested=tested,
-            studies=search_studies(node, limit=50),
+            studies=search_studies(node, limit=50), pipelines=list_pipelines(node),
         )
 
     @app.get("/rules", response_class=HTMLResponse, dependencies=read)
