@@ -296,6 +296,34 @@ class ConsoleConfig(_Model):
         return value
 
 
+class StowReceiveConfig(_Model):
+    """STOW-RS reception: an HTTP(S) endpoint taking ``multipart/related; type="application/dicom"``
+    uploads into the spool, with the same validation and durability as C-STORE. Off by default; when on,
+    uploads must be authenticated by a bearer token (``bearer_tokens_file``) and/or a client certificate
+    (``tls.require_client_cert``)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(8043, ge=0, le=65535)  # 0 = a free port (tests)
+    tls: TLSConfig = Field(default_factory=TLSConfig)  # cert/key of the endpoint; ca + require_client_cert
+    bearer_tokens_file: Path | None = None  # lines "<client-name> <token>" (chmod 600); '#' comments
+    max_request_mb: float = Field(4096.0, gt=0)  # one upload (all its instances)
+    max_instance_mb: float = Field(1024.0, gt=0)  # one instance (held in memory while it is checked)
+
+    @model_validator(mode="after")
+    def _authenticated(self) -> StowReceiveConfig:
+        if self.enabled and self.bearer_tokens_file is None and not (
+            self.tls.enabled and self.tls.require_client_cert
+        ):
+            raise ValueError(
+                "STOW-RS reception must be authenticated: set bearer_tokens_file, or tls.enabled with "
+                "require_client_cert (and ca)"
+            )
+        if self.tls.enabled and (self.tls.cert is None or self.tls.key is None):
+            raise ValueError("tls.enabled needs the endpoint's 'cert' and 'key'")
+        return self
+
+
 class Config(_Model):
     node: NodeConfig = Field(default_factory=NodeConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
@@ -310,6 +338,7 @@ class Config(_Model):
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     security: SecurityConfig = Field(default_factory=SecurityConfig)
     console: ConsoleConfig = Field(default_factory=ConsoleConfig)
+    dicomweb: StowReceiveConfig = Field(default_factory=StowReceiveConfig)
 
     @field_validator("destinations")
     @classmethod

@@ -71,3 +71,12 @@ def test_invalid_secret_values_are_not_echoed(tmp_path: Path) -> None:
         load_config(path, environ={})
     assert "console.admin_password_hash" in str(info.value)
     assert "my plaintext password" not in str(info.value)
+
+
+def test_stow_rs_reception_must_be_authenticated(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("dicomweb: {enabled: true}\n")
+    with pytest.raises(ConfigError, match="STOW-RS reception must be authenticated"):
+        load_config(path, environ={})
+    path.write_text(f"dicomweb: {{enabled: true, bearer_tokens_file: {tmp_path / 'tokens'}}}\n")
+    assert load_config(path, environ={}).dicomweb.enabled
