@@ -78,9 +78,9 @@ def main() -> None:
     parser.add_argument("--spacing", type=float, nargs="*", default=[], help="also run on these grids (mm)")
     options = parser.parse_args()
 
-    from tests.onnx_models import unet
-
     import onnxruntime
+
+    from tests.onnx_models import unet
 
     with tempfile.TemporaryDirectory(prefix="dicomnode-model-bench-") as scratch:
         model = unet(Path(scratch) / "unet.onnx", channels=8, classes=4, levels=3)
@@ -88,7 +88,8 @@ def main() -> None:
         runs = [(overlap, None) for overlap in options.overlap]
         runs += [(options.overlap[0], s) for s in options.spacing]
         x, y, z = options.size
-        print(f"model.segment: 3-D U-Net (8-16-32 channels, 4 classes, {size_mb:.2f} MB ONNX, random weights), "
+        print(f"model.segment: 3-D U-Net (8-16-32 channels, 4 classes, {size_mb:.2f} MB ONNX, random "
+              "weights), "
               f"volume {x}x{y}x{z} at 0.8x0.8x1.5 mm (synthetic), windows {options.patch}^3, "
               f"onnxruntime {onnxruntime.__version__} CPU, {options.threads} threads")
         print(f"{'grid':<14}{'overlap':>8}{'windows':>9}{'total_s':>9}{'forward_s':>11}{'s/window':>10}"
