@@ -6,6 +6,7 @@ A pipeline file::
     version: "1.0"
     description: ...
     modalities: [CT]
+    accepts: {pixels: ct, regions: [abdomen, chest]}   # input guards (dicomnode.imaging.guards)
     window: {center: 60, width: 400}          # for the enhanced series
     sr_features: [volume_ml, original_firstorder_Mean]   # measurements in the SR (default: volume +
                                                          # first-order statistics; names with SR codes)
@@ -44,14 +45,16 @@ from typing import Any
 import yaml
 
 from dicomnode.errors import DicomNodeError, PipelineError
+from dicomnode.imaging.guards import Accepts
 from dicomnode.route.yamlsource import LineDict, LineList, load_yaml
 
 log = logging.getLogger(__name__)
 
 PIPELINE_PACKAGE = "dicomnode.pipelines"
-PIPELINE_KEYS = frozenset(
-    {"name", "version", "description", "modalities", "window", "enhanced", "sr_features", "steps", "segments"}
-)
+PIPELINE_KEYS = frozenset({
+    "name", "version", "description", "modalities", "accepts", "window", "enhanced", "sr_features", "steps",
+    "segments",
+})
 STEP_KEYS = frozenset({"id", "use", "in", "params"})
 SEGMENT_KEYS = frozenset({"from", "label", "structure", "color", "category", "value", "each", "required"})
 WINDOW_KEYS = frozenset({"center", "width"})
@@ -91,6 +94,7 @@ class PipelineSpec:
     window: tuple[float, float] | None = None  # (center, width)
     enhanced: str | None = None
     sr_features: tuple[str, ...] | None = None  # None = the result writer's default
+    accepts: Accepts = field(default_factory=Accepts)  # input guards, checked before any step runs
     source: str = field(default="", compare=False)  # the file it was read from
     site: bool = field(default=False, compare=False)  # from the site's pipelines folder
 
@@ -271,16 +275,25 @@ def parse_pipeline(text: str, source: str = "<string>", base_dir: Path | None = 
                 feature_code(str(name))
         except OutputError as exc:
             raise _fail(source, str(exc), _line(data, "sr_features")) from exc
+    modalities = tuple(str(m) for m in data.get("modalities") or ())
+    accepts = data.get("accepts")
+    if accepts is not None and not isinstance(accepts, dict):
+        raise _fail(source, f"'accepts' must be a mapping, got {accepts!r}.", _line(data, "accepts"))
+    try:
+        accepted = Accepts.parse(_plain(accepts) if accepts is not None else None, modalities)
+    except (TypeError, ValueError) as exc:
+        raise _fail(source, f"{exc}.", _line(data, "accepts")) from exc
     return PipelineSpec(
         name=str(data["name"]),
         version=str(data["version"]),
         description=str(data["description"]).strip(),
         steps=tuple(steps),
         segments=tuple(segments),
-        modalities=tuple(str(m) for m in data.get("modalities") or ()),
+        modalities=accepted.modalities,
         window=(float(window["center"]), float(window["width"])) if window else None,
         enhanced=str(enhanced) if enhanced else None,
         sr_features=tuple(str(n) for n in sr_features) if sr_features else None,
+        accepts=accepted,
         source=source,
     )
 
