@@ -33,7 +33,6 @@ against the folder of the pipeline file. Errors name ``file:line``; unknown keys
 from __future__ import annotations
 
 import copy
-import inspect
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -373,11 +372,8 @@ def check_steps(spec: PipelineSpec, *, models: bool = False) -> None:
             f"known steps: {', '.join(sorted(registry))}."
         )
     for step in spec.steps:
-        signature = inspect.signature(registry[step.use])
-        accepted = {
-            name for name, p in signature.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
-        }
-        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
+        accepted = registry[step.use].params
+        if accepted is None:  # the step takes any keyword parameter
             continue
         unknown = sorted(set(step.params) - accepted)
         if unknown:
