@@ -91,15 +91,15 @@ def test_a_site_pipeline_beside_the_rules_is_loaded_with_its_model_path_resolved
     ("edit", "line", "message"),
     [
         (("      patch", "      pach"), 6, "Unknown parameter(s) organs.pach for step 'organs'"),
-        (("steps:", "stpes:"), 5, "unknown key 'stpes' in the pipeline"),
+        (("steps:", "stpes:"), 5, "stpes: unknown key 'stpes'"),
         (("  - {from: organs, value: 1,", "  - {from: organs, vale: 1,"), 16,
-         "unknown key 'vale' in segment"),
+         "segments[0].vale: unknown key 'vale'"),
         (("labels: {1: Liver, 2: Bone}", "labels: {1: Liver, 2: Bone, 3: Spleen}"), 6,
          r"names channel(s) [3] but the model 'abdomen.onnx' returns 3 channels"),
         (("patch: [16, 32, 32]", "patch: [16, 32]"), 6, "'patch' must be three positive integers"),
         (("model: models/abdomen.onnx", "model: models/liver.onnx"), 6, "models/liver.onnx' does not exist"),
         (("name: abdomen", "name: liver-ct"), 1,
-         "pipeline name 'liver-ct' is already declared by liver-ct.yaml"),
+         "name: pipeline name 'liver-ct' is already used by liver-ct.yaml"),
     ],
 )
 def test_invalid_site_pipelines_are_refused_with_file_and_line(
