@@ -61,7 +61,8 @@ def apply_in_mask(
         raise ImagingError(
             f"The enhancement changed the grid size from {crop.GetSize()} to {enhanced.GetSize()}."
         )
-    weights = sitk.GetArrayViewFromImage(feather_weights(crop_mask, feather_mm=feather_mm))
+    feather = feather_weights(crop_mask, feather_mm=feather_mm)  # kept alive while its view is read
+    weights = sitk.GetArrayViewFromImage(feather)
     blended = blend(sitk.GetArrayViewFromImage(crop), sitk.GetArrayViewFromImage(enhanced), weights)
     out = sitk.GetArrayFromImage(image)
     out[box] = blended

@@ -31,8 +31,8 @@ from dicomnode.errors import ImagingError
 _SLICEWISE_Z_MM = 1e6  # a slice spacing no distance crosses
 
 
-def _distance_to(mask: np.ndarray, spacing: Sequence[float], slicewise: bool) -> np.ndarray:
-    """Distance (mm) from each voxel centre to the nearest ``mask`` voxel centre (≤ 0 inside)."""
+def _within(mask: np.ndarray, spacing: Sequence[float], slicewise: bool, radius_mm: float) -> np.ndarray:
+    """Voxels whose centre lies within ``radius_mm`` of a ``mask`` voxel's centre (all of ``mask``)."""
     image = sitk.GetImageFromArray(mask.astype(np.uint8))
     xyz = [float(s) for s in spacing[::-1]]
     if slicewise and mask.ndim == 3:
@@ -41,7 +41,7 @@ def _distance_to(mask: np.ndarray, spacing: Sequence[float], slicewise: bool) ->
     distance = sitk.SignedMaurerDistanceMap(
         image, insideIsPositive=False, squaredDistance=False, useImageSpacing=True
     )
-    return sitk.GetArrayViewFromImage(distance)
+    return sitk.GetArrayViewFromImage(distance) <= radius_mm  # a new array; the view ends with ``distance``
 
 
 def dilate(
@@ -51,7 +51,7 @@ def dilate(
     mask = np.asarray(mask, dtype=bool)
     if radius_mm <= 0 or not mask.any():
         return mask.copy()
-    return _distance_to(mask, spacing, slicewise) <= radius_mm
+    return _within(mask, spacing, slicewise, radius_mm)
 
 
 def erode(
@@ -61,7 +61,7 @@ def erode(
     mask = np.asarray(mask, dtype=bool)
     if radius_mm <= 0 or mask.all():
         return mask.copy()
-    return _distance_to(~mask, spacing, slicewise) > radius_mm
+    return ~_within(~mask, spacing, slicewise, radius_mm)
 
 
 def opening(
