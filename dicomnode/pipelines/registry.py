@@ -6,7 +6,11 @@ A pipeline file::
     version: "1.0"
     description: ...
     modalities: [CT]
-    window: {center: 60, width: 400}          # for the enhanced series
+    window: {center: 60, width: 400}          # for the enhanced series (or, several, ``windows``:)
+    windows:                                  # VOI windows of the enhanced series, the default first;
+      - {organ: liver, width: 150, explanation: LIVER}   # centre = the organ's median (width omitted:
+      - {center: 40, width: 400, explanation: ABDOMEN}   # 1.2x the organ's 1-99 % range)
+    enhanced_values: quantitative             # or display: non-linear values, RescaleType US
     sr_features: [volume_ml, original_firstorder_Mean]   # measurements in the SR (default: volume +
                                                          # first-order statistics; names with SR codes)
     enhanced: enhanced                        # context name of the enhanced image (optional)
@@ -62,6 +66,14 @@ class SegmentSpec:
 
 
 @dataclass(frozen=True)
+class WindowSpec:
+    explanation: str
+    center: float | None = None  # None: the median of ``organ`` in the enhanced image
+    width: float | None = None  # None: 1.2x the 1-99 % range of ``organ``
+    organ: str | None = None  # context name of a mask on the source grid
+
+
+@dataclass(frozen=True)
 class PipelineSpec:
     name: str
     version: str
@@ -72,6 +84,8 @@ class PipelineSpec:
     window: tuple[float, float] | None = None  # (center, width)
     enhanced: str | None = None
     sr_features: tuple[str, ...] | None = None  # None = the result writer's default
+    windows: tuple[WindowSpec, ...] = ()
+    enhanced_values: str = "quantitative"  # or "display" (outputs.api.ENHANCED_VALUES)
 
     def parameters(self) -> dict[str, Any]:
         """Every overridable parameter with its default, as ``<step id>.<param>``."""
@@ -163,6 +177,10 @@ def parse_pipeline(text: str, source: str = "<string>") -> PipelineSpec:
             )
         )
     window = data.get("window")
+    windows = tuple(_window_spec(source, raw, seen) for raw in data.get("windows") or ())
+    enhanced_values = str(data.get("enhanced_values", "quantitative"))
+    if enhanced_values not in ("quantitative", "display"):
+        raise _fail(source, f"'enhanced_values' must be quantitative or display, got {enhanced_values!r}.")
     enhanced = data.get("enhanced")
     if enhanced is not None and enhanced not in seen:
         raise _fail(source, f"'enhanced' names '{enhanced}', which no step produces.")
@@ -188,7 +206,27 @@ def parse_pipeline(text: str, source: str = "<string>") -> PipelineSpec:
         window=(float(window["center"]), float(window["width"])) if window else None,
         enhanced=str(enhanced) if enhanced else None,
         sr_features=tuple(str(n) for n in sr_features) if sr_features else None,
+        windows=windows,
+        enhanced_values=enhanced_values,
     )
+
+
+def _window_spec(source: str, raw: Any, seen: set[str]) -> WindowSpec:  # noqa: ANN401 - YAML value
+    if not isinstance(raw, dict) or not raw.get("explanation"):
+        raise _fail(source, f"window {raw!r} must be a mapping with an 'explanation'.")
+    organ = raw.get("organ")
+    if organ is not None and organ not in seen:
+        raise _fail(source, f"window {raw!r} names organ '{organ}', which no step produces.")
+    if organ is None and (raw.get("center") is None or raw.get("width") is None):
+        raise _fail(source, f"window {raw!r} needs 'center' and 'width' (or an 'organ').")
+    try:
+        center = float(raw["center"]) if raw.get("center") is not None else None
+        width = float(raw["width"]) if raw.get("width") is not None else None
+    except (TypeError, ValueError):
+        raise _fail(source, f"window {raw!r}: 'center' and 'width' must be numbers.") from None
+    if width is not None and width < 1:
+        raise _fail(source, f"window {raw!r}: 'width' must be at least 1.")
+    return WindowSpec(str(raw["explanation"])[:64], center, width, str(organ) if organ else None)
 
 
 def load_pipelines() -> dict[str, PipelineSpec]:
