@@ -94,7 +94,8 @@ def lesion_effects(case: RealNoiseCase, enhanced: np.ndarray) -> list[LesionEffe
         outside = ndimage.distance_transform_edt(~mask, sampling=case.spacing)
         ring = (outside >= 3) & (outside <= 8) & liver
 
-        def contrast_cnr(a: np.ndarray) -> tuple[float, float]:
+        def contrast_cnr(a: np.ndarray, core: np.ndarray = core, ring: np.ndarray = ring
+                         ) -> tuple[float, float]:
             c = float(a[core].mean() - a[ring].mean())
             return c, abs(c) / float(np.sqrt((a[core].var() + a[ring].var()) / 2))
 

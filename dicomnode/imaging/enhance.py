@@ -167,7 +167,8 @@ def enhancement_report(source: np.ndarray, enhanced: np.ndarray, mask: np.ndarra
         report[f"{name}_mean"] = round(float(a.mean()), 2)
         report[f"{name}_sd"] = round(float(a.std()), 2)
         spread = float(np.sqrt((a.var() + b.var()) / 2.0)) if b.size > 1 else 0.0
-        report[f"{name}_cnr"] = round(abs(float(a.mean() - b.mean())) / max(spread, 1e-12), 3) if b.size else 0.0
+        cnr = abs(float(a.mean() - b.mean())) / max(spread, 1e-12) if b.size else 0.0
+        report[f"{name}_cnr"] = round(cnr, 3)
         report[f"{name}_edge_width_mm"] = round(edge_width_mm(values, inside, spacing), 2)
     report["mean_shift"] = round(report["enhanced_mean"] - report["source_mean"], 2)
     return report

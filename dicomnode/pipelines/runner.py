@@ -211,8 +211,9 @@ def enhancement_summary(spec: PipelineSpec, volume: Any, enhanced: np.ndarray, s
     organs = {s.label: enhancement_report(volume.array, enhanced, s.mask, volume.spacing)
               for s in segments if s.category == "organ" and s.mask.any()}
     unit = "HU" if volume.modality == "CT" else "signal"
-    return {"values": spec.enhanced_values, "unit": unit if spec.enhanced_values == "quantitative" else "display",
-            "organs": organs}
+    if spec.enhanced_values != "quantitative":
+        unit = "display"
+    return {"values": spec.enhanced_values, "unit": unit, "organs": organs}
 
 
 def run_job(spec: JobSpec, profile: ViewerProfile | None = None) -> JobResult:

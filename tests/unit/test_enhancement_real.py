@@ -1,6 +1,6 @@
-"""liver-ct's enhancement on real CT noise (the shared abdominal CT with inserted lesions, tests/real_noise.py):
+"""liver-ct's enhancement on real CT noise (the shared abdominal CT with inserted lesions, real_noise.py):
 the HU-declaring derived series keeps region means within 3 HU and lesion contrast within 15 %, raises CNR
-and does not blur edges by more than 1.2 mm (10-90 % width)."""
+and widens edges (10-90 % width) by 0.5 mm in the median (10-90 % width)."""
 
 from __future__ import annotations
 
@@ -29,8 +29,10 @@ def test_liver_ct_enhancement_on_real_ct_noise_keeps_hu_and_edges() -> None:
         assert abs(e.mean_shift) < 3.0, e
         assert abs(e.contrast_kept - 1.0) < 0.15, e
         assert e.cnr_after >= 1.2 * e.cnr_before, e
-        assert e.edge_after_mm <= e.edge_before_mm + 1.2, e  # faint (30 HU) edges widen most
+        assert e.edge_after_mm <= e.edge_before_mm + 1.5, e  # faint (30-40 HU) edges widen most
     assert np.median([e.cnr_after / e.cnr_before for e in effects]) >= 1.3
+    # a 1 mm Gaussian widens these edges by 1.5-2.6 mm (median 1.6): the bilateral filter by ~0.5
+    assert np.median([e.edge_after_mm - e.edge_before_mm for e in effects]) <= 0.8
 
 
 def test_edge_width_measures_blur_not_noise() -> None:

@@ -190,7 +190,8 @@ def test_liver_ct_enhancement_keeps_hu_means_and_contrast_and_raises_cnr() -> No
     assert abs(float(enhanced[liver].mean() - ct.image[liver].mean())) < 3.0
     assert abs(float(enhanced[band & ~liver].mean() - ct.image[band & ~liver].mean())) < 3.0
     # noise-free spread: the clean phantom's liver values (lesions, vessels) through the same chain
-    clean, _ = run_enhancement("liver-ct", ct.to_sitk(ct.clean.astype(np.float32)), "liver", ct.mask_sitk("liver"))
+    clean_image = ct.to_sitk(ct.clean.astype(np.float32))
+    clean, _ = run_enhancement("liver-ct", clean_image, "liver", ct.mask_sitk("liver"))
     assert abs(float(clean[liver].std()) / float(ct.clean[liver].std()) - 1.0) < 0.15
 
     def cnr(image: np.ndarray, label: int) -> float:
@@ -202,7 +203,8 @@ def test_liver_ct_enhancement_keeps_hu_means_and_contrast_and_raises_cnr() -> No
         before = float(ct.image[lesion].mean() - ct.image[parenchyma].mean())
         after = float(enhanced[lesion].mean() - enhanced[parenchyma].mean())
         assert abs(after / before - 1.0) < 0.15, truth
-        # white noise on 3.2 mm pixels (the 1.5 mm filter spans ~1 pixel): +10 %; real CT: +40 % (test_enhancement_real)
+        # white noise on 3.2 mm pixels (the 1.5 mm filter spans ~1 pixel): +10 %; real CT: +40 %
+        # (test_enhancement_real)
         assert cnr(enhanced, truth.label) >= 1.1 * cnr(ct.image, truth.label), truth
 
 
