@@ -4,7 +4,7 @@ Conventions (shared by every step module, see ``dicomnode.imaging.preprocess``):
 return ``SimpleITK.Image``; intensity images are float32 in real units (HU for CT) and stay so here;
 masks are ``sitk.sitkUInt8`` 0/1 on the image grid. Parameters are keyword-only with defaults; sizes
 in mm; intensities estimated from the image when not given. Invalid parameters raise ``ImagingError``.
-``STEPS`` maps step names to functions.
+Steps are declared ``@step("enhance.<name>")``.
 
 Every step has the signature ``step(image, *, mask, feather_mm=3.0, **params)``: the enhancement is
 computed on the mask's bounding box (plus the feather band and a margin for the filter support) and
@@ -16,8 +16,7 @@ at ``feather_mm`` outside it. Voxels farther than ``feather_mm`` from the mask a
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
-from types import MappingProxyType
+from collections.abc import Callable
 
 import numpy as np
 import SimpleITK as sitk
@@ -26,6 +25,7 @@ from skimage.exposure import equalize_adapthist
 from dicomnode.errors import ImagingError
 from dicomnode.imaging import preprocess
 from dicomnode.imaging.preprocess import like, require_choice, require_positive, require_same_grid, to_float
+from dicomnode.imaging.step import step
 
 log = logging.getLogger(__name__)
 
@@ -130,11 +130,11 @@ def edge_width_mm(image: np.ndarray, mask: np.ndarray, spacing: tuple[float, flo
     centres, index = np.unique(bins, return_inverse=True)
     profile = np.bincount(index, np.asarray(image, dtype=np.float64)[selected]) / np.bincount(index)
 
-    def step(d: np.ndarray, low: float, high: float, mu: float, sigma: float) -> np.ndarray:
+    def erf_step(d: np.ndarray, low: float, high: float, mu: float, sigma: float) -> np.ndarray:
         return low + (high - low) * 0.5 * (1.0 + erf((d - mu) / (np.sqrt(2.0) * sigma)))
 
     try:
-        fitted, _ = curve_fit(step, centres, profile, p0=[profile[0], profile[-1], 0.0, 1.0], maxfev=5000)
+        fitted, _ = curve_fit(erf_step, centres, profile, p0=[profile[0], profile[-1], 0.0, 1.0], maxfev=5000)
     except (RuntimeError, ValueError):
         return float("nan")
     return float(2.5631 * abs(fitted[3]))
@@ -153,9 +153,9 @@ def enhancement_report(source: np.ndarray, enhanced: np.ndarray, mask: np.ndarra
     if not inside.any():
         raise ImagingError("An enhancement report needs a non-empty mask.")
     box = []  # the mask's box plus the ring: distance transforms of a whole 512x512x300 volume take seconds
-    for axis, step in enumerate(spacing):
+    for axis, voxel_mm in enumerate(spacing):
         present = np.flatnonzero(inside.any(axis=tuple(a for a in range(3) if a != axis)))
-        pad = int(np.ceil(max(ring_mm[1], 6.0) / step)) + 1
+        pad = int(np.ceil(max(ring_mm[1], 6.0) / voxel_mm)) + 1
         box.append(slice(max(0, present[0] - pad), present[-1] + pad + 1))
     crop = tuple(box)
     inside, source, enhanced = inside[crop], np.asarray(source)[crop], np.asarray(enhanced)[crop]
@@ -177,6 +177,7 @@ def enhancement_report(source: np.ndarray, enhanced: np.ndarray, mask: np.ndarra
 # ----------------------------------------------------------------------------------------- contrast
 
 
+@step("enhance.clahe")
 def clahe(
     image: sitk.Image,
     *,
@@ -215,6 +216,7 @@ def clahe(
     return apply_in_mask(image, mask, enhance, feather_mm=feather_mm, support_mm=0.0)
 
 
+@step("enhance.contrast_stretch")
 def contrast_stretch(
     image: sitk.Image,
     *,
@@ -236,6 +238,7 @@ def contrast_stretch(
 # ---------------------------------------------------------------------------------------- sharpening
 
 
+@step("enhance.unsharp_mask")
 def unsharp_mask(
     image: sitk.Image,
     *,
@@ -254,6 +257,7 @@ def unsharp_mask(
     return apply_in_mask(image, mask, enhance, feather_mm=feather_mm, support_mm=4 * sigma_mm)
 
 
+@step("enhance.laplacian_sharpen")
 def laplacian_sharpen(
     image: sitk.Image,
     *,
@@ -274,6 +278,7 @@ def laplacian_sharpen(
     return apply_in_mask(image, mask, enhance, feather_mm=feather_mm, support_mm=4 * sigma_mm)
 
 
+@step("enhance.richardson_lucy")
 def richardson_lucy(
     image: sitk.Image,
     *,
@@ -329,6 +334,7 @@ _DENOISERS = ("nl_means", "gaussian", "median", "wavelet")
 _EDGE_PRESERVING = ("anisotropic", "bilateral")
 
 
+@step("enhance.noise_reduction")
 def noise_reduction(
     image: sitk.Image,
     *,
@@ -354,6 +360,7 @@ def noise_reduction(
     return apply_in_mask(image, mask, enhancers[method], feather_mm=feather_mm, support_mm=4 * sigma_mm)
 
 
+@step("enhance.edge_preserving_smooth")
 def edge_preserving_smooth(
     image: sitk.Image,
     *,
@@ -390,6 +397,7 @@ def edge_preserving_smooth(
 # ------------------------------------------------------------------------------ histogram matching
 
 
+@step("enhance.histogram_match")
 def histogram_match(
     image: sitk.Image,
     *,
@@ -423,17 +431,3 @@ def histogram_match(
         return like(mapped.astype(np.float32), crop)
 
     return apply_in_mask(image, mask, enhance, feather_mm=feather_mm, support_mm=0.0)
-
-
-STEPS: Mapping[str, Callable[..., sitk.Image]] = MappingProxyType(
-    {
-        "clahe": clahe,
-        "contrast_stretch": contrast_stretch,
-        "unsharp_mask": unsharp_mask,
-        "laplacian_sharpen": laplacian_sharpen,
-        "richardson_lucy": richardson_lucy,
-        "noise_reduction": noise_reduction,
-        "edge_preserving_smooth": edge_preserving_smooth,
-        "histogram_match": histogram_match,
-    }
-)

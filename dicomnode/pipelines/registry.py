@@ -6,6 +6,7 @@ A pipeline file::
     version: "1.0"
     description: ...
     modalities: [CT]
+    accepts: {pixels: ct, regions: [abdomen, chest]}   # input guards (dicomnode.imaging.guards)
     window: {center: 60, width: 400}          # for the enhanced series (or, several, ``windows``:)
     windows:                                  # VOI windows of the enhanced series, the default first;
       - {organ: liver, width: 150, explanation: LIVER}   # centre = the organ's median (width omitted:
@@ -31,7 +32,6 @@ unknown keys are refused with the list of valid ones.
 from __future__ import annotations
 
 import copy
-import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from importlib import resources
@@ -40,6 +40,7 @@ from typing import Any
 import yaml
 
 from dicomnode.errors import PipelineError
+from dicomnode.imaging.guards import Accepts
 
 PIPELINE_PACKAGE = "dicomnode.pipelines"
 
@@ -86,6 +87,7 @@ class PipelineSpec:
     sr_features: tuple[str, ...] | None = None  # None = the result writer's default
     windows: tuple[WindowSpec, ...] = ()
     enhanced_values: str = "quantitative"  # or "display" (outputs.api.ENHANCED_VALUES)
+    accepts: Accepts = field(default_factory=Accepts)  # input guards, checked before any step runs
 
     def parameters(self) -> dict[str, Any]:
         """Every overridable parameter with its default, as ``<step id>.<param>``."""
@@ -196,18 +198,27 @@ def parse_pipeline(text: str, source: str = "<string>") -> PipelineSpec:
                 feature_code(str(name))
         except OutputError as exc:
             raise _fail(source, str(exc)) from exc
+    modalities = tuple(str(m) for m in data.get("modalities") or ())
+    accepts = data.get("accepts")
+    if accepts is not None and not isinstance(accepts, dict):
+        raise _fail(source, f"'accepts' must be a mapping, got {accepts!r}.")
+    try:
+        accepted = Accepts.parse(accepts, modalities)
+    except (TypeError, ValueError) as exc:
+        raise _fail(source, f"{exc}.") from exc
     return PipelineSpec(
         name=str(data["name"]),
         version=str(data["version"]),
         description=str(data["description"]).strip(),
         steps=tuple(steps),
         segments=tuple(segments),
-        modalities=tuple(str(m) for m in data.get("modalities") or ()),
+        modalities=accepted.modalities,
         window=(float(window["center"]), float(window["width"])) if window else None,
         enhanced=str(enhanced) if enhanced else None,
         sr_features=tuple(str(n) for n in sr_features) if sr_features else None,
         windows=windows,
         enhanced_values=enhanced_values,
+        accepts=accepted,
     )
 
 
@@ -259,11 +270,8 @@ def check_steps(spec: PipelineSpec) -> None:
             f"known steps: {', '.join(sorted(registry))}."
         )
     for step in spec.steps:
-        signature = inspect.signature(registry[step.use])
-        accepted = {
-            name for name, p in signature.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
-        }
-        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
+        accepted = registry[step.use].params
+        if accepted is None:  # the step takes any keyword parameter
             continue
         unknown = sorted(set(step.params) - accepted)
         if unknown:
