@@ -124,8 +124,8 @@ class Database:
         self._timeout = timeout
         self._local = threading.local()
         self._schema_lock = threading.Lock()
-        self._schemas: set[str] = set()
         self._migrated: dict[str, int] = {}
+        self._schemas: set[str] = set()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             with self.transaction() as conn:
@@ -218,8 +218,8 @@ class Database:
         return int(self.conn.execute("PRAGMA user_version").fetchone()[0])
 
     def ensure_schema(self, ddl: str) -> None:
-        """Run idempotent DDL once per Database instance (tests and scratch tables; owners use
-        :meth:`migrate`)."""
+        """Run idempotent DDL once per Database instance. Unversioned: for a table not yet given a
+        :class:`Schema` (owners use :meth:`migrate`, which also upgrades an existing file)."""
         with self._schema_lock:
             if ddl in self._schemas:
                 return

@@ -192,8 +192,9 @@ class CeleryExecutor:
         try:
             manifest = stage_inputs(layout, list(spec.input_files), spec.attempt)
         except (DistributedError, OSError) as exc:
-            self._fail(lease, "failed", f"Cannot stage the input of job '{spec.job_id}' into the shared "
-                                        f"folder: {exc}", "stage_failed")
+            self._fail(lease, LeaseState.FAILED,
+                       f"Cannot stage the input of job '{spec.job_id}' into the shared folder: {exc}",
+                       "stage_failed")
             return
         soft, hard = self.settings.limits_for(spec.pipeline)
         deadline = now + self.settings.visibility_timeout
