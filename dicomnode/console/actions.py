@@ -19,7 +19,7 @@ from pathlib import Path
 
 from dicomnode.console.node import ConsoleNode
 from dicomnode.console.studies import study_outbox
-from dicomnode.errors import ConsoleError, DicomNodeError
+from dicomnode.errors import ConsoleError
 from dicomnode.jobs import JobSpec
 from dicomnode.send.outbox import PENDING, Origin, OutboxItem, OutboxState
 
@@ -130,6 +130,3 @@ class Actions:
                  state or "sent+dead", destination or "all")
         return count
 
-
-def describe_error(exc: DicomNodeError) -> str:
-    return str(exc).splitlines()[0]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -54,6 +54,21 @@ def combined_profile(config: Config, destinations: Sequence[str]) -> dict[str, A
     return union.model_dump()
 
 
+class ProcessingMetrics(Protocol):
+    """What processing reports to (``dicomnode.observability.metrics.Metrics`` fits)."""
+
+    def pipeline_finished(self, pipeline: str, seconds: float, ok: bool) -> None: ...
+
+    def step_timings(self, pipeline: str, timings: Mapping[str, float]) -> None: ...
+
+
+class ProcessingAudit(Protocol):
+    """Where processing records ``processed``/``failed`` events (``AuditTrail`` fits)."""
+
+    def record(self, stage: str, study_uid: str, *, series_uid: str | None = None, job_id: str | None = None,
+               detail: Mapping[str, Any] | None = None) -> None: ...
+
+
 class Processing:
     """``submit(spec, priority=…)`` for the router; ``start()``/``stop()`` as a service component."""
 
@@ -63,9 +78,9 @@ class Processing:
         database: Database,
         *,
         executor: Executor | None = None,
-        metrics: Any = None,
-        audit: Any = None,
-        wake_sender: Any = None,
+        metrics: ProcessingMetrics | None = None,
+        audit: ProcessingAudit | None = None,
+        wake_sender: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
         self.jobs = JobStore(database, max_attempts=config.processing.max_attempts)
