@@ -205,6 +205,8 @@ class DestinationConfig(_Model):
     profile: ViewerProfile = Field(default_factory=ViewerProfile)
     deidentify: bool = False
     timeout: float = Field(60.0, gt=0)
+    storage_commitment: bool = False  # ask the destination to commit to keeping what it was sent (DIMSE)
+    commitment_timeout: float = Field(600.0, gt=0)  # seconds to wait for its report before asking again
 
     @field_validator("ae_title")
     @classmethod
@@ -214,6 +216,9 @@ class DestinationConfig(_Model):
     @model_validator(mode="after")
     def _one_kind(self) -> DestinationConfig:
         dimse = [k for k in ("ae_title", "host", "port") if getattr(self, k) is not None]
+        if self.storage_commitment and (self.dicomweb is not None or self.deidentify):
+            raise ValueError("storage_commitment needs a DIMSE destination without deidentify (the "
+                             "commitment names the SOP instances as the node keeps them)")
         if self.dicomweb is not None:
             if dimse:
                 raise ValueError(
