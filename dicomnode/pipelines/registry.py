@@ -7,7 +7,11 @@ A pipeline file::
     description: ...
     modalities: [CT]
     accepts: {pixels: ct, regions: [abdomen, chest]}   # input guards (dicomnode.imaging.guards)
-    window: {center: 60, width: 400}          # for the enhanced series
+    window: {center: 60, width: 400}          # for the enhanced series (or, several, ``windows``:)
+    windows:                                  # VOI windows of the enhanced series, the default first;
+      - {organ: liver, width: 150, explanation: LIVER}   # centre = the organ's median (width omitted:
+      - {center: 40, width: 400, explanation: ABDOMEN}   # 1.2x the organ's 1-99 % range)
+    enhanced_values: quantitative             # or display: non-linear values, RescaleType US
     sr_features: [volume_ml, original_firstorder_Mean]   # measurements in the SR (default: volume +
                                                          # first-order statistics; names with SR codes)
     enhanced: enhanced                        # context name of the enhanced image (optional)
