@@ -157,18 +157,81 @@ class ViewerProfile(_Model):
     send_sr: bool = True
 
 
+class BasicAuthConfig(_Model):
+    user: str = Field(min_length=1)
+    password_file: Path  # the password is read from this file at send time, never logged
+
+
+class DicomwebAuthConfig(_Model):
+    """Exactly one of a bearer token (read from a file) or HTTP basic authentication."""
+
+    bearer_token_file: Path | None = None
+    basic: BasicAuthConfig | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> DicomwebAuthConfig:
+        if (self.bearer_token_file is None) == (self.basic is None):
+            raise ValueError("give exactly one of 'bearer_token_file' or 'basic'")
+        return self
+
+
+class DicomwebConfig(_Model):
+    """A STOW-RS destination (DICOMweb), e.g. a vendor-neutral archive or a cloud imaging store."""
+
+    url: str  # the DICOMweb service root, e.g. https://archive.example.org/dicom-web
+    auth: DicomwebAuthConfig | None = None
+    ca: Path | None = None  # CA bundle to verify the server with (default: the system store)
+    verify: bool = True  # verify the server's TLS certificate (off only for test set-ups)
+    batch_size: int = Field(50, ge=1, le=1000)  # instances per STOW-RS request
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"'{value}' is not an http(s):// URL")
+        return value.rstrip("/")
+
+
 class DestinationConfig(_Model):
-    ae_title: str
-    host: str
-    port: int = Field(ge=1, le=65535)
+    """A DIMSE destination (``ae_title``/``host``/``port``) or a DICOMweb one (``dicomweb``)."""
+
+    ae_title: str | None = None
+    host: str | None = None
+    port: int | None = Field(None, ge=1, le=65535)
     calling_ae_title: str | None = None  # default: node.ae_title
     tls: TLSConfig = Field(default_factory=TLSConfig)
     transfer_syntaxes: list[str] = Field(default_factory=list)  # empty = Explicit VR LE, Implicit VR LE
+    dicomweb: DicomwebConfig | None = None
     profile: ViewerProfile = Field(default_factory=ViewerProfile)
     deidentify: bool = False
     timeout: float = Field(60.0, gt=0)
 
-    _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae(v)))
+    @field_validator("ae_title")
+    @classmethod
+    def _ae(cls, value: str | None) -> str | None:
+        return None if value is None else _check_ae(value)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> DestinationConfig:
+        dimse = [k for k in ("ae_title", "host", "port") if getattr(self, k) is not None]
+        if self.dicomweb is not None:
+            if dimse:
+                raise ValueError(
+                    f"a destination is either DICOMweb ('dicomweb') or DIMSE (ae_title/host/port), "
+                    f"not both: remove {', '.join(dimse)} or dicomweb"
+                )
+            return self
+        missing = [k for k in ("ae_title", "host", "port") if getattr(self, k) is None]
+        if missing:
+            raise ValueError(
+                f"a DIMSE destination needs ae_title, host and port (missing: {', '.join(missing)}); "
+                "for a DICOMweb destination give 'dicomweb: {url: ...}'"
+            )
+        return self
+
+    @property
+    def is_dicomweb(self) -> bool:
+        return self.dicomweb is not None
 
 
 class OutboxConfig(_Model):
@@ -227,6 +290,34 @@ class ConsoleConfig(_Model):
         return value
 
 
+class StowReceiveConfig(_Model):
+    """STOW-RS reception: an HTTP(S) endpoint taking ``multipart/related; type="application/dicom"``
+    uploads into the spool, with the same validation and durability as C-STORE. Off by default; when on,
+    uploads must be authenticated by a bearer token (``bearer_tokens_file``) and/or a client certificate
+    (``tls.require_client_cert``)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(8043, ge=0, le=65535)  # 0 = a free port (tests)
+    tls: TLSConfig = Field(default_factory=TLSConfig)  # cert/key of the endpoint; ca + require_client_cert
+    bearer_tokens_file: Path | None = None  # lines "<client-name> <token>" (chmod 600); '#' comments
+    max_request_mb: float = Field(4096.0, gt=0)  # one upload (all its instances)
+    max_instance_mb: float = Field(1024.0, gt=0)  # one instance (held in memory while it is checked)
+
+    @model_validator(mode="after")
+    def _authenticated(self) -> StowReceiveConfig:
+        if self.enabled and self.bearer_tokens_file is None and not (
+            self.tls.enabled and self.tls.require_client_cert
+        ):
+            raise ValueError(
+                "STOW-RS reception must be authenticated: set bearer_tokens_file, or tls.enabled with "
+                "require_client_cert (and ca)"
+            )
+        if self.tls.enabled and (self.tls.cert is None or self.tls.key is None):
+            raise ValueError("tls.enabled needs the endpoint's 'cert' and 'key'")
+        return self
+
+
 class Config(_Model):
     node: NodeConfig = Field(default_factory=NodeConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
@@ -240,6 +331,7 @@ class Config(_Model):
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     security: SecurityConfig = Field(default_factory=SecurityConfig)
     console: ConsoleConfig = Field(default_factory=ConsoleConfig)
+    dicomweb: StowReceiveConfig = Field(default_factory=StowReceiveConfig)
 
     @field_validator("destinations")
     @classmethod

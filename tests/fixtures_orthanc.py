@@ -57,10 +57,14 @@ def _orthanc_binary() -> str:
     return require_tool(found)
 
 
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+
+
 class Orthanc:
     """One Orthanc instance; ``stop()`` and ``start()`` again keep its ports and storage."""
 
-    def __init__(self, workdir: Path, aet: str = ORTHANC_AET) -> None:
+    def __init__(self, workdir: Path, aet: str = ORTHANC_AET, *, dicomweb: bool = False,
+                 users: dict[str, str] | None = None, extra: dict[str, object] | None = None) -> None:
         import httpx
 
         self.binary = _orthanc_binary()
@@ -69,10 +73,12 @@ class Orthanc:
         self.http_port = free_port()
         self.dicom_port = free_port()
         self.url = f"http://127.0.0.1:{self.http_port}"
+        self.dicomweb_url = f"{self.url}/dicom-web"
         self.proc: subprocess.Popen[bytes] | None = None
         # no keep-alive: Orthanc closes idle connections, and a reused one fails with "Server disconnected"
         self._http = httpx.Client(
-            base_url=self.url, timeout=30.0, limits=httpx.Limits(max_keepalive_connections=0)
+            base_url=self.url, timeout=30.0, limits=httpx.Limits(max_keepalive_connections=0),
+            auth=next(iter(users.items())) if users else None,
         )
         workdir.mkdir(parents=True, exist_ok=True)
         self.config_path = workdir / "orthanc.json"
@@ -80,16 +86,19 @@ class Orthanc:
             "Name": "dicomnode-test",
             "StorageDirectory": str(workdir / "storage"),
             "IndexDirectory": str(workdir / "index"),
-            "Plugins": [],
+            "Plugins": [DICOMWEB_PLUGIN] if dicomweb else [],
+            "DicomWeb": {"Enable": dicomweb, "Root": "/dicom-web/"},
+            "AuthenticationEnabled": bool(users),
+            "RegisteredUsers": users or {},
             "HttpPort": self.http_port,
             "DicomPort": self.dicom_port,
             "DicomAet": aet,
             "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False,
             "DicomCheckCalledAet": False,
             "DicomAlwaysAllowStore": True,
             "StorageCompression": False,
             "ConcurrentJobs": 1,
+            **(extra or {}),
         }, indent=2))
 
     def start(self, timeout: float = 30.0) -> None:

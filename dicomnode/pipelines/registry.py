@@ -6,6 +6,7 @@ A pipeline file::
     version: "1.0"
     description: ...
     modalities: [CT]
+    accepts: {pixels: ct, regions: [abdomen, chest]}   # input guards (dicomnode.imaging.guards)
     window: {center: 60, width: 400}          # for the enhanced series
     sr_features: [volume_ml, original_firstorder_Mean]   # measurements in the SR (default: volume +
                                                          # first-order statistics; names with SR codes)
@@ -36,6 +37,7 @@ from typing import Any
 import yaml
 
 from dicomnode.errors import PipelineError
+from dicomnode.imaging.guards import Accepts
 
 PIPELINE_PACKAGE = "dicomnode.pipelines"
 
@@ -72,6 +74,7 @@ class PipelineSpec:
     window: tuple[float, float] | None = None  # (center, width)
     enhanced: str | None = None
     sr_features: tuple[str, ...] | None = None  # None = the result writer's default
+    accepts: Accepts = field(default_factory=Accepts)  # input guards, checked before any step runs
 
     def parameters(self) -> dict[str, Any]:
         """Every overridable parameter with its default, as ``<step id>.<param>``."""
@@ -178,16 +181,25 @@ def parse_pipeline(text: str, source: str = "<string>") -> PipelineSpec:
                 feature_code(str(name))
         except OutputError as exc:
             raise _fail(source, str(exc)) from exc
+    modalities = tuple(str(m) for m in data.get("modalities") or ())
+    accepts = data.get("accepts")
+    if accepts is not None and not isinstance(accepts, dict):
+        raise _fail(source, f"'accepts' must be a mapping, got {accepts!r}.")
+    try:
+        accepted = Accepts.parse(accepts, modalities)
+    except (TypeError, ValueError) as exc:
+        raise _fail(source, f"{exc}.") from exc
     return PipelineSpec(
         name=str(data["name"]),
         version=str(data["version"]),
         description=str(data["description"]).strip(),
         steps=tuple(steps),
         segments=tuple(segments),
-        modalities=tuple(str(m) for m in data.get("modalities") or ()),
+        modalities=accepted.modalities,
         window=(float(window["center"]), float(window["width"])) if window else None,
         enhanced=str(enhanced) if enhanced else None,
         sr_features=tuple(str(n) for n in sr_features) if sr_features else None,
+        accepts=accepted,
     )
 
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from dicomnode.config import ViewerProfile
 from dicomnode.errors import DicomNodeError, PipelineError
+from dicomnode.imaging.guards import InputRefused
 from dicomnode.jobs import JobResult, JobSpec
 from dicomnode.pipelines.registry import PipelineSpec, check_steps, get_pipeline
 
@@ -131,14 +132,13 @@ def process_volume(spec: PipelineSpec, volume: Any, job: JobSpec) -> tuple[Any, 
     import SimpleITK as sitk
 
     from dicomnode import __version__
+    from dicomnode.imaging.guards import check_input
     from dicomnode.outputs.api import ProcessedSeries, Provenance
 
-    if spec.modalities and volume.modality and volume.modality not in spec.modalities:
-        raise PipelineError(
-            f"Pipeline '{spec.name}' works on {', '.join(spec.modalities)} "
-            f"but the series is '{volume.modality}'."
-        )
-    run = execute(spec, volume.to_sitk())
+    image = volume.to_sitk()
+    accepted = check_input(spec.accepts, image, volume.modality, pipeline=spec.name)  # before any step
+    run = execute(spec, image)
+    del image
     segments = build_segments(spec, run.context, volume.shape)
     enhanced = None
     if spec.enhanced:
@@ -163,6 +163,7 @@ def process_volume(spec: PipelineSpec, volume: Any, job: JobSpec) -> tuple[Any, 
         "segments": {s.label: {"voxels": int(s.mask.sum()), "volume_ml": float(s.mask.sum()) * voxel_ml}
                      for s in segments},
         "estimates": run.estimates,
+        "input": accepted,
     }
     processed = ProcessedSeries(
         sources=volume.datasets,
@@ -196,12 +197,13 @@ def run_job(spec: JobSpec, profile: ViewerProfile | None = None) -> JobResult:
             processed, summary = process_volume(pipeline, volume, spec)
             if profile is None and spec.profile:
                 profile = ViewerProfile(**spec.profile)
-            if profile is None and spec.profile:
-                profile = ViewerProfile(**spec.profile)
             files = write_result_package(processed, output_dir, profile, features=pipeline.sr_features)
             summary["seconds"] = time.perf_counter() - started
             summary["peak_rss_mb"] = peak_rss_mb()
             result = JobResult(spec.job_id, True, tuple(str(f) for f in files), summary)
+    except InputRefused as exc:  # the same input is refused again: not worth a retry
+        log.warning("Job %s (%s) refused its input: %s", spec.job_id, spec.pipeline, exc)
+        result = JobResult(spec.job_id, False, summary={"refused": True}, error=str(exc))
     except DicomNodeError as exc:
         log.warning("Job %s (%s) failed: %s", spec.job_id, spec.pipeline, exc)
         result = JobResult(spec.job_id, False, error=str(exc))

@@ -23,7 +23,7 @@ from dicomnode.imaging.organs import common
 
 log = logging.getLogger(__name__)
 
-CATALOGUE_MODULES = ("preprocess", "segment", "enhance", "artifacts", "fuse")
+CATALOGUE_MODULES = ("preprocess", "segment", "enhance", "artifacts", "fuse", "model")
 
 
 def working_grid(image: sitk.Image, *, spacing_mm: float = 2.0) -> sitk.Image:

@@ -164,6 +164,8 @@ class Processing:
                   result.error)
         self._audit("failed", spec, {"pipeline": spec.pipeline, "attempt": spec.attempt,
                                      "error": result.error})
+        if result.summary.get("refused"):  # the input is not what the pipeline accepts: a retry cannot help
+            return
         if spec.attempt < self.config.processing.max_attempts:
             retry = self.jobs.retry(spec.job_id)
             log.info("Retrying job %s (attempt %d of %d).", spec.job_id, retry.attempt,

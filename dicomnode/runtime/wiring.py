@@ -31,6 +31,9 @@ def build_service(config: Config) -> Service:
     service.add_component(sender)
     service.add_component(processing)
     service.processing = processing  # type: ignore[attr-defined]  # for the console's re-run action
+    if config.dicomweb.enabled:  # STOW-RS reception into the same ingest as C-STORE
+        from dicomnode.receive.stow import stow_server
+        service.add_component(stow_server(config.dicomweb, service.ingest, service.check_space))
     if config.console.enabled:  # the web console (FastAPI imported only when enabled)
         from dicomnode.console.server import ConsoleServer
         service.add_component(ConsoleServer.for_service(service, router=router))

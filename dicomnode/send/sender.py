@@ -39,11 +39,14 @@ class SendAudit(Protocol):
 
 
 def build_destinations(config: Config) -> dict[str, Destination]:
-    """A :class:`DicomDestination` for every configured destination."""
+    """A :class:`DicomDestination` (C-STORE) or a STOW-RS destination for every configured one."""
     secret = config.security.deidentification_secret
     deidentifier = Deidentifier(secret) if secret else None
+    from dicomnode.send.dicomweb import DicomwebDestination
+
     return {
-        name: DicomDestination(name, dest, config.node.ae_title, deidentifier=deidentifier)
+        name: DicomwebDestination(name, dest, deidentifier=deidentifier) if dest.is_dicomweb
+        else DicomDestination(name, dest, config.node.ae_title, deidentifier=deidentifier)
         for name, dest in config.destinations.items()
     }
 

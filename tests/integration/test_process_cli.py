@@ -84,3 +84,22 @@ def test_clear_errors(tmp_path) -> None:
         "evaluate", "--seg", str(tmp_path / "none.dcm"), "--reference", str(tmp_path / "r.nrrd")
     )
     assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_mr_pixels_in_a_ct_header_are_refused_and_no_seg_is_written(tmp_path) -> None:
+    """Real MR (pyradiomics breast1) written with Modality CT: refused before segmentation, exit non-zero."""
+    from tests.phantoms import Phantom
+
+    image = sitk.ReadImage(str(shared_data("radiomics", "breast1_image.nrrd")))
+    array = sitk.GetArrayFromImage(image).astype(np.float32)
+    mr = Phantom(image=array, clean=array, masks={}, spacing=tuple(image.GetSpacing()[::-1]),
+                 origin=image.GetOrigin(), modality="CT")
+    series = tmp_path / "series"
+    write_dicom_series(mr, series, modality="CT")
+    out = tmp_path / "out"
+    run = dicomnode("process", "--pipeline", "liver-ct", str(series), "--output", str(out))
+    assert run.returncode == 2
+    assert "Pipeline 'liver-ct' accepts CT only: the pixels do not look like CT" in run.stderr
+    assert not list(out.glob("*.dcm"))
+    result = json.loads((out / "result.json").read_text())
+    assert not result["ok"] and result["summary"]["refused"] and "do not look like CT" in result["error"]

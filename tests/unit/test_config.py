@@ -45,7 +45,8 @@ def test_environment_overrides_nested_keys(tmp_path: Path) -> None:
         ("node: {port: 70000}\n", "node.port"),
         ("node: {ae_tilte: X}\n", "node.ae_tilte: unknown key"),
         ("node: {ae_title: 'THIS AE TITLE IS FAR TOO LONG'}\n", "node.ae_title"),
-        ("destinations: {pacs: {host: x, port: 1}}\n", "destinations.pacs.ae_title"),
+        ("destinations: {pacs: {host: x, port: 1}}\n", "destinations.pacs: Value error, a DIMSE destination "
+         "needs ae_title, host and port (missing: ae_title)"),
         ("- a\n- b\n", "mapping at the top level"),
         ("node: [\n", "not valid YAML at line"),
     ],
@@ -70,3 +71,12 @@ def test_invalid_secret_values_are_not_echoed(tmp_path: Path) -> None:
         load_config(path, environ={})
     assert "console.admin_password_hash" in str(info.value)
     assert "my plaintext password" not in str(info.value)
+
+
+def test_stow_rs_reception_must_be_authenticated(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("dicomweb: {enabled: true}\n")
+    with pytest.raises(ConfigError, match="STOW-RS reception must be authenticated"):
+        load_config(path, environ={})
+    path.write_text(f"dicomweb: {{enabled: true, bearer_tokens_file: {tmp_path / 'tokens'}}}\n")
+    assert load_config(path, environ={}).dicomweb.enabled

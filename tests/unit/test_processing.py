@@ -115,3 +115,21 @@ def test_one_package_serves_every_destination_profile(tmp_path: Path) -> None:
     assert both["secondary_capture"] is True and both["seg_omit_empty_frames"] is False
     with pytest.raises(Exception, match="nowhere"):
         combined_profile(config, ["nowhere"])
+
+
+def test_refused_input_fails_the_job_with_its_reason_once_and_sends_nothing(tmp_path: Path) -> None:
+    db = Database(tmp_path / "db.sqlite3")
+    processing = Processing(_config(tmp_path), db, executor=LocalExecutor(1, 120, 1), audit=AuditTrail(db))
+    processing.start()
+    try:  # 3 slices (3 mm) of lung bases: lung-ct needs at least 20 mm of chest
+        processing.submit(_spec(tmp_path, "job-refused", pipeline="lung-ct"))
+        _wait(lambda: processing.jobs.get("job-refused").state == "failed", timeout=120)
+        time.sleep(0.5)
+    finally:
+        processing.stop()
+    record = processing.jobs.get("job-refused")
+    assert record.attempt == 1  # a refusal is not retried: the same input is refused again
+    assert "Pipeline 'lung-ct' needs the chest in the images (at least 20 mm), but their content shows " \
+           "chest 3 mm" in record.error
+    assert Outbox(db, _config(tmp_path).outbox).list() == []
+    assert not list((tmp_path / "jobs" / "job-refused").glob("*.dcm"))

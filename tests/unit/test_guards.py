@@ -1,0 +1,92 @@
+"""Input guards (imaging/guards.py): modality, CT-looking pixels and body region judged from the content."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from dicomnode.imaging.guards import Accepts, InputRefused, check_input, region_evidence
+from dicomnode.imaging.volume import load_series
+from dicomnode.pipelines.registry import get_pipeline, parse_pipeline
+from tests.phantoms import Phantom, make_ct_phantom, make_mr_head_phantom
+from tests.support import shared_data
+
+
+def _image(phantom: Phantom) -> sitk.Image:
+    return phantom.to_sitk()
+
+
+def ct_head(seed: int = 0) -> Phantom:
+    """A head CT made from the MR head phantom's anatomy: skull 900 HU, brain 35, CSF 8, scalp 20."""
+    mr = make_mr_head_phantom(shape=(40, 96, 96), spacing=(4.0, 2.5, 2.5), seed=seed)
+    clean = np.full(mr.image.shape, -1000.0, dtype=np.float32)
+    clean[mr.masks["head"]] = 20.0
+    clean[mr.masks["skull"]] = 900.0
+    clean[mr.masks["csf"]] = 8.0
+    clean[mr.masks["brain"] & ~mr.masks["ventricles"]] = 35.0
+    rng = np.random.default_rng(seed)
+    image = clean + rng.normal(0, 8.0, clean.shape).astype(np.float32)
+    return replace(mr, image=image, clean=clean, modality="CT")
+
+
+def test_accepts_is_declared_in_the_pipeline_yaml_and_checked() -> None:
+    assert get_pipeline("lung-ct").accepts == Accepts(("CT",), "ct", ("chest",), 20.0)
+    assert get_pipeline("liver-ct").accepts.regions == ("abdomen", "chest")
+    assert get_pipeline("brain-mr").accepts.pixels == "mr"
+    base = "name: x\nversion: 1\ndescription: d\n"
+    with pytest.raises(Exception, match="unknown region"):
+        parse_pipeline(base + "accepts: {regions: [belly]}\n")
+    with pytest.raises(Exception, match="unknown key"):
+        parse_pipeline(base + "accepts: {region: [chest]}\n")
+
+
+def test_mr_pixels_labelled_ct_are_refused_with_the_reason() -> None:
+    # real MR (pyradiomics brain1) whose header would say CT
+    mr = sitk.ReadImage(str(shared_data("radiomics", "brain1_image.nrrd")))
+    mr = sitk.Cast(mr, sitk.sitkFloat32)
+    with pytest.raises(InputRefused, match="accepts CT only: the pixels do not look like CT: only 0.00 % of"):
+        check_input(get_pipeline("liver-ct").accepts, mr, "CT", pipeline="liver-ct")
+    # and CT pixels are refused by the MR pipeline
+    ct = make_ct_phantom(shape=(20, 64, 64), spacing=(5.0, 5.0, 5.0), lesions=False)
+    with pytest.raises(InputRefused, match="accepts MR only, but the pixels look like CT"):
+        check_input(get_pipeline("brain-mr").accepts, ct.to_sitk(), "MR", pipeline="brain-mr")
+    with pytest.raises(InputRefused, match="works on CT but the series is 'MR'"):
+        check_input(get_pipeline("lung-ct").accepts, ct.to_sitk(), "MR")
+
+
+def test_head_chest_and_abdomen_are_told_apart_by_content() -> None:
+    head = region_evidence(_image(ct_head()))
+    assert head.extent_mm["head"] >= 60 and head.extent_mm["chest"] == 0
+    # the abdomen phantom has lung bases in its upper part; a chest-only crop of it is all chest
+    ct = make_ct_phantom(shape=(40, 96, 96), spacing=(5.0, 3.8, 3.8), lesions=False, seed=2)
+    regions = region_evidence(ct.to_sitk())
+    assert regions.extent_mm["abdomen"] >= 60 and regions.extent_mm["chest"] >= 30
+    assert regions.extent_mm["head"] == 0
+    # real data: lung1 is a chest CT, ct-abdomen-20 an upper abdomen with thin lung bases
+    lung1 = load_series(sorted(shared_data("radiomics", "lung1-dicom").glob("*.dcm")))
+    chest = region_evidence(lung1.to_sitk())
+    assert chest.extent_mm["chest"] >= 150 and chest.extent_mm["head"] == 0
+    abdomen = load_series(sorted(shared_data("ct-abdomen-20", "dicom").glob("*.dcm")))
+    with pytest.raises(InputRefused, match=r"needs the chest in the images \(at least 20 mm\), but their "
+                                           r"content shows abdomen 40 mm"):
+        check_input(get_pipeline("lung-ct").accepts, abdomen.to_sitk(), "CT", pipeline="lung-ct")
+    with pytest.raises(InputRefused, match="needs the abdomen or chest in the images, but their content "
+                                           "shows head"):
+        check_input(get_pipeline("liver-ct").accepts, _image(ct_head()), "CT", pipeline="liver-ct")
+    accepted = check_input(get_pipeline("liver-ct").accepts, abdomen.to_sitk(), "CT")
+    assert accepted["regions_mm"]["abdomen"] == 40
+
+
+def test_a_coronal_stack_is_judged_on_its_axial_planes() -> None:
+    ct = make_ct_phantom(shape=(40, 96, 96), spacing=(5.0, 3.8, 3.8), lesions=False, seed=2)
+    axial = ct.to_sitk()
+    # the same voxels as a coronal stack: array axis 0 runs anterior→posterior
+    array = np.ascontiguousarray(np.transpose(sitk.GetArrayFromImage(axial), (1, 0, 2)))
+    coronal = sitk.GetImageFromArray(array)
+    coronal.SetSpacing((3.8, 5.0, 3.8))
+    coronal.SetDirection((1, 0, 0, 0, 0, 1, 0, 1, 0))
+    a, c = region_evidence(axial), region_evidence(coronal)
+    assert c.extent_mm == pytest.approx(a.extent_mm)
