@@ -137,7 +137,7 @@ GLUE_STEPS: Mapping[str, Callable[..., sitk.Image]] = MappingProxyType(
 def step_registry() -> Mapping[str, Callable[..., sitk.Image]]:
     """All steps by name (the catalogue modules that are installed, organ chains, lesions, glue)."""
     from dicomnode.imaging import lesions
-    from dicomnode.imaging.organs import brain, liver, lung
+    from dicomnode.imaging.organs import abdomen, brain, liver, lung
 
     steps: dict[str, Callable[..., sitk.Image]] = {}
     for module_name in CATALOGUE_MODULES:
@@ -148,6 +148,6 @@ def step_registry() -> Mapping[str, Callable[..., sitk.Image]]:
             continue
         for name, fn in getattr(module, "STEPS", {}).items():
             steps[name if "." in name else f"{module_name}.{name}"] = fn
-    for table in (liver.STEPS, lung.STEPS, brain.STEPS, lesions.STEPS, GLUE_STEPS):
+    for table in (liver.STEPS, abdomen.STEPS, lung.STEPS, brain.STEPS, lesions.STEPS, GLUE_STEPS):
         steps.update(table)
     return MappingProxyType(steps)

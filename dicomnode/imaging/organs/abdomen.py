@@ -55,7 +55,6 @@ LABELS: dict[str, int] = {
     "ivc": 7,
 }
 BACKGROUND = 8
-_DEBUG = False
 
 
 @dataclass(frozen=True)
@@ -153,7 +152,8 @@ def _seeds(
     h_r = zz - lm.lung_base_right
     h_l = zz - lm.lung_base_left
     log.debug(
-        "landmarks: scale %.2f, fat %.0f HU, tissue %.0f HU, bone > %.0f HU, lung bases R %.0f L %.0f mm of %.0f",
+        "landmarks: scale %.2f, fat %.0f HU, tissue %.0f HU, bone > %.0f HU, lung bases R %.0f L %.0f mm"
+        " of %.0f",
         s, lm.fat_hu, lm.tissue_hu, lm.bone_hu, lm.lung_base_right, lm.lung_base_left,
         (array.shape[0] - 1) * sp[0],
     )
@@ -188,7 +188,9 @@ def _seeds(
     liver_t &= inner & not_lung & ~vessels & soft
     liver = _territory_seed(array, liver_t, low, sp, erode=5.0 * s)
     if liver is None:
-        raise ImagingError("No liver found below the right lung base; is the upper abdomen in the field of view?")
+        raise ImagingError(
+            "No liver found below the right lung base; is the upper abdomen in the field of view?"
+        )
     models["liver"] = OrganModel("liver", liver.seed, liver.hu, liver.spread)
 
     spleen_t = (u > 45 * s) & (v > -70 * s) & (v < 80 * s) & (h_l > -110 * s) & (h_l < 20 * s)
@@ -229,7 +231,9 @@ def _seeds(
     return models, tubes
 
 
-def _kidney(array: np.ndarray, lm: Landmarks, soft: np.ndarray, side: float, h: np.ndarray) -> OrganModel | None:
+def _kidney(
+    array: np.ndarray, lm: Landmarks, soft: np.ndarray, side: float, h: np.ndarray
+) -> OrganModel | None:
     """The kidney on one side: the largest compact soft-tissue blob in the paravertebral gutter."""
     s, sp = lm.scale, lm.spacing
     u, v = lm.relative()
@@ -264,7 +268,7 @@ def _kidney(array: np.ndarray, lm: Landmarks, soft: np.ndarray, side: float, h: 
         shell = np.zeros_like(blob)
         shell[box] = dilate_mm(sub, 4.0, sp) & ~sub
         fat_fraction = float(fat[shell].mean()) if shell.any() else 0.0
-        log.debug("kidney candidate %+.0f: %.1f ml, %.0f HU, fat around %.2f", side, sizes[i], means[i], fat_fraction)
+        log.debug("kidney %+.0f: %.1f ml, %.0f HU, fat around %.2f", side, sizes[i], means[i], fat_fraction)
         if fat_fraction >= 0.3 and means[i] > score:
             best, score = int(i), float(means[i])
     if best == 0:
@@ -294,7 +298,9 @@ def _stomach(array: np.ndarray, lm: Landmarks, u, v, h) -> OrganModel | None:  #
     return OrganModel("stomach", pocket, -1000.0, 50.0)
 
 
-def _background(array: np.ndarray, lm: Landmarks, band: np.ndarray, models: dict[str, OrganModel]) -> np.ndarray:
+def _background(
+    array: np.ndarray, lm: Landmarks, band: np.ndarray, models: dict[str, OrganModel]
+) -> np.ndarray:
     """Background markers: outside the band, the outer body wall, muscles around the spine, mediastinum."""
     s, sp = lm.scale, lm.spacing
     u, v = lm.relative()
@@ -332,8 +338,6 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
     elevation = elevation.astype(np.uint8)
     mask = band | (markers > 0)
     labels = watershed(elevation, markers.astype(np.int32), mask=mask).astype(np.uint8)
-    if _DEBUG:
-        return labels
 
     # shape and attenuation constraints, then the freed voxels are flooded again by their neighbours
     fixed = np.zeros(array.shape, dtype=np.uint8)
