@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
+from skimage.morphology import convex_hull_image
 from skimage.segmentation import watershed
 
 from dicomnode.errors import ImagingError
@@ -298,21 +299,34 @@ def _stomach(array: np.ndarray, lm: Landmarks, u, v, h) -> OrganModel | None:  #
     return OrganModel("stomach", pocket, -1000.0, 50.0)
 
 
-def _background(
-    array: np.ndarray, lm: Landmarks, band: np.ndarray, models: dict[str, OrganModel]
-) -> np.ndarray:
-    """Background markers: outside the band, the outer body wall, muscles around the spine, mediastinum."""
+def _wall(array: np.ndarray, lm: Landmarks) -> np.ndarray:
+    """Where no abdominal organ lies: the outer body layer, bone and its muscle attachments, the muscles
+    behind and beside the spine, the back outside the rib cage, the heart and mediastinum."""
     s, sp = lm.scale, lm.spacing
     u, v = lm.relative()
     zz, _, _ = lm.grids()
-    bg = ~band
-    bg |= ~erode_mm(lm.body, 6.0 * s, sp)
-    bg |= dilate_mm(lm.bone, 3.0, sp)  # ribs and spine with their muscles' attachments
-    bg |= (v > 25 * s) & (np.abs(u) < 35 * s)  # paraspinal muscles, behind the vertebral body
-    bg |= (np.abs(u) < 30 * s) & (v > -8 * s)  # crura / psoas at the vertebral body's sides
+    wall = ~erode_mm(lm.body, 6.0 * s, sp)
+    wall |= dilate_mm(lm.bone & (array > max(lm.bone_hu, 300.0)), 3.0, sp)  # not contrast-filled vessels
+    wall |= (v > 30 * s) & (np.abs(u) < 30 * s)  # paraspinal muscles, behind the vertebral body
+    wall |= (np.abs(u) < 25 * s) & (v > -8 * s)  # crura / psoas at the vertebral body's sides
+    # the back muscles outside the rib cage (on slices whose ribs span most of the trunk's width)
+    back = v > -20 * s
+    for k in range(lm.body.shape[0]):
+        cols = np.flatnonzero(lm.bone[k].any(axis=0))
+        width = np.flatnonzero(lm.body[k].any(axis=0))
+        if cols.size < 2 or width.size < 2 or (cols[-1] - cols[0]) < 0.6 * (width[-1] - width[0]):
+            continue
+        hull = convex_hull_image(lm.bone[k])
+        wall[k] |= lm.body[k] & ~hull & back[k]
     # heart and mediastinum: between the lungs, above both lung bases
     top = max(lm.lung_base_right, lm.lung_base_left) + 30.0 * s
-    bg |= (zz > top) & (np.abs(u) < 70 * s) & (v < -10 * s)
+    wall |= (zz > top) & (np.abs(u) < 70 * s) & (v < -10 * s)
+    return wall
+
+
+def _background(band: np.ndarray, wall: np.ndarray, models: dict[str, OrganModel]) -> np.ndarray:
+    """Background markers: outside the soft-tissue band, and the wall (:func:`_wall`), less the seeds."""
+    bg = ~band | wall
     for m in models.values():
         bg &= ~m.seed
     return bg
@@ -329,7 +343,8 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
     low = max(lm.fat_hu + 30.0, min(organ_hus) - 3.0 * 12.0 - 25.0)
     band = (array > low) & (array < lm.bone_hu + 60.0) & lm.body
     markers = np.zeros(array.shape, dtype=np.uint8)
-    markers[_background(array, lm, band, models)] = BACKGROUND
+    wall = _wall(array, lm)
+    markers[_background(band, wall, models)] = BACKGROUND
     for name, m in models.items():
         markers[m.seed] = LABELS[name]
     sigma = [1.0 / s for s in sp]
@@ -357,11 +372,17 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
     markers2[~mask] = 0
     relabelled = watershed(elevation, markers2.astype(np.int32), mask=mask).astype(np.uint8)
     out = np.where(free, relabelled, fixed).astype(np.uint8)
-    out[out == BACKGROUND] = 0
     if liver_mask is not None and liver_mask.any():
-        liver = LABELS["liver"]
-        out[(out == liver) & ~liver_mask] = 0
-        out[liver_mask & (out == 0)] = liver
+        liver, model = LABELS["liver"], models["liver"]
+        # the chain's voxels that the background won and whose attenuation is far from the liver's
+        # (body wall, muscle, fat reached through a thin bridge) leave the liver; enclosed ones return
+        # with the hole filling below (vessels, lesions)
+        far = np.abs(array - model.hu) > max(3.5 * model.spread, 35.0)
+        keep = liver_mask & ~wall & ~((out == BACKGROUND) & far)
+        keep = ndimage.binary_opening(keep, iterations=1) | (keep & erode_mm(liver_mask, 4.0, sp))
+        out[(out == liver) & ~keep] = 0
+        out[keep & ((out == 0) | (out == BACKGROUND))] = liver
+    out[out == BACKGROUND] = 0
     for name in ("liver", "spleen", "kidney-right", "kidney-left"):
         value = LABELS[name]
         organ = out == value

@@ -119,8 +119,10 @@ def find_landmarks(array: np.ndarray, body: np.ndarray, spacing: tuple[float, fl
             sizes[0] = 0
             b = parts == int(np.argmax(sizes))
         r, c = np.nonzero(b)
-        spine_x[k] = float(np.median(xs[c]))
-        spine_y[k] = float(np.percentile(ys[r], 3))
+        front = float(np.percentile(ys[r], 3))
+        body_part = ys[r] <= front + 30.0 * scale  # the vertebral body, not the ribs joined behind it
+        spine_x[k] = float(np.median(xs[c[body_part]]))
+        spine_y[k] = front
         found[k] = True
     if not found.any():
         raise ImagingError("No vertebral column found near the body's posterior midline; is this a trunk CT?")
