@@ -42,9 +42,7 @@ class Actions:
 
     def rerun(self, study_uid: str, decision_id: int, user: str) -> str:
         """Submit the pipeline of decision ``decision_id`` again; returns the new job id."""
-        row = self.node.database.conn.execute(
-            "SELECT * FROM route_decisions WHERE id = ? AND study_uid = ?", (decision_id, study_uid)
-        ).fetchone()
+        row = self.node.decisions.get(decision_id, study_uid)
         if row is None or not row["pipeline"]:
             raise ConsoleError(
                 f"Decision {decision_id} of study '{study_uid}' ran no pipeline; nothing to re-run.")
@@ -59,16 +57,14 @@ class Actions:
                      for f in self.node.index.series_files(study_uid, s.series_uid)]
         if not files:
             raise ConsoleError(f"The instances of study '{study_uid}' are no longer in the spool.")
-        import json
-
         base = row["job_id"] or f"decision{decision_id}"
         job_id = f"{base}-r{int(self.clock())}"
         spec = JobSpec(
-            job_id=job_id, pipeline=row["pipeline"], params=json.loads(row["params"] or "{}"),
+            job_id=job_id, pipeline=row["pipeline"], params=dict(row["params"]),
             input_files=tuple(str(f) for f in files),
             output_dir=str(self.node.config.storage.jobs_dir / job_id), study_uid=study_uid,
             series_uid=row["series_uid"], rule=row["rule"], ruleset_hash=row["ruleset_hash"],
-            destinations=tuple(json.loads(row["destinations"] or "[]")),
+            destinations=tuple(row["destinations"]),
         )
         self._audit("rerun", user, study_uid, job_id=job_id, series_uid=row["series_uid"],
                     pipeline=row["pipeline"], rule=row["rule"], decision=decision_id,

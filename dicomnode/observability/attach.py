@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from dicomnode.assemble.assembler import AssemblyRecords
 from dicomnode.errors import DicomNodeError, StorageFullError
 from dicomnode.events import SeriesReady, StudyReady
 from dicomnode.observability.audit import AuditTrail
@@ -100,20 +101,16 @@ def _deliver_in_context(service: Any) -> None:
 
 
 def _completion_recorder(service: Any, metrics: Metrics, audit: AuditTrail) -> Callable[[object], None]:
-    db = service.database
+    records = AssemblyRecords(service.database)
 
     def on_ready(event: object) -> None:
         if isinstance(event, SeriesReady):
             metrics.series_completed()
-            row = db.conn.execute(
-                "SELECT first_received_at, last_received_at, instance_count FROM assembly_series "
-                "WHERE study_uid = ? AND series_uid = ?", (event.study_uid, event.series_uid),
-            ).fetchone()
-            if row is not None:
+            arrival = records.arrival(event.study_uid, event.series_uid)
+            if arrival is not None:
+                first, last, instances = arrival
                 audit.record("received", event.study_uid, series_uid=event.series_uid,
-                             detail={"instances": row["instance_count"],
-                                     "first_received_at": row["first_received_at"]},
-                             at=row["last_received_at"])
+                             detail={"instances": instances, "first_received_at": first}, at=last)
             audit.record("completed", event.study_uid, series_uid=event.series_uid,
                          detail={"instances": event.instance_count, "generation": event.generation,
                                  "reason": event.reason})
@@ -126,8 +123,7 @@ def _completion_recorder(service: Any, metrics: Metrics, audit: AuditTrail) -> C
 
 def _spool_bytes(service: Any) -> Callable[[], int]:
     def total() -> int:
-        row = service.database.conn.execute("SELECT COALESCE(SUM(size), 0) FROM spool_instances").fetchone()
-        return int(row[0])
+        return int(service.index.total_bytes())
 
     return total
 

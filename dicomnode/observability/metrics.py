@@ -50,7 +50,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from dicomnode.config import OutboxConfig
 from dicomnode.database import Database
+from dicomnode.send.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -64,29 +66,17 @@ OutboxDepth = Callable[[], Mapping[str, int]]
 
 
 def outbox_depth_from_database(db: Database) -> OutboxDepth:
-    """Pending sends per destination, read from the sending stage's ``outbox`` table.
-
-    Rows count as pending while ``queued``, ``sending`` or ``failed`` (a retry is scheduled); ``sent``
-    and ``dead`` rows do not. A database without an outbox table (sending not configured yet) reports
-    nothing rather than failing the scrape.
-    """
-
-    pending = ("queued", "sending", "failed")  # dicomnode.send.outbox.PENDING ('failed' = retry scheduled)
+    """Pending sends per destination (``queued``, ``sending`` or ``failed`` with a retry scheduled; not
+    ``sent`` or ``dead``), asked of the sending stage's :class:`~dicomnode.send.outbox.Outbox`. A database
+    error reports nothing rather than failing the scrape."""
+    outbox = Outbox(db, OutboxConfig())
 
     def depth() -> Mapping[str, int]:
         try:
-            columns = {row[1] for row in db.conn.execute("PRAGMA table_info(outbox)")}
-            if not {"destination", "state"} <= columns:
-                return {}
-            marks = ",".join("?" * len(pending))
-            rows = db.conn.execute(
-                f"SELECT destination, COUNT(*) FROM outbox WHERE state IN ({marks}) GROUP BY destination",
-                pending,
-            ).fetchall()
+            return outbox.depth_by_destination()
         except sqlite3.Error as exc:
             log.warning("Cannot read the outbox depth for metrics: %s", exc)
             return {}
-        return {str(dest): int(count) for dest, count in rows}
 
     return depth
 

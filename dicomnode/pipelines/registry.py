@@ -28,7 +28,6 @@ unknown keys are refused with the list of valid ones.
 from __future__ import annotations
 
 import copy
-import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from importlib import resources
@@ -233,11 +232,8 @@ def check_steps(spec: PipelineSpec) -> None:
             f"known steps: {', '.join(sorted(registry))}."
         )
     for step in spec.steps:
-        signature = inspect.signature(registry[step.use])
-        accepted = {
-            name for name, p in signature.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
-        }
-        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
+        accepted = registry[step.use].params
+        if accepted is None:  # the step takes any keyword parameter
             continue
         unknown = sorted(set(step.params) - accepted)
         if unknown:

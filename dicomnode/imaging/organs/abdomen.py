@@ -43,6 +43,7 @@ from dicomnode.imaging.organs.common import (
     largest_components,
 )
 from dicomnode.imaging.organs.landmarks import Landmarks, find_landmarks, to_lps
+from dicomnode.imaging.step import step
 
 log = logging.getLogger(__name__)
 
@@ -406,6 +407,7 @@ def _keep_seeded(region: np.ndarray, seed: np.ndarray) -> np.ndarray:
     return np.isin(labels, keep)
 
 
+@step("abdomen.organs")
 def segment_organs(image: sitk.Image, body: sitk.Image, liver: sitk.Image | None = None) -> sitk.Image:
     """Step ``abdomen.organs``: the label map of the abdominal organs (:data:`LABELS`) on ``image``'s grid.
 
@@ -424,5 +426,3 @@ def segment_organs(image: sitk.Image, body: sitk.Image, liver: sitk.Image | None
     # back onto the input grid: a permutation/flip of the axes, so nearest neighbour is exact
     return sitk.Resample(out, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
 
-
-STEPS = {"abdomen.organs": segment_organs}

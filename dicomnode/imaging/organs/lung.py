@@ -25,6 +25,7 @@ from skimage.segmentation import watershed
 
 from dicomnode.errors import ImagingError
 from dicomnode.imaging.organs.common import array_of, dilate_mm, erode_mm, physical_axes
+from dicomnode.imaging.step import StepOutput, step
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +36,9 @@ def _mask(array: np.ndarray, reference: sitk.Image, dtype=np.uint8) -> sitk.Imag
     return out
 
 
-def air(image: sitk.Image, body: sitk.Image, *, min_volume_ml: float = 50.0) -> sitk.Image:
-    """Large air-filled regions inside the body (lungs + airways)."""
+@step("lung.air")
+def air(image: sitk.Image, body: sitk.Image, *, min_volume_ml: float = 50.0) -> StepOutput:
+    """Large air-filled regions inside the body (lungs + airways), with the estimate ``air_threshold``."""
     array, spacing = array_of(image)
     inside = sitk.GetArrayFromImage(body).astype(bool)
     values = np.clip(array[inside], -1000, 200)
@@ -53,11 +55,10 @@ def air(image: sitk.Image, body: sitk.Image, *, min_volume_ml: float = 50.0) -> 
         raise ImagingError(
             f"No air region of at least {min_volume_ml} ml inside the body (threshold {level:.0f} HU)."
         )
-    out = _mask(np.isin(labels, keep), image)
-    out.SetMetaData("dicomnode.air_threshold", f"{level:.1f}")
-    return out
+    return StepOutput(_mask(np.isin(labels, keep), image), {"air_threshold": level})
 
 
+@step("lung.airways")
 def airways(
     image: sitk.Image,
     lungs: sitk.Image,
@@ -124,6 +125,7 @@ def airways(
     return _mask(dilate_mm(grown, margin_mm, spacing) & lung, image)
 
 
+@step("lung.split")
 def split(
     lungs: sitk.Image,
     airway: sitk.Image | None = None,
@@ -163,6 +165,3 @@ def split(
     distance = ndimage.distance_transform_edt(lung, sampling=spacing)
     out = watershed(-distance, markers, mask=lung)
     return _mask(out, lungs)
-
-
-STEPS = {"lung.air": air, "lung.airways": airways, "lung.split": split}
