@@ -44,7 +44,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from dicomnode.errors import ImagingError
-from dicomnode.imaging.organs.common import dilate_mm, erode_mm, open_mm, to_working_grid
+from dicomnode.imaging.organs.common import dilate_mm, erode_mm, gaussian_mm, open_mm, to_working_grid
 from dicomnode.imaging.step import StepOutput, StepValue, image_of, step
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ def detect_in_region(
     organ_arr = sitk.GetArrayFromImage(organ).astype(bool)
     if organ_arr.shape != tuple(image.GetSize()[::-1]):
         raise ImagingError("The organ mask is not on the image grid.")
-    smoothed = sitk.SmoothingRecursiveGaussian(sitk.Cast(image, sitk.sitkFloat32), smoothing_mm)
+    smoothed = gaussian_mm(image, smoothing_mm)
     smooth = sitk.GetArrayFromImage(smoothed)
     if exclude_below is not None:  # fat or gas in fissures and at the hilum is not organ (CT: fat < -30 HU)
         organ_arr &= smooth >= float(exclude_below)

@@ -189,6 +189,11 @@ def _seeds(
     liver_t = (u < -45 * s) & (v > -130 * s) & (v < 90 * s) & (h_r > -90 * s) & (h_r < 20 * s)
     liver_t &= inner & not_lung & ~vessels & soft
     liver = _territory_seed(array, liver_t, low, sp, erode=5.0 * s)
+    if liver is None and liver_mask is not None and liver_mask.any():  # e.g. a few slices: the chain's
+        core = erode_mm(liver_mask, 6.0 * s, sp)
+        seed = core if core.any() else liver_mask
+        spread = float(np.median(np.abs(array[seed] - np.median(array[seed])))) * 1.4826
+        liver = OrganModel("liver", seed, float(np.median(array[seed])), max(spread, 8.0))
     if liver is None:
         raise ImagingError(
             "No liver found below the right lung base; is the upper abdomen in the field of view?"

@@ -41,12 +41,28 @@ def to_working_grid(image: sitk.Image, spacing_mm: float) -> sitk.Image:
         source = sitk.BinShrink(source, factors)
     shrunk = source.GetSpacing()
     residual = [max(0.0, (t / 2.5) ** 2 - (s / 2.5) ** 2) ** 0.5 for t, s in zip(target, shrunk, strict=True)]
+    # a recursive Gaussian needs 4 samples along an axis: a volume of a few slices is not smoothed across
+    residual = [r if n >= 4 else 0.0 for r, n in zip(residual, source.GetSize(), strict=True)]
     if any(r > 0.05 * t for r, t in zip(residual, target, strict=True)):
-        source = sitk.SmoothingRecursiveGaussian(source, [max(r, 1e-3) for r in residual])
+        source = gaussian_mm(source, residual)
     return sitk.Resample(
         source, size, sitk.Transform(), sitk.sitkLinear, tuple(origin), target, image.GetDirection(), low,
         sitk.sitkFloat32,
     )
+
+
+def gaussian_mm(image: sitk.Image, sigma_mm: float | Sequence[float]) -> sitk.Image:
+    """Gaussian smoothing with a physical sigma (per axis x, y, z or one for all), float32. ITK's recursive
+    Gaussian needs four samples along every axis; a volume of a few slices is smoothed in-plane only."""
+    sigmas = [float(sigma_mm)] * 3 if isinstance(sigma_mm, int | float) else [float(v) for v in sigma_mm]
+    source = sitk.Cast(image, sitk.sitkFloat32)
+    if min(source.GetSize()) >= 4:
+        return sitk.SmoothingRecursiveGaussian(source, [max(v, 1e-3) for v in sigmas])
+    sizes = zip(sigmas, source.GetSpacing(), source.GetSize(), strict=True)
+    voxels = [v / sp if n >= 4 else 0.0 for v, sp, n in sizes]
+    out = sitk.GetImageFromArray(ndimage.gaussian_filter(sitk.GetArrayFromImage(source), voxels[::-1]))
+    out.CopyInformation(source)
+    return out
 
 
 def mask_to_grid(mask: np.ndarray, working: sitk.Image, reference: sitk.Image) -> sitk.Image:
