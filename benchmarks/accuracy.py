@@ -88,6 +88,8 @@ def run_case(case: Case) -> list[Row]:
     segments = {s.label: s.mask for s in processed.segments}
     rows = []
     for label, truth in case.truth.items():
+        if label.startswith("_"):
+            continue
         mask = segments.get(label, np.zeros(truth.shape, dtype=bool))
         if not truth.any():
             continue
@@ -192,7 +194,7 @@ def phantom_cases(names: tuple[str, ...]) -> Iterator[Case]:
         crop = params.pop("_crop", None)
         params.setdefault("shape", (40, 128, 128))
         params.setdefault("spacing", (5.0, 2.8, 2.8))
-        ct = make_ct_phantom(seed=5, hepatic_vessels=True, **params)
+        ct = make_ct_phantom(seed=5, hepatic_vessels=True, fat_planes=True, **params)
         image = ct.to_sitk()
         labels = np.zeros(ct.image.shape, dtype=np.uint8)
         names_ = list(PHANTOM_TRUTH.items())

@@ -30,7 +30,9 @@ diameters 8–25 mm, hypodense (−45 HU vs liver) or hyperdense (+50 HU vs live
 Variants: ``liver_hu`` overrides the liver's attenuation (steatosis: e.g. 10 HU, below the spleen);
 ``body_scale`` < 1 shrinks every structure about the FOV's centre (a child; lesion truths scale too);
 ``subcapsular=True`` adds a 30 mm hypodense lesion on the liver's anterior surface that bulges it by
-~10 mm (part of the liver's truth).
+~10 mm (part of the liver's truth); ``fat_planes=True`` gives the trunk a muscle wall and puts fat
+behind the peritoneum and in a 6 mm plane around every organ (organs apart as in patients; without it
+everything between the organs is one soft tissue).
 Metal: a 14 mm steel rod (3000 HU) in the right paravertebral soft tissue; streaks are made physically
 (forward projection with photon starvation in the metal trace, filtered back projection) on the slices
 it crosses.
@@ -151,6 +153,7 @@ def make_ct_phantom(
     liver_hu: float | None = None,
     body_scale: float = 1.0,
     subcapsular: bool = False,
+    fat_planes: bool = False,
 ) -> Phantom:
     """An abdomen + lung-base CT phantom centred in a FOV of ``shape × spacing`` (body ~300 × 220 mm).
 
@@ -213,6 +216,13 @@ def make_ct_phantom(
     clean = np.full(shape, -1000.0, dtype=np.float32)
     clean[body] = -100.0  # subcutaneous fat
     clean[inner] = hu["muscle"] - 20  # generic soft tissue / bowel
+    if fat_planes:  # as in patients: a muscle wall, fat behind the peritoneum and around every organ
+        inside_wall = _ellipsoid(zz, yy, xx, (0, 0, 0), (126, 86, 1e6)) & full
+        clean[inner & ~inside_wall] = hu["muscle"]
+        organs = liver | spleen | kidney_r | kidney_l | aorta | spine
+        around = ndimage.distance_transform_edt(~organs, sampling=spacing) <= 6.0
+        retro = (yy > 25.0) & full
+        clean[inside_wall & (around | retro) & ~organs] = -90.0
     clean[lung_r | lung_l] = -850.0
     clean[airways] = -1000.0
     clean[liver] = hu["liver"]

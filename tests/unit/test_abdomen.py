@@ -66,3 +66,26 @@ def test_real_abdomen_variants(real_case, variant: str) -> None:  # noqa: ANN001
     reference = sitk.GetArrayFromImage(labels)
     assert dice(liver, reference == REF_LIVER) >= (0.93 if variant == "prone" else 0.90)
     assert dice(organs == LABELS["spleen"], reference == REF_SPLEEN) >= 0.85
+
+
+@pytest.mark.parametrize(
+    ("params", "position"),
+    [({"phase": "portal"}, "supine"), ({"phase": "portal", "liver_hu": 10.0}, "feet-first")],
+)
+def test_phantom_organs_in_competition(params: dict, position: str) -> None:
+    """Phantom with fat planes (tests/phantoms.py): liver (also fatty at 10 HU, darker than the spleen,
+    scanned feet first), spleen found apart from the bowel in front of it."""
+    from tests.phantoms import make_ct_phantom
+
+    ct = make_ct_phantom(seed=5, fat_planes=True, hepatic_vessels=True, **params)
+    image = ct.to_sitk()
+    labels = np.zeros(ct.image.shape, dtype=np.uint8)
+    labels[ct.masks["liver"]] = 1
+    labels[ct.masks["spleen"]] = 2
+    truth = ct.to_sitk(labels)
+    if position == "feet-first":
+        image, truth = variants.feet_first(image, truth)
+    liver, organs = organs_of(image)
+    reference = sitk.GetArrayFromImage(truth)
+    assert dice(liver, reference == 1) >= 0.93
+    assert dice(organs == LABELS["spleen"], reference == 2) >= 0.85

@@ -200,7 +200,8 @@ def _seeds(
         )
     models["liver"] = OrganModel("liver", liver.seed, liver.hu, liver.spread)
 
-    spleen_t = (u > 45 * s) & (v > -70 * s) & (v < 80 * s) & (h_l > -110 * s) & (h_l < 20 * s)
+    # posterolateral: bowel and stomach lie in front of it
+    spleen_t = (u > 45 * s) & (v > -45 * s) & (v < 80 * s) & (h_l > -110 * s) & (h_l < 20 * s)
     spleen_t &= inner & not_lung & soft & ~dilate_mm(liver.seed, 10.0, sp)
     spleen = _territory_seed(array, spleen_t, low, sp, erode=3.0 * s)
     if spleen is not None and spleen.seed.sum() * float(np.prod(sp)) > 5000.0 * s**3:  # ≥ 5 ml
@@ -246,42 +247,45 @@ def _kidney(
     u, v = lm.relative()
     zone = (side * u > 35 * s) & (side * u < 120 * s) & (v > -25 * s) & (v < 75 * s) & (h < 40 * s)
     cand = ndimage.binary_opening(soft & zone, iterations=2)
-    whole, _ = ndimage.label(ndimage.binary_opening(soft, iterations=2))
-    whole_sizes = np.bincount(whole.ravel())
     labels, n = ndimage.label(cand)
     if n == 0:
         return None
     voxel_ml = float(np.prod(sp)) / 1000.0
     sizes = np.bincount(labels.ravel()) * voxel_ml
     sizes[0] = 0
-    means = ndimage.mean(array, labels, index=np.arange(n + 1))
     # a kidney lies in perirenal fat: a good part of the shell around the blob is fat
     fat = array < lm.fat_hu + 50.0
     centres = ndimage.center_of_mass(cand, labels, index=np.arange(1, n + 1))
-    best, score = 0, -np.inf
+    best: tuple[np.ndarray, float, float] | None = None
     for i in np.flatnonzero(sizes >= 8.0 * s**3):
         cz, cy, cx = (int(round(c)) for c in centres[i - 1])
         cu, cv = cx * sp[2] - lm.spine_x[cz], cy * sp[1] - lm.spine_y[cz]
         if not (-5 * s < cv < 60 * s and 40 * s < side * cu < 100 * s):
             continue  # a kidney's centre lies beside the vertebral body, not in front of it
         blob = labels == i
-        owners = whole[blob]
+        try:  # the blob's own attenuation: muscle next to a kidney (psoas, quadratus) differs from it
+            hu, spread = _mode_near(array[blob], lm.fat_hu + 40.0, 400.0)
+        except ImagingError:
+            continue
+        band = np.abs(array - hu) <= max(2.5 * spread, 20.0)
+        core = largest_components(blob & band, 1)
+        box = ndimage.find_objects(core.astype(np.uint8))[0]
+        pad = [int(np.ceil(60.0 * s / spc)) for spc in sp]
+        box = tuple(slice(max(0, b.start - p), b.stop + p) for b, p in zip(box, pad, strict=True))
+        # the same tissue going on far beyond the gutter (stomach, bowel, liver) is not a kidney in its fat
+        same, _ = ndimage.label(ndimage.binary_opening(soft[box] & band[box], iterations=1))
+        owners = same[core[box]]
         owner = int(np.bincount(owners[owners > 0]).argmax()) if (owners > 0).any() else 0
-        if owner and whole_sizes[owner] > 3 * blob.sum():
-            continue  # part of a larger soft-tissue mass (stomach, bowel, liver): not a kidney in its fat
-        box = ndimage.find_objects(blob.astype(np.uint8))[0]
-        box = tuple(slice(max(0, b.start - 3), b.stop + 3) for b in box)
-        sub = blob[box]
-        shell = np.zeros_like(blob)
-        shell[box] = dilate_mm(sub, 4.0, sp) & ~sub
-        fat_fraction = float(fat[shell].mean()) if shell.any() else 0.0
-        log.debug("kidney %+.0f: %.1f ml, %.0f HU, fat around %.2f", side, sizes[i], means[i], fat_fraction)
-        if fat_fraction >= 0.3 and means[i] > score:
-            best, score = int(i), float(means[i])
-    if best == 0:
+        if owner and (same == owner).sum() > 3 * core.sum():
+            continue
+        shell = dilate_mm(core[box], 4.0, sp) & ~core[box]
+        fat_fraction = float(fat[box][shell].mean()) if shell.any() else 0.0
+        log.debug("kidney %+.0f: %.1f ml, %.0f HU, fat around %.2f", side, sizes[i], hu, fat_fraction)
+        if fat_fraction >= 0.3 and (best is None or hu > best[1]):
+            best = (core, hu, spread)
+    if best is None:
         return None
-    blob = labels == best
-    hu, spread = float(np.median(array[blob])), float(np.std(array[blob]))
+    blob, hu, spread = best
     seed = largest_components(erode_mm(blob, 3.0 * s, sp), 1)
     if seed.sum() < 10:
         return None
@@ -330,6 +334,26 @@ def _wall(array: np.ndarray, lm: Landmarks) -> np.ndarray:
     return wall
 
 
+def _muscle_wall(array: np.ndarray, lm: Landmarks, band: np.ndarray) -> np.ndarray:
+    """The body wall's muscle layer: soft tissue within 8 mm (15 mm at the back; scaled) inside the
+    subcutaneous fat, which is the fat connected, slice by slice, to the outside of the body."""
+    s, sp = lm.scale, lm.spacing
+    outside = ~lm.body
+    fat = array < lm.fat_hu + 50.0
+    subcut = np.zeros_like(outside)
+    for k in range(array.shape[0]):
+        labels, _ = ndimage.label(outside[k] | (fat[k] & lm.body[k]))
+        keep = np.unique(labels[outside[k]])
+        subcut[k] = np.isin(labels, keep[keep > 0])
+    # in-plane distance only: the wall is a layer around each slice's trunk, thicker at the back
+    _, v = lm.relative()
+    thickness = np.where(v > 10 * s, 15.0 * s, 8.0 * s)
+    layer = np.zeros_like(outside)
+    for k in range(array.shape[0]):
+        layer[k] = ndimage.distance_transform_edt(~subcut[k], sampling=sp[1:]) <= thickness[k]
+    return layer & band & lm.body
+
+
 def _background(band: np.ndarray, wall: np.ndarray, models: dict[str, OrganModel]) -> np.ndarray:
     """Background markers: outside the soft-tissue band, and the wall (:func:`_wall`), less the seeds."""
     bg = ~band | wall
@@ -350,7 +374,7 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
     band = (array > low) & (array < lm.bone_hu + 60.0) & lm.body
     markers = np.zeros(array.shape, dtype=np.uint8)
     wall = _wall(array, lm)
-    markers[_background(band, wall, models)] = BACKGROUND
+    markers[_background(band, wall | _muscle_wall(array, lm, band), models)] = BACKGROUND
     for name, m in models.items():
         markers[m.seed] = LABELS[name]
     sigma = [1.0 / s for s in sp]
