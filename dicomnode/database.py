@@ -40,15 +40,14 @@ class DatabaseError(DicomNodeError):
     """The node's database could not be opened or written."""
 
 
-def check_in(column: str, values: type[StrEnum] | Iterable[str]) -> str:
-    """``CHECK (column IN ('a', 'b'))`` for a state column, generated from its :class:`StrEnum`."""
-    quoted = ", ".join("'" + str(v).replace("'", "''") + "'" for v in values)
-    return f"CHECK ({column} IN ({quoted}))"
-
-
 def sql_list(values: Iterable[str]) -> str:
     """``'a', 'b'`` — the members of a value set quoted for an ``IN (…)`` list in an owner's SQL."""
     return ", ".join("'" + str(v).replace("'", "''") + "'" for v in values)
+
+
+def check_in(column: str, values: type[StrEnum] | Iterable[str]) -> str:
+    """``CHECK (column IN ('a', 'b'))`` for a state column, generated from its :class:`StrEnum`."""
+    return f"CHECK ({column} IN ({sql_list(values)}))"
 
 
 def split_statements(script: str) -> list[str]:
@@ -124,8 +123,8 @@ class Database:
         self._timeout = timeout
         self._local = threading.local()
         self._schema_lock = threading.Lock()
-        self._schemas: set[str] = set()
         self._migrated: dict[str, int] = {}
+        self._schemas: set[str] = set()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             with self.transaction() as conn:
@@ -218,8 +217,8 @@ class Database:
         return int(self.conn.execute("PRAGMA user_version").fetchone()[0])
 
     def ensure_schema(self, ddl: str) -> None:
-        """Run idempotent DDL once per Database instance (tests and scratch tables; owners use
-        :meth:`migrate`)."""
+        """Run idempotent DDL once per Database instance. Unversioned: for a table not yet given a
+        :class:`Schema` (owners use :meth:`migrate`, which also upgrades an existing file)."""
         with self._schema_lock:
             if ddl in self._schemas:
                 return

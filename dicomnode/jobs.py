@@ -27,6 +27,8 @@ class JobSpec:
     attempt: int = 1
     # what the job's destinations' viewers need (ViewerProfile fields); empty = the defaults
     profile: dict[str, Any] = field(default_factory=dict)
+    # comparison with a prior study (dicomnode.compare.prior.PriorRequest as JSON); empty = none
+    prior: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

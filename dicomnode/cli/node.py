@@ -38,7 +38,7 @@ def read_status(database_path: Path) -> list[dict[str, Any]]:
     """Studies with their series, state, generation and instance counts, read from the node database."""
     if not database_path.exists():
         return []
-    from dicomnode.assemble.assembler import AssemblyRecords
+    from dicomnode.assemble.assembler import AssemblyRecords, AssemblyState
     from dicomnode.database import Database
     from dicomnode.spool.index import SpoolIndex
 
@@ -52,7 +52,7 @@ def read_status(database_path: Path) -> list[dict[str, Any]]:
         db.close()
     studies: dict[str, dict[str, Any]] = {}
     for s in series:
-        study_state, study_generation = study_states.get(s.study_uid, ("open", 0))
+        study_state, study_generation = study_states.get(s.study_uid, (AssemblyState.OPEN, 0))
         entry = studies.setdefault(
             s.study_uid,
             {
@@ -63,7 +63,7 @@ def read_status(database_path: Path) -> list[dict[str, Any]]:
                 "series": [],
             },
         )
-        state, generation = series_states.get((s.study_uid, s.series_uid), ("open", 0))
+        state, generation = series_states.get((s.study_uid, s.series_uid), (AssemblyState.OPEN, 0))
         entry["instances"] += s.instance_count
         entry["series"].append(
             {

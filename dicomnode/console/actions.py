@@ -19,9 +19,9 @@ from pathlib import Path
 
 from dicomnode.console.node import ConsoleNode
 from dicomnode.console.studies import study_outbox
-from dicomnode.errors import ConsoleError, DicomNodeError
+from dicomnode.errors import ConsoleError
 from dicomnode.jobs import JobSpec
-from dicomnode.send.outbox import PENDING, Origin, OutboxItem
+from dicomnode.send.outbox import PENDING, Origin, OutboxItem, OutboxState
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class Actions:
         retried = 0
         missing = []
         for item in latest.values():
-            if item.state == "failed":
+            if item.state == OutboxState.FAILED:
                 self.node.outbox.retry(item.id)
                 retried += 1
             elif item.state not in PENDING:
@@ -109,7 +109,7 @@ class Actions:
     def discard(self, study_uid: str, user: str) -> int:
         """Drop the study's pending and dead deliveries; returns how many entries were removed."""
         removed = sum(self.node.outbox.purge(state, study_uid=study_uid)
-                      for state in ("queued", "failed", "dead"))
+                      for state in (OutboxState.QUEUED, OutboxState.FAILED, OutboxState.DEAD))
         self._audit("discard", user, study_uid, outbox_entries_removed=removed)
         return removed
 
@@ -130,6 +130,3 @@ class Actions:
                  state or "sent+dead", destination or "all")
         return count
 
-
-def describe_error(exc: DicomNodeError) -> str:
-    return str(exc).splitlines()[0]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dicomnode.assemble.assembler import AssemblyRecords
 from dicomnode.config import Config
@@ -22,6 +22,11 @@ from dicomnode.route.decisions import DecisionLog
 from dicomnode.route.watcher import RuleBook
 from dicomnode.send.outbox import Outbox
 from dicomnode.spool.index import SpoolIndex
+
+if TYPE_CHECKING:
+    from dicomnode.observability.metrics import Metrics
+    from dicomnode.route.router import Router
+    from dicomnode.runtime.service import Service
 
 
 @dataclass
@@ -56,14 +61,14 @@ class ConsoleNode:
         )
 
     @classmethod
-    def for_service(cls, service: Any, router: Any | None = None) -> ConsoleNode:
-        """The console of a running :class:`~dicomnode.runtime.service.Service` (from ``build_service``)."""
+    def for_service(
+        cls, service: Service, *, book: RuleBook, router: Router, metrics: Metrics, audit: AuditTrail
+    ) -> ConsoleNode:
+        """The console of a :class:`~dicomnode.runtime.service.Service` (from ``build_service``)."""
         return cls(
             config=service.config, database=service.database, index=service.index,
             decisions=DecisionLog(service.database), outbox=Outbox(service.database, service.config.outbox),
-            audit=getattr(service, "audit", None) or AuditTrail(service.database),
-            book=getattr(router, "book", None), router=router,
-            listener=service.listener, metrics=getattr(service, "metrics", None),
+            audit=audit, book=book, router=router, listener=service.listener, metrics=metrics,
         )
 
     @property

@@ -30,11 +30,11 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import Counter
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
+from prometheus_client.registry import Collector, CollectorRegistry
 
 from dicomnode.config import Config
 from dicomnode.database import Database
@@ -55,10 +55,16 @@ LOST_AFTER_MISSES = 2  # consecutive broker scans without the message before it 
 PUBLISH_RETRY_SECONDS = 2.0
 
 
+class MetricsRegistry(Protocol):
+    """Where the executor registers its Celery metrics (``dicomnode.observability.metrics.Metrics`` fits)."""
+
+    registry: CollectorRegistry
+
+
 class CeleryExecutor:
     """Run jobs on Celery workers; ``on_done`` is called from the collector thread."""
 
-    def __init__(self, config: Config, database: Database, *, metrics: Any = None) -> None:
+    def __init__(self, config: Config, database: Database, *, metrics: MetricsRegistry | None = None) -> None:
         self.settings = CelerySettings.from_config(config)
         self.leases = LeaseStore(database)
         self.jobs = JobStore(database, max_attempts=config.processing.max_attempts)
@@ -192,8 +198,9 @@ class CeleryExecutor:
         try:
             manifest = stage_inputs(layout, list(spec.input_files), spec.attempt)
         except (DistributedError, OSError) as exc:
-            self._fail(lease, "failed", f"Cannot stage the input of job '{spec.job_id}' into the shared "
-                                        f"folder: {exc}", "stage_failed")
+            self._fail(lease, LeaseState.FAILED,
+                       f"Cannot stage the input of job '{spec.job_id}' into the shared folder: {exc}",
+                       "stage_failed")
             return
         soft, hard = self.settings.limits_for(spec.pipeline)
         deadline = now + self.settings.visibility_timeout

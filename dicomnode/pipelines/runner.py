@@ -209,9 +209,16 @@ def run_job(spec: JobSpec, profile: ViewerProfile | None = None) -> JobResult:
         else:
             volume = load_series(spec.input_files)
             processed, summary = process_volume(pipeline, volume, spec)
+            prior_files: list[Path] = []
+            if spec.prior:  # comparison with the patient's prior study (never fails the job)
+                from dicomnode.compare.prior import compare_with_prior
+
+                summary["comparison"], prior_files = compare_with_prior(spec, pipeline, volume, processed,
+                                                                        output_dir)
             if profile is None and spec.profile:
                 profile = ViewerProfile(**spec.profile)
             files = write_result_package(processed, output_dir, profile, features=pipeline.sr_features)
+            files = [*files, *prior_files]
             summary["seconds"] = time.perf_counter() - started
             summary["peak_rss_mb"] = peak_rss_mb()
             result = JobResult(spec.job_id, True, tuple(str(f) for f in files), summary)
