@@ -35,13 +35,10 @@ from skimage.morphology import convex_hull_image
 from skimage.segmentation import watershed
 
 from dicomnode.errors import ImagingError
-from dicomnode.imaging.organs.common import (
-    dilate_mm,
-    erode_mm,
-    fill_holes,
-    histogram_mode,
-    largest_components,
-)
+from dicomnode.imaging.morphology import dilate as dilate_mm
+from dicomnode.imaging.morphology import erode as erode_mm
+from dicomnode.imaging.morphology import fill_holes, largest_components
+from dicomnode.imaging.organs.common import histogram_mode
 from dicomnode.imaging.organs.landmarks import Landmarks, find_landmarks, to_lps
 from dicomnode.imaging.step import step
 
