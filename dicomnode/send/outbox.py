@@ -271,13 +271,14 @@ class Outbox:
                 "commit_requests = commit_requests + 1, updated_at = ? WHERE id = ? AND state = 'sent'",
                 [(transaction_uid, now + timeout, now, i) for i in ids])
 
-    def commitment_request_failed(self, ids: Sequence[int], error: str) -> None:
-        """The request could not be made: it is due again after the backoff of its request count."""
+    def commitment_request_failed(self, ids: Sequence[int], error: str, *, counted: bool = False) -> None:
+        """The request could not be made: it is due again after the backoff of its request count
+        (``counted``: :meth:`await_commitment` already counted this request)."""
         now = self._clock()
         with self.db.transaction() as conn:
             for i in ids:
                 row = conn.execute("SELECT commit_requests FROM outbox WHERE id = ?", (i,)).fetchone()
-                requests = int(row["commit_requests"]) + 1 if row is not None else 1
+                requests = int(row["commit_requests"]) + (0 if counted else 1) if row is not None else 1
                 conn.execute(
                     "UPDATE outbox SET commit_uid = '', commit_requests = ?, commit_deadline = ?, "
                     "last_error = ?, updated_at = ? WHERE id = ? AND state = 'sent'",

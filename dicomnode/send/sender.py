@@ -179,18 +179,19 @@ class Sender:
             return len(items)
         request = getattr(destination, "request_commitment", None)
         ids = [i.id for i in ask]
+        transaction_uid = generate_uid()
+        # recorded before asking: the PACS may report (on an association of its own) before request() returns
+        self.outbox.await_commitment(ids, transaction_uid, self.commitment[name])
         try:
             if request is None:
                 raise SendError(f"Destination '{name}' cannot request storage commitment.")
             references = [(_sop_class(i.file_path), i.sop_instance_uid) for i in ask]
-            transaction_uid = generate_uid()
             request(transaction_uid, references)
         except DicomNodeError as exc:
             log.warning("Storage commitment request to %s failed (%d instance(s)); asked again later: %s",
                         name, len(ask), exc, extra={"destination": name})
-            self.outbox.commitment_request_failed(ids, str(exc))
+            self.outbox.commitment_request_failed(ids, str(exc), counted=True)
             return len(items)
-        self.outbox.await_commitment(ids, transaction_uid, self.commitment[name])
         log.info("Storage commitment requested from %s for %d instance(s) (transaction %s)", name, len(ask),
                  transaction_uid, extra={"destination": name})
         return len(items)
