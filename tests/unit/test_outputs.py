@@ -369,7 +369,8 @@ def _lesion_case(processed: ProcessedSeries, shift_mm: float = 0.0) -> Processed
     centre[2] += shift_mm / processed.spacing[2]
     zz, yy, xx = np.indices(liver.shape, sparse=True)
     sz, sy, sx = processed.spacing
-    distance = np.sqrt(((zz - centre[0]) * sz) ** 2 + ((yy - centre[1]) * sy) ** 2 + ((xx - centre[2]) * sx) ** 2)
+    distance = np.sqrt(((zz - centre[0]) * sz) ** 2 + ((yy - centre[1]) * sy) ** 2
+                       + ((xx - centre[2]) * sx) ** 2)
     lesion = distance <= 7.0
     image = np.where(lesion, -20.0, processed.image).astype(np.float32)
     qc = SegmentQC(QCStatus.WARN, (QCFlag.LOW_CONTRAST,), ("lesion contrast below 30 HU",))
