@@ -23,7 +23,8 @@ import SimpleITK as sitk
 from skimage.exposure import equalize_adapthist
 
 from dicomnode.errors import ImagingError
-from dicomnode.imaging import preprocess
+from dicomnode.imaging import grid, preprocess
+from dicomnode.imaging.grid import blend, bounding_box, feather_weights, spacing_of
 from dicomnode.imaging.preprocess import like, require_choice, require_positive, require_same_grid, to_float
 from dicomnode.imaging.step import step
 
@@ -33,34 +34,6 @@ Enhancer = Callable[[sitk.Image], sitk.Image]
 
 
 # ----------------------------------------------------------------------------------------- blending
-
-
-def feather_weights(mask: sitk.Image, *, feather_mm: float = 3.0) -> sitk.Image:
-    """Blend weights (float32): 1 inside ``mask``, smoothstep down to 0 at ``feather_mm`` outside."""
-    feather_mm = require_positive("feather_mm", feather_mm, allow_zero=True)
-    binary = sitk.Cast(mask, sitk.sitkUInt8)
-    if feather_mm == 0:
-        return sitk.Cast(binary, sitk.sitkFloat32)
-    distance = sitk.SignedMaurerDistanceMap(
-        binary, insideIsPositive=False, squaredDistance=False, useImageSpacing=True
-    )
-    t = np.clip(1.0 - sitk.GetArrayViewFromImage(distance) / feather_mm, 0.0, 1.0)
-    weights = (t * t * (3.0 - 2.0 * t)).astype(np.float32)
-    weights[sitk.GetArrayViewFromImage(binary) > 0] = 1.0
-    return like(weights, mask)
-
-
-def _bounding_box(mask: sitk.Image, margin_mm: float) -> tuple[slice, ...]:
-    array = sitk.GetArrayViewFromImage(mask)
-    if not array.any():
-        raise ImagingError("The mask is empty: there is nothing to enhance.")
-    box = []
-    for axis, spacing in enumerate(mask.GetSpacing()[::-1]):
-        others = tuple(a for a in range(array.ndim) if a != axis)
-        present = np.flatnonzero(array.any(axis=others))
-        pad = int(np.ceil(margin_mm / spacing)) + 1
-        box.append(slice(max(0, present[0] - pad), min(array.shape[axis], present[-1] + pad + 1)))
-    return tuple(box)
 
 
 def apply_in_mask(
@@ -78,20 +51,19 @@ def apply_in_mask(
     image = to_float(image)
     require_same_grid(image, mask)
     feather_mm = require_positive("feather_mm", feather_mm, allow_zero=True)
-    box = _bounding_box(mask, feather_mm + support_mm)
-    index = [(s.start, s.stop) for s in box[::-1]]  # x, y, z order for SimpleITK slicing
-    region = tuple(slice(lo, hi) for lo, hi in index)
-    crop, crop_mask = image[region], mask[region]
+    inside = sitk.GetArrayViewFromImage(mask)
+    if not inside.any():
+        raise ImagingError("The mask is empty: there is nothing to enhance.")
+    box = bounding_box(inside, spacing_of(mask), feather_mm + support_mm, extra=1)
+    crop, crop_mask = grid.crop(image, box), grid.crop(mask, box)
     enhanced = to_float(enhancer(crop))
     if enhanced.GetSize() != crop.GetSize():
         raise ImagingError(
             f"The enhancement changed the grid size from {crop.GetSize()} to {enhanced.GetSize()}."
         )
-    weights = sitk.GetArrayFromImage(feather_weights(crop_mask, feather_mm=feather_mm))
-    original = sitk.GetArrayViewFromImage(crop)
-    blended = np.where(
-        weights > 0, original + weights * (sitk.GetArrayViewFromImage(enhanced) - original), original
-    ).astype(np.float32)
+    feather = feather_weights(crop_mask, feather_mm=feather_mm)  # kept alive while its view is read
+    weights = sitk.GetArrayViewFromImage(feather)
+    blended = blend(sitk.GetArrayViewFromImage(crop), sitk.GetArrayViewFromImage(enhanced), weights)
     out = sitk.GetArrayFromImage(image)
     out[box] = blended
     return like(out, image)
