@@ -242,7 +242,7 @@ def run_job(spec: JobSpec, profile: ViewerProfile | None = None) -> JobResult:
     output_dir = Path(spec.output_dir)
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
-        pipeline = get_pipeline(spec.pipeline).with_params(spec.params)
+        pipeline = get_pipeline(spec.pipeline, spec.pipelines_path or None).with_params(spec.params)
         check_steps(pipeline)
         if not pipeline.steps:  # forward: nothing to compute, the node sends the source series
             result = JobResult(spec.job_id, True, (), {"pipeline": pipeline.name, "seconds": 0.0})

@@ -88,6 +88,7 @@ class PipelineSpec:
     enhanced_values: str = "quantitative"  # or "display" (outputs.api.ENHANCED_VALUES)
     accepts: Accepts = field(default_factory=Accepts)  # input guards, checked before any step runs
     source: str = field(default="", compare=False)  # the file it was read from
+    site: bool = field(default=False, compare=False)  # from the site's pipelines folder (not shipped)
 
     def parameters(self) -> dict[str, Any]:
         """Every overridable parameter with its default, as ``<step id>.<param>``."""
