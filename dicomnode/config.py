@@ -205,6 +205,7 @@ class DestinationConfig(_Model):
     profile: ViewerProfile = Field(default_factory=ViewerProfile)
     deidentify: bool = False
     timeout: float = Field(60.0, gt=0)
+    on_qc_fail: Literal["hold", "send"] = "hold"  # results whose QC failed: held for an operator, or sent
 
     @field_validator("ae_title")
     @classmethod

@@ -27,6 +27,7 @@ class JobSpec:
     attempt: int = 1
     # what the job's destinations' viewers need (ViewerProfile fields); empty = the defaults
     profile: dict[str, Any] = field(default_factory=dict)
+    on_qc_fail: str = ""  # the rule's policy for results whose QC failed ("hold"/"send"; "" = destination's)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

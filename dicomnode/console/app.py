@@ -11,6 +11,7 @@ GET  /preview/{study}/{job}/{plane}.png  a thumbnail (axial, coronal, sagittal)
 GET  /rules                              active rule set, files, validator, tester, editor
 POST /rules/validate|save|test           validate / save (atomic, reload) / dry-run
 GET  /queue, POST /queue/retry|retry-failed|purge   the outbox per destination
+GET  /held, POST /held/{id}/release|discard   results held back by QC (console/held.py)
 =======================================  =========================================================
 """
 
@@ -30,6 +31,8 @@ from starlette.concurrency import run_in_threadpool
 
 from dicomnode.console.auth import verify_password
 from dicomnode.console.dashboard import build_dashboard
+from dicomnode.console.held import held_results
+from dicomnode.console.held import register as register_held
 from dicomnode.console.jobs import find_job, study_jobs
 from dicomnode.console.node import ConsoleNode
 from dicomnode.console.preview import (
@@ -143,7 +146,8 @@ def create_app(node: ConsoleNode) -> FastAPI:
             return console.render(request, "error.html", 404, title="Not found",
                                   message=f"Study '{study_uid}' is not in the spool.")
         return console.render(request, "study.html", title="Study", active="Studies", s=detail,
-                              destinations=sorted(node.config.destinations))
+                              destinations=sorted(node.config.destinations),
+                              held=held_results(console).list(study_uid=study_uid))
 
     def _act(request: Request, study_uid: str, fn, done: str):  # noqa: ANN001, ANN202
         target = f"/studies/{study_uid}"
@@ -340,4 +344,5 @@ def create_app(node: ConsoleNode) -> FastAPI:
         return _queue_act(request, lambda: console.actions.purge(state, destination, user),
                           "{result} entries purged.")
 
+    register_held(app, console, read, writer)
     return app

@@ -246,8 +246,9 @@ class Router:
             log.info("%s %s matched no rule (rules %s).", level.capitalize(), series_uid or subject.study_uid,
                      ruleset.version)
         recorded = self.decisions.record(decisions)
+        policies = {loaded.rule.name: loaded.rule.then.on_qc_fail for loaded in evaluation.fired}
         for item in recorded:
-            self._execute(item, subject.files)
+            self._execute(item, subject.files, policies.get(item.decision.rule) or "")
         return recorded
 
     def _decision(
@@ -268,7 +269,7 @@ class Router:
             explanation="\n".join(why.lines()) if why else "",
         )
 
-    def _execute(self, item: RecordedDecision, files: Sequence[Path]) -> None:
+    def _execute(self, item: RecordedDecision, files: Sequence[Path], on_qc_fail: str = "") -> None:
         d = item.decision
         subject = d.series_uid or d.study_uid
         try:
@@ -278,7 +279,7 @@ class Router:
                     job_id=d.job_id, pipeline=d.pipeline, params=dict(d.params),
                     input_files=tuple(str(f) for f in files), output_dir=str(self.jobs_dir / d.job_id),
                     study_uid=d.study_uid, series_uid=d.series_uid, rule=d.rule, ruleset_hash=d.ruleset_hash,
-                    destinations=d.destinations,
+                    destinations=d.destinations, on_qc_fail=on_qc_fail,
                 )
                 self.submit_job(spec, priority=d.priority)
             if d.action in ("forward", "pipeline+forward"):
