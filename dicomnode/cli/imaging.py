@@ -79,7 +79,7 @@ def process(
         err=True,
     )
     qc = result.summary.get("qc") or {}
-    for label, verdict in (qc.get("segments") or {}).items():
+    for verdict in (qc.get("segments") or {}).values():
         for reason in verdict.get("reasons") or []:
             typer.echo(f"QC {verdict.get('status')}: {reason}", err=True)
 
