@@ -32,6 +32,8 @@ from dicomnode.config import NodeConfig
 from dicomnode.errors import ReceiveError, StorageFullError
 from dicomnode.receive.ingest import SUCCESS, Ingest
 
+STORAGE_COMMITMENT_PUSH = "1.2.840.10008.1.20.1"
+
 log = logging.getLogger(__name__)
 
 REJECT_TRANSIENT = 0x02
@@ -80,6 +82,10 @@ class Listener:
         # reason label (see REJECT_REASONS) per association pynetdicom rejects
         self.on_accepted: list[Callable[[], None]] = []
         self.on_rejected: list[Callable[[str], None]] = []
+        # N-EVENT-REPORTs a peer sends (a PACS's storage commitment reports): called with
+        # (calling AE, SOP Class UID, Event Type ID, event information data set); an observer that raises
+        # makes the answer 0x0110 (processing failure), so the peer reports again
+        self.on_event_report: list[Callable[[str, str, int, Dataset | None], None]] = []
 
     def _build_ae(self) -> AE:
         ae = AE(ae_title=self.node.ae_title)
@@ -93,6 +99,8 @@ class Listener:
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
         for context in AllStoragePresentationContexts:
             ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        # storage commitment reports: the PACS (SCP role) sends N-EVENT-REPORT on an association it opens
+        ae.add_supported_context(STORAGE_COMMITMENT_PUSH, ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
         return ae
 
     @property
@@ -109,6 +117,7 @@ class Listener:
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_N_EVENT_REPORT, self._on_event_report),
         ]
         try:
             self._server = self.ae.start_server(
@@ -182,6 +191,29 @@ class Listener:
     @staticmethod
     def _on_echo(event: evt.Event) -> int:
         return SUCCESS
+
+    def _on_event_report(self, event: evt.Event) -> tuple[int, None]:
+        request = event.request
+        calling = event.assoc.requestor.ae_title.strip()
+        class_uid = str(request.AffectedSOPClassUID or "")
+        event_type = int(request.EventTypeID or 0)
+        if not self.on_event_report:
+            log.warning("N-EVENT-REPORT from '%s' (SOP class %s, event %d) ignored: nothing here expects it.",
+                        calling, class_uid, event_type)
+            return 0x0000, None
+        try:
+            info = event.event_information
+        except (ValueError, AttributeError, TypeError, EOFError) as exc:
+            log.warning("N-EVENT-REPORT from '%s' has an unreadable data set (0x0110): %s", calling, exc)
+            return 0x0110, None
+        try:
+            for observer in self.on_event_report:
+                observer(calling, class_uid, event_type, info)
+        except Exception as exc:  # noqa: BLE001 - the peer is told to report again, the listener goes on
+            log.error("N-EVENT-REPORT from '%s' (SOP class %s, event %d) not taken (0x0110): %s", calling,
+                      class_uid, event_type, exc)
+            return 0x0110, None
+        return 0x0000, None
 
     def _on_store(self, event: evt.Event) -> Dataset:
         request = event.request

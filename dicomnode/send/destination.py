@@ -190,6 +190,12 @@ class DicomDestination:
         return [outcomes[Path(p)] for p in files]
 
     def _associate(self, items: list[_Item]) -> Association:
+        return self.open_association(self.contexts_for(items))
+
+    def open_association(self, contexts: list[PresentationContext], *, ext_neg: list | None = None,
+                         evt_handlers: list | None = None) -> Association:
+        """An established association with this peer proposing ``contexts`` (TLS, TCP_NODELAY and the
+        timeouts of the destination); raises :class:`SendError` naming why it could not be made."""
         ae = self.ae_class(ae_title=self.calling_ae_title)
         ae.acse_timeout = self.config.timeout
         ae.dimse_timeout = self.config.timeout
@@ -198,9 +204,10 @@ class DicomDestination:
         tls_args = (self._ssl, self.config.host) if self._ssl else None
         connected: list[bool] = []
         try:
-            assoc = ae.associate(self.config.host, self.config.port, contexts=self.contexts_for(items),
-                                 ae_title=self.config.ae_title, tls_args=tls_args,
-                                 evt_handlers=[(evt.EVT_CONN_OPEN, lambda event: connected.append(True))])
+            assoc = ae.associate(self.config.host, self.config.port, contexts=contexts,
+                                 ae_title=self.config.ae_title, tls_args=tls_args, ext_neg=ext_neg,
+                                 evt_handlers=[(evt.EVT_CONN_OPEN, lambda event: connected.append(True)),
+                                               *(evt_handlers or [])])
         except (OSError, RuntimeError, ValueError) as exc:
             raise SendError(f"Cannot associate with {self.address}: {exc}.") from exc
         if assoc.is_established:
@@ -216,6 +223,36 @@ class DicomDestination:
         else:
             reason = "no answer to the association request"
         raise SendError(f"Cannot deliver to destination '{self.name}' {self.address}: {reason}.")
+
+    def request_commitment(self, transaction_uid: str, references: Sequence[tuple[str, str]]) -> None:
+        """Ask the peer to commit to keeping ``references`` ((SOP Class UID, SOP Instance UID) pairs):
+        an N-ACTION-RQ on an association of its own. The report comes later as an N-EVENT-REPORT (see
+        :mod:`dicomnode.send.commitment`); raises :class:`SendError` when the request is not accepted."""
+        from dicomnode.send.commitment import (
+            REQUEST_COMMITMENT,
+            STORAGE_COMMITMENT_INSTANCE,
+            STORAGE_COMMITMENT_PUSH,
+            commitment_request,
+        )
+
+        request = commitment_request(transaction_uid, references)
+        assoc = self.open_association([build_context(STORAGE_COMMITMENT_PUSH, list(UNCOMPRESSED))])
+        try:
+            if not assoc.accepted_contexts:
+                raise SendError(f"{self.address} does not support Storage Commitment (Push Model); turn off "
+                                f"destinations.{self.name}.storage_commitment or enable it at the peer.")
+            status, _ = assoc.send_n_action(request, REQUEST_COMMITMENT, STORAGE_COMMITMENT_PUSH,
+                                            STORAGE_COMMITMENT_INSTANCE)
+        except (ValueError, AttributeError, RuntimeError) as exc:
+            raise SendError(f"Cannot request storage commitment from {self.address}: {exc}.") from exc
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        code = int(status.Status) if status is not None and "Status" in status else None
+        if code != 0x0000:
+            shown = "no answer" if code is None else f"status 0x{code:04X}"
+            raise SendError(f"{self.address} refused the storage commitment request for transaction "
+                            f"'{transaction_uid}' ({len(references)} instances): {shown}.")
 
     def _diagnose(self) -> str:
         """Why the connection failed (pynetdicom only logs it): connect again once, plainly."""

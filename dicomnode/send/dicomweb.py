@@ -46,6 +46,23 @@ def _read_secret(path: Path, what: str) -> str:
         raise SendError(f"Cannot read the {what} file '{path}': {exc.strerror or exc}.") from exc
 
 
+def make_client(
+    web: DicomwebConfig, timeout: float, session: requests.Session | None = None
+) -> DICOMwebClient:
+    """A ``dicomweb-client`` for ``web``: TLS verification, credentials read from their files now, and no
+    retries of its own (the outbox and the callers retry, with their backoff)."""
+    session = session or requests.Session()
+    session.verify = str(web.ca) if (web.verify and web.ca) else web.verify
+    auth = web.auth
+    if auth is not None and auth.bearer_token_file is not None:
+        session.headers["Authorization"] = f"Bearer {_read_secret(auth.bearer_token_file, 'bearer token')}"
+    elif auth is not None and auth.basic is not None:
+        session.auth = (auth.basic.user, _read_secret(auth.basic.password_file, "password"))
+    client = DICOMwebClient(web.url, session=session, timeout=timeout)
+    client.set_http_retry_params(retry=False)
+    return client
+
+
 class DicomwebDestination:
     """A STOW-RS service, as configured in ``destinations.<name>.dicomweb``."""
 
@@ -68,19 +85,8 @@ class DicomwebDestination:
     def address(self) -> str:
         return f"STOW-RS service {self.web.url}"
 
-    # -- the HTTP client -----------------------------------------------------------------------------
     def _client(self) -> DICOMwebClient:
-        session = self._session or requests.Session()
-        session.verify = str(self.web.ca) if (self.web.verify and self.web.ca) else self.web.verify
-        auth = self.web.auth
-        if auth is not None and auth.bearer_token_file is not None:
-            token = _read_secret(auth.bearer_token_file, "bearer token")
-            session.headers["Authorization"] = f"Bearer {token}"
-        elif auth is not None and auth.basic is not None:
-            session.auth = (auth.basic.user, _read_secret(auth.basic.password_file, "password"))
-        client = DICOMwebClient(self.web.url, session=session, timeout=self.config.timeout)
-        client.set_http_retry_params(retry=False)  # the outbox retries, with its backoff
-        return client
+        return make_client(self.web, self.config.timeout, self._session)
 
     # -- sending -------------------------------------------------------------------------------------
     def send(self, files: Sequence[Path]) -> list[SendOutcome]:
