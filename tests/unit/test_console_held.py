@@ -5,21 +5,31 @@ logged-in operator only; both decisions are audited."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
+from dicomnode.console.app import create_app
 from dicomnode.imaging.qc import QCFlag, QCReport, QCStatus, SegmentQC
 from dicomnode.send.held import HeldResults, HeldState
-from tests.unit.test_console import (  # noqa: F401 - the fixtures
-    JOB_ID,
-    Fabricated,
-    _text,
-    client,
-    csrf_of,
-    fab,
-    login,
-    template,
-)
+from tests.unit.test_console import JOB_ID, Fabricated, _text, copy_fabricated, csrf_of, fabricate, login
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Fabricated:
+    return fabricate(tmp_path_factory.mktemp("console-held-template"))
+
+
+@pytest.fixture
+def fab(template: Fabricated, tmp_path: Path) -> Fabricated:
+    return copy_fabricated(template, tmp_path / "node")
+
+
+@pytest.fixture
+def client(fab: Fabricated) -> TestClient:
+    return TestClient(create_app(fab.node))
+
 
 QC = QCReport({"Liver": SegmentQC(QCStatus.FAIL, (QCFlag.IMPLAUSIBLE_VOLUME,),
                                   ("Liver volume 6027 ml is outside 600-3200 ml, the plausible range for a body "
