@@ -31,9 +31,8 @@ def client(fab: Fabricated) -> TestClient:
     return TestClient(create_app(fab.node))
 
 
-QC = QCReport({"Liver": SegmentQC(QCStatus.FAIL, (QCFlag.IMPLAUSIBLE_VOLUME,),
-                                  ("Liver volume 6027 ml is outside 600-3200 ml, the plausible range for a body "
-                                   "26 cm across.",))}).to_json()
+REASON = "Liver volume 6027 ml is outside 600-3200 ml, the plausible range for a body 26 cm across."
+QC = QCReport({"Liver": SegmentQC(QCStatus.FAIL, (QCFlag.IMPLAUSIBLE_VOLUME,), (REASON,))}).to_json()
 
 
 def _hold(fab: Fabricated) -> tuple[int, int]:
