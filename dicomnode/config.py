@@ -319,6 +319,18 @@ class StowReceiveConfig(_Model):
         return self
 
 
+class PriorsConfig(_Model):
+    """Comparison with the patient's most recent comparable earlier study (``dicomnode.compare``)."""
+
+    enabled: bool = False
+    source: str | None = None  # a destination name; C-FIND/C-GET/C-MOVE or QIDO-RS/WADO-RS by its kind
+    method: Literal["c-move", "c-get"] = "c-get"  # DIMSE retrieval (c-move: the source must know our AE)
+    max_age_days: int = Field(1825, ge=1)
+    rules: list[str] = Field(default_factory=list)  # the rules whose jobs ask for a comparison
+    wait_seconds: float = Field(300.0, gt=0)  # the longest a result waits for its comparison
+    retry_minutes: float = Field(30.0, gt=0)  # a comparison the source could not answer is tried again
+
+
 class Config(_Model):
     node: NodeConfig = Field(default_factory=NodeConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
@@ -332,6 +344,7 @@ class Config(_Model):
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     security: SecurityConfig = Field(default_factory=SecurityConfig)
     console: ConsoleConfig = Field(default_factory=ConsoleConfig)
+    priors: PriorsConfig = Field(default_factory=PriorsConfig)
     dicomweb: StowReceiveConfig = Field(default_factory=StowReceiveConfig)
 
     @field_validator("destinations")
@@ -341,6 +354,17 @@ class Config(_Model):
             if not re.match(r"^[A-Za-z0-9_.-]+$", name):
                 raise ValueError(f"destination name '{name}' may only contain letters, digits, '_', '.', '-'")
         return value
+
+    @model_validator(mode="after")
+    def _priors_source(self) -> Config:
+        if self.priors.enabled:
+            if not self.priors.source:
+                raise ValueError("priors.enabled needs priors.source (a destination name)")
+            if self.priors.source not in self.destinations:
+                known = ", ".join(sorted(self.destinations)) or "none"
+                raise ValueError(f"priors.source '{self.priors.source}' is not a configured destination "
+                                 f"(configured: {known})")
+        return self
 
     def destination(self, name: str) -> DestinationConfig:
         try:

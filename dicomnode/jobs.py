@@ -28,6 +28,8 @@ class JobSpec:
     # what the job's destinations' viewers need (ViewerProfile fields); empty = the defaults
     profile: dict[str, Any] = field(default_factory=dict)
     on_qc_fail: str = ""  # the rule's policy for results whose QC failed ("hold"/"send"; "" = destination's)
+    # comparison with a prior study (dicomnode.compare.prior.PriorRequest as JSON); empty = none
+    prior: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -1,6 +1,6 @@
 """Series/study grouping and completion, with every timer's state in SQLite.
 
-Tables (owned here)::
+Tables (owned here; other stages read them through :class:`AssemblyRecords`)::
 
     assembly_series  (study_uid, series_uid) PK, state 'open'|'complete', generation (completions so far),
                      instance_count (distinct instances), first_received_at, last_received_at,
@@ -24,13 +24,14 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from enum import StrEnum
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from dicomnode.assemble.evidence import CONTIGUOUS, DECLARED, InstanceFacts, content_evidence
 from dicomnode.config import CompletionConfig
-from dicomnode.database import Database
+from dicomnode.database import Database, Schema, Step, check_in, rebuild_table
 from dicomnode.errors import AssemblyError
 from dicomnode.events import SeriesReady, StudyReady
 from dicomnode.spool.header import InstanceHeader
@@ -41,7 +42,19 @@ log = logging.getLogger(__name__)
 Event = SeriesReady | StudyReady
 QuietResolver = Callable[[str, str], float | None]
 
-SCHEMA = """
+
+class AssemblyState(StrEnum):
+    OPEN = "open"
+    COMPLETE = "complete"
+
+
+class EventKind(StrEnum):
+    SERIES = "series"
+    STUDY = "study"
+
+
+#: Step 1 is the tables as every release before schema versions created them: never edit it, append a step.
+DDL_V1 = """
 CREATE TABLE IF NOT EXISTS assembly_series (
     study_uid TEXT NOT NULL,
     series_uid TEXT NOT NULL,
@@ -80,6 +93,96 @@ CREATE TABLE IF NOT EXISTS assembly_events (
 );
 """
 
+_OPEN = "state TEXT NOT NULL DEFAULT 'open',"
+_STATE = f"state TEXT NOT NULL DEFAULT 'open' {check_in('state', AssemblyState)},"
+_TABLES = {  # the table and its indexes, one entry per table, for the rebuild of step 2
+    name: ";".join(s for s in DDL_V1.split(";") if f" {name} " in s or f" {name}(" in s) + ";"
+    for name in ("assembly_series", "assembly_studies", "assembly_events")
+}
+
+
+def _step2_checks(conn: sqlite3.Connection) -> None:
+    """CHECK constraints generated from :class:`AssemblyState` and :class:`EventKind`."""
+    rebuild_table(conn, "assembly_series", _TABLES["assembly_series"].replace(_OPEN, _STATE))
+    rebuild_table(conn, "assembly_studies", _TABLES["assembly_studies"].replace(_OPEN, _STATE))
+    rebuild_table(conn, "assembly_events", _TABLES["assembly_events"].replace(
+        "kind TEXT NOT NULL,", f"kind TEXT NOT NULL {check_in('kind', EventKind)},"))
+
+
+SCHEMA = Schema("assembly", ("assembly_series", "assembly_studies", "assembly_events"), (
+    Step("assembly_series, assembly_studies, assembly_events", DDL_V1),
+    Step("state and kind CHECKs from AssemblyState and EventKind", _step2_checks),
+))
+
+
+class AssemblyRecords:
+    """What other stages ask of the assembly tables (the :class:`Assembler` writes them)."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        database.migrate(SCHEMA)
+
+    def study_states(self, study_uids: Sequence[str] | None = None) -> dict[str, tuple[AssemblyState, int]]:
+        """(state, generation) of the given studies, or of all."""
+        sql, args = "SELECT study_uid, state, generation FROM assembly_studies", list(study_uids or ())
+        if study_uids is not None:
+            if not study_uids:
+                return {}
+            sql += f" WHERE study_uid IN ({','.join('?' * len(args))})"
+        return {r["study_uid"]: (AssemblyState(r["state"]), int(r["generation"]))
+                for r in self.database.conn.execute(sql, args)}
+
+    def series_states(self, study_uid: str | None = None) -> dict[tuple[str, str], tuple[AssemblyState, int]]:
+        """(state, generation) per (study, series), of one study or of all."""
+        sql, args = "SELECT study_uid, series_uid, state, generation FROM assembly_series", []
+        if study_uid is not None:
+            sql += " WHERE study_uid = ?"
+            args.append(study_uid)
+        return {(r["study_uid"], r["series_uid"]): (AssemblyState(r["state"]), int(r["generation"]))
+                for r in self.database.conn.execute(sql, args)}
+
+    def arrival(self, study_uid: str, series_uid: str) -> tuple[float, float, int] | None:
+        """(first received, last received, distinct instances) of a series, or None if unknown."""
+        row = self.database.conn.execute(
+            "SELECT first_received_at, last_received_at, instance_count FROM assembly_series "
+            "WHERE study_uid = ? AND series_uid = ?", (study_uid, series_uid),
+        ).fetchone()
+        if row is None:
+            return None
+        return float(row["first_received_at"]), float(row["last_received_at"]), int(row["instance_count"])
+
+    def completed_studies(self) -> dict[str, float]:
+        """Complete studies and when they completed (0 when unknown)."""
+        rows = self.database.conn.execute(
+            "SELECT study_uid, COALESCE(completed_at, 0) AS at FROM assembly_studies WHERE state = ?",
+            (AssemblyState.COMPLETE,),
+        ).fetchall()
+        return {r["study_uid"]: float(r["at"]) for r in rows}
+
+    def is_complete(self, study_uid: str, conn: sqlite3.Connection | None = None) -> bool:
+        row = (conn or self.database.conn).execute(
+            "SELECT state FROM assembly_studies WHERE study_uid = ?", (study_uid,)).fetchone()
+        return row is not None and row["state"] == AssemblyState.COMPLETE
+
+    def open_series(self, study_uid: str) -> int:
+        """How many series of the study are not complete."""
+        return int(self.database.conn.execute(
+            "SELECT COUNT(*) FROM assembly_series WHERE study_uid = ? AND state != ?",
+            (study_uid, AssemblyState.COMPLETE),
+        ).fetchone()[0])
+
+    def not_handed_on(self, study_uid: str) -> int:
+        """How many completions of the study were not yet handed on to routing."""
+        return int(self.database.conn.execute(
+            "SELECT COUNT(*) FROM assembly_events WHERE study_uid = ? AND handed_on_at IS NULL", (study_uid,)
+        ).fetchone()[0])
+
+    def forget_study(self, study_uid: str, conn: sqlite3.Connection) -> None:
+        """Delete the study's rows (retention, inside its removal transaction)."""
+        conn.execute("DELETE FROM assembly_series WHERE study_uid = ?", (study_uid,))
+        conn.execute("DELETE FROM assembly_studies WHERE study_uid = ?", (study_uid,))
+        conn.execute("DELETE FROM assembly_events WHERE study_uid = ?", (study_uid,))
+
 
 class Assembler:
     """Tracks series/studies and emits :class:`SeriesReady`/:class:`StudyReady` through ``emit``."""
@@ -101,7 +204,7 @@ class Assembler:
         self.quiet_resolver = quiet_resolver
         self.clock = clock
         self._scheduler: BackgroundScheduler | None = None
-        database.ensure_schema(SCHEMA)
+        self.records = AssemblyRecords(database)
 
     # -- intake (called by the receive path inside its index transaction) ---------------------------
     def on_instance(self, header: InstanceHeader, conn: sqlite3.Connection, now: float | None = None) -> None:
@@ -136,12 +239,15 @@ class Assembler:
         """Open series whose indexed instances the assembly tables do not count (after recovery)."""
         now = self.clock()
         with self.database.transaction() as conn:
-            rows = conn.execute(
-                """SELECT i.study_uid, i.series_uid, COUNT(*) AS n, a.instance_count AS counted
-                   FROM spool_instances i LEFT JOIN assembly_series a
-                     ON a.study_uid = i.study_uid AND a.series_uid = i.series_uid
-                   GROUP BY i.study_uid, i.series_uid HAVING counted IS NULL OR counted != n"""
-            ).fetchall()
+            counted = {
+                (r["study_uid"], r["series_uid"]): int(r["instance_count"])
+                for r in conn.execute("SELECT study_uid, series_uid, instance_count FROM assembly_series")
+            }
+            rows = [
+                {"study_uid": study, "series_uid": series, "n": n}
+                for (study, series), n in self.index.series_counts().items()
+                if counted.get((study, series)) != n
+            ]
             for r in rows:
                 conn.execute(
                     """INSERT INTO assembly_series (study_uid, series_uid, instance_count, first_received_at,

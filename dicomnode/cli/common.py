@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 import typer
 
 from dicomnode.config import Config, load_config
 from dicomnode.errors import DicomNodeError
-
-T = TypeVar("T")
 
 ConfigOption = Annotated[
     Path | None,
@@ -42,7 +40,3 @@ def load_config_or_exit(path: Path | None) -> Config:
     with cli_errors():
         return load_config(path)
 
-
-def guarded(fn: Callable[[], T]) -> T:
-    with cli_errors():
-        return fn()

@@ -38,50 +38,43 @@ def read_status(database_path: Path) -> list[dict[str, Any]]:
     """Studies with their series, state, generation and instance counts, read from the node database."""
     if not database_path.exists():
         return []
-    conn = sqlite3.connect(f"file:{database_path}?mode=ro", uri=True)
-    conn.row_factory = sqlite3.Row
+    from dicomnode.assemble.assembler import AssemblyRecords, AssemblyState
+    from dicomnode.database import Database
+    from dicomnode.spool.index import SpoolIndex
+
+    db = Database(database_path)
     try:
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if "spool_instances" not in tables or "assembly_series" not in tables:
-            return []
-        series_rows = conn.execute(
-            """SELECT i.study_uid, i.series_uid, MAX(i.modality) AS modality,
-                      MIN(i.series_number) AS series_number, COUNT(*) AS instances, SUM(i.size) AS bytes,
-                      MAX(i.received_at) AS last_received_at, a.state, a.generation
-               FROM spool_instances i LEFT JOIN assembly_series a
-                 ON a.study_uid = i.study_uid AND a.series_uid = i.series_uid
-               GROUP BY i.study_uid, i.series_uid ORDER BY MIN(i.received_at)"""
-        ).fetchall()
-        study_rows = {
-            r["study_uid"]: r
-            for r in conn.execute("SELECT study_uid, state, generation FROM assembly_studies")
-        }
+        series = SpoolIndex(db, database_path.parent).all_series()
+        records = AssemblyRecords(db)
+        series_states = records.series_states()
+        study_states = records.study_states()
     finally:
-        conn.close()
+        db.close()
     studies: dict[str, dict[str, Any]] = {}
-    for r in series_rows:
-        study = study_rows.get(r["study_uid"])
+    for s in series:
+        study_state, study_generation = study_states.get(s.study_uid, (AssemblyState.OPEN, 0))
         entry = studies.setdefault(
-            r["study_uid"],
+            s.study_uid,
             {
-                "study_uid": r["study_uid"],
-                "state": study["state"] if study else "open",
-                "generation": study["generation"] if study else 0,
+                "study_uid": s.study_uid,
+                "state": str(study_state),
+                "generation": study_generation,
                 "instances": 0,
                 "series": [],
             },
         )
-        entry["instances"] += r["instances"]
+        state, generation = series_states.get((s.study_uid, s.series_uid), (AssemblyState.OPEN, 0))
+        entry["instances"] += s.instance_count
         entry["series"].append(
             {
-                "series_uid": r["series_uid"],
-                "modality": r["modality"],
-                "series_number": r["series_number"],
-                "state": r["state"] or "open",
-                "generation": r["generation"] or 0,
-                "instances": r["instances"],
-                "bytes": r["bytes"],
-                "last_received_at": r["last_received_at"],
+                "series_uid": s.series_uid,
+                "modality": s.modality,
+                "series_number": s.series_number,
+                "state": str(state),
+                "generation": generation,
+                "instances": s.instance_count,
+                "bytes": s.size,
+                "last_received_at": s.last_received_at,
             }
         )
     return list(studies.values())

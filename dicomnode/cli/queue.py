@@ -39,11 +39,13 @@ def _when(ts: float | None) -> str:
 
 
 def _table(items: list[OutboxItem]) -> str:
+    from dicomnode.send.outbox import DUE
+
     header = ("ID", "DESTINATION", "STATE", "TRIES", "ORIGIN", "JOB", "SOP INSTANCE UID", "NEXT TRY",
               "LAST ERROR")
     rows = [header] + [
         (str(i.id), i.destination, i.state, str(i.attempts), i.origin, i.job_id or "-", i.sop_instance_uid,
-         _when(i.next_attempt_at) if i.state in ("queued", "failed") else "-",
+         _when(i.next_attempt_at) if i.state in DUE else "-",
          (i.last_error[:80] + "…") if len(i.last_error) > 80 else (i.last_error or "-"))
         for i in items
     ]

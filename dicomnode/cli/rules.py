@@ -107,18 +107,16 @@ def _stored_study(config: Config, study_uid: str) -> list[tuple[str, list[Path],
     db = config.storage.database_path
     found: list[tuple[str, list[Path], str | None, float | None]] = []
     if db.exists():
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-        conn.row_factory = sqlite3.Row
+        from dicomnode.database import Database
+        from dicomnode.spool.index import SpoolIndex
+
+        database = Database(db)
         try:
-            rows = conn.execute(
-                """SELECT series_uid, path, calling_aet, received_at FROM spool_instances
-                   WHERE study_uid = ? ORDER BY series_number, series_uid, instance_number""",
-                (study_uid,),
-            ).fetchall()
+            rows = SpoolIndex(database, spool).study_instances(study_uid)
         except sqlite3.Error:
             rows = []
         finally:
-            conn.close()
+            database.close()
         series: dict[str, tuple[list[Path], str | None, float | None]] = {}
         for r in rows:
             files, aet, last = series.get(r["series_uid"], ([], None, None))

@@ -19,9 +19,9 @@ from pathlib import Path
 
 from dicomnode.console.node import ConsoleNode
 from dicomnode.console.studies import study_outbox
-from dicomnode.errors import ConsoleError, DicomNodeError
+from dicomnode.errors import ConsoleError
 from dicomnode.jobs import JobSpec
-from dicomnode.send.outbox import PENDING, Origin, OutboxItem
+from dicomnode.send.outbox import PENDING, Origin, OutboxItem, OutboxState
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +42,7 @@ class Actions:
 
     def rerun(self, study_uid: str, decision_id: int, user: str) -> str:
         """Submit the pipeline of decision ``decision_id`` again; returns the new job id."""
-        row = self.node.database.conn.execute(
-            "SELECT * FROM route_decisions WHERE id = ? AND study_uid = ?", (decision_id, study_uid)
-        ).fetchone()
+        row = self.node.decisions.get(decision_id, study_uid)
         if row is None or not row["pipeline"]:
             raise ConsoleError(
                 f"Decision {decision_id} of study '{study_uid}' ran no pipeline; nothing to re-run.")
@@ -59,16 +57,14 @@ class Actions:
                      for f in self.node.index.series_files(study_uid, s.series_uid)]
         if not files:
             raise ConsoleError(f"The instances of study '{study_uid}' are no longer in the spool.")
-        import json
-
         base = row["job_id"] or f"decision{decision_id}"
         job_id = f"{base}-r{int(self.clock())}"
         spec = JobSpec(
-            job_id=job_id, pipeline=row["pipeline"], params=json.loads(row["params"] or "{}"),
+            job_id=job_id, pipeline=row["pipeline"], params=dict(row["params"]),
             input_files=tuple(str(f) for f in files),
             output_dir=str(self.node.config.storage.jobs_dir / job_id), study_uid=study_uid,
             series_uid=row["series_uid"], rule=row["rule"], ruleset_hash=row["ruleset_hash"],
-            destinations=tuple(json.loads(row["destinations"] or "[]")),
+            destinations=tuple(row["destinations"]),
         )
         self._audit("rerun", user, study_uid, job_id=job_id, series_uid=row["series_uid"],
                     pipeline=row["pipeline"], rule=row["rule"], decision=decision_id,
@@ -90,7 +86,7 @@ class Actions:
         retried = 0
         missing = []
         for item in latest.values():
-            if item.state == "failed":
+            if item.state == OutboxState.FAILED:
                 self.node.outbox.retry(item.id)
                 retried += 1
             elif item.state not in PENDING:
@@ -113,7 +109,7 @@ class Actions:
     def discard(self, study_uid: str, user: str) -> int:
         """Drop the study's pending and dead deliveries; returns how many entries were removed."""
         removed = sum(self.node.outbox.purge(state, study_uid=study_uid)
-                      for state in ("queued", "failed", "dead"))
+                      for state in (OutboxState.QUEUED, OutboxState.FAILED, OutboxState.DEAD))
         self._audit("discard", user, study_uid, outbox_entries_removed=removed)
         return removed
 
@@ -134,6 +130,3 @@ class Actions:
                  state or "sent+dead", destination or "all")
         return count
 
-
-def describe_error(exc: DicomNodeError) -> str:
-    return str(exc).splitlines()[0]

@@ -56,13 +56,9 @@ def received_per_minute(node: ConsoleNode, now: float, minutes: int = CHART_MINU
     """Instances stored per minute, oldest first, the last bucket ending at ``now``."""
     start = now - minutes * 60
     counts = [0] * minutes
-    rows = node.database.conn.execute(
-        "SELECT CAST((received_at - ?) / 60 AS INTEGER) AS bucket, COUNT(*) AS n FROM spool_instances "
-        "WHERE received_at > ? AND received_at <= ? GROUP BY bucket", (start, start, now),
-    ).fetchall()
-    for r in rows:
-        if 0 <= r["bucket"] < minutes:
-            counts[r["bucket"]] += int(r["n"])
+    for bucket, n in node.index.received_per_minute(start, now).items():
+        if 0 <= bucket < minutes:
+            counts[bucket] += n
     return counts
 
 
@@ -100,15 +96,10 @@ def _metric(node: ConsoleNode, name: str) -> float | None:
 
 def build_dashboard(node: ConsoleNode, now: float | None = None) -> Dashboard:
     now = time.time() if now is None else now
-    conn = node.database.conn
     listener, listener_ok, active = _listener(node)
     counts = received_per_minute(node, now)
-    last_minute = conn.execute(
-        "SELECT COUNT(*) FROM spool_instances WHERE received_at > ?", (now - 60,)
-    ).fetchone()[0]
-    totals = conn.execute(
-        "SELECT COUNT(*), COUNT(DISTINCT study_uid), COALESCE(SUM(size), 0) FROM spool_instances"
-    ).fetchone()
+    last_minute = node.index.received_since(now - 60)
+    totals = node.index.totals()
     spool = node.config.storage.spool_dir
     disk_total = disk_free = None
     used_percent = None
@@ -119,9 +110,7 @@ def build_dashboard(node: ConsoleNode, now: float | None = None) -> Dashboard:
         used_percent = 100.0 * usage.used / usage.total if usage.total else None
     since = now - DAY
     failures = [e for e in node.audit.events(since=since) if e["stage"] == "failed"]
-    decisions_failed = conn.execute(
-        "SELECT COUNT(*) FROM route_decisions WHERE state = 'failed' AND decided_at >= ?", (since,)
-    ).fetchone()[0]
+    decisions_failed = node.decisions.failed_since(since)
     queue = node.outbox.counts()
     return Dashboard(
         listener=listener, listener_ok=listener_ok, active_associations=active,

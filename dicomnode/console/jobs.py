@@ -4,8 +4,7 @@ Jobs are found from every trace the node keeps, so the page works whichever exec
 
 * the router's decisions (``route_decisions.job_id``) and the console's own re-runs (audit ``operator``
   events with action ``rerun``);
-* the ``jobs`` table, when the pipeline runner keeps one (columns used when present: ``job_id``/``id``,
-  ``study_uid``, ``series_uid``, ``pipeline``, ``state``, ``error``, ``attempt``, ``output_dir``);
+* the jobs table (:meth:`JobStore.of_study`: series, pipeline, state, error, output folder, seconds);
 * audit ``processed``/``failed`` events carrying the job id;
 * the job folder ``<storage.path>/jobs/<job_id>/`` and its ``result.json``
   (:class:`dicomnode.jobs.JobResult`: ``output_files``; ``summary`` with the step timings under
@@ -121,25 +120,17 @@ def _read_result(view: JobView, jobs_dir: Path) -> None:
 
 
 def _from_jobs_table(node: ConsoleNode, study_uid: str, views: dict[str, JobView]) -> None:
-    if "jobs" not in node.tables():
-        return
-    columns = node.columns("jobs")
-    key = "job_id" if "job_id" in columns else "id" if "id" in columns else None
-    if key is None or "study_uid" not in columns:
-        return
-    for r in node.database.conn.execute("SELECT * FROM jobs WHERE study_uid = ?", (study_uid,)):
-        row = dict(r)
-        view = views.setdefault(str(row[key]), JobView(str(row[key])))
-        view.series_uid = str(row.get("series_uid") or view.series_uid)
-        view.pipeline = str(row.get("pipeline") or view.pipeline)
-        view.state = str(row.get("state") or view.state)
-        view.error = str(row.get("error") or view.error or "")
-        if row.get("output_dir"):
-            view.output_dir = Path(row["output_dir"])
-        if row.get("steps"):
-            view.steps = parse_steps(row["steps"])
-        if isinstance(row.get("seconds"), int | float):
-            view.seconds = float(row["seconds"])
+    assert node.jobs is not None
+    for job in node.jobs.of_study(study_uid):
+        view = views.setdefault(job.id, JobView(job.id))
+        view.series_uid = job.series_uid or view.series_uid
+        view.pipeline = job.pipeline or view.pipeline
+        view.state = str(job.state or view.state)
+        view.error = job.error or view.error or ""
+        if job.spec.output_dir:
+            view.output_dir = Path(job.spec.output_dir)
+        if job.seconds is not None:
+            view.seconds = float(job.seconds)
 
 
 def study_jobs(

@@ -11,15 +11,22 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from dicomnode.assemble.assembler import AssemblyRecords
 from dicomnode.config import Config
 from dicomnode.database import Database
 from dicomnode.observability.audit import AuditTrail
+from dicomnode.pipelines.jobstore import JobStore
 from dicomnode.route.decisions import DecisionLog
 from dicomnode.route.watcher import RuleBook
 from dicomnode.send.outbox import Outbox
 from dicomnode.spool.index import SpoolIndex
+
+if TYPE_CHECKING:
+    from dicomnode.observability.metrics import Metrics
+    from dicomnode.route.router import Router
+    from dicomnode.runtime.service import Service
 
 
 @dataclass
@@ -35,8 +42,12 @@ class ConsoleNode:
     listener: Any | None = None  # the DICOM listener (state on the dashboard), when running
     metrics: Any | None = None  # the node's Metrics (association counters), when running
     secret_key: str = ""
+    assembly: AssemblyRecords | None = None  # series/study states (built from ``database`` when None)
+    jobs: JobStore | None = None  # the jobs table (built from ``database`` when None)
 
     def __post_init__(self) -> None:
+        self.assembly = self.assembly or AssemblyRecords(self.database)
+        self.jobs = self.jobs or JobStore(self.database)
         if not self.secret_key:
             self.secret_key = self.config.console.secret_key or secrets.token_urlsafe(32)
 
@@ -50,24 +61,17 @@ class ConsoleNode:
         )
 
     @classmethod
-    def for_service(cls, service: Any, router: Any | None = None) -> ConsoleNode:
-        """The console of a running :class:`~dicomnode.runtime.service.Service` (from ``build_service``)."""
+    def for_service(
+        cls, service: Service, *, book: RuleBook, router: Router, metrics: Metrics, audit: AuditTrail
+    ) -> ConsoleNode:
+        """The console of a :class:`~dicomnode.runtime.service.Service` (from ``build_service``)."""
         return cls(
             config=service.config, database=service.database, index=service.index,
             decisions=DecisionLog(service.database), outbox=Outbox(service.database, service.config.outbox),
-            audit=getattr(service, "audit", None) or AuditTrail(service.database),
-            book=getattr(router, "book", None), router=router,
-            listener=service.listener, metrics=getattr(service, "metrics", None),
+            audit=audit, book=book, router=router, listener=service.listener, metrics=metrics,
         )
 
     @property
     def submit_job(self) -> Any | None:
         """The router's job submitter, read at call time (wiring may connect an executor later)."""
         return getattr(self.router, "submit_job", None)
-
-    def tables(self) -> set[str]:
-        rows = self.database.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-        return {r[0] for r in rows}
-
-    def columns(self, table: str) -> set[str]:
-        return {r[1] for r in self.database.conn.execute(f"PRAGMA table_info({table})")}

@@ -10,8 +10,10 @@ modalities between the 1st and 99th percentile of the image.
 
 from __future__ import annotations
 
+import functools
 import io
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,6 +154,24 @@ def render_preview(series_files: Sequence[Path], seg_path: Path) -> Preview:
         height, width = image.shape[0] * pixel[0], image.shape[1] * pixel[1]
         stretch[plane] = max(1.0, MIN_ASPECT * width / height) if flip and height > 0 else 1.0
     return Preview(pngs, tuple(overlays), volume.shape, volume.spacing, stretch)
+
+
+class PreviewCache:
+    """The last ``size`` rendered previews (an LRU cache), keyed by the SEG file and its modification time,
+    so a re-processed result is rendered again. One rendering at a time: the page and its three images
+    arrive together and share the first one's work."""
+
+    def __init__(self, series_files: Callable[[str, str], Sequence[Path]], size: int = 8) -> None:
+        self._series_files = series_files
+        self._lock = threading.Lock()
+        self._render = functools.lru_cache(maxsize=size)(self._render_uncached)
+
+    def get(self, study_uid: str, series_uid: str, seg_path: Path) -> Preview:
+        with self._lock:
+            return self._render(study_uid, series_uid, seg_path, seg_path.stat().st_mtime)
+
+    def _render_uncached(self, study_uid: str, series_uid: str, seg_path: Path, mtime: float) -> Preview:
+        return render_preview(self._series_files(study_uid, series_uid), seg_path)
 
 
 def _code_meaning(item: Dataset, keyword: str = "ConceptNameCodeSequence") -> str:

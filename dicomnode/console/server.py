@@ -36,10 +36,6 @@ class ConsoleServer:
         self._thread: threading.Thread | None = None
         self._socket: socket.socket | None = None
 
-    @classmethod
-    def for_service(cls, service: Any, router: Any | None = None) -> ConsoleServer:
-        return cls(ConsoleNode.for_service(service, router=router))
-
     @property
     def url(self) -> str:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host

@@ -1,8 +1,7 @@
 """The Studies page: searchable study list and one study's series, decisions, jobs, deliveries and events.
 
-Reads only. Per-study aggregates the stages do not offer (search by patient/date/modality, delivery
-counts per study) are read here with plain SELECTs on their tables; everything else goes through their
-APIs (:class:`SpoolIndex`, :func:`query_decisions`, :class:`Outbox`, :class:`AuditTrail`).
+Reads only, through the owners of the tables (:class:`SpoolIndex`, :class:`AssemblyRecords`,
+:class:`DecisionLog`, :class:`Outbox`, :class:`AuditTrail`).
 
 A study's console *state* summarises what the node did with it, worst first::
 
@@ -22,7 +21,7 @@ from typing import Any
 
 from dicomnode.console.jobs import JobView, study_jobs
 from dicomnode.console.node import ConsoleNode
-from dicomnode.route.decisions import query_decisions
+from dicomnode.route.decisions import DecisionState
 from dicomnode.send.outbox import OutboxItem
 
 STATES = ("receiving", "complete", "routed", "unrouted", "discarded", "sending", "delivered", "failed")
@@ -103,32 +102,12 @@ def search_studies(
     state: str = "", limit: int = LIST_LIMIT,
 ) -> list[StudyRow]:
     """Studies newest first, filtered (patient: name or ID, ``*``/space as wildcards; dates YYYYMMDD)."""
-    where, args = [], []
-    if patient.strip():
-        pattern = "%" + "%".join(patient.replace("*", " ").split()) + "%"
-        where.append("study_uid IN (SELECT study_uid FROM spool_instances "
-                     "WHERE patient_name LIKE ? OR patient_id LIKE ?)")
-        args += [pattern, pattern]
-    if _normalise_date(date_from):
-        where.append("study_date >= ?")
-        args.append(_normalise_date(date_from))
-    if _normalise_date(date_to):
-        where.append("study_date <= ?")
-        args.append(_normalise_date(date_to))
-    if modality.strip():
-        where.append("study_uid IN (SELECT study_uid FROM spool_instances WHERE modality = ?)")
-        args.append(modality.strip().upper())
-    sql = (
-        "SELECT study_uid, MAX(patient_name) AS patient_name, MAX(patient_id) AS patient_id, "
-        "MAX(study_date) AS study_date, GROUP_CONCAT(DISTINCT modality) AS modalities, "
-        "COUNT(DISTINCT series_uid) AS series_count, COUNT(*) AS instance_count, "
-        "MAX(received_at) AS last_received_at FROM spool_instances"
-        + (" WHERE " + " AND ".join(where) if where else "")
-        + " GROUP BY study_uid ORDER BY last_received_at DESC LIMIT ?"
-    )
-    conn = node.database.conn
+    pattern = "%" + "%".join(patient.replace("*", " ").split()) + "%" if patient.strip() else ""
     fetch = limit * 4 if state else limit
-    rows = [StudyRow(**dict(r)) for r in conn.execute(sql, [*args, fetch]).fetchall()]
+    rows = [StudyRow(**r) for r in node.index.search(
+        patient_pattern=pattern, date_from=_normalise_date(date_from), date_to=_normalise_date(date_to),
+        modality=modality.strip().upper(), limit=fetch,
+    )]
     _annotate(node, rows)
     if state:
         rows = [r for r in rows if r.state == state]
@@ -139,45 +118,31 @@ def _annotate(node: ConsoleNode, rows: list[StudyRow]) -> None:
     if not rows:
         return
     by_uid = {r.study_uid: r for r in rows}
-    marks = ",".join("?" * len(by_uid))
     uids = list(by_uid)
-    conn = node.database.conn
-    tables = node.tables()
-    if "assembly_studies" in tables:
-        for r in conn.execute(f"SELECT study_uid, state FROM assembly_studies WHERE study_uid IN ({marks})",
-                              uids):
-            by_uid[r["study_uid"]].assembly = r["state"]
-    for r in conn.execute(
-        f"SELECT study_uid, action, state, COUNT(*) AS n FROM route_decisions WHERE study_uid IN ({marks}) "
-        "GROUP BY study_uid, action, state", uids,
-    ):
-        row = by_uid[r["study_uid"]]
-        row.decisions[r["action"]] += r["n"]
-        if r["state"] == "failed":
-            row.decisions_failed += r["n"]
-    for r in conn.execute(
-        f"SELECT study_uid, state, COUNT(*) AS n FROM outbox WHERE study_uid IN ({marks}) "
-        "GROUP BY study_uid, state", uids,
-    ):
-        by_uid[r["study_uid"]].outbox[r["state"]] += r["n"]
+    assert node.assembly is not None
+    for study_uid, (assembly_state, _) in node.assembly.study_states(uids).items():
+        by_uid[study_uid].assembly = assembly_state
+    for study_uid, decisions in node.decisions.study_summary(uids).items():
+        row = by_uid[study_uid]
+        for action, decision_state, n in decisions:
+            row.decisions[action] += n
+            if decision_state == DecisionState.FAILED:
+                row.decisions_failed += n
+    for study_uid, counts in node.outbox.study_counts(uids).items():
+        for outbox_state, n in counts.items():
+            by_uid[study_uid].outbox[str(outbox_state)] += n
     for row in rows:
         row.state = _state(row)
 
 
 def study_outbox(node: ConsoleNode, study_uid: str) -> list[OutboxItem]:
-    rows = node.database.conn.execute(
-        "SELECT * FROM outbox WHERE study_uid = ? ORDER BY id", (study_uid,)
-    ).fetchall()
-    return [OutboxItem.from_row(r) for r in rows]
+    return node.outbox.of_study(study_uid)
 
 
 def _series_states(node: ConsoleNode, study_uid: str) -> dict[str, str]:
-    if "assembly_series" not in node.tables():
-        return {}
-    rows = node.database.conn.execute(
-        "SELECT series_uid, state FROM assembly_series WHERE study_uid = ?", (study_uid,)
-    ).fetchall()
-    return {r["series_uid"]: r["state"] for r in rows}
+    assert node.assembly is not None
+    states = node.assembly.series_states(study_uid)
+    return {series: str(state) for (_, series), (state, _) in states.items()}
 
 
 def _series_description(node: ConsoleNode, study_uid: str, series_uid: str) -> str:
@@ -200,7 +165,7 @@ def study_detail(node: ConsoleNode, study_uid: str) -> StudyDetail | None:
         return None
     row = rows[0]
     states = _series_states(node, study_uid)
-    decisions = query_decisions(node.database.conn, limit=500, study_uid=study_uid)
+    decisions = node.decisions.recent(500, study_uid)
     events = node.audit.events(study_uid)
     jobs = study_jobs(node, study_uid, decisions, events)
     series = []
@@ -219,13 +184,6 @@ def study_detail(node: ConsoleNode, study_uid: str) -> StudyDetail | None:
 
 
 def search_studies_by_uid(node: ConsoleNode, study_uid: str) -> list[StudyRow]:
-    rows = node.database.conn.execute(
-        "SELECT study_uid, MAX(patient_name) AS patient_name, MAX(patient_id) AS patient_id, "
-        "MAX(study_date) AS study_date, GROUP_CONCAT(DISTINCT modality) AS modalities, "
-        "COUNT(DISTINCT series_uid) AS series_count, COUNT(*) AS instance_count, "
-        "MAX(received_at) AS last_received_at FROM spool_instances WHERE study_uid = ? GROUP BY study_uid",
-        (study_uid,),
-    ).fetchall()
-    found = [StudyRow(**dict(r)) for r in rows]
+    found = [StudyRow(**r) for r in node.index.search(study_uid=study_uid, limit=1)]
     _annotate(node, found)
     return found

@@ -11,14 +11,14 @@ Rules enforced here (and nowhere bypassed):
 
 from __future__ import annotations
 
-import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import Request
+from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from itsdangerous import BadSignature, URLSafeSerializer
@@ -28,6 +28,8 @@ from dicomnode.console.actions import Actions
 from dicomnode.console.auth import CSRF_FIELD, SESSION_COOKIE, Session, SessionSigner
 from dicomnode.console.dashboard import human_bytes
 from dicomnode.console.node import ConsoleNode
+from dicomnode.console.preview import PreviewCache
+from dicomnode.errors import DicomNodeError
 
 HERE = Path(__file__).resolve().parent
 FLASH_COOKIE = "dicomnode_flash"
@@ -73,8 +75,7 @@ class Console:
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         env = self.templates.env
         env.filters.update(when=_when, dicom_name=_dicom_name, dicom_date=_dicom_date, bytes=human_bytes)
-        self.preview_cache: dict[tuple[str, float], Any] = {}
-        self.preview_lock = threading.Lock()  # one rendering at a time; the page and its images share it
+        self.previews = PreviewCache(node.index.series_files)
 
     # -- who -----------------------------------------------------------------------------------------
     def session(self, request: Request) -> Session:
@@ -178,6 +179,38 @@ class Console:
         session = self.signer.new(user)
         request.state.session = session
         request.state.new_session = session
+
+    def act(self, request: Request, target: str, action: Callable[[], object], done: str) -> RedirectResponse:
+        """Run an operator action and go back to ``target`` with ``done`` (``{result}`` filled in) or, when
+        the action is refused, the first line of its error as the message."""
+        try:
+            result = action()
+        except DicomNodeError as exc:
+            return self.redirect(request, target, Flash(str(exc).splitlines()[0], "error"))
+        return self.redirect(request, target, Flash(done.format(result=result)))
+
+
+# -- dependencies of the page routers -----------------------------------------------------------------
+def console_of(request: Request) -> Console:
+    """The app's :class:`Console` (set by :func:`dicomnode.console.app.create_app`)."""
+    return request.app.state.console  # type: ignore[no-any-return]
+
+
+ConsoleDep = Annotated[Console, Depends(console_of)]
+
+
+def reader(request: Request, console: ConsoleDep) -> None:
+    """Pages that need a user when ``console.anonymous_read`` is false."""
+    console.check_read(request)
+
+
+async def writer(request: Request, console: ConsoleDep) -> str:
+    """The user of a state-changing POST, after the login and CSRF checks."""
+    return await console.writer(request)
+
+
+READ = [Depends(reader)]
+Writer = Annotated[str, Depends(writer)]
 
 
 def login_target(path: str) -> str:

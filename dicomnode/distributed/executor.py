@@ -30,23 +30,23 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import Counter
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
+from prometheus_client.registry import Collector, CollectorRegistry
 
 from dicomnode.config import Config
 from dicomnode.database import Database
 from dicomnode.distributed.broker import BROKER_ERRORS, Broker
-from dicomnode.distributed.leases import Lease, LeaseStore
+from dicomnode.distributed.leases import ACTIVE, Lease, LeaseState, LeaseStore
 from dicomnode.distributed.message import TASK_NAME, JobMessage
 from dicomnode.distributed.settings import CelerySettings
 from dicomnode.distributed.staging import JobLayout, adopt, read_committed, stage_inputs
 from dicomnode.distributed.task import pipeline_versions
 from dicomnode.errors import DicomNodeError, DistributedError, PipelineError
 from dicomnode.jobs import JobResult, JobSpec
-from dicomnode.pipelines.jobstore import JobStore
+from dicomnode.pipelines.jobstore import FINISHED, JobStore
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +55,16 @@ LOST_AFTER_MISSES = 2  # consecutive broker scans without the message before it 
 PUBLISH_RETRY_SECONDS = 2.0
 
 
+class MetricsRegistry(Protocol):
+    """Where the executor registers its Celery metrics (``dicomnode.observability.metrics.Metrics`` fits)."""
+
+    registry: CollectorRegistry
+
+
 class CeleryExecutor:
     """Run jobs on Celery workers; ``on_done`` is called from the collector thread."""
 
-    def __init__(self, config: Config, database: Database, *, metrics: Any = None) -> None:
+    def __init__(self, config: Config, database: Database, *, metrics: MetricsRegistry | None = None) -> None:
         self.settings = CelerySettings.from_config(config)
         self.leases = LeaseStore(database)
         self.jobs = JobStore(database, max_attempts=config.processing.max_attempts)
@@ -161,15 +167,15 @@ class CeleryExecutor:
             spec = self._specs.get(lease.job_id)
             if spec is None:
                 continue  # not (re)submitted by the processing stage (yet)
-            if lease.attempt != spec.attempt and lease.state in ("pending", "queued", "running"):
-                self.leases.end(lease.job_id, lease.attempt, "superseded",
+            if lease.attempt != spec.attempt and lease.state in ACTIVE:
+                self.leases.end(lease.job_id, lease.attempt, LeaseState.SUPERSEDED,
                                 f"attempt {spec.attempt} was submitted")
                 continue
-            if lease.state == "pending":
+            if lease.state == LeaseState.PENDING:
                 self._dispatch(lease, now)
-            elif lease.state in ("queued", "running") and (full or lease.job_id in hot):
+            elif lease.state in (LeaseState.QUEUED, LeaseState.RUNNING) and (full or lease.job_id in hot):
                 self._check(lease, now, full, presence)
-            elif lease.state not in ("pending", "queued", "running") and lease.job_id in hot:
+            elif lease.state not in ACTIVE and lease.job_id in hot:
                 self._replay(lease)
 
     def _replays(self, hot: set[str]) -> list[Lease]:
@@ -179,7 +185,7 @@ class CeleryExecutor:
             with self._lock:
                 spec = self._specs.get(job_id)
             lease = self.leases.get(job_id, spec.attempt) if spec else None
-            if lease is not None and lease.state not in ("pending", "queued", "running"):
+            if lease is not None and lease.state not in ACTIVE:
                 found.append(lease)
         return found
 
@@ -192,8 +198,9 @@ class CeleryExecutor:
         try:
             manifest = stage_inputs(layout, list(spec.input_files), spec.attempt)
         except (DistributedError, OSError) as exc:
-            self._fail(lease, "failed", f"Cannot stage the input of job '{spec.job_id}' into the shared "
-                                        f"folder: {exc}", "stage_failed")
+            self._fail(lease, LeaseState.FAILED,
+                       f"Cannot stage the input of job '{spec.job_id}' into the shared folder: {exc}",
+                       "stage_failed")
             return
         soft, hard = self.settings.limits_for(spec.pipeline)
         deadline = now + self.settings.visibility_timeout
@@ -221,10 +228,10 @@ class CeleryExecutor:
         failed = layout.failed(lease.attempt)
         if failed.exists():
             reason = _read_json(failed).get("reason", "the worker reported a failure")
-            self._fail(lease, "failed", f"Attempt {lease.attempt} of job '{lease.job_id}' failed: {reason}.",
-                       "killed")
+            self._fail(lease, LeaseState.FAILED,
+                       f"Attempt {lease.attempt} of job '{lease.job_id}' failed: {reason}.", "killed")
             return
-        if lease.state == "queued":
+        if lease.state == LeaseState.QUEUED:
             claims = layout.claims(lease.attempt)
             if claims:
                 worker = str(_read_json(claims[0]).get("worker", ""))
@@ -235,10 +242,10 @@ class CeleryExecutor:
             waited = now - (lease.dispatched_at or now)
             if full and waited > self.settings.lease_seconds:
                 self._check_presence(lease, presence)
-        elif lease.state == "running" and lease.claimed_at is not None:
+        elif lease.state == LeaseState.RUNNING and lease.claimed_at is not None:
             _, hard = self.settings.limits_for(lease.pipeline)
             if now > lease.claimed_at + hard + self.settings.lease_seconds:
-                self._fail(lease, "expired", f"Attempt {lease.attempt} of job '{lease.job_id}' on "
+                self._fail(lease, LeaseState.EXPIRED, f"Attempt {lease.attempt} of job '{lease.job_id}' on "
                            f"{lease.worker or 'a worker'} gave no result within its hard time limit "
                            f"({hard:g} s) plus the lease ({self.settings.lease_seconds:g} s); the worker is "
                            "presumed dead.", "expired")
@@ -259,7 +266,8 @@ class CeleryExecutor:
                 self.leases.seen(lease.job_id, lease.attempt)
             return
         if self.leases.missed(lease.job_id, lease.attempt) >= LOST_AFTER_MISSES:
-            self._fail(lease, "lost", f"The message of attempt {lease.attempt} of job '{lease.job_id}' is no "
+            self._fail(lease, LeaseState.LOST,
+                       f"The message of attempt {lease.attempt} of job '{lease.job_id}' is no "
                        "longer on the broker and no worker claimed it (Redis flushed, or restarted without "
                        "its append-only file?).", "lost")
 
@@ -280,12 +288,12 @@ class CeleryExecutor:
                 log.error("%s (a late result; attempt %d is current).", error, lease.attempt)
                 self._count(lease.pipeline, "rejected")
                 return False
-            self._fail(lease, "rejected", error, "rejected")
+            self._fail(lease, LeaseState.REJECTED, error, "rejected")
             return True
         if not result.ok:
             if attempt != lease.attempt:
                 return False  # a late failure of an earlier attempt changes nothing
-            self._fail(lease, "failed", result.error, "failed")
+            self._fail(lease, LeaseState.FAILED, result.error, "failed")
             return True
         worker = str(result.summary.get("worker", ""))
         if not self.leases.collect(lease.job_id, attempt, worker):  # that attempt was settled otherwise
@@ -305,7 +313,7 @@ class CeleryExecutor:
 
     def _replay(self, lease: Lease) -> None:
         """Deliver again the outcome of an attempt the node settled before it was stopped."""
-        collected = [x for x in self.leases.of_job(lease.job_id) if x.state == "collected"]
+        collected = [x for x in self.leases.of_job(lease.job_id) if x.state == LeaseState.COLLECTED]
         if collected:
             spec = self._specs[lease.job_id]
             folder = JobLayout(self.settings.shared_dir, lease.job_id).committed(collected[0].attempt)
@@ -320,7 +328,7 @@ class CeleryExecutor:
         self._deliver(lease.job_id, JobResult(lease.job_id, False, error=lease.error or
                                               f"Attempt {lease.attempt} ended {lease.state}."))
 
-    def _fail(self, lease: Lease, state: str, error: str, outcome: str) -> None:
+    def _fail(self, lease: Lease, state: LeaseState, error: str, outcome: str) -> None:
         if self.leases.end(lease.job_id, lease.attempt, state, error):
             log.warning("Job %s attempt %d %s: %s", lease.job_id, lease.attempt, state, error)
             self._count(lease.pipeline, outcome)
@@ -345,11 +353,11 @@ class CeleryExecutor:
         """Active leases of jobs that are already done or failed (the node stopped in between)."""
         for lease in self.leases.active():
             try:
-                state = self.jobs.get(lease.job_id).state
+                state: str = self.jobs.get(lease.job_id).state
             except DicomNodeError:
                 state = "missing"
-            if state in ("done", "failed", "missing"):
-                self.leases.end(lease.job_id, lease.attempt, "superseded", f"the job is {state}")
+            if state in FINISHED or state == "missing":
+                self.leases.end(lease.job_id, lease.attempt, LeaseState.SUPERSEDED, f"the job is {state}")
 
     def queue_depth(self) -> dict[str, int]:
         assert self._broker is not None
@@ -389,7 +397,7 @@ class _QueueCollector(Collector):
         yield depth
         leases = GaugeMetricFamily("dicomnode_celery_active_attempts",
                                    "Attempts handed to Celery and not settled, per state.", labels=["state"])
-        counts: dict[str, int] = {"pending": 0, "queued": 0, "running": 0}
+        counts: dict[str, int] = {str(state): 0 for state in ACTIVE}
         for lease in self.executor.leases.active():
             counts[lease.state] += 1
         for state, count in counts.items():

@@ -33,6 +33,7 @@ class JobMessage:
     rule: str = ""
     ruleset_hash: str = ""
     profile: dict[str, Any] = field(default_factory=dict)
+    prior: dict[str, Any] = field(default_factory=dict)  # the comparison request (JobSpec.prior)
 
     @classmethod
     def for_spec(cls, spec: JobSpec, *, pipeline_version: str, manifest_sha256: str,
@@ -43,7 +44,7 @@ class JobMessage:
             input_dir=f"{spec.job_id}/in", output_dir=f"{spec.job_id}/out",
             manifest_sha256=manifest_sha256, deadline=deadline, study_uid=spec.study_uid,
             series_uid=spec.series_uid, rule=spec.rule, ruleset_hash=spec.ruleset_hash,
-            profile=dict(spec.profile),
+            profile=dict(spec.profile), prior=dict(spec.prior),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -75,5 +76,5 @@ class JobMessage:
             job_id=self.job_id, pipeline=self.pipeline, params=dict(self.params),
             input_files=tuple(input_files), output_dir=output_dir, study_uid=self.study_uid,
             series_uid=self.series_uid, rule=self.rule, ruleset_hash=self.ruleset_hash,
-            attempt=self.attempt, profile=dict(self.profile),
+            attempt=self.attempt, profile=dict(self.profile), prior=dict(self.prior),
         )

@@ -1,34 +1,31 @@
-"""Jobs per state and per worker, read (read-only) from the node database for ``dicomnode status``.
+"""Jobs per state and per worker, read from the node database for ``dicomnode status``.
 
-Works for both executors: the ``jobs`` table gives the states; with the Celery executor the
-``job_leases`` table adds, per worker, the attempts running now and those that ended in each state.
+Works for both executors: the jobs table (:class:`~dicomnode.pipelines.jobstore.JobStore`) gives the
+states; with the Celery executor the leases (:class:`~dicomnode.distributed.leases.LeaseStore`) add, per
+worker, the attempts running now and those that ended in each state.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 from typing import Any
 
+from dicomnode.database import Database
+from dicomnode.distributed.leases import LeaseStore
+from dicomnode.pipelines.jobstore import JobStore
+
 
 def read_job_status(database_path: Path) -> dict[str, Any]:
-    """``{"jobs": {state: count}, "workers": {worker: {lease state: count}}}`` (empty when no tables)."""
+    """``{"jobs": {state: count}, "workers": {worker: {lease state: count}}}`` (empty without a database)."""
     status: dict[str, Any] = {"jobs": {}, "workers": {}}
     if not Path(database_path).exists():
         return status
-    conn = sqlite3.connect(f"file:{database_path}?mode=ro", uri=True)
+    db = Database(database_path)
     try:
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if "jobs" in tables:
-            status["jobs"] = dict(conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state"))
-        if "job_leases" in tables:
-            rows = conn.execute(
-                "SELECT CASE WHEN worker = '' THEN '(not claimed)' ELSE worker END, state, COUNT(*) "
-                "FROM job_leases GROUP BY 1, 2 ORDER BY 1, 2").fetchall()
-            for worker, state, count in rows:
-                status["workers"].setdefault(worker, {})[state] = count
+        status["jobs"] = JobStore(db).counts()
+        status["workers"] = LeaseStore(db).per_worker()
     finally:
-        conn.close()
+        db.close()
     return status
 
 

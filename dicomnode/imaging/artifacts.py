@@ -3,7 +3,7 @@
 Conventions (shared by every step module, see ``dicomnode.imaging.preprocess``): steps take and
 return ``SimpleITK.Image``; intensity images are float32 in real units (HU for CT); masks are
 ``sitk.sitkUInt8`` 0/1 on the image grid. Parameters are keyword-only with defaults; sizes in mm;
-invalid parameters raise ``ImagingError`` quoting the value. ``STEPS`` maps step names to functions.
+invalid parameters raise ``ImagingError`` quoting the value. Steps are declared ``@step("artifacts.<name>")``.
 
 Metal artifact reduction (``reduce_metal_artifacts``) is sinogram inpainting, slice by slice and only
 on slices that contain metal: metal is segmented by a high HU threshold; the slice with its metal
@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping
-from types import MappingProxyType
 
 import numpy as np
 import SimpleITK as sitk
@@ -31,6 +29,7 @@ from skimage.transform import iradon, radon
 
 from dicomnode.errors import ImagingError
 from dicomnode.imaging.preprocess import like, require_choice, require_positive, to_float
+from dicomnode.imaging.step import step
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +47,7 @@ def metal_threshold(image: sitk.Image) -> float:
     return max(DEFAULT_METAL_HU, bone + 1000.0)
 
 
+@step("artifacts.metal_mask")
 def metal_mask(image: sitk.Image, *, threshold: float | None = None, dilate_mm: float = 0.0) -> sitk.Image:
     """Metal: voxels above ``threshold`` HU (default :func:`metal_threshold`), dilated in-plane."""
     image = to_float(image)
@@ -61,6 +61,7 @@ def metal_mask(image: sitk.Image, *, threshold: float | None = None, dilate_mm: 
     return mask
 
 
+@step("artifacts.reduce_metal_artifacts")
 def reduce_metal_artifacts(
     image: sitk.Image,
     *,
@@ -184,6 +185,7 @@ def estimate_slice_motion(
     return [transforms[k] for k in range(count)]
 
 
+@step("artifacts.correct_slice_motion")
 def correct_slice_motion(
     image: sitk.Image, *, reference_slice: int | None = None, levels: int = 3, iterations: int = 100
 ) -> sitk.Image:
@@ -227,12 +229,3 @@ def _register_slice(fixed: sitk.Image, moving: sitk.Image, levels: int, iteratio
         return method.Execute(fixed, moving)
     except RuntimeError as exc:
         raise ImagingError(f"Slice registration failed: {str(exc).strip().splitlines()[-1]}") from exc
-
-
-STEPS: Mapping[str, Callable[..., sitk.Image]] = MappingProxyType(
-    {
-        "metal_mask": metal_mask,
-        "reduce_metal_artifacts": reduce_metal_artifacts,
-        "correct_slice_motion": correct_slice_motion,
-    }
-)

@@ -4,7 +4,7 @@ Conventions (shared by every step module, see ``dicomnode.imaging.preprocess``):
 return ``SimpleITK.Image``; intensity images are float32 in real units (HU for CT) and stay so here;
 masks are ``sitk.sitkUInt8`` 0/1 on the image grid. Parameters are keyword-only with defaults; sizes
 in mm; intensities estimated from the image when not given. Invalid parameters raise ``ImagingError``.
-``STEPS`` maps step names to functions.
+Steps are declared ``@step("enhance.<name>")``.
 
 Every step has the signature ``step(image, *, mask, feather_mm=3.0, **params)``: the enhancement is
 computed on the mask's bounding box (plus the feather band and a margin for the filter support) and
@@ -16,8 +16,7 @@ at ``feather_mm`` outside it. Voxels farther than ``feather_mm`` from the mask a
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
-from types import MappingProxyType
+from collections.abc import Callable
 
 import numpy as np
 import SimpleITK as sitk
@@ -26,6 +25,7 @@ from skimage.exposure import equalize_adapthist
 from dicomnode.errors import ImagingError
 from dicomnode.imaging import preprocess
 from dicomnode.imaging.preprocess import like, require_choice, require_positive, require_same_grid, to_float
+from dicomnode.imaging.step import step
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,7 @@ def contrast_to_noise_ratio(image: sitk.Image, mask: sitk.Image, background: sit
 # ----------------------------------------------------------------------------------------- contrast
 
 
+@step("enhance.clahe")
 def clahe(
     image: sitk.Image,
     *,
@@ -149,6 +150,7 @@ def clahe(
     return apply_in_mask(image, mask, enhance, feather_mm=feather_mm, support_mm=0.0)
 
 
+@step("enhance.contrast_stretch")
 def contrast_stretch(
     image: sitk.Image,
     *,
@@ -170,6 +172,7 @@ def contrast_stretch(
 # ---------------------------------------------------------------------------------------- sharpening
 
 
+@step("enhance.unsharp_mask")
 def unsharp_mask(
     image: sitk.Image,
     *,
@@ -188,6 +191,7 @@ def unsharp_mask(
     return apply_in_mask(image, mask, enhance, feather_mm=feather_mm, support_mm=4 * sigma_mm)
 
 
+@step("enhance.laplacian_sharpen")
 def laplacian_sharpen(
     image: sitk.Image,
     *,
@@ -208,6 +212,7 @@ def laplacian_sharpen(
     return apply_in_mask(image, mask, enhance, feather_mm=feather_mm, support_mm=4 * sigma_mm)
 
 
+@step("enhance.richardson_lucy")
 def richardson_lucy(
     image: sitk.Image,
     *,
@@ -263,6 +268,7 @@ _DENOISERS = ("nl_means", "gaussian", "median", "wavelet")
 _EDGE_PRESERVING = ("anisotropic", "bilateral")
 
 
+@step("enhance.noise_reduction")
 def noise_reduction(
     image: sitk.Image,
     *,
@@ -288,6 +294,7 @@ def noise_reduction(
     return apply_in_mask(image, mask, enhancers[method], feather_mm=feather_mm, support_mm=4 * sigma_mm)
 
 
+@step("enhance.edge_preserving_smooth")
 def edge_preserving_smooth(
     image: sitk.Image,
     *,
@@ -315,6 +322,7 @@ def edge_preserving_smooth(
 # ------------------------------------------------------------------------------ histogram matching
 
 
+@step("enhance.histogram_match")
 def histogram_match(
     image: sitk.Image,
     *,
@@ -348,17 +356,3 @@ def histogram_match(
         return like(mapped.astype(np.float32), crop)
 
     return apply_in_mask(image, mask, enhance, feather_mm=feather_mm, support_mm=0.0)
-
-
-STEPS: Mapping[str, Callable[..., sitk.Image]] = MappingProxyType(
-    {
-        "clahe": clahe,
-        "contrast_stretch": contrast_stretch,
-        "unsharp_mask": unsharp_mask,
-        "laplacian_sharpen": laplacian_sharpen,
-        "richardson_lucy": richardson_lucy,
-        "noise_reduction": noise_reduction,
-        "edge_preserving_smooth": edge_preserving_smooth,
-        "histogram_match": histogram_match,
-    }
-)

@@ -2,8 +2,8 @@
 
 Conventions (shared by every step module, see ``dicomnode.imaging.preprocess``): steps take and
 return ``SimpleITK.Image``; intensity images are float32 in real units; parameters are keyword-only
-with defaults; invalid parameters raise ``ImagingError`` quoting the value. ``STEPS`` maps step names
-to functions.
+with defaults; invalid parameters raise ``ImagingError`` quoting the value. Steps are declared
+``@step("fuse.<name>")``.
 
 Every step has the form ``step(image, *, other, match_intensity=True, **params)``. ``other`` must be
 co-registered (same physical space, e.g. from ``preprocess.register``); when it lies on another grid
@@ -15,8 +15,6 @@ is in the units of ``image`` (HU for CT) even when ``other`` is, e.g., MR.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
-from types import MappingProxyType
 
 import numpy as np
 import pywt
@@ -24,6 +22,7 @@ import SimpleITK as sitk
 
 from dicomnode.errors import ImagingError
 from dicomnode.imaging.preprocess import like, resample_like, robust_range, to_float
+from dicomnode.imaging.step import step
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +51,7 @@ def _pair(image: sitk.Image, other: sitk.Image, match_intensity: bool) -> tuple[
     return a, b
 
 
+@step("fuse.weighted_average")
 def weighted_average(
     image: sitk.Image, *, other: sitk.Image, weight: float = 0.5, match_intensity: bool = True
 ) -> sitk.Image:
@@ -62,6 +62,7 @@ def weighted_average(
     return like(((1.0 - float(weight)) * a + float(weight) * b).astype(np.float32), image)
 
 
+@step("fuse.wavelet_fusion")
 def wavelet_fusion(
     image: sitk.Image,
     *,
@@ -106,18 +107,10 @@ def pca_weights(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     return float(principal[0] / total), float(principal[1] / total)
 
 
+@step("fuse.pca_fusion")
 def pca_fusion(image: sitk.Image, *, other: sitk.Image, match_intensity: bool = True) -> sitk.Image:
     """PCA fusion: weights from the principal component of the joint intensity covariance."""
     a, b = _pair(image, other, match_intensity)
     wa, wb = pca_weights(a, b)
     log.debug("PCA fusion weights %.3f / %.3f", wa, wb)
     return like((wa * a + wb * b).astype(np.float32), image)
-
-
-STEPS: Mapping[str, Callable[..., sitk.Image]] = MappingProxyType(
-    {
-        "weighted_average": weighted_average,
-        "wavelet_fusion": wavelet_fusion,
-        "pca_fusion": pca_fusion,
-    }
-)

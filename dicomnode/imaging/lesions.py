@@ -13,8 +13,8 @@ ordered by decreasing volume) of hypo- and/or hyper-dense regions:
    polarity on its own) inside the eroded organ. The candidates are opened by a ball of diameter
    ``vessel_mm`` (thinner vessels and rims vanish) and grown back into the whole organ through voxels
    that still pass (lesions at the organ's edge keep their size).
-3. Each connected component is one lesion unless it is (reason counted in the ``dicomnode.rejected``
-   metadata): ``small`` (equivalent-sphere diameter below ``min_diameter_mm``); a ``rim`` (mostly in the
+3. Each connected component is one lesion unless it is (reason counted in the ``rejected``
+   estimate): ``small`` (equivalent-sphere diameter below ``min_diameter_mm``); a ``rim`` (mostly in the
    organ's edge band: partial volume); ``weak`` (the median contrast of its deeper half is below
    ``min_strength × delta``, ×1.3 when it reaches the edge band: sub-threshold vessels that noise
    pushes over the threshold, beam hardening next to bone); ``elongated`` (principal-axis ratio above
@@ -27,6 +27,10 @@ ordered by decreasing volume) of hypo- and/or hyper-dense regions:
    only touches different tissue outside the organ and stays.
 
 :func:`describe` gives each lesion's volume, diameter, centre (LPS mm), mean value and kind.
+
+``detect`` returns a :class:`~dicomnode.imaging.step.StepOutput`: the label map with the estimates
+``organ_median``, ``organ_sigma``, ``threshold`` (the contrast threshold ``delta``) and ``rejected``
+(candidates dropped, by reason).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from scipy import ndimage
 
 from dicomnode.errors import ImagingError
 from dicomnode.imaging.organs.common import dilate_mm, erode_mm, open_mm, to_working_grid
+from dicomnode.imaging.step import StepOutput, StepValue, image_of, step
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +61,7 @@ class Lesion:
     contrast: float  # mean − organ median
 
 
+@step("lesions.detect")
 def detect(
     image: sitk.Image,
     organ: sitk.Image,
@@ -74,7 +80,7 @@ def detect(
     min_strength: float = 1.15,
     exclude_below: float | None = None,
     working_spacing_mm: float = 1.5,
-) -> sitk.Image:
+) -> StepOutput:
     """A label map of lesions inside ``organ`` (see the module docstring); works on the organ's
     bounding box (plus a margin), so its cost follows the organ's size, not the volume's, and on a
     grid no finer than ``working_spacing_mm`` (default 1.5 mm; 0 keeps the source grid)."""
@@ -82,7 +88,7 @@ def detect(
         raise ImagingError("The organ mask is not on the image grid.")
     inside = sitk.GetArrayViewFromImage(organ)
     if not inside.any():
-        return _empty(image)
+        return StepOutput(_empty(image))
     idx = np.argwhere(inside)
     spacing = np.asarray(image.GetSpacing()[::-1])
     params = {
@@ -100,20 +106,17 @@ def detect(
     if working_mm > 0 and min(image.GetSpacing()) < working_mm:  # fine grids: detect on a coarser one
         coarse = to_working_grid(region_image, working_mm)
         coarse_organ = sitk.Resample(region_organ, coarse, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
-        coarse_labels = detect_in_region(coarse, coarse_organ, **params)  # type: ignore[arg-type]
-        labels = sitk.Resample(coarse_labels, region_image, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+        found = detect_in_region(coarse, coarse_organ, **params)  # type: ignore[arg-type]
+        labels = sitk.Resample(found.image, region_image, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
         labels = sitk.Mask(labels, sitk.Cast(region_organ > 0, sitk.sitkUInt8))
-        for key in coarse_labels.GetMetaDataKeys():
-            labels.SetMetaData(key, coarse_labels.GetMetaData(key))
     else:
-        labels = detect_in_region(region_image, region_organ, **params)  # type: ignore[arg-type]
+        found = detect_in_region(region_image, region_organ, **params)  # type: ignore[arg-type]
+        labels = found.image
     out = np.zeros(inside.shape, dtype=np.uint16)
     out[tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))] = sitk.GetArrayFromImage(labels)
     result = sitk.GetImageFromArray(out)
     result.CopyInformation(image)
-    for key in labels.GetMetaDataKeys():
-        result.SetMetaData(key, labels.GetMetaData(key))
-    return result
+    return StepOutput(result, found.estimates)
 
 
 def detect_in_region(
@@ -133,7 +136,7 @@ def detect_in_region(
     max_continuation: float = 0.6,
     min_strength: float = 1.15,
     exclude_below: float | None = None,
-) -> sitk.Image:
+) -> StepOutput:
     """:func:`detect` on a region (the whole grid is processed)."""
     if kind not in ("hypo", "hyper", "both"):
         raise ImagingError(f"Parameter 'kind' must be hypo, hyper or both; got {kind!r}.")
@@ -159,7 +162,7 @@ def detect_in_region(
         core = organ_arr
     values = smooth[core]
     if values.size < 10:
-        return _empty(image)
+        return StepOutput(_empty(image))
     centre = float(np.median(values))
     sigma = 1.4826 * float(np.median(np.abs(values - centre)))
     # pass 1 against the organ's median finds obvious outliers; the organ's slowly varying background
@@ -213,11 +216,8 @@ def detect_in_region(
         out[comp] = new
     result = sitk.GetImageFromArray(out)
     result.CopyInformation(image)
-    result.SetMetaData("dicomnode.organ_median", f"{centre:.1f}")
-    result.SetMetaData("dicomnode.organ_sigma", f"{sigma:.1f}")
-    result.SetMetaData("dicomnode.threshold", f"{delta:.1f}")
-    result.SetMetaData("dicomnode.rejected", ",".join(f"{k}:{v}" for k, v in sorted(rejected.items())))
-    return result
+    estimates = {"organ_median": centre, "organ_sigma": sigma, "threshold": delta, "rejected": rejected}
+    return StepOutput(result, estimates)
 
 
 @dataclass(frozen=True)
@@ -317,13 +317,13 @@ def _empty(image: sitk.Image) -> sitk.Image:
     return out
 
 
-def describe(image: sitk.Image, labels: sitk.Image) -> list[Lesion]:
-    """Per lesion: kind, volume, equivalent diameter, centre (LPS) and mean value."""
-    lab = sitk.GetArrayFromImage(labels)
+def describe(image: sitk.Image, labels: StepValue) -> list[Lesion]:
+    """Per lesion: kind, volume, equivalent diameter, centre (LPS) and mean value (the kind and contrast
+    need the organ median :func:`detect` estimated; NaN contrast for a bare label map)."""
+    lab = sitk.GetArrayFromImage(image_of(labels))
     arr = sitk.GetArrayFromImage(image)
-    median = float(labels.GetMetaData("dicomnode.organ_median")) if labels.HasMetaDataKey(
-        "dicomnode.organ_median"
-    ) else float("nan")
+    estimates = labels.estimates if isinstance(labels, StepOutput) else {}
+    median = float(estimates["organ_median"]) if "organ_median" in estimates else float("nan")  # type: ignore[arg-type]
     voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
     out = []
     for i in range(1, int(lab.max()) + 1):
@@ -346,6 +346,3 @@ def describe(image: sitk.Image, labels: sitk.Image) -> list[Lesion]:
             )
         )
     return out
-
-
-STEPS = {"lesions.detect": detect}

@@ -43,6 +43,7 @@ import SimpleITK as sitk
 from dicomnode.errors import ImagingError
 from dicomnode.imaging.segment import largest_components
 from dicomnode.imaging.sliding_window import sliding_window
+from dicomnode.imaging.step import step
 
 log = logging.getLogger(__name__)
 
@@ -428,6 +429,7 @@ def segment_masks(image: sitk.Image, **params: Any) -> dict[str, sitk.Image]:  #
     return {name: _image((array == channel).astype(np.uint8), image) for channel, name in names.items()}
 
 
+@step("model.segment")
 def segment(
     image: sitk.Image,
     *,
@@ -464,5 +466,3 @@ def segment(
              ", ".join(f"{name} {int((out == c).sum())} voxels" for c, name in params.labels.items()))
     return _image(out, image)
 
-
-STEPS: Mapping[str, Callable[..., sitk.Image]] = MappingProxyType({"model.segment": segment})

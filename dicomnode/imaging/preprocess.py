@@ -11,8 +11,9 @@ artifacts, fuse):
   converted with the image spacing. Intensities (thresholds, noise levels, windows) are estimated
   from the image itself when not given, so the steps generalise to unseen scanners.
 * Invalid parameters raise :class:`dicomnode.errors.ImagingError` with a sentence quoting the value.
-* Each module exposes ``STEPS``: an immutable mapping of step name -> function, for the pipeline
-  registry. Steps needing a second image take it as a keyword (``fixed=``, ``reference=``, ``other=``).
+* Each step is declared with ``@step("<module>.<name>")`` (:mod:`dicomnode.imaging.step`); the pipeline
+  registry (:mod:`dicomnode.pipelines.steps`) collects them. Steps needing a second image take it as a
+  keyword (``fixed=``, ``reference=``, ``other=``).
 
 This module also holds the small helpers the other step modules share (``mm_to_radius``,
 ``like``, ``to_float``, ``require_positive``, ``estimate_noise_sigma``).
@@ -22,15 +23,15 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from types import MappingProxyType
 
 import numpy as np
 import SimpleITK as sitk
 from skimage.restoration import denoise_nl_means, denoise_wavelet
 
 from dicomnode.errors import ImagingError
+from dicomnode.imaging.step import step
 
 log = logging.getLogger(__name__)
 
@@ -118,18 +119,21 @@ def estimate_noise_sigma(image: sitk.Image, *, mask: sitk.Image | None = None) -
 # --------------------------------------------------------------------------------------- denoising
 
 
+@step("preprocess.median")
 def median(image: sitk.Image, *, radius_mm: float = 1.0) -> sitk.Image:
     """Median filter with a box neighbourhood of ``radius_mm`` (at least one voxel in-plane)."""
     radius_mm = require_positive("radius_mm", radius_mm)
     return sitk.Median(to_float(image), mm_to_radius(image, radius_mm))
 
 
+@step("preprocess.gaussian")
 def gaussian(image: sitk.Image, *, sigma_mm: float = 1.0) -> sitk.Image:
     """Recursive Gaussian smoothing with a physical sigma in mm."""
     sigma_mm = require_positive("sigma_mm", sigma_mm)
     return sitk.SmoothingRecursiveGaussian(to_float(image), sigma_mm)
 
 
+@step("preprocess.anisotropic_diffusion")
 def anisotropic_diffusion(
     image: sitk.Image, *, iterations: int = 5, conductance: float = 1.0, time_step: float | None = None
 ) -> sitk.Image:
@@ -144,6 +148,7 @@ def anisotropic_diffusion(
     )
 
 
+@step("preprocess.bilateral")
 def bilateral(
     image: sitk.Image,
     *,
@@ -173,6 +178,7 @@ def bilateral(
     return out
 
 
+@step("preprocess.nl_means")
 def nl_means(
     image: sitk.Image,
     *,
@@ -210,6 +216,7 @@ def nl_means(
     return like(out, image)
 
 
+@step("preprocess.wavelet_denoise")
 def wavelet_denoise(
     image: sitk.Image,
     *,
@@ -252,6 +259,7 @@ _INTERPOLATORS = {
 }
 
 
+@step("preprocess.resample")
 def resample(
     image: sitk.Image,
     *,
@@ -294,6 +302,7 @@ def resample(
     )
 
 
+@step("preprocess.resample_like")
 def resample_like(
     image: sitk.Image,
     *,
@@ -332,6 +341,7 @@ def robust_range(
     return float(low), float(high)
 
 
+@step("preprocess.window")
 def window(
     image: sitk.Image, *, center: float | None = None, width: float | None = None, rescale: bool = False
 ) -> sitk.Image:
@@ -352,6 +362,7 @@ def window(
     return out
 
 
+@step("preprocess.normalize")
 def normalize(image: sitk.Image, *, method: str = "zscore", mask: sitk.Image | None = None) -> sitk.Image:
     """Intensity normalisation: ``zscore`` (mean 0, std 1), ``minmax`` or ``percentile`` (1–99 % -> 0–1).
 
@@ -450,25 +461,9 @@ def register(
     return Registration(transform=result, image=resampled, metric=float(method.GetMetricValue()))
 
 
+@step("preprocess.register")
 def registered(
     image: sitk.Image, *, fixed: sitk.Image, transform: str = "rigid", levels: int = 3
 ) -> sitk.Image:
     """Step form of :func:`register`: ``image`` (moving) resampled onto ``fixed`` after registration."""
     return register(fixed, image, transform=transform, levels=levels).image
-
-
-STEPS: Mapping[str, Callable[..., sitk.Image]] = MappingProxyType(
-    {
-        "median": median,
-        "gaussian": gaussian,
-        "anisotropic_diffusion": anisotropic_diffusion,
-        "bilateral": bilateral,
-        "nl_means": nl_means,
-        "wavelet_denoise": wavelet_denoise,
-        "resample": resample,
-        "resample_like": resample_like,
-        "window": window,
-        "normalize": normalize,
-        "register": registered,
-    }
-)

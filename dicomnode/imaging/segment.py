@@ -5,7 +5,7 @@ return ``SimpleITK.Image``; intensity images are float32 in real units (HU for C
 ``sitk.sitkUInt8`` 0/1 on the image grid; label maps are UInt8 (0 = background, classes 1..K ordered
 by mean intensity) or UInt32 for supervoxels. Parameters are keyword-only with defaults; sizes and
 radii are in mm; thresholds are estimated from the image (Otsu, seed statistics) when not given.
-Invalid parameters raise ``ImagingError`` quoting the value. ``STEPS`` maps step names to functions.
+Invalid parameters raise ``ImagingError`` quoting the value. Steps are declared ``@step("segment.<name>")``.
 
 Seeds given explicitly are physical points (x, y, z) in mm (patient LPS for DICOM-derived images).
 Automatic seeds are the deepest points (distance-transform maxima) of a thresholded region.
@@ -14,8 +14,7 @@ Automatic seeds are the deepest points (distance-transform maxima) of a threshol
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from types import MappingProxyType
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -34,6 +33,7 @@ from dicomnode.imaging.preprocess import (
     robust_range,
     to_float,
 )
+from dicomnode.imaging.step import step
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ def _values(image: sitk.Image, mask: sitk.Image | None) -> np.ndarray:
 # ------------------------------------------------------------------------------------ thresholds
 
 
+@step("segment.threshold")
 def threshold(image: sitk.Image, *, lower: float | None = None, upper: float | None = None) -> sitk.Image:
     """Fixed-window threshold: 1 where ``lower <= value <= upper`` (either bound may be open)."""
     if lower is None and upper is None:
@@ -87,6 +88,7 @@ def otsu_threshold_value(image: sitk.Image, *, mask: sitk.Image | None = None, b
     return float(threshold_otsu(_sample(_values(image, mask)), nbins=int(bins)))
 
 
+@step("segment.otsu")
 def otsu(image: sitk.Image, *, mask: sitk.Image | None = None, bins: int = 256) -> sitk.Image:
     """Otsu threshold: 1 above the threshold (computed inside ``mask`` when given, applied there)."""
     if int(bins) < 2:
@@ -98,6 +100,7 @@ def otsu(image: sitk.Image, *, mask: sitk.Image | None = None, bins: int = 256) 
     return _as_mask(out, image)
 
 
+@step("segment.multi_otsu")
 def multi_otsu(
     image: sitk.Image, *, classes: int = 3, select: int | None = None, mask: sitk.Image | None = None
 ) -> sitk.Image:
@@ -172,6 +175,7 @@ def _seed_indices(image: sitk.Image, seeds_mm: Sequence[Point]) -> list[tuple[in
     return indices
 
 
+@step("segment.region_growing")
 def region_growing(
     image: sitk.Image,
     *,
@@ -238,6 +242,7 @@ def _neighbourhood_stats(
 # ------------------------------------------------------------------------------------- watershed
 
 
+@step("segment.watershed")
 def watershed(
     image: sitk.Image,
     *,
@@ -307,6 +312,7 @@ def _order_by_intensity(assignment: np.ndarray, centres: np.ndarray) -> np.ndarr
     return (order[assignment] + 1).astype(np.uint8)
 
 
+@step("segment.kmeans")
 def kmeans(
     image: sitk.Image,
     *,
@@ -336,6 +342,7 @@ def kmeans(
     return _labels_or_class(labels, image, mask, int(clusters), select)
 
 
+@step("segment.fuzzy_cmeans")
 def fuzzy_cmeans(
     image: sitk.Image,
     *,
@@ -406,6 +413,7 @@ def _memberships(points: np.ndarray, centres: np.ndarray, fuzziness: float) -> n
 # ------------------------------------------------------------------------------------------ edges
 
 
+@step("segment.sobel")
 def sobel(image: sitk.Image, *, sigma_mm: float | None = None) -> sitk.Image:
     """Sobel gradient magnitude (float32 edge map), optionally after Gaussian smoothing in mm."""
     image = to_float(image)
@@ -414,6 +422,7 @@ def sobel(image: sitk.Image, *, sigma_mm: float | None = None) -> sitk.Image:
     return sitk.SobelEdgeDetection(image)
 
 
+@step("segment.laplacian_of_gaussian")
 def laplacian_of_gaussian(image: sitk.Image, *, sigma_mm: float = 1.0) -> sitk.Image:
     """Scale-normalised Laplacian of Gaussian response (float32; negative inside bright blobs)."""
     sigma_mm = require_positive("sigma_mm", sigma_mm)
@@ -430,6 +439,7 @@ def _per_slice(
     return out
 
 
+@step("segment.canny")
 def canny(
     image: sitk.Image,
     *,
@@ -461,6 +471,7 @@ def canny(
     return _per_slice(image, run, slicewise)
 
 
+@step("segment.edge_region")
 def edge_region(
     image: sitk.Image,
     *,
@@ -507,6 +518,7 @@ def _split_edge_band(image: sitk.Image, filled: sitk.Image, edges: sitk.Image) -
     return _as_mask(keep, image)
 
 
+@step("segment.geodesic_active_contour")
 def geodesic_active_contour(
     image: sitk.Image,
     *,
@@ -557,6 +569,7 @@ def geodesic_active_contour(
 # ------------------------------------------------------------------------------------ supervoxels
 
 
+@step("segment.supervoxels")
 def supervoxels(
     image: sitk.Image, *, size_mm: float = 10.0, compactness: float = 0.1, mask: sitk.Image | None = None
 ) -> sitk.Image:
@@ -604,6 +617,7 @@ def supervoxels(
     return like(out, image, sitk.sitkUInt32)
 
 
+@step("segment.supervoxel_mask")
 def supervoxel_mask(
     image: sitk.Image,
     *,
@@ -666,6 +680,7 @@ def _radius(radius_mm: float) -> float:
     return radius_mm
 
 
+@step("segment.dilate")
 def dilate(mask: sitk.Image, *, radius_mm: float = 1.0, slicewise: bool = False) -> sitk.Image:
     """Binary dilation by a ball of ``radius_mm`` (a disc per axial slice when ``slicewise``).
 
@@ -675,6 +690,7 @@ def dilate(mask: sitk.Image, *, radius_mm: float = 1.0, slicewise: bool = False)
     return sitk.Cast(_distance_to(mask, slicewise) <= radius_mm, sitk.sitkUInt8)
 
 
+@step("segment.erode")
 def erode(mask: sitk.Image, *, radius_mm: float = 1.0, slicewise: bool = False) -> sitk.Image:
     """Binary erosion by a ball of ``radius_mm`` (the image border does not erode)."""
     radius_mm = _radius(radius_mm)
@@ -682,6 +698,7 @@ def erode(mask: sitk.Image, *, radius_mm: float = 1.0, slicewise: bool = False) 
     return sitk.Cast(_distance_to(background, slicewise) > radius_mm, sitk.sitkUInt8)
 
 
+@step("segment.opening")
 def opening(mask: sitk.Image, *, radius_mm: float = 1.0, slicewise: bool = False) -> sitk.Image:
     """Binary opening (removes structures thinner than ~2 x ``radius_mm``)."""
     return dilate(
@@ -689,6 +706,7 @@ def opening(mask: sitk.Image, *, radius_mm: float = 1.0, slicewise: bool = False
     )
 
 
+@step("segment.closing")
 def closing(mask: sitk.Image, *, radius_mm: float = 1.0, slicewise: bool = False) -> sitk.Image:
     """Binary closing (bridges gaps narrower than ~2 x ``radius_mm``)."""
     return erode(
@@ -696,6 +714,7 @@ def closing(mask: sitk.Image, *, radius_mm: float = 1.0, slicewise: bool = False
     )
 
 
+@step("segment.fill_holes")
 def fill_holes(mask: sitk.Image, *, slicewise: bool = True) -> sitk.Image:
     """Fill holes: background regions not connected to the border, per axial slice or in 3-D."""
     array = _mask_array(mask)
@@ -708,6 +727,7 @@ def fill_holes(mask: sitk.Image, *, slicewise: bool = True) -> sitk.Image:
     return _as_mask(filled, mask)
 
 
+@step("segment.largest_components")
 def largest_components(mask: sitk.Image, *, count: int = 1, min_size_mm3: float = 0.0) -> sitk.Image:
     """Keep the ``count`` largest connected components (26-connected) of at least ``min_size_mm3``."""
     if int(count) < 1:
@@ -722,6 +742,7 @@ def largest_components(mask: sitk.Image, *, count: int = 1, min_size_mm3: float 
     return sitk.Cast(kept, sitk.sitkUInt8)
 
 
+@step("segment.body_mask")
 def body_mask(image: sitk.Image, *, threshold: float | None = None, opening_mm: float = 3.0) -> sitk.Image:
     """The patient's body: above ``threshold`` (default Otsu, ~-500 HU on CT), opened by
     ``opening_mm`` to detach the table, largest component, holes (lungs, bowel gas) filled per slice."""
@@ -733,30 +754,3 @@ def body_mask(image: sitk.Image, *, threshold: float | None = None, opening_mm: 
     if not sitk.GetArrayViewFromImage(body).any():
         raise ImagingError(f"No voxel lies above the body threshold {value!r}.")
     return fill_holes(largest_components(body), slicewise=True)
-
-
-STEPS: Mapping[str, Callable[..., sitk.Image]] = MappingProxyType(
-    {
-        "threshold": threshold,
-        "otsu": otsu,
-        "multi_otsu": multi_otsu,
-        "region_growing": region_growing,
-        "watershed": watershed,
-        "kmeans": kmeans,
-        "fuzzy_cmeans": fuzzy_cmeans,
-        "sobel": sobel,
-        "canny": canny,
-        "laplacian_of_gaussian": laplacian_of_gaussian,
-        "edge_region": edge_region,
-        "geodesic_active_contour": geodesic_active_contour,
-        "supervoxels": supervoxels,
-        "supervoxel_mask": supervoxel_mask,
-        "erode": erode,
-        "dilate": dilate,
-        "opening": opening,
-        "closing": closing,
-        "fill_holes": fill_holes,
-        "largest_components": largest_components,
-        "body_mask": body_mask,
-    }
-)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -74,15 +74,6 @@ class Volume:
     @property
     def shape(self) -> tuple[int, int, int]:
         return tuple(self.array.shape)  # type: ignore[return-value]
-
-    @property
-    def voxel_volume_ml(self) -> float:
-        return float(np.prod(self.spacing)) / 1000.0
-
-    def with_array(self, array: np.ndarray) -> Volume:
-        if array.shape != self.array.shape:
-            raise VolumeError(f"Array shape {array.shape} does not match the volume's {self.array.shape}.")
-        return replace(self, array=array)
 
     def to_sitk(self, array: np.ndarray | None = None):  # noqa: ANN201 - SimpleITK.Image
         """This volume (or another array on its grid, e.g. a uint8 mask) as a SimpleITK image."""

@@ -25,15 +25,30 @@ import json
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
-from dicomnode.database import Database
+from dicomnode.database import Database, Schema, Step
 from dicomnode.errors import DicomNodeError
 
-STAGES = ("received", "completed", "routed", "processed", "sent", "failed", "removed", "operator")
-FLOW = ("received", "completed", "routed", "processed", "sent")
 
-SCHEMA = """
+class AuditStage(StrEnum):
+    RECEIVED = "received"
+    COMPLETED = "completed"
+    ROUTED = "routed"
+    PROCESSED = "processed"
+    SENT = "sent"
+    FAILED = "failed"
+    REMOVED = "removed"
+    OPERATOR = "operator"
+
+
+STAGES: tuple[AuditStage, ...] = tuple(AuditStage)
+FLOW: tuple[AuditStage, ...] = (AuditStage.RECEIVED, AuditStage.COMPLETED, AuditStage.ROUTED,
+                                AuditStage.PROCESSED, AuditStage.SENT)
+
+#: Step 1 is the table as every release before schema versions created it: never edit it, append a step.
+DDL_V1 = """
 CREATE TABLE IF NOT EXISTS audit (
     id         INTEGER PRIMARY KEY AUTOINCREMENT,
     time       REAL NOT NULL,
@@ -46,6 +61,8 @@ CREATE TABLE IF NOT EXISTS audit (
 CREATE INDEX IF NOT EXISTS audit_study_time ON audit (study_uid, time);
 CREATE INDEX IF NOT EXISTS audit_time ON audit (time);
 """
+
+SCHEMA = Schema("audit", ("audit",), (Step("audit", DDL_V1),))
 
 
 class AuditError(DicomNodeError):
@@ -61,7 +78,7 @@ class AuditTrail:
 
     def __init__(self, db: Database) -> None:
         self.db = db
-        db.ensure_schema(SCHEMA)
+        db.migrate(SCHEMA)
 
     def record(
         self,
@@ -103,6 +120,17 @@ class AuditTrail:
              "detail": json.loads(r["detail"] or "{}")}
             for r in rows
         ]
+
+    def unresolved_failure(self, study_uid: str) -> bool:
+        """True when the study's last ``failed`` event is not followed by a ``processed`` or ``sent`` one."""
+        row = self.db.conn.execute(
+            "SELECT MAX(CASE WHEN stage = ? THEN time END) AS failed, "
+            "MAX(CASE WHEN stage IN (?, ?) THEN time END) AS recovered FROM audit WHERE study_uid = ?",
+            (AuditStage.FAILED, AuditStage.PROCESSED, AuditStage.SENT, study_uid),
+        ).fetchone()
+        if row["failed"] is None:
+            return False
+        return row["recovered"] is None or row["recovered"] < row["failed"]
 
     def timeline(self, study_uid: str) -> dict[str, Any]:
         """The study's events plus per-stage first/last times and the time spent between stages.

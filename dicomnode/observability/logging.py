@@ -6,18 +6,21 @@ Only the CLI calls :func:`configure_logging` (``dicomnode serve`` and friends); 
 Context. Every line carries the identifiers of the work it belongs to: the association, calling AE, study,
 series, instance, job, pipeline, rule and destination. Stages set them for a block of work with
 :func:`log_context` (a ``contextvars`` context, so it follows threads' own work and asyncio tasks) or per
-call with ``extra={"study_uid": …}``::
+call with ``extra={"study_uid": …}``. Inside such a block a stage that reads a patient's identity
+registers it with :func:`register_phi`; it stays registered until the block ends::
 
-    with log_context(association=assoc_id, calling_aet=aet):
-        with log_context(study_uid=ds.StudyInstanceUID, series_uid=ds.SeriesInstanceUID), \\
-             phi_values(ds.get("PatientName"), ds.get("PatientID"), ds.get("PatientBirthDate")):
-            log.info("Stored %s", sop_uid)
+    with log_context(calling_aet=aet, sop_uid=sop_uid):
+        header = parse_dataset(...)
+        register_phi(header.patient_name, header.patient_id)
+        log.info("Stored %s", sop_uid)
 
-PHI. Unless ``logging.include_phi`` is true, :class:`PhiRedactionFilter` replaces patient names, IDs and
-birth dates in every line with ``[REDACTED]``: ``extra`` fields with PHI names, ``PatientName=…``/
-``'PatientID': '…'`` style text, pydicom element dumps of group 0010 (``(0010,0010) Patient's Name PN:
-'…'``), and any literal value registered for the current work with :func:`phi_values` — in the message,
-its arguments and tracebacks alike.
+(:func:`phi_values` does the same as a block of its own.)
+
+PHI. Unless ``logging.include_phi`` is true, the formatters installed by :func:`configure_logging` write
+``[REDACTED]`` in place of patient names, IDs and birth dates: ``extra`` fields with PHI names,
+``PatientName=…``/``'PatientID': '…'`` style text, pydicom element dumps of group 0010 (``(0010,0010)
+Patient's Name PN: '…'``), and every literal value registered for the current work — in the message, its
+arguments and tracebacks alike. The record itself is left as it was (other handlers see it unchanged).
 """
 
 from __future__ import annotations
@@ -82,9 +85,11 @@ def log_context(**fields: Any) -> Iterator[None]:
     merged = dict(_context.get())
     merged.update({k: str(v) for k, v in fields.items() if v is not None and v != ""})
     token = _context.set(MappingProxyType(merged))
+    phi_token = _phi.set(_phi.get())  # PHI registered inside the block is forgotten when it ends
     try:
         yield
     finally:
+        _phi.reset(phi_token)
         _context.reset(token)
 
 
@@ -92,9 +97,9 @@ def current_context() -> Mapping[str, Any]:
     return _context.get()
 
 
-@contextmanager
-def phi_values(*values: Any) -> Iterator[None]:
-    """Register this work's patient values (name, ID, birth date) so that no log line inside shows them."""
+def register_phi(*values: Any) -> None:
+    """Redact these patient values (name, ID, birth date) in every line until the enclosing
+    :func:`log_context` (or :func:`phi_values`) block ends."""
     found: list[str] = list(_phi.get())
     for value in values:
         text = str(value).strip() if value is not None else ""
@@ -104,7 +109,14 @@ def phi_values(*values: Any) -> Iterator[None]:
         if "^" in text:  # 'Doe^John' is also written 'Doe John' / 'Doe, John'
             parts = [p for p in text.split("^") if p]
             found += [" ".join(parts), ", ".join(parts)]
-    token = _phi.set(tuple(sorted(set(found), key=len, reverse=True)))
+    _phi.set(tuple(sorted(set(found), key=len, reverse=True)))
+
+
+@contextmanager
+def phi_values(*values: Any) -> Iterator[None]:
+    """Register this work's patient values (name, ID, birth date) so that no log line inside shows them."""
+    token = _phi.set(_phi.get())
+    register_phi(*values)
     try:
         yield
     finally:
@@ -130,23 +142,21 @@ class ContextFilter(logging.Filter):
         return True
 
 
-class PhiRedactionFilter(logging.Filter):
-    """Removes PHI from the message, its arguments, PHI-named extras and the traceback text."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        values = _phi.get()
-        message = record.getMessage()
-        record.msg, record.args = redact(message, values), None
-        for key in list(vars(record)):
-            if key.lower() in _PHI_EXTRA:
-                setattr(record, key, REDACTED)
-        if record.exc_info and not record.exc_text:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = redact(record.exc_text, values)
-        if record.stack_info:
-            record.stack_info = redact(record.stack_info, values)
-        return True
+def redacted_record(record: logging.LogRecord) -> logging.LogRecord:
+    """A copy of ``record`` without PHI in the message, its arguments, PHI-named extras or the traceback."""
+    values = _phi.get()
+    copy = logging.makeLogRecord(vars(record))
+    copy.msg, copy.args = redact(record.getMessage(), values), None
+    for key in list(vars(copy)):
+        if key.lower() in _PHI_EXTRA:
+            setattr(copy, key, REDACTED)
+    exc_text = record.exc_text
+    if record.exc_info and not exc_text:
+        exc_text = logging.Formatter().formatException(record.exc_info)
+    copy.exc_info, copy.exc_text = None, redact(exc_text, values) if exc_text else None
+    if record.stack_info:
+        copy.stack_info = redact(record.stack_info, values)
+    return copy
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
@@ -154,9 +164,16 @@ def _extras(record: logging.LogRecord) -> dict[str, Any]:
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time (UTC ISO 8601), level, logger, message, identifiers, extras."""
+    """One JSON object per line: time (UTC ISO 8601), level, logger, message, identifiers, extras;
+    PHI redacted unless ``include_phi``."""
+
+    def __init__(self, *, include_phi: bool = False) -> None:
+        super().__init__()
+        self.include_phi = include_phi
 
     def format(self, record: logging.LogRecord) -> str:
+        if not self.include_phi:
+            record = redacted_record(record)
         body: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
@@ -174,12 +191,16 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """``2024-05-01 12:00:00.123 INFO  dicomnode.receive: Stored … [study=… series=…]``."""
+    """``2024-05-01 12:00:00.123 INFO  dicomnode.receive: Stored … [study=… series=…]``; PHI redacted
+    unless ``include_phi``."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, include_phi: bool = False) -> None:
         super().__init__("%(asctime)s.%(msecs)03d %(levelname)-7s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
+        self.include_phi = include_phi
 
     def format(self, record: logging.LogRecord) -> str:
+        if not self.include_phi:
+            record = redacted_record(record)
         text = super().format(record)
         extras = _extras(record)
         ordered = [f"{_SHORT[k]}={extras.pop(k)}" for k in CONTEXT_FIELDS if k in extras]
@@ -202,10 +223,9 @@ def configure_logging(config: LoggingConfig, stream: TextIO | None = None) -> lo
         isatty = getattr(stream, "isatty", None)
         fmt = "text" if isatty is not None and isatty() else "json"
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    formatter = JsonFormatter if fmt == "json" else TextFormatter
+    handler.setFormatter(formatter(include_phi=config.include_phi))
     handler.addFilter(ContextFilter())
-    if not config.include_phi:
-        handler.addFilter(PhiRedactionFilter())
     setattr(handler, _HANDLER_MARK, True)
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, _HANDLER_MARK, False)]:

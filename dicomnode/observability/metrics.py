@@ -1,6 +1,7 @@
 """Prometheus metrics of one running node, on a per-service :class:`CollectorRegistry`.
 
-The service creates one :class:`Metrics` and hands it to each stage; the stages call these methods
+``build_service`` creates one :class:`Metrics` and hands it to each stage's constructor (or subscribes its
+methods to a stage's observer list); the stages call these methods
 (all thread-safe, all cheap):
 
 ============================================  ====================================================
@@ -31,9 +32,6 @@ Computed at scrape time (a custom collector, never stale): ``dicomnode_outbox_de
 :func:`outbox_depth_from_database`), ``dicomnode_spool_filesystem_{free,used,size}_bytes`` and
 ``dicomnode_spool_filesystem_used_ratio`` for the spool's filesystem, and
 ``dicomnode_spool_bytes`` (the sum of stored instance sizes when the spool index records them).
-
-``pipeline_timer(pipeline)`` and ``step_timer(pipeline, step)`` are context managers around
-``pipeline_finished``/``step_finished`` for code that runs the work itself.
 """
 
 from __future__ import annotations
@@ -41,16 +39,16 @@ from __future__ import annotations
 import logging
 import shutil
 import sqlite3
-import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from dicomnode.config import OutboxConfig
 from dicomnode.database import Database
+from dicomnode.send.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -64,29 +62,17 @@ OutboxDepth = Callable[[], Mapping[str, int]]
 
 
 def outbox_depth_from_database(db: Database) -> OutboxDepth:
-    """Pending sends per destination, read from the sending stage's ``outbox`` table.
-
-    Rows count as pending while ``queued``, ``sending`` or ``failed`` (a retry is scheduled); ``sent``
-    and ``dead`` rows do not. A database without an outbox table (sending not configured yet) reports
-    nothing rather than failing the scrape.
-    """
-
-    pending = ("queued", "sending", "failed")  # dicomnode.send.outbox.PENDING ('failed' = retry scheduled)
+    """Pending sends per destination (``queued``, ``sending`` or ``failed`` with a retry scheduled; not
+    ``sent`` or ``dead``), asked of the sending stage's :class:`~dicomnode.send.outbox.Outbox`. A database
+    error reports nothing rather than failing the scrape."""
+    outbox = Outbox(db, OutboxConfig())
 
     def depth() -> Mapping[str, int]:
         try:
-            columns = {row[1] for row in db.conn.execute("PRAGMA table_info(outbox)")}
-            if not {"destination", "state"} <= columns:
-                return {}
-            marks = ",".join("?" * len(pending))
-            rows = db.conn.execute(
-                f"SELECT destination, COUNT(*) FROM outbox WHERE state IN ({marks}) GROUP BY destination",
-                pending,
-            ).fetchall()
+            return outbox.depth_by_destination()
         except sqlite3.Error as exc:
             log.warning("Cannot read the outbox depth for metrics: %s", exc)
             return {}
-        return {str(dest): int(count) for dest, count in rows}
 
     return depth
 
@@ -190,16 +176,6 @@ class Metrics:
         self._collector = _ScrapeTimeCollector(spool_dir, outbox_depth, spool_bytes)
         r.register(self._collector)
 
-    # --- wiring -------------------------------------------------------------------------------------
-    def attach_outbox(self, outbox_depth: OutboxDepth) -> None:
-        """Report ``outbox_depth()`` (destination → pending sends) at each scrape."""
-        self._collector.outbox_depth = outbox_depth
-
-    def attach_spool(self, spool_dir: Path, spool_bytes: Callable[[], int] | None = None) -> None:
-        self._collector.spool_dir = Path(spool_dir)
-        if spool_bytes is not None:
-            self._collector.spool_bytes = spool_bytes
-
     # --- receive --------------------------------------------------------------------------------------
     def association_accepted(self) -> None:
         self._assoc_accepted.inc()
@@ -238,24 +214,6 @@ class Metrics:
         """Record a whole ``{step: seconds}`` mapping (e.g. from ``JobResult.summary``)."""
         for step, seconds in timings.items():
             self.step_finished(pipeline, step, float(seconds))
-
-    @contextmanager
-    def pipeline_timer(self, pipeline: str) -> Iterator[None]:
-        start = time.monotonic()
-        ok = False
-        try:
-            yield
-            ok = True
-        finally:
-            self.pipeline_finished(pipeline, time.monotonic() - start, ok)
-
-    @contextmanager
-    def step_timer(self, pipeline: str, step: str) -> Iterator[None]:
-        start = time.monotonic()
-        try:
-            yield
-        finally:
-            self.step_finished(pipeline, step, time.monotonic() - start)
 
     # --- send ---------------------------------------------------------------------------------------------
     def instance_sent(self, destination: str, count: int = 1) -> None:

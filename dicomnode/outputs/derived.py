@@ -212,7 +212,8 @@ def iter_derived_series(
     spec: DerivedSpec = DerivedSpec(),
     window: tuple[float, float] | None = None,
 ) -> Iterator[Dataset]:
-    """Like :func:`build_derived_series`, one image at a time (write each before the next is built)."""
+    """One derived image per source slice from ``volume`` (slices, rows, columns) in real units, one at a
+    time (write each before the next is built)."""
     if volume.ndim != 3 or volume.shape[0] != len(sources):
         raise OutputError(
             f"The enhanced volume has shape {volume.shape}; expected ({len(sources)}, rows, columns) "
@@ -224,14 +225,3 @@ def iter_derived_series(
     for i, src in enumerate(sources):
         yield derived_image(src, volume[i], i + 1, provenance, uids, spec, window, now=now)
 
-
-def build_derived_series(
-    sources: Sequence[Dataset],
-    volume: np.ndarray,
-    provenance: Provenance,
-    uids: UIDFactory,
-    spec: DerivedSpec = DerivedSpec(),
-    window: tuple[float, float] | None = None,
-) -> list[Dataset]:
-    """One derived image per source slice from ``volume`` (slices, rows, columns) in real units."""
-    return list(iter_derived_series(sources, volume, provenance, uids, spec, window))

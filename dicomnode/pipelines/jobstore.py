@@ -8,14 +8,28 @@ job's :class:`~dicomnode.jobs.JobSpec` JSON, so a retry resubmits exactly what r
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from dataclasses import dataclass, replace
+from enum import StrEnum
 
-from dicomnode.database import Database
+from dicomnode.database import Database, Schema, Step, check_in, sql_list
 from dicomnode.errors import PipelineError
 from dicomnode.jobs import JobResult, JobSpec
 
-DDL = """
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+#: States a job is still on its way in (a retry of a failed job is an operator's decision).
+ACTIVE = (JobState.QUEUED, JobState.RUNNING)
+FINISHED = (JobState.DONE, JobState.FAILED)
+
+DDL_V1 = f"""
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
     pipeline TEXT NOT NULL,
@@ -24,7 +38,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     output_dir TEXT NOT NULL DEFAULT '',
     params TEXT NOT NULL,
     spec TEXT NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'done', 'failed')),
+    state TEXT NOT NULL {check_in("state", JobState)},
     attempt INTEGER NOT NULL DEFAULT 1,
     error TEXT NOT NULL DEFAULT '',
     output_files TEXT NOT NULL DEFAULT '[]',
@@ -36,6 +50,8 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
 """
 
+SCHEMA = Schema("jobs", ("jobs",), (Step("jobs", DDL_V1),))
+
 
 @dataclass(frozen=True)
 class JobRecord:
@@ -45,7 +61,7 @@ class JobRecord:
     series_uid: str
     params: dict
     spec: JobSpec
-    state: str
+    state: JobState
     attempt: int
     error: str
     output_files: tuple[str, ...]
@@ -61,30 +77,33 @@ class JobStore:
     def __init__(self, database: Database, *, max_attempts: int = 2) -> None:
         self.db = database
         self.max_attempts = max_attempts
-        database.ensure_schema(DDL)
+        database.migrate(SCHEMA)
 
     def create(self, spec: JobSpec) -> JobRecord:
         with self.db.transaction() as conn:
             conn.execute(
                 "INSERT INTO jobs (id, pipeline, study_uid, series_uid, output_dir, params, spec, state, "
-                "attempt, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
+                "attempt, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (spec.job_id, spec.pipeline, spec.study_uid, spec.series_uid, spec.output_dir,
-                 json.dumps(spec.params, sort_keys=True), spec.to_json(), spec.attempt, time.time()),
+                 json.dumps(spec.params, sort_keys=True), spec.to_json(), JobState.QUEUED, spec.attempt,
+                 time.time()),
             )
         return self.get(spec.job_id)
 
     def mark_running(self, job_id: str) -> None:
-        self._transition(job_id, ("queued",), "running", started_at=time.time(), finished_at=None)
+        self._transition(
+            job_id, (JobState.QUEUED,), JobState.RUNNING, started_at=time.time(), finished_at=None
+        )
 
     def mark_done(self, job_id: str, result: JobResult) -> None:
         now = time.time()
         self._transition(
-            job_id, ("running", "queued"), "done", finished_at=now, error="",
+            job_id, ACTIVE, JobState.DONE, finished_at=now, error="",
             output_files=json.dumps(list(result.output_files)), seconds=result.summary.get("seconds"),
         )
 
     def mark_failed(self, job_id: str, error: str) -> None:
-        self._transition(job_id, ("running", "queued"), "failed", finished_at=time.time(), error=error)
+        self._transition(job_id, ACTIVE, JobState.FAILED, finished_at=time.time(), error=error)
 
     def finish(self, result: JobResult) -> None:
         """Record a :class:`JobResult` (done or failed)."""
@@ -96,7 +115,7 @@ class JobStore:
     def retry(self, job_id: str) -> JobSpec:
         """Queue a failed job again (attempt + 1) and return the spec to resubmit."""
         record = self.get(job_id)
-        if record.state != "failed":
+        if record.state != JobState.FAILED:
             raise PipelineError(f"Job '{job_id}' is {record.state}; only failed jobs can be retried.")
         if record.attempt >= self.max_attempts:
             raise PipelineError(
@@ -105,9 +124,9 @@ class JobStore:
         spec = replace(record.spec, attempt=record.attempt + 1)
         with self.db.transaction() as conn:
             conn.execute(
-                "UPDATE jobs SET state = 'queued', attempt = ?, spec = ?, error = '', started_at = NULL, "
+                "UPDATE jobs SET state = ?, attempt = ?, spec = ?, error = '', started_at = NULL, "
                 "finished_at = NULL, seconds = NULL WHERE id = ?",
-                (spec.attempt, spec.to_json(), job_id),
+                (JobState.QUEUED, spec.attempt, spec.to_json(), job_id),
             )
         return spec
 
@@ -116,10 +135,11 @@ class JobStore:
         first) so the node can run them again at start-up."""
         with self.db.transaction() as conn:
             rows = conn.execute(
-                "SELECT spec FROM jobs WHERE state IN ('queued', 'running') ORDER BY created_at"
+                f"SELECT spec FROM jobs WHERE state IN ({sql_list(ACTIVE)}) ORDER BY created_at"
             ).fetchall()
             conn.execute(
-                "UPDATE jobs SET state = 'queued', started_at = NULL WHERE state IN ('queued', 'running')"
+                f"UPDATE jobs SET state = ?, started_at = NULL WHERE state IN ({sql_list(ACTIVE)})",
+                (JobState.QUEUED,),
             )
         return [JobSpec.from_json(r["spec"]) for r in rows]
 
@@ -138,14 +158,45 @@ class JobStore:
             )
         return [_record(r) for r in rows.fetchall()]
 
-    def _transition(self, job_id: str, allowed: tuple[str, ...], state: str, **fields: object) -> None:
+    def of_study(self, study_uid: str) -> list[JobRecord]:
+        """Every job of a study, oldest first."""
+        rows = self.db.conn.execute(
+            "SELECT * FROM jobs WHERE study_uid = ? ORDER BY created_at", (study_uid,)).fetchall()
+        return [_record(r) for r in rows]
+
+    def output_dirs(self, study_uid: str) -> dict[str, str]:
+        """Each job of a study and its output folder ('' when none was recorded)."""
+        rows = self.db.conn.execute(
+            "SELECT id, output_dir FROM jobs WHERE study_uid = ?", (study_uid,)).fetchall()
+        return {r["id"]: r["output_dir"] for r in rows}
+
+    def unfinished(self, study_uid: str) -> dict[JobState, int]:
+        """Jobs of a study per state, for every state but ``done`` (empty: all its jobs succeeded)."""
+        rows = self.db.conn.execute(
+            "SELECT state, COUNT(*) AS n FROM jobs WHERE study_uid = ? AND state != ? GROUP BY state",
+            (study_uid, JobState.DONE),
+        ).fetchall()
+        return {JobState(r["state"]): int(r["n"]) for r in rows}
+
+    def counts(self) -> dict[str, int]:
+        """Jobs per state (only the states that occur)."""
+        rows = self.db.conn.execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state").fetchall()
+        return {str(r["state"]): int(r["n"]) for r in rows}
+
+    def forget_study(self, study_uid: str, conn: sqlite3.Connection) -> int:
+        """Delete the study's jobs (retention, inside its removal transaction)."""
+        return conn.execute("DELETE FROM jobs WHERE study_uid = ?", (study_uid,)).rowcount
+
+    def _transition(
+        self, job_id: str, allowed: tuple[JobState, ...], state: JobState, **fields: object
+    ) -> None:
         with self.db.transaction() as conn:
             row = conn.execute("SELECT state, started_at FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
                 raise PipelineError(f"No job '{job_id}' in the jobs table.")
             if row["state"] not in allowed:
                 raise PipelineError(f"Job '{job_id}' is {row['state']}; it cannot become {state}.")
-            timed = state in ("done", "failed") and row["started_at"] is not None
+            timed = state in FINISHED and row["started_at"] is not None
             if timed and fields.get("seconds") is None:
                 fields["seconds"] = float(fields["finished_at"]) - float(row["started_at"])  # type: ignore[arg-type]
             assignments = ", ".join(f"{name} = ?" for name in fields)
@@ -162,7 +213,7 @@ def _record(row) -> JobRecord:  # noqa: ANN001 - sqlite3.Row
         series_uid=row["series_uid"],
         params=json.loads(row["params"]),
         spec=JobSpec.from_json(row["spec"]),
-        state=row["state"],
+        state=JobState(row["state"]),
         attempt=int(row["attempt"]),
         error=row["error"],
         output_files=tuple(json.loads(row["output_files"])),

@@ -13,17 +13,22 @@ import json
 import logging
 import resource
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dicomnode.config import ViewerProfile
 from dicomnode.errors import DicomNodeError, PipelineError
 from dicomnode.imaging.guards import InputRefused
+from dicomnode.imaging.step import StepOutput, StepValue, format_estimate, image_of
 from dicomnode.jobs import JobResult, JobSpec
 from dicomnode.pipelines.registry import PipelineSpec, check_steps, get_pipeline
+
+if TYPE_CHECKING:
+    from dicomnode.pipelines.steps import Step
 
 log = logging.getLogger(__name__)
 
@@ -38,18 +43,23 @@ class StepTiming:
 
 @dataclass
 class PipelineRun:
-    """What :func:`execute` produced: the context of named images and per-step timings."""
+    """What :func:`execute` produced: the context (step id → the step's value: an image or a
+    :class:`~dicomnode.imaging.step.StepOutput`) and per-step timings."""
 
-    context: dict[str, Any]
+    context: dict[str, StepValue]
     timings: list[StepTiming] = field(default_factory=list)
     estimates: dict[str, str] = field(default_factory=dict)  # "<step>.<key>" → value the step estimated
 
     def record_estimates(self, name: str) -> None:
-        img = self.context.get(name)
-        if hasattr(img, "GetMetaDataKeys"):
-            for key in img.GetMetaDataKeys():
-                if key.startswith("dicomnode."):
-                    self.estimates[f"{name}.{key.removeprefix('dicomnode.')}"] = img.GetMetaData(key)
+        """Copy the estimates of step ``name``'s output into :attr:`estimates` (the job summary's text)."""
+        value = self.context.get(name)
+        if isinstance(value, StepOutput):
+            for key, estimate in value.estimates.items():
+                self.estimates[f"{name}.{key}"] = format_estimate(estimate)
+
+    def image(self, name: str) -> Any:  # noqa: ANN401 - SimpleITK.Image
+        """The image of step ``name``'s output."""
+        return image_of(self.context[name])
 
 
 def peak_rss_mb() -> float:
@@ -60,11 +70,15 @@ def params_hash(params: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def execute(spec: PipelineSpec, image: Any) -> PipelineRun:  # noqa: ANN401 - SimpleITK.Image
-    """Run the steps of ``spec`` on ``image`` (a float32 SimpleITK image in real units)."""
-    from dicomnode.pipelines.steps import step_registry
+def execute(
+    spec: PipelineSpec, image: Any, registry: Mapping[str, Step] | None = None  # noqa: ANN401 - sitk.Image
+) -> PipelineRun:
+    """Run the steps of ``spec`` on ``image`` (a float32 SimpleITK image in real units) with the steps of
+    ``registry`` (default: :func:`~dicomnode.pipelines.steps.step_registry`)."""
+    if registry is None:
+        from dicomnode.pipelines.steps import step_registry
 
-    registry = step_registry()
+        registry = step_registry()
     run = PipelineRun(context={"image": image})
     # free each image after its last use (a 512x512x300 float32 image is 300 MB); keep what the segments
     # and the enhanced series are built from, and the last step's output
@@ -75,14 +89,14 @@ def execute(spec: PipelineSpec, image: Any) -> PipelineRun:  # noqa: ANN401 - Si
         for name in (*step.inputs, *(v for _, v in step.keyword_inputs)):
             last_use[name] = i
     for i, step in enumerate(spec.steps):
-        fn = registry.get(step.use)
-        if fn is None:
+        declared = registry.get(step.use)
+        if declared is None:
             raise PipelineError(f"Pipeline '{spec.name}' step '{step.id}' uses unknown step '{step.use}'.")
         args = [run.context[name] for name in step.inputs]
         kwargs = {key: run.context[name] for key, name in step.keyword_inputs}
         started = time.perf_counter()
         try:
-            run.context[step.id] = fn(*args, **kwargs, **dict(step.params))
+            run.context[step.id] = declared.run(args, kwargs, step.params)
         except TypeError as exc:
             raise PipelineError(f"Step '{step.id}' ({step.use}) was given bad parameters: {exc}.") from exc
         except DicomNodeError as exc:
@@ -96,7 +110,7 @@ def execute(spec: PipelineSpec, image: Any) -> PipelineRun:  # noqa: ANN401 - Si
     return run
 
 
-def build_segments(spec: PipelineSpec, context: dict[str, Any], shape: tuple[int, ...]) -> list:
+def build_segments(spec: PipelineSpec, context: Mapping[str, StepValue], shape: tuple[int, ...]) -> list:
     """The pipeline's declared segments as :class:`~dicomnode.outputs.api.Segment` objects."""
     import SimpleITK as sitk
 
@@ -104,7 +118,7 @@ def build_segments(spec: PipelineSpec, context: dict[str, Any], shape: tuple[int
 
     segments = []
     for seg in spec.segments:
-        array = sitk.GetArrayFromImage(context[seg.source])
+        array = sitk.GetArrayFromImage(image_of(context[seg.source]))
         if array.shape != shape:
             raise PipelineError(
                 f"Segment source '{seg.source}' has shape {array.shape}, not the source grid {shape}; "
@@ -145,7 +159,7 @@ def process_volume(spec: PipelineSpec, volume: Any, job: JobSpec) -> tuple[Any, 
     segments = [replace(s, qc=report.segments.get(s.label)) for s in segments]
     enhanced = None
     if spec.enhanced:
-        enhanced = sitk.GetArrayFromImage(run.context[spec.enhanced]).astype(np.float32, copy=False)
+        enhanced = sitk.GetArrayFromImage(run.image(spec.enhanced)).astype(np.float32, copy=False)
     run.context.clear()  # the package is written from the arrays above
     params = {**spec.parameters()}
     provenance = Provenance(
@@ -208,9 +222,16 @@ def run_job(spec: JobSpec, profile: ViewerProfile | None = None) -> JobResult:
         else:
             volume = load_series(spec.input_files)
             processed, summary = process_volume(pipeline, volume, spec)
+            prior_files: list[Path] = []
+            if spec.prior:  # comparison with the patient's prior study (never fails the job)
+                from dicomnode.compare.prior import compare_with_prior
+
+                summary["comparison"], prior_files = compare_with_prior(spec, pipeline, volume, processed,
+                                                                        output_dir)
             if profile is None and spec.profile:
                 profile = ViewerProfile(**spec.profile)
             files = write_result_package(processed, output_dir, profile, features=pipeline.sr_features)
+            files = [*files, *prior_files]
             summary["seconds"] = time.perf_counter() - started
             summary["peak_rss_mb"] = peak_rss_mb()
             result = JobResult(spec.job_id, True, tuple(str(f) for f in files), summary)

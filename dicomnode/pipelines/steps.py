@@ -1,36 +1,141 @@
-"""The step registry: step names used in the pipeline YAML files → functions.
+"""The step registry: step names used in the pipeline YAML files → step functions.
 
-Steps come from the imaging step modules (each exposes ``STEPS``; the generic catalogue modules'
-names are prefixed with the module name, e.g. ``preprocess.median``, ``segment.otsu``,
-``enhance.clahe``), the organ chains (``liver.*``, ``lung.*``, ``brain.*``), lesion detection
-(``lesions.detect``) and the small glue steps below (``grid.*``, ``body.mask``, ``labels.select``,
-``guided.contrast``). Every step takes SimpleITK images and keyword parameters and returns an image.
+Steps are declared where they are written, with :func:`dicomnode.imaging.step.step`
+(``@step("liver.localise")``). The registry is built from the explicit list :data:`STEP_MODULES`:
+a module that is not listed contributes nothing, and a step module that cannot be imported is an
+error (the import fails loudly), never a missing step. A new step module is added to that list.
+
+The small glue steps below (``grid.*``, ``body.mask``, ``labels.*``, ``filter.median``,
+``guided.contrast``) are declared here.
 """
 
 from __future__ import annotations
 
-import importlib
+import inspect
 import logging
-from collections.abc import Callable, Mapping
-from types import MappingProxyType
+import sys
+import typing
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType, ModuleType
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from dicomnode.errors import ImagingError
-from dicomnode.imaging.organs import common
+from dicomnode.errors import ImagingError, PipelineError
+from dicomnode.imaging import artifacts, enhance, fuse, lesions, model, preprocess, segment
+from dicomnode.imaging.organs import brain, common, liver, lung
+from dicomnode.imaging.step import StepOutput, StepValue, image_of, output_of, step, step_names
 
 log = logging.getLogger(__name__)
 
-CATALOGUE_MODULES = ("preprocess", "segment", "enhance", "artifacts", "fuse", "model")
+
+def _accepts_output(annotation: object) -> bool:
+    """Whether a parameter annotated ``annotation`` takes a :class:`StepOutput` (alone or in a union)."""
+    return annotation is StepOutput or StepOutput in typing.get_args(annotation)
 
 
+def _where(fn: Callable[..., Any]) -> str:
+    return f"{fn.__module__}.{fn.__qualname__}"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One registered step: its name, function and how its inputs are handed over."""
+
+    name: str
+    fn: Callable[..., StepValue]
+    inputs: tuple[str, ...]  # names of the positional inputs, in order
+    whole_inputs: frozenset[str]  # inputs annotated StepOutput: they receive the value with its estimates
+    params: frozenset[str] | None  # keyword-only parameters; None when the step takes **kwargs
+
+    @classmethod
+    def of(cls, name: str, fn: Callable[..., StepValue]) -> Step:
+        try:
+            hints = typing.get_type_hints(fn)
+        except (NameError, TypeError) as exc:
+            raise PipelineError(f"Step '{name}' ({fn.__module__}.{fn.__qualname__}) has annotations that "
+                                f"cannot be resolved: {exc}.") from exc
+        parameters = inspect.signature(fn).parameters.values()
+        positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        whole = frozenset(
+            p.name for p in parameters
+            if p.kind in positional and _accepts_output(hints.get(p.name))
+        )
+        open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+        return cls(
+            name=name,
+            fn=fn,
+            inputs=tuple(p.name for p in parameters if p.kind in positional),
+            whole_inputs=whole,
+            params=None if open_ended else frozenset(
+                p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY
+            ),
+        )
+
+    def __call__(self, *args: Any, **kwargs: Any) -> StepValue:  # noqa: ANN401 - images and parameters
+        """Call the step function as it is (inputs are passed unchanged)."""
+        return self.fn(*args, **kwargs)
+
+    def run(
+        self, positional: Sequence[StepValue], keyword: Mapping[str, StepValue], params: Mapping[str, Any]
+    ) -> StepValue:
+        """Call the step on context values: inputs annotated :class:`StepOutput` receive the whole value,
+        every other input just its image."""
+
+        def hand_over(name: str | None, value: StepValue) -> StepValue:
+            return output_of(value) if name in self.whole_inputs else image_of(value)
+
+        names = [*self.inputs, *[None] * len(positional)]
+        args = [hand_over(names[i], value) for i, value in enumerate(positional)]
+        kwargs = {key: hand_over(key, value) for key, value in keyword.items()}
+        return self.fn(*args, **kwargs, **dict(params))
+
+
+class StepRegistry(Mapping[str, Step]):
+    """Every step by name, built from step modules (see the module docstring); read-only."""
+
+    def __init__(self, steps: Iterable[Step]) -> None:
+        table: dict[str, Step] = {}
+        for entry in steps:
+            known = table.get(entry.name)
+            if known is not None and known.fn is not entry.fn:
+                raise PipelineError(
+                    f"Step name '{entry.name}' is declared twice: by {_where(known.fn)} "
+                    f"and by {_where(entry.fn)}."
+                )
+            table[entry.name] = entry
+        self._steps = MappingProxyType(table)
+
+    @classmethod
+    def from_modules(cls, modules: Iterable[ModuleType]) -> StepRegistry:
+        """The steps declared (``@step``) by functions defined in ``modules``."""
+        found = []
+        for module in modules:
+            for value in vars(module).values():
+                if callable(value) and getattr(value, "__module__", None) == module.__name__:
+                    found.extend(Step.of(name, value) for name in step_names(value))
+        return cls(found)
+
+    def __getitem__(self, name: str) -> Step:
+        return self._steps[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._steps)
+
+    def __len__(self) -> int:
+        return len(self._steps)
+
+
+@step("grid.working")
 def working_grid(image: sitk.Image, *, spacing_mm: float = 2.0) -> sitk.Image:
     """Resample (anti-aliased) so no axis is finer than ``spacing_mm``: the organ chains' grid."""
     return common.to_working_grid(image, spacing_mm)
 
 
+@step("grid.to_source")
 def to_source(mask: sitk.Image, reference: sitk.Image) -> sitk.Image:
     """A working-grid mask (uint8) or label map back on the source grid of ``reference``."""
     arr = sitk.GetArrayFromImage(mask)
@@ -45,6 +150,7 @@ def to_source(mask: sitk.Image, reference: sitk.Image) -> sitk.Image:
     return img
 
 
+@step("body.mask")
 def body_mask(image: sitk.Image, *, air_hu: float = -400.0) -> sitk.Image:
     """The patient's body on CT (largest component above ``air_hu``, internal air filled)."""
     array, spacing = common.array_of(image)
@@ -53,16 +159,19 @@ def body_mask(image: sitk.Image, *, air_hu: float = -400.0) -> sitk.Image:
     return out
 
 
+@step("labels.select")
 def select_label(labels: sitk.Image, *, value: int = 1) -> sitk.Image:
     """One label of a label map as a uint8 mask."""
     return sitk.Cast(sitk.BinaryThreshold(labels, value, value, 1, 0), sitk.sitkUInt8)
 
 
+@step("labels.select_any")
 def select_any(labels: sitk.Image) -> sitk.Image:
     """Every non-zero label of a label map as one uint8 mask."""
     return sitk.Cast(labels > 0, sitk.sitkUInt8)
 
 
+@step("filter.median")
 def median(image: sitk.Image, *, radius_mm: float = 2.0) -> sitk.Image:
     """Median filter with a physical radius: at least one voxel along every axis whose spacing is at
     most 2.5 × the radius (thick slices are not filtered across)."""
@@ -70,6 +179,7 @@ def median(image: sitk.Image, *, radius_mm: float = 2.0) -> sitk.Image:
     return sitk.Median(sitk.Cast(image, sitk.sitkFloat32), radius)
 
 
+@step("guided.contrast")
 def guided_contrast(
     image: sitk.Image,
     mask: sitk.Image,
@@ -121,33 +231,12 @@ def guided_contrast(
     return sitk.Paste(result, patch, patch.GetSize(), [0, 0, 0], [int(v) for v in lo[::-1]])
 
 
-GLUE_STEPS: Mapping[str, Callable[..., sitk.Image]] = MappingProxyType(
-    {
-        "grid.working": working_grid,
-        "grid.to_source": to_source,
-        "body.mask": body_mask,
-        "labels.select": select_label,
-        "labels.select_any": select_any,
-        "filter.median": median,
-        "guided.contrast": guided_contrast,
-    }
+#: The modules whose ``@step`` functions make up the registry (a new step module is added here).
+STEP_MODULES: tuple[ModuleType, ...] = (
+    preprocess, segment, enhance, artifacts, fuse, model, liver, lung, brain, lesions,
 )
 
 
-def step_registry() -> Mapping[str, Callable[..., sitk.Image]]:
-    """All steps by name (the catalogue modules that are installed, organ chains, lesions, glue)."""
-    from dicomnode.imaging import lesions
-    from dicomnode.imaging.organs import brain, liver, lung
-
-    steps: dict[str, Callable[..., sitk.Image]] = {}
-    for module_name in CATALOGUE_MODULES:
-        try:
-            module = importlib.import_module(f"dicomnode.imaging.{module_name}")
-        except ImportError:
-            log.debug("Step module dicomnode.imaging.%s is not available", module_name)
-            continue
-        for name, fn in getattr(module, "STEPS", {}).items():
-            steps[name if "." in name else f"{module_name}.{name}"] = fn
-    for table in (liver.STEPS, lung.STEPS, brain.STEPS, lesions.STEPS, GLUE_STEPS):
-        steps.update(table)
-    return MappingProxyType(steps)
+def step_registry() -> StepRegistry:
+    """All steps by name: those of :data:`STEP_MODULES` and the glue steps of this module."""
+    return StepRegistry.from_modules((*STEP_MODULES, sys.modules[__name__]))

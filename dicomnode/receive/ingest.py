@@ -30,6 +30,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
 
 from dicomnode.assemble.assembler import Assembler
 from dicomnode.errors import InvalidUIDError, SpoolError
+from dicomnode.observability.logging import log_context, register_phi
 from dicomnode.spool.header import HeaderError, InstanceHeader, check_complete, parse_dataset
 from dicomnode.spool.index import SpoolIndex
 from dicomnode.spool.store import OutOfSpaceError, Spool
@@ -88,8 +89,33 @@ class Ingest:
         self.index = index
         self.assembler = assembler
         self.clock = clock
+        # observers (e.g. metrics): called with the size in bytes of every newly stored instance, and
+        # with the status as text ('0xA700') of every refused or failed one
+        self.on_stored: list[Callable[[int], None]] = []
+        self.on_failed: list[Callable[[str], None]] = []
 
     def store(
+        self,
+        encoded: bytes | memoryview,
+        *,
+        transfer_syntax: str,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        calling_aet: str,
+    ) -> StoreResult:
+        """Store one dataset (lines logged carry ``calling_aet``/``sop_uid``); observers hear the outcome."""
+        with log_context(calling_aet=calling_aet, sop_uid=sop_instance_uid):
+            result = self._store(encoded, transfer_syntax=transfer_syntax, sop_class_uid=sop_class_uid,
+                                 sop_instance_uid=sop_instance_uid, calling_aet=calling_aet)
+        if result.status != SUCCESS:
+            for failed in self.on_failed:
+                failed(f"0x{result.status:04X}")
+        elif not result.duplicate:
+            for stored in self.on_stored:
+                stored(len(encoded))
+        return result
+
+    def _store(
         self,
         encoded: bytes | memoryview,
         *,
@@ -107,6 +133,7 @@ class Ingest:
         except HeaderError as exc:
             log.warning("Refused %s (0x%04X): %s", where, CANNOT_UNDERSTAND, exc)
             return StoreResult(CANNOT_UNDERSTAND, "Not a complete DICOM dataset")
+        register_phi(header.patient_name, header.patient_id)  # until store()'s log_context ends
         if sop_instance_uid and header.sop_instance_uid != sop_instance_uid:
             log.warning(
                 "Refused %s (0x%04X): the dataset's SOP Instance UID is '%s'.",

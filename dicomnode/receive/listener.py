@@ -78,10 +78,12 @@ class Listener:
         self.space_check = space_check
         self.ae = self._build_ae()
         self._server: ThreadedAssociationServer | None = None
-        # observers (e.g. metrics): called with no argument per accepted association, and with the
-        # reason label (see REJECT_REASONS) per association pynetdicom rejects
+        # observers (e.g. metrics): called with no argument per accepted association, with the reason
+        # label (see REJECT_REASONS) per rejected association (pynetdicom's and the disk-full refusal),
+        # and with the outcome of every spool space check (True: full, the association is refused)
         self.on_accepted: list[Callable[[], None]] = []
         self.on_rejected: list[Callable[[str], None]] = []
+        self.on_space_checked: list[Callable[[bool], None]] = []
         # N-EVENT-REPORTs a peer sends (a PACS's storage commitment reports): called with
         # (calling AE, SOP Class UID, Event Type ID, event information data set); an observer that raises
         # makes the answer 0x0110 (processing failure), so the peer reports again
@@ -171,6 +173,15 @@ class Listener:
                 REJECT_TRANSIENT, SOURCE_PROVIDER_PRESENTATION, REASON_TEMPORARY_CONGESTION
             )
             event.assoc.kill()  # as pynetdicom does after its own rejections: waits until the PDU is sent
+            self._publish_space(full=True)
+            for rejected in self.on_rejected:  # pynetdicom raises no EVT_REJECTED for this refusal
+                rejected(REJECT_REASONS[(SOURCE_PROVIDER_PRESENTATION, REASON_TEMPORARY_CONGESTION)])
+            return
+        self._publish_space(full=False)
+
+    def _publish_space(self, *, full: bool) -> None:
+        for observer in self.on_space_checked:
+            observer(full)
 
     def _on_accepted(self, event: evt.Event) -> None:
         for observer in self.on_accepted:

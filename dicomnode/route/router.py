@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -28,11 +27,12 @@ from dicomnode.database import Database
 from dicomnode.errors import DicomNodeError, RuleError
 from dicomnode.events import SeriesReady, StudyReady
 from dicomnode.jobs import JobSpec
-from dicomnode.route.decisions import Decision, DecisionLog, RecordedDecision
+from dicomnode.route.decisions import Decision, DecisionLog, DecisionState, RecordedDecision
 from dicomnode.route.evaluate import EvalContext, rule_holds
 from dicomnode.route.headers import HeaderCache, SeriesView, dicom_files
 from dicomnode.route.ruleset import LoadedRule, RuleSet
 from dicomnode.route.watcher import RuleBook
+from dicomnode.spool.index import SpoolIndex
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,7 @@ class Router:
         self.database = database
         self.book = book
         self.decisions = DecisionLog(database, clock)
+        self.index = SpoolIndex(database, config.storage.spool_dir)
         self.submit_job = submit_job
         self.forward = forward
         self.headers = header_cache or HeaderCache()
@@ -210,21 +211,11 @@ class Router:
 
     def _arrival(self, study_uid: str, series_uid: str | None) -> tuple[str | None, datetime]:
         """The sender's AE title (most instances) and the last receive time, from the spool index."""
-        sql = (
-            "SELECT calling_aet, COUNT(*) AS n, MAX(received_at) AS last FROM spool_instances "
-            "WHERE study_uid = ?" + (" AND series_uid = ?" if series_uid else "")
-            + " GROUP BY calling_aet ORDER BY n DESC"
-        )
-        args = (study_uid, series_uid) if series_uid else (study_uid,)
-        try:
-            rows = self.database.conn.execute(sql, args).fetchall()
-        except sqlite3.OperationalError:  # no spool index (dry runs on a bare database)
-            rows = []
-        if not rows:
+        senders = self.index.senders(study_uid, series_uid)
+        if not senders:
             return None, datetime.fromtimestamp(self.clock())
-        last = max(float(r["last"]) for r in rows)
-        aet = str(rows[0]["calling_aet"] or "") or None
-        return aet, datetime.fromtimestamp(last)
+        last = max(at for _, _, at in senders)
+        return senders[0][0] or None, datetime.fromtimestamp(last)
 
     def _decide(
         self, level: str, ruleset: RuleSet | None, ctx: EvalContext, generation: int
@@ -286,10 +277,10 @@ class Router:
                 reason = f"rule {d.rule} (rules {d.ruleset_hash[:12]})"
                 self.forward(list(files), list(d.destinations), reason)
         except Exception as exc:  # the action's failure becomes the decision's state (stage boundary)
-            self.decisions.mark(item.id, "failed", f"{type(exc).__name__}: {exc}")
+            self.decisions.mark(item.id, DecisionState.FAILED, f"{type(exc).__name__}: {exc}")
             log.error("Rule %s on %s %s: action %s failed: %s", d.rule, d.level, subject, d.action, exc)
             return
-        self.decisions.mark(item.id, "done")
+        self.decisions.mark(item.id, DecisionState.DONE)
         log.info(
             "Routed %s %s by rule %s (rules %s): %s%s%s.", d.level, subject, d.rule or "-",
             d.ruleset_hash[:12] or "-", d.action, f" {d.pipeline}" if d.pipeline else "",
@@ -306,6 +297,6 @@ class Router:
         )
         recorded = self.decisions.record([decision])
         for item in recorded:
-            self.decisions.mark(item.id, "failed", str(error))
+            self.decisions.mark(item.id, DecisionState.FAILED, str(error))
         log.error("%s %s could not be routed: %s", level.capitalize(), series_uid or study_uid, error)
         return recorded

@@ -21,9 +21,10 @@ from pydantic import ValidationError
 from dicomnode.errors import RuleError
 from dicomnode.route.evaluate import EvalContext, Explanation, rule_holds
 from dicomnode.route.rules import Rule
-from dicomnode.route.yamlsource import LineDict, LineList, load_yaml
+from dicomnode.yamlsource import LineDict, LineList, field_problems, load_yaml, yaml_problem
 
 RULE_SUFFIXES = (".yaml", ".yml")
+UNKNOWN_KEY_HINT = " (check the spelling; see README 'Routing rules')"
 
 
 @dataclass(frozen=True)
@@ -161,59 +162,6 @@ def fingerprint(folder: Path) -> tuple[tuple[str, int, int], ...]:
     return tuple(out)
 
 
-def _reason(errors: list[dict[str, Any]]) -> str:
-    first = errors[0]
-    if first["type"] == "extra_forbidden":
-        return f"unknown key '{first['loc'][-1]}' (check the spelling; see README 'Routing rules')"
-    if first["type"] == "missing":
-        return f"'{first['loc'][-1]}' is required"
-    if {e["type"] for e in errors} <= {"string_type", "int_type", "float_type", "list_type"}:
-        return f"should be text, a number or a list of them (got {first.get('input')!r})"
-    messages = []
-    for error in errors:
-        message = str(error["msg"]).removeprefix("Value error, ")
-        message = message.replace("Input should be ", "" if len(errors) > 1 else "should be ")
-        if message not in messages:
-            messages.append(message)
-    text = " or ".join(messages)
-    if len(errors) > 1:
-        text = "should be " + text
-    if first["type"] not in ("value_error", "condition_kind") and not isinstance(first.get("input"), dict):
-        text += f" (got {first.get('input')!r})"
-    return text
-
-
-_UNION_TAGS = {
-    "tag", "all", "any", "not", "calling_ae", "called_ae", "instances", "series_in_study", "time",
-    "study_has_series", "ValueTest", "str", "int", "float", "bool", "list[union[str,int,float]]",
-}
-
-
-def _locate(data: Any, loc: Sequence[int | str]) -> tuple[str, int | None]:
-    """The key path of an error as the administrator wrote it (union tags dropped) and its line."""
-    out = ""
-    node = data
-    line = getattr(data, "line", None)
-    for i, part in enumerate(loc):
-        following = loc[i + 1] if i + 1 < len(loc) else None
-        if isinstance(node, dict):
-            previous = loc[i - 1] if i else None
-            if part in _UNION_TAGS and (following in node or (following is None and previous != part)):
-                continue
-            if part in node:
-                out += f".{part}" if out else str(part)
-                line = node.key_lines.get(part, line) if isinstance(node, LineDict) else line
-                node = node[part]
-            elif isinstance(part, str) and part not in _UNION_TAGS:
-                out += f".{part}" if out else part
-                node = None
-        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
-            out += f"[{part}]"
-            line = node.item_lines[part] if isinstance(node, LineList) else line
-            node = node[part]
-    return out, line
-
-
 def _validate_rule(item: Any, file: str, index: int) -> tuple[Rule | None, list[RuleIssue]]:
     name = item.get("name") if isinstance(item, dict) and isinstance(item.get("name"), str) else None
     label = name or f"#{index + 1}"
@@ -223,15 +171,9 @@ def _validate_rule(item: Any, file: str, index: int) -> tuple[Rule | None, list[
     try:
         return Rule.model_validate(item), []
     except ValidationError as exc:
-        grouped: dict[str, list[dict[str, Any]]] = {}
-        lines: dict[str, int | None] = {}
-        for error in exc.errors():
-            key, where = _locate(item, error["loc"])
-            grouped.setdefault(key, []).append(error)
-            lines.setdefault(key, where or line)
         return None, [
-            RuleIssue(file, lines[key], label, f"{key + ': ' if key else ''}{_reason(errors)}")
-            for key, errors in grouped.items()
+            RuleIssue(file, problem.line or line, label, str(problem))
+            for problem in field_problems(exc, item, UNKNOWN_KEY_HINT)
         ]
 
 
@@ -248,9 +190,8 @@ def parse_rule_file(
     try:
         data = load_yaml(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc)
-        return [], [RuleIssue(file, mark.line + 1 if mark else None, None, f"invalid YAML: {problem}")], raw
+        line, problem = yaml_problem(exc)
+        return [], [RuleIssue(file, line, None, problem)], raw
     if data is None:
         return [], [], raw
     if isinstance(data, LineDict):

@@ -1,7 +1,8 @@
 """Hands completion events to the registered handlers on one worker thread.
 
 Events are queued in process and delivered in order. A handler that raises is logged with the event's
-identifiers and never stops the worker. After the handlers have run the event is marked handed on in
+identifiers and never stops the worker. Every line written while an event is handled carries its
+``study_uid``/``series_uid``. After the handlers have run the event is marked handed on in
 ``assembly_events``; an event superseded meanwhile (its series re-opened or completed again) is dropped,
 because the newer generation will be delivered instead.
 """
@@ -16,6 +17,7 @@ from collections.abc import Callable
 
 from dicomnode.assemble.assembler import Assembler, Event
 from dicomnode.events import SeriesReady
+from dicomnode.observability.logging import log_context
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,11 @@ class EventDispatcher:
                 )  # type: ignore[arg-type]
 
     def deliver(self, event: Event) -> None:
+        """Run the handlers on ``event``; every line they write carries its ``study_uid``/``series_uid``."""
+        with log_context(study_uid=event.study_uid, series_uid=getattr(event, "series_uid", None)):
+            self._deliver(event)
+
+    def _deliver(self, event: Event) -> None:
         if not self.assembler.is_current(event):
             log.info("Dropped superseded completion: %s.", describe(event))
             return

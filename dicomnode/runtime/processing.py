@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -32,6 +32,7 @@ from dicomnode.send.results import enqueue_results
 log = logging.getLogger(__name__)
 
 FORWARD_PIPELINE = "forward"
+COMPARISON_RETRIES = 3  # new runs of a job whose comparison the prior source could not answer
 
 
 class Executor(Protocol):
@@ -56,6 +57,21 @@ def combined_profile(config: Config, destinations: Sequence[str]) -> dict[str, A
     return union.model_dump()
 
 
+class ProcessingMetrics(Protocol):
+    """What processing reports to (``dicomnode.observability.metrics.Metrics`` fits)."""
+
+    def pipeline_finished(self, pipeline: str, seconds: float, ok: bool) -> None: ...
+
+    def step_timings(self, pipeline: str, timings: Mapping[str, float]) -> None: ...
+
+
+class ProcessingAudit(Protocol):
+    """Where processing records ``processed``/``failed`` events (``AuditTrail`` fits)."""
+
+    def record(self, stage: str, study_uid: str, *, series_uid: str | None = None, job_id: str | None = None,
+               detail: Mapping[str, Any] | None = None) -> None: ...
+
+
 class Processing:
     """``submit(spec, priority=…)`` for the router; ``start()``/``stop()`` as a service component."""
 
@@ -65,9 +81,9 @@ class Processing:
         database: Database,
         *,
         executor: Executor | None = None,
-        metrics: Any = None,
-        audit: Any = None,
-        wake_sender: Any = None,
+        metrics: ProcessingMetrics | None = None,
+        audit: ProcessingAudit | None = None,
+        wake_sender: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
         self.jobs = JobStore(database, max_attempts=config.processing.max_attempts)
@@ -83,6 +99,7 @@ class Processing:
         self.audit = audit
         self.wake_sender = wake_sender
         self._lock = threading.Lock()
+        self._timers: list[threading.Timer] = []
 
     # -- component ------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -93,6 +110,9 @@ class Processing:
             self.executor.submit(spec, self._on_done)
 
     def stop(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
         self.executor.stop()
 
     # -- the router's submit_job ----------------------------------------------------------------------
@@ -100,6 +120,8 @@ class Processing:
         """Record and run ``spec``; returns the job's state after submission (``queued`` or ``done``)."""
         if spec.destinations and not spec.profile:
             spec = replace(spec, profile=combined_profile(self.config, spec.destinations))
+        if not spec.prior and (request := self.prior_request(spec)):
+            spec = replace(spec, prior=request)
         with log_context(job_id=spec.job_id, study_uid=spec.study_uid, series_uid=spec.series_uid):
             if spec.pipeline == FORWARD_PIPELINE:
                 queue_forward(self.outbox, [Path(f) for f in spec.input_files], spec.destinations,
@@ -119,6 +141,20 @@ class Processing:
                      spec.pipeline, spec.rule, priority, len(spec.input_files))
             self.executor.submit(spec, self._on_done)
             return "queued"
+
+    def prior_request(self, spec: JobSpec) -> dict[str, Any]:
+        """The comparison request for a job of a rule listed in ``priors.rules`` (else {})."""
+        priors = self.config.priors
+        if not priors.enabled or spec.rule not in priors.rules or not priors.source:
+            return {}
+        from dicomnode.compare.prior import PriorRequest
+
+        return PriorRequest(
+            source_name=priors.source,
+            source=self.config.destination(priors.source).model_dump(mode="json"),
+            method=priors.method, max_age_days=priors.max_age_days, wait_seconds=priors.wait_seconds,
+            node_ae=self.config.node.ae_title, spool_dir=str(self.config.storage.spool_dir),
+        ).to_json()
 
     def retry(self, job_id: str) -> JobSpec:
         """Run a failed job again (operator action)."""
@@ -141,6 +177,7 @@ class Processing:
             if result.ok:
                 self._deliver(spec, result)  # in the outbox before the job is recorded done
                 self.jobs.finish(result)
+                self._retry_comparison(spec, result)
             else:
                 self.jobs.finish(result)
                 self._failed(spec, result)
@@ -181,6 +218,29 @@ class Processing:
             return False
         policy = spec.on_qc_fail or self.config.destination(destination).on_qc_fail
         return QCPolicy(policy) is QCPolicy.HOLD
+
+    def _retry_comparison(self, spec: JobSpec, result: JobResult) -> None:
+        """A comparison the source could not answer is tried again after ``priors.retry_minutes`` as a
+        new run of the job (deterministic UIDs: its objects replace the ones sent without comparison),
+        at most ``COMPARISON_RETRIES`` times. The timer lives in this process: a restart forgets it."""
+        comparison = result.summary.get("comparison") or {}
+        if comparison.get("status") != "unavailable":
+            return
+        base, _, count = spec.job_id.partition("-cmp")
+        tries = int(count) if count.isdigit() else 0
+        if tries >= COMPARISON_RETRIES:
+            log.warning("Job %s: comparison still unavailable after %d retries; not tried again.",
+                        spec.job_id, tries)
+            return
+        retry = replace(spec, job_id=f"{base}-cmp{tries + 1}", attempt=1,
+                        output_dir=str(Path(spec.output_dir).with_name(f"{Path(base).name}-cmp{tries + 1}")))
+        delay = self.config.priors.retry_minutes * 60.0
+        log.info("Job %s: comparison unavailable (%s); tried again in %.0f min as job %s.", spec.job_id,
+                 comparison.get("reason", ""), delay / 60.0, retry.job_id)
+        timer = threading.Timer(delay, self.submit, args=(retry,))
+        timer.daemon = True
+        self._timers = [t for t in self._timers if t.is_alive()] + [timer]
+        timer.start()
 
     def _failed(self, spec: JobSpec, result: JobResult) -> None:
         log.error("Job %s (%s, attempt %d) failed: %s", spec.job_id, spec.pipeline, spec.attempt,

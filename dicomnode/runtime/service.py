@@ -34,16 +34,20 @@ class Component(Protocol):
 
 
 class Service:
-    """One dicomnode instance. Build it with :func:`dicomnode.runtime.wiring.build_service`."""
+    """One dicomnode instance: spool, index, assembler, dispatcher, ingest and listener, plus the components
+    added before :meth:`start`. Build it with :func:`dicomnode.runtime.wiring.build_service`."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self, config: Config, *, database: Database | None = None, quiet_resolver: QuietResolver | None = None
+    ) -> None:
+        """The core stages on ``database`` (opened from the config when None); ``quiet_resolver`` gives a
+        series' quiet period from the rules (the router's ``quiet_seconds_for``)."""
         self.config = config
-        self.database = Database(config.storage.database_path)
+        self.database = database if database is not None else Database(config.storage.database_path)
         self.spool = Spool(config.storage.spool_dir, fsync=config.storage.fsync)
         self.index = SpoolIndex(self.database, self.spool.root)
-        self.quiet_seconds_resolver: QuietResolver | None = None
         self.assembler = Assembler(
-            self.database, self.index, config.completion, self._emit, quiet_resolver=self._resolve_quiet
+            self.database, self.index, config.completion, self._emit, quiet_resolver=quiet_resolver
         )
         self.dispatcher = EventDispatcher(self.assembler)
         self.ingest = Ingest(self.spool, self.index, self.assembler)
@@ -70,10 +74,6 @@ class Service:
 
     def check_space(self) -> None:
         self.spool.check_space(self.config.storage.min_free_mb, self.config.storage.max_used_percent)
-
-    def _resolve_quiet(self, study_uid: str, series_uid: str) -> float | None:
-        resolver = self.quiet_seconds_resolver
-        return resolver(study_uid, series_uid) if resolver is not None else None
 
     def _emit(self, event: Event) -> None:
         self.dispatcher.put(event)
@@ -114,11 +114,8 @@ class Service:
             except Exception:  # a failed reload keeps the previous state; the hook reports why
                 log.exception("Reload hook %r failed.", hook)
 
-    def request_stop(self) -> None:
-        self._stop_requested.set()
-
     def run_forever(self) -> None:
-        """Start, serve until SIGTERM/SIGINT (or :meth:`request_stop`), then stop gracefully."""
+        """Start, serve until SIGTERM/SIGINT, then stop gracefully."""
         previous = {
             sig: signal.signal(sig, handler)
             for sig, handler in (

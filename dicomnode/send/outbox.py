@@ -16,25 +16,41 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
-from typing import Literal
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
 from dicomnode.config import OutboxConfig
-from dicomnode.database import Database
+from dicomnode.database import Database, Schema, Step, check_in, sql_list
 from dicomnode.errors import SendError
 
 log = logging.getLogger(__name__)
 
-State = Literal["queued", "sending", "sent", "failed", "dead"]
-Origin = Literal["result", "forward"]
-STATES: tuple[State, ...] = ("queued", "sending", "sent", "failed", "dead")
-PENDING: tuple[State, ...] = ("queued", "sending", "failed")
-ORIGINS: tuple[Origin, ...] = ("result", "forward")
 
-SCHEMA = """
+class OutboxState(StrEnum):
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"  # a retry is scheduled
+    DEAD = "dead"
+
+
+class Origin(StrEnum):
+    RESULT = "result"
+    FORWARD = "forward"
+
+
+State = OutboxState
+STATES: tuple[OutboxState, ...] = tuple(OutboxState)
+#: Rows still to be delivered (``failed`` has a retry scheduled).
+PENDING: tuple[OutboxState, ...] = (OutboxState.QUEUED, OutboxState.SENDING, OutboxState.FAILED)
+#: Rows the sender may claim now (when due).
+DUE: tuple[OutboxState, ...] = (OutboxState.QUEUED, OutboxState.FAILED)
+ORIGINS: tuple[Origin, ...] = tuple(Origin)
+
+DDL_V1 = f"""
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     destination TEXT NOT NULL,
@@ -42,9 +58,9 @@ CREATE TABLE IF NOT EXISTS outbox (
     sop_instance_uid TEXT NOT NULL,
     series_uid TEXT NOT NULL DEFAULT '',
     study_uid TEXT NOT NULL DEFAULT '',
-    origin TEXT NOT NULL CHECK (origin IN ('result', 'forward')),
+    origin TEXT NOT NULL {check_in("origin", Origin)},
     job_id TEXT,
-    state TEXT NOT NULL CHECK (state IN ('queued', 'sending', 'sent', 'failed', 'dead')),
+    state TEXT NOT NULL {check_in("state", OutboxState)},
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt_at REAL NOT NULL,
     last_error TEXT NOT NULL DEFAULT '',
@@ -55,9 +71,13 @@ CREATE TABLE IF NOT EXISTS outbox (
     sent_at REAL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS outbox_pending_sop ON outbox (destination, sop_instance_uid)
-    WHERE state IN ('queued', 'sending', 'failed');
+    WHERE state IN ({sql_list(PENDING)});
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, destination, next_attempt_at);
 """
+
+SCHEMA = Schema("outbox", ("outbox",), (Step("outbox", DDL_V1),))
+_PENDING = sql_list(PENDING)
+_DUE = sql_list(DUE)
 
 
 @dataclass(frozen=True)
@@ -70,7 +90,7 @@ class OutboxItem:
     study_uid: str
     origin: str
     job_id: str | None
-    state: str
+    state: OutboxState
     attempts: int
     next_attempt_at: float
     last_error: str
@@ -84,6 +104,7 @@ class OutboxItem:
         data = dict(row)  # type: ignore[call-overload]
         data.pop("resend", None)
         data["file_path"] = Path(data["file_path"])
+        data["state"] = OutboxState(data["state"])
         return cls(**data)
 
     def to_dict(self) -> dict[str, object]:
@@ -117,7 +138,7 @@ class Outbox:
         self.db = db
         self.config = config
         self._clock = clock
-        db.ensure_schema(SCHEMA)
+        db.migrate(SCHEMA)
 
     # -- producers -------------------------------------------------------------------------------
     def enqueue(
@@ -134,7 +155,7 @@ class Outbox:
             for path, ident in items:
                 row = conn.execute(
                     "SELECT id, state FROM outbox WHERE destination = ? AND sop_instance_uid = ? "
-                    "AND state IN ('queued', 'sending', 'failed')", (destination, ident.sop_instance_uid),
+                    f"AND state IN ({_PENDING})", (destination, ident.sop_instance_uid),
                 ).fetchone()
                 if row is None:
                     cur = conn.execute(
@@ -177,7 +198,7 @@ class Outbox:
     def due_destinations(self) -> builtins.list[str]:
         now = self._clock()
         rows = self.db.conn.execute(
-            "SELECT DISTINCT destination FROM outbox WHERE state IN ('queued', 'failed') "
+            f"SELECT DISTINCT destination FROM outbox WHERE state IN ({_DUE}) "
             "AND next_attempt_at <= ? ORDER BY destination", (now,),
         ).fetchall()
         return [r["destination"] for r in rows]
@@ -189,13 +210,13 @@ class Outbox:
         now = self._clock()
         with self.db.transaction() as conn:
             rows = conn.execute(
-                "SELECT * FROM outbox WHERE destination = ? AND state IN ('queued', 'failed') "
+                f"SELECT * FROM outbox WHERE destination = ? AND state IN ({_DUE}) "
                 "AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?", (destination, now, limit),
             ).fetchall()
             ids = [r["id"] for r in rows]
             conn.executemany("UPDATE outbox SET state = 'sending', updated_at = ? WHERE id = ?",
                              [(now, i) for i in ids])
-        return [OutboxItem.from_row({**dict(r), "state": "sending"}) for r in rows]
+        return [OutboxItem.from_row({**dict(r), "state": OutboxState.SENDING}) for r in rows]
 
     def mark_sent(self, ids: Sequence[int], status: int | None = 0) -> None:
         now = self._clock()
@@ -214,7 +235,7 @@ class Outbox:
 
     def mark_failed(
         self, item_id: int, error: str, *, status: int | None = None, permanent: bool = False
-    ) -> State:
+    ) -> OutboxState:
         """Record a failed attempt: ``failed`` with the next attempt scheduled, or ``dead`` when the
         attempts are used up or the failure is permanent. Returns the new state."""
         now = self._clock()
@@ -223,10 +244,11 @@ class Outbox:
             if row is None:
                 raise SendError(f"Outbox row {item_id} does not exist.")
             attempts = int(row["attempts"]) + 1
-            state: State = "dead" if permanent or attempts >= self.config.max_attempts else "failed"
+            dead = permanent or attempts >= self.config.max_attempts
+            state = OutboxState.DEAD if dead else OutboxState.FAILED
             if row["resend"] and not permanent:  # a newer file was queued meanwhile: try it right away
-                state, attempts = "queued", 0
-            delay = 0.0 if state == "queued" else self.backoff(attempts)
+                state, attempts = OutboxState.QUEUED, 0
+            delay = 0.0 if state == OutboxState.QUEUED else self.backoff(attempts)
             conn.execute(
                 "UPDATE outbox SET state = ?, attempts = ?, last_error = ?, last_status = ?, resend = 0, "
                 "next_attempt_at = ?, updated_at = ? WHERE id = ?",
@@ -253,14 +275,14 @@ class Outbox:
     def retry(self, item_id: int) -> OutboxItem:
         """Send a ``failed`` or ``dead`` entry again now (a dead one gets a fresh set of attempts)."""
         item = self.get(item_id)
-        if item.state not in ("failed", "dead"):
+        if item.state not in (OutboxState.FAILED, OutboxState.DEAD):
             raise SendError(f"Outbox entry {item_id} is '{item.state}'; only failed or dead entries can be "
                             "retried.")
         now = self._clock()
         with self.db.transaction() as conn:
             clash = conn.execute(
                 "SELECT id FROM outbox WHERE destination = ? AND sop_instance_uid = ? AND id != ? "
-                "AND state IN ('queued', 'sending', 'failed')",
+                f"AND state IN ({_PENDING})",
                 (item.destination, item.sop_instance_uid, item_id),
             ).fetchone()
             if clash is not None:
@@ -276,7 +298,7 @@ class Outbox:
         """Send every failed and dead entry again now; returns how many were re-queued."""
         count = 0
         for item in self.list(destination=destination):
-            if item.state in ("failed", "dead"):
+            if item.state in (OutboxState.FAILED, OutboxState.DEAD):
                 try:
                     self.retry(item.id)
                 except SendError as exc:  # a newer pending row exists: that one will be sent
@@ -290,9 +312,9 @@ class Outbox:
     ) -> int:
         """Delete entries: by default those that are finished (``sent`` and ``dead``). ``sending`` entries
         are in flight and cannot be purged. ``study_uid`` limits it to one study's entries."""
-        if state == "sending":
+        if state == OutboxState.SENDING:
             raise SendError("Entries in state 'sending' are in flight and cannot be purged.")
-        states = ("sent", "dead") if state is None else (state,)
+        states = (OutboxState.SENT, OutboxState.DEAD) if state is None else (state,)
         for s in states:
             if s not in STATES:
                 raise SendError(f"Outbox state '{s}' is not one of {', '.join(STATES)}.")
@@ -310,7 +332,7 @@ class Outbox:
     def depth_by_destination(self) -> dict[str, int]:
         """Pending entries (queued, sending, failed) per destination."""
         rows = self.db.conn.execute(
-            "SELECT destination, COUNT(*) AS n FROM outbox WHERE state IN ('queued', 'sending', 'failed') "
+            f"SELECT destination, COUNT(*) AS n FROM outbox WHERE state IN ({_PENDING}) "
             "GROUP BY destination ORDER BY destination"
         ).fetchall()
         return {r["destination"]: int(r["n"]) for r in rows}
@@ -323,6 +345,46 @@ class Outbox:
         ).fetchall():
             out.setdefault(r["destination"], {})[r["state"]] = int(r["n"])
         return out
+
+    # -- what the other stages ask of the outbox ---------------------------------------------------
+    def of_study(self, study_uid: str) -> builtins.list[OutboxItem]:
+        """Every entry of a study, oldest first."""
+        rows = self.db.conn.execute(
+            "SELECT * FROM outbox WHERE study_uid = ? ORDER BY id", (study_uid,)).fetchall()
+        return [OutboxItem.from_row(r) for r in rows]
+
+    def undelivered(self, study_uid: str) -> dict[OutboxState, int]:
+        """A study's entries per state, for every state but ``sent`` (empty: all of it was delivered)."""
+        rows = self.db.conn.execute(
+            "SELECT state, COUNT(*) AS n FROM outbox WHERE study_uid = ? AND state != ? GROUP BY state",
+            (study_uid, OutboxState.SENT),
+        ).fetchall()
+        return {OutboxState(r["state"]): int(r["n"]) for r in rows}
+
+    def study_counts(self, study_uids: Sequence[str]) -> dict[str, dict[OutboxState, int]]:
+        """Entries per state of each of ``study_uids`` (studies without entries are left out)."""
+        out: dict[str, dict[OutboxState, int]] = {}
+        if not study_uids:
+            return out
+        marks = ",".join("?" * len(study_uids))
+        for r in self.db.conn.execute(
+            f"SELECT study_uid, state, COUNT(*) AS n FROM outbox WHERE study_uid IN ({marks}) "
+            "GROUP BY study_uid, state", builtins.list(study_uids),
+        ):
+            out.setdefault(r["study_uid"], {})[OutboxState(r["state"])] = int(r["n"])
+        return out
+
+    def last_sent_by_study(self) -> dict[str, float]:
+        """The time of each study's last delivery (studies with none are left out)."""
+        rows = self.db.conn.execute(
+            "SELECT study_uid, MAX(sent_at) AS last FROM outbox WHERE sent_at IS NOT NULL GROUP BY study_uid"
+        ).fetchall()
+        return {r["study_uid"]: float(r["last"]) for r in rows}
+
+    def job_ids(self, study_uid: str) -> set[str]:
+        """The jobs whose results a study's entries deliver."""
+        return {r[0] for r in self.db.conn.execute(
+            "SELECT DISTINCT job_id FROM outbox WHERE study_uid = ? AND job_id IS NOT NULL", (study_uid,))}
 
     @staticmethod
     def _filter(state: str | None, destination: str | None) -> tuple[str, builtins.list[object]]:

@@ -18,7 +18,7 @@ from dicomnode.database import Database
 from dicomnode.errors import DicomNodeError, SendError
 from dicomnode.send.deidentify import Deidentifier
 from dicomnode.send.destination import Destination, DicomDestination, SendOutcome
-from dicomnode.send.outbox import Outbox, OutboxItem
+from dicomnode.send.outbox import Outbox, OutboxItem, OutboxState
 
 log = logging.getLogger(__name__)
 
@@ -187,13 +187,13 @@ class Sender:
         state = self.outbox.mark_failed(item.id, error, status=status, permanent=permanent)
         if self.metrics is not None:
             self.metrics.send_failed(name)
-        if state == "dead" and self.audit is not None and item.study_uid:
+        if state == OutboxState.DEAD and self.audit is not None and item.study_uid:
             self.audit.record("failed", item.study_uid, series_uid=item.series_uid, job_id=item.job_id,
                               detail={"stage": "send", "destination": name, "error": error,
                                       "sop_instance_uid": item.sop_instance_uid})
-        if quiet and state != "dead":
+        if quiet and state != OutboxState.DEAD:
             return  # the batch failure was logged once
-        level = logging.ERROR if state == "dead" else logging.WARNING
+        level = logging.ERROR if state == OutboxState.DEAD else logging.WARNING
         log.log(level, "Instance %s (series %s, job %s) not delivered to %s, now %s: %s",
                 item.sop_instance_uid, item.series_uid, item.job_id or "-", name, state, error,
                 extra={"destination": name, "sop_instance_uid": item.sop_instance_uid,

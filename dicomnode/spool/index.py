@@ -1,6 +1,6 @@
 """The SQLite index of the spool: one row per stored instance, owned by the spool.
 
-Table ``spool_instances`` (stable; other stages read it — prefer the :class:`SpoolIndex` methods)::
+Table ``spool_instances`` (owned here: other stages call the :class:`SpoolIndex` methods, never its SQL)::
 
     sop_instance_uid TEXT PRIMARY KEY   SOP Instance UID (file name without .dcm)
     study_uid, series_uid TEXT          Study/Series Instance UID (the folders)
@@ -25,11 +25,13 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from dicomnode.database import Database
+from dicomnode.database import Database, Schema, Step
 from dicomnode.spool.header import InstanceHeader
 
-SCHEMA = """
+#: Step 1 is the table as every release before schema versions created it: never edit it, append a step.
+DDL_V1 = """
 CREATE TABLE IF NOT EXISTS spool_instances (
     sop_instance_uid TEXT PRIMARY KEY,
     study_uid TEXT NOT NULL,
@@ -54,6 +56,8 @@ CREATE TABLE IF NOT EXISTS spool_instances (
 );
 CREATE INDEX IF NOT EXISTS spool_instances_series ON spool_instances (study_uid, series_uid);
 """
+
+SCHEMA = Schema("spool_index", ("spool_instances",), (Step("spool_instances", DDL_V1),))
 
 RECOVERED_AET = "(recovered)"
 
@@ -85,7 +89,7 @@ class SpoolIndex:
     def __init__(self, database: Database, root: Path) -> None:
         self.database = database
         self.root = Path(root)
-        database.ensure_schema(SCHEMA)
+        database.migrate(SCHEMA)
 
     def add(
         self,
@@ -182,3 +186,124 @@ class SpoolIndex:
             sql = "SELECT COUNT(*) FROM spool_instances WHERE study_uid = ? AND series_uid = ?"
             args = (study_uid, series_uid)
         return int(self.database.conn.execute(sql, args).fetchone()[0])
+
+    # -- what the other stages ask of the index ------------------------------------------------------
+    def series_counts(self) -> dict[tuple[str, str], int]:
+        """Instances per (study, series) over the whole index."""
+        rows = self.database.conn.execute(
+            "SELECT study_uid, series_uid, COUNT(*) AS n FROM spool_instances GROUP BY study_uid, series_uid"
+        ).fetchall()
+        return {(r["study_uid"], r["series_uid"]): int(r["n"]) for r in rows}
+
+    def all_series(self) -> list[SeriesSummary]:
+        """Every series of every study, in order of first arrival."""
+        rows = self.database.conn.execute(
+            """SELECT study_uid, series_uid, MAX(modality) AS modality, MIN(series_number) AS series_number,
+                      COUNT(*) AS instance_count, SUM(size) AS size, MAX(received_at) AS last_received_at
+               FROM spool_instances GROUP BY study_uid, series_uid ORDER BY MIN(received_at)"""
+        ).fetchall()
+        return [SeriesSummary(**dict(r)) for r in rows]
+
+    def search(
+        self, *, patient_pattern: str = "", date_from: str = "", date_to: str = "", modality: str = "",
+        study_uid: str = "", limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Studies newest first with patient name/ID, date, modalities, counts and last arrival; filtered by
+        a LIKE pattern on patient name or ID, a StudyDate range (YYYYMMDD), a modality or one study UID."""
+        where: list[str] = []
+        args: list[Any] = []
+        if patient_pattern:
+            where.append("study_uid IN (SELECT study_uid FROM spool_instances "
+                         "WHERE patient_name LIKE ? OR patient_id LIKE ?)")
+            args += [patient_pattern, patient_pattern]
+        if date_from:
+            where.append("study_date >= ?")
+            args.append(date_from)
+        if date_to:
+            where.append("study_date <= ?")
+            args.append(date_to)
+        if modality:
+            where.append("study_uid IN (SELECT study_uid FROM spool_instances WHERE modality = ?)")
+            args.append(modality)
+        if study_uid:
+            where.append("study_uid = ?")
+            args.append(study_uid)
+        sql = (
+            "SELECT study_uid, MAX(patient_name) AS patient_name, MAX(patient_id) AS patient_id, "
+            "MAX(study_date) AS study_date, GROUP_CONCAT(DISTINCT modality) AS modalities, "
+            "COUNT(DISTINCT series_uid) AS series_count, COUNT(*) AS instance_count, "
+            "MAX(received_at) AS last_received_at FROM spool_instances"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " GROUP BY study_uid ORDER BY last_received_at DESC LIMIT ?"
+        )
+        return [dict(r) for r in self.database.conn.execute(sql, [*args, limit]).fetchall()]
+
+    def received_per_minute(self, start: float, end: float) -> dict[int, int]:
+        """Instances stored in ``(start, end]`` per whole minute since ``start`` (bucket → count)."""
+        rows = self.database.conn.execute(
+            "SELECT CAST((received_at - ?) / 60 AS INTEGER) AS bucket, COUNT(*) AS n FROM spool_instances "
+            "WHERE received_at > ? AND received_at <= ? GROUP BY bucket", (start, start, end),
+        ).fetchall()
+        return {int(r["bucket"]): int(r["n"]) for r in rows}
+
+    def received_since(self, since: float) -> int:
+        return int(self.database.conn.execute(
+            "SELECT COUNT(*) FROM spool_instances WHERE received_at > ?", (since,)).fetchone()[0])
+
+    def totals(self) -> tuple[int, int, int]:
+        """(instances, studies, bytes) in the whole index."""
+        row = self.database.conn.execute(
+            "SELECT COUNT(*), COUNT(DISTINCT study_uid), COALESCE(SUM(size), 0) FROM spool_instances"
+        ).fetchone()
+        return int(row[0]), int(row[1]), int(row[2])
+
+    def total_bytes(self) -> int:
+        return self.totals()[2]
+
+    def senders(self, study_uid: str, series_uid: str | None = None) -> list[tuple[str, int, float]]:
+        """(calling AE title, instances, last receive time) of a study or series, most instances first."""
+        sql = (
+            "SELECT calling_aet, COUNT(*) AS n, MAX(received_at) AS last FROM spool_instances "
+            "WHERE study_uid = ?" + (" AND series_uid = ?" if series_uid else "")
+            + " GROUP BY calling_aet ORDER BY n DESC"
+        )
+        args = (study_uid, series_uid) if series_uid else (study_uid,)
+        rows = self.database.conn.execute(sql, args).fetchall()
+        return [(str(r["calling_aet"] or ""), int(r["n"]), float(r["last"])) for r in rows]
+
+    def study_instances(self, study_uid: str) -> list[sqlite3.Row]:
+        """The study's rows by SeriesNumber, series and InstanceNumber."""
+        return self.database.conn.execute(
+            """SELECT * FROM spool_instances WHERE study_uid = ?
+               ORDER BY series_number, series_uid, instance_number""",
+            (study_uid,),
+        ).fetchall()
+
+    def study_size(self, study_uid: str, conn: sqlite3.Connection | None = None) -> tuple[int, int]:
+        """(instances, bytes) of a study."""
+        row = (conn or self.database.conn).execute(
+            "SELECT COUNT(*) AS n, COALESCE(SUM(size), 0) AS bytes FROM spool_instances WHERE study_uid = ?",
+            (study_uid,),
+        ).fetchone()
+        return int(row["n"]), int(row["bytes"])
+
+    def last_received(self, study_uid: str, conn: sqlite3.Connection | None = None) -> float | None:
+        row = (conn or self.database.conn).execute(
+            "SELECT MAX(received_at) FROM spool_instances WHERE study_uid = ?", (study_uid,)
+        ).fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def last_received_by_study(self) -> dict[str, float]:
+        rows = self.database.conn.execute(
+            "SELECT study_uid, MAX(received_at) AS last FROM spool_instances GROUP BY study_uid"
+        ).fetchall()
+        return {r["study_uid"]: float(r["last"]) for r in rows}
+
+    def study_paths(self, study_uid: str) -> list[str]:
+        """Paths (relative to the spool root) of the study's indexed files."""
+        return [r["path"] for r in self.database.conn.execute(
+            "SELECT path FROM spool_instances WHERE study_uid = ?", (study_uid,))]
+
+    def forget_study(self, study_uid: str, conn: sqlite3.Connection) -> int:
+        """Delete the study's rows (retention, inside its removal transaction); returns how many."""
+        return conn.execute("DELETE FROM spool_instances WHERE study_uid = ?", (study_uid,)).rowcount

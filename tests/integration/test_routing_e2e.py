@@ -112,7 +112,9 @@ def test_three_series_routed_and_hot_reload(dicomnode_node, tmp_path: Path) -> N
         assert result.returncode == 0, result.stderr
 
     for series_uid, (rule, action, pipeline, destinations) in expected.items():
-        rows = wait_for(lambda s=series_uid: decisions_for(node, s), f"decision for {series_uid}", node)
+        # a decision is recorded 'pending' before its action runs: wait for the action's outcome
+        rows = wait_for(lambda s=series_uid: [r for r in decisions_for(node, s) if r["state"] != "pending"],
+                        f"decision for {series_uid}", node)
         assert [(r["rule"], r["action"], r["pipeline"], json.loads(r["destinations"])) for r in rows] == [
             (rule, action, pipeline, destinations)
         ]

@@ -9,7 +9,10 @@ from scipy import ndimage
 
 from dicomnode.errors import ImagingError
 from dicomnode.imaging import enhance
+from dicomnode.pipelines.steps import step_registry
 from tests.phantoms import make_ct_phantom
+
+STEPS = step_registry()
 
 FEATHER_MM = 4.0
 
@@ -72,7 +75,7 @@ def test_outside_the_feather_band_is_bit_identical(name: str) -> None:
     params = dict(STEP_PARAMS[name])
     if name == "histogram_match":
         params.update(reference=sitk.ShiftScale(image, 30.0, 1.2), reference_mask=liver)
-    out = enhance.STEPS[name](image, mask=liver, feather_mm=FEATHER_MM, **params)
+    out = STEPS[f"enhance.{name}"](image, mask=liver, feather_mm=FEATHER_MM, **params)
     assert out.GetPixelID() == sitk.sitkFloat32
     assert out.GetSize() == image.GetSize() and out.GetOrigin() == image.GetOrigin()
     assert out.GetSpacing() == image.GetSpacing() and out.GetDirection() == image.GetDirection()
@@ -112,7 +115,7 @@ def test_cnr_inside_the_organ_improves_by_30_percent(name: str, params: dict) ->
     ct, image, liver = phantom()
     lesion, parenchyma = regions(ct)
     before = enhance.contrast_to_noise_ratio(image, lesion, parenchyma)
-    out = enhance.STEPS[name](image, mask=liver, **params)
+    out = STEPS[f"enhance.{name}"](image, mask=liver, **params)
     after = enhance.contrast_to_noise_ratio(out, lesion, parenchyma)
     assert after >= 1.3 * before, (before, after)
 
@@ -121,7 +124,7 @@ def test_cnr_inside_the_organ_improves_by_30_percent(name: str, params: dict) ->
 def test_contrast_steps_raise_lesion_contrast(name: str) -> None:
     ct, image, liver = phantom(noise=8.0)
     lesion, parenchyma = regions(ct)
-    out = enhance.STEPS[name](image, mask=liver, **STEP_PARAMS[name])
+    out = STEPS[f"enhance.{name}"](image, mask=liver, **STEP_PARAMS[name])
     assert contrast(out, lesion, parenchyma) >= 1.3 * contrast(image, lesion, parenchyma)
 
 
@@ -129,7 +132,7 @@ def test_contrast_steps_raise_lesion_contrast(name: str) -> None:
 def test_sharpening_steepens_lesion_edges(name: str) -> None:
     ct, image, liver = phantom(noise=2.0)
     smooth = sitk.SmoothingRecursiveGaussian(image, 2.0)  # a blurred acquisition
-    out = enhance.STEPS[name](smooth, mask=liver, **STEP_PARAMS[name])
+    out = STEPS[f"enhance.{name}"](smooth, mask=liver, **STEP_PARAMS[name])
     assert boundary_gradient(out, ct) >= 1.2 * boundary_gradient(smooth, ct)
 
 
@@ -174,7 +177,7 @@ def test_cnr_helper() -> None:
 def test_invalid_parameters_raise_imaging_error(name: str, params: dict, message: str) -> None:
     _, image, liver = phantom()
     with pytest.raises(ImagingError, match=message):
-        enhance.STEPS[name](image, mask=liver, **params)
+        STEPS[f"enhance.{name}"](image, mask=liver, **params)
 
 
 def test_empty_mask_is_an_error() -> None:

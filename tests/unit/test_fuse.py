@@ -8,6 +8,9 @@ import SimpleITK as sitk
 
 from dicomnode.errors import ImagingError
 from dicomnode.imaging import fuse
+from dicomnode.pipelines.steps import step_registry
+
+STEPS = step_registry()
 
 SHAPE = (4, 96, 96)
 
@@ -45,7 +48,7 @@ Y = (slice(60, 66), slice(60, 66))
 )
 def test_fused_image_carries_detail_of_both_inputs(name: str, minimum: float) -> None:
     a, b = pair()
-    fused = fuse.STEPS[name](a, other=b)
+    fused = STEPS[f"fuse.{name}"](a, other=b)
     assert fused.GetPixelID() == sitk.sitkFloat32 and fused.GetSize() == a.GetSize()
     # both features, measured on the CT scale (the MR feature on the intensity-matched MR)
     matched_b = fuse.weighted_average(a, other=b, weight=1.0)

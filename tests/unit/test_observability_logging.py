@@ -8,6 +8,7 @@ import logging
 import threading
 from collections.abc import Iterator
 
+import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
@@ -138,3 +139,39 @@ def test_reconfiguring_replaces_our_handler_only(restore_root: None) -> None:
     assert first.getvalue() == "" and "once" in second.getvalue()
     assert foreign in logging.getLogger().handlers
     logging.getLogger().removeHandler(foreign)
+
+
+def test_a_stage_line_quoting_the_patient_is_redacted_and_observers_hear_the_outcome(
+    restore_root: None, tmp_path
+) -> None:
+    """A modality that puts the patient ID into a UID field: the ingest refuses the instance and logs the
+    bad value, which is the patient's ID; the line keeps the identifiers but not the PHI."""
+    from dicomnode.assemble import Assembler
+    from dicomnode.config import CompletionConfig
+    from dicomnode.database import Database
+    from dicomnode.receive import Ingest
+    from dicomnode.spool import Spool, SpoolIndex
+    from tests.factories import ct_series, dataset_offset
+
+    source = ct_series(tmp_path / "src", slices=1, rows=16, cols=16, seed="phi")[0]
+    ds = pydicom.dcmread(source)
+    ds.PatientName, ds.PatientID, ds.SeriesInstanceUID = "Doe^Jane", "MRN-448812", "MRN-448812"
+    ds.save_as(tmp_path / "bad.dcm", enforce_file_format=True)
+    raw = (tmp_path / "bad.dcm").read_bytes()
+    spool, database = Spool(tmp_path / "spool"), Database(tmp_path / "db.sqlite3")
+    index = SpoolIndex(database, spool.root)
+    ingest = Ingest(spool, index, Assembler(database, index, CompletionConfig(), lambda e: None))
+    failed: list[str] = []
+    ingest.on_failed.append(failed.append)
+    stream = io.StringIO()
+    configure_logging(LoggingConfig(format="json"), stream)
+    result = ingest.store(raw[dataset_offset(raw):], transfer_syntax=str(ds.file_meta.TransferSyntaxUID),
+                          sop_class_uid=str(ds.SOPClassUID), sop_instance_uid=str(ds.SOPInstanceUID),
+                          calling_aet="CT1")
+    assert result.status == 0xA900 and failed == ["0xA900"]
+    (line,) = [entry for entry in _lines(stream) if entry["logger"] == "dicomnode.receive.ingest"]
+    assert "MRN-448812" not in json.dumps(line) and REDACTED in line["message"]
+    assert line["calling_aet"] == "CT1" and line["sop_uid"] == str(ds.SOPInstanceUID)
+    logging.getLogger("dicomnode.receive").warning("after the store: %s", "MRN-448812")  # block ended
+    assert _lines(stream)[-1]["message"] == "after the store: MRN-448812"
+    database.close()

@@ -20,7 +20,8 @@ def run_until(pipeline: str, last: str, image: sitk.Image) -> dict:
     spec = get_pipeline(pipeline)
     ids = [s.id for s in spec.steps]
     short: PipelineSpec = dataclasses.replace(spec, steps=spec.steps[: ids.index(last) + 1])
-    return {k: sitk.GetArrayFromImage(v) for k, v in execute(short, image).context.items() if k != "image"}
+    run = execute(short, image)
+    return {k: sitk.GetArrayFromImage(run.image(k)) for k in run.context if k != "image"}
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ def brain_of(image: sitk.Image, **params: float) -> np.ndarray:
     spec = get_pipeline("brain-mr").with_params({f"brain_work.{k}": v for k, v in params.items()})
     ids = [s.id for s in spec.steps]
     spec = dataclasses.replace(spec, steps=spec.steps[: ids.index("brain") + 1])
-    return sitk.GetArrayFromImage(execute(spec, image).context["brain"]) > 0
+    return sitk.GetArrayFromImage(execute(spec, image).image("brain")) > 0
 
 
 def read(name: str) -> tuple[sitk.Image, np.ndarray]:

@@ -45,7 +45,7 @@ def test_pipeline_file_errors_name_the_problem() -> None:
             "name: x\nversion: 1\ndescription: d\n"
             "steps:\n  - {id: a, use: lesions.detect, in: [image, mask]}\n"
         )
-    with pytest.raises(PipelineError, match="'description' is missing"):
+    with pytest.raises(PipelineError, match="<string>:1: description: 'description' is required"):
         parse_pipeline("name: x\nversion: 1\n")
     with pytest.raises(PipelineError, match="Feature 'original_firstorder_Meen' has no SR code"):
         parse_pipeline(

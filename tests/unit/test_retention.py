@@ -13,7 +13,7 @@ from dicomnode.config import Config
 from dicomnode.database import Database
 from dicomnode.observability.audit import AuditTrail
 from dicomnode.observability.metrics import Metrics
-from dicomnode.pipelines.jobstore import DDL as JOBS_SCHEMA
+from dicomnode.pipelines.jobstore import SCHEMA as JOBS_SCHEMA
 from dicomnode.route.decisions import SCHEMA as DECISIONS_SCHEMA
 from dicomnode.runtime.retention import DAY, Retention
 from dicomnode.send.outbox import SCHEMA as OUTBOX_SCHEMA
@@ -33,8 +33,8 @@ class Site:
             {"storage": {"path": str(root)}, "retention": {"enabled": True, "keep_days": 30}}
         )
         self.db = Database(self.config.storage.database_path)
-        for ddl in (SPOOL_SCHEMA, ASSEMBLY_SCHEMA, OUTBOX_SCHEMA, JOBS_SCHEMA, DECISIONS_SCHEMA):
-            self.db.ensure_schema(ddl)
+        for schema in (SPOOL_SCHEMA, ASSEMBLY_SCHEMA, OUTBOX_SCHEMA, JOBS_SCHEMA, DECISIONS_SCHEMA):
+            self.db.migrate(schema)
         self.audit = AuditTrail(self.db)
         self.spool = self.config.storage.spool_dir
 

@@ -286,9 +286,11 @@ def test_watcher_reloads_on_change(tmp_path: Path, node) -> None:
     assert watcher.poll() is False  # nothing changed since
 
 
-def test_attach_routing_registers_handler_resolver_reload_and_watcher(tmp_path: Path) -> None:
-    from dicomnode.route.attach import attach_routing
-    from dicomnode.runtime.service import Service
+def test_build_service_wires_router_resolver_reload_watcher_metrics_and_audit(tmp_path: Path) -> None:
+    from dicomnode.observability.audit import AuditTrail
+    from dicomnode.observability.completion import CompletionRecorder
+    from dicomnode.route.hooks import ObservedRouting
+    from dicomnode.runtime.wiring import build_service
 
     rules = tmp_path / "rules"
     rules.mkdir()
@@ -296,17 +298,18 @@ def test_attach_routing_registers_handler_resolver_reload_and_watcher(tmp_path: 
     config = Config.model_validate(
         {"storage": {"path": str(tmp_path / "data")}, "rules": {"path": str(rules)}, "node": {"port": 1}}
     )
-    service = Service(config)
+    service = build_service(config)
     try:
-        router = attach_routing(service)
-        (handler,) = service.dispatcher.handlers  # the router, wrapped to count matches and audit
-        handler(SeriesReady("1.2.3", "1.2.3.4", 0, 1, "quiet", tmp_path / "empty"))
+        recorder, routing = service.dispatcher.handlers  # completion (metrics, audit), then the router
+        assert isinstance(recorder, CompletionRecorder) and isinstance(routing, ObservedRouting)
+        routing(SeriesReady("1.2.3", "1.2.3.4", 0, 1, "quiet", tmp_path / "empty"))
         (decision,) = read_decisions(config.storage.database_path, study_uid="1.2.3")
         assert decision["action"] == "unrouted" and "no instances" in decision["explanation"]
-        assert service.quiet_seconds_resolver == router.quiet_seconds_for
+        assert [e["stage"] for e in AuditTrail(service.database).events("1.2.3")] == ["routed"]
+        assert service.assembler.quiet_resolver == routing.router.quiet_seconds_for
         assert any(isinstance(c, RuleWatcher) for c in service._components)
         (rules / "r.yaml").write_text("- {name: b, then: {quiet_seconds: 3}}\n")
         service.reload()  # what SIGHUP does
-        assert [r.name for r in router.book.current.rules] == ["b"]
+        assert [r.name for r in routing.router.book.current.rules] == ["b"]
     finally:
         service.database.close()

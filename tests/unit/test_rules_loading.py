@@ -95,8 +95,9 @@ def test_unknown_tag_and_key_and_wrong_type_name_line_rule_and_reason(tmp_path: 
         ("- {name: a, then: {params: {x: 1}, discard: true}}\n", "params are given but no pipeline"),
         ("- {name: a, then: {}}\n", "an action needs at least one of"),
         ("- {name: a, level: patient, then: {discard: true}}\n", "level: should be 'series' or 'study'"),
-        ("- {name: a, priority: high, then: {discard: true}}\n", "priority: should be a valid integer"),
-        ("- {name: a, then: {quiet_seconds: -1}}\n", "quiet_seconds: should be greater than or equal to 0"),
+        ("- {name: a, priority: high, then: {discard: true}}\n",
+         "priority: should be a whole number (got 'high')"),
+        ("- {name: a, then: {quiet_seconds: -1}}\n", "quiet_seconds: should be at least 0 (got -1)"),
         ("- {name: a, when: {tag: Modality, equals: NO}, then: {discard: true}}\n", None),  # YAML 1.2: 'NO'
         ("- {name: a, when: {time: {between: [18:00, 07:00]}}, then: {stop: true}}\n", None),  # not base 60
         ("- just a string\n", "rule '#1': a rule must be a mapping, not str"),

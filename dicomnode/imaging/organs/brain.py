@@ -39,6 +39,7 @@ from dicomnode.imaging.organs.common import (
     largest_components,
     refine_boundary,
 )
+from dicomnode.imaging.step import step
 
 
 def _mask(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
@@ -51,6 +52,7 @@ def _sample(values: np.ndarray) -> np.ndarray:
     return values[:: max(1, values.size // 1_000_000)]
 
 
+@step("brain.head")
 def head(image: sitk.Image, *, min_width_mm: float = 110.0, max_width_mm: float = 280.0) -> sitk.Image:
     """The head (uint8): tissue above the background, largest component, holes filled; ImagingError
     when it is not head-sized in-plane (``min_width_mm``–``max_width_mm`` along both in-plane axes)."""
@@ -106,6 +108,7 @@ def _central(head_mask: np.ndarray, spacing, fraction: float) -> np.ndarray:  # 
     return head_mask & (distance2 <= radius**2)
 
 
+@step("brain.extract")
 def extract(
     image: sitk.Image,
     head_mask: sitk.Image,
@@ -164,6 +167,3 @@ def _check_volume(brain: np.ndarray, spacing, low_ml: float, high_ml: float) -> 
             f"The brain mask measures {volume:.0f} ml, outside the plausible {low_ml:.0f}-{high_ml:.0f} ml: "
             "skull stripping failed (unusual contrast, strong artefacts or not a head scan)."
         )
-
-
-STEPS = {"brain.head": head, "brain.extract": extract}

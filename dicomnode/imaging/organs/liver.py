@@ -9,8 +9,9 @@ Each function is a pipeline step (``liver.*`` in ``liver-ct.yaml``) on the *work
   the posterior third (spine, kidneys, back muscles) are left out of the region used for statistics.
 * ``threshold`` — the liver's intensity band estimated from the image: the soft-tissue mode of the
   histogram inside the localisation region (robust to native ≈ 55 HU vs portal-venous ≈ 90–110 HU) ±
-  ``band_sigmas`` × its spread (at least ``min_half_width_hu``). The band is stored on the mask as
-  metadata ``dicomnode.band`` (``low,high``) and ends up in the job summary.
+  ``band_sigmas`` × its spread (at least ``min_half_width_hu``). The step returns the mask with the
+  estimates ``band`` (``(low, high)`` HU) and ``mode``; they travel with the mask to the next steps and
+  end up in the job summary.
 * ``select_region`` — after opening, the connected component that overlaps the localisation region most.
 * ``supervoxel_refine`` — SLIC supervoxels (scikit-image) over the dilated region; a supervoxel is kept
   when its mean lies in the band and most of it is in the region: the boundary follows image edges.
@@ -39,6 +40,7 @@ from dicomnode.imaging.organs.common import (
     physical_axes,
     refine_boundary,
 )
+from dicomnode.imaging.step import StepOutput, step
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,7 @@ def lung_air(array: np.ndarray, body: np.ndarray, spacing, air_hu: float = -500.
     return np.isin(labels, np.flatnonzero(sizes > 20.0))
 
 
+@step("liver.localise")
 def localise(
     image: sitk.Image, body: sitk.Image, *, extent_mm: float = 220.0, wall_mm: float = 12.0
 ) -> sitk.Image:
@@ -92,6 +95,7 @@ def localise(
     return _mask(region, image)
 
 
+@step("liver.threshold")
 def threshold(
     image: sitk.Image,
     region: sitk.Image,
@@ -101,7 +105,7 @@ def threshold(
     low_extra_hu: float = 15.0,
     search_low_hu: float = 0.0,
     search_high_hu: float = 220.0,
-) -> sitk.Image:
+) -> StepOutput:
     """Voxels in the liver's intensity band (estimated inside ``region``)."""
     array, _ = array_of(image)
     values = array[_bool(region)]
@@ -111,23 +115,23 @@ def threshold(
     low = max(mode - half - low_extra_hu, valley_low)
     high = min(mode + half, valley_high)
     log.debug("liver band %.1f..%.1f HU (mode %.1f, spread %.1f)", low, high, mode, sigma)
-    out = _mask((array >= low) & (array <= high), image)
-    out.SetMetaData("dicomnode.band", f"{low:.1f},{high:.1f}")
-    out.SetMetaData("dicomnode.mode", f"{mode:.1f}")
-    return out
+    return StepOutput(_mask((array >= low) & (array <= high), image), {"band": (low, high), "mode": mode})
 
 
-def band_of(mask: sitk.Image) -> tuple[float, float]:
-    if not mask.HasMetaDataKey("dicomnode.band"):
+def band_of(mask: StepOutput) -> tuple[float, float]:
+    """The liver's intensity band a mask carries (estimated by ``liver.threshold``)."""
+    if "band" not in mask.estimates:
         raise ImagingError("The candidate mask carries no intensity band (run liver.threshold first).")
-    low, high = (float(v) for v in mask.GetMetaData("dicomnode.band").split(","))
-    return low, high
+    low, high = mask.estimates["band"]  # type: ignore[misc]
+    return float(low), float(high)
 
 
-def select_region(candidate: sitk.Image, region: sitk.Image, *, opening_mm: float = 5.0) -> sitk.Image:
-    """Open by ``opening_mm`` (cuts bridges to neighbours), keep the component overlapping ``region`` most."""
-    cand = _bool(candidate)
-    spacing = tuple(candidate.GetSpacing()[::-1])
+@step("liver.select_region")
+def select_region(candidate: StepOutput, region: sitk.Image, *, opening_mm: float = 5.0) -> StepOutput:
+    """Open by ``opening_mm`` (cuts bridges to neighbours), keep the component overlapping ``region`` most;
+    the candidate's estimates (the band) carry over."""
+    cand = _bool(candidate.image)
+    spacing = tuple(candidate.image.GetSpacing()[::-1])
     opened = open_mm(cand, opening_mm, spacing)
     labels, n = ndimage.label(opened)
     if n == 0:
@@ -136,24 +140,22 @@ def select_region(candidate: sitk.Image, region: sitk.Image, *, opening_mm: floa
     overlap[0] = 0
     if overlap.max() == 0:
         raise ImagingError("No liver candidate overlaps the right upper abdomen.")
-    out = _mask(labels == int(np.argmax(overlap)), candidate)
-    for key in candidate.GetMetaDataKeys():
-        out.SetMetaData(key, candidate.GetMetaData(key))
-    return out
+    return StepOutput(_mask(labels == int(np.argmax(overlap)), candidate.image), candidate.estimates)
 
 
+@step("liver.supervoxel_refine")
 def supervoxel_refine(
     image: sitk.Image,
-    selected: sitk.Image,
+    selected: StepOutput,
     *,
     supervoxel_mm: float = 10.0,
     compactness: float = 0.2,
     margin_mm: float = 6.0,
     keep_fraction: float = 0.5,
-) -> sitk.Image:
+) -> StepOutput:
     """SLIC supervoxels around the selection; keep those in the band and mostly inside the selection."""
     array, spacing = array_of(image)
-    sel = _bool(selected)
+    sel = _bool(selected.image)
     low, high = band_of(selected)
     zone = dilate_mm(sel, margin_mm, spacing)
     idx = np.argwhere(zone)
@@ -182,11 +184,10 @@ def supervoxel_refine(
     keep = (means >= low) & (means <= high) & (inside >= keep_fraction)
     refined = np.zeros_like(sel)
     refined[box] = keep[labels] & sub_zone
-    out = _mask(refined, image)
-    out.SetMetaData("dicomnode.band", f"{low:.1f},{high:.1f}")
-    return out
+    return StepOutput(_mask(refined, image), {"band": (low, high)})
 
 
+@step("liver.finish")
 def finish(
     mask: sitk.Image, image: sitk.Image | None = None, *, closing_mm: float = 8.0, refine_mm: float = 6.0
 ) -> sitk.Image:
@@ -213,12 +214,3 @@ def finish(
     out = np.zeros_like(full)
     out[box] = filled
     return _mask(out, mask)
-
-
-STEPS = {
-    "liver.localise": localise,
-    "liver.threshold": threshold,
-    "liver.select_region": select_region,
-    "liver.supervoxel_refine": supervoxel_refine,
-    "liver.finish": finish,
-}

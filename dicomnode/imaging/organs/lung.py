@@ -33,6 +33,7 @@ from dicomnode.imaging.organs.common import (
     open_mm,
     physical_axes,
 )
+from dicomnode.imaging.step import StepOutput, step
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,9 @@ def _mask(array: np.ndarray, reference: sitk.Image, dtype=np.uint8) -> sitk.Imag
     return out
 
 
-def air(image: sitk.Image, body: sitk.Image, *, min_volume_ml: float = 50.0) -> sitk.Image:
-    """Large air-filled regions inside the body (lungs + airways)."""
+@step("lung.air")
+def air(image: sitk.Image, body: sitk.Image, *, min_volume_ml: float = 50.0) -> StepOutput:
+    """Large air-filled regions inside the body (lungs + airways), with the estimate ``air_threshold``."""
     array, spacing = array_of(image)
     inside = sitk.GetArrayFromImage(body).astype(bool)
     values = np.clip(array[inside], -1000, 200)
@@ -61,11 +63,10 @@ def air(image: sitk.Image, body: sitk.Image, *, min_volume_ml: float = 50.0) -> 
         raise ImagingError(
             f"No air region of at least {min_volume_ml} ml inside the body (threshold {level:.0f} HU)."
         )
-    out = _mask(np.isin(labels, keep), image)
-    out.SetMetaData("dicomnode.air_threshold", f"{level:.1f}")
-    return out
+    return StepOutput(_mask(np.isin(labels, keep), image), {"air_threshold": level})
 
 
+@step("lung.airways")
 def airways(
     image: sitk.Image,
     lungs: sitk.Image,
@@ -137,6 +138,7 @@ def airways(
     return _mask(dilate_mm(grown, margin_mm, spacing) & lung, image)
 
 
+@step("lung.split")
 def split(
     lungs: sitk.Image,
     airway: sitk.Image | None = None,
@@ -208,6 +210,7 @@ def _fill_enclosed(lung: np.ndarray) -> np.ndarray:
     return filled | _capped(holes, filled) if holes.any() else filled
 
 
+@step("lung.envelope")
 def envelope(
     labels: sitk.Image, airway: sitk.Image | None = None, *, pleura_mm: float = 15.0, wall_mm: float = 4.0,
 ) -> sitk.Image:
@@ -252,6 +255,7 @@ def _elongation(mask: np.ndarray, spacing: tuple[float, ...]) -> float:
     return float(np.sqrt(eig[-1] / max(eig[0], 1e-6)))
 
 
+@step("lung.nodules")
 def nodules(
     image: sitk.Image,
     lungs: sitk.Image,
@@ -260,7 +264,7 @@ def nodules(
     max_elongation: float = 3.0,
     soft_tissue_hu: float = 40.0,
     lumen_hu: float = -980.0,
-) -> sitk.Image:
+) -> StepOutput:
     """Nodules and masses inside the lung envelope as a label map (1, 2, … by decreasing volume).
 
     Solid is what is denser than halfway between the lungs' own parenchyma (its histogram mode) and soft
@@ -277,7 +281,7 @@ def nodules(
     (darker than ``lumen_hu``; parenchyma never is), is a bronchus not removed as airway: rejected too."""
     array, spacing = array_of(image)
     envelope_mask = sitk.GetArrayFromImage(lungs) > 0
-    empty = _mask(np.zeros(envelope_mask.shape), image)
+    empty = StepOutput(_mask(np.zeros(envelope_mask.shape), image), {"nodules": 0})
     if not envelope_mask.any():
         return empty
     idx = np.argwhere(envelope_mask)
@@ -342,11 +346,6 @@ def nodules(
     result = np.zeros(envelope_mask.shape, dtype=np.uint8)
     result[box] = np.minimum(out, 255)
     log.info("lung nodules: %d found (solid above %.0f HU; rejected %s)", len(found), level, rejected)
-    img = _mask(result, image)
-    img.SetMetaData("dicomnode.solid_threshold", f"{level:.1f}")
-    img.SetMetaData("dicomnode.nodules", str(len(found)))
-    return img
+    return StepOutput(_mask(result, image), {"solid_threshold": level, "nodules": len(found),
+                                             "rejected": rejected})
 
-
-STEPS = {"lung.air": air, "lung.airways": airways, "lung.split": split, "lung.envelope": envelope,
-         "lung.nodules": nodules}

@@ -1,0 +1,343 @@
+"""The comparison of a processed series with the patient's most recent comparable earlier study.
+
+A job whose rule is listed in ``priors.rules`` carries a :class:`PriorRequest` (``JobSpec.prior``). After its
+own series is processed, :func:`compare_with_prior`:
+
+1. asks the source (``priors.source``, a destination: C-FIND or QIDO-RS) for the patient's studies —
+   same PatientID, and IssuerOfPatientID when the series has one — dated before this one and not older than
+   ``max_age_days``, with the series' modality, newest first;
+2. in each (newest first) takes the series of the same modality (the same series description first, then
+   the largest) and retrieves it (C-GET or WADO-RS into the job folder, or C-MOVE to the node's own AE and
+   then read from its spool);
+3. refuses a prior the pipeline would not accept (another body region, MR labelled CT, ...: the pipeline's
+   input guard, with the reason recorded) and tries the next;
+4. measures the prior the same way: when the node's SEG for the same pipeline is already in the prior study
+   its segments are read back (the prior is not processed again); otherwise the prior runs through the same
+   pipeline and version, and its result objects go to the destinations too (they carry the prior's study);
+5. registers the prior onto the current series, matches findings (:mod:`dicomnode.compare.findings`) and
+   returns the ``comparison`` block of ``result.json``.
+
+Nothing here may hold the current result back longer than ``wait_seconds``: a source that does not answer,
+or a comparison that runs out of time, gives ``{"status": "unavailable", "reason": ...}`` and the current
+result is sent without it (the processing stage schedules a new attempt).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dicomnode.compare.findings import Finding, Match, match_findings, measure
+from dicomnode.config import DestinationConfig
+from dicomnode.errors import DicomNodeError
+from dicomnode.query.source import QueryError, SeriesMatch, StudyMatch, StudySource
+
+log = logging.getLogger(__name__)
+
+MAX_STUDIES_TRIED = 3
+MAX_SERIES_TRIED = 2
+NOT_IMAGES = {"SEG", "SR", "KO", "PR", "RTSTRUCT", "DOC", "OT"}
+
+
+@dataclass(frozen=True)
+class PriorRequest:
+    """What a job needs to compare with a prior (JSON in ``JobSpec.prior``)."""
+
+    source_name: str
+    source: dict[str, Any]  # the DestinationConfig of the source, as JSON
+    method: str = "c-get"  # c-get | c-move
+    max_age_days: int = 1825
+    wait_seconds: float = 300.0
+    node_ae: str = "DICOMNODE"
+    spool_dir: str = ""  # where a C-MOVE'd prior arrives (the node's spool)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PriorRequest:
+        return cls(**data)
+
+    def open_source(self) -> StudySource:
+        config = DestinationConfig.model_validate(self.source)
+        if config.is_dicomweb:
+            from dicomnode.query.qido import QidoSource
+
+            return QidoSource(self.source_name, config)
+        from dicomnode.query.dimse import DimseSource
+
+        return DimseSource(self.source_name, config, self.node_ae, method=self.method)  # type: ignore[arg-type]
+
+
+class OutOfTime(DicomNodeError):
+    """The comparison did not finish within ``priors.wait_seconds``."""
+
+
+def _text(ds: Any, keyword: str) -> str:  # noqa: ANN401 - pydicom Dataset
+    return str(ds.get(keyword, "") or "").strip()
+
+
+def _age_days(prior_date: str, current_date: str) -> int | None:
+    try:
+        return (dt.date.fromisoformat(f"{current_date[:4]}-{current_date[4:6]}-{current_date[6:8]}")
+                - dt.date.fromisoformat(f"{prior_date[:4]}-{prior_date[4:6]}-{prior_date[6:8]}")).days
+    except ValueError:
+        return None
+
+
+def candidate_series(series: list[SeriesMatch], modality: str, description: str) -> list[SeriesMatch]:
+    """Image series of ``modality``: the same description first, then the largest."""
+    images = [s for s in series if s.modality == modality and s.modality not in NOT_IMAGES]
+    return sorted(images, key=lambda s: (s.description.strip().lower() != description.strip().lower(),
+                                         -(s.instances or 0)))
+
+
+def _findings(segments: Any, image: np.ndarray | None, volume: Any) -> list[Finding]:  # noqa: ANN401
+    grid = volume.to_sitk(np.zeros(volume.shape, np.uint8))  # the volume's geometry
+
+    def to_patient(k: float, j: float, i: float) -> tuple[float, float, float]:
+        return grid.TransformContinuousIndexToPhysicalPoint((float(i), float(j), float(k)))
+
+    return [measure(s.label, s.category, s.mask, image, volume.spacing, to_patient) for s in segments]
+
+
+def _carry(prior_findings: list[Finding], prior: Any, current: Any) -> dict[str, tuple[float, float, float]]:  # noqa: ANN401
+    """Prior lesion centroids in the current patient coordinates, after rigid registration."""
+    from dicomnode.imaging.preprocess import register
+
+    lesions = [f for f in prior_findings if f.category == "lesion"]
+    if not lesions:
+        return {}
+    try:
+        result = register(current.to_sitk(), prior.to_sitk(), transform="rigid", levels=3, iterations=100)
+    except DicomNodeError as exc:
+        log.warning("Prior and current series could not be registered (%s); lesions are matched by their "
+                    "patient coordinates as they are.", exc)
+        return {}
+    inverse = result.transform.GetInverse()  # the transform maps current points into the prior
+    return {f.label: tuple(inverse.TransformPoint(f.centroid)) for f in lesions}
+
+
+def _change(prior: float | None, current: float | None, digits: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"prior": None if prior is None else round(prior, digits),
+                           "current": None if current is None else round(current, digits)}
+    if prior is not None and current is not None:
+        out["change"] = round(current - prior, digits)
+        out["change_percent"] = round(100.0 * (current - prior) / prior, 1) if prior else None
+    return out
+
+
+def report(matches: list[Match], units: str) -> dict[str, Any]:
+    """The ``findings`` of the comparison block: per finding prior/current values and their change."""
+    findings: dict[str, Any] = {}
+    for m in matches:
+        entry: dict[str, Any] = {"status": m.status}
+        pv, cv = m.prior, m.current
+        entry["volume_ml"] = _change(pv.volume_ml if pv else None, cv.volume_ml if cv else None, 2)
+        mean_key = f"mean_{units.lower() or 'value'}"
+        entry[mean_key] = _change(pv.mean if pv else None, cv.mean if cv else None, 1)
+        if (pv or cv) and (pv or cv).category == "lesion":  # type: ignore[union-attr]
+            entry["longest_diameter_mm"] = _change(pv.longest_diameter_mm if pv else None,
+                                                   cv.longest_diameter_mm if cv else None, 1)
+        if pv is not None:
+            entry["prior_label"] = pv.label
+        findings[m.label] = entry
+    return findings
+
+
+class Comparison:
+    """One comparison run inside a job (see the module docstring)."""
+
+    def __init__(self, request: PriorRequest, pipeline: Any, job: Any, output_dir: Path,  # noqa: ANN401
+                 source: StudySource | None = None, clock: Any = time.monotonic) -> None:  # noqa: ANN401
+        self.request = request
+        self.pipeline = pipeline
+        self.job = job
+        self.output_dir = Path(output_dir)
+        self.source = source or request.open_source()
+        self.clock = clock
+        self.deadline = clock() + request.wait_seconds
+        self.skipped: list[str] = []
+        self.prior_files: list[Path] = []
+
+    def _check_time(self, doing: str) -> None:
+        if self.clock() > self.deadline:
+            raise OutOfTime(f"The comparison ran out of time ({self.request.wait_seconds:g} s, "
+                            f"priors.wait_seconds) while {doing}.")
+
+    def run(self, volume: Any, processed: Any) -> dict[str, Any]:  # noqa: ANN401
+        """The comparison block for ``processed`` (the current series' result)."""
+        first = volume.datasets[0] if volume.datasets else None
+        patient_id = _text(first, "PatientID") if first is not None else ""
+        if not patient_id:
+            return {"status": "no_prior",
+                    "reason": "The series has no PatientID to look for earlier studies."}
+        issuer = _text(first, "IssuerOfPatientID")
+        study_date = _text(first, "StudyDate")
+        study_uid = _text(first, "StudyInstanceUID")
+        modality = volume.modality or _text(first, "Modality")
+        try:
+            studies = self.source.find_studies(patient_id, issuer=issuer, before=study_date,
+                                               modality=modality)
+            studies = [s for s in studies if s.study_uid != study_uid and self._recent(s, study_date)]
+            if not studies:
+                return {"status": "no_prior", "reason": f"No earlier {modality} study of this patient within "
+                                                        f"{self.request.max_age_days} days at "
+                                                        f"'{self.request.source_name}'."}
+            for study in studies[:MAX_STUDIES_TRIED]:
+                self._check_time(f"looking at study {study.study_uid}")
+                found = self._compare_study(study, volume, processed, modality,
+                                            _text(first, "SeriesDescription"))
+                if found is not None:
+                    return found
+        except (QueryError, OutOfTime) as exc:
+            log.warning("Comparison of job %s unavailable: %s", self.job.job_id, exc)
+            return {"status": "unavailable", "reason": str(exc), "skipped": self.skipped}
+        return {"status": "no_prior", "reason": "No earlier study had a series this pipeline accepts.",
+                "skipped": self.skipped}
+
+    def _recent(self, study: StudyMatch, current_date: str) -> bool:
+        age = _age_days(study.study_date, current_date) if study.study_date and current_date else None
+        if age is not None and age > self.request.max_age_days:
+            self.skipped.append(f"study {study.study_uid} ({study.study_date}) is older than "
+                                f"{self.request.max_age_days} days")
+            return False
+        return True
+
+    def _compare_study(self, study: StudyMatch, volume: Any, processed: Any, modality: str,  # noqa: ANN401
+                       description: str) -> dict[str, Any] | None:
+        from dicomnode.errors import VolumeError
+        from dicomnode.imaging.guards import InputRefused
+        from dicomnode.imaging.volume import load_series
+        from dicomnode.pipelines.runner import process_volume
+
+        series_list = self.source.find_series(study.study_uid)
+        ours = [s for s in series_list if s.modality == "SEG"
+                and s.description.strip() == f"{self.pipeline.name} segmentation"]
+        for series in candidate_series(series_list, modality, description)[:MAX_SERIES_TRIED]:
+            self._check_time(f"retrieving series {series.series_uid}")
+            files = self._retrieve(series)
+            try:
+                prior_volume = load_series(files, skip_non_dicom=True)
+                self._check_time(f"processing the prior series {series.series_uid}")
+                segments = self._prior_segments(ours, prior_volume, files) if ours else None
+                if segments is None:
+                    prior_job = type(self.job)(
+                        job_id=f"{self.job.job_id}-prior", pipeline=self.job.pipeline, params=self.job.params,
+                        input_files=tuple(map(str, files)), output_dir=str(self.output_dir / "prior"),
+                        study_uid=study.study_uid, series_uid=series.series_uid, rule=self.job.rule,
+                        ruleset_hash=self.job.ruleset_hash)
+                    prior_processed, _ = process_volume(self.pipeline, prior_volume, prior_job)
+                    segments = prior_processed.segments
+                    self._write_prior_package(prior_processed)
+                    processed_again = True
+                else:
+                    processed_again = False
+            except InputRefused as exc:
+                self.skipped.append(f"series {series.series_uid} of study {study.study_uid}: {exc}")
+                continue
+            except VolumeError as exc:
+                self.skipped.append(f"series {series.series_uid} of study {study.study_uid} cannot be read: "
+                                    f"{exc}")
+                continue
+            self._check_time("matching findings")
+            prior_findings = _findings(segments, prior_volume.array, prior_volume)
+            current_findings = _findings(processed.segments, volume.array, volume)
+            carried = _carry(prior_findings, prior_volume, volume)
+            matches = match_findings(prior_findings, current_findings, carried)
+            interval = _age_days(study.study_date, _text(volume.datasets[0], "StudyDate"))
+            return {
+                "status": "compared",
+                "prior_study_uid": study.study_uid,
+                "prior_study_date": study.study_date,
+                "prior_series_uid": series.series_uid,
+                "interval_days": interval,
+                "prior_processed_now": processed_again,
+                "source": self.request.source_name,
+                "findings": report(matches, volume.units),
+                "skipped": self.skipped,
+            }
+        return None
+
+    def _retrieve(self, series: SeriesMatch) -> list[Path]:
+        folder = self.output_dir / "prior-input" / series.series_uid
+        files = self.source.retrieve_series(series, folder)
+        if files:
+            return files
+        # C-MOVE: the instances arrive at the node's listener; wait for them in the spool
+        from dicomnode.spool.store import Spool
+
+        spool = Spool(Path(self.request.spool_dir), fsync=False)
+        target = spool.series_dir(series.study_uid, series.series_uid)
+        settled_at, count = self.clock(), -1
+        while True:
+            self._check_time(f"waiting for the C-MOVE of series {series.series_uid}")
+            found = sorted(target.glob("*.dcm")) if target.exists() else []
+            if found and (len(found) == series.instances or (len(found) == count
+                                                             and self.clock() - settled_at > 3.0)):
+                return found
+            if len(found) != count:
+                count, settled_at = len(found), self.clock()
+            time.sleep(0.5)
+
+    def _prior_segments(self, ours: list[SeriesMatch], prior_volume: Any, files: list[Path]) -> Any:  # noqa: ANN401
+        """The segments of the node's SEG already in the prior study, on the prior's grid (None if it
+        cannot be used)."""
+        from dicomnode.outputs.api import Segment
+        from dicomnode.outputs.segmask import read_seg, seg_mask, segment_numbers
+
+        seg_files = self.source.retrieve_series(ours[0], self.output_dir / "prior-seg")
+        if not seg_files:
+            return None
+        try:
+            seg = read_seg(seg_files[0])
+            segments = []
+            for number in segment_numbers(seg):
+                item = seg.get_segment_description(number)
+                label = str(item.SegmentLabel)
+                category = "lesion" if label.lower().startswith("lesion") else "organ"
+                mask = seg_mask(seg, prior_volume.datasets, number)
+                segments.append(Segment(label, label.lower(), mask, category=category))
+        except (DicomNodeError, ValueError, KeyError, AttributeError) as exc:
+            log.warning("The node's SEG in the prior study cannot be read (%s); the prior is processed "
+                        "again.", exc)
+            return None
+        log.info("Prior %s was processed before: its SEG (%d segments) is used.", ours[0].study_uid,
+                 len(segments))
+        return segments
+
+    def _write_prior_package(self, prior_processed: Any) -> None:  # noqa: ANN401
+        from dicomnode.outputs.package import write_result_package
+
+        profile = None
+        if self.job.profile:
+            from dicomnode.config import ViewerProfile
+
+            profile = ViewerProfile(**self.job.profile)
+        self.prior_files = write_result_package(prior_processed, self.output_dir / "prior", profile,
+                                                features=self.pipeline.sr_features)
+
+
+def compare_with_prior(job: Any, pipeline: Any, volume: Any, processed: Any,  # noqa: ANN401
+                       output_dir: Path) -> tuple[dict[str, Any], list[Path]]:
+    """The ``comparison`` block for a job that asked for one, and the prior's result objects to send (when
+    the prior was processed now). Never raises: the current result goes out whatever happens here."""
+    try:
+        comparison = Comparison(PriorRequest.from_json(job.prior), pipeline, job, output_dir)
+        block = comparison.run(volume, processed)
+    except DicomNodeError as exc:
+        log.warning("Comparison of job %s unavailable: %s", job.job_id, exc)
+        return {"status": "unavailable", "reason": str(exc)}, []
+    except Exception as exc:  # a bug must not cost the current result: reported, with its traceback
+        log.exception("Comparison of job %s crashed", job.job_id)
+        return {"status": "unavailable", "reason": f"Internal error: {type(exc).__name__}: {exc}"}, []
+    log.info("Comparison of job %s: %s%s", job.job_id, block["status"],
+             f" with study {block['prior_study_uid']} ({block['prior_study_date']})"
+             if block["status"] == "compared" else f" ({block.get('reason', '')})")
+    return block, comparison.prior_files

@@ -1,0 +1,107 @@
+"""Comparison plumbing: which jobs ask for a prior, the request they carry, the retry of a comparison the
+source could not answer, the priors config checks, and the matching of findings across time points."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dicomnode.compare.findings import Finding, longest_axial_diameter, match_findings
+from dicomnode.compare.prior import PriorRequest
+from dicomnode.config import Config
+from dicomnode.database import Database
+from dicomnode.errors import ConfigError
+from dicomnode.jobs import JobResult, JobSpec
+from dicomnode.runtime.processing import Processing
+
+
+class _Executor:
+    def __init__(self) -> None:
+        self.submitted: list[JobSpec] = []
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+    def submit(self, spec: JobSpec, on_done) -> None:  # noqa: ANN001
+        self.submitted.append(spec)
+
+
+def _config(tmp_path: Path, **priors: object) -> Config:
+    return Config.model_validate({
+        "storage": {"path": str(tmp_path / "data")},
+        "destinations": {"pacs": {"ae_title": "PACS", "host": "127.0.0.1", "port": 104}},
+        "priors": {"enabled": True, "source": "pacs", "rules": ["liver"], "retry_minutes": 0.001, **priors},
+    })
+
+
+def _spec(rule: str, tmp_path: Path, job_id: str = "job-1") -> JobSpec:
+    return JobSpec(job_id, "liver-ct", {}, ("a.dcm",), str(tmp_path / "jobs" / job_id), rule=rule,
+                   destinations=("pacs",))
+
+
+def test_jobs_of_listed_rules_carry_the_prior_request_and_unavailable_comparisons_run_again(
+    tmp_path: Path
+) -> None:
+    executor = _Executor()
+    processing = Processing(_config(tmp_path), Database(tmp_path / "db.sqlite3"), executor=executor)
+    processing.submit(_spec("other", tmp_path, "job-0"))
+    processing.submit(_spec("liver", tmp_path))
+    plain, compared = executor.submitted
+    assert plain.prior == {}
+    request = PriorRequest.from_json(compared.prior)
+    assert request.source_name == "pacs" and request.source["ae_title"] == "PACS"
+    assert request.method == "c-get"
+    assert request.spool_dir.endswith("spool")
+
+    result = JobResult("job-1", True, (), {"comparison": {"status": "unavailable", "reason": "down"}})
+    processing._on_done(result)
+    import time
+
+    deadline = time.monotonic() + 5
+    while len(executor.submitted) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    retry = executor.submitted[2]
+    assert retry.job_id == "job-1-cmp1" and retry.prior == compared.prior
+    assert Path(retry.output_dir).name == "job-1-cmp1"
+    processing.stop()
+
+
+def test_priors_need_a_configured_source(tmp_path: Path) -> None:
+    from dicomnode.config import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("priors: {enabled: true, source: archive}\n")
+    with pytest.raises(ConfigError, match="priors.source 'archive' is not a configured destination"):
+        load_config(path, environ={})
+
+
+def _finding(label: str, volume: float, centre: tuple[float, float, float], category: str = "lesion",
+             diameter: float = 12.0) -> Finding:
+    return Finding(label, category, volume, 50.0, diameter, centre)
+
+
+def test_lesions_match_by_position_and_are_named_new_gone_grown_or_stable() -> None:
+    prior = [_finding("Liver", 1500.0, (0, 0, 0), "organ"), _finding("Lesion 1", 2.0, (10, 10, 10)),
+             _finding("Lesion 2", 1.0, (-40, 0, 0)), _finding("Lesion 3", 1.0, (0, 60, 0))]
+    current = [_finding("Liver", 1480.0, (1, 1, 1), "organ"), _finding("Lesion 1", 4.0, (-38, 2, 0)),
+               _finding("Lesion 2", 2.1, (12, 9, 10)), _finding("Lesion 3", 0.5, (80, 80, 80))]
+    by_label = {m.label: m for m in match_findings(prior, current)}
+    assert by_label["Liver"].status == "compared"
+    assert by_label["Lesion 2"].prior.label == "Lesion 1" and by_label["Lesion 2"].status == "stable"
+    assert by_label["Lesion 1"].prior.label == "Lesion 2" and by_label["Lesion 1"].status == "grown"
+    assert by_label["Lesion 3"].status == "new" and by_label["Lesion 3 (prior)"].status == "gone"
+    # with the registration's mapping, a prior lesion is looked for where it is now
+    moved = {m.label: m for m in match_findings(prior, current, {"Lesion 3": (80, 80, 80)})}
+    assert moved["Lesion 3"].status == "shrunk" and "Lesion 3 (prior)" not in moved
+
+
+def test_longest_axial_diameter_of_a_disc_and_a_bar() -> None:
+    disc = np.zeros((3, 64, 64), bool)
+    yy, xx = np.ogrid[:64, :64]
+    disc[1] = (yy - 32) ** 2 + (xx - 32) ** 2 <= 20**2
+    assert longest_axial_diameter(disc, (2.0, 0.5, 0.5)) == pytest.approx(20.5, abs=0.6)
+    bar = np.zeros((1, 10, 50), bool)
+    bar[0, 4, 5:45] = True
+    assert longest_axial_diameter(bar, (1.0, 1.0, 2.0)) == pytest.approx(80.0, abs=2.1)
