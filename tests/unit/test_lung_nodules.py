@@ -5,6 +5,8 @@ phantom (lung bases on the liver dome, no lung nodule) reports none."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -43,7 +45,7 @@ def juxtapleural(volume: Volume, slice_index: int, radius_mm: float, seed: int =
     weight = np.where(lung, np.clip(0.5 - distance / 2.5, 0.0, 1.0), 0.0).astype(np.float32)
     noise = np.random.default_rng(seed).normal(40.0, 15.0, array.shape).astype(np.float32)
     out = (array * (1 - weight) + noise * weight).astype(np.float32)
-    return volume.with_array(out), (distance <= 0) & lung
+    return replace(volume, array=out), (distance <= 0) & lung
 
 
 @pytest.fixture(scope="module")
