@@ -57,6 +57,9 @@ def test_held_results_are_listed_and_shown_on_the_study_page(fab: Fabricated, cl
     study = client.get(f"/studies/{fab.study_uid}").text
     assert f'href="/held#held-{first}">held for pacs' in study
     assert "implausible_volume" in _text(study)
+    series = fab.series_uid
+    preview = _text(client.get(f"/studies/{fab.study_uid}/series/{series}/preview?job={JOB_ID}").text)
+    assert "Quality control fail" in preview and "Liver volume 6027 ml" in preview
 
 
 def test_only_a_logged_in_operator_releases_or_discards(fab: Fabricated, client: TestClient) -> None:
