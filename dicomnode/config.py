@@ -107,6 +107,12 @@ class RulesConfig(_Model):
     watch: bool = True  # hot-reload on file change (SIGHUP always reloads)
 
 
+class PipelinesConfig(_Model):
+    """The site's own pipelines (YAML files like the shipped ones, models beside them)."""
+
+    path: Path | None = None  # default: pipelines/ beside the rules folder
+
+
 class TimeLimitsConfig(_Model):
     """Celery time limits of one pipeline: the soft limit raises inside the job, the hard one kills it."""
 
@@ -206,6 +212,8 @@ class DestinationConfig(_Model):
     deidentify: bool = False
     timeout: float = Field(60.0, gt=0)
     on_qc_fail: Literal["hold", "send"] = "hold"  # results whose QC failed: held for an operator, or sent
+    storage_commitment: bool = False  # ask the destination to commit to keeping what it was sent (DIMSE)
+    commitment_timeout: float = Field(600.0, gt=0)  # seconds to wait for its report before asking again
 
     @field_validator("ae_title")
     @classmethod
@@ -215,6 +223,9 @@ class DestinationConfig(_Model):
     @model_validator(mode="after")
     def _one_kind(self) -> DestinationConfig:
         dimse = [k for k in ("ae_title", "host", "port") if getattr(self, k) is not None]
+        if self.storage_commitment and (self.dicomweb is not None or self.deidentify):
+            raise ValueError("storage_commitment needs a DIMSE destination without deidentify (the "
+                             "commitment names the SOP instances as the node keeps them)")
         if self.dicomweb is not None:
             if dimse:
                 raise ValueError(
@@ -336,6 +347,7 @@ class Config(_Model):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     completion: CompletionConfig = Field(default_factory=CompletionConfig)
     rules: RulesConfig = Field(default_factory=RulesConfig)
+    pipelines: PipelinesConfig = Field(default_factory=PipelinesConfig)
     processing: ProcessingConfig = Field(default_factory=ProcessingConfig)
     destinations: dict[str, DestinationConfig] = Field(default_factory=dict)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
@@ -354,6 +366,11 @@ class Config(_Model):
             if not re.match(r"^[A-Za-z0-9_.-]+$", name):
                 raise ValueError(f"destination name '{name}' may only contain letters, digits, '_', '.', '-'")
         return value
+
+    @property
+    def pipelines_folder(self) -> Path:
+        """The site pipelines' folder: ``pipelines.path``, else ``pipelines/`` beside the rules folder."""
+        return self.pipelines.path or self.rules.path.parent / "pipelines"
 
     @model_validator(mode="after")
     def _priors_source(self) -> Config:

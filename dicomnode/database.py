@@ -40,15 +40,14 @@ class DatabaseError(DicomNodeError):
     """The node's database could not be opened or written."""
 
 
-def check_in(column: str, values: type[StrEnum] | Iterable[str]) -> str:
-    """``CHECK (column IN ('a', 'b'))`` for a state column, generated from its :class:`StrEnum`."""
-    quoted = ", ".join("'" + str(v).replace("'", "''") + "'" for v in values)
-    return f"CHECK ({column} IN ({quoted}))"
-
-
 def sql_list(values: Iterable[str]) -> str:
     """``'a', 'b'`` — the members of a value set quoted for an ``IN (…)`` list in an owner's SQL."""
     return ", ".join("'" + str(v).replace("'", "''") + "'" for v in values)
+
+
+def check_in(column: str, values: type[StrEnum] | Iterable[str]) -> str:
+    """``CHECK (column IN ('a', 'b'))`` for a state column, generated from its :class:`StrEnum`."""
+    return f"CHECK ({column} IN ({sql_list(values)}))"
 
 
 def split_statements(script: str) -> list[str]:

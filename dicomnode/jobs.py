@@ -30,6 +30,7 @@ class JobSpec:
     on_qc_fail: str = ""  # the rule's policy for results whose QC failed ("hold"/"send"; "" = destination's)
     # comparison with a prior study (dicomnode.compare.prior.PriorRequest as JSON); empty = none
     prior: dict[str, Any] = field(default_factory=dict)
+    pipelines_path: str = ""  # the site's pipelines folder (config pipelines.path); empty = shipped only
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -4,7 +4,9 @@ A study is removed only when every one of these holds (anything else keeps it, f
 
 * the assembler marked the study and each of its series ``complete`` and handed every completion on to
   routing (``assembly_events.handed_on_at`` set) — nothing is waiting to be routed;
-* every outbox row of the study is ``sent`` — nothing queued, sending, failed-and-retrying or dead;
+* every outbox row of the study is ``sent`` — nothing queued, sending, failed-and-retrying or dead — and,
+  for destinations with storage commitment, ``committed`` (a ``sent`` row still awaiting its commitment
+  report keeps the study);
 * every routing decision of the study is ``done`` (none ``pending``, none ``failed`` — e.g. unroutable for
   want of a valid rule set); a series that matched no rule counts as done;
 * every job of the study is ``done`` (none queued, running or failed), and the audit trail shows no
@@ -13,7 +15,7 @@ A study is removed only when every one of these holds (anything else keeps it, f
 
 Removal is crash-safe: inside one database transaction the study folder is renamed into
 ``<spool>/.trash/`` (hidden, so spool recovery never re-indexes it) and the study's rows are deleted
-(through each table's owner: spool index, assembly records, decision log, its ``sent`` outbox rows, its
+(through each table's owner: spool index, assembly records, decision log, its finished outbox rows, its
 jobs);
 the files are deleted after the commit. A crash before the commit leaves rows and (trashed) files that
 the next run finishes; an instance of the study that arrives during the removal is moved back from the
@@ -41,7 +43,7 @@ from dicomnode.observability.audit import AuditTrail
 from dicomnode.observability.metrics import Metrics
 from dicomnode.pipelines.jobstore import JobStore
 from dicomnode.route.decisions import DecisionLog
-from dicomnode.send.outbox import Outbox, OutboxState
+from dicomnode.send.outbox import Outbox
 from dicomnode.spool.index import SpoolIndex
 
 log = logging.getLogger(__name__)
@@ -194,7 +196,7 @@ class Retention:
             self.index.forget_study(study_uid, conn)
             self.assembly.forget_study(study_uid, conn)
             self.decisions.forget_study(study_uid, conn)
-            self.outbox.purge(state=OutboxState.SENT, study_uid=study_uid)  # joins this transaction
+            self.outbox.purge(study_uid=study_uid)  # its finished rows; joins this transaction
             self.jobs.forget_study(study_uid, conn)
         self._rescue(study_uid, trashed)
         jobs_root = self.jobs_root.resolve()

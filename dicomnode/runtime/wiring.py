@@ -87,6 +87,7 @@ def build_service(config: Config) -> Service:
     if config.rules.watch:
         service.add_component(RuleWatcher(book))
     service.add_component(sender)
+    service.listener.on_event_report.append(sender.on_event_report)  # storage commitment reports
     service.add_component(processing)
     if config.dicomweb.enabled:  # STOW-RS reception into the same ingest as C-STORE
         from dicomnode.receive.stow import stow_server

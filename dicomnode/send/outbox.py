@@ -1,7 +1,10 @@
 """The durable outbox: every instance to deliver is a row in the node database until it is sent or dead.
 
 States: ``queued`` → ``sending`` → ``sent`` | ``failed`` (retry scheduled with exponential backoff) |
-``dead`` (``outbox.max_attempts`` reached, or a permanent refusal). Rows left in ``sending`` by a crash
+``dead`` (``outbox.max_attempts`` reached, or a permanent refusal). For a destination with storage
+commitment, ``sent`` → ``committed`` when the destination reports it keeps the instance, or
+``commit_failed`` when it does not (or never reports after ``MAX_COMMIT_REQUESTS`` requests): a new row then
+sends the instance again. Rows left in ``sending`` by a crash
 go back to ``queued`` on the next start (:meth:`Outbox.recover_interrupted`); DICOM's re-store of the
 same SOP Instance UID is idempotent at the PACS, so nothing is lost and nothing duplicated.
 
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import builtins
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -23,7 +27,7 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
 from dicomnode.config import OutboxConfig
-from dicomnode.database import Database, Schema, Step, check_in, sql_list
+from dicomnode.database import Database, Schema, Step, check_in, rebuild_table, sql_list
 from dicomnode.errors import SendError
 
 log = logging.getLogger(__name__)
@@ -35,6 +39,8 @@ class OutboxState(StrEnum):
     SENT = "sent"
     FAILED = "failed"  # a retry is scheduled
     DEAD = "dead"
+    COMMITTED = "committed"  # sent, and the destination committed to keep it (storage commitment)
+    COMMIT_FAILED = "commit_failed"  # sent, commitment refused or never reported: a new row re-sends it
 
 
 class Origin(StrEnum):
@@ -48,6 +54,11 @@ STATES: tuple[OutboxState, ...] = tuple(OutboxState)
 PENDING: tuple[OutboxState, ...] = (OutboxState.QUEUED, OutboxState.SENDING, OutboxState.FAILED)
 #: Rows the sender may claim now (when due).
 DUE: tuple[OutboxState, ...] = (OutboxState.QUEUED, OutboxState.FAILED)
+#: Rows whose story is over (what ``purge`` removes by default).
+FINISHED: tuple[OutboxState, ...] = (OutboxState.SENT, OutboxState.DEAD, OutboxState.COMMITTED,
+                                     OutboxState.COMMIT_FAILED)
+#: Storage commitment requests per row before the instance is sent again.
+MAX_COMMIT_REQUESTS = 3
 ORIGINS: tuple[Origin, ...] = tuple(Origin)
 
 DDL_V1 = f"""
@@ -68,14 +79,21 @@ CREATE TABLE IF NOT EXISTS outbox (
     resend INTEGER NOT NULL DEFAULT 0,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
-    sent_at REAL
+    sent_at REAL,
+    commit_uid TEXT,
+    commit_deadline REAL,
+    commit_requests INTEGER NOT NULL DEFAULT 0
 );
 CREATE UNIQUE INDEX IF NOT EXISTS outbox_pending_sop ON outbox (destination, sop_instance_uid)
     WHERE state IN ({sql_list(PENDING)});
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, destination, next_attempt_at);
 """
 
-SCHEMA = Schema("outbox", ("outbox",), (Step("outbox", DDL_V1),))
+SCHEMA = Schema("outbox", ("outbox",), (
+    Step("outbox", DDL_V1),
+    Step("storage commitment: committed/commit_failed states, commit_uid/commit_deadline/commit_requests",
+         lambda conn: rebuild_table(conn, "outbox", DDL_V1)),
+))
 _PENDING = sql_list(PENDING)
 _DUE = sql_list(DUE)
 
@@ -98,6 +116,9 @@ class OutboxItem:
     created_at: float
     updated_at: float
     sent_at: float | None
+    commit_uid: str | None = None  # '' = a commitment request is due; a UID = the transaction awaited
+    commit_deadline: float | None = None
+    commit_requests: int = 0
 
     @classmethod
     def from_row(cls, row: object) -> OutboxItem:
@@ -218,15 +239,99 @@ class Outbox:
                              [(now, i) for i in ids])
         return [OutboxItem.from_row({**dict(r), "state": OutboxState.SENDING}) for r in rows]
 
-    def mark_sent(self, ids: Sequence[int], status: int | None = 0) -> None:
+    def mark_sent(self, ids: Sequence[int], status: int | None = 0, *, commitment: bool = False) -> None:
+        """Record delivered rows; with ``commitment`` a storage commitment request becomes due for them."""
         now = self._clock()
+        commit_uid = "" if commitment else None
         with self.db.transaction() as conn:
             conn.executemany(
                 "UPDATE outbox SET state = CASE WHEN resend THEN 'queued' ELSE 'sent' END, "
                 "sent_at = ?, attempts = attempts + 1, last_status = ?, last_error = '', resend = 0, "
-                "next_attempt_at = ?, updated_at = ? WHERE id = ? AND state = 'sending'",
-                [(now, status, now, now, i) for i in ids],
+                "next_attempt_at = ?, updated_at = ?, commit_uid = ?, commit_deadline = ?, "
+                "commit_requests = 0 WHERE id = ? AND state = 'sending'",
+                [(now, status, now, now, commit_uid, now, i) for i in ids],
             )
+
+    # -- storage commitment ------------------------------------------------------------------------
+    def commitments_due(self, destination: str) -> builtins.list[OutboxItem]:
+        """``sent`` rows of ``destination`` whose commitment request is due, or whose report is overdue."""
+        rows = self.db.conn.execute(
+            "SELECT * FROM outbox WHERE destination = ? AND state = 'sent' AND commit_uid IS NOT NULL "
+            "AND commit_deadline <= ? ORDER BY id LIMIT ?",
+            (destination, self._clock(), self.config.batch_size),
+        ).fetchall()
+        return [OutboxItem.from_row(r) for r in rows]
+
+    def await_commitment(self, ids: Sequence[int], transaction_uid: str, timeout: float) -> None:
+        """Commitment of ``ids`` requested as ``transaction_uid``; the report is due within ``timeout``."""
+        now = self._clock()
+        with self.db.transaction() as conn:
+            conn.executemany(
+                "UPDATE outbox SET commit_uid = ?, commit_deadline = ?, "
+                "commit_requests = commit_requests + 1, updated_at = ? WHERE id = ? AND state = 'sent'",
+                [(transaction_uid, now + timeout, now, i) for i in ids])
+
+    def commitment_request_failed(self, ids: Sequence[int], error: str) -> None:
+        """The request could not be made: it is due again after the backoff of its request count."""
+        now = self._clock()
+        with self.db.transaction() as conn:
+            for i in ids:
+                row = conn.execute("SELECT commit_requests FROM outbox WHERE id = ?", (i,)).fetchone()
+                requests = int(row["commit_requests"]) + 1 if row is not None else 1
+                conn.execute(
+                    "UPDATE outbox SET commit_uid = '', commit_requests = ?, commit_deadline = ?, "
+                    "last_error = ?, updated_at = ? WHERE id = ? AND state = 'sent'",
+                    (requests, now + self.backoff(requests), error, now, i))
+
+    def record_commitment(self, transaction_uid: str, committed: Sequence[str],
+                          failed: Sequence[tuple[str, int]]) -> tuple[int, int]:
+        """Apply a storage commitment report; returns (rows committed, rows to be sent again). Instances
+        the destination did not commit to keep are marked ``commit_failed`` and queued again as new rows."""
+        now = self._clock()
+        reasons = dict(failed)
+        done = again = 0
+        with self.db.transaction() as conn:
+            rows = conn.execute("SELECT * FROM outbox WHERE commit_uid = ? AND state = 'sent'",
+                                (transaction_uid,)).fetchall()
+            for row in rows:
+                sop = row["sop_instance_uid"]
+                if sop in committed:
+                    conn.execute("UPDATE outbox SET state = 'committed', last_error = '', updated_at = ? "
+                                 "WHERE id = ?", (now, row["id"]))
+                    done += 1
+                elif sop in reasons:
+                    error = (f"The destination did not commit to keep SOP instance '{sop}' (FailureReason "
+                             f"0x{reasons[sop]:04X}); it is sent again.")
+                    self._send_again(conn, row, error, now)
+                    again += 1
+        return done, again
+
+    def commitments_given_up(self, ids: Sequence[int], error: str) -> int:
+        """Rows whose commitment was requested ``MAX_COMMIT_REQUESTS`` times without a report: sent again."""
+        now = self._clock()
+        with self.db.transaction() as conn:
+            rows = [conn.execute("SELECT * FROM outbox WHERE id = ? AND state = 'sent'", (i,)).fetchone()
+                    for i in ids]
+            for row in rows:
+                if row is not None:
+                    self._send_again(conn, row, error, now)
+        return sum(1 for r in rows if r is not None)
+
+    @staticmethod
+    def _send_again(conn: sqlite3.Connection, row: sqlite3.Row, error: str, now: float) -> None:
+        conn.execute("UPDATE outbox SET state = 'commit_failed', last_error = ?, updated_at = ? WHERE id = ?",
+                     (error, now, row["id"]))
+        pending = conn.execute(
+            f"SELECT id FROM outbox WHERE destination = ? AND sop_instance_uid = ? AND state IN ({_PENDING})",
+            (row["destination"], row["sop_instance_uid"])).fetchone()
+        if pending is not None:
+            return
+        conn.execute(
+            "INSERT INTO outbox (destination, file_path, sop_instance_uid, series_uid, study_uid, origin, "
+            "job_id, state, attempts, next_attempt_at, last_error, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
+            (row["destination"], row["file_path"], row["sop_instance_uid"], row["series_uid"],
+             row["study_uid"], row["origin"], row["job_id"], row["attempts"], now, error, now, now))
 
     def backoff(self, attempts: int) -> float:
         """Delay before attempt ``attempts + 1``: initial, doubling, capped at the maximum."""
@@ -314,7 +419,7 @@ class Outbox:
         are in flight and cannot be purged. ``study_uid`` limits it to one study's entries."""
         if state == OutboxState.SENDING:
             raise SendError("Entries in state 'sending' are in flight and cannot be purged.")
-        states = (OutboxState.SENT, OutboxState.DEAD) if state is None else (state,)
+        states = FINISHED if state is None else (state,)
         for s in states:
             if s not in STATES:
                 raise SendError(f"Outbox state '{s}' is not one of {', '.join(STATES)}.")
@@ -353,13 +458,18 @@ class Outbox:
             "SELECT * FROM outbox WHERE study_uid = ? ORDER BY id", (study_uid,)).fetchall()
         return [OutboxItem.from_row(r) for r in rows]
 
-    def undelivered(self, study_uid: str) -> dict[OutboxState, int]:
-        """A study's entries per state, for every state but ``sent`` (empty: all of it was delivered)."""
+    def undelivered(self, study_uid: str) -> dict[str, int]:
+        """A study's entries not yet safely delivered, per state (empty: all of it was delivered): every
+        state but ``committed``, ``commit_failed`` (a newer row re-sends it) and ``sent``; ``sent`` rows whose
+        storage commitment is still awaited are counted as ``awaiting commitment``."""
         rows = self.db.conn.execute(
-            "SELECT state, COUNT(*) AS n FROM outbox WHERE study_uid = ? AND state != ? GROUP BY state",
-            (study_uid, OutboxState.SENT),
+            "SELECT CASE WHEN state = 'sent' THEN 'awaiting commitment' ELSE state END AS what, "
+            "COUNT(*) AS n FROM outbox WHERE study_uid = ? AND (state NOT IN (?, ?, ?) OR "
+            "(state = ? AND commit_uid IS NOT NULL)) GROUP BY what",
+            (study_uid, OutboxState.SENT, OutboxState.COMMITTED, OutboxState.COMMIT_FAILED,
+             OutboxState.SENT),
         ).fetchall()
-        return {OutboxState(r["state"]): int(r["n"]) for r in rows}
+        return {str(r["what"]): int(r["n"]) for r in rows}
 
     def study_counts(self, study_uids: Sequence[str]) -> dict[str, dict[OutboxState, int]]:
         """Entries per state of each of ``study_uids`` (studies without entries are left out)."""

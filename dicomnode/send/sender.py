@@ -11,16 +11,31 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Protocol
+
+from pydicom import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_file_meta_info
+from pydicom.uid import generate_uid
 
 from dicomnode.config import Config
 from dicomnode.database import Database
 from dicomnode.errors import DicomNodeError, SendError
+from dicomnode.send.commitment import STORAGE_COMMITMENT_PUSH, parse_report
 from dicomnode.send.deidentify import Deidentifier
 from dicomnode.send.destination import Destination, DicomDestination, SendOutcome
-from dicomnode.send.outbox import Outbox, OutboxItem, OutboxState
+from dicomnode.send.outbox import MAX_COMMIT_REQUESTS, Outbox, OutboxItem, OutboxState
 
 log = logging.getLogger(__name__)
+
+
+def _sop_class(path: Path) -> str:
+    try:
+        return str(read_file_meta_info(path).MediaStorageSOPClassUID)
+    except (OSError, InvalidDicomError, AttributeError) as exc:
+        raise SendError(f"Cannot read the SOP class of '{path}' for a storage commitment request: {exc}.") \
+            from exc
 
 
 class SendMetrics(Protocol):
@@ -57,8 +72,10 @@ class Sender:
 
     def __init__(self, outbox: Outbox, destinations: Mapping[str, Destination], *,
                  poll_seconds: float | None = None, metrics: SendMetrics | None = None,
-                 audit: SendAudit | None = None) -> None:
+                 audit: SendAudit | None = None, commitment: Mapping[str, float] | None = None) -> None:
         self.outbox = outbox
+        # destinations with storage commitment → seconds to wait for a report
+        self.commitment = dict(commitment or {})
         self.metrics = metrics
         self.audit = audit
         self.destinations = dict(destinations)
@@ -71,7 +88,10 @@ class Sender:
     def from_config(cls, config: Config, db: Database | None = None, *, metrics: SendMetrics | None = None,
                     audit: SendAudit | None = None) -> Sender:
         db = db or Database(config.storage.database_path)
-        return cls(Outbox(db, config.outbox), build_destinations(config), metrics=metrics, audit=audit)
+        commitment = {name: d.commitment_timeout for name, d in config.destinations.items()
+                      if d.storage_commitment}
+        return cls(Outbox(db, config.outbox), build_destinations(config), metrics=metrics, audit=audit,
+                   commitment=commitment)
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -109,6 +129,7 @@ class Sender:
         while not self._stop.is_set():
             try:
                 sent_any = self.process_batch(name) > 0
+                sent_any |= self.process_commitments(name) > 0
             except Exception:  # the worker must survive anything; the rows stay in the database
                 log.exception("Sender for destination %s failed unexpectedly; retrying after %.1f s",
                               name, self.poll_seconds, extra={"destination": name})
@@ -137,6 +158,56 @@ class Sender:
         self._record(name, items, outcomes)
         return len(items)
 
+    # -- storage commitment ----------------------------------------------------------------------
+    def process_commitments(self, name: str) -> int:
+        """Request storage commitment for ``name``'s delivered rows that need it (again); rows asked
+        ``MAX_COMMIT_REQUESTS`` times without a report are sent again. Returns the rows handled."""
+        if name not in self.commitment:
+            return 0
+        items = self.outbox.commitments_due(name)
+        if not items:
+            return 0
+        destination = self.destinations[name]
+        stale = [i for i in items if i.commit_requests >= MAX_COMMIT_REQUESTS]
+        if stale:
+            error = (f"No storage commitment report from destination '{name}' after {MAX_COMMIT_REQUESTS} "
+                     "requests; the instance is sent again.")
+            log.warning("%s (%d instance(s))", error, len(stale), extra={"destination": name})
+            self.outbox.commitments_given_up([i.id for i in stale], error)
+        ask = [i for i in items if i.commit_requests < MAX_COMMIT_REQUESTS]
+        if not ask:
+            return len(items)
+        request = getattr(destination, "request_commitment", None)
+        ids = [i.id for i in ask]
+        try:
+            if request is None:
+                raise SendError(f"Destination '{name}' cannot request storage commitment.")
+            references = [(_sop_class(i.file_path), i.sop_instance_uid) for i in ask]
+            transaction_uid = generate_uid()
+            request(transaction_uid, references)
+        except DicomNodeError as exc:
+            log.warning("Storage commitment request to %s failed (%d instance(s)); asked again later: %s",
+                        name, len(ask), exc, extra={"destination": name})
+            self.outbox.commitment_request_failed(ids, str(exc))
+            return len(items)
+        self.outbox.await_commitment(ids, transaction_uid, self.commitment[name])
+        log.info("Storage commitment requested from %s for %d instance(s) (transaction %s)", name, len(ask),
+                 transaction_uid, extra={"destination": name})
+        return len(items)
+
+    def on_event_report(self, calling_ae: str, sop_class_uid: str, event_type: int,
+                        info: Dataset | None) -> None:
+        """The listener's N-EVENT-REPORT observer: storage commitment reports update the outbox."""
+        if sop_class_uid != STORAGE_COMMITMENT_PUSH:
+            return
+        report = parse_report(event_type, info)
+        committed, again = self.outbox.record_commitment(report.transaction_uid, report.committed,
+                                                         report.failed)
+        log.info("Storage commitment report from '%s' (transaction %s): %d committed, %d to send again.",
+                 calling_ae, report.transaction_uid, committed, again)
+        if again:
+            self.wake()
+
     def process_due(self) -> int:
         """Synchronously send everything that is due now, destination by destination (tests, CLI)."""
         total = 0
@@ -145,6 +216,9 @@ class Sender:
                 continue
             while (n := self.process_batch(name)) > 0:
                 total += n
+        for name in self.commitment:
+            if name in self.destinations:
+                total += self.process_commitments(name)
         return total
 
     def _record(self, name: str, items: list[OutboxItem], outcomes: list[SendOutcome]) -> None:
@@ -155,7 +229,8 @@ class Sender:
         delivered = [i for i, o in zip(items, outcomes, strict=True) if o.delivered]
         for status in {o.status for o in outcomes if o.delivered}:
             self.outbox.mark_sent([i.id for i, o in zip(items, outcomes, strict=True)
-                                   if o.delivered and o.status == status], status=status)
+                                   if o.delivered and o.status == status], status=status,
+                                  commitment=name in self.commitment)
         self._report_sent(name, delivered)
         jobs = sorted({i.job_id for i in delivered if i.job_id})
         if delivered:

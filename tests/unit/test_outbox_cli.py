@@ -55,7 +55,8 @@ def test_list_table_and_json(setup: tuple[Path, Outbox, list[int]]) -> None:
         "The outbox is empty for this filter."
     bad = run(config, "list", "--state", "bogus")
     assert bad.returncode == 2 and bad.stderr.strip() == \
-        "dicomnode: error: Outbox state 'bogus' is not one of queued, sending, sent, failed, dead."
+        "dicomnode: error: Outbox state 'bogus' is not one of queued, sending, sent, failed, dead, " \
+        "committed, commit_failed."
 
 
 def test_retry_and_purge(setup: tuple[Path, Outbox, list[int]]) -> None:

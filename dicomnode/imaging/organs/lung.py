@@ -24,24 +24,13 @@ from skimage.filters import threshold_otsu
 from skimage.segmentation import watershed
 
 from dicomnode.errors import ImagingError
-from dicomnode.imaging.organs.common import (
-    array_of,
-    close_mm,
-    dilate_mm,
-    erode_mm,
-    fill_holes,
-    open_mm,
-    physical_axes,
-)
+from dicomnode.imaging.grid import array_of, image_like
+from dicomnode.imaging.morphology import closing, dilate, erode, fill_holes, opening
+from dicomnode.imaging.organs.common import physical_axes
 from dicomnode.imaging.step import StepOutput, step
 
 log = logging.getLogger(__name__)
 
-
-def _mask(array: np.ndarray, reference: sitk.Image, dtype=np.uint8) -> sitk.Image:  # noqa: ANN001
-    out = sitk.GetImageFromArray(array.astype(dtype))
-    out.CopyInformation(reference)
-    return out
 
 
 @step("lung.air")
@@ -63,7 +52,7 @@ def air(image: sitk.Image, body: sitk.Image, *, min_volume_ml: float = 50.0) -> 
         raise ImagingError(
             f"No air region of at least {min_volume_ml} ml inside the body (threshold {level:.0f} HU)."
         )
-    return StepOutput(_mask(np.isin(labels, keep), image), {"air_threshold": level})
+    return StepOutput(image_like(np.isin(labels, keep), image, np.uint8), {"air_threshold": level})
 
 
 @step("lung.airways")
@@ -86,7 +75,7 @@ def airways(
     """
     array, spacing = array_of(image)
     lung = sitk.GetArrayFromImage(lungs).astype(bool)
-    empty = _mask(np.zeros_like(lung), image)
+    empty = image_like(np.zeros_like(lung), image, np.uint8)
     slices = np.flatnonzero(lung.any(axis=(1, 2)))
     if slices.size == 0:
         return empty
@@ -135,7 +124,7 @@ def airways(
         labels, _ = ndimage.label(lumen)
         ids = np.unique(labels[trachea])
         grown = np.isin(labels, ids[ids > 0])
-    return _mask(dilate_mm(grown, margin_mm, spacing) & lung, image)
+    return image_like(dilate(grown, margin_mm, spacing) & lung, image, np.uint8)
 
 
 @step("lung.split")
@@ -156,7 +145,7 @@ def split(
     markers = None
     radius = 0.0
     while radius <= max_erosion_mm:
-        core = erode_mm(lung, radius, spacing) if radius > 0 else lung
+        core = erode(lung, radius, spacing) if radius > 0 else lung
         labels, n = ndimage.label(core)
         if n >= 2:
             sizes = np.bincount(labels.ravel())
@@ -174,10 +163,10 @@ def split(
         log.info("Lungs could not be separated by erosion; splitting at the body midline.")
         cx = float(np.median(xx[lung])) if lung.any() else 0.0
         out = np.where(lung, np.where(xx < cx, 1, 2), 0)
-        return _mask(out, lungs)
+        return image_like(out, lungs, np.uint8)
     distance = ndimage.distance_transform_edt(lung, sampling=spacing)
     out = watershed(-distance, markers, mask=lung)
-    return _mask(out, lungs)
+    return image_like(out, lungs, np.uint8)
 
 
 def _capped(candidates: np.ndarray, lung: np.ndarray) -> np.ndarray:
@@ -232,7 +221,7 @@ def envelope(
         if not lung.any():
             continue
         filled = _fill_enclosed(lung)
-        closed = fill_holes(close_mm(filled, pleura_mm, spacing), slicewise=True) if pleura_mm > 0 else filled
+        closed = fill_holes(closing(filled, pleura_mm, spacing), slicewise=True) if pleura_mm > 0 else filled
         added = closed & ~filled & (lab == 0)
         # the lung's medial border on each row (z, y): the repair stays lateral to it
         fill = -np.inf if value == 1 else np.inf
@@ -243,8 +232,8 @@ def envelope(
             added = _capped(added, filled)
         out[filled | added] = value
     if airway is not None:
-        out[dilate_mm(sitk.GetArrayFromImage(airway).astype(bool), wall_mm, spacing)] = 0
-    return _mask(out, labels)
+        out[dilate(sitk.GetArrayFromImage(airway).astype(bool), wall_mm, spacing)] = 0
+    return image_like(out, labels, np.uint8)
 
 
 def _elongation(mask: np.ndarray, spacing: tuple[float, ...]) -> float:
@@ -281,7 +270,7 @@ def nodules(
     (darker than ``lumen_hu``; parenchyma never is), is a bronchus not removed as airway: rejected too."""
     array, spacing = array_of(image)
     envelope_mask = sitk.GetArrayFromImage(lungs) > 0
-    empty = StepOutput(_mask(np.zeros(envelope_mask.shape), image), {"nodules": 0})
+    empty = StepOutput(image_like(np.zeros(envelope_mask.shape), image, np.uint8), {"nodules": 0})
     if not envelope_mask.any():
         return empty
     idx = np.argwhere(envelope_mask)
@@ -296,13 +285,13 @@ def nodules(
     level = min(max((parenchyma + soft_tissue_hu) / 2.0, -600.0), -250.0)
     solid = inside & (values > level)
     radius = min_diameter_mm / 2.0
-    core = open_mm(solid, radius, spacing)
+    core = opening(solid, radius, spacing)
     labels, n = ndimage.label(core)
     # a blob must reach more than one in-plane voxel inside the envelope (not the partial-volume rim)
-    deep = erode_mm(inside, 1.01 * max(spacing[1], spacing[2]), spacing)
+    deep = erode(inside, 1.01 * max(spacing[1], spacing[2]), spacing)
     trees, _ = ndimage.label(solid)  # vessel trees: what the solid voxels connect to
     tree_sizes = np.bincount(trees.ravel())
-    thick = open_mm(core, 2.0 * radius, spacing)  # blobs twice as wide: a nodule on a vessel
+    thick = opening(core, 2.0 * radius, spacing)  # blobs twice as wide: a nodule on a vessel
     out = np.zeros(inside.shape, dtype=np.int32)
     found: list[tuple[float, np.ndarray]] = []
     rejected = {"elongated": 0, "small": 0, "ring": 0, "airway": 0, "faint": 0, "vessel": 0}
@@ -313,7 +302,7 @@ def nodules(
                            min(dim, s.stop + int(np.ceil(radius / sp)) + 1))
                      for s, sp, dim in zip(sl, spacing, inside.shape, strict=True))
         blob = labels[grow] == i
-        region = solid[grow] & dilate_mm(blob, radius + max(spacing[1], spacing[2]), spacing)
+        region = solid[grow] & dilate(blob, radius + max(spacing[1], spacing[2]), spacing)
         if max(_elongation(blob, spacing), _elongation(region, spacing)) > max_elongation:
             rejected["elongated"] += 1
             continue
@@ -327,7 +316,7 @@ def nodules(
         if region.sum() < 0.6 * hollow.sum():
             rejected["ring"] += 1  # a wall around air: a bronchus (a cavity's wall is thicker)
             continue
-        shell = dilate_mm(region, 3.0, spacing) & ~region
+        shell = dilate(region, 3.0, spacing) & ~region
         if np.mean(values[grow][shell] < lumen_hu) > 0.05:
             rejected["airway"] += 1  # beside an airway lumen (darker than any parenchyma): a bronchial wall
             continue
@@ -346,6 +335,6 @@ def nodules(
     result = np.zeros(envelope_mask.shape, dtype=np.uint8)
     result[box] = np.minimum(out, 255)
     log.info("lung nodules: %d found (solid above %.0f HU; rejected %s)", len(found), level, rejected)
-    return StepOutput(_mask(result, image), {"solid_threshold": level, "nodules": len(found),
+    return StepOutput(image_like(result, image, np.uint8), {"solid_threshold": level, "nodules": len(found),
                                              "rejected": rejected})
 
