@@ -107,6 +107,12 @@ class RulesConfig(_Model):
     watch: bool = True  # hot-reload on file change (SIGHUP always reloads)
 
 
+class PipelinesConfig(_Model):
+    """The site's own pipelines (YAML files like the shipped ones, models beside them)."""
+
+    path: Path | None = None  # default: pipelines/ beside the rules folder
+
+
 class TimeLimitsConfig(_Model):
     """Celery time limits of one pipeline: the soft limit raises inside the job, the hard one kills it."""
 
@@ -340,6 +346,7 @@ class Config(_Model):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     completion: CompletionConfig = Field(default_factory=CompletionConfig)
     rules: RulesConfig = Field(default_factory=RulesConfig)
+    pipelines: PipelinesConfig = Field(default_factory=PipelinesConfig)
     processing: ProcessingConfig = Field(default_factory=ProcessingConfig)
     destinations: dict[str, DestinationConfig] = Field(default_factory=dict)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
@@ -358,6 +365,11 @@ class Config(_Model):
             if not re.match(r"^[A-Za-z0-9_.-]+$", name):
                 raise ValueError(f"destination name '{name}' may only contain letters, digits, '_', '.', '-'")
         return value
+
+    @property
+    def pipelines_folder(self) -> Path:
+        """The site pipelines' folder: ``pipelines.path``, else ``pipelines/`` beside the rules folder."""
+        return self.pipelines.path or self.rules.path.parent / "pipelines"
 
     @model_validator(mode="after")
     def _priors_source(self) -> Config:

@@ -29,6 +29,7 @@ class JobSpec:
     profile: dict[str, Any] = field(default_factory=dict)
     # comparison with a prior study (dicomnode.compare.prior.PriorRequest as JSON); empty = none
     prior: dict[str, Any] = field(default_factory=dict)
+    pipelines_path: str = ""  # the site's pipelines folder (config pipelines.path); empty = shipped only
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from dicomnode.cli import audit, console, health, imaging, node, quantify, queue, rules, worker
+from dicomnode.cli import audit, console, health, imaging, node, pipelines, quantify, queue, rules, worker
 
 
 def build_app() -> typer.Typer:
@@ -17,6 +17,7 @@ def build_app() -> typer.Typer:
     )
     node.register(app)
     rules.register(app)
+    pipelines.register(app)
     imaging.register(app)
     quantify.register(app)
     queue.register(app)

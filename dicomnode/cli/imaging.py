@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from dicomnode.cli.common import cli_errors, fail
+from dicomnode.cli.common import ConfigOption, cli_errors, fail, load_config_or_exit
 
 log = logging.getLogger(__name__)
 
@@ -51,19 +51,22 @@ def process(
     param: Annotated[
         list[str] | None, typer.Option("--param", help="Override a step parameter: step.name=value.")
     ] = None,
+    config_path: ConfigOption = None,
 ) -> None:
-    """Run a pipeline offline on a series; write the SEG / enhanced series / SR and result.json."""
+    """Run a pipeline (shipped or from the config's pipelines folder) offline on a series; write the
+    SEG / enhanced series / SR and result.json."""
     from dicomnode.jobs import JobSpec
     from dicomnode.pipelines.registry import check_steps, get_pipeline
     from dicomnode.pipelines.runner import run_job
 
     params = _parse_params(param or [])
-    with cli_errors():
-        check_steps(get_pipeline(pipeline).with_params(params))  # unknown pipeline/parameter: fail early
+    folder = load_config_or_exit(config_path).pipelines_folder
+    with cli_errors():  # unknown pipeline/parameter, a model that does not fit: fail early
+        check_steps(get_pipeline(pipeline, folder).with_params(params), models=True)
     files = _input_files(input_dir)
     spec = JobSpec(
         job_id=f"cli-{uuid.uuid4().hex[:12]}", pipeline=pipeline, params=params, input_files=files,
-        output_dir=str(output),
+        output_dir=str(output), pipelines_path=str(folder),
     )
     result = run_job(spec)
     if not result.ok:

@@ -24,12 +24,11 @@ RulesOption = Annotated[
 
 def _load(config: Config, folder: Path | None) -> RuleSet:
     """The rule set with every reference checked; prints each problem and exits 1 if invalid."""
-    from dicomnode.pipelines.registry import available_pipelines
-    from dicomnode.route.ruleset import RuleSetError, load_ruleset
+    from dicomnode.route.ruleset import RuleSetError, load_ruleset_checked
 
     folder = folder or config.rules.path
     try:
-        return load_ruleset(folder, pipelines=available_pipelines(), destinations=list(config.destinations))
+        return load_ruleset_checked(folder, config)
     except RuleSetError as exc:
         for issue in exc.issues:
             print(f"dicomnode: error: {issue}", file=sys.stderr)

@@ -49,7 +49,8 @@ def worker(
         wanted = [q.strip() for q in queues.split(",") if q.strip()]
         names = [q if q.startswith(settings.queue_prefix + ".") else settings.queue_name(q) for q in wanted]
     else:
-        names = settings.default_queues(p for p in available_pipelines() if p != "forward")
+        site = settings.pipelines_path or None  # the site pipelines get their queues too
+        names = settings.default_queues(p for p in available_pipelines(site) if p != "forward")
     app = build_app(settings, target=target, hostname=name)
     install_worker_hooks(target)
     app.worker_main([

@@ -65,6 +65,7 @@ class Actions:
             output_dir=str(self.node.config.storage.jobs_dir / job_id), study_uid=study_uid,
             series_uid=row["series_uid"], rule=row["rule"], ruleset_hash=row["ruleset_hash"],
             destinations=tuple(row["destinations"]),
+            pipelines_path=str(self.node.config.pipelines_folder),
         )
         self._audit("rerun", user, study_uid, job_id=job_id, series_uid=row["series_uid"],
                     pipeline=row["pipeline"], rule=row["rule"], decision=decision_id,

@@ -78,7 +78,15 @@ def read_file(node: ConsoleNode, name: str) -> str:
 
 def _load(node: ConsoleNode, folder: Path) -> RuleSet:
     refs = references_for(node.config)
-    return load_ruleset(folder, pipelines=refs["pipelines"](), destinations=refs["destinations"]())
+    return load_ruleset(folder, pipelines=refs["pipelines"](), destinations=refs["destinations"](),
+                        pipelines_folder=node.config.pipelines_folder)
+
+
+def list_pipelines(node: ConsoleNode) -> list:
+    """The pipelines rules may use (shipped and the site's valid ones), by name."""
+    from dicomnode.pipelines.registry import load_pipelines
+
+    return sorted(load_pipelines(node.config.pipelines_folder, strict=False).values(), key=lambda s: s.name)
 
 
 def active_ruleset(node: ConsoleNode) -> tuple[RuleSet | None, list[RuleIssue]]:

@@ -26,6 +26,7 @@ from markupsafe import Markup, escape
 
 from dicomnode.console.actions import Actions
 from dicomnode.console.auth import CSRF_FIELD, SESSION_COOKIE, Session, SessionSigner
+from dicomnode.console.comparison import comparison_view
 from dicomnode.console.dashboard import human_bytes
 from dicomnode.console.node import ConsoleNode
 from dicomnode.console.preview import PreviewCache
@@ -75,6 +76,7 @@ class Console:
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         env = self.templates.env
         env.filters.update(when=_when, dicom_name=_dicom_name, dicom_date=_dicom_date, bytes=human_bytes)
+        env.globals["comparison_view"] = comparison_view
         self.previews = PreviewCache(node.index.series_files)
 
     # -- who -----------------------------------------------------------------------------------------

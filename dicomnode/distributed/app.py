@@ -86,7 +86,8 @@ def build_app(
     app = Celery("dicomnode", set_as_current=False)
     app.conf.update(celery_config(settings))
     context = WorkerContext(settings, target, hostname or default_hostname(),
-                            Broker(settings.broker_url, settings.queue_prefix), pipeline_versions())
+                            Broker(settings.broker_url, settings.queue_prefix),
+                            pipeline_versions(settings.pipelines_path))
 
     class AttemptRequest(Request):
         """Runs in the worker's parent process: reports what a dead child can no longer commit."""

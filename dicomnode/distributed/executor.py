@@ -68,7 +68,7 @@ class CeleryExecutor:
         self.settings = CelerySettings.from_config(config)
         self.leases = LeaseStore(database)
         self.jobs = JobStore(database, max_attempts=config.processing.max_attempts)
-        self.versions = pipeline_versions()
+        self.versions = pipeline_versions(self.settings.pipelines_path)
         self._lock = threading.Lock()
         self._callbacks: dict[str, OnDone] = {}
         self._specs: dict[str, JobSpec] = {}

@@ -70,11 +70,12 @@ class JobMessage:
                                    f"are not those of job '{message.job_id}'.")
         return message
 
-    def spec(self, input_files: list[str], output_dir: str) -> JobSpec:
+    def spec(self, input_files: list[str], output_dir: str, pipelines_path: str = "") -> JobSpec:
         """The :class:`JobSpec` a worker runs: inputs and outputs in its local scratch."""
         return JobSpec(
             job_id=self.job_id, pipeline=self.pipeline, params=dict(self.params),
             input_files=tuple(input_files), output_dir=output_dir, study_uid=self.study_uid,
             series_uid=self.series_uid, rule=self.rule, ruleset_hash=self.ruleset_hash,
             attempt=self.attempt, profile=dict(self.profile), prior=dict(self.prior),
+            pipelines_path=pipelines_path,
         )

@@ -40,6 +40,7 @@ class CelerySettings:
     urgent_rules: frozenset[str]
     queue_prefix: str
     itk_threads: int = 1
+    pipelines_path: str = ""  # the site's pipelines folder (the same path on node and workers)
 
     @classmethod
     def from_config(cls, config: Config) -> CelerySettings:
@@ -71,6 +72,7 @@ class CelerySettings:
             urgent_rules=frozenset(c.urgent_rules),
             queue_prefix=c.queue_prefix,
             itk_threads=p.itk_threads,
+            pipelines_path=str(config.pipelines_folder),
         )
         settings.check_visibility()
         return settings

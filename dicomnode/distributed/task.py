@@ -44,11 +44,13 @@ def load_target(target: str) -> Callable[[JobSpec], JobResult]:
     return getattr(importlib.import_module(module_name), function_name)
 
 
-def pipeline_versions() -> Mapping[str, str]:
-    """Name → version of every pipeline in this installation (read once: parsing them takes ~50 ms)."""
+def pipeline_versions(folder: str | Path | None = None) -> Mapping[str, str]:
+    """Name → version of every pipeline in this installation and the site's ``folder`` (read once:
+    parsing them takes ~50 ms)."""
     from dicomnode.pipelines.registry import load_pipelines
 
-    return MappingProxyType({name: spec.version for name, spec in load_pipelines().items()})
+    pipelines = load_pipelines(folder or None, strict=False)
+    return MappingProxyType({name: spec.version for name, spec in pipelines.items()})
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,7 @@ def _execute(context: WorkerContext, message: JobMessage, layout: JobLayout, scr
                                  f"node asked for version {message.pipeline_version}; update the worker.")
         inputs = copy_verified(layout, message.manifest_sha256, scratch / "in")
         (scratch / "out").mkdir()
-        spec = message.spec(inputs, str(scratch / "out"))
+        spec = message.spec(inputs, str(scratch / "out"), context.settings.pipelines_path)
         result = load_target(context.target)(spec)
         if not isinstance(result, JobResult):
             raise DicomNodeError(f"The job target '{context.target}' returned {type(result).__name__}, "

@@ -23,7 +23,8 @@ import SimpleITK as sitk
 from skimage.exposure import equalize_adapthist
 
 from dicomnode.errors import ImagingError
-from dicomnode.imaging import preprocess
+from dicomnode.imaging import grid, preprocess
+from dicomnode.imaging.grid import blend, bounding_box, feather_weights, spacing_of
 from dicomnode.imaging.preprocess import like, require_choice, require_positive, require_same_grid, to_float
 from dicomnode.imaging.step import step
 
@@ -33,34 +34,6 @@ Enhancer = Callable[[sitk.Image], sitk.Image]
 
 
 # ----------------------------------------------------------------------------------------- blending
-
-
-def feather_weights(mask: sitk.Image, *, feather_mm: float = 3.0) -> sitk.Image:
-    """Blend weights (float32): 1 inside ``mask``, smoothstep down to 0 at ``feather_mm`` outside."""
-    feather_mm = require_positive("feather_mm", feather_mm, allow_zero=True)
-    binary = sitk.Cast(mask, sitk.sitkUInt8)
-    if feather_mm == 0:
-        return sitk.Cast(binary, sitk.sitkFloat32)
-    distance = sitk.SignedMaurerDistanceMap(
-        binary, insideIsPositive=False, squaredDistance=False, useImageSpacing=True
-    )
-    t = np.clip(1.0 - sitk.GetArrayViewFromImage(distance) / feather_mm, 0.0, 1.0)
-    weights = (t * t * (3.0 - 2.0 * t)).astype(np.float32)
-    weights[sitk.GetArrayViewFromImage(binary) > 0] = 1.0
-    return like(weights, mask)
-
-
-def _bounding_box(mask: sitk.Image, margin_mm: float) -> tuple[slice, ...]:
-    array = sitk.GetArrayViewFromImage(mask)
-    if not array.any():
-        raise ImagingError("The mask is empty: there is nothing to enhance.")
-    box = []
-    for axis, spacing in enumerate(mask.GetSpacing()[::-1]):
-        others = tuple(a for a in range(array.ndim) if a != axis)
-        present = np.flatnonzero(array.any(axis=others))
-        pad = int(np.ceil(margin_mm / spacing)) + 1
-        box.append(slice(max(0, present[0] - pad), min(array.shape[axis], present[-1] + pad + 1)))
-    return tuple(box)
 
 
 def apply_in_mask(
@@ -78,20 +51,19 @@ def apply_in_mask(
     image = to_float(image)
     require_same_grid(image, mask)
     feather_mm = require_positive("feather_mm", feather_mm, allow_zero=True)
-    box = _bounding_box(mask, feather_mm + support_mm)
-    index = [(s.start, s.stop) for s in box[::-1]]  # x, y, z order for SimpleITK slicing
-    region = tuple(slice(lo, hi) for lo, hi in index)
-    crop, crop_mask = image[region], mask[region]
+    inside = sitk.GetArrayViewFromImage(mask)
+    if not inside.any():
+        raise ImagingError("The mask is empty: there is nothing to enhance.")
+    box = bounding_box(inside, spacing_of(mask), feather_mm + support_mm, extra=1)
+    crop, crop_mask = grid.crop(image, box), grid.crop(mask, box)
     enhanced = to_float(enhancer(crop))
     if enhanced.GetSize() != crop.GetSize():
         raise ImagingError(
             f"The enhancement changed the grid size from {crop.GetSize()} to {enhanced.GetSize()}."
         )
-    weights = sitk.GetArrayFromImage(feather_weights(crop_mask, feather_mm=feather_mm))
-    original = sitk.GetArrayViewFromImage(crop)
-    blended = np.where(
-        weights > 0, original + weights * (sitk.GetArrayViewFromImage(enhanced) - original), original
-    ).astype(np.float32)
+    feather = feather_weights(crop_mask, feather_mm=feather_mm)  # kept alive while its view is read
+    weights = sitk.GetArrayViewFromImage(feather)
+    blended = blend(sitk.GetArrayViewFromImage(crop), sitk.GetArrayViewFromImage(enhanced), weights)
     out = sitk.GetArrayFromImage(image)
     out[box] = blended
     return like(out, image)
@@ -106,6 +78,72 @@ def contrast_to_noise_ratio(image: sitk.Image, mask: sitk.Image, background: sit
         raise ImagingError("CNR needs at least two voxels in both the mask and the background.")
     noise = np.sqrt((inside.var() + outside.var()) / 2.0)
     return float(abs(inside.mean() - outside.mean()) / max(noise, 1e-12))
+
+
+def edge_width_mm(image: np.ndarray, mask: np.ndarray, spacing: tuple[float, float, float], *,
+                  reach_mm: float = 6.0, within: np.ndarray | None = None) -> float:
+    """The 10-90 % width (mm) of the intensity step across the surface of ``mask``: mean intensity per
+    0.5 mm bin of signed surface distance (inside negative, out to ``reach_mm``; only voxels in
+    ``within`` when given), fitted with an error function (width = 2.563 sigma). Noise averages out
+    over the surface, so the value measures blur, not noise; NaN when the fit fails."""
+    from scipy import ndimage
+    from scipy.optimize import curve_fit
+    from scipy.special import erf
+
+    inside = np.asarray(mask, dtype=bool)
+    if not inside.any() or inside.all():
+        raise ImagingError("An edge width needs a mask with both inside and outside voxels.")
+    depth = ndimage.distance_transform_edt(inside, sampling=spacing)
+    distance = np.where(inside, -depth, ndimage.distance_transform_edt(~inside, sampling=spacing))
+    selected = distance <= reach_mm
+    if within is not None:
+        selected &= np.asarray(within, dtype=bool) | inside
+    bins = np.round(distance[selected] / 0.5) * 0.5
+    centres, index = np.unique(bins, return_inverse=True)
+    profile = np.bincount(index, np.asarray(image, dtype=np.float64)[selected]) / np.bincount(index)
+
+    def erf_step(d: np.ndarray, low: float, high: float, mu: float, sigma: float) -> np.ndarray:
+        return low + (high - low) * 0.5 * (1.0 + erf((d - mu) / (np.sqrt(2.0) * sigma)))
+
+    try:
+        fitted, _ = curve_fit(erf_step, centres, profile, p0=[profile[0], profile[-1], 0.0, 1.0], maxfev=5000)
+    except (RuntimeError, ValueError):
+        return float("nan")
+    return float(2.5631 * abs(fitted[3]))
+
+
+def enhancement_report(source: np.ndarray, enhanced: np.ndarray, mask: np.ndarray,
+                       spacing: tuple[float, float, float], *, ring_mm: tuple[float, float] = (2.0, 8.0)
+                       ) -> dict[str, float]:
+    """What an enhancement did to one structure, for ``result.json``: mean and SD inside (HU for CT),
+    CNR of the structure against a ring ``ring_mm`` outside it, and the edge 10-90 % width at its
+    surface (:func:`edge_width_mm`) — each before and after. A blur raises the CNR and widens the edge;
+    an edge-preserving filter should raise the first without the second."""
+    from scipy import ndimage
+
+    inside = np.asarray(mask, dtype=bool)
+    if not inside.any():
+        raise ImagingError("An enhancement report needs a non-empty mask.")
+    box = []  # the mask's box plus the ring: distance transforms of a whole 512x512x300 volume take seconds
+    for axis, voxel_mm in enumerate(spacing):
+        present = np.flatnonzero(inside.any(axis=tuple(a for a in range(3) if a != axis)))
+        pad = int(np.ceil(max(ring_mm[1], 6.0) / voxel_mm)) + 1
+        box.append(slice(max(0, present[0] - pad), present[-1] + pad + 1))
+    crop = tuple(box)
+    inside, source, enhanced = inside[crop], np.asarray(source)[crop], np.asarray(enhanced)[crop]
+    outside = ndimage.distance_transform_edt(~inside, sampling=spacing)
+    ring = (outside >= ring_mm[0]) & (outside <= ring_mm[1])
+    report: dict[str, float] = {}
+    for name, values in (("source", source), ("enhanced", enhanced)):
+        a, b = np.asarray(values)[inside], np.asarray(values)[ring]
+        report[f"{name}_mean"] = round(float(a.mean()), 2)
+        report[f"{name}_sd"] = round(float(a.std()), 2)
+        spread = float(np.sqrt((a.var() + b.var()) / 2.0)) if b.size > 1 else 0.0
+        cnr = abs(float(a.mean() - b.mean())) / max(spread, 1e-12) if b.size else 0.0
+        report[f"{name}_cnr"] = round(cnr, 3)
+        report[f"{name}_edge_width_mm"] = round(edge_width_mm(values, inside, spacing), 2)
+    report["mean_shift"] = round(report["enhanced_mean"] - report["source_mean"], 2)
+    return report
 
 
 # ----------------------------------------------------------------------------------------- contrast
@@ -304,17 +342,26 @@ def edge_preserving_smooth(
     iterations: int = 10,
     conductance: float = 1.0,
     domain_sigma_mm: float = 1.5,
+    range_factor: float = 3.0,
 ) -> sitk.Image:
-    """Edge-preserving smoothing inside the mask: curvature ``anisotropic`` diffusion or ``bilateral``."""
+    """Edge-preserving smoothing inside the mask: curvature ``anisotropic`` diffusion or ``bilateral``
+    (``domain_sigma_mm``; range sigma = ``range_factor`` x the noise estimated inside the mask).
+
+    Quantitative-safe with the defaults of the shipped pipelines (bilateral, 1.5 mm, factor 2): region
+    means move by less than 3 HU and lesion contrast keeps 95 % of its value on real CT noise
+    (``benchmarks/enhancement.py``)."""
     require_choice("method", method, _EDGE_PRESERVING)
+    range_factor = require_positive("range_factor", range_factor)
     if method == "anisotropic":
 
         def enhancer(crop: sitk.Image) -> sitk.Image:
             return preprocess.anisotropic_diffusion(crop, iterations=iterations, conductance=conductance)
     else:
+        noise = preprocess.estimate_noise_sigma(image, mask=mask)
+        range_sigma = max(range_factor * noise, 1e-3)
 
         def enhancer(crop: sitk.Image) -> sitk.Image:
-            return preprocess.bilateral(crop, domain_sigma_mm=domain_sigma_mm)
+            return preprocess.bilateral(crop, domain_sigma_mm=domain_sigma_mm, range_sigma=range_sigma)
 
     return apply_in_mask(image, mask, enhancer, feather_mm=feather_mm, support_mm=3 * domain_sigma_mm)
 

@@ -49,7 +49,8 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from dicomnode.errors import ImagingError
-from dicomnode.imaging.organs.common import dilate_mm, erode_mm, open_mm, to_working_grid
+from dicomnode.imaging.grid import to_working_grid
+from dicomnode.imaging.morphology import dilate, erode, opening
 from dicomnode.imaging.step import StepOutput, StepValue, image_of, step
 
 log = logging.getLogger(__name__)
@@ -161,7 +162,7 @@ def detect_in_region(
         organ_arr &= smooth >= float(exclude_below)
     # at least one voxel deep along every axis: thick slices carry partial volume at the organ's top/bottom
     depth = max(margin_mm, 1.01 * max(spacing))
-    core = erode_mm(organ_arr, margin_mm, spacing)
+    core = erode(organ_arr, margin_mm, spacing)
     if spacing[0] > margin_mm:  # thick slices: also one slice off the organ's top and bottom
         core &= ndimage.binary_erosion(organ_arr, np.ones((3, 1, 1), dtype=bool))
     if core.sum() < 50:
@@ -175,7 +176,7 @@ def detect_in_region(
     # (contrast gradients, beam hardening) is then estimated without them, and pass 2 thresholds the
     # residual against that local background
     outliers = organ_arr & (np.abs(smooth - centre) > max(k_sigma * sigma, min_contrast))
-    weight = (organ_arr & ~dilate_mm(outliers, 2 * smoothing_mm, spacing)).astype(np.float32)
+    weight = (organ_arr & ~dilate(outliers, 2 * smoothing_mm, spacing)).astype(np.float32)
     bg_sigma = [background_mm / s for s in spacing]
     support = ndimage.gaussian_filter(weight, bg_sigma)
     background = ndimage.gaussian_filter(smooth * weight, bg_sigma) / np.maximum(support, 1e-3)
@@ -191,8 +192,8 @@ def detect_in_region(
         passes = (residual < -delta) if polarity == "hypo" else (residual > delta)
         # structures thinner than ``vessel_mm`` (vessels, rims) do not survive the opening of the seeds;
         # the seeds then grow back into the whole organ through voxels that still pass
-        seeds = open_mm(passes & core, vessel_mm / 2.0, spacing)
-        grown = seeds | (dilate_mm(seeds, depth + max(spacing), spacing) & passes & organ_arr)
+        seeds = opening(passes & core, vessel_mm / 2.0, spacing)
+        grown = seeds | (dilate(seeds, depth + max(spacing), spacing) & passes & organ_arr)
         half = (residual < -0.5 * delta) if polarity == "hypo" else (residual > 0.5 * delta)
         labels, _ = ndimage.label(grown)
         for i, box in enumerate(ndimage.find_objects(labels), start=1):
@@ -281,7 +282,7 @@ class Limits:
         # threshold goes on beyond the component's neighbourhood, about as thick as the piece found and
         # with a similar peak contrast (a lesion beside a vessel keeps its own, stronger contrast)
         if weaker is not None:
-            beyond = weaker & ~dilate_mm(comp, 0.5 * max(diameter, self.min_diameter_mm), spacing)
+            beyond = weaker & ~dilate(comp, 0.5 * max(diameter, self.min_diameter_mm), spacing)
             if beyond.sum() >= 0.5 * comp.sum():  # more than a few voxels of noise touching the blob
                 thick = _thickness(beyond, spacing)
                 own = max(float(np.percentile(contrast[comp], 90)), 1e-6)

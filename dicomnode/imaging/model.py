@@ -41,6 +41,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from dicomnode.errors import ImagingError
+from dicomnode.imaging.grid import image_like
 from dicomnode.imaging.segment import largest_components
 from dicomnode.imaging.sliding_window import sliding_window
 from dicomnode.imaging.step import step
@@ -366,12 +367,6 @@ def to_spacing(image: sitk.Image, spacing: Sequence[float]) -> sitk.Image:
     )
 
 
-def _image(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
-    img = sitk.GetImageFromArray(array)
-    img.CopyInformation(reference)
-    return img
-
-
 def infer(params: ModelParams, image: sitk.Image) -> tuple[np.ndarray, sitk.Image]:
     """The model's scores ``(K, z, y, x)`` on the inference grid, and that grid (a SimpleITK image)."""
     session = open_session(params.model, params.threads, params.device)
@@ -405,14 +400,14 @@ def infer(params: ModelParams, image: sitk.Image) -> tuple[np.ndarray, sitk.Imag
 def _classes(params: ModelParams, scores: np.ndarray, grid: sitk.Image, image: sitk.Image) -> np.ndarray:
     """The argmax class of every source voxel (z, y, x)."""
     if params.spacing_mm is None:  # same voxels, maybe permuted: argmax, then reorient back exactly
-        classes = _image(np.argmax(scores, axis=0).astype(np.uint16), grid)
+        classes = image_like(np.argmax(scores, axis=0).astype(np.uint16), grid)
         if _orientation(image) != _orientation(classes):
             classes = sitk.DICOMOrient(classes, _orientation(image))
         return sitk.GetArrayFromImage(classes)
     best = np.full(image.GetSize()[::-1], -np.inf, dtype=np.float32)
     classes = np.zeros(best.shape, dtype=np.uint16)
     for k in range(scores.shape[0]):
-        channel = sitk.Resample(_image(scores[k], grid), image, sitk.Transform(), sitk.sitkLinear, 0.0,
+        channel = sitk.Resample(image_like(scores[k], grid), image, sitk.Transform(), sitk.sitkLinear, 0.0,
                                 sitk.sitkFloat32, True)
         values = sitk.GetArrayViewFromImage(channel)
         better = values > best
@@ -426,7 +421,7 @@ def segment_masks(image: sitk.Image, **params: Any) -> dict[str, sitk.Image]:  #
     labels = segment(image, **params)
     names = model_params(**params).labels
     array = sitk.GetArrayViewFromImage(labels)
-    return {name: _image((array == channel).astype(np.uint8), image) for channel, name in names.items()}
+    return {name: image_like((array == channel).astype(np.uint8), image) for channel, name in names.items()}
 
 
 @step("model.segment")
@@ -459,10 +454,10 @@ def segment(
     for channel, name in params.labels.items():
         mask = classes == channel
         if name in params.largest_component and mask.any():
-            kept = largest_components(_image(mask.astype(np.uint8), image))
+            kept = largest_components(image_like(mask.astype(np.uint8), image))
             mask = sitk.GetArrayViewFromImage(kept).astype(bool)
         out[mask] = channel
     log.info("model %s: %s", params.model.name,
              ", ".join(f"{name} {int((out == c).sum())} voxels" for c, name in params.labels.items()))
-    return _image(out, image)
+    return image_like(out, image)
 

@@ -31,6 +31,7 @@ import SimpleITK as sitk
 from skimage.restoration import denoise_nl_means, denoise_wavelet
 
 from dicomnode.errors import ImagingError
+from dicomnode.imaging.grid import image_like
 from dicomnode.imaging.step import step
 
 log = logging.getLogger(__name__)
@@ -81,11 +82,10 @@ def to_float(image: sitk.Image) -> sitk.Image:
 
 
 def like(array: np.ndarray, reference: sitk.Image, pixel_type: int = sitk.sitkFloat32) -> sitk.Image:
-    """An image from a (z, y, x) array with the geometry of ``reference``."""
+    """An image of SimpleITK pixel type ``pixel_type`` from a (z, y, x) array with the geometry of
+    ``reference`` (:func:`dicomnode.imaging.grid.image_like`)."""
     dtype = {sitk.sitkFloat32: np.float32, sitk.sitkUInt8: np.uint8, sitk.sitkUInt32: np.uint32}[pixel_type]
-    out = sitk.GetImageFromArray(np.ascontiguousarray(array, dtype=dtype))
-    out.CopyInformation(reference)
-    return out
+    return image_like(array, reference, dtype)
 
 
 def mm_to_radius(image: sitk.Image, mm: float, *, minimum: int = 0, slicewise: bool = False) -> list[int]:

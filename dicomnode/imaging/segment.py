@@ -24,6 +24,8 @@ from skimage.filters import threshold_multiotsu, threshold_otsu
 from skimage.segmentation import slic
 
 from dicomnode.errors import ImagingError
+from dicomnode.imaging import morphology
+from dicomnode.imaging.grid import spacing_of
 from dicomnode.imaging.preprocess import (
     like,
     mm_to_radius,
@@ -657,22 +659,6 @@ def supervoxel_mask(
 # ------------------------------------------------------------------------------------- morphology
 
 
-def _distance_to(mask: sitk.Image, slicewise: bool) -> sitk.Image:
-    """Physical distance (mm) from each voxel centre to the nearest foreground voxel centre.
-
-    Slice-wise distances use a huge slice spacing so that no distance crosses slices.
-    """
-    binary = sitk.Cast(mask, sitk.sitkUInt8)
-    if slicewise and binary.GetDimension() == 3:
-        binary = sitk.Image(binary)
-        binary.SetSpacing((*mask.GetSpacing()[:2], 1e6))
-    distance = sitk.SignedMaurerDistanceMap(
-        binary, insideIsPositive=False, squaredDistance=False, useImageSpacing=True
-    )
-    distance.CopyInformation(mask)
-    return distance
-
-
 def _radius(radius_mm: float) -> float:
     radius_mm = require_positive("radius_mm", radius_mm)
     if radius_mm > 1e4:
@@ -680,51 +666,42 @@ def _radius(radius_mm: float) -> float:
     return radius_mm
 
 
+def _morphology(
+    operation: Callable[..., np.ndarray], mask: sitk.Image, radius_mm: float, slicewise: bool
+) -> sitk.Image:
+    array = operation(_mask_array(mask), _radius(radius_mm), spacing_of(mask), slicewise=slicewise)
+    return _as_mask(array, mask)
+
+
 @step("segment.dilate")
 def dilate(mask: sitk.Image, *, radius_mm: float = 1.0, slicewise: bool = False) -> sitk.Image:
-    """Binary dilation by a ball of ``radius_mm`` (a disc per axial slice when ``slicewise``).
-
-    Exact Euclidean morphology via a distance map: linear in voxels whatever the radius.
-    """
-    radius_mm = _radius(radius_mm)
-    return sitk.Cast(_distance_to(mask, slicewise) <= radius_mm, sitk.sitkUInt8)
+    """Binary dilation by a ball of ``radius_mm`` (a disc per axial slice when ``slicewise``); see
+    :mod:`dicomnode.imaging.morphology` for the semantics of every morphology step."""
+    return _morphology(morphology.dilate, mask, radius_mm, slicewise)
 
 
 @step("segment.erode")
 def erode(mask: sitk.Image, *, radius_mm: float = 1.0, slicewise: bool = False) -> sitk.Image:
     """Binary erosion by a ball of ``radius_mm`` (the image border does not erode)."""
-    radius_mm = _radius(radius_mm)
-    background = sitk.Cast(mask, sitk.sitkUInt8) == 0
-    return sitk.Cast(_distance_to(background, slicewise) > radius_mm, sitk.sitkUInt8)
+    return _morphology(morphology.erode, mask, radius_mm, slicewise)
 
 
 @step("segment.opening")
 def opening(mask: sitk.Image, *, radius_mm: float = 1.0, slicewise: bool = False) -> sitk.Image:
     """Binary opening (removes structures thinner than ~2 x ``radius_mm``)."""
-    return dilate(
-        erode(mask, radius_mm=radius_mm, slicewise=slicewise), radius_mm=radius_mm, slicewise=slicewise
-    )
+    return _morphology(morphology.opening, mask, radius_mm, slicewise)
 
 
 @step("segment.closing")
 def closing(mask: sitk.Image, *, radius_mm: float = 1.0, slicewise: bool = False) -> sitk.Image:
     """Binary closing (bridges gaps narrower than ~2 x ``radius_mm``)."""
-    return erode(
-        dilate(mask, radius_mm=radius_mm, slicewise=slicewise), radius_mm=radius_mm, slicewise=slicewise
-    )
+    return _morphology(morphology.closing, mask, radius_mm, slicewise)
 
 
 @step("segment.fill_holes")
 def fill_holes(mask: sitk.Image, *, slicewise: bool = True) -> sitk.Image:
     """Fill holes: background regions not connected to the border, per axial slice or in 3-D."""
-    array = _mask_array(mask)
-    if slicewise and array.ndim == 3:
-        structure = np.zeros((3, 3, 3), bool)
-        structure[1] = ndimage.generate_binary_structure(2, 1)  # no connectivity across slices
-        filled = ndimage.binary_fill_holes(array, structure=structure)
-    else:
-        filled = ndimage.binary_fill_holes(array)
-    return _as_mask(filled, mask)
+    return _as_mask(morphology.fill_holes(_mask_array(mask), slicewise=slicewise), mask)
 
 
 @step("segment.largest_components")
@@ -733,24 +710,19 @@ def largest_components(mask: sitk.Image, *, count: int = 1, min_size_mm3: float 
     if int(count) < 1:
         raise ImagingError(f"Parameter 'count' must be at least 1, got {count!r}.")
     min_size_mm3 = require_positive("min_size_mm3", min_size_mm3, allow_zero=True)
-    voxel = float(np.prod(mask.GetSpacing()))
-    components = sitk.ConnectedComponent(sitk.Cast(mask, sitk.sitkUInt8), True)
-    relabelled = sitk.RelabelComponent(
-        components, minimumObjectSize=int(np.ceil(min_size_mm3 / voxel)), sortByObjectSize=True
-    )
-    kept = sitk.BinaryThreshold(relabelled, 1, int(count), 1, 0)
-    return sitk.Cast(kept, sitk.sitkUInt8)
+    min_voxels = int(np.ceil(min_size_mm3 / float(np.prod(mask.GetSpacing()))))
+    return _as_mask(morphology.largest_components(_mask_array(mask), int(count), min_voxels=min_voxels), mask)
 
 
 @step("segment.body_mask")
 def body_mask(image: sitk.Image, *, threshold: float | None = None, opening_mm: float = 3.0) -> sitk.Image:
     """The patient's body: above ``threshold`` (default Otsu, ~-500 HU on CT), opened by
-    ``opening_mm`` to detach the table, largest component, holes (lungs, bowel gas) filled per slice."""
+    ``opening_mm`` per axial slice to detach the table, largest component, holes (lungs, bowel gas)
+    filled per slice (:func:`dicomnode.imaging.morphology.body_mask`)."""
     image = to_float(image)
     value = otsu_threshold_value(image) if threshold is None else float(threshold)
-    body = sitk.Cast(image > value, sitk.sitkUInt8)
-    if opening_mm:
-        body = opening(body, radius_mm=opening_mm, slicewise=True)
-    if not sitk.GetArrayViewFromImage(body).any():
-        raise ImagingError(f"No voxel lies above the body threshold {value!r}.")
-    return fill_holes(largest_components(body), slicewise=True)
+    opening_mm = require_positive("opening_mm", opening_mm, allow_zero=True)
+    body = morphology.body_mask(
+        sitk.GetArrayViewFromImage(image), spacing_of(image), threshold=value, opening_mm=opening_mm
+    )
+    return _as_mask(body, image)

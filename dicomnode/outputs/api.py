@@ -26,6 +26,20 @@ class Segment:
 
 
 @dataclass(frozen=True)
+class Window:
+    """One VOI window of a derived series (WindowCenter/Width + WindowCenterWidthExplanation)."""
+
+    center: float
+    width: float
+    explanation: str = ""
+
+
+#: What the enhanced series' pixel values mean: ``quantitative`` keeps the source's units (HU for CT:
+#: only quantitative-safe processing); ``display`` values are for viewing only (RescaleType US).
+ENHANCED_VALUES = ("quantitative", "display")
+
+
+@dataclass(frozen=True)
 class Provenance:
     pipeline: str
     pipeline_version: str
@@ -45,6 +59,8 @@ class ProcessedSeries:
     enhanced: np.ndarray | None = None  # float, real units (HU for CT), shape (slices, rows, columns)
     image: np.ndarray | None = None  # the source volume in real units, same shape (for quantification)
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)  # (slice, row, column) spacing in mm
-    window: tuple[float, float] | None = None  # (centre, width) for the organ, for the enhanced series
+    window: tuple[float, float] | None = None  # (centre, width): one window, when ``windows`` is empty
+    windows: tuple[Window, ...] = ()  # VOI windows of the enhanced series, the default (organ) window first
+    enhanced_values: str = "quantitative"  # one of ENHANCED_VALUES
     measurements: dict[str, dict[str, float]] = field(default_factory=dict)  # per segment label
     qc: QCReport | None = None  # verdicts per segment label (also in result.json)

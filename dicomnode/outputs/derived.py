@@ -24,7 +24,7 @@ from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian
 
 from dicomnode.errors import OutputError
-from dicomnode.outputs.api import Provenance
+from dicomnode.outputs.api import Provenance, Window
 from dicomnode.outputs.provenance import MANUFACTURER, apply_provenance
 from dicomnode.outputs.uids import UIDFactory
 
@@ -54,6 +54,33 @@ class DerivedSpec:
     series_description: str = "Enhanced"
     series_number: int = 902
     keep_private_tags: bool = False
+    values: str = "quantitative"  # outputs.api.ENHANCED_VALUES: display = RescaleType US + ImageComments
+
+
+#: ImageComments of a derived series whose values are for display only.
+DISPLAY_COMMENT = (
+    "DISPLAY ONLY: non-linear enhancement ({steps}); pixel values are not {unit} (RescaleType US) "
+    "- measure on the original series."
+)
+QUANTITATIVE_COMMENT = "Edge-preserving denoising only ({steps}); pixel values keep the source's {unit}."
+
+
+def set_windows(ds: Dataset, window: tuple[float, float] | Sequence[Window] | None) -> None:
+    """WindowCenter/Width (one value per window) and WindowCenterWidthExplanation where named."""
+    if window is None:
+        return
+    if isinstance(window, tuple) and len(window) == 2 and not isinstance(window[0], Window):
+        windows: list[Window] = [Window(float(window[0]), float(window[1]))]  # type: ignore[arg-type]
+    else:
+        windows = list(window)  # type: ignore[arg-type]
+    if not windows:
+        return
+    ds.WindowCenter = [f"{w.center:.6g}" for w in windows] if len(windows) > 1 else f"{windows[0].center:.6g}"
+    widths = [f"{max(w.width, 1.0):.6g}" for w in windows]
+    ds.WindowWidth = widths if len(windows) > 1 else widths[0]
+    if all(w.explanation for w in windows):
+        names = [w.explanation[:64] for w in windows]
+        ds.WindowCenterWidthExplanation = names if len(names) > 1 else names[0]
 
 
 def derivation_codes(steps: Sequence[str]) -> list[CodedConcept]:
@@ -160,7 +187,7 @@ def derived_image(
     provenance: Provenance,
     uids: UIDFactory,
     spec: DerivedSpec,
-    window: tuple[float, float] | None,
+    window: tuple[float, float] | Sequence[Window] | None,
     *,
     kind: str = "derived",
     now: dt.datetime | None = None,
@@ -188,9 +215,16 @@ def derived_image(
     ref.ReferencedSOPClassUID = source.SOPClassUID
     ref.ReferencedSOPInstanceUID = source.SOPInstanceUID
     ds.ReferencedImageSequence = DicomSequence([ref])
-    if window is not None:
-        ds.WindowCenter = f"{window[0]:.6g}"
-        ds.WindowWidth = f"{max(window[1], 1.0):.6g}"
+    set_windows(ds, window)
+    names = [s.split(" (")[-1].rstrip(")") for s in provenance.steps if "(enhance." in s]
+    unit = "Hounsfield units" if str(source.get("Modality", "")) == "CT" else "signal intensities"
+    if kind == "derived" and spec.values == "display":
+        ds.RescaleType = "US"
+        ds.ImageComments = DISPLAY_COMMENT.format(steps=", ".join(names) or "enhancement", unit=unit)[:10240]
+    elif kind == "derived":
+        if str(source.get("Modality", "")) == "CT":
+            ds.RescaleType = "HU"
+        ds.ImageComments = QUANTITATIVE_COMMENT.format(steps=", ".join(names) or "none", unit=unit)[:10240]
     stored = to_stored(values, source)
     ds.PixelData = stored.tobytes()
     ds["PixelData"].VR = "OW"
@@ -210,7 +244,7 @@ def iter_derived_series(
     provenance: Provenance,
     uids: UIDFactory,
     spec: DerivedSpec = DerivedSpec(),
-    window: tuple[float, float] | None = None,
+    window: tuple[float, float] | Sequence[Window] | None = None,
 ) -> Iterator[Dataset]:
     """One derived image per source slice from ``volume`` (slices, rows, columns) in real units, one at a
     time (write each before the next is built)."""

@@ -165,9 +165,13 @@ def write_result_package(
 
     if profile.send_enhanced and processed.enhanced is not None:
         description = f"{first.get('SeriesDescription', '') or 'Series'} enhanced ({prov.pipeline})"
-        spec_d = DerivedSpec(series_description=description[:64], series_number=series_number(first, 2))
+        if processed.enhanced_values == "display":
+            description = f"{first.get('SeriesDescription', '') or 'Series'} DISPLAY ONLY ({prov.pipeline})"
+        spec_d = DerivedSpec(series_description=description[:64], series_number=series_number(first, 2),
+                             values=processed.enhanced_values)
+        windows = processed.windows or processed.window
         # written as they are built: one image's pixel bytes in memory at a time, not the whole series
-        images = iter_derived_series(sources, processed.enhanced, prov, uids, spec_d, processed.window)
+        images = iter_derived_series(sources, processed.enhanced, prov, uids, spec_d, windows)
         written.extend(_write_series(images, output_dir / DERIVED_DIR))
 
     measurements = {s.label: segment_measurements(processed, s, features) for s in processed.segments}

@@ -83,6 +83,7 @@ def execute(
     # free each image after its last use (a 512x512x300 float32 image is 300 MB); keep what the segments
     # and the enhanced series are built from, and the last step's output
     keep = {seg.source for seg in spec.segments} | ({spec.enhanced} if spec.enhanced else set())
+    keep |= {w.organ for w in spec.windows if w.organ}
     keep |= {spec.steps[-1].id} if spec.steps else set()
     last_use: dict[str, int] = {}
     for i, step in enumerate(spec.steps):
@@ -157,6 +158,7 @@ def process_volume(spec: PipelineSpec, volume: Any, job: JobSpec) -> tuple[Any, 
     enhanced = None
     if spec.enhanced:
         enhanced = sitk.GetArrayFromImage(run.image(spec.enhanced)).astype(np.float32, copy=False)
+    windows = resolve_windows(spec, run.context, enhanced if enhanced is not None else volume.array)
     run.context.clear()  # the package is written from the arrays above
     params = {**spec.parameters()}
     provenance = Provenance(
@@ -179,6 +181,8 @@ def process_volume(spec: PipelineSpec, volume: Any, job: JobSpec) -> tuple[Any, 
         "estimates": run.estimates,
         "input": accepted,
     }
+    if enhanced is not None:
+        summary["enhancement"] = enhancement_summary(spec, volume, enhanced, segments)
     processed = ProcessedSeries(
         sources=volume.datasets,
         segments=tuple(segments),
@@ -187,8 +191,44 @@ def process_volume(spec: PipelineSpec, volume: Any, job: JobSpec) -> tuple[Any, 
         image=volume.array,
         spacing=volume.spacing,
         window=spec.window,
+        windows=windows,
+        enhanced_values=spec.enhanced_values,
     )
     return processed, summary
+
+
+def resolve_windows(spec: PipelineSpec, context: dict[str, Any], image: np.ndarray) -> tuple:
+    """The pipeline's VOI windows with organ centres/widths measured in ``image`` (real units)."""
+    import SimpleITK as sitk
+
+    from dicomnode.outputs.api import Window
+
+    windows = []
+    for w in spec.windows:
+        center, width = w.center, w.width
+        if w.organ is not None:
+            values = image[sitk.GetArrayViewFromImage(image_of(context[w.organ])) > 0]
+            if values.size == 0:
+                log.warning("Window %s: organ '%s' is empty; the window is left out.", w.explanation, w.organ)
+                continue
+            low, median, high = np.percentile(values, [1, 50, 99])
+            center = float(median) if center is None else center
+            width = max(1.2 * float(high - low), 1.0) if width is None else width
+        windows.append(Window(round(float(center), 1), round(float(width), 1), w.explanation))  # type: ignore[arg-type]
+    return tuple(windows)
+
+
+def enhancement_summary(spec: PipelineSpec, volume: Any, enhanced: np.ndarray, segments: list) -> dict:  # noqa: ANN401
+    """What the enhancement did to each organ segment (``result.json`` ``enhancement``): mean, SD, CNR
+    against the surrounding ring and edge 10-90 % width, before and after; the values' meaning."""
+    from dicomnode.imaging.enhance import enhancement_report
+
+    organs = {s.label: enhancement_report(volume.array, enhanced, s.mask, volume.spacing)
+              for s in segments if s.category == "organ" and s.mask.any()}
+    unit = "HU" if volume.modality == "CT" else "signal"
+    if spec.enhanced_values != "quantitative":
+        unit = "display"
+    return {"values": spec.enhanced_values, "unit": unit, "organs": organs}
 
 
 def run_job(spec: JobSpec, profile: ViewerProfile | None = None) -> JobResult:
@@ -202,7 +242,7 @@ def run_job(spec: JobSpec, profile: ViewerProfile | None = None) -> JobResult:
     output_dir = Path(spec.output_dir)
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
-        pipeline = get_pipeline(spec.pipeline).with_params(spec.params)
+        pipeline = get_pipeline(spec.pipeline, spec.pipelines_path or None).with_params(spec.params)
         check_steps(pipeline)
         if not pipeline.steps:  # forward: nothing to compute, the node sends the source series
             result = JobResult(spec.job_id, True, (), {"pipeline": pipeline.name, "seconds": 0.0})

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -28,6 +28,7 @@ from pydantic import (
     StringConstraints,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from dicomnode.errors import PipelineError
@@ -63,6 +64,16 @@ class SegmentSpec:
 
 
 @dataclass(frozen=True)
+class WindowSpec:
+    """One VOI window of the enhanced series (WindowCenter/Width + WindowCenterWidthExplanation)."""
+
+    explanation: str
+    center: float | None = None  # None: the median of ``organ`` in the enhanced image
+    width: float | None = None  # None: 1.2x the 1-99 % range of ``organ``
+    organ: str | None = None  # context name of a mask on the source grid
+
+
+@dataclass(frozen=True)
 class PipelineSpec:
     name: str
     version: str
@@ -73,8 +84,11 @@ class PipelineSpec:
     window: tuple[float, float] | None = None  # (center, width)
     enhanced: str | None = None
     sr_features: tuple[str, ...] | None = None  # None = the result writer's default
+    windows: tuple[WindowSpec, ...] = ()  # the enhanced series' windows, the default (organ) first
+    enhanced_values: str = "quantitative"  # or "display" (outputs.api.ENHANCED_VALUES)
     accepts: Accepts = field(default_factory=Accepts)  # input guards, checked before any step runs
     source: str = field(default="", compare=False)  # the file it was read from
+    site: bool = field(default=False, compare=False)  # from the site's pipelines folder (not shipped)
 
     def parameters(self) -> dict[str, Any]:
         """Every overridable parameter with its default, as ``<step id>.<param>``."""
@@ -128,6 +142,22 @@ class WindowDoc(_Strict):
     width: float = Field(gt=0)
 
 
+class WindowsDoc(_Strict):
+    """One of several windows: a fixed ``center``/``width``, or centred on an ``organ`` mask's median
+    (``width`` omitted: 1.2x the organ's 1-99 % range); ``explanation`` names it (LIVER, ABDOMEN)."""
+
+    explanation: Annotated[Text, StringConstraints(max_length=64)]
+    center: float | None = None
+    width: float | None = Field(None, ge=1)
+    organ: Name | None = None
+
+    @model_validator(mode="after")
+    def _placed(self) -> WindowsDoc:
+        if self.organ is None and (self.center is None or self.width is None):
+            raise ValueError("a window needs 'center' and 'width', or an 'organ'")
+        return self
+
+
 class StepDoc(_Strict):
     """``{id, use, in, params}``: ``in`` is a context name, a list of them (positional inputs) or a
     mapping ``{parameter: name}`` (keyword inputs); default ``[image]``."""
@@ -162,7 +192,9 @@ class PipelineDoc(_Strict):
     modalities: Annotated[list[Name], BeforeValidator(_none_as_empty)] = Field(default_factory=list)
     accepts: dict[Name, Any] | None = None
     window: WindowDoc | None = None
+    windows: Annotated[list[WindowsDoc], BeforeValidator(_none_as_empty)] = Field(default_factory=list)
     enhanced: Name | None = None
+    enhanced_values: Literal["quantitative", "display"] = "quantitative"
     sr_features: list[Name] | None = Field(None, min_length=1)
     steps: Annotated[list[StepDoc], BeforeValidator(_none_as_empty)] = Field(default_factory=list)
     segments: Annotated[list[SegmentDoc], BeforeValidator(_none_as_empty)] = Field(default_factory=list)
@@ -244,6 +276,12 @@ def _references(doc: PipelineDoc, data: Any, source: str) -> list[PipelineIssue]
             issues.append(PipelineIssue(
                 source, _line(raw_segments, i), f"segments[{i}].from: no step produces '{segment.from_}'"
             ))
+    for i, window in enumerate(doc.windows):
+        if window.organ is not None and window.organ not in produced:
+            issues.append(PipelineIssue(
+                source, _line(data.get("windows") or [], i),
+                f"windows[{i}].organ: no step produces '{window.organ}'",
+            ))
     if doc.enhanced is not None and doc.enhanced not in produced:
         issues.append(PipelineIssue(
             source, _line(data, "enhanced"), f"enhanced: '{doc.enhanced}' is not produced by any step"
@@ -289,6 +327,8 @@ def _spec(doc: PipelineDoc, data: Any, source: str) -> PipelineSpec:  # noqa: AN
         window=(doc.window.center, doc.window.width) if doc.window else None,
         enhanced=doc.enhanced,
         sr_features=tuple(doc.sr_features) if doc.sr_features else None,
+        windows=tuple(WindowSpec(w.explanation, w.center, w.width, w.organ) for w in doc.windows),
+        enhanced_values=doc.enhanced_values,
         accepts=accepted,
         source=source,
     )

@@ -5,8 +5,8 @@ Steps are declared where they are written, with :func:`dicomnode.imaging.step.st
 a module that is not listed contributes nothing, and a step module that cannot be imported is an
 error (the import fails loudly), never a missing step. A new step module is added to that list.
 
-The small glue steps below (``grid.*``, ``body.mask``, ``labels.*``, ``filter.median``,
-``guided.contrast``) are declared here.
+The small glue steps below (``body.mask``, ``labels.*``, ``filter.median``, ``guided.contrast``) are
+declared here.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from dicomnode.errors import ImagingError, PipelineError
-from dicomnode.imaging import artifacts, enhance, fuse, lesions, model, preprocess, segment
-from dicomnode.imaging.organs import brain, common, liver, lung
+from dicomnode.imaging import artifacts, enhance, fuse, grid, lesions, model, morphology, preprocess, segment
+from dicomnode.imaging.grid import array_of, bounding_box, crop, image_like, paste, spacing_of
+from dicomnode.imaging.organs import brain, liver, lung
 from dicomnode.imaging.step import StepOutput, StepValue, image_of, output_of, step, step_names
 
 log = logging.getLogger(__name__)
@@ -129,34 +130,15 @@ class StepRegistry(Mapping[str, Step]):
         return len(self._steps)
 
 
-@step("grid.working")
-def working_grid(image: sitk.Image, *, spacing_mm: float = 2.0) -> sitk.Image:
-    """Resample (anti-aliased) so no axis is finer than ``spacing_mm``: the organ chains' grid."""
-    return common.to_working_grid(image, spacing_mm)
-
-
-@step("grid.to_source")
-def to_source(mask: sitk.Image, reference: sitk.Image) -> sitk.Image:
-    """A working-grid mask (uint8) or label map back on the source grid of ``reference``."""
-    arr = sitk.GetArrayFromImage(mask)
-    if arr.max(initial=0) <= 1:
-        return common.mask_to_grid(arr.astype(bool), mask, reference)
-    out = np.zeros(reference.GetSize()[::-1], dtype=np.uint8)
-    for value in np.unique(arr[arr > 0]):
-        part = common.mask_to_grid(arr == value, mask, reference)
-        out[sitk.GetArrayViewFromImage(part).astype(bool)] = value
-    img = sitk.GetImageFromArray(out)
-    img.CopyInformation(reference)
-    return img
-
-
 @step("body.mask")
 def body_mask(image: sitk.Image, *, air_hu: float = -400.0) -> sitk.Image:
-    """The patient's body on CT (largest component above ``air_hu``, internal air filled)."""
-    array, spacing = common.array_of(image)
-    out = sitk.GetImageFromArray(common.body_mask(array, spacing, air_hu=air_hu).astype(np.uint8))
-    out.CopyInformation(image)
-    return out
+    """The patient's body on CT for the organ chains: above ``air_hu``, opened by 3 mm in 3-D, the
+    largest 6-connected component, internal air filled (:func:`~dicomnode.imaging.morphology.body_mask`)."""
+    array, spacing = array_of(image)
+    body = morphology.body_mask(
+        array, spacing, threshold=air_hu, opening_mm=3.0, slicewise=False, connectivity=6
+    )
+    return image_like(body, image)
 
 
 @step("labels.select")
@@ -198,16 +180,10 @@ def guided_contrast(
     full_mask = sitk.GetArrayViewFromImage(mask)
     if not full_mask.any():
         return result
-    spacing = tuple(image.GetSpacing()[::-1])
+    spacing = spacing_of(image)
     # work in the mask's bounding box grown by the feather band (+ one voxel): cost follows the organ
-    idx = np.argwhere(full_mask)
-    grow = np.ceil(feather_mm / np.asarray(spacing)).astype(int) + 1
-    lo = np.maximum(idx.min(axis=0) - grow, 0)
-    hi = np.minimum(idx.max(axis=0) + grow + 1, full_mask.shape)
-    del idx
-    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
-    crop = tuple(slice(int(a), int(b)) for a, b in zip(lo[::-1], hi[::-1], strict=True))  # x, y, z
-    sub_image = result[crop]
+    box = bounding_box(full_mask, spacing, feather_mm, extra=1)
+    sub_image = crop(result, box)
     array = sitk.GetArrayFromImage(sub_image)
     inside = full_mask[box].astype(bool)
     distance = ndimage.distance_transform_edt(~inside, sampling=spacing).astype(np.float32)
@@ -226,14 +202,12 @@ def guided_contrast(
     blended = array + weight * (centre + gain * (smooth - centre) - array)
     band = weight > 0
     array[band] = blended[band]
-    patch = sitk.GetImageFromArray(array)
-    patch.CopyInformation(sub_image)
-    return sitk.Paste(result, patch, patch.GetSize(), [0, 0, 0], [int(v) for v in lo[::-1]])
+    return paste(result, image_like(array, sub_image), box)
 
 
 #: The modules whose ``@step`` functions make up the registry (a new step module is added here).
 STEP_MODULES: tuple[ModuleType, ...] = (
-    preprocess, segment, enhance, artifacts, fuse, model, liver, lung, brain, lesions,
+    preprocess, segment, enhance, artifacts, fuse, model, grid, liver, lung, brain, lesions,
 )
 
 

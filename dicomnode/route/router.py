@@ -269,7 +269,7 @@ class Router:
                     job_id=d.job_id, pipeline=d.pipeline, params=dict(d.params),
                     input_files=tuple(str(f) for f in files), output_dir=str(self.jobs_dir / d.job_id),
                     study_uid=d.study_uid, series_uid=d.series_uid, rule=d.rule, ruleset_hash=d.ruleset_hash,
-                    destinations=d.destinations,
+                    destinations=d.destinations, pipelines_path=str(self.config.pipelines_folder),
                 )
                 self.submit_job(spec, priority=d.priority)
             if d.action in ("forward", "pipeline+forward"):

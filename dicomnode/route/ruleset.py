@@ -219,10 +219,12 @@ def load_ruleset(
     *,
     pipelines: Iterable[str] | None = None,
     destinations: Iterable[str] | None = None,
+    pipelines_folder: Path | str | None = None,
 ) -> RuleSet:
     """Load and validate every rule file in ``folder``; raise :class:`RuleSetError` listing all problems.
 
-    With ``pipelines``/``destinations`` given, every reference is checked against them too.
+    With ``pipelines``/``destinations`` given, every reference is checked against them too (parameters
+    against the pipelines of the package and of ``pipelines_folder``).
     """
     folder = Path(folder)
     files = rule_files(folder)
@@ -244,7 +246,7 @@ def load_ruleset(
                 f"the name is already used by the rule at {first.file}:{first.line}",
             ))
         seen.setdefault(loaded.name, loaded)
-    issues.extend(check_references(rules, pipelines, destinations))
+    issues.extend(check_references(rules, pipelines, destinations, pipelines_folder))
     issues.sort(key=lambda i: (i.file, i.line or 0))
     if issues:
         raise RuleSetError(issues)
@@ -252,7 +254,8 @@ def load_ruleset(
 
 
 def check_references(
-    rules: Iterable[LoadedRule], pipelines: Iterable[str] | None, destinations: Iterable[str] | None
+    rules: Iterable[LoadedRule], pipelines: Iterable[str] | None, destinations: Iterable[str] | None,
+    pipelines_folder: Path | str | None = None,
 ) -> list[RuleIssue]:
     issues = []
     known_pipelines = set(pipelines) if pipelines is not None else None
@@ -266,7 +269,7 @@ def check_references(
                 f"then.pipeline: pipeline '{action.pipeline}' is not registered (registered: {known})",
             ))
         elif known_pipelines is not None and action.pipeline and action.params:
-            problem = pipeline_params_problem(action.pipeline, dict(action.params))
+            problem = pipeline_params_problem(action.pipeline, dict(action.params), pipelines_folder)
             if problem:
                 issues.append(RuleIssue(
                     loaded.file, loaded.line_of("params"), loaded.name, f"then.params: {problem}"
@@ -282,13 +285,15 @@ def check_references(
     return issues
 
 
-def pipeline_params_problem(pipeline: str, params: dict[str, Any]) -> str | None:
+def pipeline_params_problem(
+    pipeline: str, params: dict[str, Any], pipelines_folder: Path | str | None = None
+) -> str | None:
     """Why ``params`` are not valid for ``pipeline`` (unknown step or parameter), or None."""
     from dicomnode.errors import DicomNodeError
     from dicomnode.pipelines.registry import check_steps, get_pipeline
 
     try:
-        check_steps(get_pipeline(pipeline).with_params(params))
+        check_steps(get_pipeline(pipeline, pipelines_folder).with_params(params))
     except DicomNodeError as exc:
         return str(exc)
     return None
@@ -298,13 +303,30 @@ def references_for(config: Any) -> dict[str, Callable[[], Iterable[str]]]:
     """Where the node finds the names rules may refer to (pipelines, destinations)."""
     from dicomnode.pipelines.registry import available_pipelines
 
-    return {"pipelines": available_pipelines, "destinations": lambda: list(config.destinations)}
+    return {
+        "pipelines": lambda: available_pipelines(config.pipelines_folder),
+        "destinations": lambda: list(config.destinations),
+    }
 
 
 def load_for_config(config: Any) -> RuleSet:
-    """The rule set of ``config.rules.path``, with every reference checked against the config."""
-    from dicomnode.pipelines.registry import available_pipelines
+    """The rule set of ``config.rules.path``, with every reference checked against the config and the
+    site's pipelines (``config.pipelines_folder``, checked too: an invalid pipeline file or a model
+    that does not fit its parameters refuses the set)."""
+    return load_ruleset_checked(config.rules.path, config)
 
-    return load_ruleset(
-        config.rules.path, pipelines=available_pipelines(), destinations=list(config.destinations)
-    )
+
+def load_ruleset_checked(folder: Path | str, config: Any) -> RuleSet:
+    """Like :func:`load_for_config` for the rules in ``folder``."""
+    from dicomnode.pipelines.registry import check_pipelines
+
+    pipelines, problems = check_pipelines(config.pipelines_folder)
+    try:
+        ruleset = load_ruleset(folder, pipelines=list(pipelines), destinations=list(config.destinations),
+                               pipelines_folder=config.pipelines_folder)
+    except RuleSetError as exc:
+        raise RuleSetError([*(RuleIssue(p.file, p.line, None, p.reason) for p in problems), *exc.issues]) \
+            from None
+    if problems:
+        raise RuleSetError([RuleIssue(p.file, p.line, None, p.reason) for p in problems])
+    return ruleset

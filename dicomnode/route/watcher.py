@@ -18,11 +18,25 @@ from dicomnode.route.ruleset import RuleSet, RuleSetError, fingerprint, load_for
 log = logging.getLogger(__name__)
 
 
+def folder_fingerprint(folder: Path) -> tuple[tuple[str, int, int], ...]:
+    """(relative path, mtime_ns, size) of every file under ``folder`` (pipelines and their models)."""
+    out = []
+    try:
+        for path in sorted(folder.rglob("*")) if folder.is_dir() else ():
+            if path.is_file():
+                stat = path.stat()
+                out.append((str(path.relative_to(folder)), stat.st_mtime_ns, stat.st_size))
+    except OSError:
+        return ()
+    return tuple(out)
+
+
 class RuleBook:
     """The rule set in force (``None`` while no valid set was ever loaded)."""
 
-    def __init__(self, folder: Path, loader: Callable[[], RuleSet]) -> None:
+    def __init__(self, folder: Path, loader: Callable[[], RuleSet], also: tuple[Path, ...] = ()) -> None:
         self.folder = Path(folder)
+        self.also = tuple(Path(p) for p in also)  # more folders whose changes reload (site pipelines)
         self._loader = loader
         self._lock = threading.Lock()
         self._current: RuleSet | None = None
@@ -30,7 +44,10 @@ class RuleBook:
 
     @classmethod
     def for_config(cls, config: object) -> RuleBook:
-        return cls(config.rules.path, lambda: load_for_config(config))  # type: ignore[attr-defined]
+        return cls(
+            config.rules.path, lambda: load_for_config(config),  # type: ignore[attr-defined]
+            (config.pipelines_folder,),  # type: ignore[attr-defined]
+        )
 
     @property
     def current(self) -> RuleSet | None:
@@ -66,10 +83,10 @@ class RuleWatcher:
         self.interval = interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._seen: tuple[tuple[str, int, int], ...] = ()
+        self._seen: tuple[tuple[tuple[str, int, int], ...], ...] = ()
 
     def start(self) -> None:
-        self._seen = fingerprint(self.book.folder)
+        self._seen = self._fingerprint()
         if self.book.current is None and not self.book.last_error:
             self.book.reload()
         self._stop.clear()
@@ -84,11 +101,14 @@ class RuleWatcher:
 
     def poll(self) -> bool:
         """Reload if the files changed since the last poll; True if a new set came into force."""
-        seen = fingerprint(self.book.folder)
+        seen = self._fingerprint()
         if seen == self._seen:
             return False
         self._seen = seen
         return self.book.reload()
+
+    def _fingerprint(self) -> tuple[tuple[tuple[str, int, int], ...], ...]:
+        return (fingerprint(self.book.folder), *(folder_fingerprint(f) for f in self.book.also))
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):

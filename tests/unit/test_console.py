@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import html
 import io
+import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -393,6 +394,33 @@ def test_study_page_shows_series_decisions_jobs_and_delivery(fab: Fabricated, cl
     assert "pacs: 7 sent 1 dead" in text and "association rejected" in text
     assert "failed" in text and "error=boom" in text
     assert client.get("/studies/1.2.3.4").status_code == 404
+
+
+def test_study_page_shows_the_comparison_with_the_prior_study(fab: Fabricated, client: TestClient) -> None:
+    job_dir = fab.config.storage.jobs_dir / JOB_ID
+    result = JobResult.from_json((job_dir / "result.json").read_text())
+    comparison = {
+        "status": "compared", "prior_study_uid": "1.2.3.99", "prior_study_date": "20200110",
+        "interval_days": 1456,
+        "findings": {
+            "Liver": {"status": "compared", "volume_ml": {"prior": 1500.0, "current": 1530.0, "change": 30.0,
+                                                          "change_percent": 2.0},
+                      "mean_hu": {"prior": 104.0, "current": 101.0, "change": -3.0}},
+            "Lesion 1": {"status": "new", "volume_ml": {"prior": None, "current": 4.2},
+                         "mean_hu": {"prior": None, "current": 55.0}},
+        },
+    }
+    summary = {**result.summary, "comparison": comparison}
+    JobResult(result.job_id, True, result.output_files, summary).write(job_dir)
+    page = client.get(f"/studies/{fab.study_uid}").text
+    if os.environ.get("DICOMNODE_SAVE_PAGES"):  # for a look in a browser
+        Path(os.environ["DICOMNODE_SAVE_PAGES"], "study-comparison.html").write_text(page)
+    text = _text(page)
+    assert "Comparison with the prior study: compared (2020-01-10, 1456 days earlier)" in text
+    assert "Liver compared 1500.0 ml 1530.0 ml +2.0 % 104 HU 101 HU" in text
+    assert "Lesion 1 new – 4.2 ml – – 55 HU" in text
+    svg = page[page.index("<svg"):page.index("</svg>")]
+    assert svg.count("<circle") == 3 and "2020-01-10" in svg and "Lesion 1" in svg
 
 
 def test_results_preview_thumbnails_and_measurements(fab: Fabricated, client: TestClient) -> None:

@@ -19,7 +19,7 @@ from scipy import ndimage
 from dicomnode.config import ViewerProfile
 from dicomnode.errors import OutputError
 from dicomnode.imaging.volume import read_volume, resample_onto
-from dicomnode.outputs.api import ProcessedSeries, Provenance, Segment
+from dicomnode.outputs.api import ProcessedSeries, Provenance, Segment, Window
 from dicomnode.outputs.codes import DEFAULT_SR_FEATURES, LESION_SR_FEATURES
 from dicomnode.outputs.package import write_result_package
 from dicomnode.outputs.provenance import read_provenance
@@ -140,6 +140,28 @@ def test_derived_series_keeps_geometry_and_stored_representation(package, proces
         assert ds.SeriesInstanceUID == first_uid != source.SeriesInstanceUID
         assert "SIEMENS CSA HEADER" not in str(ds)  # source private tags dropped
         assert read_provenance(ds)["pipeline"] == "liver-ct"
+
+
+def test_derived_series_says_what_its_values_mean(processed, tmp_path):
+    """HU-declaring series: RescaleType HU and every window with its explanation (organ first); a display
+    series (non-linear enhancement): RescaleType US and ImageComments that say so."""
+    windows = (Window(95.0, 150.0, "LIVER"), Window(40.0, 400.0, "ABDOMEN"))
+    quantitative = dataclasses.replace(processed, windows=windows)
+    write_result_package(quantitative, tmp_path / "q", ViewerProfile(send_sr=False, send_seg=False))
+    ds = pydicom.dcmread(tmp_path / "q" / "derived" / "IM00001.dcm")
+    assert ds.RescaleType == "HU"
+    assert [float(v) for v in ds.WindowCenter] == [95.0, 40.0]
+    assert [float(v) for v in ds.WindowWidth] == [150.0, 400.0]
+    assert list(ds.WindowCenterWidthExplanation) == ["LIVER", "ABDOMEN"]
+    assert "keep the source's Hounsfield units" in ds.ImageComments
+    display = dataclasses.replace(processed, windows=windows[1:], enhanced_values="display")
+    write_result_package(display, tmp_path / "d", ViewerProfile(send_sr=False, send_seg=False))
+    ds = pydicom.dcmread(tmp_path / "d" / "derived" / "IM00001.dcm")
+    assert ds.RescaleType == "US"
+    assert ds.ImageComments.startswith("DISPLAY ONLY") and "not Hounsfield units" in ds.ImageComments
+    assert "DISPLAY ONLY" in ds.SeriesDescription
+    assert (float(ds.WindowCenter), float(ds.WindowWidth), ds.WindowCenterWidthExplanation) == (
+        40.0, 400.0, "ABDOMEN")
 
 
 def _groups(sr):

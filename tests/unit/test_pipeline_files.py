@@ -84,5 +84,5 @@ def test_the_shipped_pipelines_read_as_before() -> None:
     assert segments == [("liver", False, True), ("lesions", True, False)]
     lesions = next(s for s in liver.steps if s.id == "lesions")
     assert lesions.inputs == ("image", "liver") and lesions.params["exclude_below"] == -30.0
-    denoised = next(s for s in liver.steps if s.id == "denoised")
-    assert denoised.keyword_inputs == (("image", "image"), ("mask", "liver"))
+    enhanced = next(s for s in liver.steps if s.id == "enhanced")
+    assert enhanced.keyword_inputs == (("image", "image"), ("mask", "liver"))

@@ -24,7 +24,9 @@ def test_shipped_pipelines_are_declared_and_use_known_steps() -> None:
         assert spec.version and spec.description
     liver = get_pipeline("liver-ct")
     assert [s.label for s in liver.segments] == ["Liver", "Lesion {n}"]
-    assert liver.window == (60.0, 400.0)
+    assert [(w.organ, w.center, w.width, w.explanation) for w in liver.windows] == [
+        ("liver", None, 150.0, "LIVER"), (None, 40.0, 400.0, "ABDOMEN")]
+    assert liver.enhanced_values == "quantitative" and get_pipeline("lung-ct").enhanced_values == "display"
     assert "supervoxels.supervoxel_mm" in liver.parameters()
 
 
@@ -169,25 +171,41 @@ def feather_band(mask, spacing, feather_mm: float = 5.0):  # noqa: ANN001, ANN20
     return ndimage.distance_transform_edt(~mask, sampling=spacing) <= feather_mm + 1e-3
 
 
-def test_liver_ct_enhancement_uses_the_catalogue_raises_cnr_and_keeps_the_outside() -> None:
+def test_liver_ct_enhancement_keeps_hu_means_and_contrast_and_raises_cnr() -> None:
+    """The HU-declaring derived series: region means within 3 HU, noise-free spread (lesion contrast and
+    the liver's spread of the noise-free phantom) within 15 %, and still a better CNR (edge-preserving
+    denoising, no stretch); the outside of the feather band stays bit-identical."""
     import numpy as np
     from scipy import ndimage
 
     ct = make_ct_phantom(shape=(30, 96, 96), spacing=(5.0, 3.2, 3.2), phase="portal", seed=12)
     enhanced, uses = run_enhancement("liver-ct", ct.to_sitk(), "liver", ct.mask_sitk("liver"))
-    assert uses == ["enhance.noise_reduction", "enhance.contrast_stretch"]
+    assert uses == ["enhance.edge_preserving_smooth"]
     band = feather_band(ct.masks["liver"], ct.spacing)
     assert np.array_equal(enhanced[~band], ct.image[~band])  # bit-identical outside the feather band
-    assert not np.array_equal(enhanced[ct.masks["liver"]], ct.image[ct.masks["liver"]])
+    liver = ct.masks["liver"]
+    assert not np.array_equal(enhanced[liver], ct.image[liver])
+    parenchyma = ndimage.binary_erosion(liver, iterations=2)
+    parenchyma &= ~ndimage.binary_dilation(ct.masks["lesions"] | ct.masks["portal-vein"], iterations=2)
+    assert abs(float(enhanced[liver].mean() - ct.image[liver].mean())) < 3.0
+    assert abs(float(enhanced[band & ~liver].mean() - ct.image[band & ~liver].mean())) < 3.0
+    # noise-free spread: the clean phantom's liver values (lesions, vessels) through the same chain
+    clean_image = ct.to_sitk(ct.clean.astype(np.float32))
+    clean, _ = run_enhancement("liver-ct", clean_image, "liver", ct.mask_sitk("liver"))
+    assert abs(float(clean[liver].std()) / float(ct.clean[liver].std()) - 1.0) < 0.15
 
     def cnr(image: np.ndarray, label: int) -> float:
         lesion = ct.lesion_labels == label
-        liver = ndimage.binary_erosion(ct.masks["liver"], iterations=2)  # the organ's parenchyma
-        liver &= ~ndimage.binary_dilation(ct.masks["lesions"] | ct.masks["portal-vein"], iterations=2)
-        return abs(float(image[lesion].mean() - image[liver].mean())) / float(image[liver].std())
+        return abs(float(image[lesion].mean() - image[parenchyma].mean())) / float(image[parenchyma].std())
 
-    for truth in ct.lesions:  # every lesion, hypo and hyper, stands out better
-        assert cnr(enhanced, truth.label) >= 1.3 * cnr(ct.image, truth.label), truth
+    for truth in ct.lesions:  # every lesion, hypo and hyper: contrast kept, CNR up
+        lesion = ct.lesion_labels == truth.label
+        before = float(ct.image[lesion].mean() - ct.image[parenchyma].mean())
+        after = float(enhanced[lesion].mean() - enhanced[parenchyma].mean())
+        assert abs(after / before - 1.0) < 0.15, truth
+        # white noise on 3.2 mm pixels (the 1.5 mm filter spans ~1 pixel): +10 %; real CT: +40 %
+        # (test_enhancement_real)
+        assert cnr(enhanced, truth.label) >= 1.1 * cnr(ct.image, truth.label), truth
 
 
 def test_brain_mr_enhancement_raises_grey_white_cnr_and_keeps_the_outside() -> None:
@@ -197,7 +215,9 @@ def test_brain_mr_enhancement_raises_grey_white_cnr_and_keeps_the_outside() -> N
 
     mr = make_mr_head_phantom(shape=(40, 80, 80), spacing=(4.0, 3.0, 3.0), noise_sd=0.04, seed=3)
     enhanced, uses = run_enhancement("brain-mr", mr.to_sitk(), "brain", mr.mask_sitk("brain"))
-    assert uses == ["enhance.noise_reduction", "enhance.contrast_stretch"]
+    assert uses == ["enhance.edge_preserving_smooth"]
+    brain = mr.masks["brain"]
+    assert abs(float(enhanced[brain].mean() / mr.image[brain].mean()) - 1.0) < 0.02  # no stretch
     band = feather_band(mr.masks["brain"], mr.spacing)
     assert np.array_equal(enhanced[~band], mr.image[~band])
     from scipy import ndimage
@@ -209,7 +229,7 @@ def test_brain_mr_enhancement_raises_grey_white_cnr_and_keeps_the_outside() -> N
         noise = np.sqrt((image[wm].var() + image[gm].var()) / 2)
         return abs(float(image[wm].mean() - image[gm].mean())) / float(noise)
 
-    assert cnr(enhanced) >= 1.3 * cnr(mr.image)
+    assert cnr(enhanced) >= 1.2 * cnr(mr.image)
 
 
 def test_lung_ct_enhancement_changes_only_the_lungs_and_their_band() -> None:

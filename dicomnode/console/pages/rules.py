@@ -17,6 +17,7 @@ from dicomnode.console.rulesdesk import (
     dry_run_study,
     highlight,
     list_files,
+    list_pipelines,
     read_file,
     save,
     validate,
@@ -43,6 +44,7 @@ def _page(request: Request, console: Console, status: int = 200, *, file: str = 
         request, "rules.html", status, title="Rules", active="Rules", ruleset=ruleset, files=files,
         file=file, source=source, highlighted=highlight(source, lines), issues=shown,
         validated=issues is not None, tests=tests, tested=tested, studies=search_studies(node, limit=50),
+        pipelines=list_pipelines(node),
     )
 
 

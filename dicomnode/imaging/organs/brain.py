@@ -30,22 +30,10 @@ from scipy import ndimage
 from skimage.filters import threshold_otsu
 
 from dicomnode.errors import ImagingError
-from dicomnode.imaging.organs.common import (
-    array_of,
-    close_mm,
-    dilate_mm,
-    erode_mm,
-    fill_holes,
-    largest_components,
-    refine_boundary,
-)
+from dicomnode.imaging.grid import array_of, image_like
+from dicomnode.imaging.morphology import closing, dilate, erode, fill_holes, largest_components
+from dicomnode.imaging.organs.common import refine_boundary
 from dicomnode.imaging.step import step
-
-
-def _mask(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
-    out = sitk.GetImageFromArray(array.astype(np.uint8))
-    out.CopyInformation(reference)
-    return out
 
 
 def _sample(values: np.ndarray) -> np.ndarray:
@@ -60,15 +48,15 @@ def head(image: sitk.Image, *, min_width_mm: float = 110.0, max_width_mm: float 
     if float(np.ptp(array)) <= 0:
         raise ImagingError("The image is constant; there is no head to find.")
     level = float(threshold_otsu(_sample(array.ravel())))
-    tissue = largest_components(array > level * 0.5, 1)
-    mask = fill_holes(close_mm(tissue, 4.0, spacing), slicewise=True)
+    tissue = largest_components(array > level * 0.5, 1, connectivity=6)
+    mask = fill_holes(closing(tissue, 4.0, spacing), slicewise=True)
     widths = [float(np.ptp(ix) + 1) * s for ix, s in zip(np.nonzero(mask)[1:], spacing[1:], strict=True)]
     if not all(min_width_mm <= w <= max_width_mm for w in widths):
         raise ImagingError(
             f"The imaged object is {widths[1]:.0f} x {widths[0]:.0f} mm in-plane; a head measures "
             f"{min_width_mm:.0f}-{max_width_mm:.0f} mm: is this a brain MR covering the whole head?"
         )
-    return _mask(mask, image)
+    return image_like(mask, image, np.uint8)
 
 
 def flatten_bias(
@@ -83,7 +71,7 @@ def flatten_bias(
     ref = float(np.median(centre_values)) if centre_values.size else float(np.median(array[head_mask]))
     if ref <= 0:
         raise ImagingError(f"The head's central intensity is {ref!r}; expected a positive MR signal.")
-    interior = erode_mm(head_mask, 10.0, spacing)
+    interior = erode(head_mask, 10.0, spacing)
     if interior.sum() < 100:
         interior = head_mask
     sigma = [max(bias_mm, 1.0 * s) / s for s in spacing]
@@ -134,7 +122,7 @@ def extract(
     spread = 1.4826 * float(np.median(np.abs(central_values - median)))
     bright = median + max(4.0 * spread, bright_ratio * median)  # robust to bright vessels and lesions
     tissue = inside & (array > dark) & (array < bright)
-    core = erode_mm(tissue, erosion_mm, spacing)
+    core = erode(tissue, erosion_mm, spacing)
     labels, n = ndimage.label(core)
     if n == 0:
         raise ImagingError(f"No brain tissue survives an erosion of {erosion_mm} mm.")
@@ -145,16 +133,17 @@ def extract(
     centres = ndimage.center_of_mass(core, labels, candidates)
     distance = [np.linalg.norm((np.array(c) - centre) * spacing) for c in centres]
     brain = labels == candidates[int(np.argmin(distance))]
-    brain = dilate_mm(brain, erosion_mm + 0.5 * min(spacing), spacing) & tissue
-    brain = largest_components(brain, 1)
+    brain = dilate(brain, erosion_mm + 0.5 * min(spacing), spacing) & tissue
+    brain = largest_components(brain, 1, connectivity=6)
     pad = [(int(np.ceil(closing_mm / s)) + 1,) * 2 for s in spacing]
-    closed = close_mm(np.pad(brain, pad), closing_mm, spacing)[tuple(slice(p[0], -p[0]) for p in pad)]
+    closed = closing(np.pad(brain, pad), closing_mm, spacing)[tuple(slice(p[0], -p[0]) for p in pad)]
     brain = fill_holes(closed | brain, slicewise=True)
     if refine_mm > 0:
-        brain = fill_holes(largest_components(refine_boundary(array, brain, spacing, scale_mm=refine_mm)))
+        refined = refine_boundary(array, brain, spacing, scale_mm=refine_mm)
+        brain = fill_holes(largest_components(refined, connectivity=6))
     brain &= inside
     _check_volume(brain, spacing, min_volume_ml, max_volume_ml)
-    return _mask(brain, image)
+    return image_like(brain, image, np.uint8)
 
 
 def _check_volume(brain: np.ndarray, spacing, low_ml: float, high_ml: float) -> None:  # noqa: ANN001

@@ -1,4 +1,4 @@
-"""Helpers shared by the organ chains: working grid, body mask, mm-sized morphology, components.
+"""Helpers shared by the organ chains: patient coordinates, histogram modes, boundary refinement.
 
 Organ steps follow the step-module conventions (see :mod:`dicomnode.imaging.preprocess`): they take a
 float32 ``SimpleITK.Image`` in real units and return ``sitk.sitkUInt8`` 0/1 masks on the same grid;
@@ -6,6 +6,8 @@ sizes are in mm; intensities are estimated from the image. Internally they work 
 ``(z, y, x)`` with a spacing ``(z, y, x)`` in mm, on a coarser *working grid* (``working_spacing_mm``,
 default 2 mm in-plane) so that a 512×512×300 CT stays within the time and memory budget; the final
 mask is interpolated back onto the source grid (linear interpolation of the mask, 0.5 threshold).
+The working grid and the way back are in :mod:`dicomnode.imaging.grid`, the morphology (radii in mm)
+in :mod:`dicomnode.imaging.morphology`.
 """
 
 from __future__ import annotations
@@ -18,134 +20,6 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from dicomnode.errors import ImagingError
-
-
-def to_working_grid(image: sitk.Image, spacing_mm: float) -> sitk.Image:
-    """Resample (linear) so no axis is finer than ``spacing_mm``; coarser axes are kept."""
-    if spacing_mm <= 0:
-        raise ImagingError(f"Parameter 'working_spacing_mm' must be positive, got {spacing_mm!r}.")
-    target = [max(float(s), float(spacing_mm)) for s in image.GetSpacing()]
-    if np.allclose(target, image.GetSpacing()):
-        return sitk.Cast(image, sitk.sitkFloat32)
-    size = [
-        max(1, int(round(n * s / t)))
-        for n, s, t in zip(image.GetSize(), image.GetSpacing(), target, strict=True)
-    ]
-    shift = np.array(target) / 2 - np.array(image.GetSpacing()) / 2
-    origin = np.array(image.GetOrigin()) + np.array(image.GetDirection()).reshape(3, 3) @ shift
-    low = float(np.min(sitk.GetArrayViewFromImage(image)))
-    # anti-aliasing: average integer blocks first (cheap, linear time), then a small residual Gaussian
-    factors = [max(1, int(t // s)) for t, s in zip(target, image.GetSpacing(), strict=True)]
-    source = sitk.Cast(image, sitk.sitkFloat32)
-    if any(f > 1 for f in factors):
-        source = sitk.BinShrink(source, factors)
-    shrunk = source.GetSpacing()
-    residual = [max(0.0, (t / 2.5) ** 2 - (s / 2.5) ** 2) ** 0.5 for t, s in zip(target, shrunk, strict=True)]
-    if any(r > 0.05 * t for r, t in zip(residual, target, strict=True)):
-        source = sitk.SmoothingRecursiveGaussian(source, [max(r, 1e-3) for r in residual])
-    return sitk.Resample(
-        source, size, sitk.Transform(), sitk.sitkLinear, tuple(origin), target, image.GetDirection(), low,
-        sitk.sitkFloat32,
-    )
-
-
-def mask_to_grid(mask: np.ndarray, working: sitk.Image, reference: sitk.Image) -> sitk.Image:
-    """A working-grid boolean mask → uint8 mask on ``reference``'s grid (smooth 0.5 iso-surface).
-
-    Only the mask's bounding box (plus one working voxel) is resampled, so the cost follows the mask."""
-    img = sitk.GetImageFromArray(mask.astype(np.float32))
-    img.CopyInformation(working)
-    if working.GetSize() == reference.GetSize() and np.allclose(working.GetSpacing(), reference.GetSpacing()):
-        out = sitk.Cast(img > 0.5, sitk.sitkUInt8)
-        out.CopyInformation(reference)
-        return out
-    out = np.zeros(reference.GetSize()[::-1], dtype=np.uint8)
-    if not mask.any():
-        result = sitk.GetImageFromArray(out)
-        result.CopyInformation(reference)
-        return result
-    idx = np.argwhere(mask)
-    corners = [
-        working.TransformContinuousIndexToPhysicalPoint([float(c[2]), float(c[1]), float(c[0])])
-        for c in (idx.min(axis=0) - 1.5, idx.max(axis=0) + 1.5)
-    ]
-    ref_idx = np.array([reference.TransformPhysicalPointToContinuousIndex(c) for c in corners])
-    lo = np.clip(np.floor(ref_idx.min(axis=0)), 0, np.array(reference.GetSize()) - 1).astype(int)
-    hi = np.clip(np.ceil(ref_idx.max(axis=0)) + 1, 1, np.array(reference.GetSize())).astype(int)
-    region = reference[int(lo[0]) : int(hi[0]), int(lo[1]) : int(hi[1]), int(lo[2]) : int(hi[2])]
-    resampled = sitk.Resample(img, region, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    out[lo[2] : hi[2], lo[1] : hi[1], lo[0] : hi[0]] = sitk.GetArrayViewFromImage(resampled) >= 0.5
-    result = sitk.GetImageFromArray(out)
-    result.CopyInformation(reference)
-    return result
-
-
-def array_of(image: sitk.Image) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """(z, y, x) float32 array and its (z, y, x) spacing."""
-    return sitk.GetArrayFromImage(image).astype(np.float32, copy=False), tuple(image.GetSpacing()[::-1])
-
-
-def ball(radius_mm: float, spacing: Sequence[float]) -> np.ndarray:
-    """An ellipsoidal structuring element of physical radius ``radius_mm`` (at least 1 voxel in-plane)."""
-    radii = [max(0, int(math.floor(radius_mm / s))) for s in spacing]
-    if not any(radii[1:]):
-        radii[1:] = [1, 1]
-    grids = np.ogrid[tuple(slice(-r, r + 1) for r in radii)]
-    dist = sum((g * s / max(radius_mm, 1e-6)) ** 2 for g, s in zip(grids, spacing, strict=False))
-    return dist <= 1.0 + 1e-9
-
-
-def open_mm(mask: np.ndarray, radius_mm: float, spacing: Sequence[float]) -> np.ndarray:
-    """Morphological opening by distance transforms (exact Euclidean, linear time, any radius)."""
-    if radius_mm <= 0:
-        return mask
-    inner = ndimage.distance_transform_edt(mask, sampling=spacing) > radius_mm
-    return ndimage.distance_transform_edt(~inner, sampling=spacing) <= radius_mm
-
-
-def close_mm(mask: np.ndarray, radius_mm: float, spacing: Sequence[float]) -> np.ndarray:
-    if radius_mm <= 0:
-        return mask
-    grown = ndimage.distance_transform_edt(~mask, sampling=spacing) <= radius_mm
-    return ndimage.distance_transform_edt(grown, sampling=spacing) > radius_mm
-
-
-def erode_mm(mask: np.ndarray, radius_mm: float, spacing: Sequence[float]) -> np.ndarray:
-    return ndimage.distance_transform_edt(mask, sampling=spacing) > radius_mm
-
-
-def dilate_mm(mask: np.ndarray, radius_mm: float, spacing: Sequence[float]) -> np.ndarray:
-    return ndimage.distance_transform_edt(~mask, sampling=spacing) <= radius_mm
-
-
-def fill_holes(mask: np.ndarray, *, slicewise: bool = True) -> np.ndarray:
-    """3-D hole filling, then per axial slice (closes vessels/lesions open towards another slice)."""
-    out = ndimage.binary_fill_holes(mask)
-    if slicewise:
-        for k in range(out.shape[0]):
-            out[k] = ndimage.binary_fill_holes(out[k])
-    return out
-
-
-def largest_components(mask: np.ndarray, count: int = 1) -> np.ndarray:
-    labels, n = ndimage.label(mask)
-    if n <= count:
-        return labels > 0
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    keep = np.argsort(sizes)[::-1][:count]
-    return np.isin(labels, keep)
-
-
-def body_mask(array: np.ndarray, spacing: Sequence[float], *, air_hu: float = -400.0) -> np.ndarray:
-    """The patient's body on CT: above ``air_hu``, largest 3-D component (drops table and, when they
-    are apart from the trunk, arms), internal air (lungs, bowel gas) filled slice by slice."""
-    above = array > air_hu
-    above = open_mm(above, 3.0, spacing)  # detach table/cushions and thin blankets
-    body = largest_components(above, 1)
-    if not body.any():
-        raise ImagingError(f"No body found: no voxels above {air_hu} HU.")
-    return fill_holes(body, slicewise=True)
 
 
 def physical_axes(image: sitk.Image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -28,31 +28,14 @@ from scipy import ndimage
 from skimage.segmentation import slic
 
 from dicomnode.errors import ImagingError
-from dicomnode.imaging.organs.common import (
-    array_of,
-    close_mm,
-    dilate_mm,
-    erode_mm,
-    fill_holes,
-    histogram_mode,
-    largest_components,
-    open_mm,
-    physical_axes,
-    refine_boundary,
-)
+from dicomnode.imaging.grid import array_of, image_like, mask_of
+from dicomnode.imaging.morphology import closing, dilate, erode, fill_holes, largest_components, opening
+from dicomnode.imaging.organs.common import histogram_mode, physical_axes, refine_boundary
 from dicomnode.imaging.step import StepOutput, step
 
 log = logging.getLogger(__name__)
 
 
-def _mask(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
-    out = sitk.GetImageFromArray(array.astype(np.uint8))
-    out.CopyInformation(reference)
-    return out
-
-
-def _bool(mask: sitk.Image) -> np.ndarray:
-    return sitk.GetArrayFromImage(mask).astype(bool)
 
 
 def lung_air(array: np.ndarray, body: np.ndarray, spacing, air_hu: float = -500.0) -> np.ndarray:
@@ -72,7 +55,7 @@ def localise(
 ) -> sitk.Image:
     """Coarse right-upper-abdomen region (uint8) inside the body."""
     array, spacing = array_of(image)
-    body_arr = _bool(body)
+    body_arr = mask_of(body)
     if not body_arr.any():
         raise ImagingError("The body mask is empty; cannot localise the liver.")
     x, y, z = physical_axes(image)
@@ -82,17 +65,17 @@ def localise(
     y_lo, y_hi = np.percentile(yb, [1, 99])
     right = x < cx + 0.05 * float(np.ptp(xb))  # patient's right (−x), a little past the midline
     not_back = y < y_lo + 0.70 * (y_hi - y_lo)
-    region = body_arr & right & not_back & erode_mm(body_arr, wall_mm, spacing)
+    region = body_arr & right & not_back & erode(body_arr, wall_mm, spacing)
     lungs = lung_air(array, body_arr, spacing)
     zz = np.broadcast_to(z, array.shape)
     if lungs.any():
         right_lung = lungs & np.broadcast_to(x < cx, array.shape)
         if right_lung.any():
             base = float(np.min(zz[right_lung]))
-            region &= (zz >= base - extent_mm) & ~dilate_mm(lungs, 3.0, spacing)
+            region &= (zz >= base - extent_mm) & ~dilate(lungs, 3.0, spacing)
     if region.sum() < 100:
         raise ImagingError("The right upper abdomen region is empty; is this an abdominal CT?")
-    return _mask(region, image)
+    return image_like(region, image, np.uint8)
 
 
 @step("liver.threshold")
@@ -108,14 +91,15 @@ def threshold(
 ) -> StepOutput:
     """Voxels in the liver's intensity band (estimated inside ``region``)."""
     array, _ = array_of(image)
-    values = array[_bool(region)]
+    values = array[mask_of(region)]
     mode, sigma, valley_low, valley_high = histogram_mode(values, search_low_hu, search_high_hu)
     half = max(band_sigmas * sigma, min_half_width_hu)
     # the band stops at a histogram valley that separates the liver from a neighbouring tissue
     low = max(mode - half - low_extra_hu, valley_low)
     high = min(mode + half, valley_high)
     log.debug("liver band %.1f..%.1f HU (mode %.1f, spread %.1f)", low, high, mode, sigma)
-    return StepOutput(_mask((array >= low) & (array <= high), image), {"band": (low, high), "mode": mode})
+    band = image_like((array >= low) & (array <= high), image, np.uint8)
+    return StepOutput(band, {"band": (low, high), "mode": mode})
 
 
 def band_of(mask: StepOutput) -> tuple[float, float]:
@@ -130,17 +114,18 @@ def band_of(mask: StepOutput) -> tuple[float, float]:
 def select_region(candidate: StepOutput, region: sitk.Image, *, opening_mm: float = 5.0) -> StepOutput:
     """Open by ``opening_mm`` (cuts bridges to neighbours), keep the component overlapping ``region`` most;
     the candidate's estimates (the band) carry over."""
-    cand = _bool(candidate.image)
+    cand = mask_of(candidate.image)
     spacing = tuple(candidate.image.GetSpacing()[::-1])
-    opened = open_mm(cand, opening_mm, spacing)
+    opened = opening(cand, opening_mm, spacing)
     labels, n = ndimage.label(opened)
     if n == 0:
         raise ImagingError(f"No liver candidate survives an opening of {opening_mm} mm.")
-    overlap = np.bincount(labels[_bool(region)], minlength=n + 1)
+    overlap = np.bincount(labels[mask_of(region)], minlength=n + 1)
     overlap[0] = 0
     if overlap.max() == 0:
         raise ImagingError("No liver candidate overlaps the right upper abdomen.")
-    return StepOutput(_mask(labels == int(np.argmax(overlap)), candidate.image), candidate.estimates)
+    selected = image_like(labels == int(np.argmax(overlap)), candidate.image, np.uint8)
+    return StepOutput(selected, candidate.estimates)
 
 
 @step("liver.supervoxel_refine")
@@ -155,9 +140,9 @@ def supervoxel_refine(
 ) -> StepOutput:
     """SLIC supervoxels around the selection; keep those in the band and mostly inside the selection."""
     array, spacing = array_of(image)
-    sel = _bool(selected.image)
+    sel = mask_of(selected.image)
     low, high = band_of(selected)
-    zone = dilate_mm(sel, margin_mm, spacing)
+    zone = dilate(sel, margin_mm, spacing)
     idx = np.argwhere(zone)
     lo, hi = idx.min(axis=0), idx.max(axis=0) + 1
     box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=False))
@@ -184,7 +169,7 @@ def supervoxel_refine(
     keep = (means >= low) & (means <= high) & (inside >= keep_fraction)
     refined = np.zeros_like(sel)
     refined[box] = keep[labels] & sub_zone
-    return StepOutput(_mask(refined, image), {"band": (low, high)})
+    return StepOutput(image_like(refined, image, np.uint8), {"band": (low, high)})
 
 
 @step("liver.finish")
@@ -193,7 +178,7 @@ def finish(
 ) -> sitk.Image:
     """Largest component, closing by ``closing_mm``, hole filling (3-D, then slice by slice) and,
     given the image, a local boundary refinement (partial-volume voxels to the nearer local mean)."""
-    full = largest_components(_bool(mask), 1)
+    full = largest_components(mask_of(mask), 1, connectivity=6)
     spacing = tuple(mask.GetSpacing()[::-1])
     if not full.any():
         raise ImagingError("The liver mask is empty.")
@@ -206,11 +191,11 @@ def finish(
     arr = full[box]
     pad = [(int(np.ceil(closing_mm / s)) + 1,) * 2 for s in spacing]
     padded = np.pad(arr, pad)
-    closed = close_mm(padded, closing_mm, spacing)[tuple(slice(p[0], -p[0]) for p in pad)]
+    closed = closing(padded, closing_mm, spacing)[tuple(slice(p[0], -p[0]) for p in pad)]
     filled = fill_holes(closed | arr, slicewise=True)
     if image is not None and refine_mm > 0:
         filled = refine_boundary(array_of(image)[0][box], filled, spacing, scale_mm=refine_mm)
-        filled = fill_holes(largest_components(filled, 1), slicewise=True)
+        filled = fill_holes(largest_components(filled, 1, connectivity=6), slicewise=True)
     out = np.zeros_like(full)
     out[box] = filled
-    return _mask(out, mask)
+    return image_like(out, mask, np.uint8)

@@ -24,16 +24,13 @@ from skimage.filters import threshold_otsu
 from skimage.segmentation import watershed
 
 from dicomnode.errors import ImagingError
-from dicomnode.imaging.organs.common import array_of, dilate_mm, erode_mm, physical_axes
+from dicomnode.imaging.grid import array_of, image_like
+from dicomnode.imaging.morphology import dilate, erode
+from dicomnode.imaging.organs.common import physical_axes
 from dicomnode.imaging.step import StepOutput, step
 
 log = logging.getLogger(__name__)
 
-
-def _mask(array: np.ndarray, reference: sitk.Image, dtype=np.uint8) -> sitk.Image:  # noqa: ANN001
-    out = sitk.GetImageFromArray(array.astype(dtype))
-    out.CopyInformation(reference)
-    return out
 
 
 @step("lung.air")
@@ -55,7 +52,7 @@ def air(image: sitk.Image, body: sitk.Image, *, min_volume_ml: float = 50.0) -> 
         raise ImagingError(
             f"No air region of at least {min_volume_ml} ml inside the body (threshold {level:.0f} HU)."
         )
-    return StepOutput(_mask(np.isin(labels, keep), image), {"air_threshold": level})
+    return StepOutput(image_like(np.isin(labels, keep), image, np.uint8), {"air_threshold": level})
 
 
 @step("lung.airways")
@@ -78,7 +75,7 @@ def airways(
     """
     array, spacing = array_of(image)
     lung = sitk.GetArrayFromImage(lungs).astype(bool)
-    empty = _mask(np.zeros_like(lung), image)
+    empty = image_like(np.zeros_like(lung), image, np.uint8)
     slices = np.flatnonzero(lung.any(axis=(1, 2)))
     if slices.size == 0:
         return empty
@@ -122,7 +119,7 @@ def airways(
         labels, _ = ndimage.label(lumen)
         ids = np.unique(labels[trachea])
         grown = np.isin(labels, ids[ids > 0])
-    return _mask(dilate_mm(grown, margin_mm, spacing) & lung, image)
+    return image_like(dilate(grown, margin_mm, spacing) & lung, image, np.uint8)
 
 
 @step("lung.split")
@@ -143,7 +140,7 @@ def split(
     markers = None
     radius = 0.0
     while radius <= max_erosion_mm:
-        core = erode_mm(lung, radius, spacing) if radius > 0 else lung
+        core = erode(lung, radius, spacing) if radius > 0 else lung
         labels, n = ndimage.label(core)
         if n >= 2:
             sizes = np.bincount(labels.ravel())
@@ -161,7 +158,7 @@ def split(
         log.info("Lungs could not be separated by erosion; splitting at the body midline.")
         cx = float(np.median(xx[lung])) if lung.any() else 0.0
         out = np.where(lung, np.where(xx < cx, 1, 2), 0)
-        return _mask(out, lungs)
+        return image_like(out, lungs, np.uint8)
     distance = ndimage.distance_transform_edt(lung, sampling=spacing)
     out = watershed(-distance, markers, mask=lung)
-    return _mask(out, lungs)
+    return image_like(out, lungs, np.uint8)
