@@ -27,6 +27,12 @@ ascending along +z of LPS, i.e. index 0 is the most inferior slice — the order
 Phases (``phase``): ``native`` (liver ~58 HU, vessels darker than liver), ``arterial`` (aorta bright,
 liver ~75 HU) and ``portal`` (liver ~105 HU, portal veins bright). Lesions: spheres inside the liver,
 diameters 8–25 mm, hypodense (−45 HU vs liver) or hyperdense (+50 HU vs liver), never touching each other.
+Variants: ``liver_hu`` overrides the liver's attenuation (steatosis: e.g. 10 HU, below the spleen);
+``body_scale`` < 1 shrinks every structure about the FOV's centre (a child; lesion truths scale too);
+``subcapsular=True`` adds a 30 mm hypodense lesion on the liver's anterior surface that bulges it by
+~10 mm (part of the liver's truth); ``fat_planes=True`` gives the trunk a muscle wall and puts fat
+behind the peritoneum and in a 6 mm plane around every organ (organs apart as in patients; without it
+everything between the organs is one soft tissue).
 Metal: a 14 mm steel rod (3000 HU) in the right paravertebral soft tissue; streaks are made physically
 (forward projection with photon starvation in the metal trace, filtered back projection) on the slices
 it crosses.
@@ -144,6 +150,10 @@ def make_ct_phantom(
     metal: bool = False,
     seed: int = 0,
     hepatic_vessels: bool = False,
+    liver_hu: float | None = None,
+    body_scale: float = 1.0,
+    subcapsular: bool = False,
+    fat_planes: bool = False,
 ) -> Phantom:
     """An abdomen + lung-base CT phantom centred in a FOV of ``shape × spacing`` (body ~300 × 220 mm).
 
@@ -152,9 +162,13 @@ def make_ct_phantom(
     detection; the vessels keep at least 4 mm from every lesion."""
     if phase not in PHASE_HU:
         raise ValueError(f"Unknown phase '{phase}'; expected one of {sorted(PHASE_HU)}.")
-    hu = PHASE_HU[phase]
+    hu = dict(PHASE_HU[phase])
+    if liver_hu is not None:  # steatosis (e.g. 10 HU, darker than the spleen) or any other attenuation
+        hu["liver"] = float(liver_hu)
     rng = np.random.default_rng(seed)
     zz, yy, xx, origin = _grid(shape, spacing)
+    # body_scale < 1 is a smaller patient (a child): every structure shrinks about the FOV's centre
+    zz, yy, xx = zz / body_scale, yy / body_scale, xx / body_scale
     zmax = (shape[0] - 1) / 2.0 * spacing[0]
     full = np.ones(shape, dtype=bool)
 
@@ -202,6 +216,13 @@ def make_ct_phantom(
     clean = np.full(shape, -1000.0, dtype=np.float32)
     clean[body] = -100.0  # subcutaneous fat
     clean[inner] = hu["muscle"] - 20  # generic soft tissue / bowel
+    if fat_planes:  # as in patients: a muscle wall, fat behind the peritoneum and around every organ
+        inside_wall = _ellipsoid(zz, yy, xx, (0, 0, 0), (126, 86, 1e6)) & full
+        clean[inner & ~inside_wall] = hu["muscle"]
+        organs = liver | spleen | kidney_r | kidney_l | aorta | spine
+        around = ndimage.distance_transform_edt(~organs, sampling=spacing) <= 6.0
+        retro = (yy > 25.0) & full
+        clean[inside_wall & (around | retro) & ~organs] = -90.0
     clean[lung_r | lung_l] = -850.0
     clean[airways] = -1000.0
     clean[liver] = hu["liver"]
@@ -221,16 +242,22 @@ def make_ct_phantom(
             ((-40.0, -45.0, 0.15 * zmax), 10.0, "hyper"),
             ((-60.0, 35.0, -0.5 * zmax), 8.0, "hypo"),
         ]
-        lesion_core = liver & ~portal
         clearance = ndimage.distance_transform_edt(~tree, sampling=spacing) > 4.0 if hepatic_vessels else True
-        for centre, diameter, kind in candidates:
-            sphere = _ellipsoid(zz, yy, xx, centre, (diameter / 2,) * 3) & lesion_core
+        if subcapsular:  # a 30 mm hypodense lesion at the anterior surface, bulging it by ~10 mm
+            candidates.insert(0, ((-55.0, -68.0, -0.15 * zmax), 30.0, "hypo"))
+        for i, (centre, diameter, kind) in enumerate(candidates):
+            sphere = _ellipsoid(zz, yy, xx, centre, (diameter / 2,) * 3)
+            if subcapsular and i == 0:  # it bulges out of the liver: the liver's truth includes it
+                sphere &= inner & ~(spine | aorta | spleen | kidney_r | kidney_l)
+                liver |= sphere
+            sphere &= liver & ~portal
             if not sphere.any() or not np.all(clearance | ~sphere):
                 continue
             label = len(truths) + 1
             lesion_labels[sphere] = label
             clean[sphere] = hu["liver"] + (-45.0 if kind == "hypo" else 50.0)
-            truths.append(LesionTruth(label, centre, diameter, kind))
+            scaled = tuple(c * body_scale for c in centre)
+            truths.append(LesionTruth(label, scaled, diameter * body_scale, kind))  # type: ignore[arg-type]
 
     metal_mask = np.zeros(shape, dtype=bool)
     if metal:

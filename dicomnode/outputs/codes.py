@@ -46,6 +46,8 @@ STRUCTURES: dict[str, StructureCode] = {
     "lung": _organ(_cc(SCT.Lung), (197, 165, 145)),
     "lung-left": _organ(CodedConcept("44029006", "SCT", "Left lung"), (197, 165, 145)),
     "lung-right": _organ(CodedConcept("3341006", "SCT", "Right lung"), (197, 165, 145)),
+    # abdominal organs segmented with the liver (seg-abdomen): IVC
+    "inferior-vena-cava": _organ(_cc(SCT.InferiorVenaCava), (0, 151, 206)),
     "brain": _organ(_cc(SCT.Brain), (250, 250, 225)),
     "aorta": _organ(_cc(SCT.Aorta), (224, 97, 76)),
     "kidney": _organ(_cc(SCT.Kidney), (185, 102, 83)),

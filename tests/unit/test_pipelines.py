@@ -23,7 +23,9 @@ def test_shipped_pipelines_are_declared_and_use_known_steps() -> None:
         check_steps(spec)
         assert spec.version and spec.description
     liver = get_pipeline("liver-ct")
-    assert [s.label for s in liver.segments] == ["Liver", "Lesion {n}"]
+    assert [s.label for s in liver.segments] == [
+        "Liver", "Spleen", "Right kidney", "Left kidney", "Stomach", "Aorta", "Lesion {n}",
+    ]
     assert [(w.organ, w.center, w.width, w.explanation) for w in liver.windows] == [
         ("liver", None, 150.0, "LIVER"), (None, 40.0, 400.0, "ABDOMEN")]
     assert liver.enhanced_values == "quantitative" and get_pipeline("lung-ct").enhanced_values == "display"

@@ -1,0 +1,256 @@
+"""Segmentation accuracy of liver-ct: one table, case × structure — Dice, HD95, volume error, QC, seconds.
+
+Cases (every one runs the whole pipeline through ``process_volume``, as the node does):
+
+* **real** — ``ct-abdomen-20`` (TotalSegmentator reference: liver, spleen, aorta, IVC, kidneys when in the
+  field of view) and ``ct-3slice`` (liver SEG of dcmqi's test data);
+* **variants** of ``ct-abdomen-20`` made by ``tests/variants.py`` (pixels and geometry rewritten
+  together, scored against the equally transformed reference): prone, feet first, 5 mm slices,
+  native phase, fatty liver (≈ 10 HU), a field of view cut into the liver;
+* **phantoms** (``tests/phantoms.py``, exact truth): a base case (portal phase, adult, 5 mm, head first
+  supine, lesions inside the liver, no metal, full field of view) and one factor changed at a time —
+  phase (native, arterial) × liver fat (10 HU) × body size (child, 0.7) × position (prone, feet first)
+  × slice thickness (2 mm) × lesion position (subcapsular) × metal × field of view (cropped) — plus a
+  lesion-free case. Lesion rows report lesions found / expected (≥ 10 mm) and false ones.
+
+The QC column is the pipeline's verdict for the segment (``result.json``'s ``qc``) when the pipeline
+computes one, blank otherwise. ``--quick`` runs the real case and three phantoms (a smoke run).
+
+    python benchmarks/accuracy.py [--quick] [--only real,variants,phantoms] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import SimpleITK as sitk  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data"
+SEGMENT_OF = {  # our segment label -> (reference label value in the TotalSegmentator map)
+    "Liver": 5, "Spleen": 1, "Right kidney": 2, "Left kidney": 3, "Aorta": 52, "Inferior vena cava": 63,
+}
+PHANTOM_TRUTH = {
+    "Liver": "liver", "Spleen": "spleen", "Right kidney": "kidney-right", "Left kidney": "kidney-left",
+    "Aorta": "aorta",
+}
+
+
+@dataclass
+class Case:
+    name: str
+    image: sitk.Image
+    truth: dict[str, np.ndarray]  # segment label -> bool mask on the image grid
+    lesions: list[tuple[float, float, float, float]] | None = None  # (x, y, z, diameter) LPS mm
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Row:
+    case: str
+    structure: str
+    dice: float | None
+    hd95: float | None
+    volume_error: float | None
+    qc: str
+    seconds: float
+    note: str = ""
+
+
+def run_case(case: Case) -> list[Row]:
+    from dicomnode.imaging.metrics import compare
+    from dicomnode.imaging.volume import Volume
+    from dicomnode.jobs import JobSpec
+    from dicomnode.pipelines.registry import get_pipeline
+    from dicomnode.pipelines.runner import process_volume
+
+    spec = get_pipeline("liver-ct")
+    volume = Volume.from_sitk(case.image, modality="CT", units="HU")
+    started = time.perf_counter()
+    try:
+        processed, summary = process_volume(spec, volume, JobSpec("accuracy", "liver-ct", {}, (), "/tmp"))
+    except Exception as exc:  # a refusal is a result: report it
+        seconds = time.perf_counter() - started
+        return [Row(case.name, "-", None, None, None, "refused", seconds, str(exc).splitlines()[0][:90])]
+    seconds = time.perf_counter() - started
+    verdicts = (summary.get("qc") or {}).get("segments", {}) if isinstance(summary, dict) else {}
+    spacing = volume.spacing
+    segments = {s.label: s.mask for s in processed.segments}
+    rows = []
+    for label, truth in case.truth.items():
+        if label.startswith("_"):
+            continue
+        mask = segments.get(label, np.zeros(truth.shape, dtype=bool))
+        if not truth.any():
+            continue
+        m = compare(mask, truth, spacing)
+        qc = (verdicts.get(label) or {}).get("status", "")
+        rows.append(Row(case.name, label, m.dice, m.hd95_mm, m.volume_difference_percent, qc, seconds))
+    if case.lesions is not None:
+        rows.append(_lesion_row(case, processed.segments, seconds, verdicts))
+    return rows
+
+
+def _lesion_row(case: Case, segments, seconds: float, verdicts) -> Row:  # noqa: ANN001
+    found_masks = [s.mask for s in segments if s.label.startswith("Lesion")]
+    image = case.image
+    hits, expected = 0, 0
+    matched = set()
+    for x, y, z, diameter in case.lesions or []:
+        if diameter < 10.0:
+            continue
+        expected += 1
+        index = image.TransformPhysicalPointToIndex((x, y, z))
+        voxel = (index[2], index[1], index[0])
+        for i, mask in enumerate(found_masks):
+            if all(0 <= v < n for v, n in zip(voxel, mask.shape, strict=True)) and mask[voxel]:
+                hits += 1
+                matched.add(i)
+                break
+    small = {i for i, m in enumerate(found_masks) if _touches_truth(case, m)}
+    false = len(found_masks) - len(matched | small)
+    return Row(case.name, "lesions", None, None, None, "", seconds, f"found {hits}/{expected}, false {false}")
+
+
+def _touches_truth(case: Case, mask: np.ndarray) -> bool:
+    truth = case.truth.get("_lesions")
+    return bool(truth is not None and (truth & mask).any())
+
+
+def real_cases() -> Iterator[Case]:
+    from dicomnode.imaging.labelmaps import read_segmentation
+    from dicomnode.imaging.volume import load_series, read_volume, resample_onto
+
+    volume = read_volume(DATA / "ct-abdomen-20" / "dicom")
+    ref = resample_onto(sitk.ReadImage(str(DATA / "ct-abdomen-20" / "reference-labels.nrrd")), volume)
+    yield Case("ct-abdomen-20", volume.to_sitk(), {k: ref == v for k, v in SEGMENT_OF.items()})
+    small = load_series(sorted((DATA / "ct-3slice").glob("0*.dcm")))
+    seg = read_segmentation(DATA / "ct-3slice" / "liver-seg.nrrd", small.to_sitk())
+    liver = np.any([mask for _, mask in seg.segments.values()], axis=0)
+    yield Case("ct-3slice", small.to_sitk(), {"Liver": liver})
+
+
+def variant_cases() -> Iterator[Case]:
+    from dicomnode.imaging.volume import read_volume, resample_onto
+    from tests import variants
+
+    volume = read_volume(DATA / "ct-abdomen-20" / "dicom")
+    image = volume.to_sitk()
+    labels = sitk.GetImageFromArray(
+        resample_onto(sitk.ReadImage(str(DATA / "ct-abdomen-20" / "reference-labels.nrrd")), volume)
+        .astype(np.uint8)
+    )
+    labels.CopyInformation(image)
+    makers: dict[str, Callable[[sitk.Image, sitk.Image], tuple[sitk.Image, sitk.Image]]] = {
+        "prone": variants.prone,
+        "feet-first": variants.feet_first,
+        "5mm-slices": lambda i, lab: variants.thick_slices(i, lab, 5.0),
+        "native": lambda i, lab: variants.native_phase(
+            i, lab, tissue_hu={5: 55.0, 1: 45.0, 2: 30.0, 3: 30.0, 52: 40.0, 63: 40.0, 64: 40.0}
+        ),
+        "fatty-liver": lambda i, lab: variants.fatty_liver(i, lab, liver_value=5, target_hu=10.0),
+        "cropped-fov": lambda i, lab: variants.crop(i, lab, keep_fraction=0.72, side="right"),
+    }
+    for name, make in makers.items():
+        img, lab = make(image, labels)
+        arr = sitk.GetArrayFromImage(lab)
+        yield Case(f"ct-abdomen-20/{name}", img, {k: arr == v for k, v in SEGMENT_OF.items()})
+
+
+PHANTOM_MATRIX: dict[str, dict] = {
+    "base": {},
+    "native": {"phase": "native"},
+    "arterial": {"phase": "arterial"},
+    "fatty-liver": {"liver_hu": 10.0},
+    "child": {"body_scale": 0.7},
+    "prone": {"_position": "prone"},
+    "feet-first": {"_position": "feet-first"},
+    "2mm-slices": {"shape": (100, 128, 128), "spacing": (2.0, 2.8, 2.8)},
+    "subcapsular": {"subcapsular": True},
+    "metal": {"metal": True},
+    "cropped-fov": {"_crop": 0.72},
+    "lesion-free": {"lesions": False},
+}
+QUICK = ("base", "fatty-liver", "lesion-free")
+
+
+def phantom_cases(names: tuple[str, ...]) -> Iterator[Case]:
+    from tests import variants
+    from tests.phantoms import make_ct_phantom
+
+    for name in names:
+        params = dict(PHANTOM_MATRIX[name])
+        position = params.pop("_position", None)
+        crop = params.pop("_crop", None)
+        params.setdefault("shape", (40, 128, 128))
+        params.setdefault("spacing", (5.0, 2.8, 2.8))
+        ct = make_ct_phantom(seed=5, hepatic_vessels=True, fat_planes=True, **params)
+        image = ct.to_sitk()
+        labels = np.zeros(ct.image.shape, dtype=np.uint8)
+        names_ = list(PHANTOM_TRUTH.items())
+        for value, (_, key) in enumerate(names_, 1):
+            labels[ct.masks[key]] = value
+        labels[ct.masks["lesions"]] = 100
+        lab = ct.to_sitk(labels)
+        if position == "prone":
+            image, lab = variants.prone(image, lab)
+        elif position == "feet-first":
+            image, lab = variants.feet_first(image, lab)
+        if crop:
+            image, lab = variants.crop(image, lab, keep_fraction=crop, side="right")
+        arr = sitk.GetArrayFromImage(lab)
+        truth = {label: arr == value for value, (label, _) in enumerate(names_, 1)}
+        truth["_lesions"] = arr == 100
+        lesions = [(*lesion.centre_mm, lesion.diameter_mm) for lesion in ct.lesions]
+        case = Case(f"phantom/{name}", image, truth, lesions)
+        yield case
+
+
+def fmt(value: float | None, digits: int = 3) -> str:
+    if value is None:
+        return ""
+    if math.isinf(value) or math.isnan(value):
+        return "inf"
+    return f"{value:.{digits}f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", default="real,variants,phantoms")
+    parser.add_argument("--threads", default="2")
+    args = parser.parse_args()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(args.threads))
+    os.environ.setdefault("OMP_NUM_THREADS", args.threads)
+    groups = set(args.only.split(","))
+    cases: list[Iterator[Case]] = []
+    if "real" in groups:
+        cases.append(real_cases())
+    if "variants" in groups and not args.quick:
+        cases.append(variant_cases())
+    if "phantoms" in groups:
+        cases.append(phantom_cases(QUICK if args.quick else tuple(PHANTOM_MATRIX)))
+    header = f"{'case':34} {'structure':20} {'Dice':>6} {'HD95 mm':>8} {'vol err %':>9} {'QC':>7} {'s':>6}"
+    print(header + "  note")
+    for group in cases:
+        for case in group:
+            for row in run_case(case):
+                print(
+                    f"{row.case:34} {row.structure:20} {fmt(row.dice):>6} {fmt(row.hd95, 1):>8} "
+                    f"{fmt(row.volume_error, 1):>9} {row.qc:>7} {row.seconds:6.1f}  {row.note}",
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,454 @@
+"""Abdominal organs on CT segmented together, in competition (step ``abdomen.organs``).
+
+Organs of equal density are told apart by where they are and what they touch, not by a threshold.
+On an LPS-oriented copy of the working grid (:mod:`dicomnode.imaging.organs.landmarks`):
+
+1. **Landmarks** — body, vertebral body (centre line and anterior edge per slice), lungs and the level
+   of each lung base, subcutaneous fat and soft-tissue levels, the trunk's size (priors scale with it).
+2. **Seeds from priors, intensities from the image** — each organ's prior territory is written in mm
+   relative to those landmarks (liver: right, below the right lung base; spleen: left posterolateral,
+   below the left lung base; kidneys: paravertebral; aorta: a round bright/thick structure just in
+   front of the vertebral body, slightly left; IVC: right of it; stomach: gas/fluid left anterior under
+   the left hemidiaphragm). Inside the territory the organ's attenuation is the histogram mode of the
+   soft tissue there (−80..250 HU, so a fatty liver darker than the spleen is found as well), and the
+   seed is the eroded, connected part of the territory close to that mode.
+3. **Competition** — a marker-based watershed (scikit-image) on the gradient magnitude from all seeds
+   at once, inside a soft-tissue band estimated from the image (between the fat and the organs' levels,
+   below bone); everything outside the band and the muscles of the body wall and around the spine are
+   *background* markers, so a flood stops where another structure explains the voxel better.
+4. **Shape** — aorta and IVC are kept within a tube around their centre track; every organ keeps the
+   connected part that holds its seed, voxels far from its attenuation are given back, and the freed
+   voxels are flooded again by their neighbours.
+
+The result is a label map (uint8) on the input grid: see :data:`LABELS`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+from skimage.morphology import convex_hull_image
+from skimage.segmentation import watershed
+
+from dicomnode.errors import ImagingError
+from dicomnode.imaging.morphology import dilate as dilate_mm
+from dicomnode.imaging.morphology import erode as erode_mm
+from dicomnode.imaging.morphology import fill_holes, largest_components
+from dicomnode.imaging.organs.common import histogram_mode
+from dicomnode.imaging.organs.landmarks import Landmarks, find_landmarks, to_lps
+from dicomnode.imaging.step import step
+
+log = logging.getLogger(__name__)
+
+LABELS: dict[str, int] = {
+    "liver": 1,
+    "spleen": 2,
+    "kidney-right": 3,
+    "kidney-left": 4,
+    "stomach": 5,
+    "aorta": 6,
+    "ivc": 7,
+}
+BACKGROUND = 8
+
+
+@dataclass(frozen=True)
+class OrganModel:
+    name: str
+    seed: np.ndarray  # bool
+    hu: float
+    spread: float
+
+
+def _mode_near(values: np.ndarray, low: float, high: float) -> tuple[float, float]:
+    mode, sigma, _, _ = histogram_mode(values, low, high)
+    return mode, max(sigma, 8.0)
+
+
+def _territory_seed(
+    array: np.ndarray, territory: np.ndarray, low: float, spacing, *, erode: float = 3.0, k: float = 1.5
+) -> OrganModel | None:
+    values = array[territory]
+    if values.size < 200:
+        return None
+    try:
+        hu, spread = _mode_near(values, low, 260.0)
+    except ImagingError:
+        return None
+    near = territory & (np.abs(array - hu) <= max(k * spread, 15.0))
+    near = ndimage.binary_opening(near, iterations=1)
+    seed = largest_components(erode_mm(near, erode, spacing), 1)
+    if seed.sum() < 20:
+        seed = largest_components(near, 1)
+    if seed.sum() < 20:
+        return None
+    return OrganModel("", seed, hu, spread)
+
+
+def _disc_track(
+    array: np.ndarray,
+    window: np.ndarray,
+    radius_mm: float,
+    spacing,
+    excluded: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per slice, the centre (row, col) of the disc of ``radius_mm`` with the highest mean (HU clipped to
+    −100..400) inside ``window``: a thick, bright, round structure. Returns rows, cols, found."""
+    _, sy, sx = spacing
+    clipped = np.clip(array, -100.0, 400.0)
+    if excluded is not None:
+        clipped = np.where(excluded, -100.0, clipped)
+    ry, rx = max(1, int(round(radius_mm / sy))), max(1, int(round(radius_mm / sx)))
+    yy, xx = np.ogrid[-ry : ry + 1, -rx : rx + 1]
+    disc = ((yy * sy) ** 2 + (xx * sx) ** 2 <= radius_mm**2).astype(np.float32)
+    disc /= disc.sum()
+    nz = array.shape[0]
+    rows, cols, found = np.zeros(nz, int), np.zeros(nz, int), np.zeros(nz, bool)
+    for k in range(nz):
+        if not window[k].any():
+            continue
+        r0, r1 = np.flatnonzero(window[k].any(axis=1))[[0, -1]]
+        c0, c1 = np.flatnonzero(window[k].any(axis=0))[[0, -1]]
+        lo_r, lo_c = max(0, r0 - ry), max(0, c0 - rx)
+        sub = ndimage.convolve(clipped[k, lo_r : r1 + ry + 1, lo_c : c1 + rx + 1], disc, mode="nearest")
+        sub = np.where(window[k, lo_r : r1 + ry + 1, lo_c : c1 + rx + 1], sub, -np.inf)
+        r, c = np.unravel_index(int(np.argmax(sub)), sub.shape)
+        rows[k], cols[k], found[k] = r + lo_r, c + lo_c, True
+    if found.sum() >= 3:
+        idx = np.flatnonzero(found)
+        rows[idx] = np.round(ndimage.median_filter(rows[idx].astype(float), 5, mode="nearest")).astype(int)
+        cols[idx] = np.round(ndimage.median_filter(cols[idx].astype(float), 5, mode="nearest")).astype(int)
+    return rows, cols, found
+
+
+def _tube(shape, rows, cols, found, radius_mm: float, spacing) -> np.ndarray:
+    _, sy, sx = spacing
+    out = np.zeros(shape, dtype=bool)
+    yy = np.arange(shape[1])[:, None] * sy
+    xx = np.arange(shape[2])[None, :] * sx
+    for k in np.flatnonzero(found):
+        out[k] = (yy - rows[k] * sy) ** 2 + (xx - cols[k] * sx) ** 2 <= radius_mm**2
+    return out
+
+
+def _seeds(
+    array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = None
+) -> tuple[dict[str, OrganModel], dict[str, np.ndarray]]:
+    """Seeds and attenuation of each organ found in the field of view, and the vessels' tubes."""
+    s = lm.scale
+    sp = lm.spacing
+    zz, _, _ = lm.grids()
+    u, v = lm.relative()
+    body = lm.body
+    inner = erode_mm(body, 12.0 * s, sp)
+    low = lm.fat_hu + 40.0
+    soft = (array > lm.fat_hu + 30.0) & (array < lm.bone_hu) & inner
+    not_lung = ~dilate_mm(lm.lungs, 3.0, sp)
+    h_r = zz - lm.lung_base_right
+    h_l = zz - lm.lung_base_left
+    log.debug(
+        "landmarks: scale %.2f, fat %.0f HU, tissue %.0f HU, bone > %.0f HU, lung bases R %.0f L %.0f mm"
+        " of %.0f",
+        s, lm.fat_hu, lm.tissue_hu, lm.bone_hu, lm.lung_base_right, lm.lung_base_left,
+        (array.shape[0] - 1) * sp[0],
+    )
+    models: dict[str, OrganModel] = {}
+    tubes: dict[str, np.ndarray] = {}
+
+    # aorta: round, thick, bright structure in front of the vertebral body, slightly left
+    window = (u > -15 * s) & (u < 40 * s) & (v > -55 * s) & (v < -4 * s) & inner
+    rows, cols, found = _disc_track(array, window, 7.0 * s, sp)
+    if found.any():
+        core = _tube(array.shape, rows, cols, found, 4.0 * s, sp) & soft
+        hu = float(np.median(array[core])) if core.any() else lm.tissue_hu
+        models["aorta"] = OrganModel("aorta", core, hu, 25.0)
+        tubes["aorta"] = _tube(array.shape, rows, cols, found, 18.0 * s, sp)
+        aorta_zone = _tube(array.shape, rows, cols, found, 12.0 * s, sp)
+        # IVC: right of the aorta, in front of the right side of the vertebral body
+        window = (u > -60 * s) & (u < -8 * s) & (v > -40 * s) & (v < 5 * s) & inner & ~aorta_zone
+        rows, cols, found = _disc_track(array, window, 6.0 * s, sp)
+        if found.any():
+            core = _tube(array.shape, rows, cols, found, 3.5 * s, sp) & soft
+            if core.any():
+                hu = float(np.median(array[core]))
+                models["ivc"] = OrganModel("ivc", core, hu, 25.0)
+                tubes["ivc"] = _tube(array.shape, rows, cols, found, 16.0 * s, sp)
+
+    vessels = np.zeros(array.shape, dtype=bool)
+    for tube in tubes.values():
+        vessels |= tube
+
+    # the right lobe reaches the posterior wall (the right kidney's attenuation differs from the mode)
+    liver_t = (u < -45 * s) & (v > -130 * s) & (v < 90 * s) & (h_r > -90 * s) & (h_r < 20 * s)
+    liver_t &= inner & not_lung & ~vessels & soft
+    liver = _territory_seed(array, liver_t, low, sp, erode=5.0 * s)
+    if liver is None and liver_mask is not None and liver_mask.any():  # e.g. a few slices: the chain's
+        core = erode_mm(liver_mask, 6.0 * s, sp)
+        seed = core if core.any() else liver_mask
+        spread = float(np.median(np.abs(array[seed] - np.median(array[seed])))) * 1.4826
+        liver = OrganModel("liver", seed, float(np.median(array[seed])), max(spread, 8.0))
+    if liver is None:
+        raise ImagingError(
+            "No liver found below the right lung base; is the upper abdomen in the field of view?"
+        )
+    models["liver"] = OrganModel("liver", liver.seed, liver.hu, liver.spread)
+
+    # posterolateral: bowel and stomach lie in front of it
+    spleen_t = (u > 45 * s) & (v > -45 * s) & (v < 80 * s) & (h_l > -110 * s) & (h_l < 20 * s)
+    spleen_t &= inner & not_lung & soft & ~dilate_mm(liver.seed, 10.0, sp)
+    spleen = _territory_seed(array, spleen_t, low, sp, erode=3.0 * s)
+    if spleen is not None and spleen.seed.sum() * float(np.prod(sp)) > 5000.0 * s**3:  # ≥ 5 ml
+        models["spleen"] = OrganModel("spleen", spleen.seed, spleen.hu, spleen.spread)
+
+    # the rough extent of liver and spleen (connected, near their attenuation): no kidney inside
+    taken = np.zeros(array.shape, dtype=bool)
+    for m in models.values():
+        taken |= m.seed
+        if m.name in ("liver", "spleen"):
+            near = soft & (np.abs(array - m.hu) <= max(2.5 * m.spread, 20.0))
+            near = ndimage.binary_opening(near, iterations=2)
+            taken |= _keep_seeded(near, m.seed)
+    for name, side in (("kidney-right", -1.0), ("kidney-left", 1.0)):
+        model = _kidney(array, lm, soft & ~dilate_mm(taken, 4.0, sp), side, h_r if side < 0 else h_l)
+        if model is not None:
+            models[name] = model
+            taken |= model.seed
+
+    stomach = _stomach(array, lm, u, v, h_l)
+    if stomach is not None:
+        models["stomach"] = stomach
+    if liver_mask is not None and liver_mask.any():
+        # the liver chain's mask, eroded and kept clear of the other organs' seeds, joins the liver's seed
+        others = np.zeros(array.shape, dtype=bool)
+        for name, m in models.items():
+            if name != "liver":
+                others |= m.seed
+        extra = erode_mm(liver_mask, 6.0 * s, sp) & ~dilate_mm(others, 10.0 * s, sp) & soft
+        seed = _keep_seeded(extra | liver.seed, liver.seed)
+        values = array[liver_mask]
+        mad = float(np.median(np.abs(values - np.median(values)))) * 1.4826
+        models["liver"] = OrganModel("liver", seed, liver.hu, max(liver.spread, min(mad, 25.0)))
+    log.debug("spine x %s y %s", np.round(lm.spine_x[::5]), np.round(lm.spine_y[::5]))
+    return models, tubes
+
+
+def _kidney(
+    array: np.ndarray, lm: Landmarks, soft: np.ndarray, side: float, h: np.ndarray
+) -> OrganModel | None:
+    """The kidney on one side: the largest compact soft-tissue blob in the paravertebral gutter."""
+    s, sp = lm.scale, lm.spacing
+    u, v = lm.relative()
+    zone = (side * u > 35 * s) & (side * u < 120 * s) & (v > -25 * s) & (v < 75 * s) & (h < 40 * s)
+    cand = ndimage.binary_opening(soft & zone, iterations=2)
+    labels, n = ndimage.label(cand)
+    if n == 0:
+        return None
+    voxel_ml = float(np.prod(sp)) / 1000.0
+    sizes = np.bincount(labels.ravel()) * voxel_ml
+    sizes[0] = 0
+    # a kidney lies in perirenal fat: a good part of the shell around the blob is fat
+    fat = array < lm.fat_hu + 50.0
+    centres = ndimage.center_of_mass(cand, labels, index=np.arange(1, n + 1))
+    best: tuple[np.ndarray, float, float] | None = None
+    for i in np.flatnonzero(sizes >= 8.0 * s**3):
+        cz, cy, cx = (int(round(c)) for c in centres[i - 1])
+        cu, cv = cx * sp[2] - lm.spine_x[cz], cy * sp[1] - lm.spine_y[cz]
+        if not (-5 * s < cv < 60 * s and 40 * s < side * cu < 100 * s):
+            continue  # a kidney's centre lies beside the vertebral body, not in front of it
+        blob = labels == i
+        try:  # the blob's own attenuation: muscle next to a kidney (psoas, quadratus) differs from it
+            hu, spread = _mode_near(array[blob], lm.fat_hu + 40.0, 400.0)
+        except ImagingError:
+            continue
+        band = np.abs(array - hu) <= max(2.5 * spread, 20.0)
+        core = largest_components(blob & band, 1)
+        box = ndimage.find_objects(core.astype(np.uint8))[0]
+        pad = [int(np.ceil(60.0 * s / spc)) for spc in sp]
+        box = tuple(slice(max(0, b.start - p), b.stop + p) for b, p in zip(box, pad, strict=True))
+        # the same tissue going on far beyond the gutter (stomach, bowel, liver) is not a kidney in its fat
+        same, _ = ndimage.label(ndimage.binary_opening(soft[box] & band[box], iterations=1))
+        owners = same[core[box]]
+        owner = int(np.bincount(owners[owners > 0]).argmax()) if (owners > 0).any() else 0
+        if owner and (same == owner).sum() > 3 * core.sum():
+            continue
+        shell = dilate_mm(core[box], 4.0, sp) & ~core[box]
+        fat_fraction = float(fat[box][shell].mean()) if shell.any() else 0.0
+        log.debug("kidney %+.0f: %.1f ml, %.0f HU, fat around %.2f", side, sizes[i], hu, fat_fraction)
+        if fat_fraction >= 0.3 and (best is None or hu > best[1]):
+            best = (core, hu, spread)
+    if best is None:
+        return None
+    blob, hu, spread = best
+    seed = largest_components(erode_mm(blob, 3.0 * s, sp), 1)
+    if seed.sum() < 10:
+        return None
+    return OrganModel("kidney", seed, hu, max(spread, 10.0))
+
+
+def _stomach(array: np.ndarray, lm: Landmarks, u, v, h) -> OrganModel | None:  # noqa: ANN001
+    """Gas in the stomach: the largest non-lung gas pocket left-anterior under the left hemidiaphragm."""
+    s, sp = lm.scale, lm.spacing
+    zone = (u > -30 * s) & (u < 140 * s) & (v < 20 * s) & (h > -150 * s) & lm.body & ~lm.lungs
+    gas = (array < -500.0) & zone
+    labels, n = ndimage.label(gas)
+    if n == 0:
+        return None
+    sizes = np.bincount(labels.ravel()) * float(np.prod(sp)) / 1000.0
+    sizes[0] = 0
+    best = int(np.argmax(sizes))
+    if sizes[best] < 2.0 * s**3:
+        return None
+    pocket = labels == best
+    return OrganModel("stomach", pocket, -1000.0, 50.0)
+
+
+def _wall(array: np.ndarray, lm: Landmarks) -> np.ndarray:
+    """Where no abdominal organ lies: the outer body layer, bone and its muscle attachments, the muscles
+    behind and beside the spine, the back outside the rib cage, the heart and mediastinum."""
+    s, sp = lm.scale, lm.spacing
+    u, v = lm.relative()
+    zz, _, _ = lm.grids()
+    wall = ~erode_mm(lm.body, 6.0 * s, sp)
+    wall |= dilate_mm(lm.bone & (array > max(lm.bone_hu, 300.0)), 3.0, sp)  # not contrast-filled vessels
+    wall |= (v > 30 * s) & (np.abs(u) < 30 * s)  # paraspinal muscles, behind the vertebral body
+    wall |= (np.abs(u) < 25 * s) & (v > -8 * s)  # crura / psoas at the vertebral body's sides
+    # the back muscles outside the rib cage (on slices whose ribs span most of the trunk's width)
+    back = v > -20 * s
+    for k in range(lm.body.shape[0]):
+        cols = np.flatnonzero(lm.bone[k].any(axis=0))
+        width = np.flatnonzero(lm.body[k].any(axis=0))
+        if cols.size < 2 or width.size < 2 or (cols[-1] - cols[0]) < 0.6 * (width[-1] - width[0]):
+            continue
+        hull = convex_hull_image(lm.bone[k])
+        wall[k] |= lm.body[k] & ~hull & back[k]
+    # heart and mediastinum: between the lungs, above both lung bases
+    top = max(lm.lung_base_right, lm.lung_base_left) + 30.0 * s
+    wall |= (zz > top) & (np.abs(u) < 70 * s) & (v < -10 * s)
+    return wall
+
+
+def _muscle_wall(array: np.ndarray, lm: Landmarks, band: np.ndarray) -> np.ndarray:
+    """The body wall's muscle layer: soft tissue within 8 mm (15 mm at the back; scaled) inside the
+    subcutaneous fat, which is the fat connected, slice by slice, to the outside of the body."""
+    s, sp = lm.scale, lm.spacing
+    outside = ~lm.body
+    fat = array < lm.fat_hu + 50.0
+    subcut = np.zeros_like(outside)
+    for k in range(array.shape[0]):
+        labels, _ = ndimage.label(outside[k] | (fat[k] & lm.body[k]))
+        keep = np.unique(labels[outside[k]])
+        subcut[k] = np.isin(labels, keep[keep > 0])
+    # in-plane distance only: the wall is a layer around each slice's trunk, thicker at the back
+    _, v = lm.relative()
+    thickness = np.where(v > 10 * s, 15.0 * s, 8.0 * s)
+    layer = np.zeros_like(outside)
+    for k in range(array.shape[0]):
+        layer[k] = ndimage.distance_transform_edt(~subcut[k], sampling=sp[1:]) <= thickness[k]
+    return layer & band & lm.body
+
+
+def _background(band: np.ndarray, wall: np.ndarray, models: dict[str, OrganModel]) -> np.ndarray:
+    """Background markers: outside the soft-tissue band, and the wall (:func:`_wall`), less the seeds."""
+    bg = ~band | wall
+    for m in models.values():
+        bg &= ~m.seed
+    return bg
+
+
+def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = None) -> np.ndarray:
+    """The label map (uint8, :data:`LABELS`) of an LPS-oriented CT array and its landmarks.
+
+    With ``liver_mask`` (the liver chain's result) the liver is that mask less what another organ
+    explains better; without it, the liver is the competition's own."""
+    sp = lm.spacing
+    models, tubes = _seeds(array, lm, liver_mask)
+    organ_hus = [m.hu for name, m in models.items() if name != "stomach"]
+    low = max(lm.fat_hu + 30.0, min(organ_hus) - 3.0 * 12.0 - 25.0)
+    band = (array > low) & (array < lm.bone_hu + 60.0) & lm.body
+    markers = np.zeros(array.shape, dtype=np.uint8)
+    wall = _wall(array, lm)
+    markers[_background(band, wall | _muscle_wall(array, lm, band), models)] = BACKGROUND
+    for name, m in models.items():
+        markers[m.seed] = LABELS[name]
+    sigma = [1.0 / s for s in sp]
+    gradient = ndimage.gaussian_gradient_magnitude(np.clip(array, low, lm.bone_hu + 60.0), sigma)
+    elevation = np.clip(gradient / max(float(np.percentile(gradient[band], 99)), 1.0) * 250, 0, 255)
+    elevation = elevation.astype(np.uint8)
+    mask = band | (markers > 0)
+    labels = watershed(elevation, markers.astype(np.int32), mask=mask).astype(np.uint8)
+
+    # shape and attenuation constraints, then the freed voxels are flooded again by their neighbours
+    fixed = np.zeros(array.shape, dtype=np.uint8)
+    for name, m in models.items():
+        value = LABELS[name]
+        region = labels == value
+        if name in tubes:
+            region &= tubes[name]
+        if name != "stomach":
+            tolerance = max(3.5 * m.spread, 35.0)
+            region &= np.abs(array - m.hu) <= tolerance + (60.0 if name.startswith("kidney") else 0.0)
+        region = _keep_seeded(region | m.seed, m.seed)
+        fixed[region] = value
+    free = mask & (fixed == 0) & (labels != BACKGROUND)
+    markers2 = fixed.copy()
+    markers2[mask & (labels == BACKGROUND)] = BACKGROUND
+    markers2[~mask] = 0
+    relabelled = watershed(elevation, markers2.astype(np.int32), mask=mask).astype(np.uint8)
+    out = np.where(free, relabelled, fixed).astype(np.uint8)
+    if liver_mask is not None and liver_mask.any():
+        liver, model = LABELS["liver"], models["liver"]
+        # the chain's voxels that the background won and whose attenuation is far from the liver's
+        # (body wall, muscle, fat reached through a thin bridge) leave the liver; enclosed ones return
+        # with the hole filling below (vessels, lesions)
+        far = np.abs(array - model.hu) > max(3.5 * model.spread, 35.0)
+        keep = liver_mask & ~wall & ~((out == BACKGROUND) & far)
+        keep = ndimage.binary_opening(keep, iterations=1) | (keep & erode_mm(liver_mask, 4.0, sp))
+        out[(out == liver) & ~keep] = 0
+        out[keep & ((out == 0) | (out == BACKGROUND))] = liver
+    out[out == BACKGROUND] = 0
+    for name in ("liver", "spleen", "kidney-right", "kidney-left"):
+        value = LABELS[name]
+        organ = out == value
+        if organ.any():
+            organ = fill_holes(largest_components(organ, 1), slicewise=True)
+            out[(out == value) & ~organ] = 0
+            out[organ & (out == 0)] = value
+    log.debug(
+        "abdomen: %s",
+        ", ".join(f"{n} {m.hu:.0f} HU ({int((out == LABELS[n]).sum())} vx)" for n, m in models.items()),
+    )
+    return out
+
+
+def _keep_seeded(region: np.ndarray, seed: np.ndarray) -> np.ndarray:
+    labels, n = ndimage.label(region)
+    if n == 0:
+        return region
+    keep = np.unique(labels[seed & region])
+    keep = keep[keep > 0]
+    return np.isin(labels, keep)
+
+
+@step("abdomen.organs")
+def segment_organs(image: sitk.Image, body: sitk.Image, liver: sitk.Image | None = None) -> sitk.Image:
+    """Step ``abdomen.organs``: the label map of the abdominal organs (:data:`LABELS`) on ``image``'s grid.
+
+    ``liver``, when given, is the liver chain's mask on the same grid (see :func:`compete`)."""
+    oriented = to_lps(sitk.Cast(image, sitk.sitkFloat32))
+    array = sitk.GetArrayFromImage(oriented)
+    body_arr = sitk.GetArrayFromImage(to_lps(sitk.Cast(body, sitk.sitkUInt8))).astype(bool)
+    spacing = tuple(float(s) for s in oriented.GetSpacing()[::-1])
+    landmarks = find_landmarks(array, body_arr, spacing)  # type: ignore[arg-type]
+    liver_arr = None
+    if liver is not None:
+        liver_arr = sitk.GetArrayFromImage(to_lps(sitk.Cast(liver, sitk.sitkUInt8))).astype(bool)
+    labels = compete(array, landmarks, liver_arr)
+    out = sitk.GetImageFromArray(labels)
+    out.CopyInformation(oriented)
+    # back onto the input grid: a permutation/flip of the axes, so nearest neighbour is exact
+    return sitk.Resample(out, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+

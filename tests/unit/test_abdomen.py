@@ -1,0 +1,91 @@
+"""Abdominal organs in competition (liver-ct's ``abdomen.organs``) on the real CT and realistic variants.
+
+The reference is TotalSegmentator's label map of ``ct-abdomen-20`` (5 liver, 1 spleen). Each variant
+rewrites pixels and geometry together (tests/variants.py), so the variant is scored against its own
+transformed reference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from dicomnode.imaging.metrics import dice
+from dicomnode.imaging.organs.abdomen import LABELS
+from dicomnode.imaging.volume import read_volume, resample_onto
+from dicomnode.pipelines.registry import get_pipeline
+from dicomnode.pipelines.runner import execute
+from tests import variants
+from tests.support import shared_data
+
+REF_LIVER, REF_SPLEEN = 5, 1
+
+
+@pytest.fixture(scope="module")
+def real_case() -> tuple[sitk.Image, sitk.Image]:
+    volume = read_volume(shared_data("ct-abdomen-20", "dicom"))
+    reference = sitk.ReadImage(str(shared_data("ct-abdomen-20", "reference-labels.nrrd")))
+    labels = sitk.GetImageFromArray(resample_onto(reference, volume).astype(np.uint8))
+    image = volume.to_sitk()
+    labels.CopyInformation(image)
+    return image, labels
+
+
+def organs_of(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
+    spec = get_pipeline("liver-ct")
+    ids = [s.id for s in spec.steps]
+    short = dataclasses.replace(spec, steps=spec.steps[: ids.index("organs") + 1])
+    context = execute(short, image).context
+    return sitk.GetArrayFromImage(context["liver"]) > 0, sitk.GetArrayFromImage(context["organs"])
+
+
+def test_real_abdomen_liver_and_spleen_in_competition(real_case) -> None:  # noqa: ANN001
+    image, labels = real_case
+    liver, organs = organs_of(image)
+    reference = sitk.GetArrayFromImage(labels)
+    assert dice(liver, reference == REF_LIVER) >= 0.93
+    assert dice(organs == LABELS["spleen"], reference == REF_SPLEEN) >= 0.85
+    assert not (liver & (organs == LABELS["spleen"])).any()  # one organ per voxel
+    # no kidney in this field of view (the slices end above them): none may be invented
+    assert not np.isin(organs, [LABELS["kidney-right"], LABELS["kidney-left"]]).any()
+
+
+@pytest.mark.parametrize("variant", ["prone", "native"])
+def test_real_abdomen_variants(real_case, variant: str) -> None:  # noqa: ANN001
+    image, labels = real_case
+    if variant == "prone":  # rows and columns reversed, direction cosines (-1, -1, 1): same patient positions
+        image, labels = variants.prone(image, labels)
+    else:  # no contrast: liver 55, spleen 45 HU, vessels 40 HU (the spleen no longer differs by intensity)
+        image, labels = variants.native_phase(
+            image, labels, tissue_hu={REF_LIVER: 55.0, REF_SPLEEN: 45.0, 52: 40.0, 63: 40.0, 64: 40.0}
+        )
+    liver, organs = organs_of(image)
+    reference = sitk.GetArrayFromImage(labels)
+    assert dice(liver, reference == REF_LIVER) >= (0.93 if variant == "prone" else 0.90)
+    assert dice(organs == LABELS["spleen"], reference == REF_SPLEEN) >= 0.85
+
+
+@pytest.mark.parametrize(
+    ("params", "position"),
+    [({"phase": "portal"}, "supine"), ({"phase": "portal", "liver_hu": 10.0}, "feet-first")],
+)
+def test_phantom_organs_in_competition(params: dict, position: str) -> None:
+    """Phantom with fat planes (tests/phantoms.py): liver (also fatty at 10 HU, darker than the spleen,
+    scanned feet first), spleen found apart from the bowel in front of it."""
+    from tests.phantoms import make_ct_phantom
+
+    ct = make_ct_phantom(seed=5, fat_planes=True, hepatic_vessels=True, **params)
+    image = ct.to_sitk()
+    labels = np.zeros(ct.image.shape, dtype=np.uint8)
+    labels[ct.masks["liver"]] = 1
+    labels[ct.masks["spleen"]] = 2
+    truth = ct.to_sitk(labels)
+    if position == "feet-first":
+        image, truth = variants.feet_first(image, truth)
+    liver, organs = organs_of(image)
+    reference = sitk.GetArrayFromImage(truth)
+    assert dice(liver, reference == 1) >= 0.93
+    assert dice(organs == LABELS["spleen"], reference == 2) >= 0.85

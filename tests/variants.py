@@ -1,0 +1,117 @@
+"""Realistic variants of a real CT volume with its reference labels, for accuracy tests and benchmarks.
+
+Each variant returns ``(image, labels)``: a SimpleITK float32 HU image and the reference label map
+(uint8/int, same grid) transformed consistently, so a segmentation of the variant is scored against
+the variant's own reference::
+
+    image, labels = prone(image, labels)          # patient turned over: rows and columns reversed
+    image, labels = feet_first(image, labels)     # FFS: slices and columns reversed
+    image, labels = thick_slices(image, labels, 5.0)
+    image, labels = fatty_liver(image, labels, liver_value=5, target_hu=10.0, seed=0)
+    image, labels = native_phase(image, labels, enhancing_values=(...), seed=0)
+    image, labels = crop(image, labels, keep_fraction=0.7, side="right")
+
+Geometry is always rewritten with the pixels (origin and direction cosines follow the reversal), so
+every voxel keeps its patient position: what a scanner would write for the same patient, not a
+mislabelled image.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+
+def _reverse(image: sitk.Image, axes: tuple[bool, bool, bool]) -> sitk.Image:
+    """Reverse the (x, y, z) axes flagged; origin and direction updated so positions are unchanged."""
+    arr = sitk.GetArrayFromImage(image)
+    slicer = tuple(slice(None, None, -1) if flip else slice(None) for flip in axes[::-1])
+    out = sitk.GetImageFromArray(np.ascontiguousarray(arr[slicer]))
+    size = image.GetSize()
+    corner = [size[i] - 1 if axes[i] else 0 for i in range(3)]
+    out.SetOrigin(image.TransformIndexToPhysicalPoint(corner))
+    d = np.array(image.GetDirection()).reshape(3, 3)
+    d = d @ np.diag([-1.0 if f else 1.0 for f in axes])
+    out.SetDirection(tuple(d.ravel()))
+    out.SetSpacing(image.GetSpacing())
+    return out
+
+
+def prone(image: sitk.Image, labels: sitk.Image) -> tuple[sitk.Image, sitk.Image]:
+    """The patient lies prone: rows and columns run the other way (ImageOrientationPatient −1,0,0/0,−1,0)."""
+    return _reverse(image, (True, True, False)), _reverse(labels, (True, True, False))
+
+
+def feet_first(image: sitk.Image, labels: sitk.Image) -> tuple[sitk.Image, sitk.Image]:
+    """Feet first supine: the slice order and the columns are reversed."""
+    return _reverse(image, (True, False, True)), _reverse(labels, (True, False, True))
+
+
+def thick_slices(image: sitk.Image, labels: sitk.Image, spacing_mm: float) -> tuple[sitk.Image, sitk.Image]:
+    """Slices of ``spacing_mm`` (averaged like a thick reconstruction); labels by majority."""
+    old = image.GetSpacing()
+    factor = spacing_mm / old[2]
+    size = [image.GetSize()[0], image.GetSize()[1], max(1, int(image.GetSize()[2] / factor))]
+    spacing = (old[0], old[1], spacing_mm)
+    d = np.array(image.GetDirection()).reshape(3, 3)
+    origin = np.array(image.GetOrigin()) + d @ np.array([0.0, 0.0, (spacing_mm - old[2]) / 2])
+    smooth = sitk.SmoothingRecursiveGaussian(image, [1e-3, 1e-3, spacing_mm / 2.355])
+    ref = sitk.Image(size, sitk.sitkFloat32)
+    ref.SetSpacing(spacing)
+    ref.SetOrigin(tuple(origin))
+    ref.SetDirection(image.GetDirection())
+    out = sitk.Resample(smooth, ref, sitk.Transform(), sitk.sitkLinear, -1000.0, sitk.sitkFloat32)
+    lab = sitk.Resample(labels, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0, labels.GetPixelID())
+    return out, lab
+
+
+def _shift_under(
+    image: sitk.Image, mask: np.ndarray, target_hu: float, noise_sd: float, seed: int
+) -> sitk.Image:
+    arr = sitk.GetArrayFromImage(image).astype(np.float32)
+    inner = ndimage.binary_erosion(mask, iterations=1)
+    current = float(np.median(arr[inner]))
+    rng = np.random.default_rng(seed)
+    # soft edge (one voxel) so no artificial step appears at the organ's border
+    weight = ndimage.gaussian_filter(mask.astype(np.float32), 0.8)
+    noise = ndimage.gaussian_filter(rng.normal(0.0, noise_sd, arr.shape).astype(np.float32), 0.7) * 1.6
+    arr += weight * (target_hu - current) + weight * noise * 0.5
+    out = sitk.GetImageFromArray(arr)
+    out.CopyInformation(image)
+    return out
+
+
+def fatty_liver(
+    image: sitk.Image, labels: sitk.Image, *, liver_value: int, target_hu: float = 10.0, seed: int = 0
+) -> tuple[sitk.Image, sitk.Image]:
+    """Steatosis: the liver under the reference mask shifted to ``target_hu`` (vessels and lesions keep
+    their contrast to it), with extra texture noise."""
+    mask = sitk.GetArrayFromImage(labels) == liver_value
+    return _shift_under(image, mask, target_hu, 8.0, seed), labels
+
+
+def native_phase(
+    image: sitk.Image, labels: sitk.Image, *, tissue_hu: dict[int, float], seed: int = 0
+) -> tuple[sitk.Image, sitk.Image]:
+    """No contrast: each labelled structure (label value → native attenuation) shifted to its native
+    level, e.g. liver 55, spleen 45, kidneys 30, aorta/IVC/portal vein 40 HU."""
+    lab = sitk.GetArrayFromImage(labels)
+    out = image
+    for value, hu in tissue_hu.items():
+        mask = lab == value
+        if mask.any():
+            out = _shift_under(out, mask, hu, 4.0, seed + value)
+    return out, labels
+
+
+def crop(image: sitk.Image, labels: sitk.Image, *, keep_fraction: float, side: str = "right"):  # noqa: ANN201
+    """A narrower field of view: only ``keep_fraction`` of the columns towards the patient's ``side``
+    from the other edge are kept (``side='right'`` cuts into the patient's right, the liver)."""
+    nx = image.GetSize()[0]
+    keep = int(round(nx * keep_fraction))
+    # column index grows towards +x (patient left) when the direction's x component is positive
+    left_positive = image.GetDirection()[0] > 0
+    cut_low = (side == "right") == left_positive
+    start = nx - keep if cut_low else 0
+    return image[start : start + keep, :, :], labels[start : start + keep, :, :]
