@@ -22,6 +22,7 @@ from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
 
 from dicomnode.errors import OutputError
+from dicomnode.outputs.codes import display_unit, display_value
 
 PLANES = ("axial", "coronal", "sagittal")
 SOFT_TISSUE = (40.0, 400.0)
@@ -43,6 +44,11 @@ class Measurement:
     name: str
     value: float
     unit: str
+
+    @property
+    def text(self) -> str:
+        """The value as people read it (18,663 not 1.866e+04)."""
+        return display_value(self.value)
 
 
 @dataclass(frozen=True)
@@ -195,7 +201,10 @@ def _walk_groups(items: Sequence[Dataset], out: list[Measurement], segment: str 
             unit = _code_meaning(measured, "MeasurementUnitsCodeSequence")
             units = measured.get("MeasurementUnitsCodeSequence")
             if units:
-                unit = str(units[0].CodeValue)
+                unit = display_unit(str(units[0].CodeValue))  # HU, ml, mm², not UCUM's [hnsf'U]
+            for modifier in item.get("ContentSequence", []):  # TID 1500: quantity + Derivation (Mean, SD …)
+                if modifier.get("ValueType") == "CODE" and _code_meaning(modifier) == "Derivation":
+                    name = _code_meaning(modifier, "ConceptCodeSequence")
             out.append(Measurement(segment, name, float(measured.NumericValue), unit))
         if "ContentSequence" in item:
             _walk_groups(item.ContentSequence, out, segment)

@@ -31,6 +31,7 @@ window of zeros through it) so that a model that does not fit is refused when it
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +45,7 @@ from dicomnode.errors import ImagingError
 from dicomnode.imaging.grid import image_like
 from dicomnode.imaging.segment import largest_components
 from dicomnode.imaging.sliding_window import sliding_window
-from dicomnode.imaging.step import step
+from dicomnode.imaging.step import StepOutput, step
 
 log = logging.getLogger(__name__)
 
@@ -367,8 +368,16 @@ def to_spacing(image: sitk.Image, spacing: Sequence[float]) -> sitk.Image:
     )
 
 
-def infer(params: ModelParams, image: sitk.Image) -> tuple[np.ndarray, sitk.Image]:
-    """The model's scores ``(K, z, y, x)`` on the inference grid, and that grid (a SimpleITK image)."""
+@dataclass(frozen=True)
+class Inference:
+    scores: np.ndarray  # (K, z, y, x) on the inference grid
+    grid: sitk.Image  # the inference grid (reoriented, resampled)
+    provider: str  # the ONNX Runtime execution provider that ran it
+    windows: int  # forward passes
+
+
+def infer(params: ModelParams, image: sitk.Image) -> Inference:
+    """The model's scores on the inference grid, with that grid and how they were computed."""
     session = open_session(params.model, params.threads, params.device)
     sig = signature(session)
     _check_shapes(sig, params, params.model.name)
@@ -381,7 +390,13 @@ def infer(params: ModelParams, image: sitk.Image) -> tuple[np.ndarray, sitk.Imag
     tensor = array if params.axes == "zyx" else array.transpose(2, 1, 0)
     tensor = np.ascontiguousarray(tensor)[None]
     del array
-    forward = _forward(session, sig)
+    run = _forward(session, sig)
+    passes = [0]
+
+    def forward(batch: np.ndarray) -> np.ndarray:
+        passes[0] += 1
+        return run(batch)
+
     if params.patch is not None:
         scores = sliding_window(tensor, forward, params.patch, params.overlap)
     else:
@@ -394,7 +409,7 @@ def infer(params: ModelParams, image: sitk.Image) -> tuple[np.ndarray, sitk.Imag
         raise ImagingError(f"The model '{params.model.name}' returned non-finite scores (NaN or infinity).")
     if params.axes == "xyz":
         scores = np.ascontiguousarray(scores.transpose(0, 3, 2, 1))
-    return scores, grid
+    return Inference(scores, grid, session.get_providers()[0], passes[0])
 
 
 def _classes(params: ModelParams, scores: np.ndarray, grid: sitk.Image, image: sitk.Image) -> np.ndarray:
@@ -418,7 +433,7 @@ def _classes(params: ModelParams, scores: np.ndarray, grid: sitk.Image, image: s
 
 def segment_masks(image: sitk.Image, **params: Any) -> dict[str, sitk.Image]:  # noqa: ANN401
     """One uint8 mask per label (structure name → mask on the source grid of ``image``)."""
-    labels = segment(image, **params)
+    labels = segment(image, **params).image
     names = model_params(**params).labels
     array = sitk.GetArrayViewFromImage(labels)
     return {name: image_like((array == channel).astype(np.uint8), image) for channel, name in names.items()}
@@ -439,17 +454,22 @@ def segment(
     postprocess: Mapping[str, Any] | None = None,
     threads: int | None = None,
     device: str = "auto",
-) -> sitk.Image:
+) -> StepOutput:
     """Run an ONNX segmentation model on ``image``: a label map on its grid whose values are the output
-    channels named in ``labels`` (0 elsewhere). See the module docstring for every parameter."""
+    channels named in ``labels`` (0 elsewhere), with the estimates ``provider`` (ONNX Runtime's
+    execution provider), ``windows`` (forward passes), ``seconds`` (inference) and ``voxels`` per
+    structure. See the module docstring for every parameter."""
     params = model_params(
         model=model, labels=labels, axes=axes, orientation=orientation, spacing_mm=spacing_mm,
         intensity=intensity, patch=patch, overlap=overlap, postprocess=postprocess, threads=threads,
         device=device,
     )
-    scores, grid = infer(params, image)
-    classes = _classes(params, scores, grid, image)
-    del scores
+    started = time.perf_counter()
+    inference = infer(params, image)
+    seconds = time.perf_counter() - started
+    classes = _classes(params, inference.scores, inference.grid, image)
+    provider, windows = inference.provider, inference.windows
+    del inference
     out = np.zeros(classes.shape, dtype=np.uint8 if max(params.labels) < 256 else np.uint16)
     for channel, name in params.labels.items():
         mask = classes == channel
@@ -457,7 +477,9 @@ def segment(
             kept = largest_components(image_like(mask.astype(np.uint8), image))
             mask = sitk.GetArrayViewFromImage(kept).astype(bool)
         out[mask] = channel
-    log.info("model %s: %s", params.model.name,
-             ", ".join(f"{name} {int((out == c).sum())} voxels" for c, name in params.labels.items()))
-    return image_like(out, image)
+    voxels = {name: int((out == channel).sum()) for channel, name in params.labels.items()}
+    log.info("model %s on %s (%d windows, %.1f s): %s", params.model.name, provider, windows, seconds,
+             ", ".join(f"{name} {n} voxels" for name, n in voxels.items()))
+    estimates = {"provider": provider, "windows": windows, "seconds": seconds, "voxels": voxels}
+    return StepOutput(image_like(out, image), estimates)
 

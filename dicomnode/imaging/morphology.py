@@ -11,7 +11,7 @@ Semantics (exact Euclidean, whatever the radius — a distance map, linear in th
 * ``fill_holes`` fills background regions not connected to the array border — per axial slice
   (4-connected; a 3-D cavity is a hole in each of its slices too) or in 3-D (6-connected);
 * ``largest_components(mask, count)`` keeps the ``count`` largest connected components (26-connected
-  by default, ``connectivity=6`` for face neighbours only), ties broken towards the later label;
+  by default, ``connectivity=6`` for face neighbours only; ITK's ranking by size);
 * ``body_mask`` — the patient's body on CT (above a threshold, opened, largest component, holes filled).
 
 Arrays are numpy ``(z, y, x)`` booleans with a ``(z, y, x)`` spacing in mm (:mod:`dicomnode.imaging.grid`
@@ -98,20 +98,22 @@ def largest_components(
     mask: np.ndarray, count: int = 1, *, min_voxels: int = 0, connectivity: int = 26
 ) -> np.ndarray:
     """The ``count`` largest connected components of at least ``min_voxels`` voxels."""
+    image = sitk.GetImageFromArray(np.asarray(mask, dtype=np.uint8))
+    kept = largest_components_image(image, count, min_voxels=min_voxels, connectivity=connectivity)
+    return sitk.GetArrayViewFromImage(kept).astype(bool)  # a copy; the view ends with ``kept``
+
+
+def largest_components_image(
+    mask: sitk.Image, count: int = 1, *, min_voxels: int = 0, connectivity: int = 26
+) -> sitk.Image:
+    """:func:`largest_components` on a mask image (uint8 0/1 on the same grid): no array round trip."""
     if int(count) < 1:
         raise ImagingError(f"Parameter 'count' must be at least 1, got {count!r}.")
     if connectivity not in (6, 26):
         raise ImagingError(f"Parameter 'connectivity' must be 6 or 26, got {connectivity!r}.")
-    mask = np.asarray(mask, dtype=bool)
-    structure = np.ones((3,) * mask.ndim, bool) if connectivity == 26 else None
-    labels, n = ndimage.label(mask, structure=structure)
-    if n == 0:
-        return mask.copy()
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    order = np.argsort(sizes, kind="stable")[::-1][: int(count)]
-    keep = order[sizes[order] >= max(int(min_voxels), 1)]
-    return np.isin(labels, keep)
+    components = sitk.ConnectedComponent(sitk.Cast(mask, sitk.sitkUInt8), connectivity == 26)
+    ranked = sitk.RelabelComponent(components, minimumObjectSize=int(min_voxels), sortByObjectSize=True)
+    return sitk.Cast(sitk.BinaryThreshold(ranked, 1, int(count), 1, 0), sitk.sitkUInt8)
 
 
 def body_mask(

@@ -711,7 +711,7 @@ def largest_components(mask: sitk.Image, *, count: int = 1, min_size_mm3: float 
         raise ImagingError(f"Parameter 'count' must be at least 1, got {count!r}.")
     min_size_mm3 = require_positive("min_size_mm3", min_size_mm3, allow_zero=True)
     min_voxels = int(np.ceil(min_size_mm3 / float(np.prod(mask.GetSpacing()))))
-    return _as_mask(morphology.largest_components(_mask_array(mask), int(count), min_voxels=min_voxels), mask)
+    return morphology.largest_components_image(mask, int(count), min_voxels=min_voxels)
 
 
 @step("segment.body_mask")

@@ -63,7 +63,7 @@ STRUCTURES: dict[str, StructureCode] = {
     "bone": StructureCode(_TISSUE, _cc(SCT.Bone), (241, 214, 145)),
     "neoplasm": StructureCode(_ABNORMAL, _cc(SCT.Neoplasm), (255, 255, 0)),
     "tumor": StructureCode(_ABNORMAL, _cc(SCT.Neoplasm), (255, 255, 0)),
-    "lesion": StructureCode(_ABNORMAL, _cc(SCT.Lesion), (255, 128, 0)),
+    "lesion": StructureCode(_ABNORMAL, _cc(SCT.Lesion), (255, 255, 0)),
     "mass": StructureCode(_ABNORMAL, _cc(SCT.Mass), (255, 128, 0)),
 }
 
@@ -89,10 +89,18 @@ UNIT_VOXELS = CodedConcept("{voxels}", "UCUM", "voxels")
 
 @dataclass(frozen=True)
 class FeatureCode:
-    """How one pyradiomics feature is reported in the SR: concept name and unit kind."""
+    """How one pyradiomics feature is reported in the SR: concept name and unit kind.
+
+    An intensity statistic (``derivation`` set) is written as TID 1500 does it: the measured quantity as
+    the concept name (:func:`intensity_quantity`: CT 112031 "Attenuation Coefficient", MR 110852 "MR signal
+    intensity") with a 121401 "Derivation" modifier (Mean, Median, SD …); ``concept`` is used only for
+    modalities without a quantity code. ``offset`` is added to pyradiomics' value (its kurtosis is
+    IBSI's excess kurtosis + 3)."""
 
     concept: CodedConcept
     unit: str  # "ml", "mm", "mm2", "1", "intensity" (HU for CT, arbitrary otherwise), "voxels"
+    derivation: CodedConcept | None = None
+    offset: float = 0.0
 
 
 def _ibsi(value: str, meaning: str) -> CodedConcept:
@@ -105,19 +113,24 @@ FEATURE_CODES: dict[str, FeatureCode] = {
     "volume_ml": FeatureCode(_cc(SCT.Volume), "ml"),
     "original_shape_VoxelVolume": FeatureCode(_cc(codes.cid7472.VolumeFromVoxelSummation), "mm3"),
     "original_shape_MeshVolume": FeatureCode(_cc(codes.cid7472.VolumeOfMesh), "mm3"),
-    "original_firstorder_Mean": FeatureCode(_cc(SCT.Mean), "intensity"),
-    "original_firstorder_Median": FeatureCode(_cc(SCT.Median), "intensity"),
-    "original_firstorder_StandardDeviation": FeatureCode(_cc(SCT.StandardDeviation), "intensity"),
-    "original_firstorder_Minimum": FeatureCode(_cc(SCT.Minimum), "intensity"),
-    "original_firstorder_Maximum": FeatureCode(_cc(SCT.Maximum), "intensity"),
+    "original_firstorder_Mean": FeatureCode(_cc(SCT.Mean), "intensity", _cc(codes.cid7464.Mean)),
+    "original_firstorder_Median": FeatureCode(_cc(SCT.Median), "intensity", _cc(codes.cid7464.Median)),
+    "original_firstorder_StandardDeviation": FeatureCode(
+        _cc(SCT.StandardDeviation), "intensity", _cc(codes.cid7464.StandardDeviation)
+    ),
+    "original_firstorder_Minimum": FeatureCode(_cc(SCT.Minimum), "intensity", _cc(codes.cid7464.Minimum)),
+    "original_firstorder_Maximum": FeatureCode(_cc(SCT.Maximum), "intensity", _cc(codes.cid7464.Maximum)),
+    # pyradiomics' percentiles are of the raw ROI intensities: IBSI's intensity-based statistics (QG58,
+    # 8DWT), not its intensity-histogram percentiles (GPMT, OZ0C), which are of discretised grey levels
     "original_firstorder_10Percentile": FeatureCode(
-        _ibsi("GPMT", "Intensity Histogram 10th Percentile"), "intensity"
+        _ibsi("QG58", "10th percentile"), "intensity", _ibsi("QG58", "10th percentile")
     ),
     "original_firstorder_90Percentile": FeatureCode(
-        _ibsi("OZ0C", "Intensity Histogram 90th Percentile"), "intensity"
+        _ibsi("8DWT", "90th percentile"), "intensity", _ibsi("8DWT", "90th percentile")
     ),
-    "original_firstorder_Skewness": FeatureCode(_ibsi("KE2A", "Intensity Skewness"), "1"),
-    "original_firstorder_Kurtosis": FeatureCode(_ibsi("IPH6", "Intensity Kurtosis"), "1"),
+    "original_firstorder_Skewness": FeatureCode(_ibsi("KE2A", "Skewness"), "1"),
+    # IBSI IPH6 is the excess kurtosis; pyradiomics reports kurtosis (excess + 3)
+    "original_firstorder_Kurtosis": FeatureCode(_ibsi("IPH6", "Kurtosis"), "1", offset=-3.0),
     "original_firstorder_Entropy": FeatureCode(_ibsi("TLU2", "Intensity Histogram Entropy"), "1"),
     "original_firstorder_Energy": FeatureCode(_ibsi("N8CA", "Intensity Energy"), "1"),
     "original_shape_SurfaceArea": FeatureCode(_ibsi("C0JK", "Surface Area of Mesh"), "mm2"),
@@ -175,8 +188,69 @@ def feature_code(name: str) -> FeatureCode:
         raise OutputError(f"Feature '{name}' has no SR code (features with codes: {known}).") from None
 
 
+#: The measured quantity of intensity statistics per modality (TID 1500 / dcmqi convention).
+INTENSITY_QUANTITY: dict[str, CodedConcept] = {
+    "CT": _cc(codes.DCM.AttenuationCoefficient),  # 112031
+    "MR": _cc(codes.DCM.MRSignalIntensity),  # 110852
+}
+DERIVATION = _cc(codes.DCM.Derivation)  # 121401
+
+#: How people read units (console, result.json, captures): UCUM code → display text.
+DISPLAY_UNITS = {"[hnsf'U]": "HU", "ml": "ml", "mm": "mm", "mm2": "mm²", "mm3": "mm³", "1": "",
+                 "[arb'U]": "", "{voxels}": "voxels"}
+
+
+def display_unit(ucum: str) -> str:
+    return DISPLAY_UNITS.get(ucum, ucum)
+
+
+def display_value(value: float) -> str:
+    """A measurement as people read it: no exponent (18660, 723.8, 0.912)."""
+    if value != value:  # NaN
+        return "n/a"
+    magnitude = abs(value)
+    if magnitude >= 100:
+        return f"{value:,.0f}" if magnitude >= 10000 else f"{value:.1f}"
+    if magnitude >= 1 or value == 0:
+        return f"{value:.2f}".rstrip("0").rstrip(".")
+    return f"{value:.3g}"
+
+
+def intensity_quantity(modality: str) -> CodedConcept | None:
+    return INTENSITY_QUANTITY.get(modality.upper())
+
+
 def feature_unit(code: FeatureCode, modality: str) -> CodedConcept:
     """The UCUM unit of a feature for images of ``modality`` (intensities are HU only for CT)."""
     if code.unit == "intensity":
         return UNIT_HU if modality.upper() == "CT" else UNIT_ARB
     return _UNITS[code.unit]
+
+
+# ------------------------------------------------------------------------------ qualitative evaluations
+#: Lesion appearance relative to its organ on CT (CID 6009 density codes under 112118 "Density"); no
+#: verified concept name exists here for MR signal, so MR lesions carry none.
+DENSITY = CodedConcept("112118", "DCM", "Density")
+LESION_KIND_CODES: dict[tuple[str, str], CodedConcept] = {
+    ("CT", "hypo"): CodedConcept("129746008", "SCT", "Low density (not containing fat) lesion"),
+    ("CT", "hyper"): CodedConcept("129744006", "SCT", "High density lesion"),
+    ("CT", "fat"): CodedConcept("129747004", "SCT", "Fat containing (radiolucent) lesion"),
+}
+
+#: The node's own coding scheme for QC verdicts (DICOM's 99-prefixed private scheme convention); the
+#: values are the QC contract's (dicomnode.imaging.qc): status pass|warn|fail, flags.
+QC_SCHEME = "99DICOMNODE"
+QC_STATUS = CodedConcept("QC-STATUS", QC_SCHEME, "Segmentation QC verdict")
+QC_FLAG = CodedConcept("QC-FLAG", QC_SCHEME, "Segmentation QC flag")
+
+
+def qc_value(value: str) -> CodedConcept:
+    return CodedConcept(f"QC-{value.upper()}", QC_SCHEME, value.replace("_", " "))
+
+
+def lesion_kind_code(modality: str, kind: str) -> tuple[CodedConcept, CodedConcept] | None:
+    """(concept name, value) of a lesion's appearance, or None when there is no code for it."""
+    value = LESION_KIND_CODES.get((modality.upper(), kind))
+    if value is None:
+        return None
+    return DENSITY, value

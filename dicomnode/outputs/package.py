@@ -22,8 +22,9 @@ from dicomnode.errors import OutputError, QuantifyError
 from dicomnode.outputs.api import ProcessedSeries, Segment
 from dicomnode.outputs.codes import DEFAULT_SR_FEATURES, feature_code
 from dicomnode.outputs.derived import DerivedSpec, iter_derived_series
+from dicomnode.outputs.findings import finding_sites, lesion_kinds, tracking_uids
 from dicomnode.outputs.seg import SegSpec, build_seg
-from dicomnode.outputs.sr import SRSpec, build_sr
+from dicomnode.outputs.sr import FindingInfo, SRSpec, build_sr
 from dicomnode.outputs.uids import UIDFactory
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,18 @@ def segment_measurements(
     return {**computed, **values}
 
 
+def finding_info(processed: ProcessedSeries, tracking: dict[str, str]) -> dict[str, FindingInfo]:
+    """Per segment label: tracking UID, the organ a lesion lies in and whether it is hypo/hyperdense."""
+    sites = finding_sites(processed.segments)
+    modality = str(processed.sources[0].get("Modality", ""))
+    kinds = lesion_kinds(processed.segments, processed.image, sites, modality)
+    return {
+        s.label: FindingInfo(tracking[s.label], sites[s.label].structure if s.label in sites else None,
+                             kinds.get(s.label))
+        for s in processed.segments
+    }
+
+
 def _write(dataset: Dataset, path: Path) -> Path:
     """Write atomically (temporary file, then rename) so a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -153,6 +166,7 @@ def write_result_package(
     output_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
 
+    tracking = tracking_uids(processed.segments, sources, uids.prefix)
     seg = None
     if profile.send_seg or profile.send_sr:
         spec = SegSpec(
@@ -160,7 +174,7 @@ def write_result_package(
             series_number=series_number(first, 1),
             omit_empty_frames=profile.seg_omit_empty_frames,
         )
-        seg = build_seg(sources, processed.segments, prov, uids, spec)
+        seg = build_seg(sources, processed.segments, prov, uids, spec, tracking)
         written.append(_write(seg, output_dir / SEG_FILE))
 
     if profile.send_enhanced and processed.enhanced is not None:
@@ -179,7 +193,8 @@ def write_result_package(
         spec_s = SRSpec(
             series_description=f"{prov.pipeline} measurements"[:64], series_number=series_number(first, 3)
         )
-        sr = build_sr(sources, processed.segments, seg, measurements, features, prov, uids, spec_s)
+        sr = build_sr(sources, processed.segments, seg, measurements, features, prov, uids, spec_s,
+                      finding_info(processed, tracking))
         written.append(_write(sr, output_dir / SR_FILE))
 
     if profile.secondary_capture:

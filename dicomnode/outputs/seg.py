@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import highdicom as hd
 import numpy as np
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 
 from dicomnode.errors import OutputError
 from dicomnode.outputs.api import Provenance, Segment
@@ -32,10 +33,20 @@ class SegSpec:
     instance_number: int = 1
 
 
+def algorithm_family(provenance: Provenance) -> Code:
+    """CID 7162 family of the pipeline's method: Artificial Intelligence only when a learned model segments
+    (a ``model.*`` step); the shipped chains threshold at levels estimated from the image's histogram
+    (Otsu, soft-tissue mode bands, k-sigma lesion contrast) and refine with morphology: Histogram Analysis."""
+    uses = [step.rsplit("(", 1)[-1].rstrip(")") for step in provenance.steps]
+    if any(use.startswith("model.") for use in uses):
+        return codes.cid7162.ArtificialIntelligence
+    return codes.cid7162.HistogramAnalysis
+
+
 def algorithm_identification(provenance: Provenance) -> hd.AlgorithmIdentificationSequence:
     return hd.AlgorithmIdentificationSequence(
         name=provenance.pipeline[:64],
-        family=codes.cid7162.ArtificialIntelligence,
+        family=algorithm_family(provenance),
         version=(provenance.pipeline_version or "0")[:64],
         source=MANUFACTURER,
         parameters={"params_hash": provenance.params_hash, "node_version": provenance.node_version},
@@ -43,12 +54,14 @@ def algorithm_identification(provenance: Provenance) -> hd.AlgorithmIdentificati
 
 
 def segment_tracking_uid(uids: UIDFactory, number: int) -> str:
-    """The tracking UID of segment ``number`` (1-based): shared by the SEG and the SR."""
+    """A per-result tracking UID of segment ``number`` (1-based), for callers without patient identity;
+    the result package uses :func:`dicomnode.outputs.findings.tracking_uids` (stable across studies)."""
     return str(uids("tracking", number))
 
 
 def segment_descriptions(
-    segments: Sequence[Segment], provenance: Provenance, uids: UIDFactory
+    segments: Sequence[Segment], provenance: Provenance, uids: UIDFactory,
+    tracking: Mapping[str, str] | None = None,
 ) -> list[hd.seg.SegmentDescription]:
     algorithm = algorithm_identification(provenance)
     descriptions = []
@@ -62,7 +75,7 @@ def segment_descriptions(
                 segmented_property_type=code.type,
                 algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
                 algorithm_identification=algorithm,
-                tracking_uid=segment_tracking_uid(uids, number),
+                tracking_uid=(tracking or {}).get(segment.label) or segment_tracking_uid(uids, number),
                 tracking_id=segment.label[:64],
                 display_color=hd.color.CIELabColor.from_rgb(*(float(c) for c in segment.color)),
             )
@@ -92,6 +105,7 @@ def build_seg(
     provenance: Provenance,
     uids: UIDFactory,
     spec: SegSpec = SegSpec(),
+    tracking: Mapping[str, str] | None = None,
 ) -> hd.seg.Segmentation:
     """A BINARY Segmentation on the source grid (same study, Frame of Reference, source references)."""
     pixels = mask_stack(segments, len(sources))
@@ -102,7 +116,7 @@ def build_seg(
             source_images=list(sources),
             pixel_array=pixels,
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=segment_descriptions(segments, provenance, uids),
+            segment_descriptions=segment_descriptions(segments, provenance, uids, tracking),
             series_instance_uid=uids("seg-series"),
             series_number=spec.series_number,
             sop_instance_uid=uids("seg"),

@@ -1,10 +1,14 @@
 """TID 1500 Measurement Report (Comprehensive 3D SR) for a processed series (highdicom).
 
-Per segment: one TID 1411 volumetric group referencing the SEG segment and the source series, with the
-chosen features (codes and UCUM units from :mod:`dicomnode.outputs.codes`), and one TID 1410 planar group on
-the key slice (largest axial cross-section) with the outline as a closed SCOORD POLYLINE on that source
-image, its area and long/short-axis diameters — so image-anchored viewers (OHIF) show every segment.
-The observer is this node as a device; the report is UNVERIFIED.
+One finding per structure: a TID 1410 planar group on the key slice (largest axial cross-section: the
+outline as a closed SCOORD POLYLINE on that source image, area, long/short axis) and a TID 1411 volumetric
+group (the SEG segment, volume, intensity statistics) that share one tracking identifier and tracking UID
+(:mod:`dicomnode.outputs.findings`: stable across reruns and studies), the planar group first — OHIF merges
+groups by tracking UID and needs image coordinates in the merged measurement. Intensity statistics are the
+quantity (CT 112031 Attenuation Coefficient, MR 110852 MR signal intensity) with a 121401 Derivation
+modifier; lesions are 52988006 Lesion with their organ as Finding Site and their density as a qualitative
+evaluation; QC verdicts (dicomnode.imaging.qc) are qualitative evaluations of every group. Empty segments get
+no finding (no outline to anchor it). The observer is this node as a device; the report is UNVERIFIED.
 """
 
 from __future__ import annotations
@@ -21,10 +25,15 @@ from pydicom.uid import generate_uid
 from dicomnode.errors import OutputError
 from dicomnode.outputs.api import Provenance, Segment
 from dicomnode.outputs.codes import (
+    QC_FLAG,
+    QC_STATUS,
     UNIT_MM,
     UNIT_MM2,
     feature_code,
     feature_unit,
+    intensity_quantity,
+    lesion_kind_code,
+    qc_value,
     structure_code,
 )
 from dicomnode.outputs.library import complete_image_library, is_uniform, library_seed
@@ -84,9 +93,49 @@ def algorithm_id(provenance: Provenance) -> hd.sr.AlgorithmIdentification:
     )
 
 
-def _finding_sites(segment: Segment) -> list[hd.sr.FindingSite] | None:
-    site = structure_code(segment.structure).finding_site
+@dataclass(frozen=True)
+class FindingInfo:
+    """What the SR says about one segment besides its measurements."""
+
+    tracking_uid: str
+    site: str | None = None  # structure key of the organ a lesion lies in
+    kind: str | None = None  # hypo | hyper | fat (lesions)
+
+
+def _finding_sites(segment: Segment, info: FindingInfo) -> list[hd.sr.FindingSite] | None:
+    site = structure_code(info.site or segment.structure).finding_site
     return [hd.sr.FindingSite(anatomic_location=site)] if site is not None else None
+
+
+def qualitative_evaluations(
+    segment: Segment, info: FindingInfo, modality: str
+) -> list[hd.sr.QualitativeEvaluation]:
+    """The lesion's density (CT) and the segment's QC verdict and flags."""
+    found = []
+    if info.kind is not None:
+        coded = lesion_kind_code(modality, info.kind)
+        if coded is not None:
+            found.append(hd.sr.QualitativeEvaluation(name=coded[0], value=coded[1]))
+    if segment.qc is not None:
+        found.append(hd.sr.QualitativeEvaluation(name=QC_STATUS, value=qc_value(str(segment.qc.status))))
+        found.extend(
+            hd.sr.QualitativeEvaluation(name=QC_FLAG, value=qc_value(str(flag))) for flag in segment.qc.flags
+        )
+    return found
+
+
+def measurement(name: str, value: float, modality: str) -> hd.sr.Measurement:
+    """One feature as TID 300 writes it (quantity + derivation for intensity statistics)."""
+    fc = feature_code(name)
+    method = codes.cid7474.SumOfSegmentedVoxelMethodForVolume if name == "volume_ml" else None
+    quantity = intensity_quantity(modality) if fc.derivation is not None else None
+    return hd.sr.Measurement(
+        name=quantity or fc.concept,
+        value=float(value) + fc.offset,
+        unit=feature_unit(fc, modality),
+        method=method,
+        derivation=fc.derivation if quantity is not None else None,
+    )
 
 
 def volumetric_group(
@@ -97,26 +146,18 @@ def volumetric_group(
     features: Sequence[str],
     modality: str,
     provenance: Provenance,
-    uids: UIDFactory,
+    info: FindingInfo,
 ) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
     code = structure_code(segment.structure)
     measurements = []
     for name in features:
         if name not in values:
-            # an empty segment has only a volume of 0; a one-voxel one has no texture/shape features
+            # a one-voxel segment has no texture/shape features
             log.warning("Segment '%s' has no value for feature '%s'; it is left out.", segment.label, name)
             continue
-        fc = feature_code(name)
-        method = codes.cid7474.SumOfSegmentedVoxelMethodForVolume if name == "volume_ml" else None
-        measurements.append(
-            hd.sr.Measurement(
-                name=fc.concept, value=float(values[name]), unit=feature_unit(fc, modality), method=method
-            )
-        )
+        measurements.append(measurement(name, values[name], modality))
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=segment_tracking_uid(uids, number), identifier=segment.label[:64]
-        ),
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=info.tracking_uid, identifier=segment.label[:64]),
         referenced_segment=hd.sr.ReferencedSegment(
             sop_class_uid=seg.SOPClassUID,
             sop_instance_uid=seg.SOPInstanceUID,
@@ -125,9 +166,10 @@ def volumetric_group(
         ),
         finding_type=code.type,
         finding_category=code.category,
-        finding_sites=_finding_sites(segment),
+        finding_sites=_finding_sites(segment, info),
         algorithm_id=algorithm_id(provenance),
         measurements=measurements,
+        qualitative_evaluations=qualitative_evaluations(segment, info, modality) or None,
     )
 
 
@@ -137,7 +179,8 @@ def planar_group(
     key: KeySlice,
     source: Dataset,
     provenance: Provenance,
-    uids: UIDFactory,
+    info: FindingInfo,
+    modality: str,
 ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
     code = structure_code(segment.structure)
     region = hd.sr.ImageRegion(
@@ -154,15 +197,14 @@ def planar_group(
         hd.sr.Measurement(name=codes.SCT.ShortAxis, value=key.short_axis_mm, unit=UNIT_MM),
     ]
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=str(uids("tracking", 10000 + number)), identifier=f"{segment.label} (key slice)"[:64]
-        ),
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=info.tracking_uid, identifier=segment.label[:64]),
         referenced_region=region,
         finding_type=code.type,
         finding_category=code.category,
-        finding_sites=_finding_sites(segment),
+        finding_sites=_finding_sites(segment, info),
         algorithm_id=algorithm_id(provenance),
         measurements=measurements,
+        qualitative_evaluations=qualitative_evaluations(segment, info, modality) or None,
     )
 
 
@@ -175,8 +217,10 @@ def build_sr(
     provenance: Provenance,
     uids: UIDFactory,
     spec: SRSpec = SRSpec(),
+    findings: Mapping[str, FindingInfo] | None = None,
 ) -> hd.sr.Comprehensive3DSR:
-    """The Measurement Report; ``measurements`` maps segment label → feature name → value."""
+    """The Measurement Report; ``measurements`` maps segment label → feature name → value, ``findings``
+    segment label → tracking UID, site and kind (default: per-result tracking UIDs, no site/kind)."""
     modality = str(sources[0].get("Modality", ""))
     pixel_spacing = tuple(float(v) for v in sources[0].PixelSpacing)
     groups: list = []
@@ -185,13 +229,17 @@ def build_sr(
         values = measurements.get(segment.label)
         if values is None:
             raise OutputError(f"No measurements were given for segment '{segment.label}'.")
-        groups.append(volumetric_group(number, segment, seg, values, features, modality, provenance, uids))
-        if segment.mask.any():
-            key = key_slice(segment.mask, pixel_spacing)  # type: ignore[arg-type]
-            key_indices.append(key.index)
-            groups.append(planar_group(number, segment, key, sources[key.index], provenance, uids))
-        else:
-            log.warning("Segment '%s' is empty: it gets no key-slice outline.", segment.label)
+        if not segment.mask.any():
+            # a finding without image coordinates blanks OHIF's whole SR viewport; the SEG keeps the segment
+            log.warning("Segment '%s' is empty: the SR gets no finding for it.", segment.label)
+            continue
+        info = (findings or {}).get(segment.label) or FindingInfo(segment_tracking_uid(uids, number))
+        key = key_slice(segment.mask, pixel_spacing)  # type: ignore[arg-type]
+        key_indices.append(key.index)
+        groups.append(planar_group(number, segment, key, sources[key.index], provenance, info, modality))
+        groups.append(volumetric_group(number, segment, seg, values, features, modality, provenance, info))
+    if not groups:
+        raise OutputError("Every segment is empty: there is no finding to report in the SR.")
     try:
         report = hd.sr.MeasurementReport(
             observation_context=observation_context(provenance, spec),

@@ -87,6 +87,9 @@ def test_a_dropped_in_model_pipeline_writes_seg_and_sr(tmp_path: Path) -> None:
     result = json.loads((out / "result.json").read_text())
     voxel_ml = float(np.prod(volume.spacing)) / 1000.0
     assert result["ok"] and result["summary"]["segments"]["Liver"]["voxels"] == int(liver.sum())
+    estimates = result["summary"]["estimates"]  # what the model step reports about its run
+    assert estimates["organs.provider"] == "CPUExecutionProvider"
+    assert estimates["organs.windows"] == "8"  # x, y 80 in windows of 48: 0, 32; z 20 in 16: 0, 4
     report = hd.sr.srread(out / "sr.dcm")
     groups = report.content.get_volumetric_roi_measurement_groups()
     volumes = {}

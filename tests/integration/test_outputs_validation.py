@@ -129,7 +129,8 @@ def test_sr_structure_matches_dcmqi_reference(package):
     assert ours.ContentTemplateSequence[0].TemplateIdentifier == "1500"
     assert ours.ConceptNameCodeSequence[0].CodeValue == ref.ConceptNameCodeSequence[0].CodeValue == "126000"
     ref_group = ref.ContentSequence[-1].ContentSequence[0]
-    our_group = ours.ContentSequence[-1].ContentSequence[0]
+    # each finding: its planar group first (OHIF), then the volumetric group that references the SEG
+    our_group = ours.ContentSequence[-1].ContentSequence[1]
     # tracking identifier/UID, finding, referenced segment, source series for segmentation
     required = {("DCM", "112039"), ("DCM", "112040"), ("DCM", "121071"), ("DCM", "121191"), ("DCM", "121232")}
     assert required <= _concepts(ref_group)
@@ -139,3 +140,26 @@ def test_sr_structure_matches_dcmqi_reference(package):
     assert ("DCM", "111028") in _concepts(ref)
     report = hd.sr.srread(package / "sr.dcm")
     assert len(report.content.get_volumetric_roi_measurement_groups()) == 2
+
+
+def test_dcmqi_reads_the_sr_with_quantity_and_derivation(package, tmp_path):
+    """dcmqi's tid1500reader: one tracking UID per finding (planar + volumetric), intensity statistics as
+    Attenuation Coefficient with a Derivation, as in dcmqi's own examples."""
+    import shutil
+
+    reader = shutil.which("tid1500reader")
+    if reader is None:
+        pytest.skip("dcmqi's tid1500reader is not installed")
+    out = tmp_path / "sr.json"
+    subprocess.run([reader, "--inputDICOM", str(package / "sr.dcm"), "--outputMetadata", str(out)],
+                   check=True, capture_output=True, timeout=120)
+    groups = json.loads(out.read_text())["Measurements"]
+    by_uid: dict[str, list] = {}
+    for group in groups:
+        by_uid.setdefault(group["TrackingUniqueIdentifier"], []).append(group["TrackingIdentifier"])
+    assert sorted(by_uid.values()) == [["Liver", "Liver"], ["Spleen", "Spleen"]]
+    items = [m for g in groups for m in g["measurementItems"]]
+    derived = {(m["quantity"]["CodeValue"], m["derivationModifier"]["CodeMeaning"]) for m in items
+               if "derivationModifier" in m}
+    assert ("112031", "Mean") in derived and ("112031", "Standard Deviation") in derived
+    assert not [m for m in items if m["quantity"]["CodeValue"] == "373098007"]  # Mean is no quantity

@@ -437,8 +437,8 @@ def test_results_preview_thumbnails_and_measurements(fab: Fabricated, client: Te
     text = _text(page.text)
     assert "Liver (" in text
     expected_ml = np.count_nonzero(_liver_mask()) * 2.0 * 0.75 * 0.75 / 1000
-    assert f"Liver Volume {expected_ml:.4g} ml" in text
-    assert "Liver Mean 40.5 [hnsf'U]" in text
+    assert f"Liver Volume {expected_ml:.2f} ml" in text  # as people read it: no exponent, no UCUM
+    assert "Liver Mean 40.5 HU" in text and "hnsf" not in text
     assert client.get(f"/preview/{fab.study_uid}/{JOB_ID}/oblique.png").status_code == 404
     assert client.get(f"/preview/{fab.study_uid}/nojob/axial.png").status_code == 404
 

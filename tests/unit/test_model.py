@@ -13,6 +13,7 @@ import SimpleITK as sitk
 from dicomnode.errors import ImagingError
 from dicomnode.imaging import model as M
 from dicomnode.imaging.sliding_window import sliding_window, window_starts
+from dicomnode.imaging.step import StepOutput, image_of
 from tests import onnx_models
 
 pytest.importorskip("onnxruntime")
@@ -29,8 +30,8 @@ def _image(
     return img
 
 
-def _mask(img: sitk.Image) -> np.ndarray:
-    return sitk.GetArrayFromImage(img)
+def _mask(img: sitk.Image | StepOutput) -> np.ndarray:
+    return sitk.GetArrayFromImage(image_of(img))
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +55,11 @@ def test_threshold_model_is_voxel_exact_and_keeps_the_source_geometry(thresh: st
     angle = np.deg2rad(12)
     direction = (np.cos(angle), -np.sin(angle), 0.0, np.sin(angle), np.cos(angle), 0.0, 0.0, 0.0, 1.0)
     img = _image(array, direction=direction)
-    out = M.segment(img, model=thresh, labels={1: "Bright"})
+    result = M.segment(img, model=thresh, labels={1: "Bright"})
+    out = result.image
     assert np.array_equal(_mask(out), (array > 100).astype(np.uint8))
+    assert result.estimates["provider"] == "CPUExecutionProvider" and result.estimates["windows"] == 1
+    assert result.estimates["voxels"] == {"Bright": int((array > 100).sum())}
     assert out.GetOrigin() == img.GetOrigin() and out.GetSpacing() == img.GetSpacing()
     assert out.GetDirection() == img.GetDirection()
     masks = M.segment_masks(img, model=thresh, labels={1: "Bright"})
@@ -109,7 +113,7 @@ def test_a_series_stored_in_another_order_gives_the_same_physical_mask(models: P
     assert not np.array_equal(sitk.GetArrayFromImage(flipped), array)
     for orientation, axes in (("LPS", "zyx"), ("RAS", "xyz")):
         a = M.segment(lps, model=str(model), labels={1: "B"}, orientation=orientation, axes=axes)
-        b = M.segment(flipped, model=str(model), labels={1: "B"}, orientation=orientation, axes=axes)
+        b = M.segment(flipped, model=str(model), labels={1: "B"}, orientation=orientation, axes=axes).image
         assert b.GetDirection() == flipped.GetDirection()
         assert np.array_equal(_mask(sitk.DICOMOrient(b, "LPS")), _mask(a))
         assert _mask(a).sum() == 7
@@ -200,8 +204,9 @@ def test_model_step_through_sliding_windows_matches_the_whole_volume(thresh: str
     array = _phantom((20, 30, 26))
     img = _image(array)
     whole = _mask(M.segment(img, model=thresh, labels={1: "B"}))
-    windows = _mask(M.segment(img, model=thresh, labels={1: "B"}, patch=[8, 16, 32], overlap=0.25))
-    assert np.array_equal(whole, windows)
+    result = M.segment(img, model=thresh, labels={1: "B"}, patch=[8, 16, 32], overlap=0.25)
+    assert np.array_equal(whole, _mask(result))
+    assert result.estimates["windows"] == 3 * 3 * 1  # z 20: 0, 6, 12; y 30: 0, 12, 14; x 26 < 32: padded
 
 
 def test_largest_component_postprocessing_and_several_labels(models: Path) -> None:

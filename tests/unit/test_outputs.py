@@ -18,6 +18,7 @@ from scipy import ndimage
 
 from dicomnode.config import ViewerProfile
 from dicomnode.errors import OutputError
+from dicomnode.imaging.qc import QCFlag, QCStatus, SegmentQC
 from dicomnode.imaging.volume import read_volume, resample_onto
 from dicomnode.outputs.api import ProcessedSeries, Provenance, Segment, Window
 from dicomnode.outputs.codes import DEFAULT_SR_FEATURES, LESION_SR_FEATURES
@@ -188,9 +189,21 @@ def test_sr_volumes_reference_the_seg_and_match_voxel_count(package, processed):
         assert volume.value == pytest.approx(int(segment.mask.sum()) * voxel_ml, rel=1e-9)
         names = [m.name.meaning for m in group.get_measurements()]
         assert len(names) == len(DEFAULT_SR_FEATURES)
-        mean = group.get_measurements(name=pydicom.sr.codedict.codes.SCT.Mean)[0]
+        # TID 1500 as the field writes it: the quantity with a Derivation modifier, not the statistic
+        assert not group.get_measurements(name=pydicom.sr.codedict.codes.SCT.Mean)
+        attenuation = group.get_measurements(name=pydicom.sr.codedict.codes.DCM.AttenuationCoefficient)
+        by_derivation = {m.derivation.meaning: m for m in attenuation}
+        assert set(by_derivation) == {"Mean", "Standard Deviation", "Median", "Minimum", "Maximum",
+                                      "10th percentile", "90th percentile"}
+        assert by_derivation["Mean"].derivation.value == "373098007"
+        assert by_derivation["10th percentile"].derivation.value == "QG58"  # IBSI intensity statistic
+        mean = by_derivation["Mean"]
         assert mean.unit.value == "[hnsf'U]"
         assert mean.value == pytest.approx(float(processed.image[segment.mask].mean()), rel=1e-4)
+        # one finding per structure: the planar group shares the tracking identifier and UID
+        (planar,) = [p for p in sr.content.get_planar_roi_measurement_groups()
+                     if p.tracking_uid == group.tracking_uid]
+        assert planar.tracking_identifier == group.tracking_identifier
     observer = [i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "121005"]
     assert observer[0].ConceptCodeSequence[0].CodeValue == "121007"  # Device
 
@@ -300,15 +313,16 @@ def test_empty_segment_still_gives_valid_objects(processed, tmp_path):
     paths = write_result_package(small, tmp_path, profile, features=LESION_SR_FEATURES)
     sr = hd.sr.srread(tmp_path / "sr.dcm")
     groups = sr.content.get_volumetric_roi_measurement_groups()
-    assert [g.tracking_identifier for g in groups] == ["Spleen", "Lesion 1", "Lesion 2"]
+    # the empty lesion has no finding (nothing to draw it on: OHIF would blank the viewport); the SEG keeps it
+    assert [g.tracking_identifier for g in groups] == ["Spleen", "Lesion 2"]
     assert len(groups[0].get_measurements()) == len(LESION_SR_FEATURES)
     diameter = [m for m in groups[0].get_measurements() if m.name.value == "L0JK"]
     assert diameter[0].name.scheme_designator == "IBSI" and diameter[0].unit.value == "mm"
-    assert groups[1].get_measurements(name=pydicom.sr.codedict.codes.SCT.Volume)[0].value == 0
     voxel_ml = math.prod(processed.spacing) / 1000.0
-    assert [m.value for m in groups[2].get_measurements()] == pytest.approx([voxel_ml])
+    assert [m.value for m in groups[1].get_measurements()] == pytest.approx([voxel_ml])
     planar = sr.content.get_planar_roi_measurement_groups()
-    assert [g.tracking_identifier for g in planar] == ["Spleen (key slice)", "Lesion 2 (key slice)"]
+    assert [g.tracking_identifier for g in planar] == ["Spleen", "Lesion 2"]
+    assert len(pydicom.dcmread(tmp_path / "seg.dcm").SegmentSequence) == 3
     assert {p.name for p in paths} == {"seg.dcm", "sr.dcm"}
 
 
@@ -345,3 +359,74 @@ def test_sources_missing_type2_patient_attributes_still_give_a_package(processed
     assert "PatientBirthDate" in seg and seg.PatientBirthDate == ""
     assert "PatientBirthDate" not in stripped[0]
     assert "PatientBirthDate" in processed.sources[0]
+
+
+def _lesion_case(processed: ProcessedSeries, shift_mm: float = 0.0) -> ProcessedSeries:
+    """The liver of the shared CT with a 14 mm hypodense lesion (-20 HU) inside it, shifted by shift_mm."""
+    liver = processed.segments[0].mask
+    depth = ndimage.distance_transform_edt(liver, sampling=processed.spacing)
+    centre = np.array(np.unravel_index(np.argmax(depth), depth.shape), dtype=float)
+    centre[2] += shift_mm / processed.spacing[2]
+    zz, yy, xx = np.indices(liver.shape, sparse=True)
+    sz, sy, sx = processed.spacing
+    distance = np.sqrt(((zz - centre[0]) * sz) ** 2 + ((yy - centre[1]) * sy) ** 2
+                       + ((xx - centre[2]) * sx) ** 2)
+    lesion = distance <= 7.0
+    image = np.where(lesion, -20.0, processed.image).astype(np.float32)
+    qc = SegmentQC(QCStatus.WARN, (QCFlag.LOW_CONTRAST,), ("lesion contrast below 30 HU",))
+    segments = (processed.segments[0], Segment("Lesion 1", "lesion", lesion, (255, 255, 0), "lesion", qc))
+    return dataclasses.replace(processed, segments=segments, image=image, measurements={})
+
+
+def test_lesion_finding_is_coded_as_the_field_writes_it_and_keeps_its_tracking_uid(processed, tmp_path):
+    """Lesion 52988006 with the liver as Finding Site, hypodense as a qualitative evaluation, the QC verdict
+    as qualitative evaluations, one finding (planar + volumetric, one tracking UID = the SEG's); the
+    tracking UIDs stay the same with other parameters, another study and a lesion moved by 3 mm."""
+    case = _lesion_case(processed)
+    profile = ViewerProfile(send_enhanced=False)
+    write_result_package(case, tmp_path / "a", profile)
+    sr = hd.sr.srread(tmp_path / "a" / "sr.dcm")
+    (volumetric,) = [g for g in sr.content.get_volumetric_roi_measurement_groups()
+                     if g.tracking_identifier == "Lesion 1"]
+    (planar,) = [g for g in sr.content.get_planar_roi_measurement_groups()
+                 if g.tracking_identifier == "Lesion 1"]
+    assert planar.tracking_uid == volumetric.tracking_uid
+    assert volumetric.finding_type.value == "52988006"
+    assert [s.value.value for s in volumetric.finding_sites] == ["10200004"]  # Liver
+    evaluations = {(e.name.value, e.value.value) for e in volumetric.get_qualitative_evaluations()}
+    assert ("112118", "129746008") in evaluations  # Density: low density lesion
+    assert ("QC-STATUS", "QC-WARN") in evaluations and ("QC-FLAG", "QC-LOW_CONTRAST") in evaluations
+    seg = pydicom.dcmread(tmp_path / "a" / "seg.dcm")
+    assert seg.SegmentSequence[1].TrackingUID == volumetric.tracking_uid
+    assert seg.SegmentSequence[0].SegmentAlgorithmType == "AUTOMATIC"
+    family = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0].AlgorithmFamilyCodeSequence
+    assert family[0].CodeMeaning == "Histogram Analysis"
+    uids = {g.tracking_identifier: g.tracking_uid for g in sr.content.get_volumetric_roi_measurement_groups()}
+    # rerun with other parameters, a follow-up study (other study/series UIDs), the lesion 3 mm elsewhere
+    other = dataclasses.replace(
+        _lesion_case(processed, shift_mm=3.0),
+        provenance=dataclasses.replace(processed.provenance, params_hash=params_hash({"sigma": 2})),
+        sources=tuple(_restudied(s) for s in processed.sources),
+    )
+    write_result_package(other, tmp_path / "b", profile)
+    again = hd.sr.srread(tmp_path / "b" / "sr.dcm")
+    assert again.StudyInstanceUID != sr.StudyInstanceUID
+    groups = again.content.get_volumetric_roi_measurement_groups()
+    assert {g.tracking_identifier: g.tracking_uid for g in groups} == uids
+    # another patient: other tracking UIDs
+    third = dataclasses.replace(case, sources=tuple(_restudied(s, "OTHER") for s in processed.sources))
+    write_result_package(third, tmp_path / "c", profile)
+    moved = hd.sr.srread(tmp_path / "c" / "sr.dcm")
+    groups = moved.content.get_volumetric_roi_measurement_groups()
+    assert not {g.tracking_uid for g in groups} & set(uids.values())
+
+
+def _restudied(source, patient: str | None = None):  # noqa: ANN001, ANN202
+    copy = pydicom.Dataset(dict(source.items()))
+    copy.file_meta = source.file_meta
+    copy.StudyInstanceUID = pydicom.uid.generate_uid(entropy_srcs=["study", str(source.StudyInstanceUID)])
+    copy.SeriesInstanceUID = pydicom.uid.generate_uid(entropy_srcs=["series", str(source.SeriesInstanceUID)])
+    copy.SOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=["sop", str(source.SOPInstanceUID)])
+    if patient is not None:
+        copy.PatientID = patient
+    return copy

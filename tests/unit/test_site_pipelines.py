@@ -161,3 +161,22 @@ def test_pipelines_are_hot_reloaded_with_the_rules(tmp_path: Path) -> None:
     path.write_text(ABDOMEN)
     (tmp_path / "rules" / "abdomen.yaml").write_text(RULE.replace("abdomen-model", "abdomen-model-2"))
     assert watcher.poll() and book.current is not good and book.last_error == ""
+
+
+def test_the_console_rules_page_lists_shipped_and_site_pipelines(tmp_path: Path) -> None:
+    import html
+    import re
+
+    from fastapi.testclient import TestClient
+
+    from dicomnode.console.app import create_app
+    from tests.unit.test_console import fabricate
+
+    fab = fabricate(tmp_path / "node")
+    folder = fab.config.pipelines_folder
+    onnx_models.linear_classes(folder / "models" / "abdomen.onnx", [(0, 0), (1, -40), (2, -440)])
+    (folder / "abdomen.yaml").write_text(ABDOMEN)
+    page = TestClient(create_app(fab.node)).get("/rules").text
+    table = html.unescape(" ".join(re.sub(r"<[^>]+>", " ", page.split('id="pipelines"')[1]).split()))
+    assert f"abdomen 1 {folder / 'abdomen.yaml'} model.segment" in table
+    assert "liver-ct 1.0 shipped grid.working" in table
