@@ -211,6 +211,7 @@ class DestinationConfig(_Model):
     profile: ViewerProfile = Field(default_factory=ViewerProfile)
     deidentify: bool = False
     timeout: float = Field(60.0, gt=0)
+    on_qc_fail: Literal["hold", "send"] = "hold"  # results whose QC failed: held for an operator, or sent
     storage_commitment: bool = False  # ask the destination to commit to keeping what it was sent (DIMSE)
     commitment_timeout: float = Field(600.0, gt=0)  # seconds to wait for its report before asking again
 

@@ -27,6 +27,7 @@ class JobSpec:
     attempt: int = 1
     # what the job's destinations' viewers need (ViewerProfile fields); empty = the defaults
     profile: dict[str, Any] = field(default_factory=dict)
+    on_qc_fail: str = ""  # the rule's policy for results whose QC failed ("hold"/"send"; "" = destination's)
     # comparison with a prior study (dicomnode.compare.prior.PriorRequest as JSON); empty = none
     prior: dict[str, Any] = field(default_factory=dict)
     pipelines_path: str = ""  # the site's pipelines folder (config pipelines.path); empty = shipped only

@@ -76,10 +76,15 @@ def process(
     segments = result.summary.get("segments", {})
     typer.echo(
         f"{pipeline}: {len(result.output_files)} files, "
-        + ", ".join(f"{name} {info['volume_ml']:.1f} ml" for name, info in segments.items())
+        + ", ".join(f"{name} {'≥ ' if info.get('volume_is_lower_bound') else ''}{info['volume_ml']:.1f} ml"
+                    for name, info in segments.items())
         + f" in {result.summary.get('seconds', 0.0):.1f} s; result.json in {output}",
         err=True,
     )
+    qc = result.summary.get("qc") or {}
+    for verdict in (qc.get("segments") or {}).values():
+        for reason in verdict.get("reasons") or []:
+            typer.echo(f"QC {verdict.get('status')}: {reason}", err=True)
 
 
 def evaluate(

@@ -100,6 +100,9 @@ def status(
             from dicomnode.distributed.status import format_job_status, read_job_status
 
             jobs = read_job_status(config.storage.database_path)  # per state, and per worker (celery)
+            from dicomnode.cli.queue import read_held
+
+            held = read_held(config)
         except sqlite3.Error as exc:
             from dicomnode.errors import DicomNodeError
 
@@ -107,10 +110,14 @@ def status(
                 f"Cannot read the node database '{config.storage.database_path}': {exc}."
             ) from exc
     if as_json:
-        typer.echo(json.dumps({"studies": studies, "decisions": decisions, "jobs": jobs}, indent=2))
+        typer.echo(json.dumps({"studies": studies, "decisions": decisions, "jobs": jobs,
+                               "held": [h.to_dict() for h in held]}, indent=2))
         return
     for line in format_job_status(jobs):
         typer.echo(line)
+    for item in held:
+        typer.echo(f"held {item.id}: job {item.job_id} ({item.pipeline}) for {item.destination}, QC failed: "
+                   f"{item.reason} — release or discard: dicomnode queue release|discard {item.id}")
     if not studies:
         typer.echo(f"No studies in {config.storage.path}.")
         return

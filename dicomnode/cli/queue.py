@@ -1,4 +1,5 @@
-"""CLI commands: ``dicomnode queue list | retry ID | retry --failed | purge`` (the outbox)."""
+"""CLI commands: ``dicomnode queue list | retry ID | retry --failed | purge`` (the outbox) and
+``dicomnode queue held | release ID | discard ID`` (results held back by QC)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import typer
 from dicomnode.cli.common import ConfigOption, cli_errors, fail, load_config_or_exit
 
 if TYPE_CHECKING:
+    from dicomnode.config import Config
+    from dicomnode.send.held import HeldResult
     from dicomnode.send.outbox import Outbox, OutboxItem
 
 StateOption = Annotated[
@@ -113,10 +116,87 @@ def purge_command(
     typer.echo(f"Deleted {count} entr{'y' if count == 1 else 'ies'}.")
 
 
+def read_held(config: Config) -> list[HeldResult]:
+    """Results waiting for an operator (state ``held``), newest first."""
+    from dicomnode.database import Database
+    from dicomnode.send.held import HeldResults, HeldState
+
+    return HeldResults(Database(config.storage.database_path)).list(HeldState.HELD)
+
+
+def held_command(
+    config_path: ConfigOption = None,
+    all_states: Annotated[bool, typer.Option("--all", help="Also released and discarded ones.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the entries as JSON.")] = False,
+) -> None:
+    """List results held back because their QC verdict is fail (on_qc_fail: hold)."""
+    from dicomnode.database import Database
+    from dicomnode.send.held import HeldResults
+
+    config = load_config_or_exit(config_path)
+    with cli_errors():
+        items = HeldResults(Database(config.storage.database_path)).list(None if all_states else "held")
+    if as_json:
+        typer.echo(json.dumps([i.to_dict() for i in items], indent=2))
+        return
+    if not items:
+        typer.echo("No results are held.")
+        return
+    for i in items:
+        decided = f" by {i.decided_by} at {_when(i.decided_at)}" if i.decided_by else ""
+        typer.echo(f"{i.id}  {i.state}{decided}  job {i.job_id} ({i.pipeline}) → {i.destination}  "
+                   f"{len(i.files)} files  held {_when(i.created_at)}\n    QC: {i.reason}")
+
+
+def _decide(item_id: int, config_path: Path | None, release: bool) -> None:
+    import getpass
+
+    from dicomnode.database import Database
+    from dicomnode.observability.audit import AuditTrail
+    from dicomnode.send.held import HeldResults, release_to_outbox
+    from dicomnode.send.outbox import Outbox
+
+    config = load_config_or_exit(config_path)
+    user = f"cli:{getpass.getuser()}"
+    with cli_errors():
+        db = Database(config.storage.database_path)
+        held = HeldResults(db)
+        if release:
+            item = release_to_outbox(held, Outbox(db, config.outbox), config, item_id, user)
+        else:
+            item = held.discard(item_id, user)
+        if item.study_uid:
+            AuditTrail(db).record("operator", item.study_uid, series_uid=item.series_uid, job_id=item.job_id,
+                                  detail={"action": "release" if release else "discard", "user": user,
+                                          "destination": item.destination, "qc": item.reason})
+    verb = "Released" if release else "Discarded"
+    typer.echo(f"{verb} held result {item.id} (job {item.job_id} → {item.destination}"
+               + (f": {len(item.files)} files queued)." if release else ")."))
+
+
+def release_command(
+    item_id: Annotated[int, typer.Argument(help="The held result to send.")],
+    config_path: ConfigOption = None,
+) -> None:
+    """Send a held result after all (an operator decided its QC failure is acceptable); audited."""
+    _decide(item_id, config_path, release=True)
+
+
+def discard_command(
+    item_id: Annotated[int, typer.Argument(help="The held result to drop.")],
+    config_path: ConfigOption = None,
+) -> None:
+    """Never send a held result; audited."""
+    _decide(item_id, config_path, release=False)
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the dicomnode app."""
     queue = typer.Typer(help="Inspect and manage the outbox (sends to destinations).", no_args_is_help=True)
     queue.command("list")(list_command)
     queue.command("retry")(retry_command)
     queue.command("purge")(purge_command)
+    queue.command("held")(held_command)
+    queue.command("release")(release_command)
+    queue.command("discard")(discard_command)
     app.add_typer(queue, name="queue")

@@ -11,6 +11,7 @@ GET  /preview/{study}/{job}/{plane}.png  a thumbnail (axial, coronal, sagittal)
 GET  /rules                              active rule set, files, validator, tester, editor
 POST /rules/validate|save|test           validate / save (atomic, reload) / dry-run
 GET  /queue, POST /queue/retry|retry-failed|purge   the outbox per destination
+GET  /held, POST /held/{id}/release|discard   results held back by QC
 =======================================  =========================================================
 
 Each page group is a router in :mod:`dicomnode.console.pages`. A :class:`~dicomnode.errors.DicomNodeError`
@@ -27,12 +28,13 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from dicomnode.console.node import ConsoleNode
-from dicomnode.console.pages import dashboard, login, queue, results, rules, studies
+from dicomnode.console.pages import dashboard, held, login, queue, results, rules, studies
 from dicomnode.console.web import HERE, Console, CSRFRejected, Flash, LoginRequired, login_target
 from dicomnode.errors import DicomNodeError, ImagingError, OutputError, VolumeError
 
 log = logging.getLogger(__name__)
-ROUTERS = (login.router, dashboard.router, studies.router, results.router, rules.router, queue.router)
+ROUTERS = (login.router, dashboard.router, studies.router, results.router, rules.router, queue.router,
+           held.router)
 SERVER_SIDE = (OutputError, ImagingError, VolumeError)  # stored results could not be read: 500, not 400
 
 

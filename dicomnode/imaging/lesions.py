@@ -25,6 +25,11 @@ ordered by decreasing volume) of hypo- and/or hyper-dense regions:
    least ``max_continuation`` × its own thickness and with a similar peak contrast (≥ 0.65 of its
    own). A lesion next to a vessel keeps its own, stronger contrast and stays; a subcapsular lesion
    only touches different tissue outside the organ and stays.
+4. A kept lesion's mask is its own boundary: beyond the midpoint between its level (the median of its
+   deepest voxels) and its surround's (the organ tissue in a shell around it that is not a candidate),
+   on the image blurred by half a voxel only, connected to its deepest voxels and within one voxel of
+   the component. What joined it at a weaker level (a darker region of the parenchyma, a vessel) and
+   the margin a threshold below half its contrast adds are left out, so its volume is its own.
 
 :func:`describe` gives each lesion's volume, diameter, centre (LPS mm), mean value and kind.
 
@@ -152,6 +157,7 @@ def detect_in_region(
         raise ImagingError("The organ mask is not on the image grid.")
     smoothed = sitk.SmoothingRecursiveGaussian(sitk.Cast(image, sitk.sitkFloat32), smoothing_mm)
     smooth = sitk.GetArrayFromImage(smoothed)
+    raw = sitk.GetArrayFromImage(sitk.Cast(image, sitk.sitkFloat32))
     if exclude_below is not None:  # fat or gas in fissures and at the hilum is not organ (CT: fat < -30 HU)
         organ_arr &= smooth >= float(exclude_below)
     # at least one voxel deep along every axis: thick slices carry partial volume at the organ's top/bottom
@@ -209,8 +215,12 @@ def detect_in_region(
                 rejected[reason] = rejected.get(reason, 0) + 1
                 log.debug("%s component of %d voxels rejected: %s", polarity, int(comp.sum()), reason)
                 continue
+            # the candidate is a lesion; its mask is its own boundary, without what joins it at a weaker
+            # level (a darker region or vessel next to it) and without the margin the threshold adds
+            sharp = ndimage.gaussian_filter(raw[box], 0.5)  # a half-voxel blur: noise, not the edge
+            own = _own_boundary(comp, sharp, organ_arr[box] & ~grown[box], spacing)
             full = np.zeros(labels.shape, dtype=bool)
-            full[box] = comp
+            full[box] = own if own.any() else comp
             kept.append((float(comp.sum()), full))
     out = np.zeros(organ_arr.shape, dtype=np.uint16)
     for new, (_, comp) in enumerate(sorted(kept, key=lambda item: -item[0]), start=1):
@@ -282,6 +292,32 @@ class Limits:
                 if thick >= self.max_continuation * inscribed and peak >= self.same_contrast:
                     return "continues as a vessel"
         return ""
+
+
+def _own_boundary(
+    comp: np.ndarray, smooth: np.ndarray, surround: np.ndarray, spacing: tuple[float, ...]
+) -> np.ndarray:
+    """The part of a candidate component that is one lesion, bounded at half its own contrast.
+
+    The lesion's level is the median of its deepest voxels (at least half its largest inscribed
+    radius), its surround's the median of the organ tissue in a shell around it that is not itself a
+    candidate. The lesion is what is beyond the midpoint of the two, connected to its deepest voxels,
+    within one voxel of the component (so a partial-volume edge is neither cut nor widened): a dark or
+    bright structure that joins it (a vessel, a broad darker region) at a weaker level is left out."""
+    depth = ndimage.distance_transform_edt(np.pad(comp, 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
+    deepest = depth >= 0.5 * float(depth.max())
+    level = float(np.median(smooth[deepest]))
+    step_mm = float(max(spacing))
+    outside = ndimage.distance_transform_edt(~comp, sampling=spacing)
+    shell = surround & (outside > step_mm) & (outside <= step_mm + max(4.0, 2.0 * step_mm))
+    if shell.sum() < 10:
+        return comp
+    edge = 0.5 * (level + float(np.median(smooth[shell])))
+    beyond = (smooth < edge) if level < edge else (smooth > edge)
+    allowed = beyond & (outside <= step_mm)
+    pieces, _ = ndimage.label(allowed)
+    keep = np.unique(pieces[deepest & allowed])
+    return ndimage.binary_fill_holes(np.isin(pieces, keep[keep > 0]))
 
 
 def _thickness(mask: np.ndarray, spacing: tuple[float, ...]) -> float:

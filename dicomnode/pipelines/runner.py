@@ -14,7 +14,7 @@ import logging
 import resource
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -147,6 +147,7 @@ def process_volume(spec: PipelineSpec, volume: Any, job: JobSpec) -> tuple[Any, 
     import SimpleITK as sitk
 
     from dicomnode import __version__
+    from dicomnode.imaging.assess import assess
     from dicomnode.imaging.guards import check_input
     from dicomnode.outputs.api import ProcessedSeries, Provenance
 
@@ -155,6 +156,8 @@ def process_volume(spec: PipelineSpec, volume: Any, job: JobSpec) -> tuple[Any, 
     run = execute(spec, image)
     del image
     segments = build_segments(spec, run.context, volume.shape)
+    report, _ = assess(volume.array, volume.spacing, segments, is_ct=volume.modality == "CT")
+    segments = [replace(s, qc=report.segments.get(s.label)) for s in segments]
     enhanced = None
     if spec.enhanced:
         enhanced = sitk.GetArrayFromImage(run.image(spec.enhanced)).astype(np.float32, copy=False)
@@ -176,8 +179,8 @@ def process_volume(spec: PipelineSpec, volume: Any, job: JobSpec) -> tuple[Any, 
         "pipeline": spec.name,
         "pipeline_version": spec.version,
         "steps": [t.__dict__ for t in run.timings],
-        "segments": {s.label: {"voxels": int(s.mask.sum()), "volume_ml": float(s.mask.sum()) * voxel_ml}
-                     for s in segments},
+        "segments": {s.label: _segment_summary(s, voxel_ml) for s in segments},
+        "qc": report.to_json(),
         "estimates": run.estimates,
         "input": accepted,
     }
@@ -191,10 +194,20 @@ def process_volume(spec: PipelineSpec, volume: Any, job: JobSpec) -> tuple[Any, 
         image=volume.array,
         spacing=volume.spacing,
         window=spec.window,
+        qc=report,
         windows=windows,
         enhanced_values=spec.enhanced_values,
     )
     return processed, summary
+
+
+def _segment_summary(segment: Any, voxel_ml: float) -> dict[str, Any]:  # noqa: ANN401 - api.Segment
+    """Voxels and volume of a segment; a truncated one's volume is a lower bound (volume_is_lower_bound)."""
+    from dicomnode.imaging.qc import QCFlag
+
+    voxels = int(segment.mask.sum())
+    truncated = segment.qc is not None and QCFlag.TRUNCATED in segment.qc.flags
+    return {"voxels": voxels, "volume_ml": voxels * voxel_ml, "volume_is_lower_bound": truncated}
 
 
 def resolve_windows(spec: PipelineSpec, context: dict[str, Any], image: np.ndarray) -> tuple:

@@ -237,8 +237,9 @@ class Router:
             log.info("%s %s matched no rule (rules %s).", level.capitalize(), series_uid or subject.study_uid,
                      ruleset.version)
         recorded = self.decisions.record(decisions)
+        policies = {loaded.rule.name: loaded.rule.then.on_qc_fail for loaded in evaluation.fired}
         for item in recorded:
-            self._execute(item, subject.files)
+            self._execute(item, subject.files, policies.get(item.decision.rule) or "")
         return recorded
 
     def _decision(
@@ -259,7 +260,7 @@ class Router:
             explanation="\n".join(why.lines()) if why else "",
         )
 
-    def _execute(self, item: RecordedDecision, files: Sequence[Path]) -> None:
+    def _execute(self, item: RecordedDecision, files: Sequence[Path], on_qc_fail: str = "") -> None:
         d = item.decision
         subject = d.series_uid or d.study_uid
         try:
@@ -270,6 +271,7 @@ class Router:
                     input_files=tuple(str(f) for f in files), output_dir=str(self.jobs_dir / d.job_id),
                     study_uid=d.study_uid, series_uid=d.series_uid, rule=d.rule, ruleset_hash=d.ruleset_hash,
                     destinations=d.destinations, pipelines_path=str(self.config.pipelines_folder),
+                    on_qc_fail=on_qc_fail,
                 )
                 self.submit_job(spec, priority=d.priority)
             if d.action in ("forward", "pipeline+forward"):

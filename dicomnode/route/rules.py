@@ -22,6 +22,8 @@ class Action(_Strict):
     discard: bool = False  # do nothing with the series (the decision is recorded)
     quiet_seconds: float | None = Field(None, ge=0)  # completion quiet period for matching series
     stop: bool = False  # later rules are not evaluated
+    # results whose QC verdict is fail: held for an operator or sent anyway (default: each destination's)
+    on_qc_fail: Literal["hold", "send"] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Action:
@@ -29,6 +31,8 @@ class Action(_Strict):
             raise ValueError("discard cannot be combined with pipeline, forward or send_to")
         if self.forward and not self.send_to:
             raise ValueError("forward needs send_to: the destinations that receive the originals")
+        if self.on_qc_fail is not None and not self.pipeline:
+            raise ValueError("on_qc_fail is given but no pipeline (only pipeline results have a QC verdict)")
         if self.params and not self.pipeline:
             raise ValueError("params are given but no pipeline")
         if self.send_to and not (self.pipeline or self.forward):

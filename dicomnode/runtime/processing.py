@@ -4,7 +4,9 @@
 before it runs (so a restart resumes what was queued or running), runs in the executor (a crash or
 timeout fails only that job), is retried automatically up to ``processing.max_attempts``, and on
 success its result objects are queued in the durable outbox for the job's destinations, each filtered by
-that destination's viewer profile. Every step is written to the audit trail and counted in the metrics.
+that destination's viewer profile — unless the result's QC verdict is ``fail`` and the rule's or the
+destination's ``on_qc_fail`` is ``hold`` (the default): then they wait in ``held_results`` for an
+operator. Every step is written to the audit trail and counted in the metrics.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dicomnode.jobs import JobResult, JobSpec
 from dicomnode.observability.logging import log_context
 from dicomnode.pipelines.jobstore import JobStore
 from dicomnode.send.forward import forward as queue_forward
+from dicomnode.send.held import HeldResults, QCPolicy, qc_reason
 from dicomnode.send.outbox import Outbox
 from dicomnode.send.results import enqueue_results
 
@@ -85,6 +88,7 @@ class Processing:
         self.config = config
         self.jobs = JobStore(database, max_attempts=config.processing.max_attempts)
         self.outbox = Outbox(database, config.outbox)
+        self.held = HeldResults(database)
         if executor is None:
             from dicomnode.pipelines.executor import LocalExecutor
 
@@ -185,8 +189,19 @@ class Processing:
                                         "seconds": result.summary.get("seconds")})
         if not spec.destinations:
             return
+        qc = result.summary.get("qc") or {}
+        held = [name for name in spec.destinations if self._holds(spec, name, qc)]
+        for name in held:
+            self.held.hold(spec.job_id, name, result.output_files, qc, study_uid=spec.study_uid,
+                           series_uid=spec.series_uid, pipeline=spec.pipeline)
+        if held:
+            self._audit("processed", spec,
+                        {"held_for": held, "qc": qc.get("status"), "reason": qc_reason(qc)})
+        sending = [name for name in spec.destinations if name not in held]
+        if not sending:
+            return
         try:
-            queued = enqueue_results(self.outbox, self.config, result.output_files, spec.destinations,
+            queued = enqueue_results(self.outbox, self.config, result.output_files, sending,
                                      job_id=spec.job_id)
         except DicomNodeError as exc:
             log.error("Results of job %s could not be queued: %s", spec.job_id, exc)
@@ -195,6 +210,14 @@ class Processing:
         log.info("Job %s: queued %s.", spec.job_id,
                  ", ".join(f"{len(ids)} objects for {name}" for name, ids in queued.items()))
         self._wake()
+
+    def _holds(self, spec: JobSpec, destination: str, qc: dict[str, Any]) -> bool:
+        """Whether a result with verdict ``qc`` is held for ``destination`` (the rule's ``on_qc_fail``, else
+        the destination's)."""
+        if qc.get("status") != "fail":
+            return False
+        policy = spec.on_qc_fail or self.config.destination(destination).on_qc_fail
+        return QCPolicy(policy) is QCPolicy.HOLD
 
     def _retry_comparison(self, spec: JobSpec, result: JobResult) -> None:
         """A comparison the source could not answer is tried again after ``priors.retry_minutes`` as a

@@ -113,6 +113,37 @@ def test_lesion_inserted_into_the_real_liver_is_found_alone(real_ct, centre, dia
     assert labels.max() == 1 and (labels[sphere] > 0).mean() > 0.5
 
 
+@pytest.mark.parametrize(
+    ("centre", "diameter", "contrast"),
+    [
+        ((20, 320, 140), 20.0, -45.0),  # beside a darker region of the parenchyma (it once merged with it)
+        ((20, 320, 140), 20.0, 45.0),
+        ((20, 300, 120), 20.0, -45.0),
+        ((20, 330, 150), 15.0, 45.0),
+        ((20, 330, 150), 15.0, -45.0),
+        ((18, 320, 140), 10.0, -45.0),
+        ((22, 300, 200), 10.0, 45.0),
+    ],
+)
+def test_inserted_lesion_volume_follows_its_own_boundary(real_ct, centre, diameter, contrast) -> None:  # noqa: ANN001
+    """The lesion's mask is bounded at half its own contrast: found alone, the volume of the inserted
+    sphere within 15 % (20 mm: within 10 %), not merged with the dark or bright structures it touches."""
+    volume, _, liver = real_ct
+    z, y, x = np.meshgrid(*[np.arange(n) * s for n, s in zip(volume.shape, volume.spacing, strict=True)],
+                          indexing="ij", sparse=True)
+    sphere = (z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2 <= (diameter / 2) ** 2
+    assert sitk.GetArrayViewFromImage(liver)[sphere].all()
+    image = volume.to_sitk(volume.array + np.where(sphere, contrast, 0.0).astype(np.float32))
+    result = detect(image, liver, **LIVER_CT)
+    found = describe(image, result)
+    assert len(found) == 1, found
+    labels = sitk.GetArrayFromImage(result.image)
+    assert (labels[sphere] > 0).mean() > 0.8
+    truth_ml = float(sphere.sum()) * float(np.prod(volume.spacing)) / 1000.0
+    assert found[0].volume_ml == pytest.approx(truth_ml, rel=0.10 if diameter >= 20 else 0.15)
+    assert found[0].kind == ("hypo" if contrast < 0 else "hyper")
+
+
 def test_no_lesions_in_a_homogeneous_organ() -> None:
     ct = make_ct_phantom(shape=(30, 96, 96), spacing=(5.0, 3.2, 3.2), lesions=False, seed=8)
     liver_only = ct.image.copy()

@@ -9,6 +9,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from dicomnode.console.studies import STATES, search_studies, study_detail
 from dicomnode.console.web import READ, ConsoleDep, Writer
+from dicomnode.send.held import HeldResults
 
 router = APIRouter(tags=["Studies"])
 
@@ -31,7 +32,8 @@ def study(request: Request, console: ConsoleDep, study_uid: str) -> Response:
         return console.render(request, "error.html", 404, title="Not found",
                               message=f"Study '{study_uid}' is not in the spool.")
     return console.render(request, "study.html", title="Study", active="Studies", s=detail,
-                          destinations=sorted(console.node.config.destinations))
+                          destinations=sorted(console.node.config.destinations),
+                          held=HeldResults(console.node.database).list(study_uid=study_uid))
 
 
 @router.post("/studies/{study_uid}/rerun")

@@ -25,7 +25,7 @@ from skimage.segmentation import watershed
 
 from dicomnode.errors import ImagingError
 from dicomnode.imaging.grid import array_of, image_like
-from dicomnode.imaging.morphology import dilate, erode
+from dicomnode.imaging.morphology import closing, dilate, erode, fill_holes, opening
 from dicomnode.imaging.organs.common import physical_axes
 from dicomnode.imaging.step import StepOutput, step
 
@@ -111,7 +111,12 @@ def airways(
         return empty
     grown = trachea
     if carina is not None:
-        ks, js, is_ = np.nonzero(trachea)
+        # the main bronchi start at the carina: measure ``bronchus_mm`` from the lowest tracked trachea
+        # slice, not from the trachea's centroid (a long trachea in the field of view put it far above)
+        tracked = np.flatnonzero(trachea.any(axis=(1, 2)))
+        caudal = int(tracked.min() if order[0] > order[-1] else tracked.max())
+        js, is_ = np.nonzero(trachea[caudal])
+        ks = np.full(js.shape, caudal)
         centre = np.array([ks.mean() * spacing[0], js.mean() * spacing[1], is_.mean() * spacing[2]])
         grid = np.ogrid[tuple(slice(0, n) for n in lung.shape)]
         near = sum((g * s - c) ** 2 for g, s, c in zip(grid, spacing, centre, strict=True)) <= bronchus_mm**2
@@ -162,3 +167,174 @@ def split(
     distance = ndimage.distance_transform_edt(lung, sampling=spacing)
     out = watershed(-distance, markers, mask=lung)
     return image_like(out, lungs, np.uint8)
+
+
+def _capped(candidates: np.ndarray, lung: np.ndarray) -> np.ndarray:
+    """The 3-D components of ``candidates`` capped by ``lung`` above and below: at least 3/4 of the voxels
+    just above and below each component (along the slice axis) are lung. A nodule in the lung, or in an
+    indentation of its pleura, is capped; the liver dome rising into a ring of lung base is not (liver
+    lies below it)."""
+    labels, n = ndimage.label(candidates)
+    keep = np.zeros(n + 1, dtype=bool)
+    for i, sl in enumerate(ndimage.find_objects(labels), start=1):
+        grown = tuple(slice(max(0, s.start - 1), s.stop + 1) for s in sl)
+        part = labels[grown] == i
+        caps = np.zeros_like(part)
+        caps[1:] |= part[:-1]
+        caps[:-1] |= part[1:]
+        caps &= ~part
+        # at the first and last slice the continuation is unknown: count it as capped
+        edge = int(part[0].sum() if grown[0].start == 0 else 0) + int(
+            part[-1].sum() if grown[0].stop >= lung.shape[0] else 0)
+        faces = int(caps.sum()) + edge
+        keep[i] = faces == 0 or int((caps & lung[grown]).sum()) + edge >= 0.75 * faces
+    return keep[labels]
+
+
+def _fill_enclosed(lung: np.ndarray) -> np.ndarray:
+    """The lung with what it encloses: 3-D holes, and the capped 2-D holes of the axial slices (a nodule
+    touching a vessel is a hole in its slices but not in 3-D)."""
+    filled = ndimage.binary_fill_holes(lung)
+    holes = fill_holes(filled, slicewise=True) & ~filled
+    return filled | _capped(holes, filled) if holes.any() else filled
+
+
+@step("lung.envelope")
+def envelope(
+    labels: sitk.Image, airway: sitk.Image | None = None, *, pleura_mm: float = 15.0, wall_mm: float = 4.0,
+) -> sitk.Image:
+    """Each lung of a split label map (1 = right, 2 = left) with what lies inside its pleura: holes filled
+    (vessels, intrapulmonary nodules) and the pleural surface repaired by a closing of ``pleura_mm``
+    (a rolling ball: juxtapleural nodules, masses and consolidation that indent the air). The repair never
+    reaches medially past the lung's own medial border on any image row, so the hilum and the mediastinum
+    stay outside, and so do the trachea and main bronchi (``airway``) with their wall (``wall_mm``).
+    Returns the same labels."""
+    if pleura_mm < 0:
+        raise ImagingError(f"Parameter 'pleura_mm' must not be negative, got {pleura_mm!r}.")
+    lab = sitk.GetArrayFromImage(labels)
+    spacing = tuple(labels.GetSpacing()[::-1])
+    x, _, _ = physical_axes(labels)
+    xx = np.broadcast_to(x, lab.shape)
+    out = np.zeros(lab.shape, dtype=np.uint8)
+    for value, medial in ((1, np.max), (2, np.min)):
+        lung = lab == value
+        if not lung.any():
+            continue
+        filled = _fill_enclosed(lung)
+        closed = fill_holes(closing(filled, pleura_mm, spacing), slicewise=True) if pleura_mm > 0 else filled
+        added = closed & ~filled & (lab == 0)
+        # the lung's medial border on each row (z, y): the repair stays lateral to it
+        fill = -np.inf if value == 1 else np.inf
+        border = medial(np.where(filled, xx, fill), axis=2, keepdims=True)
+        lateral = xx <= border if value == 1 else xx >= border
+        added &= lateral
+        if added.any():
+            added = _capped(added, filled)
+        out[filled | added] = value
+    if airway is not None:
+        out[dilate(sitk.GetArrayFromImage(airway).astype(bool), wall_mm, spacing)] = 0
+    return image_like(out, labels, np.uint8)
+
+
+def _elongation(mask: np.ndarray, spacing: tuple[float, ...]) -> float:
+    """Longest over shortest principal axis of a mask in mm (each voxel's own extent included)."""
+    points = np.argwhere(mask) * np.asarray(spacing)
+    cov = np.cov(points.T) if points.shape[0] > 1 else np.zeros((3, 3))
+    eig = np.sort(np.linalg.eigvalsh(cov + np.diag(np.asarray(spacing) ** 2 / 12.0)))
+    return float(np.sqrt(eig[-1] / max(eig[0], 1e-6)))
+
+
+@step("lung.nodules")
+def nodules(
+    image: sitk.Image,
+    lungs: sitk.Image,
+    *,
+    min_diameter_mm: float = 4.0,
+    max_elongation: float = 3.0,
+    soft_tissue_hu: float = 40.0,
+    lumen_hu: float = -980.0,
+) -> StepOutput:
+    """Nodules and masses inside the lung envelope as a label map (1, 2, … by decreasing volume).
+
+    Solid is what is denser than halfway between the lungs' own parenchyma (its histogram mode) and soft
+    tissue. An opening of ``min_diameter_mm / 2`` keeps the blobs at least that wide and cuts off the
+    thinner vessels; each surviving blob is grown back over the solid voxels within that radius. A blob
+    smaller than a sphere of ``min_diameter_mm``, with a largest cross-section under that disc (and under
+    4 voxels: the resolution limit), or lying only on the envelope's one-voxel rim, is not reported.
+    Vessels that survive (thick, near the hilum) are tubes: a blob whose longest axis exceeds
+    ``max_elongation`` × its shortest (principal axes in mm, voxel extent included) is rejected. A blob
+    that is a small part of a larger solid tree (a cut through a vessel, or a nodule on one) must be twice
+    ``min_diameter_mm`` wide, and every blob must reach near soft-tissue density (its 90th percentile
+    within 140 HU of ``soft_tissue_hu``) — partial-volume cuts of vessels on thick slices do not. A blob
+    that is mostly a wall around enclosed air, or whose 3 mm surroundings are more than 5 % airway lumen
+    (darker than ``lumen_hu``; parenchyma never is), is a bronchus not removed as airway: rejected too."""
+    array, spacing = array_of(image)
+    envelope_mask = sitk.GetArrayFromImage(lungs) > 0
+    empty = StepOutput(image_like(np.zeros(envelope_mask.shape), image, np.uint8), {"nodules": 0})
+    if not envelope_mask.any():
+        return empty
+    idx = np.argwhere(envelope_mask)
+    lo, hi = idx.min(axis=0), idx.max(axis=0) + 1
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+    inside, values = envelope_mask[box], array[box]
+    air = values[inside & (values < -500)]
+    if air.size < 100:
+        return empty
+    hist, edges = np.histogram(air, bins=np.arange(-1000, -496, 4))
+    parenchyma = float(edges[int(np.argmax(ndimage.gaussian_filter1d(hist.astype(float), 2)))] + 2)
+    level = min(max((parenchyma + soft_tissue_hu) / 2.0, -600.0), -250.0)
+    solid = inside & (values > level)
+    radius = min_diameter_mm / 2.0
+    core = opening(solid, radius, spacing)
+    labels, n = ndimage.label(core)
+    # a blob must reach more than one in-plane voxel inside the envelope (not the partial-volume rim)
+    deep = erode(inside, 1.01 * max(spacing[1], spacing[2]), spacing)
+    trees, _ = ndimage.label(solid)  # vessel trees: what the solid voxels connect to
+    tree_sizes = np.bincount(trees.ravel())
+    thick = opening(core, 2.0 * radius, spacing)  # blobs twice as wide: a nodule on a vessel
+    out = np.zeros(inside.shape, dtype=np.int32)
+    found: list[tuple[float, np.ndarray]] = []
+    rejected = {"elongated": 0, "small": 0, "ring": 0, "airway": 0, "faint": 0, "vessel": 0}
+    for i, sl in enumerate(ndimage.find_objects(labels), start=1):
+        if sl is None:
+            continue
+        grow = tuple(slice(max(0, s.start - int(np.ceil(radius / sp)) - 1),
+                           min(dim, s.stop + int(np.ceil(radius / sp)) + 1))
+                     for s, sp, dim in zip(sl, spacing, inside.shape, strict=True))
+        blob = labels[grow] == i
+        region = solid[grow] & dilate(blob, radius + max(spacing[1], spacing[2]), spacing)
+        if max(_elongation(blob, spacing), _elongation(region, spacing)) > max_elongation:
+            rejected["elongated"] += 1
+            continue
+        volume = float(region.sum()) * float(np.prod(spacing))
+        widest = float(region.sum(axis=(1, 2)).max())  # voxels of its largest axial cross-section
+        if (6.0 * volume / np.pi) ** (1.0 / 3.0) < min_diameter_mm or widest < max(
+                4.0, np.pi * radius**2 / (spacing[1] * spacing[2])) or not deep[grow][blob].any():
+            rejected["small"] += 1
+            continue
+        hollow = fill_holes(region, slicewise=True)
+        if region.sum() < 0.6 * hollow.sum():
+            rejected["ring"] += 1  # a wall around air: a bronchus (a cavity's wall is thicker)
+            continue
+        shell = dilate(region, 3.0, spacing) & ~region
+        if np.mean(values[grow][shell] < lumen_hu) > 0.05:
+            rejected["airway"] += 1  # beside an airway lumen (darker than any parenchyma): a bronchial wall
+            continue
+        if float(np.percentile(values[grow][region], 90)) < soft_tissue_hu - 140.0:
+            rejected["faint"] += 1  # no voxel near soft-tissue density: partial volume of a vessel or scar
+            continue
+        tree_size = int(tree_sizes[np.unique(trees[grow][region])].sum())
+        if region.sum() < 0.5 * tree_size and not thick[grow][blob].any():
+            rejected["vessel"] += 1  # a cut through a vessel tree no wider than the tree's vessels
+            continue
+        full = np.zeros(inside.shape, dtype=bool)
+        full[grow] = region
+        found.append((volume, full))
+    for n_, (_, full) in enumerate(sorted(found, key=lambda f: -f[0]), start=1):
+        out[full & (out == 0)] = n_
+    result = np.zeros(envelope_mask.shape, dtype=np.uint8)
+    result[box] = np.minimum(out, 255)
+    log.info("lung nodules: %d found (solid above %.0f HU; rejected %s)", len(found), level, rejected)
+    return StepOutput(image_like(result, image, np.uint8), {"solid_threshold": level, "nodules": len(found),
+                                             "rejected": rejected})
+

@@ -1,0 +1,82 @@
+"""QC verdicts per segment (imaging/assess.py) from the image's evidence, and in result.json."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from dicomnode.imaging.assess import assess
+from dicomnode.imaging.qc import QCFlag, QCStatus
+from dicomnode.jobs import JobSpec
+from dicomnode.outputs.api import Segment
+from dicomnode.pipelines.runner import run_job
+from tests.phantoms import make_ct_phantom, write_dicom_series
+
+
+@pytest.fixture(scope="module")
+def ct():  # noqa: ANN201
+    return make_ct_phantom(shape=(40, 112, 112), spacing=(5.0, 3.2, 3.2), seed=5)
+
+
+def _organs(ct) -> list[Segment]:  # noqa: ANN001
+    return [Segment("Liver", "liver", ct.masks["liver"]), Segment("Spleen", "spleen", ct.masks["spleen"])]
+
+
+def test_true_organs_and_lesions_pass(ct) -> None:  # noqa: ANN001
+    lesions = [Segment(f"Lesion {i}", "neoplasm", ct.lesion_labels == i, category="lesion")
+               for i in range(1, int(ct.lesion_labels.max()) + 1)]
+    report, evidence = assess(ct.image, ct.spacing, _organs(ct) + lesions)
+    assert report.status == QCStatus.PASS, report.to_json()
+    assert evidence["Liver"].cnr > 1.5 and -40 < evidence["Liver"].median < 160
+
+
+def test_wrong_masks_are_flagged_with_their_evidence(ct) -> None:  # noqa: ANN001
+    liver, spleen = ct.masks["liver"], ct.masks["spleen"]
+    leaky = Segment("Liver", "liver", liver | spleen)  # a liver grown into the spleen
+    report, _ = assess(ct.image, ct.spacing, [leaky, Segment("Spleen", "spleen", spleen)])
+    assert QCFlag.LEAK in report.segments["Liver"].flags and report.status == QCStatus.FAIL
+    assert "Liver overlaps Spleen by" in report.segments["Liver"].reasons[0]
+    lungs = Segment("Liver", "liver", ct.masks["lungs"])  # a "liver" that is air
+    verdict = assess(ct.image, ct.spacing, [lungs])[0].segments["Liver"]
+    assert QCFlag.IMPLAUSIBLE_INTENSITY in verdict.flags and verdict.status == QCStatus.FAIL
+    swollen = Segment("Liver", "liver", ct.masks["body"] & ~ct.masks["lungs"])  # the whole abdomen
+    verdict = assess(ct.image, ct.spacing, [swollen])[0].segments["Liver"]
+    assert QCFlag.IMPLAUSIBLE_VOLUME in verdict.flags
+    # a child (every length halved: body 13 cm across): its 280 ml liver is plausible, the whole
+    # abdomen is not, and an adult's liver volume there is not either
+    child = (2.5, 1.6, 1.6)
+    assert not assess(ct.image, child, [Segment("Liver", "liver", liver)])[0].segments["Liver"].flags
+    adult_sized = Segment("Liver", "liver", ct.masks["body"] & ~ct.masks["lungs"])
+    verdict = assess(ct.image, child, [adult_sized])[0].segments["Liver"]
+    assert QCFlag.IMPLAUSIBLE_VOLUME in verdict.flags and "body 13 cm across" in verdict.reasons[-1]
+
+
+def test_metal_near_an_organ_is_flagged() -> None:
+    ct = make_ct_phantom(shape=(30, 96, 96), spacing=(5.0, 3.6, 3.6), metal=True, lesions=False, seed=6)
+    report, evidence = assess(ct.image, ct.spacing, _organs(ct))
+    assert QCFlag.METAL in report.segments["Liver"].flags and report.segments["Liver"].status == QCStatus.WARN
+    assert QCFlag.METAL not in report.segments["Spleen"].flags and evidence["Spleen"].metal_mm > 30
+
+
+def test_a_liver_cut_by_the_field_of_view_is_flagged_truncated_and_its_volume_a_lower_bound(tmp_path) -> None:
+    ct = make_ct_phantom(shape=(32, 112, 112), spacing=(5.0, 3.0, 3.0), phase="portal", lesions=False,
+                         seed=11)
+    xs = np.flatnonzero(ct.masks["liver"].any(axis=(0, 1)))
+    cut = int(xs.min() + (xs.max() - xs.min()) // 3)  # a third of the liver lies outside the image
+    cropped = replace(ct, image=np.ascontiguousarray(ct.image[:, :, cut:]),
+                      origin=(ct.origin[0] + cut * ct.spacing[2], ct.origin[1], ct.origin[2]))
+    series = tmp_path / "series"
+    write_dicom_series(cropped, series)
+    files = tuple(str(p) for p in sorted(series.glob("*.dcm")))
+    result = run_job(JobSpec("crop", "liver-ct", {}, files, str(tmp_path / "out")))
+    assert result.ok, result.error
+    written = json.loads((tmp_path / "out" / "result.json").read_text())["summary"]
+    liver = written["qc"]["segments"]["Liver"]
+    assert written["qc"]["status"] in ("warn", "fail") and "truncated" in liver["flags"]
+    assert "is a lower bound" in " ".join(liver["reasons"])
+    assert written["segments"]["Liver"]["volume_is_lower_bound"] is True
+    visible = float(ct.masks["liver"][:, :, cut:].sum()) * float(np.prod(ct.spacing)) / 1000.0
+    assert written["segments"]["Liver"]["volume_ml"] == pytest.approx(visible, rel=0.15)
