@@ -381,7 +381,7 @@ def infer(params: ModelParams, image: sitk.Image) -> Inference:
     session = open_session(params.model, params.threads, params.device)
     sig = signature(session)
     _check_shapes(sig, params, params.model.name)
-    grid = sitk.Cast(image, sitk.sitkFloat32)
+    grid = image if image.GetPixelID() == sitk.sitkFloat32 else sitk.Cast(image, sitk.sitkFloat32)
     if _orientation(grid) != params.orientation:
         grid = sitk.DICOMOrient(grid, params.orientation)
     if params.spacing_mm is not None:
@@ -390,6 +390,7 @@ def infer(params: ModelParams, image: sitk.Image) -> Inference:
     tensor = array if params.axes == "zyx" else array.transpose(2, 1, 0)
     tensor = np.ascontiguousarray(tensor)[None]
     del array
+    grid = _geometry(grid)  # its voxels are in the tensor now
     run = _forward(session, sig)
     passes = [0]
 
@@ -405,17 +406,32 @@ def infer(params: ModelParams, image: sitk.Image) -> Inference:
             raise ImagingError(f"The model returned {list(scores.shape)} for an input {[1, *tensor.shape]}.")
         scores = scores[0]
     _check_channels(scores.shape[0], params, params.model.name)
-    if not np.isfinite(scores).all():
+    if not all(np.isfinite(channel).all() for channel in scores):
         raise ImagingError(f"The model '{params.model.name}' returned non-finite scores (NaN or infinity).")
     if params.axes == "xyz":
         scores = np.ascontiguousarray(scores.transpose(0, 3, 2, 1))
     return Inference(scores, grid, session.get_providers()[0], passes[0])
 
 
+def _geometry(image: sitk.Image) -> sitk.Image:
+    """A uint8 image with the grid of ``image`` (a quarter of a float32 image's memory)."""
+    reference = sitk.Image(image.GetSize(), sitk.sitkUInt8)
+    reference.CopyInformation(image)
+    return reference
+
+
+def _argmax(scores: np.ndarray, slab: int = 16) -> np.ndarray:
+    """``argmax`` over the channels as uint16, slab by slab (numpy's int64 result would be 4x larger)."""
+    out = np.empty(scores.shape[1:], dtype=np.uint16)
+    for z in range(0, scores.shape[1], slab):
+        out[z:z + slab] = np.argmax(scores[:, z:z + slab], axis=0)
+    return out
+
+
 def _classes(params: ModelParams, scores: np.ndarray, grid: sitk.Image, image: sitk.Image) -> np.ndarray:
     """The argmax class of every source voxel (z, y, x)."""
     if params.spacing_mm is None:  # same voxels, maybe permuted: argmax, then reorient back exactly
-        classes = image_like(np.argmax(scores, axis=0).astype(np.uint16), grid)
+        classes = image_like(_argmax(scores), grid)
         if _orientation(image) != _orientation(classes):
             classes = sitk.DICOMOrient(classes, _orientation(image))
         return sitk.GetArrayFromImage(classes)
