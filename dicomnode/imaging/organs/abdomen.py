@@ -351,6 +351,11 @@ def _muscle_wall(array: np.ndarray, lm: Landmarks, band: np.ndarray) -> np.ndarr
     return layer & band & lm.body
 
 
+def _tube_core(tube: np.ndarray, seed: np.ndarray) -> np.ndarray:
+    """The part of a vessel's tube on the slices where its seed lies (the tube itself is generous)."""
+    return tube & seed.any(axis=(1, 2))[:, None, None]
+
+
 def _background(band: np.ndarray, wall: np.ndarray, models: dict[str, OrganModel]) -> np.ndarray:
     """Background markers: outside the soft-tissue band, and the wall (:func:`_wall`), less the seeds."""
     bg = ~band | wall
@@ -371,6 +376,9 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
     band = (array > low) & (array < lm.bone_hu + 60.0) & lm.body
     markers = np.zeros(array.shape, dtype=np.uint8)
     wall = _wall(array, lm)
+    for name in ("aorta", "ivc"):  # calcified plaques in a vessel's wall are not bone to keep away from
+        if name in tubes:
+            wall &= ~_tube_core(tubes[name], models[name].seed)
     markers[_background(band, wall | _muscle_wall(array, lm, band), models)] = BACKGROUND
     for name, m in models.items():
         markers[m.seed] = LABELS[name]
