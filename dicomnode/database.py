@@ -124,7 +124,6 @@ class Database:
         self._local = threading.local()
         self._schema_lock = threading.Lock()
         self._migrated: dict[str, int] = {}
-        self._schemas: set[str] = set()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             with self.transaction() as conn:
@@ -215,15 +214,6 @@ class Database:
 
     def user_version(self) -> int:
         return int(self.conn.execute("PRAGMA user_version").fetchone()[0])
-
-    def ensure_schema(self, ddl: str) -> None:
-        """Run idempotent DDL once per Database instance. Unversioned: for a table not yet given a
-        :class:`Schema` (owners use :meth:`migrate`, which also upgrades an existing file)."""
-        with self._schema_lock:
-            if ddl in self._schemas:
-                return
-            self.conn.executescript(ddl)
-            self._schemas.add(ddl)
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from dicomnode.database import Database
+from dicomnode.database import Database, Schema, Step, check_in
 from dicomnode.errors import SendError
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ class QCPolicy(StrEnum):
     SEND = "send"
 
 
-SCHEMA = f"""
+DDL_V1 = f"""
 CREATE TABLE IF NOT EXISTS held_results (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     job_id TEXT NOT NULL,
@@ -48,7 +48,7 @@ CREATE TABLE IF NOT EXISTS held_results (
     files TEXT NOT NULL,
     qc TEXT NOT NULL,
     reason TEXT NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ({", ".join(f"'{s}'" for s in HeldState)})),
+    state TEXT NOT NULL {check_in("state", HeldState)},
     created_at REAL NOT NULL,
     decided_at REAL,
     decided_by TEXT NOT NULL DEFAULT '',
@@ -56,6 +56,8 @@ CREATE TABLE IF NOT EXISTS held_results (
 );
 CREATE INDEX IF NOT EXISTS held_results_state ON held_results (state, created_at);
 """
+
+SCHEMA = Schema("held_results", ("held_results",), (Step("held_results", DDL_V1),))
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,7 @@ class HeldResults:
     def __init__(self, db: Database, *, clock: Callable[[], float] = time.time) -> None:
         self.db = db
         self._clock = clock
-        db.ensure_schema(SCHEMA)
+        db.migrate(SCHEMA)
 
     def hold(
         self, job_id: str, destination: str, files: Sequence[str], qc: dict[str, Any], *,
