@@ -81,12 +81,19 @@ def _territory_seed(
         return None
     near = territory & (np.abs(array - hu) <= max(k * spread, 15.0))
     near = ndimage.binary_opening(near, iterations=1)
-    seed = largest_components(erode_mm(near, erode, spacing), 1)
+    seed = largest_components(_ribbons_cut(erode_mm(near, erode, spacing), spacing), 1)
     if seed.sum() < 20:
         seed = largest_components(near, 1)
     if seed.sum() < 20:
         return None
     return OrganModel("", seed, hu, spread)
+
+
+def _ribbons_cut(mask: np.ndarray, spacing, radius_mm: float = 4.0) -> np.ndarray:
+    """``mask`` less its parts thinner than about ``2 × radius_mm`` (an in-plane opening): a seed that runs
+    along a layer of similar tissue (the body wall's muscle, bowel) stops where the organ ends."""
+    core = erode_mm(mask, radius_mm, spacing, slicewise=True)
+    return dilate_mm(core, radius_mm, spacing, slicewise=True) & mask
 
 
 def _disc_track(
@@ -136,7 +143,7 @@ def _tube(shape, rows, cols, found, radius_mm: float, spacing) -> np.ndarray:
 
 
 def _seeds(
-    array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = None
+    array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = None, layer: np.ndarray | None = None
 ) -> tuple[dict[str, OrganModel], dict[str, np.ndarray]]:
     """Seeds and attenuation of each organ found in the field of view, and the vessels' tubes."""
     s = lm.scale
@@ -228,6 +235,7 @@ def _seeds(
             if name != "liver":
                 others |= m.seed
         extra = erode_mm(liver_mask, 6.0 * s, sp) & ~dilate_mm(others, 10.0 * s, sp) & soft
+        extra = _ribbons_cut(extra, sp, 4.0 * s)  # a leak along a layer of the same tissue is no seed
         seed = _keep_seeded(extra | liver.seed, liver.seed)
         values = array[liver_mask]
         mad = float(np.median(np.abs(values - np.median(values)))) * 1.4826
@@ -370,7 +378,8 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
     With ``liver_mask`` (the liver chain's result) the liver is that mask less what another organ
     explains better; without it, the liver is the competition's own."""
     sp = lm.spacing
-    models, tubes = _seeds(array, lm, liver_mask)
+    layer = _muscle_wall(array, lm, (array > lm.fat_hu + 30.0) & (array < lm.bone_hu + 60.0) & lm.body)
+    models, tubes = _seeds(array, lm, liver_mask, layer)
     organ_hus = [m.hu for name, m in models.items() if name != "stomach"]
     low = max(lm.fat_hu + 30.0, min(organ_hus) - 3.0 * 12.0 - 25.0)
     band = (array > low) & (array < lm.bone_hu + 60.0) & lm.body
@@ -379,7 +388,7 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
     for name in ("aorta", "ivc"):  # calcified plaques in a vessel's wall are not bone to keep away from
         if name in tubes:
             wall &= ~_tube_core(tubes[name], models[name].seed)
-    markers[_background(band, wall | _muscle_wall(array, lm, band), models)] = BACKGROUND
+    markers[_background(band, wall | (layer & band), models)] = BACKGROUND
     for name, m in models.items():
         markers[m.seed] = LABELS[name]
     sigma = [1.0 / s for s in sp]
@@ -407,13 +416,18 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
     markers2[~mask] = 0
     relabelled = watershed(elevation, markers2.astype(np.int32), mask=mask).astype(np.uint8)
     out = np.where(free, relabelled, fixed).astype(np.uint8)
+    out[mask & (labels == BACKGROUND) & (fixed == 0)] = BACKGROUND
     if liver_mask is not None and liver_mask.any():
         liver, model = LABELS["liver"], models["liver"]
         # the chain's voxels that the background won and whose attenuation is far from the liver's
         # (body wall, muscle, fat reached through a thin bridge) leave the liver; enclosed ones return
         # with the hole filling below (vessels, lesions)
         far = np.abs(array - model.hu) > max(3.5 * model.spread, 35.0)
-        keep = liver_mask & ~wall & ~((out == BACKGROUND) & far)
+        # as are those the background won beyond the competition's own liver surface: a leak along a
+        # tissue of the liver's attenuation (the body wall's muscle in the native phase, bowel next to a
+        # fatty liver) is the chain's, the competition's flood stops at the background's markers
+        near = dilate_mm(out == liver, 6.0 * lm.scale, sp)
+        keep = liver_mask & ~wall & ~((out == BACKGROUND) & (far | ~near))
         keep = ndimage.binary_opening(keep, iterations=1) | (keep & erode_mm(liver_mask, 4.0, sp))
         out[(out == liver) & ~keep] = 0
         out[keep & ((out == 0) | (out == BACKGROUND))] = liver
