@@ -220,7 +220,10 @@ def _seeds(
             near = ndimage.binary_opening(near, iterations=2)
             taken |= _keep_seeded(near, m.seed)
     for name, side in (("kidney-right", -1.0), ("kidney-left", 1.0)):
-        model = _kidney(array, lm, soft & ~dilate_mm(taken, 4.0, sp), side, h_r if side < 0 else h_l)
+        free = soft & ~dilate_mm(taken, 4.0, sp)
+        if layer is not None:  # a kidney touching the body wall's muscle is one blob with it otherwise
+            free &= ~layer
+        model = _kidney(array, lm, free, side, h_r if side < 0 else h_l)
         if model is not None:
             models[name] = model
             taken |= model.seed
@@ -283,8 +286,12 @@ def _kidney(
         owner = int(np.bincount(owners[owners > 0]).argmax()) if (owners > 0).any() else 0
         if owner and (same == owner).sum() > 3 * core.sum():
             continue
+        # (among the shell's fat and free soft tissue: where it touches an organ already found or the
+        # wall's muscle, the shell says nothing)
         shell = dilate_mm(core[box], 4.0, sp) & ~core[box]
-        fat_fraction = float(fat[box][shell].mean()) if shell.any() else 0.0
+        shell_fat = shell & fat[box]
+        counted = int((shell_fat | (shell & soft[box])).sum())
+        fat_fraction = float(shell_fat.sum()) / counted if counted else 0.0
         log.debug("kidney %+.0f: %.1f ml, %.0f HU, fat around %.2f", side, sizes[i], hu, fat_fraction)
         if fat_fraction >= 0.3 and (best is None or hu > best[1]):
             best = (core, hu, spread)
@@ -359,6 +366,21 @@ def _muscle_wall(array: np.ndarray, lm: Landmarks, band: np.ndarray) -> np.ndarr
     return layer & band & lm.body
 
 
+def _muscle_like(array: np.ndarray, lm: Landmarks, layer: np.ndarray) -> np.ndarray:
+    """The part of the wall layer whose attenuation is the muscle's (the layer's own mode, ± 2.5 spreads,
+    at least ± 15 HU): an organ that reaches into the layer (a kidney or spleen against the wall) keeps
+    what differs from muscle."""
+    values = array[layer]
+    if values.size < 200:
+        return layer
+    try:
+        hu, spread = _mode_near(values[:: max(1, values.size // 500_000)], lm.fat_hu + 40.0, lm.bone_hu)
+    except ImagingError:
+        return layer
+    log.debug("wall muscle %.0f HU (spread %.0f)", hu, spread)
+    return layer & (np.abs(array - hu) <= max(2.5 * spread, 15.0))
+
+
 def _tube_core(tube: np.ndarray, seed: np.ndarray) -> np.ndarray:
     """The part of a vessel's tube on the slices where its seed lies (the tube itself is generous)."""
     return tube & seed.any(axis=(1, 2))[:, None, None]
@@ -379,6 +401,7 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
     explains better; without it, the liver is the competition's own."""
     sp = lm.spacing
     layer = _muscle_wall(array, lm, (array > lm.fat_hu + 30.0) & (array < lm.bone_hu + 60.0) & lm.body)
+    layer = _muscle_like(array, lm, layer)
     models, tubes = _seeds(array, lm, liver_mask, layer)
     organ_hus = [m.hu for name, m in models.items() if name != "stomach"]
     low = max(lm.fat_hu + 30.0, min(organ_hus) - 3.0 * 12.0 - 25.0)
