@@ -215,15 +215,23 @@ def _seeds(
     taken = np.zeros(array.shape, dtype=bool)
     for m in models.values():
         taken |= m.seed
+    seeds = taken.copy()
+    for m in models.values():
         if m.name in ("liver", "spleen"):
             near = soft & (np.abs(array - m.hu) <= max(2.5 * m.spread, 20.0))
             near = ndimage.binary_opening(near, iterations=2)
             taken |= _keep_seeded(near, m.seed)
     for name, side in (("kidney-right", -1.0), ("kidney-left", 1.0)):
-        free = soft & ~dilate_mm(taken, 4.0, sp)
-        if layer is not None:  # a kidney touching the body wall's muscle is one blob with it otherwise
-            free &= ~layer
-        model = _kidney(array, lm, free, side, h_r if side < 0 else h_l)
+        model = None
+        # the floods of liver and spleen cover a kidney of nearly their attenuation (native phase): then
+        # only their seeds are known to be no kidney
+        for known in (taken, seeds):
+            free = soft & ~dilate_mm(known, 4.0, sp)
+            if layer is not None:  # a kidney touching the body wall's muscle is one blob with it otherwise
+                free &= ~layer
+            model = _kidney(array, lm, free, side, h_r if side < 0 else h_l)
+            if model is not None:
+                break
         if model is not None:
             models[name] = model
             taken |= model.seed
@@ -255,6 +263,7 @@ def _kidney(
     u, v = lm.relative()
     zone = (side * u > 35 * s) & (side * u < 120 * s) & (v > -25 * s) & (v < 75 * s) & (h < 40 * s)
     cand = ndimage.binary_opening(soft & zone, iterations=2)
+    log.debug("kidney %+.0f zone %d soft %d cand %d", side, zone.sum(), (soft & zone).sum(), cand.sum())
     labels, n = ndimage.label(cand)
     if n == 0:
         return None
@@ -268,6 +277,7 @@ def _kidney(
     for i in np.flatnonzero(sizes >= 8.0 * s**3):
         cz, cy, cx = (int(round(c)) for c in centres[i - 1])
         cu, cv = cx * sp[2] - lm.spine_x[cz], cy * sp[1] - lm.spine_y[cz]
+        log.debug("kidney %+.0f candidate %.1f ml at u %.0f v %.0f", side, sizes[i], cu, cv)
         if not (-5 * s < cv < 60 * s and 40 * s < side * cu < 100 * s):
             continue  # a kidney's centre lies beside the vertebral body, not in front of it
         blob = labels == i
@@ -285,6 +295,7 @@ def _kidney(
         owners = same[core[box]]
         owner = int(np.bincount(owners[owners > 0]).argmax()) if (owners > 0).any() else 0
         if owner and (same == owner).sum() > 3 * core.sum():
+            log.debug("kidney %+.0f: %.0f HU tissue goes on beyond the gutter", side, hu)
             continue
         # (among the shell's fat and free soft tissue: where it touches an organ already found or the
         # wall's muscle, the shell says nothing)
