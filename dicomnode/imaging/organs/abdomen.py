@@ -170,7 +170,9 @@ def _seeds(
     window = (u > -15 * s) & (u < 40 * s) & (v > -55 * s) & (v < -4 * s) & inner
     rows, cols, found = _disc_track(array, window, 7.0 * s, sp)
     if found.any():
-        core = _tube(array.shape, rows, cols, found, 4.0 * s, sp) & soft
+        # (arterial phase: the lumen is brighter than the bone threshold; the track stays in front of the
+        # vertebral body, so the core is the tube's soft tissue and contrast, not bone)
+        core = _tube(array.shape, rows, cols, found, 4.0 * s, sp) & inner & (array > lm.fat_hu + 30.0)
         hu = float(np.median(array[core])) if core.any() else lm.tissue_hu
         models["aorta"] = OrganModel("aorta", core, hu, 25.0)
         tubes["aorta"] = _tube(array.shape, rows, cols, found, 18.0 * s, sp)
@@ -417,6 +419,10 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
     organ_hus = [m.hu for name, m in models.items() if name != "stomach"]
     low = max(lm.fat_hu + 30.0, min(organ_hus) - 3.0 * 12.0 - 25.0)
     band = (array > low) & (array < lm.bone_hu + 60.0) & lm.body
+    for name in ("aorta", "ivc"):  # a contrast-filled lumen may be brighter than the bone threshold
+        if name in tubes and models[name].hu + 60.0 > lm.bone_hu:
+            lumen = _tube_core(tubes[name], models[name].seed) & (array > low)
+            band |= lumen & (array < models[name].hu + 3.0 * max(models[name].spread, 25.0)) & lm.body
     markers = np.zeros(array.shape, dtype=np.uint8)
     wall = _wall(array, lm)
     for name in ("aorta", "ivc"):  # calcified plaques in a vessel's wall are not bone to keep away from
