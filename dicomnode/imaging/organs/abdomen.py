@@ -102,17 +102,26 @@ def _disc_track(
     radius_mm: float,
     spacing,
     excluded: np.ndarray | None = None,
+    tissue_hu: float = 60.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per slice, the centre (row, col) of the disc of ``radius_mm`` with the highest mean (HU clipped to
-    −100..400) inside ``window``: a thick, bright, round structure. Returns rows, cols, found."""
+    """Per slice, the centre (row, col) inside ``window`` of the disc of ``radius_mm`` whose mean (HU
+    clipped to −100..400) stands out most from the ring 3–8 mm around it (half the ring's mean, HU clipped
+    to −100..``tissue_hu`` + 60, is subtracted): a thick, round structure brighter than its surroundings —
+    a contrast-filled vessel, or a native one in its fat, not the inside of an organ.
+    Returns rows, cols, found."""
     _, sy, sx = spacing
     clipped = np.clip(array, -100.0, 400.0)
     if excluded is not None:
         clipped = np.where(excluded, -100.0, clipped)
-    ry, rx = max(1, int(round(radius_mm / sy))), max(1, int(round(radius_mm / sx)))
+    around = np.minimum(clipped, tissue_hu + 60.0)
+    outer = radius_mm + 8.0
+    ry, rx = max(1, int(round(outer / sy))), max(1, int(round(outer / sx)))
     yy, xx = np.ogrid[-ry : ry + 1, -rx : rx + 1]
-    disc = ((yy * sy) ** 2 + (xx * sx) ** 2 <= radius_mm**2).astype(np.float32)
+    d2 = (yy * sy) ** 2 + (xx * sx) ** 2
+    disc = (d2 <= radius_mm**2).astype(np.float32)
     disc /= disc.sum()
+    ring = ((d2 > (radius_mm + 3.0) ** 2) & (d2 <= outer**2)).astype(np.float32)
+    ring /= max(ring.sum(), 1.0)
     nz = array.shape[0]
     rows, cols, found = np.zeros(nz, int), np.zeros(nz, int), np.zeros(nz, bool)
     for k in range(nz):
@@ -122,6 +131,7 @@ def _disc_track(
         c0, c1 = np.flatnonzero(window[k].any(axis=0))[[0, -1]]
         lo_r, lo_c = max(0, r0 - ry), max(0, c0 - rx)
         sub = ndimage.convolve(clipped[k, lo_r : r1 + ry + 1, lo_c : c1 + rx + 1], disc, mode="nearest")
+        sub -= 0.5 * ndimage.convolve(around[k, lo_r : r1 + ry + 1, lo_c : c1 + rx + 1], ring, mode="nearest")
         sub = np.where(window[k, lo_r : r1 + ry + 1, lo_c : c1 + rx + 1], sub, -np.inf)
         r, c = np.unravel_index(int(np.argmax(sub)), sub.shape)
         rows[k], cols[k], found[k] = r + lo_r, c + lo_c, True
@@ -168,7 +178,7 @@ def _seeds(
 
     # aorta: round, thick, bright structure in front of the vertebral body, slightly left
     window = (u > -15 * s) & (u < 40 * s) & (v > -55 * s) & (v < -4 * s) & inner
-    rows, cols, found = _disc_track(array, window, 7.0 * s, sp)
+    rows, cols, found = _disc_track(array, window, 7.0 * s, sp, tissue_hu=lm.tissue_hu)
     if found.any():
         # (arterial phase: the lumen is brighter than the bone threshold; the track stays in front of the
         # vertebral body, so the core is the tube's soft tissue and contrast, not bone)
@@ -179,7 +189,7 @@ def _seeds(
         aorta_zone = _tube(array.shape, rows, cols, found, 12.0 * s, sp)
         # IVC: right of the aorta, in front of the right side of the vertebral body
         window = (u > -60 * s) & (u < -8 * s) & (v > -40 * s) & (v < 5 * s) & inner & ~aorta_zone
-        rows, cols, found = _disc_track(array, window, 6.0 * s, sp)
+        rows, cols, found = _disc_track(array, window, 6.0 * s, sp, tissue_hu=lm.tissue_hu)
         if found.any():
             core = _tube(array.shape, rows, cols, found, 3.5 * s, sp) & soft
             if core.any():
