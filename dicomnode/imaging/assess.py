@@ -14,7 +14,9 @@ leak                   fail    the mask overlaps another organ segment by more t
 metal                  warn    metal inside the body (> 2500 HU, at least 0.05 ml) within 30 mm of the
                                segment
 low_contrast           warn    the segment's median differs from its 2-6 mm surroundings by less than
-                               1.5 × the image noise inside it
+                               1.5 × the image noise inside it, or from an organ segment it touches
+                               (over at least 2 cm²) by less than 1.5 × the noise: the border between
+                               two organs of nearly equal attenuation (native phase) is uncertain
 =====================  ======  ===========================================================================
 
 Body size is the patient's median axial cross-section (equivalent diameter ``d``, from the image).
@@ -44,6 +46,7 @@ METAL_MM = 30.0
 EVIDENCE_MM = 2.0
 SMALL_ML = 50.0
 PADDING_HU = -1500.0
+CONTACT_MM2 = 200.0  # two organs touching over 2 cm²
 
 
 @dataclass(frozen=True)
@@ -177,6 +180,38 @@ def contrast_to_noise(image: np.ndarray, mask: np.ndarray, spacing: Sequence[flo
     return median, abs(median - float(np.median(values[shell]))) / max(noise, 1.0)
 
 
+def _equal_neighbours(segment, organs, sampled, image, spacing):  # noqa: ANN001, ANN202
+    """(label, HU step) of each organ segment touching ``segment`` over at least ``CONTACT_MM2`` whose
+    median differs from it by less than 1.5 × the noise (1.4826 × MAD inside either)."""
+    mask = sampled[segment.label]
+    inside = image[mask]
+    if inside.size < 10:
+        return []
+    median = float(np.median(inside))
+    noise = 1.4826 * float(np.median(np.abs(inside - median)))
+    grown = None
+    out = []
+    face_mm2 = float(min(spacing[0] * spacing[1], spacing[1] * spacing[2]))
+    for other in organs:
+        if other.label == segment.label:
+            continue
+        theirs = sampled[other.label]
+        if theirs.shape != mask.shape or not theirs.any():
+            continue
+        if grown is None:
+            grown = ndimage.binary_dilation(mask)
+        contact = int((grown & theirs).sum())
+        if contact * face_mm2 < CONTACT_MM2:
+            continue
+        values = image[theirs]
+        other_median = float(np.median(values))
+        other_noise = 1.4826 * float(np.median(np.abs(values - other_median)))
+        step_hu = abs(median - other_median)
+        if step_hu < 1.5 * max(noise, other_noise, 1.0):
+            out.append((other.label, step_hu))
+    return out
+
+
 def volume_range(prior: OrganPrior, diameter_cm: float) -> tuple[float, float] | None:
     """The prior's adult range scaled for the body size (children below, large bodies above)."""
     if prior.volume_ml is None:
@@ -217,6 +252,7 @@ def assess(
     small = {s.label: float(s.mask.sum()) * voxel_ml < SMALL_ML for s in segments}
     sampled = {s.label: s.mask if small[s.label] else s.mask[:: step[0], :: step[1], :: step[2]]
                for s in segments}
+    coarse_masks = {o.label: o.mask[:: step[0], :: step[1], :: step[2]] for o in organs}
     for segment in segments:
         volume = float(segment.mask.sum()) * voxel_ml
         mask = sampled[segment.label]
@@ -273,6 +309,14 @@ def assess(
             flags.append(QCFlag.LOW_CONTRAST)
             reasons.append(f"{segment.label} differs from its surroundings by only {cnr:.1f} × the image "
                            "noise: its boundary is uncertain.")
+        if is_ct and segment.category != "lesion":
+            coarse_image, coarse_spacing, _ = grids["coarse"]
+            for other, step_hu in _equal_neighbours(segment, organs, coarse_masks, coarse_image,
+                                                    coarse_spacing):
+                flags.append(QCFlag.LOW_CONTRAST)
+                reasons.append(f"{segment.label} touches {other} and differs from it by only "
+                               f"{step_hu:.0f} HU (under 1.5 × the noise): the border between them is "
+                               "uncertain.")
         status = worst(QCStatus.FAIL if f in FAIL_FLAGS else QCStatus.WARN for f in flags)
         verdicts[segment.label] = SegmentQC(status, tuple(dict.fromkeys(flags)), tuple(reasons))
         evidence[segment.label] = Evidence(volume, median, edge, metal_mm, cnr)
