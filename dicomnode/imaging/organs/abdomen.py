@@ -258,9 +258,6 @@ def _seeds(
             if name != "liver":
                 others |= m.seed
         extra = erode_mm(liver_mask, 6.0 * s, sp) & ~dilate_mm(others, 10.0 * s, sp) & soft
-        # only what has the liver's own attenuation: the chain's band may reach a tissue 15 HU away (bowel
-        # beside a fatty liver)
-        extra &= np.abs(array - liver.hu) <= max(1.5 * liver.spread, 12.0)
         extra = _ribbons_cut(extra, sp, 4.0 * s)  # a leak along a layer of the same tissue is no seed
         seed = _keep_seeded(extra | liver.seed, liver.seed)
         values = array[liver_mask]
