@@ -80,3 +80,22 @@ def test_a_liver_cut_by_the_field_of_view_is_flagged_truncated_and_its_volume_a_
     assert written["segments"]["Liver"]["volume_is_lower_bound"] is True
     visible = float(ct.masks["liver"][:, :, cut:].sum()) * float(np.prod(ct.spacing)) / 1000.0
     assert written["segments"]["Liver"]["volume_ml"] == pytest.approx(visible, rel=0.15)
+
+
+@pytest.mark.parametrize(("step_hu", "flagged"), [(8.0, True), (80.0, False)])
+def test_touching_organs_of_nearly_equal_attenuation_are_flagged(ct, step_hu: float, flagged: bool) -> None:  # noqa: ANN001
+    """Native phase: a spleen against a kidney 8 HU darker (noise 12 HU) has an uncertain border; the same
+    contact at 80 HU (portal phase) is a clear one."""
+    spleen = ct.masks["spleen"]
+    below = np.zeros_like(spleen)  # a 'kidney': the 20 mm of tissue right behind the spleen
+    shifted = np.roll(spleen, 6, axis=1) & ~spleen & ct.masks["body"]
+    below[shifted] = True
+    image = ct.image.copy()
+    rng = np.random.default_rng(1)
+    level = float(np.median(ct.image[spleen])) - step_hu
+    image[below] = level + rng.normal(0.0, 12.0, int(below.sum()))
+    segments = [Segment("Spleen", "spleen", spleen), Segment("Left kidney", "kidney-left", below)]
+    verdict = assess(image, ct.spacing, segments)[0].segments["Spleen"]
+    assert (QCFlag.LOW_CONTRAST in verdict.flags) == flagged, verdict
+    if flagged:
+        assert any("touches Left kidney" in reason for reason in verdict.reasons)
