@@ -92,8 +92,22 @@ def _territory_seed(
 def _ribbons_cut(mask: np.ndarray, spacing, radius_mm: float = 4.0) -> np.ndarray:
     """``mask`` less its parts thinner than about ``2 × radius_mm`` (an in-plane opening): a seed that runs
     along a layer of similar tissue (the body wall's muscle, bowel) stops where the organ ends."""
-    core = erode_mm(mask, radius_mm, spacing, slicewise=True)
-    return dilate_mm(core, radius_mm, spacing, slicewise=True) & mask
+    out = np.zeros_like(mask)
+    if not mask.any():
+        return out
+    pad = [0] + [int(np.ceil(radius_mm / s)) + 1 for s in spacing[1:]]
+    box = _box(mask, pad)
+    core = erode_mm(mask[box], radius_mm, spacing, slicewise=True)
+    out[box] = dilate_mm(core, radius_mm, spacing, slicewise=True) & mask[box]
+    return out
+
+
+def _box(mask: np.ndarray, pad) -> tuple[slice, ...]:  # noqa: ANN001
+    """The bounding box of ``mask`` grown by ``pad`` voxels per axis (clipped to the array)."""
+    idx = np.argwhere(mask)
+    lo = np.maximum(idx.min(axis=0) - np.asarray(pad), 0)
+    hi = np.minimum(idx.max(axis=0) + np.asarray(pad) + 1, mask.shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
 
 
 def _disc_track(
@@ -233,12 +247,15 @@ def _seeds(
             near = soft & (np.abs(array - m.hu) <= max(2.5 * m.spread, 20.0))
             near = ndimage.binary_opening(near, iterations=2)
             taken |= _keep_seeded(near, m.seed)
+    grown: dict[int, np.ndarray] = {}
     for name, side in (("kidney-right", -1.0), ("kidney-left", 1.0)):
         model = None
         # the floods of liver and spleen cover a kidney of nearly their attenuation (native phase): then
         # only their seeds are known to be no kidney
-        for known in (taken, seeds):
-            free = soft & ~dilate_mm(known, 4.0, sp)
+        for i, known in enumerate((taken, seeds)):
+            if i not in grown:
+                grown[i] = dilate_mm(known, 4.0, sp)
+            free = soft & ~grown[i]
             if layer is not None:  # a kidney touching the body wall's muscle is one blob with it otherwise
                 free &= ~layer
             model = _kidney(array, lm, free, side, h_r if side < 0 else h_l)
@@ -247,6 +264,7 @@ def _seeds(
         if model is not None:
             models[name] = model
             taken |= model.seed
+            grown.pop(0, None)
 
     stomach = _stomach(array, lm, u, v, h_l)
     if stomach is not None:
@@ -274,9 +292,13 @@ def _kidney(
     s, sp = lm.scale, lm.spacing
     u, v = lm.relative()
     zone = (side * u > 35 * s) & (side * u < 120 * s) & (v > -25 * s) & (v < 75 * s) & (h < 40 * s)
-    cand = ndimage.binary_opening(soft & zone, iterations=2)
-    log.debug("kidney %+.0f zone %d soft %d cand %d", side, zone.sum(), (soft & zone).sum(), cand.sum())
-    labels, n = ndimage.label(cand)
+    if not (soft & zone).any():
+        return None
+    zbox = _box(soft & zone, (2, 2, 2))  # the work stays in the gutter's box
+    cand = np.zeros_like(zone)
+    cand[zbox] = ndimage.binary_opening(soft[zbox] & zone[zbox], iterations=2)
+    labels = np.zeros(zone.shape, dtype=np.int32)
+    labels[zbox], n = ndimage.label(cand[zbox])
     if n == 0:
         return None
     voxel_ml = float(np.prod(sp)) / 1000.0
@@ -292,18 +314,18 @@ def _kidney(
         log.debug("kidney %+.0f candidate %.1f ml at u %.0f v %.0f", side, sizes[i], cu, cv)
         if not (-5 * s < cv < 60 * s and 40 * s < side * cu < 100 * s):
             continue  # a kidney's centre lies beside the vertebral body, not in front of it
-        blob = labels == i
+        blob = labels[zbox] == i
         try:  # the blob's own attenuation: muscle next to a kidney (psoas, quadratus) differs from it
-            hu, spread = _mode_near(array[blob], lm.fat_hu + 40.0, 400.0)
+            hu, spread = _mode_near(array[zbox][blob], lm.fat_hu + 40.0, 400.0)
         except ImagingError:
             continue
-        band = np.abs(array - hu) <= max(2.5 * spread, 20.0)
-        core = largest_components(blob & band, 1)
-        box = ndimage.find_objects(core.astype(np.uint8))[0]
-        pad = [int(np.ceil(60.0 * s / spc)) for spc in sp]
-        box = tuple(slice(max(0, b.start - p), b.stop + p) for b, p in zip(box, pad, strict=True))
+        tolerance = max(2.5 * spread, 20.0)
+        core = np.zeros_like(zone)
+        core[zbox] = largest_components(blob & (np.abs(array[zbox] - hu) <= tolerance), 1)
+        box = _box(core, [int(np.ceil(60.0 * s / spc)) for spc in sp])
+        band = np.abs(array[box] - hu) <= tolerance
         # the same tissue going on far beyond the gutter (stomach, bowel, liver) is not a kidney in its fat
-        same, _ = ndimage.label(ndimage.binary_opening(soft[box] & band[box], iterations=1))
+        same, _ = ndimage.label(ndimage.binary_opening(soft[box] & band, iterations=1))
         owners = same[core[box]]
         owner = int(np.bincount(owners[owners > 0]).argmax()) if (owners > 0).any() else 0
         if owner and (same == owner).sum() > 3 * core.sum():
@@ -321,7 +343,9 @@ def _kidney(
     if best is None:
         return None
     blob, hu, spread = best
-    seed = largest_components(erode_mm(blob, 3.0 * s, sp), 1)
+    seed = np.zeros_like(blob)
+    box = _box(blob, (1, 1, 1))
+    seed[box] = largest_components(erode_mm(blob[box], 3.0 * s, sp), 1)
     if seed.sum() < 10:
         return None
     return OrganModel("kidney", seed, hu, max(spread, 10.0))
@@ -424,8 +448,15 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
     explains better; without it, the liver is the competition's own."""
     sp = lm.spacing
     layer = _muscle_wall(array, lm, (array > lm.fat_hu + 30.0) & (array < lm.bone_hu + 60.0) & lm.body)
-    layer = _muscle_like(array, lm, layer)
-    models, tubes = _seeds(array, lm, liver_mask, layer)
+    muscle = _muscle_like(array, lm, layer)
+    models, tubes = _seeds(array, lm, liver_mask, muscle)
+    # the wall layer is background unless an organ found explains a voxel better than muscle does (a
+    # kidney or spleen reaching the wall; cartilage and bone stay background)
+    explained = np.zeros(array.shape, dtype=bool)
+    for name, m in models.items():
+        if name not in ("stomach", "aorta", "ivc"):
+            explained |= np.abs(array - m.hu) <= max(2.0 * m.spread, 15.0)
+    layer &= muscle | ~explained
     organ_hus = [m.hu for name, m in models.items() if name != "stomach"]
     low = max(lm.fat_hu + 30.0, min(organ_hus) - 3.0 * 12.0 - 25.0)
     band = (array > low) & (array < lm.bone_hu + 60.0) & lm.body
