@@ -81,11 +81,12 @@ def start_storescp(out: Path, port: int) -> subprocess.Popen:
     return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
 
 
-def start_dicomnode(out: Path, port: int, fsync: bool = True) -> subprocess.Popen:
+def start_dicomnode(out: Path, port: int, fsync: bool = True, receivers: str = "1") -> subprocess.Popen:
     out.mkdir(parents=True)
     config = out / "bench.yaml"
     config.write_text(
-        f"node: {{ae_title: DICOMNODE, host: 127.0.0.1, port: {port}, max_associations: 16}}\n"
+        f"node: {{ae_title: DICOMNODE, host: 127.0.0.1, port: {port}, max_associations: 16, "
+        f"receivers: {receivers}}}\n"
         f"storage: {{path: {out / 'data'}, fsync: {str(fsync).lower()}, min_free_mb: 0, "
         "max_used_percent: 100}\n"
         "completion: {series_quiet_seconds: 3600, study_quiet_seconds: 3600, content_quiet_seconds: 3600}\n"
