@@ -1,7 +1,8 @@
-"""The result package of one processed series: SEG, enhanced derived series, TID 1500 SR, capture.
+"""The result package of one processed series: SEG, enhanced derived series, TID 1500 SR, key images (KOS),
+secondary capture.
 
-Entry point: :func:`write_result_package`. File names are stable (``seg.dcm``, ``sr.dcm``,
-``derived/IM00001.dcm`` …, ``capture/IM00001.dcm`` …) and every UID is derived from (source series,
+Entry point: :func:`write_result_package`. File names are stable (``seg.dcm``, ``sr.dcm``, ``ko.dcm``,
+``derived/IM00001.dcm`` …, ``capture.dcm``) and every UID is derived from (source series,
 pipeline, parameters hash), so writing the package again replaces the same objects.
 """
 
@@ -23,6 +24,7 @@ from dicomnode.outputs.api import ProcessedSeries, Segment
 from dicomnode.outputs.codes import DEFAULT_SR_FEATURES, feature_code
 from dicomnode.outputs.derived import DerivedSpec, iter_derived_series
 from dicomnode.outputs.findings import finding_sites, lesion_kinds, tracking_uids
+from dicomnode.outputs.ko import KOSpec, build_ko
 from dicomnode.outputs.seg import SegSpec, build_seg
 from dicomnode.outputs.sr import FindingInfo, SRSpec, build_sr
 from dicomnode.outputs.uids import UIDFactory
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 
 SEG_FILE = "seg.dcm"
 SR_FILE = "sr.dcm"
+KO_FILE = "ko.dcm"
 DERIVED_DIR = "derived"
 CAPTURE_DIR = "capture"
 
@@ -64,7 +67,7 @@ def conforming_sources(sources: Sequence[Dataset]) -> tuple[Dataset, ...]:
 
 
 def series_number(source: Dataset, kind: int) -> int:
-    """Result series numbers: 1000·kind + the source's (SEG 1, derived 2, SR 3, capture 4)."""
+    """Result series numbers: 1000·kind + the source's (SEG 1, derived 2, SR 3, capture 4, KOS 5)."""
     try:
         base = int(source.get("SeriesNumber", 0) or 0)
     except (TypeError, ValueError):
@@ -196,6 +199,12 @@ def write_result_package(
         sr = build_sr(sources, processed.segments, seg, measurements, features, prov, uids, spec_s,
                       finding_info(processed, tracking))
         written.append(_write(sr, output_dir / SR_FILE))
+
+    if profile.send_ko and any(s.mask.any() for s in processed.segments):
+        spec_k = KOSpec(series_description=f"{prov.pipeline} key images"[:64],
+                        series_number=series_number(first, 5))
+        ko = build_ko(sources, processed.segments, prov, uids, spec_k)
+        written.append(_write(ko, output_dir / KO_FILE))
 
     if profile.secondary_capture:
         from dicomnode.outputs.capture import CaptureSpec, build_capture_series

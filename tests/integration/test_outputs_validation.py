@@ -64,7 +64,7 @@ def package(processed, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("name", ["seg.dcm", "sr.dcm", "derived/IM00001.dcm", "derived/IM00020.dcm",
+@pytest.mark.parametrize("name", ["seg.dcm", "sr.dcm", "ko.dcm", "derived/IM00001.dcm", "derived/IM00020.dcm",
                                   "capture/IM00001.dcm"])
 def test_dciodvfy_reports_no_errors(package, processed, name):
     source = next(iter(sorted(shared_data("ct-abdomen-20", "dicom").glob("*.dcm"))))
