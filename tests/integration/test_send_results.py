@@ -43,7 +43,7 @@ def test_result_package_reaches_the_pacs_once(orthanc: Orthanc, tmp_path: Path) 
 
     study_uid = str(processed.sources[0].StudyInstanceUID)
     series = {str(s["MainDicomTags"]["Modality"]): s for s in orthanc.series_of_study(study_uid)}  # type: ignore[index]
-    assert set(series) == {"SEG", "SR", "CT"}
+    assert set(series) == {"SEG", "SR", "KO", "CT"}
     assert len(series["CT"]["Instances"]) == 20  # type: ignore[arg-type]
 
     def read(modality: str):  # noqa: ANN202
