@@ -35,7 +35,8 @@ SEG_FILE = "seg.dcm"
 SR_FILE = "sr.dcm"
 KO_FILE = "ko.dcm"
 DERIVED_DIR = "derived"
-CAPTURE_DIR = "capture"
+CAPTURE_FILE = "capture.dcm"
+CAPTURE_DIR = "capture"  # earlier releases' CT-image-per-slice capture: removed when a package is rewritten
 
 
 # Type 2 attributes of the Patient and General Study modules: they must be present (possibly empty) in every
@@ -206,13 +207,15 @@ def write_result_package(
         ko = build_ko(sources, processed.segments, prov, uids, spec_k)
         written.append(_write(ko, output_dir / KO_FILE))
 
-    if profile.secondary_capture:
-        from dicomnode.outputs.capture import CaptureSpec, build_capture_series
+    if profile.secondary_capture and any(s.mask.any() for s in processed.segments):
+        from dicomnode.outputs.capture import CaptureSpec, build_capture
 
         if processed.image is None:
-            raise OutputError("A burned-in capture series needs the source image in the processed series.")
+            raise OutputError("A secondary capture needs the source image in the processed series.")
         spec_c = CaptureSpec(series_number=series_number(first, 4))
-        images = build_capture_series(processed, measurements, uids, spec_c)
-        written.extend(_write_series(images, output_dir / CAPTURE_DIR))
+        capture = build_capture(processed, measurements, uids, spec_c)
+        written.append(_write(capture, output_dir / CAPTURE_FILE))
+    for stale in (output_dir / CAPTURE_DIR).glob("IM*.dcm"):  # the CT-based capture of earlier releases
+        stale.unlink()
     log.info("Result package of %s written: %d files in %s", prov.pipeline, len(written), output_dir)
     return written
