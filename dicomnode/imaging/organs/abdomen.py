@@ -38,7 +38,7 @@ from dicomnode.errors import ImagingError
 from dicomnode.imaging.morphology import dilate as dilate_mm
 from dicomnode.imaging.morphology import erode as erode_mm
 from dicomnode.imaging.morphology import fill_holes, largest_components
-from dicomnode.imaging.organs.common import histogram_mode
+from dicomnode.imaging.organs.common import histogram_mode, refine_boundary
 from dicomnode.imaging.organs.landmarks import Landmarks, find_landmarks, to_lps
 from dicomnode.imaging.step import step
 
@@ -125,9 +125,9 @@ def _disc_track(
     Returns rows, cols, found."""
     _, sy, sx = spacing
     clipped = np.clip(array, -100.0, 400.0)
-    if excluded is not None:
-        clipped = np.where(excluded, -100.0, clipped)
     around = np.minimum(clipped, tissue_hu + 60.0)
+    if excluded is not None:  # no disc there (the ring may lie there)
+        clipped = np.where(excluded, -100.0, clipped)
     outer = radius_mm + 8.0
     ry, rx = max(1, int(round(outer / sy))), max(1, int(round(outer / sx)))
     yy, xx = np.ogrid[-ry : ry + 1, -rx : rx + 1]
@@ -192,7 +192,8 @@ def _seeds(
 
     # aorta: round, thick, bright structure in front of the vertebral body, slightly left
     window = (u > -15 * s) & (u < 40 * s) & (v > -55 * s) & (v < -4 * s) & inner
-    rows, cols, found = _disc_track(array, window, 7.0 * s, sp, tissue_hu=lm.tissue_hu)
+    vertebra = (v > 0) & (np.abs(u) < 22 * s)  # the vertebral body's bone is not a bright disc
+    rows, cols, found = _disc_track(array, window, 7.0 * s, sp, excluded=vertebra, tissue_hu=lm.tissue_hu)
     if found.any():
         # (arterial phase: the lumen is brighter than the bone threshold; the track stays in front of the
         # vertebral body, so the core is the tube's soft tissue and contrast, not bone)
@@ -266,6 +267,25 @@ def _seeds(
             taken |= model.seed
             grown.pop(0, None)
 
+    if "spleen" in models and "kidney-left" in models:
+        # a spleen seed grown into a kidney of nearly its attenuation (native phase) gives back what the
+        # kidney's attenuation explains better
+        spleen, kidney = models["spleen"], models["kidney-left"]
+        nearer = np.abs(array - kidney.hu) < np.abs(array - spleen.hu)
+        seed = largest_components(ndimage.binary_opening(spleen.seed & ~nearer), 1)
+        if seed.any() and seed.sum() < 0.9 * spleen.seed.sum():
+            models["spleen"] = OrganModel("spleen", seed, spleen.hu, spleen.spread)
+            # and the kidney, found beside the larger seed, is looked for again
+            known = np.zeros(array.shape, dtype=bool)
+            for name, m in models.items():
+                if name != "kidney-left":
+                    known |= m.seed
+            free = soft & ~dilate_mm(known, 4.0, sp)
+            if layer is not None:
+                free &= ~layer
+            again = _kidney(array, lm, free, 1.0, h_l)
+            if again is not None and again.seed.sum() > kidney.seed.sum():
+                models["kidney-left"] = again
     stomach = _stomach(array, lm, u, v, h_l)
     if stomach is not None:
         models["stomach"] = stomach
@@ -413,19 +433,19 @@ def _muscle_wall(array: np.ndarray, lm: Landmarks, band: np.ndarray) -> np.ndarr
     return layer & band & lm.body
 
 
-def _muscle_like(array: np.ndarray, lm: Landmarks, layer: np.ndarray) -> np.ndarray:
+def _muscle_like(array: np.ndarray, lm: Landmarks, layer: np.ndarray) -> tuple[np.ndarray, float | None]:
     """The part of the wall layer whose attenuation is the muscle's (the layer's own mode, ± 2.5 spreads,
     at least ± 15 HU): an organ that reaches into the layer (a kidney or spleen against the wall) keeps
     what differs from muscle."""
     values = array[layer]
     if values.size < 200:
-        return layer
+        return layer, None
     try:
         hu, spread = _mode_near(values[:: max(1, values.size // 500_000)], lm.fat_hu + 40.0, lm.bone_hu)
     except ImagingError:
-        return layer
+        return layer, None
     log.debug("wall muscle %.0f HU (spread %.0f)", hu, spread)
-    return layer & (np.abs(array - hu) <= max(2.5 * spread, 15.0))
+    return layer & (np.abs(array - hu) <= max(2.5 * spread, 15.0)), hu
 
 
 def _tube_core(tube: np.ndarray, seed: np.ndarray) -> np.ndarray:
@@ -448,7 +468,7 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
     explains better; without it, the liver is the competition's own."""
     sp = lm.spacing
     layer = _muscle_wall(array, lm, (array > lm.fat_hu + 30.0) & (array < lm.bone_hu + 60.0) & lm.body)
-    muscle = _muscle_like(array, lm, layer)
+    muscle, muscle_hu = _muscle_like(array, lm, layer)
     models, tubes = _seeds(array, lm, liver_mask, muscle)
     # the wall layer is background unless an organ found explains a voxel better than muscle does (a
     # kidney or spleen reaching the wall; cartilage and bone stay background)
@@ -513,6 +533,20 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
         out[(out == liver) & ~keep] = 0
         out[keep & ((out == 0) | (out == BACKGROUND))] = liver
     out[out == BACKGROUND] = 0
+    for name in ("spleen", "kidney-right", "kidney-left"):
+        # partial volume at the border to the fat around: each border voxel goes to the nearer local mean
+        # (not for an organ of the wall muscle's attenuation, native spleen: no edge to move towards)
+        value = LABELS[name]
+        organ = out == value
+        if not organ.any() or name not in models:
+            continue
+        if muscle_hu is not None and abs(models[name].hu - muscle_hu) < max(2.0 * models[name].spread, 15.0):
+            continue
+        box = _box(organ, [int(np.ceil(8.0 / spc)) + 1 for spc in sp])
+        refined = refine_boundary(array[box], organ[box], sp, scale_mm=4.0)
+        sub = out[box]
+        sub[organ[box] & ~refined] = 0
+        sub[refined & (sub == 0)] = value
     for name in ("liver", "spleen", "kidney-right", "kidney-left"):
         value = LABELS[name]
         organ = out == value
