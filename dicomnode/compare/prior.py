@@ -133,8 +133,11 @@ def _change(prior: float | None, current: float | None, digits: int) -> dict[str
     return out
 
 
-def report(matches: list[Match], units: str) -> dict[str, Any]:
-    """The ``findings`` of the comparison block: per finding prior/current values and their change."""
+def report(matches: list[Match], units: str, prior_tracking: dict[str, str] | None = None,
+           carried: dict[str, tuple[float, float, float]] | None = None) -> dict[str, Any]:
+    """The ``findings`` of the comparison block: per finding prior/current values and their change; a finding
+    matched to a prior one gets the prior's ``tracking_uid`` (from the prior's SEG), a gone lesion where it
+    lies now (``position_mm``: its prior centroid carried into the current patient coordinates)."""
     findings: dict[str, Any] = {}
     for m in matches:
         entry: dict[str, Any] = {"status": m.status}
@@ -147,8 +150,35 @@ def report(matches: list[Match], units: str) -> dict[str, Any]:
                                                    cv.longest_diameter_mm if cv else None, 1)
         if pv is not None:
             entry["prior_label"] = pv.label
+            if (prior_tracking or {}).get(pv.label):
+                entry["tracking_uid"] = prior_tracking[pv.label]  # type: ignore[index]
+            if cv is None:
+                entry["position_mm"] = [round(v, 1) for v in (carried or {}).get(pv.label, pv.centroid)]
         findings[m.label] = entry
     return findings
+
+
+def seg_tracking(files: list[Path]) -> dict[str, str]:
+    """Segment label → TrackingUID of a SEG file (empty when there is none)."""
+    from pydicom import dcmread
+
+    found: dict[str, str] = {}
+    for path in files:
+        ds = dcmread(path, stop_before_pixels=True)
+        for item in ds.get("SegmentSequence", []):
+            if item.get("TrackingUID"):
+                found[str(item.SegmentLabel)] = str(item.TrackingUID)
+    return found
+
+
+@dataclass(frozen=True)
+class PriorOutcome:
+    """What a comparison gives the job: the ``comparison`` block of result.json, the prior's result objects
+    to send (when the prior was processed now) and the prior's image headers for the SR's evidence."""
+
+    block: dict[str, Any]
+    files: list[Path]
+    evidence: tuple[Any, ...] = ()
 
 
 class Comparison:
@@ -165,6 +195,8 @@ class Comparison:
         self.deadline = clock() + request.wait_seconds
         self.skipped: list[str] = []
         self.prior_files: list[Path] = []
+        self.prior_evidence: tuple[Any, ...] = ()  # the prior's image headers (the SR references them)
+        self.prior_tracking: dict[str, str] = {}  # prior segment label → tracking UID in the prior's SEG
 
     def _check_time(self, doing: str) -> None:
         if self.clock() > self.deadline:
@@ -236,6 +268,7 @@ class Comparison:
                     prior_processed, _ = process_volume(self.pipeline, prior_volume, prior_job)
                     segments = prior_processed.segments
                     self._write_prior_package(prior_processed)
+                    self.prior_tracking = seg_tracking([f for f in self.prior_files if f.name == "seg.dcm"])
                     processed_again = True
                 else:
                     processed_again = False
@@ -251,6 +284,7 @@ class Comparison:
             current_findings = _findings(processed.segments, volume.array, volume)
             carried = _carry(prior_findings, prior_volume, volume)
             matches = match_findings(prior_findings, current_findings, carried)
+            self.prior_evidence = tuple(prior_volume.datasets)
             interval = _age_days(study.study_date, _text(volume.datasets[0], "StudyDate"))
             return {
                 "status": "compared",
@@ -260,7 +294,7 @@ class Comparison:
                 "interval_days": interval,
                 "prior_processed_now": processed_again,
                 "source": self.request.source_name,
-                "findings": report(matches, volume.units),
+                "findings": report(matches, volume.units, self.prior_tracking, carried),
                 "skipped": self.skipped,
             }
         return None
@@ -297,6 +331,7 @@ class Comparison:
             return None
         try:
             seg = read_seg(seg_files[0])
+            self.prior_tracking = seg_tracking(seg_files[:1])
             segments = []
             for number in segment_numbers(seg):
                 item = seg.get_segment_description(number)
@@ -325,19 +360,22 @@ class Comparison:
 
 
 def compare_with_prior(job: Any, pipeline: Any, volume: Any, processed: Any,  # noqa: ANN401
-                       output_dir: Path) -> tuple[dict[str, Any], list[Path]]:
-    """The ``comparison`` block for a job that asked for one, and the prior's result objects to send (when
-    the prior was processed now). Never raises: the current result goes out whatever happens here."""
+                       output_dir: Path) -> PriorOutcome:
+    """The ``comparison`` block for a job that asked for one, the prior's result objects to send (when the
+    prior was processed now) and its image headers. Never raises: the current result goes out whatever
+    happens here."""
     try:
         comparison = Comparison(PriorRequest.from_json(job.prior), pipeline, job, output_dir)
         block = comparison.run(volume, processed)
     except DicomNodeError as exc:
         log.warning("Comparison of job %s unavailable: %s", job.job_id, exc)
-        return {"status": "unavailable", "reason": str(exc)}, []
+        return PriorOutcome({"status": "unavailable", "reason": str(exc)}, [])
     except Exception as exc:  # a bug must not cost the current result: reported, with its traceback
         log.exception("Comparison of job %s crashed", job.job_id)
-        return {"status": "unavailable", "reason": f"Internal error: {type(exc).__name__}: {exc}"}, []
+        reason = f"Internal error: {type(exc).__name__}: {exc}"
+        return PriorOutcome({"status": "unavailable", "reason": reason}, [])
     log.info("Comparison of job %s: %s%s", job.job_id, block["status"],
              f" with study {block['prior_study_uid']} ({block['prior_study_date']})"
              if block["status"] == "compared" else f" ({block.get('reason', '')})")
-    return block, comparison.prior_files
+    evidence = comparison.prior_evidence if block["status"] == "compared" else ()
+    return PriorOutcome(block, comparison.prior_files, evidence)
