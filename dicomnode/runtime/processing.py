@@ -154,6 +154,7 @@ class Processing:
             source=self.config.destination(priors.source).model_dump(mode="json"),
             method=priors.method, max_age_days=priors.max_age_days, wait_seconds=priors.wait_seconds,
             node_ae=self.config.node.ae_title, spool_dir=str(self.config.storage.spool_dir),
+            count=priors.count,
         ).to_json()
 
     def retry(self, job_id: str) -> JobSpec:
