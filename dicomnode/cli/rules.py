@@ -73,6 +73,9 @@ def _print_evaluation(title: str, evaluation: Evaluation) -> None:
     if fired:
         names = ", ".join(f"{r.name} ({r.rule.then.describe()})" for r in fired)
         typer.echo(f"  => {names}")
+    elif any(r.skipped.startswith("own output") for r in evaluation.results):
+        typer.echo("  => ignored: the node's own output is never routed to a pipeline "
+                   "(only rules with own_outputs: forward apply)")
     else:
         typer.echo("  => unrouted: no rule matched and no fallback applies")
 
@@ -81,19 +84,23 @@ def _evaluate_groups(ruleset: RuleSet, groups: list[tuple[str, list[Any], dict[s
     """``groups``: (study_uid, [SeriesView], context fields) per study."""
     from dicomnode.route.evaluate import EvalContext
     from dicomnode.route.headers import SeriesView
+    from dicomnode.route.ownership import series_own_output, study_own_outputs
 
     for study_uid, views, fields in groups:
         for view in views:
             extra = fields.get(view.series_uid, {})
             ctx: EvalContext = EvalContext(
-                view, series_in_study=len(views), study_series=lambda v=views: v, **extra
+                view, series_in_study=len(views), study_series=lambda v=views: v,
+                own_output=series_own_output(view), **extra
             )
             evaluation = ruleset.evaluate("series", ctx, True)
             _print_evaluation(f"{view.describe()} of study {study_uid}", evaluation)
         if ruleset.has_level("study"):
-            subject = SeriesView.combine(views, study_uid)
+            others, own = study_own_outputs(views)  # study rules never see the node's own outputs
+            subject = SeriesView.combine(others, study_uid)
             first = fields.get(views[0].series_uid, {}) if views else {}
-            ctx = EvalContext(subject, series_in_study=len(views), study_series=lambda v=views: v, **first)
+            ctx = EvalContext(subject, series_in_study=len(others), study_series=lambda v=others: v,
+                              own_output=own[0][1] if own and not others else None, **first)
             evaluation = ruleset.evaluate("study", ctx, True)
             _print_evaluation(f"study {study_uid} ({len(views)} series)", evaluation)
 

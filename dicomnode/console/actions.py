@@ -15,11 +15,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from dicomnode.console.node import ConsoleNode
 from dicomnode.console.studies import study_outbox
-from dicomnode.errors import ConsoleError
+from dicomnode.errors import ConsoleError, PipelineError
 from dicomnode.jobs import JobSpec
 from dicomnode.send.outbox import PENDING, Origin, OutboxItem, OutboxState
 
@@ -67,11 +68,23 @@ class Actions:
             destinations=tuple(row["destinations"]),
             pipelines_path=str(self.node.config.pipelines_folder),
         )
+        previous = self._previous_spec(row["job_id"])
+        if previous is not None:  # the rule's policies travel with the job (on_qc_fail, prior comparison)
+            spec = replace(spec, on_qc_fail=previous.on_qc_fail, prior=previous.prior)
         self._audit("rerun", user, study_uid, job_id=job_id, series_uid=row["series_uid"],
                     pipeline=row["pipeline"], rule=row["rule"], decision=decision_id,
                     previous_job=row["job_id"])
         submit(spec, priority=int(row["priority"] or 0))
         return job_id
+
+    def _previous_spec(self, job_id: str | None) -> JobSpec | None:
+        """The spec the decision's job ran with, when the jobs table still has it."""
+        if not job_id or self.node.jobs is None:
+            return None
+        try:
+            return self.node.jobs.get(job_id).spec
+        except PipelineError:  # the job was forgotten (retention): the decision alone is re-run
+            return None
 
     def resend(self, study_uid: str, user: str, destination: str | None = None) -> int:
         """Queue the study's delivered/dead objects again (retry the failed ones now); returns how many."""

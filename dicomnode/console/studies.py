@@ -8,7 +8,8 @@ A study's console *state* summarises what the node did with it, worst first::
     failed     a decision or delivery failed for good (decision 'failed', outbox 'dead')
     sending    deliveries pending (queued, sending, failed with a retry scheduled)
     delivered  everything queued for it was sent
-    routed / unrouted / discarded   decisions recorded, nothing to deliver
+    routed / unrouted / discarded / ignored   decisions recorded, nothing to deliver (ignored: the node's
+               own outputs, sent back to it)
     complete   assembled, not routed yet
     receiving  series still open
 """
@@ -24,7 +25,8 @@ from dicomnode.console.node import ConsoleNode
 from dicomnode.route.decisions import DecisionState
 from dicomnode.send.outbox import OutboxItem
 
-STATES = ("receiving", "complete", "routed", "unrouted", "discarded", "sending", "delivered", "failed")
+STATES = ("receiving", "complete", "routed", "unrouted", "discarded", "ignored", "sending", "delivered",
+          "failed")
 LIST_LIMIT = 200
 
 
@@ -89,6 +91,8 @@ def _state(row: StudyRow) -> str:
             return "discarded"
         if actions == {"unrouted"}:
             return "unrouted"
+        if actions == {"ignored"}:
+            return "ignored"
         return "routed"
     return "complete" if row.assembly == "complete" else "receiving"
 

@@ -20,7 +20,10 @@ first, so coronal and sagittal stacks are judged the same way) from what a radio
   cross-section, or bone covering a quarter of it (the vertex and the skull base);
 * **chest** — air inside the body (lungs, < -400 HU) filling at least 8 % of the cross-section;
 * **abdomen** — any other trunk-sized cross-section (> 50 cm²) without lung air or skull: abdomen and
-  pelvis.
+  pelvis — but only below the chest;
+* **neck** — such a cross-section *above* the chest (the longest run of chest slices, at least 30 mm, with
+  gaps of up to 10 mm bridged) or, when no chest is shown, below the head: the neck and the shoulders are
+  not an abdomen, whatever their cross-section.
 
 Regions are judged on CT only (they need Hounsfield units); an MR pipeline checks modality and pixels.
 """
@@ -41,7 +44,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-REGIONS = ("head", "chest", "abdomen")
+REGIONS = ("head", "neck", "chest", "abdomen")
+#: a run of chest slices this long (mm) is the chest; gaps this long (mm) inside it are bridged
+CHEST_MIN_MM = 30.0
+CHEST_GAP_MM = 10.0
 PIXEL_KINDS = ("ct", "mr", "any")
 #: in-plane sampling of the region analysis (mm): coarse enough to be quick on 512x512x600 volumes
 SAMPLE_MM = 3.0
@@ -114,7 +120,7 @@ class PixelEvidence:
 class RegionEvidence:
     """Per axial slice of the patient (inferior → superior): the region it shows and its measures."""
 
-    regions: tuple[str, ...]  # head | chest | abdomen | none, per slice
+    regions: tuple[str, ...]  # head | neck | chest | abdomen | none, per slice
     slice_mm: float  # spacing along the patient's long axis
     lung_fraction: tuple[float, ...] = ()
     skull_fraction: tuple[float, ...] = ()
@@ -193,8 +199,41 @@ def region_evidence(image: sitk.Image) -> RegionEvidence:
         lungs.append(round(lung, 3))
         skulls.append(round(skull, 3))
         areas.append(round(area * pixel_cm2, 1))
+    regions = _neck_above_chest(regions, sz)
     extent = {name: regions.count(name) * sz for name in REGIONS}
     return RegionEvidence(tuple(regions), sz, tuple(lungs), tuple(skulls), tuple(areas), extent)
+
+
+def _chest_run(regions: list[str], slice_mm: float) -> tuple[int, int] | None:
+    """The longest run of chest slices (first, last index; gaps up to CHEST_GAP_MM bridged), or None
+    when it is shorter than CHEST_MIN_MM (bowel gas in one slice is not a chest)."""
+    gap = max(1, int(round(CHEST_GAP_MM / slice_mm)))
+    best: tuple[int, int] | None = None
+    start = last = -1
+    for k, region in enumerate(regions):
+        if region != "chest":
+            continue
+        if start < 0 or k - last - 1 > gap:
+            start = k
+        last = k
+        if best is None or last - start > best[1] - best[0]:
+            best = (start, last)
+    if best is None or (best[1] - best[0] + 1) * slice_mm < CHEST_MIN_MM:
+        return None
+    return best
+
+
+def _neck_above_chest(regions: list[str], slice_mm: float) -> list[str]:
+    """Trunk-sized slices above the chest (or, without a chest, below the head) are the neck and the
+    shoulders, not the abdomen. Axis 0 runs inferior → superior."""
+    chest = _chest_run(regions, slice_mm)
+    if chest is not None:
+        above = range(chest[1] + 1, len(regions))
+    elif "head" in regions:
+        above = range(0, regions.index("head"))
+    else:
+        return regions
+    return [("neck" if k in above and r == "abdomen" else r) for k, r in enumerate(regions)]
 
 
 def check_input(accepts: Accepts, image: sitk.Image, modality: str, *, pipeline: str = "") -> dict[str, Any]:

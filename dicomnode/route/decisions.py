@@ -5,7 +5,8 @@ Columns::
     id, decided_at REAL (UNIX time), level 'series'|'study', study_uid, series_uid ('' for a study),
     generation (the completion event's generation), rule ('' when nothing matched), rule_file,
     ruleset_hash (SHA-256 of the rule files), action 'pipeline'|'forward'|'pipeline+forward'|'discard'|
-    'none'|'unrouted', pipeline, params (JSON), destinations (JSON list), priority, fallback (0/1),
+    'none'|'unrouted'|'ignored' (the node's own output, see route.ownership), pipeline, params (JSON),
+    destinations (JSON list), priority, fallback (0/1),
     quiet_seconds, job_id, instance_count, explanation (why the rule held), state 'pending'|'done'|'failed'
     (:class:`DecisionState`, a CHECK constraint since schema step 2), error
 
@@ -183,6 +184,13 @@ class DecisionLog:
             out.setdefault(r["study_uid"], []).append((r["action"], DecisionState(r["state"]), int(r["n"])))
         return out
 
+    def routed_instance_counts(self, study_uid: str, level: str) -> set[int]:
+        """The instance counts the study's earlier decisions of ``level`` saw (own-output handling)."""
+        return {int(r[0]) for r in self.database.conn.execute(
+            "SELECT DISTINCT instance_count FROM route_decisions WHERE study_uid = ? AND level = ?",
+            (study_uid, level),
+        )}
+
     def failed_since(self, since: float) -> int:
         return int(self.database.conn.execute(
             "SELECT COUNT(*) FROM route_decisions WHERE state = ? AND decided_at >= ?",
@@ -226,7 +234,10 @@ def format_decision(row: dict[str, Any]) -> str:
         what += " → " + ",".join(row["destinations"])
     rule = row["rule"] or "(no rule)"
     state = row["state"] + (f": {row['error']}" if row.get("error") else "")
+    why = ""
+    if row["action"] == "ignored" and row.get("explanation"):
+        why = "  — " + str(row["explanation"]).split(". Own outputs")[0]
     return (
         f"{when}  {subject} gen {row['generation']}  rule {rule}  {what}  "
-        f"[rules {str(row['ruleset_hash'])[:12] or '-'}] {state}"
+        f"[rules {str(row['ruleset_hash'])[:12] or '-'}] {state}{why}"
     )

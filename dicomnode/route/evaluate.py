@@ -62,6 +62,7 @@ class EvalContext:
     called_ae: str | None = None
     received_at: datetime = field(default_factory=datetime.now)  # local time
     study_series: Callable[[], Sequence[SeriesView]] | None = None  # the study's series, loaded on demand
+    own_output: str | None = None  # why the subject is the node's own output (route.ownership), or None
     _study_cache: Sequence[SeriesView] | None = field(default=None, repr=False)
 
     def series_of_study(self) -> Sequence[SeriesView]:
@@ -72,7 +73,8 @@ class EvalContext:
     def for_series(self, view: SeriesView) -> EvalContext:
         ctx = EvalContext(
             view, self.series_in_study, self.calling_ae, self.called_ae, self.received_at, self.study_series
-        )
+        )  # own_output is the subject's, not the other series'
+
         ctx._study_cache = self._study_cache
         return ctx
 

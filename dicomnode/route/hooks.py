@@ -1,4 +1,5 @@
-"""The router's joints to the other stages: the outbox ``forward`` and the observed ready handler.
+"""The router's joints to the other stages: the outbox ``forward`` and ``generated_by`` (which series the node
+generated itself), and the observed ready handler.
 
 Both are built by :func:`dicomnode.runtime.wiring.build_service`; what they report to is typed by the small
 protocols below (``dicomnode.observability``'s ``Metrics`` and ``AuditTrail`` fit).
@@ -14,6 +15,7 @@ from typing import Any, Protocol
 from dicomnode.config import OutboxConfig
 from dicomnode.database import Database
 from dicomnode.events import SeriesReady, StudyReady
+from dicomnode.route.ownership import GeneratedBy
 from dicomnode.route.router import Forward, Router
 from dicomnode.send.forward import forward as queue_forward
 from dicomnode.send.outbox import Outbox
@@ -39,6 +41,11 @@ def outbox_forward(database: Database, config: OutboxConfig) -> Forward:
         log.info("Queued %d original files for %s (%s).", len(files), ", ".join(destinations), reason)
 
     return forward
+
+
+def outbox_generated_by(database: Database, config: OutboxConfig) -> GeneratedBy:
+    """``generated_by`` for the router: the job whose results the outbox queued under a series UID."""
+    return Outbox(database, config).result_job
 
 
 class ObservedRouting:

@@ -9,6 +9,11 @@ Each fired rule is recorded in ``route_decisions`` before its action runs and ma
 ``failed`` (with the error) afterwards; ``discard`` and action-less rules are only recorded. A series no
 rule (not even a fallback) matched is recorded with action ``unrouted``. Study-level rules are evaluated
 on :class:`StudyReady` only when the rule set has some.
+
+The node's own outputs (:mod:`dicomnode.route.ownership`) are never routed to a pipeline: only series rules
+with ``own_outputs: forward`` apply to them; otherwise the decision is recorded as ``ignored`` with the
+reason. Study rules see the study without its own-output series; a study that changed only by them (its other
+instances were routed already) is ``ignored`` as well.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from dicomnode.jobs import JobSpec
 from dicomnode.route.decisions import Decision, DecisionLog, DecisionState, RecordedDecision
 from dicomnode.route.evaluate import EvalContext, rule_holds
 from dicomnode.route.headers import HeaderCache, SeriesView, dicom_files
+from dicomnode.route.ownership import GeneratedBy, series_own_output, study_own_outputs
 from dicomnode.route.ruleset import LoadedRule, RuleSet
 from dicomnode.route.watcher import RuleBook
 from dicomnode.spool.index import SpoolIndex
@@ -80,6 +86,7 @@ class Router:
         forward: Forward = log_forward_request,
         header_cache: HeaderCache | None = None,
         clock: Callable[[], float] = time.time,
+        generated_by: GeneratedBy | None = None,
     ) -> None:
         self.config = config
         self.database = database
@@ -88,6 +95,7 @@ class Router:
         self.index = SpoolIndex(database, config.storage.spool_dir)
         self.submit_job = submit_job
         self.forward = forward
+        self.generated_by = generated_by  # series UID → the node's job that generated it (outbox)
         self.headers = header_cache or HeaderCache()
         self.clock = clock
         self.spool_root = config.storage.spool_dir
@@ -113,6 +121,7 @@ class Router:
                 study_uid=event.study_uid, series_uid=event.series_uid,
             )
             ctx = self._context(view, event.study_uid, event.series_uid, event.series_dir.parent)
+            ctx.own_output = series_own_output(view, self.generated_by)
         except DicomNodeError as exc:
             return self._unroutable(
                 "series", event.study_uid, event.series_uid, event.generation, ruleset, exc
@@ -131,11 +140,30 @@ class Router:
                 )
                 for uid in event.series_uids
             ]
-            subject = SeriesView.combine(views, event.study_uid)
-            ctx = self._context(subject, event.study_uid, None, event.study_dir, views)
+            others, own = study_own_outputs(views, self.generated_by)
+            subject = SeriesView.combine(others, event.study_uid)
+            ctx = self._context(subject, event.study_uid, None, event.study_dir, others)
+            ctx.own_output = self._study_own_output(event.study_uid, subject, own)
         except DicomNodeError as exc:
             return self._unroutable("study", event.study_uid, "", event.generation, ruleset, exc)
         return self._decide("study", ruleset, ctx, event.generation)
+
+    def _study_own_output(
+        self, study_uid: str, subject: SeriesView, own: Sequence[tuple[SeriesView, str]]
+    ) -> str | None:
+        """Why a study event is only about the node's own outputs (None: it has something new to route)."""
+        if not own:
+            return None
+        first = own[0][1]
+        if not subject.instance_count:
+            return f"every series of the study is an output of this node ({len(own)}; first: {first})"
+        routed = self.decisions.routed_instance_counts(study_uid, "study")
+        if subject.instance_count in routed:
+            return (
+                f"the study changed only by {len(own)} series of this node's own outputs (first: {first}); "
+                f"its other {subject.instance_count} instances were routed already"
+            )
+        return None
 
     # -- quiet period ---------------------------------------------------------------------------------
     def quiet_seconds_for(self, study_uid: str, series_uid: str) -> float | None:
@@ -229,6 +257,8 @@ class Router:
         decisions = [
             self._decision(level, ruleset, loaded, ctx, generation, series_uid) for loaded in evaluation.fired
         ]
+        if not decisions and ctx.own_output:
+            return self._ignored(level, ruleset, ctx, generation, series_uid, evaluation.held_if_not_own(ctx))
         if not decisions:
             decisions = [Decision(
                 level, subject.study_uid, series_uid, generation, "", "", ruleset.sha256, "unrouted",
@@ -257,7 +287,9 @@ class Router:
             job_id=job_id_for(level, ctx.subject.study_uid, series_uid, generation, rule.name)
             if action.pipeline else None,
             instance_count=ctx.subject.instance_count,
-            explanation="\n".join(why.lines()) if why else "",
+            explanation="\n".join(
+                ([f"own output forwarded as the rule asks (own_outputs: forward): {ctx.own_output}"]
+                 if ctx.own_output else []) + (why.lines() if why else [])),
         )
 
     def _execute(self, item: RecordedDecision, files: Sequence[Path], on_qc_fail: str = "") -> None:
@@ -287,6 +319,26 @@ class Router:
             d.ruleset_hash[:12] or "-", d.action, f" {d.pipeline}" if d.pipeline else "",
             f" → {', '.join(d.destinations)}" if d.destinations else "",
         )
+
+    def _ignored(
+        self, level: str, ruleset: RuleSet, ctx: EvalContext, generation: int, series_uid: str,
+        would_match: Sequence[str],
+    ) -> list[RecordedDecision]:
+        """Record that the node's own output was not routed, with the reason (the decision is done)."""
+        subject = ctx.subject
+        reason = f"{ctx.own_output}. Own outputs are never routed to a pipeline"
+        if would_match:
+            reason += f" (rules whose conditions hold: {', '.join(would_match)})"
+        reason += "; a series rule with own_outputs: forward forwards them."
+        decision = Decision(
+            level, subject.study_uid, series_uid, generation, "", "", ruleset.sha256, "ignored",
+            instance_count=subject.instance_count, explanation=reason,
+        )
+        recorded = self.decisions.record([decision])
+        for item in recorded:
+            self.decisions.mark(item.id, DecisionState.DONE)
+        log.info("%s %s ignored: %s", level.capitalize(), series_uid or subject.study_uid, reason)
+        return recorded
 
     def _unroutable(
         self, level: str, study_uid: str, series_uid: str, generation: int, ruleset: RuleSet | None,

@@ -82,6 +82,26 @@ class Rule(_Strict):
     fallback: bool = False  # applies only when no ordinary rule of its level matched
     when: Condition | None = None  # omitted: always holds
     then: Action
+    # the node's own outputs (route.ownership): never routed (ignore, default) or forwarded when asked
+    own_outputs: Literal["ignore", "forward"] = "ignore"
+
+    @model_validator(mode="after")
+    def _own_outputs(self) -> Rule:
+        if self.own_outputs == "ignore":
+            return self
+        if self.level != "series":
+            raise ValueError(
+                "own_outputs: forward is only for series rules (study rules never see the node's own "
+                "outputs: their series are left out of the study)"
+            )
+        if self.then.pipeline:
+            raise ValueError(
+                f"own_outputs: forward cannot run pipeline '{self.then.pipeline}' on the node's own outputs "
+                "(that is the loop it prevents): use a forward-only rule"
+            )
+        if not self.then.forward:
+            raise ValueError("own_outputs: forward needs then.forward: true and send_to (the destinations)")
+        return self
 
     @field_validator("name")
     @classmethod

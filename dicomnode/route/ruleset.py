@@ -86,6 +86,14 @@ class Evaluation:
     def fired(self) -> list[LoadedRule]:
         return [r.loaded for r in self.results if r.matched]
 
+    def held_if_not_own(self, ctx: EvalContext) -> list[str]:
+        """Names of the rules skipped as the subject is an own output whose conditions hold (what the
+        node would have done with the series, had it not been its own output)."""
+        return [
+            r.loaded.name for r in self.results
+            if r.skipped.startswith("own output") and rule_holds(r.loaded.rule, ctx)[0]
+        ]
+
 
 @dataclass(frozen=True)
 class RuleSet:
@@ -140,6 +148,8 @@ def _run(loaded: LoadedRule, ctx: EvalContext, explain: bool, stopped: bool) -> 
         return RuleResult(loaded, False, None, "disabled")
     if stopped:
         return RuleResult(loaded, False, None, "not evaluated: an earlier rule has stop")
+    if ctx.own_output and loaded.rule.own_outputs != "forward":
+        return RuleResult(loaded, False, None, f"own output, not routed: {ctx.own_output}")
     held, why = rule_holds(loaded.rule, ctx, explain)
     return RuleResult(loaded, held, why)
 

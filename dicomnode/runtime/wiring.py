@@ -20,7 +20,7 @@ from dicomnode.observability.http import HealthServer
 from dicomnode.observability.metrics import Metrics, outbox_depth_from_database
 from dicomnode.observability.sdnotify import SystemdNotifier
 from dicomnode.receive.listener import Listener
-from dicomnode.route.hooks import ObservedRouting, outbox_forward
+from dicomnode.route.hooks import ObservedRouting, outbox_forward, outbox_generated_by
 from dicomnode.route.router import Router
 from dicomnode.route.watcher import RuleBook, RuleWatcher
 from dicomnode.runtime.processing import Processing
@@ -60,7 +60,8 @@ def build_service(config: Config) -> Service:
     book = RuleBook.for_config(config)  # the rules in force; reloaded on SIGHUP and by the watcher
     book.reload()
     router = Router(config, database, book, submit_job=processing.submit,
-                    forward=outbox_forward(database, config.outbox))
+                    forward=outbox_forward(database, config.outbox),
+                    generated_by=outbox_generated_by(database, config.outbox))  # own outputs: no loops
 
     service = Service(config, database=database, quiet_resolver=router.quiet_seconds_for)
     service.listener.on_accepted.append(metrics.association_accepted)

@@ -492,6 +492,14 @@ class Outbox:
         ).fetchall()
         return {r["study_uid"]: float(r["last"]) for r in rows}
 
+    def result_job(self, series_uid: str) -> str | None:
+        """The job whose results hold the series ``series_uid`` (None: the node queued no result of it)."""
+        row = self.db.conn.execute(
+            "SELECT job_id FROM outbox WHERE series_uid = ? AND origin = ? ORDER BY id DESC LIMIT 1",
+            (series_uid, Origin.RESULT),
+        ).fetchone()
+        return None if row is None else str(row[0] or "?")
+
     def job_ids(self, study_uid: str) -> set[str]:
         """The jobs whose results a study's entries deliver."""
         return {r[0] for r in self.db.conn.execute(

@@ -523,6 +523,27 @@ def test_rerun_submits_the_pipeline_again_and_is_audited(fab: Fabricated) -> Non
     event = _operator_events(fab)[-1]
     assert event["job_id"] == spec.job_id and event["detail"]["previous_job"] == JOB_ID
     assert spec.job_id in client.get(f"/studies/{fab.study_uid}").text  # listed as a job of the study
+    assert spec.on_qc_fail == ""  # the decision's job is not in the jobs table: the destination decides
+
+
+def test_rerun_keeps_the_rules_qc_policy_of_the_job_it_repeats(fab: Fabricated) -> None:
+    submitted: list[JobSpec] = []
+
+    class Router:
+        def submit_job(self, spec: JobSpec, *, priority: int) -> None:
+            submitted.append(spec)
+
+    assert fab.node.jobs is not None
+    fab.node.jobs.create(JobSpec(
+        job_id=JOB_ID, pipeline="liver-ct", params={}, input_files=(),
+        output_dir=str(fab.config.storage.jobs_dir / JOB_ID), study_uid=fab.study_uid,
+        series_uid=fab.series_uid, on_qc_fail="send"))
+    fab.node.router = Router()
+    client = TestClient(create_app(fab.node))
+    login(client)
+    token = csrf_of(client.get(f"/studies/{fab.study_uid}").text)
+    client.post(f"/studies/{fab.study_uid}/rerun", data={"csrf_token": token, "decision_id": fab.decision_id})
+    assert submitted[0].on_qc_fail == "send" and submitted[0].job_id.startswith(f"{JOB_ID}-r")
 
 
 def test_rerun_without_an_executor_says_so(fab: Fabricated, client: TestClient) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from dicomnode.imaging.guards import Accepts, InputRefused, check_input, region_evidence
+from dicomnode.imaging.guards import Accepts, InputRefused, _neck_above_chest, check_input, region_evidence
 from dicomnode.imaging.volume import load_series
 from dicomnode.pipelines.registry import get_pipeline, parse_pipeline
 from tests.phantoms import Phantom, make_ct_phantom, make_mr_head_phantom
@@ -69,6 +69,9 @@ def test_head_chest_and_abdomen_are_told_apart_by_content() -> None:
     lung1 = load_series(sorted(shared_data("radiomics", "lung1-dicom").glob("*.dcm")))
     chest = region_evidence(lung1.to_sitk())
     assert chest.extent_mm["chest"] >= 150 and chest.extent_mm["head"] == 0
+    # lung1 runs up into the neck and shoulders: above the lungs is the neck, not an abdomen
+    assert chest.extent_mm["neck"] >= 30 and chest.extent_mm["abdomen"] == 0
+    assert chest.regions[-1] == "neck" and chest.regions[0] == "chest"
     abdomen = load_series(sorted(shared_data("ct-abdomen-20", "dicom").glob("*.dcm")))
     with pytest.raises(InputRefused, match=r"needs the chest in the images \(at least 20 mm\), but their "
                                            r"content shows abdomen 40 mm"):
@@ -90,3 +93,18 @@ def test_a_coronal_stack_is_judged_on_its_axial_planes() -> None:
     coronal.SetDirection((1, 0, 0, 0, 0, 1, 0, 1, 0))
     a, c = region_evidence(axial), region_evidence(coronal)
     assert c.extent_mm == pytest.approx(a.extent_mm)
+
+
+def test_the_neck_is_what_lies_above_the_chest_or_below_the_head() -> None:
+    # axis 0 runs inferior → superior; 5 mm slices
+    trunk = ["abdomen"] * 4 + ["chest"] * 8 + ["abdomen"] * 3
+    assert _neck_above_chest(trunk, 5.0) == ["abdomen"] * 4 + ["chest"] * 8 + ["neck"] * 3
+    # one slice of bowel gas is not a chest: nothing above it becomes neck
+    gas = ["abdomen"] * 4 + ["chest"] + ["abdomen"] * 5
+    assert _neck_above_chest(gas, 5.0) == gas
+    # a chest with a 10 mm gap (a breath-hold artefact) is still one chest
+    gap = ["chest"] * 4 + ["abdomen"] * 2 + ["chest"] * 4 + ["abdomen"] * 2
+    bridged = _neck_above_chest(gap, 5.0)
+    assert bridged[-2:] == ["neck", "neck"] and bridged[4] == "abdomen"
+    # head and neck without a chest: below the skull is the neck
+    assert _neck_above_chest(["abdomen"] * 3 + ["head"] * 5, 5.0) == ["neck"] * 3 + ["head"] * 5

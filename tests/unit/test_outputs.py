@@ -27,6 +27,7 @@ from dicomnode.outputs.provenance import read_provenance
 from dicomnode.outputs.seg import SegSpec, build_seg
 from dicomnode.outputs.segmask import seg_mask
 from dicomnode.outputs.uids import UIDFactory, params_hash
+from dicomnode.route.ownership import own_output_reason
 from tests.support import shared_data
 
 PARAMS = {"sigma": 1.0, "organs": ["liver", "spleen"]}
@@ -249,6 +250,19 @@ def test_capture_is_labelled_not_for_diagnosis_and_burned_in(package, processed)
     boundary = processed.segments[0].mask[9] & ~ndimage.binary_erosion(processed.segments[0].mask[9])
     assert brightest[boundary].all()
     assert ds.SeriesInstanceUID not in {pydicom.dcmread(out / "derived" / "IM00001.dcm").SeriesInstanceUID}
+
+
+def test_every_result_object_is_recognised_as_the_nodes_own_output(package, processed):
+    """No loops: each object of the package says it is the node's output, also once a PACS stripped the
+    private provenance block; the source CT does not."""
+    out, paths = package
+    assert own_output_reason(processed.sources[0]) is None
+    for path in paths:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        assert "provenance block (pipeline liver-ct" in own_output_reason(ds), path
+        for elem in list(ds.group_dataset(0x0077)):
+            del ds[elem.tag]
+        assert "ContributingEquipmentSequence names dicomnode" in own_output_reason(ds), path
 
 
 def _uids(out):

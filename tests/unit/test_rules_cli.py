@@ -122,3 +122,20 @@ def test_dry_run_usage_errors(tmp_path: Path) -> None:
     (tmp_path / "x.txt").write_text("hello")
     result = dicomnode("rules", "test", str(tmp_path / "x.txt"), "--config", "conf/dicomnode.yaml")
     assert result.returncode == 2 and "is not a readable DICOM file" in result.stderr
+
+
+def test_dry_run_says_the_nodes_own_output_is_ignored(tmp_path: Path) -> None:
+    import pydicom
+
+    from dicomnode.outputs.api import Provenance
+    from dicomnode.outputs.provenance import apply_provenance
+
+    ds = pydicom.dcmread(sorted(shared_data("ct-abdomen-20", "dicom").glob("*.dcm"))[0])
+    apply_provenance(ds, Provenance("liver-ct", "2.0", {}, "0" * 64, "0.9.0"))
+    ds.save_as(tmp_path / "derived.dcm")
+    result = dicomnode("rules", "test", str(tmp_path / "derived.dcm"), "--config", "conf/dicomnode.yaml")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "  skip  liver-ct [priority 10] → pipeline liver-ct → pacs" in out
+    assert "own output, not routed: CT series" in out and "provenance block (pipeline liver-ct" in out
+    assert "  => ignored: the node's own output is never routed to a pipeline" in out
