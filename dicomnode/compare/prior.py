@@ -57,6 +57,7 @@ class PriorRequest:
     node_ae: str = "DICOMNODE"
     spool_dir: str = ""  # where a C-MOVE'd prior arrives (the node's spool)
     count: int = 1  # studies charted: the most recent comparable one is compared, older ones are history
+    database_path: str = ""  # the node database: a C-MOVE is recorded there, so the router does not route it
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -346,6 +347,16 @@ class Comparison:
 
     def _retrieve(self, series: SeriesMatch) -> list[Path]:
         folder = self.output_dir / "prior-input" / series.series_uid
+        if self.request.method == "c-move" and self.request.database_path:
+            from dicomnode.compare.retrieves import PendingRetrieves
+            from dicomnode.database import Database
+
+            database = Database(self.request.database_path)
+            try:
+                PendingRetrieves(database).expect(series.study_uid, series.series_uid, self.job.job_id,
+                                                  self.request.source_name)
+            finally:
+                database.close()
         files = self.source.retrieve_series(series, folder)
         if files:
             return files

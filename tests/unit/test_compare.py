@@ -46,6 +46,7 @@ def test_jobs_of_listed_rules_carry_the_prior_request_and_unavailable_comparison
 ) -> None:
     executor = _Executor()
     processing = Processing(_config(tmp_path), Database(tmp_path / "db.sqlite3"), executor=executor)
+    processing.start()
     processing.submit(_spec("other", tmp_path, "job-0"))
     processing.submit(_spec("liver", tmp_path))
     plain, compared = executor.submitted
@@ -66,6 +67,63 @@ def test_jobs_of_listed_rules_carry_the_prior_request_and_unavailable_comparison
     assert retry.job_id == "job-1-cmp1" and retry.prior == compared.prior
     assert Path(retry.output_dir).name == "job-1-cmp1"
     processing.stop()
+
+
+def _wait_for(condition, seconds: float = 5.0) -> None:  # noqa: ANN001
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_a_pending_comparison_retry_survives_a_restart_and_attempts_are_bounded(tmp_path: Path) -> None:
+    """The retry is in the node database: a node stopped before it was due runs it after its restart; after
+    three unavailable retries the comparison is given up, with the reason recorded."""
+    from dicomnode.compare.retries import ComparisonRetries, RetryState
+
+    config = _config(tmp_path, retry_minutes=0.02)  # 1.2 s
+    executor = _Executor()
+    first = Processing(config, Database(tmp_path / "db.sqlite3"), executor=executor)
+    first.start()
+    first.submit(_spec("liver", tmp_path))
+    first._on_done(JobResult("job-1", True, (), {"comparison": {"status": "unavailable", "reason": "down"}}))
+    first.stop()  # before the retry is due: a restart
+    assert [s.job_id for s in executor.submitted] == ["job-1"]
+    stored = ComparisonRetries(Database(tmp_path / "db.sqlite3")).get("job-1")
+    assert stored.state == RetryState.PENDING and stored.reason == "down"
+    assert stored.spec.job_id == "job-1-cmp1"
+
+    executor = _Executor()
+    second = Processing(config, Database(tmp_path / "db.sqlite3"), executor=executor)
+    second.start()
+    _wait_for(lambda: "job-1-cmp1" in [s.job_id for s in executor.submitted])
+    assert "job-1-cmp1" in [s.job_id for s in executor.submitted]
+    retries = second.comparison_retries
+    assert retries.get("job-1").state == RetryState.RUNNING
+    for n in (1, 2, 3):  # every retry still unavailable
+        second._on_done(JobResult(f"job-1-cmp{n}", True, (),
+                                  {"comparison": {"status": "unavailable", "reason": f"down {n}"}}))
+        if n < 3:
+            _wait_for(lambda n=n: f"job-1-cmp{n + 1}" in [s.job_id for s in executor.submitted])
+    second.stop()
+    given_up = retries.get("job-1")
+    assert given_up.state == RetryState.GIVEN_UP
+    assert given_up.reason == "Comparison still unavailable after 3 retries: down 3"
+    assert [s.job_id for s in executor.submitted].count("job-1-cmp3") == 1
+    assert "job-1-cmp4" not in [s.job_id for s in executor.submitted]
+
+
+def test_a_retry_that_compares_ends_the_schedule(tmp_path: Path) -> None:
+    from dicomnode.compare.retries import ComparisonRetries, RetryState
+
+    retries = ComparisonRetries(Database(tmp_path / "db.sqlite3"))
+    spec = _spec("liver", tmp_path)
+    retries.unavailable(spec, "down", 0.0, 3)
+    (due,) = retries.due()
+    retries.started(due.job_id)
+    retries.finished(due.spec, "compared")
+    assert retries.get("job-1").state == RetryState.DONE and retries.due() == []
 
 
 def test_priors_need_a_configured_source(tmp_path: Path) -> None:
