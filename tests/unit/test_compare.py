@@ -163,3 +163,29 @@ def test_longest_axial_diameter_of_a_disc_and_a_bar() -> None:
     bar = np.zeros((1, 10, 50), bool)
     bar[0, 4, 5:45] = True
     assert longest_axial_diameter(bar, (1.0, 1.0, 2.0)) == pytest.approx(80.0, abs=2.1)
+
+
+def test_a_series_the_node_asked_to_c_move_is_not_routed_again(tmp_path: Path) -> None:
+    """The comparison records its C-MOVE; the router records that series as ignored, with the reason, and
+    routes any other series as usual; an old request no longer counts."""
+    from dicomnode.compare.retrieves import TTL_SECONDS, PendingRetrieves
+    from dicomnode.route.router import Router
+    from tests.unit.test_route_ownership import decisions, make_node, spool
+
+    config, db, plain, calls = make_node(tmp_path)
+    clock = [1000.0]
+    retrieves = PendingRetrieves(db, clock=lambda: clock[0])
+    router = Router(config, db, plain.book, submit_job=calls.submit_job, forward=calls.forward,
+                    retrieved_for=retrieves.requested_by)
+    moved = spool(config, number=1, seed="prior")
+    retrieves.expect(moved.study_uid, moved.series_uid, "job-7", "pacs")
+    router.on_ready(moved)
+    (row,) = decisions(db)
+    assert (row["action"], row["state"], row["series_uid"]) == ("ignored", "done", moved.series_uid)
+    assert "retrieved by C-MOVE for the prior comparison of job job-7" in row["explanation"]
+    assert calls.jobs == [] and calls.forwards == []
+    router.on_ready(spool(config, number=2, seed="new"))  # not asked for: routed
+    assert len(calls.jobs) == 1
+    clock[0] += TTL_SECONDS + 1
+    assert retrieves.requested_by(moved.series_uid) is None
+    db.close()
