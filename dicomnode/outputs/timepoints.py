@@ -3,8 +3,9 @@
 Input is the ``comparison`` block of ``result.json`` (:mod:`dicomnode.compare.prior`); with
 ``status: compared`` the report states, per finding:
 
-- a TID 1502 Time Point Context on the finding's current groups: Time Point = the study date, Time Point
-  Order (oldest study = 1), Subject Time Point Identifier = the study's Study Instance UID;
+- a TID 1502 Time Point Context on the finding's current groups: Time Point = the study date and Subject
+  Time Point Identifier = the study's Study Instance UID (no Time Point Order: it is a NUM, which OHIF and
+  dcmqi read as one of the finding's measurements — OHIF then shows it instead of the volume);
 - one TID 1501 measurement group per prior time point with the **same tracking UID** as the current finding
   (the findings of two studies are one finding followed over time) and that time point's context: the prior
   values (Volume, mean Attenuation Coefficient / MR signal, Long Axis of lesions);
@@ -65,10 +66,10 @@ def change_concept(key: str, percent: bool) -> hd.sr.CodedConcept:
 class TimePoint:
     study_uid: str
     date: str  # YYYYMMDD
-    order: int  # 1 = the oldest study in the report
+    order: int  # 1 = the oldest study in the report (not written, see the module docstring)
 
     def context(self) -> hd.sr.TimePointContext:
-        return hd.sr.TimePointContext(time_point=self.date or "unknown", time_point_order=self.order,
+        return hd.sr.TimePointContext(time_point=self.date or "unknown",
                                       subject_time_point_identifier=self.study_uid)
 
 
