@@ -44,6 +44,6 @@ VOLUME ["/var/lib/dicomnode"]
 EXPOSE 11112 9112
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
-    CMD ["dicomnode", "health", "--config", "/etc/dicomnode/dicomnode.yaml", "--timeout", "8"]
+    CMD ["dicomnode", "health", "--node-only", "--config", "/etc/dicomnode/dicomnode.yaml", "--timeout", "8"]
 ENTRYPOINT ["dicomnode"]
 CMD ["serve", "--config", "/etc/dicomnode/dicomnode.yaml"]

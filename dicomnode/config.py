@@ -299,6 +299,13 @@ class ConsoleConfig(_Model):
     secret_key: str | None = None  # signs session cookies; null = random per start (logins end at restart)
     session_hours: float = Field(12.0, gt=0)  # a login lasts this long
     anonymous_read: bool = True  # visitors who are not logged in may view (patient names hidden), never write
+    # login throttling, per user name and per client address (see README "Console security")
+    login_max_failures: int = Field(5, ge=1)  # failed logins within login_window_minutes before a lockout
+    login_window_minutes: float = Field(15.0, gt=0)
+    login_lockout_minutes: float = Field(15.0, gt=0)  # how long that user / that address is refused
+    # origins (scheme://host[:port]) besides the console's own that may POST, e.g. the public URL of a
+    # reverse proxy that rewrites the Host header
+    allowed_origins: list[str] = Field(default_factory=list)
 
     @field_validator("admin_password_hash")
     @classmethod
@@ -309,6 +316,21 @@ class ConsoleConfig(_Model):
                 "(never the password itself)"
             )
         return value
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not re.match(r"^https?://[^/\s]+$", value):
+                raise ValueError(f"'{value}' is not an origin like 'https://console.example.org' "
+                                 "(scheme and host, optionally ':port', no path)")
+        return [v.lower() for v in values]
+
+
+class HealthConfig(_Model):
+    """What ``dicomnode health`` and the destination metrics call unhealthy beyond the node itself."""
+
+    destination_unreachable_minutes: float = Field(10.0, gt=0)  # failing this long without a success
 
 
 class StowReceiveConfig(_Model):
@@ -368,6 +390,7 @@ class Config(_Model):
     console: ConsoleConfig = Field(default_factory=ConsoleConfig)
     priors: PriorsConfig = Field(default_factory=PriorsConfig)
     dicomweb: StowReceiveConfig = Field(default_factory=StowReceiveConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)
 
     @field_validator("destinations")
     @classmethod

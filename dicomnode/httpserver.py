@@ -22,15 +22,25 @@ log = logging.getLogger(__name__)
 
 
 class ThreadedServer:
-    """Serves ``app_factory()`` on ``host:port`` (0 = a free port, read back from :attr:`port`)."""
+    """Serves ``app_factory()`` on ``host:port`` (0 = a free port, read back from :attr:`port`).
+
+    ``error`` is the :class:`DicomNodeError` subclass raised when the port cannot be bound or the server
+    does not start, and ``bind_hint`` is appended to the bind error (what the operator can change);
+    ``proxy_headers`` (uvicorn's default, on) lets uvicorn take the client address from ``X-Forwarded-For``
+    of a trusted proxy (``FORWARDED_ALLOW_IPS``, loopback by default).
+    """
 
     def __init__(self, name: str, app_factory: Callable[[], Any], host: str, port: int, *,
                  certfile: Path | None = None, keyfile: Path | None = None, ca_certs: Path | None = None,
-                 require_client_cert: bool = False) -> None:
+                 require_client_cert: bool = False, proxy_headers: bool = True,
+                 error: type[DicomNodeError] = DicomNodeError, bind_hint: str = "") -> None:
         self.name = name
         self.app_factory = app_factory
         self.host = host
         self.port = port
+        self.proxy_headers = proxy_headers
+        self.error = error
+        self.bind_hint = bind_hint
         self.tls = certfile is not None
         self._ssl: dict[str, Any] = {}
         if certfile is not None:
@@ -56,13 +66,14 @@ class ThreadedServer:
             sock.bind((self.host, self.port))
         except OSError as exc:
             sock.close()
-            raise DicomNodeError(f"Cannot serve the {self.name} on {self.host}:{self.port}: "
-                                 f"{exc.strerror or exc}.") from exc
+            hint = f" ({self.bind_hint})" if self.bind_hint else ""
+            raise self.error(f"Cannot serve the {self.name} on {self.host}:{self.port}: "
+                             f"{exc.strerror or exc}{hint}.") from exc
         sock.listen(128)
         self._socket = sock
         self.port = int(sock.getsockname()[1])
         config = uvicorn.Config(self.app_factory(), log_level="warning", access_log=False, lifespan="off",
-                                timeout_graceful_shutdown=5, **self._ssl)
+                                proxy_headers=self.proxy_headers, timeout_graceful_shutdown=5, **self._ssl)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
                                         name=f"dicomnode-{self.name}", daemon=True)
@@ -72,7 +83,7 @@ class ThreadedServer:
             time.sleep(0.02)
         if not self._server.started:
             self.stop()
-            raise DicomNodeError(f"The {self.name} did not start on {self.host}:{self.port}.")
+            raise self.error(f"The {self.name} did not start on {self.host}:{self.port}.")
         log.info("%s on %s", self.name, self.url)
 
     def stop(self) -> None:

@@ -2,7 +2,8 @@
 
 =======================================  =========================================================
 GET  /                                   Dashboard
-GET|POST /login, POST /logout            password login (``console.admin_password_hash``)
+GET|POST /login, POST /logout            password login (``console.admin_password_hash``), throttled
+GET  /account, POST /account/password    change the admin password (revokes the user's other sessions)
 GET  /studies                            study list (patient*, date, modality, state)  *logged in
 GET  /studies/{study}                    series, decisions, jobs, deliveries, audit events
 POST /studies/{study}/rerun|resend|discard   operator actions (audited)
@@ -28,13 +29,13 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from dicomnode.console.node import ConsoleNode
-from dicomnode.console.pages import dashboard, held, login, queue, results, rules, studies
+from dicomnode.console.pages import account, dashboard, held, login, queue, results, rules, studies
 from dicomnode.console.web import HERE, Console, CSRFRejected, Flash, LoginRequired, login_target
 from dicomnode.errors import DicomNodeError, ImagingError, OutputError, VolumeError
 
 log = logging.getLogger(__name__)
-ROUTERS = (login.router, dashboard.router, studies.router, results.router, rules.router, queue.router,
-           held.router)
+ROUTERS = (login.router, account.router, dashboard.router, studies.router, results.router, rules.router,
+           queue.router, held.router)
 SERVER_SIDE = (OutputError, ImagingError, VolumeError)  # stored results could not be read: 500, not 400
 
 
@@ -49,6 +50,12 @@ def create_app(node: ConsoleNode) -> FastAPI:
     @app.middleware("http")
     async def sessions(request: Request, call_next):  # noqa: ANN001, ANN202
         console.session(request)
+        refusal = console.origin_refusal(request)
+        if refusal is not None:
+            log.warning("Console %s %s refused from %s: %s", request.method, request.url.path,
+                        console.client_address(request), refusal)
+            return console.finish(request, console.render(request, "error.html", 403, title="Forbidden",
+                                                          message=refusal))
         return console.finish(request, await call_next(request))
 
     @app.exception_handler(LoginRequired)

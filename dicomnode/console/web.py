@@ -5,6 +5,14 @@ Rules enforced here (and nowhere bypassed):
 * every state-changing request is a POST; a POST without a user gets ``303`` to ``/login`` (nothing
   runs), a POST whose CSRF token is missing or wrong gets ``403`` (nothing runs) — the login form
   included (its token is bound to the anonymous session);
+* a state-changing request (POST, PUT, PATCH, DELETE) whose ``Origin`` — or, without one, ``Referer`` —
+  is not the console's own origin (``scheme://Host``, default ports ignored, either scheme: a TLS
+  reverse proxy in front) nor one of ``console.allowed_origins`` gets ``403`` before anything else runs
+  (login included). ``Origin: null`` is refused. A request with neither header is not from a browser
+  page (browsers send ``Origin`` with every POST) and cannot be a cross-site forgery: it is let through
+  to the login and CSRF checks, which it must pass like any other;
+* a logged-in cookie counts only while its server-side session is active (see
+  :mod:`dicomnode.console.auth`); a revoked or expired one is replaced by an anonymous session;
 * patient names and IDs are only rendered for a logged-in user (``show_phi``);
 * with ``console.anonymous_read: false`` every page but ``/login`` needs a user.
 """
@@ -16,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -25,7 +33,17 @@ from itsdangerous import BadSignature, URLSafeSerializer
 from markupsafe import Markup, escape
 
 from dicomnode.console.actions import Actions
-from dicomnode.console.auth import CSRF_FIELD, SESSION_COOKIE, Session, SessionSigner
+from dicomnode.console.auth import (
+    CSRF_FIELD,
+    SESSION_COOKIE,
+    Credentials,
+    LoginThrottle,
+    Session,
+    SessionSigner,
+    SessionStore,
+    ThrottlePolicy,
+    fingerprint,
+)
 from dicomnode.console.comparison import comparison_view
 from dicomnode.console.dashboard import human_bytes
 from dicomnode.console.node import ConsoleNode
@@ -34,6 +52,16 @@ from dicomnode.errors import DicomNodeError
 
 HERE = Path(__file__).resolve().parent
 FLASH_COOKIE = "dicomnode_flash"
+STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_DEFAULT_PORTS = {"http": ":80", "https": ":443"}
+
+
+def _host_of(origin: str) -> str | None:
+    """``host[:port]`` of an ``http(s)://`` origin or URL, without its scheme's default port."""
+    parts = urlsplit(origin.strip().lower())
+    if parts.scheme not in _DEFAULT_PORTS or not parts.netloc or "@" in parts.netloc:
+        return None
+    return parts.netloc.removesuffix(_DEFAULT_PORTS[parts.scheme])
 
 
 class LoginRequired(Exception):  # noqa: N818 - a control-flow signal turned into a redirect, not an error
@@ -78,17 +106,58 @@ class Console:
         env.filters.update(when=_when, dicom_name=_dicom_name, dicom_date=_dicom_date, bytes=human_bytes)
         env.globals["comparison_view"] = comparison_view
         self.previews = PreviewCache(node.index.series_files)
+        db = node.database
+        self.sessions = SessionStore(db)
+        self.credentials = Credentials(db)
+        self.throttle = LoginThrottle(db, ThrottlePolicy(
+            self.config.login_max_failures, self.config.login_window_minutes * 60,
+            self.config.login_lockout_minutes * 60))
+
+    # -- the door ------------------------------------------------------------------------------------
+    def origin_refusal(self, request: Request) -> str | None:
+        """Why a state-changing request from another origin is refused (None: it may go on)."""
+        if request.method not in STATE_CHANGING:
+            return None
+        header, value = "Origin", request.headers.get("origin")
+        if value is None:
+            header, value = "Referer", request.headers.get("referer")
+            if value is None:
+                return None  # not a browser page (see the module docstring)
+        host = _host_of(value)
+        own = request.headers.get("host", "").strip().lower()
+        own = own.removesuffix(_DEFAULT_PORTS.get(request.url.scheme, ":80"))
+        allowed = {_host_of(o) for o in self.config.allowed_origins}
+        if host is not None and (host == own or host in allowed):
+            return None
+        return (f"This request came from another site ({header}: {value[:200]!r}), not from the console "
+                f"at {request.url.scheme}://{own}; nothing was changed. If the console is reached through "
+                "a proxy under another name, add that origin to console.allowed_origins.")
+
+    def password_hash(self) -> str | None:
+        """The hash of the admin password in force (changed in the console, else the configured one)."""
+        return self.credentials.password_hash(self.config.admin_user, self.config.admin_password_hash)
+
+    @staticmethod
+    def client_address(request: Request) -> str:
+        return request.client.host if request.client else "unknown"
 
     # -- who -----------------------------------------------------------------------------------------
     def session(self, request: Request) -> Session:
         session = getattr(request.state, "session", None)
         if session is None:
             session = self.signer.loads(request.cookies.get(SESSION_COOKIE))
+            if session is not None and session.user is not None and not self._active(session):
+                session = None  # logged out, password changed, expired or from before server-side sessions
             if session is None:
                 session = self.signer.new()
                 request.state.new_session = session
             request.state.session = session
         return session
+
+    def _active(self, session: Session) -> bool:
+        if session.sid is None or session.user is None:
+            return False
+        return self.sessions.is_active(session.sid, session.user, fingerprint(self.password_hash()))
 
     def user(self, request: Request) -> str | None:
         header = self.config.proxy_user_header
@@ -178,7 +247,13 @@ class Console:
         return response
 
     def start_session(self, request: Request, user: str | None) -> None:
-        session = self.signer.new(user)
+        """A new session (new nonce, no fixation): logged in as ``user`` with a new server-side session,
+        or anonymous for None."""
+        sid = None
+        if user is not None:
+            sid = self.sessions.create(user, fingerprint(self.password_hash()), self.client_address(request),
+                                       self.signer.max_age)
+        session = self.signer.new(user, sid)
         request.state.session = session
         request.state.new_session = session
 

@@ -14,6 +14,10 @@ stage           who records it, and when
 ``failed``      any stage, when something for this study failed (detail: ``stage``, ``error``)
 ``removed``     retention, when the study's files were deleted (detail: ``files``, ``bytes``)
 ``operator``    the web console, per operator action (detail: ``action``, ``user``, what it did)
+``security``    the web console, about the console itself, not a study (``study_uid`` is empty):
+                a login lockout (detail: ``event: login_lockout``, ``kind`` user|address, ``key``,
+                ``failures``, ``until``) and a password change (``event: password_changed``, ``user``,
+                ``client``, ``sessions_revoked``)
 ==============  ================================================================================
 
 :func:`study_timeline` is what ``dicomnode status --study UID`` shows (and prints with ``--json``).
@@ -41,6 +45,7 @@ class AuditStage(StrEnum):
     FAILED = "failed"
     REMOVED = "removed"
     OPERATOR = "operator"
+    SECURITY = "security"
 
 
 STAGES: tuple[AuditStage, ...] = tuple(AuditStage)
@@ -93,7 +98,7 @@ class AuditTrail:
         """Append one event (``at``: UNIX time, default now)."""
         if stage not in STAGES:
             raise AuditError(f"Audit stage '{stage}' is not one of {', '.join(STAGES)}.")
-        if not study_uid:
+        if not study_uid and stage != AuditStage.SECURITY:
             raise AuditError(f"An audit event for stage '{stage}' needs a study UID (got {study_uid!r}).")
         self.db.conn.execute(
             "INSERT INTO audit (time, study_uid, series_uid, job_id, stage, detail) VALUES (?,?,?,?,?,?)",

@@ -8,6 +8,12 @@ The service passes the checks it has to :class:`dicomnode.observability.http.Hea
   ``storage.min_free_mb`` free (the same thresholds the listener uses to refuse associations).
 
 A check that raises is reported as failed with the exception text; it never breaks the endpoint.
+
+``/readyz`` is about the node itself. Whether the *destinations* are reachable is a separate question,
+answered by :func:`destination_health` from the outbox's record of deliveries and failed attempts: a
+destination is *unreachable* when its attempts have failed without an answer (connection refused, timeout,
+association rejected) for longer than ``health.destination_unreachable_minutes`` with no delivery since.
+``dicomnode health`` and the ``dicomnode_destination_*`` gauges report it.
 """
 
 from __future__ import annotations
@@ -15,11 +21,13 @@ from __future__ import annotations
 import shutil
 import socket
 import sqlite3
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from dicomnode.database import Database
+from dicomnode.send.outbox import DestinationContact
 
 
 @dataclass(frozen=True)
@@ -94,3 +102,54 @@ def disk_check(path: Path, min_free_mb: int, max_used_percent: float) -> Check:
         return CheckResult(True, detail)
 
     return check
+
+
+@dataclass(frozen=True)
+class DestinationHealth:
+    """One configured destination as the outbox knows it (``None``: not known yet)."""
+
+    destination: str
+    unreachable: bool
+    failing_seconds: float | None  # how long its attempts have been failing (None: the last one succeeded)
+    seconds_since_success: float | None  # since the last delivery (None: none recorded)
+    last_error: str
+
+    def describe(self, threshold_seconds: float) -> str:
+        since = ("never delivered to" if self.seconds_since_success is None
+                 else f"last delivery {_duration(self.seconds_since_success)} ago")
+        if self.failing_seconds is None:
+            return f"{self.destination}: reachable ({since})"
+        state = "UNREACHABLE" if self.unreachable else "failing"
+        return (f"{self.destination}: {state} for {_duration(self.failing_seconds)} (threshold "
+                f"{_duration(threshold_seconds)}; {since}): {self.last_error or 'no error recorded'}")
+
+    def to_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def destination_health(
+    contacts: Mapping[str, DestinationContact], destinations: Iterable[str], threshold_seconds: float,
+    now: float | None = None,
+) -> list[DestinationHealth]:
+    """The health of each of ``destinations`` from the outbox's ``contacts`` (``Outbox.contacts()``)."""
+    now = time.time() if now is None else now
+    out = []
+    for name in sorted(destinations):
+        contact = contacts.get(name)
+        if contact is None:
+            out.append(DestinationHealth(name, False, None, None, ""))
+            continue
+        failing = None if contact.failing_since is None else now - contact.failing_since
+        since = None if contact.last_success is None else now - contact.last_success
+        out.append(DestinationHealth(name, failing is not None and failing >= threshold_seconds, failing,
+                                     since, contact.last_error))
+    return out

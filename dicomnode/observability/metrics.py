@@ -25,13 +25,23 @@ call                                          metric(s)
 ``disk_full(active)``                         ``dicomnode_disk_full`` (1 while refusing)
 ``study_removed(nbytes)``                     ``dicomnode_retention_removed_studies_total``,
                                               ``dicomnode_retention_removed_bytes_total``
+``console_login_failed()``                    ``dicomnode_console_login_failures_total``
+``console_login_locked(kind)``                ``dicomnode_console_login_lockouts_total{kind}``
+                                              (``user`` or ``address``: a lockout started)
+``console_login_refused()``                   ``dicomnode_console_login_refused_total`` (an attempt
+                                              refused during a lockout)
 ============================================  ====================================================
 
 Computed at scrape time (a custom collector, never stale): ``dicomnode_outbox_depth{destination}``
 (pending sends per destination, read from the database by an ``outbox_depth`` callable, by default
 :func:`outbox_depth_from_database`), ``dicomnode_spool_filesystem_{free,used,size}_bytes`` and
 ``dicomnode_spool_filesystem_used_ratio`` for the spool's filesystem, and
-``dicomnode_spool_bytes`` (the sum of stored instance sizes when the spool index records them).
+``dicomnode_spool_bytes`` (the sum of stored instance sizes when the spool index records them), and per
+configured destination ``dicomnode_destination_unreachable{destination}`` (1 when its sends have failed
+unanswered for longer than ``health.destination_unreachable_minutes``, else 0),
+``dicomnode_destination_failing_seconds{destination}`` and
+``dicomnode_destination_seconds_since_success{destination}`` (absent when unknown), from a
+``destination_health`` callable (by default :func:`destination_health_from_database`).
 """
 
 from __future__ import annotations
@@ -46,8 +56,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from dicomnode.config import OutboxConfig
+from dicomnode.config import Config, OutboxConfig
 from dicomnode.database import Database
+from dicomnode.observability.health import DestinationHealth, destination_health
 from dicomnode.send.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -59,6 +70,7 @@ PIPELINE_BUCKETS = (1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 STEP_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 OutboxDepth = Callable[[], Mapping[str, int]]
+DestinationsHealth = Callable[[], list[DestinationHealth]]
 
 
 def outbox_depth_from_database(db: Database) -> OutboxDepth:
@@ -77,14 +89,32 @@ def outbox_depth_from_database(db: Database) -> OutboxDepth:
     return depth
 
 
+def destination_health_from_database(db: Database, config: Config) -> DestinationsHealth:
+    """The health of ``config``'s destinations from the outbox (see
+    :func:`~dicomnode.observability.health.destination_health`). A database error reports nothing rather
+    than failing the scrape."""
+    outbox = Outbox(db, config.outbox)
+    threshold = config.health.destination_unreachable_minutes * 60
+
+    def health() -> list[DestinationHealth]:
+        try:
+            return destination_health(outbox.contacts(), config.destinations, threshold)
+        except sqlite3.Error as exc:
+            log.warning("Cannot read the destinations' health for metrics: %s", exc)
+            return []
+
+    return health
+
+
 class _ScrapeTimeCollector(Collector):
-    """Gauges computed when Prometheus scrapes: outbox depth and spool disk usage."""
+    """Gauges computed when Prometheus scrapes: outbox depth, destination health, spool disk usage."""
 
     def __init__(self, spool_dir: Path | None, outbox_depth: OutboxDepth | None,
-                 spool_bytes: Callable[[], int] | None) -> None:
+                 spool_bytes: Callable[[], int] | None, destinations: DestinationsHealth | None) -> None:
         self.spool_dir = spool_dir
         self.outbox_depth = outbox_depth
         self.spool_bytes = spool_bytes
+        self.destinations = destinations
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         return iter(())  # dynamic: nothing to check at registration
@@ -97,6 +127,8 @@ class _ScrapeTimeCollector(Collector):
             for destination, count in sorted(self.outbox_depth().items()):
                 depth.add_metric([destination], count)
         yield depth
+        if self.destinations is not None:
+            yield from self._destination_gauges(self.destinations())
         if self.spool_dir is not None:
             try:
                 usage = shutil.disk_usage(self._existing(self.spool_dir))
@@ -117,6 +149,29 @@ class _ScrapeTimeCollector(Collector):
                                     value=self.spool_bytes())
 
     @staticmethod
+    def _destination_gauges(health: list[DestinationHealth]) -> Iterator[GaugeMetricFamily]:
+        unreachable = GaugeMetricFamily(
+            "dicomnode_destination_unreachable",
+            "1 when sends to the destination have failed unanswered for longer than "
+            "health.destination_unreachable_minutes without a delivery since, else 0.",
+            labels=["destination"])
+        failing = GaugeMetricFamily(
+            "dicomnode_destination_failing_seconds",
+            "Seconds the destination's sends have been failing unanswered (0 when the last one succeeded).",
+            labels=["destination"])
+        since = GaugeMetricFamily(
+            "dicomnode_destination_seconds_since_success",
+            "Seconds since the last delivery to the destination.", labels=["destination"])
+        for item in health:
+            unreachable.add_metric([item.destination], 1 if item.unreachable else 0)
+            failing.add_metric([item.destination], item.failing_seconds or 0.0)
+            if item.seconds_since_success is not None:
+                since.add_metric([item.destination], item.seconds_since_success)
+        yield unreachable
+        yield failing
+        yield since
+
+    @staticmethod
     def _existing(path: Path) -> Path:
         while not path.exists() and path != path.parent:
             path = path.parent
@@ -133,6 +188,7 @@ class Metrics:
         spool_dir: Path | None = None,
         outbox_depth: OutboxDepth | None = None,
         spool_bytes: Callable[[], int] | None = None,
+        destination_health: DestinationsHealth | None = None,
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
@@ -173,7 +229,15 @@ class Metrics:
         self._disk_full = Gauge(
             "dicomnode_disk_full", "1 while new associations are refused because the spool is full.",
             registry=r)
-        self._collector = _ScrapeTimeCollector(spool_dir, outbox_depth, spool_bytes)
+        self._login_failures = Counter(
+            "dicomnode_console_login_failures", "Console logins refused for a wrong user name or password.",
+            registry=r)
+        self._login_lockouts = Counter(
+            "dicomnode_console_login_lockouts", "Console login lockouts started, per kind (user, address).",
+            ["kind"], registry=r)
+        self._login_refused = Counter(
+            "dicomnode_console_login_refused", "Console login attempts refused during a lockout.", registry=r)
+        self._collector = _ScrapeTimeCollector(spool_dir, outbox_depth, spool_bytes, destination_health)
         r.register(self._collector)
 
     # --- receive --------------------------------------------------------------------------------------
@@ -226,6 +290,16 @@ class Metrics:
     def study_removed(self, nbytes: int) -> None:
         self._retention_studies.inc()
         self._retention_bytes.inc(max(0, int(nbytes)))
+
+    # --- console ------------------------------------------------------------------------------------------
+    def console_login_failed(self) -> None:
+        self._login_failures.inc()
+
+    def console_login_locked(self, kind: str) -> None:
+        self._login_lockouts.labels(kind=kind).inc()
+
+    def console_login_refused(self) -> None:
+        self._login_refused.inc()
 
     # --- exposition ---------------------------------------------------------------------------------------
     def render(self) -> bytes:

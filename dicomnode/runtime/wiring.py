@@ -18,7 +18,11 @@ from dicomnode.observability.audit import AuditTrail
 from dicomnode.observability.completion import CompletionRecorder
 from dicomnode.observability.health import database_check, disk_check, listener_check
 from dicomnode.observability.http import HealthServer
-from dicomnode.observability.metrics import Metrics, outbox_depth_from_database
+from dicomnode.observability.metrics import (
+    Metrics,
+    destination_health_from_database,
+    outbox_depth_from_database,
+)
 from dicomnode.observability.sdnotify import SystemdNotifier
 from dicomnode.receive.listener import Listener
 from dicomnode.route.hooks import ObservedRouting, outbox_forward, outbox_generated_by
@@ -48,7 +52,8 @@ def build_service(config: Config) -> Service:
     database = Database(config.storage.database_path)
     spool_index = SpoolIndex(database, config.storage.spool_dir)  # for the spool's size at each scrape
     metrics = Metrics(spool_dir=config.storage.spool_dir, outbox_depth=outbox_depth_from_database(database),
-                      spool_bytes=spool_index.total_bytes)
+                      spool_bytes=spool_index.total_bytes,
+                      destination_health=destination_health_from_database(database, config))
     audit = AuditTrail(database)
 
     sender = Sender.from_config(config, database, metrics=metrics, audit=audit)  # delivers the outbox

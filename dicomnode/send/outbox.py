@@ -133,6 +133,23 @@ class OutboxItem:
 
 
 @dataclass(frozen=True)
+class DestinationContact:
+    """How the outbox last got on with a destination (see :meth:`Outbox.contacts`).
+
+    ``last_failure`` is the last attempt the destination did not answer with a DIMSE/HTTP status
+    (connection refused, timeout, association rejected or aborted); ``failing_since`` is set when that
+    failure is newer than the last delivery: the later of the last delivery and the creation of the
+    oldest entry that has failed since (an entry is tried as soon as it is due, so this is when the
+    failures began, give or take the queue ahead of it)."""
+
+    destination: str
+    last_success: float | None
+    last_failure: float | None
+    failing_since: float | None
+    last_error: str
+
+
+@dataclass(frozen=True)
 class _Identity:
     sop_instance_uid: str
     series_uid: str
@@ -491,6 +508,31 @@ class Outbox:
             "SELECT study_uid, MAX(sent_at) AS last FROM outbox WHERE sent_at IS NOT NULL GROUP BY study_uid"
         ).fetchall()
         return {r["study_uid"]: float(r["last"]) for r in rows}
+
+    def contacts(self) -> dict[str, DestinationContact]:
+        """Per destination with entries: the last delivery, the last unanswered attempt and, when that is
+        the newer one, since when it has been failing (see :class:`DestinationContact`)."""
+        unanswered = f"state IN ({sql_list((OutboxState.FAILED, OutboxState.DEAD))}) AND attempts > 0 " \
+                     "AND last_status IS NULL"
+        rows = self.db.conn.execute(
+            f"SELECT destination, MAX(sent_at) AS success, MAX(CASE WHEN {unanswered} THEN updated_at END) "
+            "AS failure FROM outbox GROUP BY destination ORDER BY destination").fetchall()
+        out: dict[str, DestinationContact] = {}
+        for row in rows:
+            success, failure = row["success"], row["failure"]
+            since, error = None, ""
+            if failure is not None and (success is None or failure > success):
+                first = self.db.conn.execute(
+                    f"SELECT MIN(created_at) AS first FROM outbox WHERE destination = ? AND {unanswered} "
+                    "AND updated_at > ?", (row["destination"], success or 0.0)).fetchone()["first"]
+                since = max(float(success or 0.0), float(first if first is not None else failure))
+                error = self.db.conn.execute(
+                    f"SELECT last_error FROM outbox WHERE destination = ? AND {unanswered} "
+                    "ORDER BY updated_at DESC, id DESC LIMIT 1", (row["destination"],)).fetchone()[0]
+            out[row["destination"]] = DestinationContact(
+                row["destination"], None if success is None else float(success),
+                None if failure is None else float(failure), since, str(error))
+        return out
 
     def result_job(self, series_uid: str) -> str | None:
         """The job whose results hold the series ``series_uid`` (None: the node queued no result of it)."""
