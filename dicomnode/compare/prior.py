@@ -347,7 +347,8 @@ class Comparison:
 
     def _retrieve(self, series: SeriesMatch) -> list[Path]:
         folder = self.output_dir / "prior-input" / series.series_uid
-        if self.request.method == "c-move" and self.request.database_path:
+        # a worker on another machine (Celery) has no node database: nothing to record there
+        if self.request.method == "c-move" and Path(self.request.database_path or "/nonexistent").is_file():
             from dicomnode.compare.retrieves import PendingRetrieves
             from dicomnode.database import Database
 
