@@ -10,8 +10,10 @@ receives one object of ``--big-gb`` GB (a multi-frame Secondary Capture whose pi
 
 The instances are generated CT slices (tests/factories.py: a synthetic water phantom, Explicit VR LE,
 ~0.5 MB each). storescp runs with ``+B`` (bit-preserving, no fsync; ``--fork`` for concurrent
-associations); dicomnode runs with its defaults (fsync of every file and directory before Success).
-Every rep starts from an empty output folder. The table shows the median of the reps.
+associations); dicomnode runs with its defaults (fsync of every file and directory before Success), and
+with more than one association also with ``node.receivers`` (``--receivers``). Each rep runs every receiver
+and the disk floor (the durability work alone, see the table's footnote) one after the other, from empty
+output folders; ratios are taken within a rep and the table shows medians over the reps.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -81,11 +86,12 @@ def start_storescp(out: Path, port: int) -> subprocess.Popen:
     return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
 
 
-def start_dicomnode(out: Path, port: int, fsync: bool = True) -> subprocess.Popen:
+def start_dicomnode(out: Path, port: int, fsync: bool = True, receivers: str = "1") -> subprocess.Popen:
     out.mkdir(parents=True)
     config = out / "bench.yaml"
     config.write_text(
-        f"node: {{ae_title: DICOMNODE, host: 127.0.0.1, port: {port}, max_associations: 16}}\n"
+        f"node: {{ae_title: DICOMNODE, host: 127.0.0.1, port: {port}, max_associations: 16, "
+        f"receivers: {receivers}}}\n"
         f"storage: {{path: {out / 'data'}, fsync: {str(fsync).lower()}, min_free_mb: 0, "
         "max_used_percent: 100}\n"
         "completion: {series_quiet_seconds: 3600, study_quiet_seconds: 3600, content_quiet_seconds: 3600}\n"
@@ -99,6 +105,47 @@ def start_dicomnode(out: Path, port: int, fsync: bool = True) -> subprocess.Pope
         stderr=open(out / "node.log", "wb"),  # noqa: SIM115
         env=ENV,
     )
+
+
+def disk_floor(folders: list[Path], out: Path, fsync: bool) -> float:
+    """Seconds to durably write every file of ``folders`` as the spool does, one thread per folder."""
+    data = [[f.read_bytes() for f in sorted(folder.glob("*.dcm"))] for folder in folders]
+    tmp, final = out / ".tmp", out / "study" / "series"
+    tmp.mkdir(parents=True)
+    final.mkdir(parents=True)
+
+    def write(number: int, blobs: list[bytes]) -> None:
+        for i, blob in enumerate(blobs):
+            part, name = tmp / f"{number}-{i}.part", final / f"{number}-{i}.dcm"
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                for start in range(0, len(blob), 256 * 1024):
+                    os.write(fd, blob[start : start + 256 * 1024])
+                if fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.link(part, name)
+            part.unlink()
+            if fsync:
+                folder = os.open(final, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    os.fsync(folder)
+                finally:
+                    os.close(folder)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(len(data)) as pool:
+        for future in [pool.submit(write, n, blobs) for n, blobs in enumerate(data)]:
+            future.result()
+    seconds = time.perf_counter() - start
+    shutil.rmtree(out, ignore_errors=True)
+    return seconds
+
+
+def _ratio(reference: list[float], seconds: list[float]) -> float:
+    """Median over reps of reference time / time (a throughput ratio)."""
+    return statistics.median(a / b for a, b in zip(reference, seconds, strict=True))
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -207,6 +254,8 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,4", help="comma-separated association counts")
     parser.add_argument("--rows", type=int, default=512)
     parser.add_argument("--no-fsync", action="store_true", help="run dicomnode with storage.fsync: false")
+    parser.add_argument("--receivers", default="1,auto",
+                        help="node.receivers values to run with more than one association (comma-separated)")
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary folder (removed)")
     parser.add_argument("--big-gb", type=float, default=2.0, help="size of the big object (0: skip)")
     parser.add_argument("--no-attack", action="store_true", help="skip the attack line")
@@ -223,39 +272,54 @@ def main() -> None:
             f"{len(files)} generated CT instances {args.rows}×{args.rows} int16 ({megabytes:.0f} MB), "
             f"{args.reps} rep(s), median shown, dicomnode fsync {'off' if args.no_fsync else 'on'}\n"
         )
-        results: dict[tuple[str, int], float] = {}
+        fsync = not args.no_fsync
+        receivers = [r.strip() for r in args.receivers.split(",") if r.strip()]
+        rows: list[tuple[str, int, float, float, float]] = []  # name, assocs, seconds, vs storescp, vs floor
         for concurrency in (int(c) for c in args.concurrency.split(",")):
             folders = [work / f"c{concurrency}" / str(i) for i in range(concurrency)]
             for i, f in enumerate(files):
                 target = folders[i % concurrency]
                 target.mkdir(parents=True, exist_ok=True)
                 os.link(f, target / f.name)
-            for name, starter, ae in (
-                ("storescp", start_storescp, "STORESCP"),
-                ("dicomnode", start_dicomnode, "DICOMNODE"),
-            ):
-                times = []
-                for rep in range(args.reps):
-                    out = work / f"out-{name}-{concurrency}-{rep}"
+            candidates: list[tuple[str, Callable[[Path, int], subprocess.Popen], str]] = [
+                ("storescp", start_storescp, "STORESCP")]
+            for count in receivers if concurrency > 1 else receivers[:1]:
+                name = "dicomnode" if count == "1" else f"dicomnode r={count}"
+                candidates.append((name, partial(start_dicomnode, fsync=fsync, receivers=count), "DICOMNODE"))
+            # the reps interleave the receivers (and the disk floor), so that the other load on the machine
+            # weighs on all of them alike; ratios are taken within a rep, then the median
+            times: dict[str, list[float]] = {name: [] for name, _, _ in candidates}
+            times["disk floor"] = []
+            for rep in range(args.reps):
+                for name, starter, ae in candidates:
+                    out = work / f"out-{name.replace(' ', '_')}-{concurrency}-{rep}"
                     port = free_port()
                     proc = starter(out, port)
                     try:
                         wait_echo(port, ae, proc)
-                        times.append(send(folders, port, ae))
+                        times[name].append(send(folders, port, ae))
                     finally:
                         stop(proc)
                     shutil.rmtree(out, ignore_errors=True)
-                results[(name, concurrency)] = statistics.median(times)
+                times["disk floor"].append(disk_floor(folders, work / f"floor-{concurrency}-{rep}", fsync))
+            for name, seconds in times.items():
+                median = statistics.median(seconds)
+                rows.append((name, concurrency, median, _ratio(times["storescp"], seconds),
+                             _ratio(times["disk floor"], seconds)))
 
-        print(f"{'receiver':<10} {'assocs':>6} {'seconds':>8} {'inst/s':>8} {'MB/s':>7} {'ratio':>6}")
-        for (name, concurrency), seconds in results.items():
-            ratio = results[("storescp", concurrency)] / seconds
+        print(f"{'receiver':<15} {'assocs':>6} {'seconds':>8} {'inst/s':>8} {'MB/s':>7} {'ratio':>6} "
+              f"{'÷floor':>6}")
+        for name, concurrency, seconds, ratio, floor_ratio in rows:
             print(
-                f"{name:<10} {concurrency:>6} {seconds:>8.2f} {len(files) / seconds:>8.1f} "
-                f"{megabytes / seconds:>7.1f} {ratio:>6.2f}"
+                f"{name:<15} {concurrency:>6} {seconds:>8.2f} {len(files) / seconds:>8.1f} "
+                f"{megabytes / seconds:>7.1f} {ratio:>6.2f} {floor_ratio:>6.2f}"
             )
         print(
-            "\nratio = dicomnode throughput / storescp throughput at the same concurrency (1.00 for storescp)"
+            "\nratio = throughput / storescp's at the same concurrency, in the same rep (median over reps);\n"
+            "÷floor = throughput / the disk floor's: the same files written by `assocs` threads doing only\n"
+            "the node's durability work per file (write a .part, fsync it, link it into its folder, fsync\n"
+            "the folder): what any receiver that fsyncs before Success can reach on this disk now.\n"
+            "dicomnode r=N: node.receivers N (receiver processes sharing the port)."
         )
         if not args.no_attack:
             print(attack_case(work, files))

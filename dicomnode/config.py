@@ -75,8 +75,24 @@ class NodeConfig(_Model):
     max_sequence_depth: int = Field(64, ge=1, le=100000)  # deeper nesting: refused with 0xC000
     max_inflated_mb: int = Field(256, ge=1)  # a deflated dataset expanding beyond: refused with 0xA700
     tls: TLSConfig = Field(default_factory=TLSConfig)
+    # processes accepting on the port (SO_REUSEPORT): 1 = the node's own; auto = one per CPU (at most 8)
+    receivers: int | Literal["auto"] = 1
 
     _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae(v)))
+
+    @field_validator("receivers")
+    @classmethod
+    def _receivers(cls, value: int | str) -> int | str:
+        if value != "auto" and not 1 <= int(value) <= 64:
+            raise ValueError(f"receivers must be 'auto' or 1 to 64, not {value!r}")
+        return value
+
+    @property
+    def receiver_count(self) -> int:
+        """How many processes receive (``receivers`` with ``auto`` resolved on this machine)."""
+        if self.receivers == "auto":
+            return max(1, min(os.cpu_count() or 1, 8))
+        return int(self.receivers)
 
     @field_validator("allowed_calling_aets")
     @classmethod

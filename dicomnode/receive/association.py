@@ -2,7 +2,8 @@
 
 The protocol stays in the field's libraries: PDUs are decoded and encoded by ``pynetdicom.pdu``,
 presentation contexts and SCP/SCU roles negotiated by ``pynetdicom.presentation.negotiate_as_acceptor``,
-command sets read and written by pydicom (Implicit VR Little Endian, PS3.7 6.3.1). This module only moves
+command sets read by :class:`~dicomnode.receive.command.Command` (pydicom's dictionary) and written
+directly (Implicit VR Little Endian, PS3.7 6.3.1). This module only moves
 the bytes: each P-DATA value of a C-STORE dataset goes straight to :class:`~dicomnode.receive.ingest.
 InstanceWriter` (and so to the spool's ``.part`` file) as it arrives; nothing holds a whole dataset.
 
@@ -41,6 +42,7 @@ from pynetdicom.pdu_primitives import (
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 
 from dicomnode.errors import ReceiveError
+from dicomnode.receive.command import Command, CommandError
 from dicomnode.receive.ingest import (
     IDENTIFIERS_INVALID,
     IMPLEMENTATION_VERSION,
@@ -182,13 +184,11 @@ def accept_pdu(
     return A_ASSOCIATE_AC(answer).encode(), accepted
 
 
-def decode_command(data: bytes) -> Dataset:
+def decode_command(data: bytes | bytearray) -> Command:
     try:
-        return read_dataset(io.BytesIO(data), is_implicit_VR=True, is_little_endian=True)
-    except Exception as exc:  # pydicom raises many types for garbage input
-        raise ProtocolError(
-            f"The DIMSE command set cannot be decoded ({type(exc).__name__}: {exc})."
-        ) from exc
+        return Command.decode(data)
+    except CommandError as exc:
+        raise ProtocolError(f"The DIMSE command set cannot be decoded: {exc}") from exc
 
 
 def p_data_pdus(context_id: int, payload: bytes, *, command: bool, peer_max_pdu: int) -> bytes:
@@ -216,7 +216,8 @@ def _uid_value(value: object) -> bytes:
 
 
 def response(
-    request: Dataset, command_field: int, status: int, comment: str = "", *, event_type: int | None = None
+    request: Dataset | Command, command_field: int, status: int, comment: str = "", *,
+    event_type: int | None = None,
 ) -> bytes:
     """The encoded response command set (PS3.7 9.3/10.3, Implicit VR Little Endian, group length first).
 
@@ -295,7 +296,7 @@ class Association:
         self.on_event_report = on_event_report if on_event_report is not None else []
         self.instances = 0
         self._command = bytearray()
-        self._pending: Dataset | None = None  # a command whose dataset is arriving
+        self._pending: Command | None = None  # a command whose dataset is arriving
         self._context_id = 0
         self._sink: InstanceWriter | _Buffer | _Discard | None = None
         self._early_status: tuple[int, str] | None = None
@@ -377,7 +378,7 @@ class Association:
             raise ProtocolError(f"A DIMSE command set is longer than {MAX_COMMAND} bytes.")
         if not last:
             return
-        command = decode_command(bytes(self._command))
+        command = decode_command(self._command)
         self._command.clear()
         field_ = int(command.get("CommandField", -1))
         has_dataset = int(command.get("CommandDataSetType", NO_DATASET)) != NO_DATASET
@@ -435,7 +436,7 @@ class Association:
         self._early_status = None
         self._reply(self._context_id, response(command, field_ | 0x8000, status, comment))
 
-    def _event_report(self, command: Dataset, buffer: _Buffer) -> int:
+    def _event_report(self, command: Command, buffer: _Buffer) -> int:
         """Hand an N-EVENT-REPORT to the observers; its status (0x0110 when it cannot be taken)."""
         calling = self.request.calling_aet
         class_uid = str(command.get("AffectedSOPClassUID", ""))

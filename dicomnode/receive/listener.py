@@ -171,8 +171,11 @@ class Listener:
     def start(self) -> None:
         self._tls = _tls_context(self.node)
         try:
-            sock = socket.create_server((self.node.host, self.node.port), backlog=128, reuse_port=False)
-        except OSError as exc:
+            # SO_REUSEPORT only when receiver processes share the port (node.receivers): a second node
+            # started by mistake on the same port must still fail here
+            sock = socket.create_server((self.node.host, self.node.port), backlog=128,
+                                        reuse_port=self.node.receiver_count > 1)
+        except (OSError, ValueError) as exc:  # ValueError: no SO_REUSEPORT on this system
             raise ReceiveError(f"Cannot listen on {self.node.host}:{self.node.port}: {exc}.") from exc
         sock.settimeout(0.2)
         self._sock = sock

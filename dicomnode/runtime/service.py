@@ -19,6 +19,7 @@ from dicomnode.config import Config
 from dicomnode.database import Database
 from dicomnode.receive.ingest import Ingest
 from dicomnode.receive.listener import Listener
+from dicomnode.receive.receivers import ReceiverPool
 from dicomnode.runtime.dispatch import EventDispatcher, ReadyHandler
 from dicomnode.spool.index import SpoolIndex
 from dicomnode.spool.recovery import recover
@@ -55,6 +56,7 @@ class Service:
             max_inflated_bytes=config.node.max_inflated_mb * 1024 * 1024,
         )
         self.listener = Listener(config.node, self.ingest, self.check_space)
+        self.receivers = ReceiverPool(config, self.listener, self.ingest)  # node.receivers - 1 processes
         self._components: list[Component] = []
         self._started: list[Component] = []
         self._reload_hooks: list[Callable[[], None]] = []
@@ -91,6 +93,7 @@ class Service:
                 component.start()
                 self._started.append(component)
             self.listener.start()
+            self.receivers.start()
         except BaseException:
             self.stop()
             raise
@@ -98,7 +101,9 @@ class Service:
 
     def stop(self) -> None:
         """Stop accepting, finish in-flight associations, flush events, stop components, close the DB."""
+        self.receivers.signal_stop()  # every process stops accepting at once, then each drains
         self.listener.stop(drain_seconds=self.config.node.dimse_timeout)
+        self.receivers.stop()
         self.assembler.stop()
         self.dispatcher.stop()
         while self._started:

@@ -1,0 +1,285 @@
+"""More receiver processes on the node's DICOM port (``node.receivers``), so receiving scales with cores.
+
+The node's own :class:`~dicomnode.receive.listener.Listener` binds the port with ``SO_REUSEPORT``; the
+:class:`ReceiverPool` then starts ``receivers - 1`` processes (``spawn``) that each bind the same port and
+run a listener of their own: the kernel spreads new connections over all of them. Each process has its
+own spool writer and its own connection to the SQLite database (WAL, busy timeout), and indexes what it
+receives itself, in the same transaction as the assembly update, exactly as the node's own listener does:
+every Success is still sent only after that instance's file, directory entry and index row are durable.
+The completion timers, routing and everything else stay in the main process (they read the index).
+
+What the receivers see reaches the main process over a pipe, and there the same observers as for the
+node's own listener (metrics): accepted/refused associations, space checks, stored and failed instances.
+An N-EVENT-REPORT (storage commitment) received by a receiver is handed to the main process's observers
+and answered with their verdict.
+
+A receiver that dies (kill -9, a crash) loses only what it had not acknowledged: its ``.part`` files are
+removed by recovery at the next start. The pool starts a new one in its place. A receiver whose main
+process is gone stops at once. Limits (``max_associations``, the pending and per-peer limits) apply per
+process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from dicomnode.config import Config
+from dicomnode.errors import ReceiveError
+from dicomnode.receive.ingest import Ingest
+from dicomnode.receive.listener import Listener
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT = 60.0  # seconds a new receiver may take to import the node and bind the port
+RESTART_DELAY = 2.0  # a receiver that died within this of its start is restarted only after it
+
+
+@dataclass
+class _Receiver:
+    number: int
+    process: BaseProcess
+    notify: Connection  # receiver → main: observer events
+    requests: Connection  # receiver ⇄ main: N-EVENT-REPORTs and their verdicts
+    lifeline: Connection  # main's end; the receiver stops when it closes
+    started: float
+
+
+class ReceiverPool:
+    """Starts, watches and stops the extra receivers of ``listener`` (none when ``receivers`` is 1)."""
+
+    def __init__(self, config: Config, listener: Listener, ingest: Ingest) -> None:
+        self.config = config
+        self.listener = listener
+        self.ingest = ingest
+        self.count = config.node.receiver_count
+        self._context = multiprocessing.get_context("spawn")
+        self._receivers: dict[int, _Receiver] = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._monitor: threading.Thread | None = None
+        self.restarts = 0
+
+    def pids(self) -> list[int]:
+        with self._lock:
+            return [r.process.pid for r in self._receivers.values() if r.process.pid is not None]
+
+    def start(self) -> None:
+        """Start the receivers on the listener's port (call after ``listener.start()``)."""
+        if self.count <= 1:
+            return
+        self._stopping.clear()
+        port = self.listener.port
+        for number in range(1, self.count):
+            self._spawn(number, port)
+        self._monitor = threading.Thread(target=self._watch, args=(port,), name="receiver-pool", daemon=True)
+        self._monitor.start()
+        log.info("%d receiver processes share port %d with the node.", self.count - 1, port)
+
+    def signal_stop(self) -> None:
+        """Tell every receiver to stop accepting and finish its associations (returns at once)."""
+        self._stopping.set()
+        with self._lock:
+            receivers = list(self._receivers.values())
+        for receiver in receivers:
+            with contextlib.suppress(OSError):
+                receiver.lifeline.close()  # the receiver's cue: stop accepting, drain, exit
+
+    def stop(self) -> None:
+        """:meth:`signal_stop`, then wait for the receivers (killing one that takes too long)."""
+        if self._monitor is None:
+            return
+        self.signal_stop()
+        with self._lock:
+            receivers = list(self._receivers.values())
+        deadline = time.monotonic() + self.config.node.dimse_timeout + 10
+        for receiver in receivers:
+            receiver.process.join(max(0.1, deadline - time.monotonic()))
+            if receiver.process.is_alive():
+                log.warning("Receiver process %d did not stop in time; killing it.", receiver.process.pid)
+                receiver.process.kill()
+                receiver.process.join(5)
+        self._monitor.join(10)
+        self._monitor = None
+        with self._lock:
+            for receiver in self._receivers.values():
+                for conn in (receiver.notify, receiver.requests):
+                    conn.close()
+            self._receivers.clear()
+
+    # -- the main process's side ------------------------------------------------------------------------
+    def _spawn(self, number: int, port: int) -> None:
+        notify_read, notify_write = self._context.Pipe(duplex=False)
+        requests_main, requests_receiver = self._context.Pipe(duplex=True)
+        lifeline_read, lifeline_write = self._context.Pipe(duplex=False)
+        ready = self._context.Event()
+        process = self._context.Process(
+            target=run_receiver,
+            args=(self.config, port, number, notify_write, requests_receiver, lifeline_read, ready,
+                  bool(self.listener.on_event_report)),
+            name=f"dicomnode-receiver-{number}",
+            daemon=True,
+        )
+        process.start()
+        for end in (notify_write, requests_receiver, lifeline_read):
+            end.close()  # the receiver holds these now; EOF on ours means it is gone
+        receiver = _Receiver(number, process, notify_read, requests_main, lifeline_write, time.monotonic())
+        with self._lock:
+            self._receivers[number] = receiver
+        if not ready.wait(START_TIMEOUT) or not process.is_alive():
+            raise ReceiveError(
+                f"Receiver process {number} did not start listening on port {port} within "
+                f"{START_TIMEOUT:.0f} s (exit code {process.exitcode})."
+            )
+
+    def _watch(self, port: int) -> None:
+        while not self._stopping.is_set():
+            with self._lock:
+                receivers = list(self._receivers.values())
+            waitables: dict[Any, tuple[str, _Receiver]] = {}
+            for receiver in receivers:
+                waitables[receiver.process.sentinel] = ("exit", receiver)
+                waitables[receiver.notify] = ("notify", receiver)
+                waitables[receiver.requests] = ("request", receiver)
+            for ready in wait(list(waitables), timeout=0.5):
+                kind, receiver = waitables[ready]
+                if kind == "notify":
+                    self._drain_notifications(receiver)
+                elif kind == "request":
+                    self._answer_request(receiver)
+                elif not self._stopping.is_set():
+                    self._restart(receiver, port)
+                    break
+
+    def _drain_notifications(self, receiver: _Receiver) -> None:
+        try:
+            while receiver.notify.poll():
+                self._publish(*receiver.notify.recv())
+        except (EOFError, OSError):
+            return  # the receiver is gone; its sentinel tells the watcher
+
+    def _publish(self, kind: str, *args: Any) -> None:
+        observers: list[Any] = {
+            "accepted": self.listener.on_accepted, "rejected": self.listener.on_rejected,
+            "space": self.listener.on_space_checked, "stored": self.ingest.on_stored,
+            "failed": self.ingest.on_failed,
+        }.get(kind, [])
+        for observer in observers:
+            try:
+                observer(*args)
+            except Exception:  # an observer (metrics) must not stop the pool
+                log.exception("Observer %r failed for a receiver's '%s' event.", observer, kind)
+
+    def _answer_request(self, receiver: _Receiver) -> None:
+        try:
+            calling, class_uid, event_type, info = receiver.requests.recv()
+        except (EOFError, OSError):
+            return
+        verdict: tuple[bool, str] = (True, "")
+        try:
+            for observer in self.listener.on_event_report:
+                observer(calling, class_uid, event_type, info)
+        except Exception as exc:  # the receiver answers 0x0110 and the peer reports again
+            verdict = (False, str(exc))
+        with contextlib.suppress(OSError):
+            receiver.requests.send(verdict)
+
+    def _restart(self, receiver: _Receiver, port: int) -> None:
+        receiver.process.join(5)  # its sentinel is ready: this reaps it and sets the exit code
+        code = receiver.process.exitcode
+        log.error("Receiver process %d (pid %s) exited with %s; starting a new one.", receiver.number,
+                  receiver.process.pid, code)
+        for conn in (receiver.notify, receiver.requests, receiver.lifeline):
+            conn.close()
+        with self._lock:
+            self._receivers.pop(receiver.number, None)
+        if time.monotonic() - receiver.started < RESTART_DELAY:
+            self._stopping.wait(RESTART_DELAY)
+        if self._stopping.is_set():
+            return
+        self.restarts += 1
+        try:
+            self._spawn(receiver.number, port)
+        except ReceiveError as exc:
+            log.error("%s", exc)
+
+
+# -- the receiver process's side -------------------------------------------------------------------------
+class _Forwarder:
+    """Observers in a receiver that tell the main process (one pipe, shared by the connection threads)."""
+
+    def __init__(self, notify: Connection, requests: Connection) -> None:
+        self._notify = notify
+        self._requests = requests
+        self._notify_lock = threading.Lock()
+        self._request_lock = threading.Lock()
+
+    def send(self, kind: str, *args: Any) -> None:
+        with self._notify_lock, contextlib.suppress(OSError):
+            self._notify.send((kind, *args))
+
+    def event_report(self, calling: str, class_uid: str, event_type: int, info: Any) -> None:
+        with self._request_lock:
+            try:
+                self._requests.send((calling, class_uid, event_type, info))
+                taken, reason = self._requests.recv()
+            except (EOFError, OSError) as exc:
+                raise ReceiveError(f"The main process cannot take the N-EVENT-REPORT: {exc}.") from exc
+        if not taken:
+            raise ReceiveError(reason)
+
+
+def run_receiver(
+    config: Config, port: int, number: int, notify: Connection, requests: Connection, lifeline: Connection,
+    ready: Any, forward_event_reports: bool,
+) -> None:
+    """A receiver process: a listener with its own spool writer and index connection (see the module)."""
+    from dicomnode.assemble.assembler import Assembler
+    from dicomnode.database import Database
+    from dicomnode.observability.logging import configure_logging
+    from dicomnode.spool.index import SpoolIndex
+    from dicomnode.spool.store import Spool
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides when receivers stop
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    configure_logging(config.logging)
+    database = Database(config.storage.database_path)
+    spool = Spool(config.storage.spool_dir, fsync=config.storage.fsync)
+    index = SpoolIndex(database, spool.root)
+    # on_instance only: the main process's assembler runs the completion timers over the shared tables
+    assembler = Assembler(database, index, config.completion, lambda _event: None)
+    ingest = Ingest(spool, index, assembler, max_sequence_depth=config.node.max_sequence_depth,
+                    max_inflated_bytes=config.node.max_inflated_mb * 1024 * 1024)
+    storage = config.storage
+    listener = Listener(config.node.model_copy(update={"port": port}), ingest,
+                        lambda: spool.check_space(storage.min_free_mb, storage.max_used_percent))
+    forwarder = _Forwarder(notify, requests)
+    listener.on_accepted.append(lambda: forwarder.send("accepted"))
+    listener.on_rejected.append(lambda reason: forwarder.send("rejected", reason))
+    listener.on_space_checked.append(lambda full: forwarder.send("space", full))
+    ingest.on_stored.append(lambda size: forwarder.send("stored", size))
+    ingest.on_failed.append(lambda status: forwarder.send("failed", status))
+    if forward_event_reports:
+        listener.on_event_report.append(forwarder.event_report)
+
+    def watch_main() -> None:
+        with contextlib.suppress(EOFError, OSError):
+            lifeline.recv()  # nothing is ever sent: this returns when the main process closes it or dies
+        stop.set()
+
+    listener.start()
+    threading.Thread(target=watch_main, name="receiver-lifeline", daemon=True).start()
+    ready.set()
+    log.info("Receiver process %d listening on port %d.", number, port)
+    stop.wait()
+    listener.stop(drain_seconds=config.node.dimse_timeout)
+    database.close()

@@ -1,0 +1,141 @@
+"""``node.receivers: 2``: a second receiver process shares the DICOM port (SO_REUSEPORT)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pydicom
+import pytest
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
+
+from tests.factories import ct_series, dataset_hash
+from tests.fixtures_node import NodeProcess, storescu
+from tests.integration.test_receive_failures import _acknowledged
+from tests.support import dcmtk, free_port
+
+
+def _receiver_pids(node: NodeProcess) -> list[int]:
+    """The receiver processes (children of the node running dicomnode's receiver), once they listen."""
+    assert node.proc is not None
+    deadline = time.monotonic() + 60
+    while "Receiver process 1 listening" not in node.log_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    children = psutil.Process(node.proc.pid).children()
+    return [c.pid for c in children if "resource_tracker" not in " ".join(c.cmdline())]
+
+
+def _holders(node: NodeProcess, pids: list[int]) -> dict[int, int]:
+    """Established connections on the node's port, by process."""
+    counts = {}
+    for pid in pids:
+        counts[pid] = sum(1 for c in psutil.Process(pid).net_connections("tcp")
+                          if c.status == psutil.CONN_ESTABLISHED and c.laddr and c.laddr.port == node.port)
+    return counts
+
+
+def _metric(port: int, name: str) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
+
+
+def test_two_receivers_both_accept_and_index_every_instance_once(dicomnode_node, tmp_path: Path) -> None:
+    files = ct_series(tmp_path / "src", slices=12, rows=32, cols=32, seed="receivers")
+    metrics_port = free_port()
+    node = dicomnode_node(node={"receivers": 2}, metrics={"port": metrics_port, "host": "127.0.0.1"})
+    (receiver,) = _receiver_pids(node)
+    assert node.proc is not None
+
+    ae = AE(ae_title="RECV2")
+    ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
+    associations = [ae.associate("127.0.0.1", node.port, ae_title=node.ae_title) for _ in files]
+    try:
+        assert all(a.is_established for a in associations)
+        holders = _holders(node, [node.proc.pid, receiver])
+        assert holders[node.proc.pid] >= 1 and holders[receiver] >= 1, holders  # both processes accept
+        for association, path in zip(associations, files, strict=True):
+            assert association.send_c_store(pydicom.dcmread(path)).Status == 0x0000
+        # the same instance again, on associations probably served by the other process: kept once
+        assert associations[0].send_c_store(pydicom.dcmread(files[1])).Status == 0x0000
+        assert associations[-1].send_c_store(pydicom.dcmread(files[1])).Status == 0x0000
+    finally:
+        for association in associations:
+            association.release()
+
+    rows = node.query("SELECT sop_instance_uid, path, duplicates FROM spool_instances")
+    assert len(rows) == len(files)
+    duplicates = {r["sop_instance_uid"]: r["duplicates"] for r in rows}
+    assert duplicates[pydicom.dcmread(files[1]).SOPInstanceUID] == 2
+    for row in rows:
+        original = next(f for f in files if pydicom.dcmread(f).SOPInstanceUID == row["sop_instance_uid"])
+        assert dataset_hash(node.spool / row["path"]) == dataset_hash(original)
+    # what a receiver stores reaches the node's metrics, and the node's assembler completes the series
+    assert _metric(metrics_port, "dicomnode_instances_received_total") == len(files)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        series = node.query("SELECT state, instance_count FROM assembly_series")
+        if series and series[0]["state"] == "complete":
+            break
+        time.sleep(0.2)
+    assert series == [{"state": "complete", "instance_count": len(files)}]
+    assert node.stop() == 0
+    assert not psutil.pid_exists(receiver) or psutil.Process(receiver).status() == psutil.STATUS_ZOMBIE
+
+
+def test_kill_9_of_a_receiver_loses_nothing_acknowledged_and_it_is_replaced(
+    dicomnode_node, tmp_path: Path
+) -> None:
+    senders_wanted = 10
+    sources = []
+    for i in range(senders_wanted):
+        ct_series(tmp_path / f"src{i}", slices=80, rows=32, cols=32, seed=f"kill-receiver-{i}")
+        sources.append(tmp_path / f"src{i}")
+    node = dicomnode_node(node={"receivers": 2})
+    assert node.proc is not None
+    (receiver,) = _receiver_pids(node)
+    senders: list[subprocess.Popen[str]] = []
+    # start senders until the receiver process serves one of them (the kernel picks by address hash)
+    for source in sources:
+        senders.append(subprocess.Popen(
+            [dcmtk("storescu"), "-v", "-aet", "CT1", "-aec", node.ae_title, "127.0.0.1", str(node.port),
+             "+sd", "+sp", "*.dcm", str(source)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        ))
+        time.sleep(0.3)
+        if _holders(node, [receiver])[receiver]:
+            break
+    else:
+        pytest.fail("no sender was served by the receiver process")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(node.query("SELECT 1 FROM spool_instances")) < 20:
+        time.sleep(0.05)
+    psutil.Process(receiver).send_signal(signal.SIGKILL)
+    outputs = [s.communicate(timeout=120)[0] for s in senders]
+    acknowledged = [path for output in outputs for path in _acknowledged(output)]
+    assert any(s.returncode != 0 for s in senders), "the killed receiver's sender should have failed"
+
+    indexed = {r["sop_instance_uid"]: r for r in node.query("SELECT * FROM spool_instances")}
+    for path in acknowledged:  # the node is still up: everything acknowledged is indexed and intact
+        sop = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
+        assert sop in indexed, f"acknowledged instance {sop} is not indexed"
+        assert dataset_hash(node.spool / indexed[sop]["path"]) == dataset_hash(path)
+
+    deadline = time.monotonic() + 60  # a new receiver takes the dead one's place
+    while time.monotonic() < deadline and not [p for p in _receiver_pids(node) if p != receiver]:
+        time.sleep(0.2)
+    assert [p for p in _receiver_pids(node) if p != receiver], node.log_text()[-2000:]
+    assert "exited with -9; starting a new one" in node.log_text()
+    again = storescu(node, *sorted(sources[0].glob("*.dcm"))[:5])
+    assert again.returncode == 0
+
+    assert node.stop() == 0
+    node.start()  # recovery removes the killed receiver's partial files
+    assert not list((node.spool / ".tmp").iterdir())
+    for stored in node.spool.glob("*/*/*.dcm"):  # nothing half-written under a final name
+        assert pydicom.dcmread(stored).SOPInstanceUID == stored.stem
+    assert node.stop() == 0
