@@ -28,7 +28,8 @@ Server-side state (tables of the node database owned by this module, schema ``co
 * ``console_login_throttle`` — failed logins per user name and per client address: after
   ``console.login_max_failures`` failures within ``console.login_window_minutes`` that user (from
   anywhere) or that address (for any user) is locked out for ``console.login_lockout_minutes``; attempts
-  during a lockout are refused without looking at the password and do not extend it. A successful login
+  during a lockout are refused without looking at the password and do not extend it. An attempt is
+  counted before its password is checked (so parallel guesses cannot outrun the count); a successful login
   clears the counters of its own user and address only.
 """
 
@@ -43,6 +44,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
@@ -319,10 +321,12 @@ class LoginThrottle:
 
     def refusal(self, user: str, address: str) -> Lockout | None:
         """The lockout in force for this user name or this address (the longer one), else None."""
-        now = self._clock()
+        return self._refusal(self.db.conn, user, address, self._clock())
+
+    def _refusal(self, conn: Any, user: str, address: str, now: float) -> Lockout | None:
         found: Lockout | None = None
         for kind, key in self._keys(user, address):
-            row = self.db.conn.execute(
+            row = conn.execute(
                 "SELECT failures, locked_until FROM console_login_throttle WHERE kind = ? AND key = ?",
                 (kind, key)).fetchone()
             until = None if row is None else row["locked_until"]
@@ -330,11 +334,18 @@ class LoginThrottle:
                 found = Lockout(kind, key, float(until), int(row["failures"]))
         return found
 
-    def failed(self, user: str, address: str) -> list[Lockout]:
-        """Count a failed login against the user name and the address; returns the lockouts it started."""
+    def attempt(self, user: str, address: str) -> tuple[Lockout | None, list[Lockout]]:
+        """Begin a login attempt, atomically: ``(lockout, [])`` when a lockout refuses it (not counted),
+        else ``(None, started)`` — the attempt is counted as a failure *before* the password is checked
+        (so parallel attempts cannot all slip in before the first failure is recorded) and ``started`` are
+        the lockouts this starts should it fail. A correct password then calls :meth:`succeeded`, which
+        clears the counts (and those lockouts) of its user name and address."""
         now, policy = self._clock(), self.policy
         started: list[Lockout] = []
         with self.db.transaction() as conn:
+            refused = self._refusal(conn, user, address, now)
+            if refused is not None:
+                return refused, []
             conn.execute("DELETE FROM console_login_throttle WHERE window_start < ? "
                          "AND (locked_until IS NULL OR locked_until < ?)", (now - policy.window_seconds, now))
             for kind, key in self._keys(user, address):
@@ -353,7 +364,7 @@ class LoginThrottle:
                     (kind, key, failures, start, until))
                 if until is not None:
                     started.append(Lockout(kind, key, until, failures))
-        return started
+        return None, started
 
     def succeeded(self, user: str, address: str) -> None:
         """A successful login clears the counters of this user name and this address (no other)."""

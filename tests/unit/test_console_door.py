@@ -124,6 +124,23 @@ def test_a_login_elsewhere_does_not_reset_another_addresses_count(server: Consol
     assert login(guesser).status_code == 429
 
 
+def test_parallel_guesses_cannot_outrun_the_count(node: ConsoleNode, server: ConsoleServer) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    clients = [browser(server, "127.0.0.13") for _ in range(12)]
+    tokens = [csrf(c) for c in clients]
+
+    def guess(i: int) -> int:
+        return clients[i].post("/login", data={"username": "admin", "password": f"guess {i}",
+                                               "csrf_token": tokens[i]}).status_code
+
+    with ThreadPoolExecutor(12) as pool:
+        answers = sorted(pool.map(guess, range(12)))
+    assert answers.count(401) == 2 and answers.count(429) == 10, answers
+    assert node.metrics.value("dicomnode_console_login_failures_total") == 3  # only 3 passwords were tried
+    assert node.metrics.value("dicomnode_console_login_refused_total") == 9
+
+
 def test_a_lockout_ends_after_its_time(tmp_path: Path) -> None:
     node = make_node(tmp_path / "node", login_lockout_minutes=0.04)  # 2.4 s
     server = ConsoleServer(node, "127.0.0.1", free_port())

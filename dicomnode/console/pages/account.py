@@ -15,7 +15,7 @@ from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from dicomnode.console.auth import MIN_PASSWORD_LENGTH, hash_password, verify_password
-from dicomnode.console.pages.login import count_failure
+from dicomnode.console.pages.login import refused, report_failure
 from dicomnode.console.web import READ, Console, ConsoleDep, Flash, Writer
 
 log = logging.getLogger(__name__)
@@ -51,19 +51,21 @@ def _change(request: Request, console: Console, user: str, current: str, new: st
         return _page(request, console, 400, f"{user} is identified by the reverse proxy "
                      f"({console.config.proxy_user_header}); the password is managed there.")
     address = console.client_address(request)
-    lockout = console.throttle.refusal(user, address)
+    lockout, started = console.throttle.attempt(user, address)
     if lockout is not None:
+        refused(request, console, user, lockout)
         response = _page(request, console, 429, lockout.message(console.throttle.now()))
         response.headers["Retry-After"] = str(lockout.retry_after(console.throttle.now()))
         return response
     expected = console.password_hash()
     if not expected or not verify_password(current, expected):
-        started = count_failure(request, console, user)
+        report_failure(request, console, user, started)
         message = "The current password is wrong; the password was not changed."
         if started:
             lock = max(started, key=lambda item: item.until)
             message += " " + lock.message(console.throttle.now())
         return _page(request, console, 429 if started else 400, message)
+    console.throttle.succeeded(user, address)
     if len(new) < MIN_PASSWORD_LENGTH:
         return _page(request, console, 400, f"The new password has {len(new)} characters; it needs at least "
                      f"{MIN_PASSWORD_LENGTH}. The password was not changed.")

@@ -39,11 +39,10 @@ def locked_out(request: Request, console: Console, lockout: Lockout, target: str
     return response
 
 
-def count_failure(request: Request, console: Console, user: str) -> list[Lockout]:
-    """Count a wrong password against ``user`` and the client's address; audit and count the lockouts
-    this starts (runs in a worker thread: it writes the database)."""
+def report_failure(request: Request, console: Console, user: str, started: list[Lockout]) -> None:
+    """A wrong password (already counted by ``throttle.attempt``): count it in the metrics; audit, log and
+    count the lockouts it started (runs in a worker thread: it writes the database)."""
     address = console.client_address(request)
-    started = console.throttle.failed(user, address)
     metrics = console.node.metrics
     if metrics is not None:
         metrics.console_login_failed()
@@ -55,7 +54,13 @@ def count_failure(request: Request, console: Console, user: str) -> list[Lockout
             "failures": lockout.failures, "until": lockout.until, "client": address, "user": user})
         if metrics is not None:
             metrics.console_login_locked(str(lockout.kind))
-    return started
+
+
+def refused(request: Request, console: Console, user: str, lockout: Lockout) -> None:
+    log.warning("Console login for user %r from %s refused: locked out (%s %r).", user,
+                console.client_address(request), lockout.kind, lockout.key)
+    if console.node.metrics is not None:
+        console.node.metrics.console_login_refused()
 
 
 @router.post("/login", response_class=HTMLResponse)
@@ -65,12 +70,9 @@ async def login(request: Request, console: ConsoleDep) -> Response:
     user, password = str(form.get("username", "")), str(form.get("password", ""))
     target = safe_next(str(form.get("next", "/")))
     address = console.client_address(request)
-    lockout = await run_in_threadpool(console.throttle.refusal, user, address)
+    lockout, started = await run_in_threadpool(console.throttle.attempt, user, address)
     if lockout is not None:
-        log.warning("Console login for user %r from %s refused: locked out (%s %r).", user, address,
-                    lockout.kind, lockout.key)
-        if console.node.metrics is not None:
-            console.node.metrics.console_login_refused()
+        refused(request, console, user, lockout)
         return locked_out(request, console, lockout, target)
     expected = await run_in_threadpool(console.password_hash)
     ok = False
@@ -79,7 +81,7 @@ async def login(request: Request, console: ConsoleDep) -> Response:
         ok = await run_in_threadpool(verify_password, password, expected) and user_ok
     if not ok:
         log.warning("Console login refused for user %r from %s.", user, address)
-        started = await run_in_threadpool(count_failure, request, console, user)
+        await run_in_threadpool(report_failure, request, console, user, started)
         await asyncio.sleep(0.5)
         message = "Wrong user name or password." if expected else \
             "Password login is not configured (console.admin_password_hash)."
