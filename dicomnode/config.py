@@ -186,6 +186,7 @@ class ViewerProfile(_Model):
     send_seg: bool = True
     send_enhanced: bool = True
     send_sr: bool = True
+    send_ko: bool = True  # Key Object Selection document flagging each finding's key slice
 
 
 class BasicAuthConfig(_Model):

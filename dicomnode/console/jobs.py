@@ -21,12 +21,13 @@ from typing import Any
 
 from dicomnode.console.node import ConsoleNode
 from dicomnode.jobs import JobResult
-from dicomnode.outputs.package import CAPTURE_DIR, DERIVED_DIR, SEG_FILE, SR_FILE
+from dicomnode.outputs.package import CAPTURE_DIR, CAPTURE_FILE, DERIVED_DIR, KO_FILE, SEG_FILE, SR_FILE
 
 log = logging.getLogger(__name__)
 
 # the result package's stable names, so large derived series need not be read to be counted
-_PACKAGE_KINDS = {SEG_FILE: "seg", SR_FILE: "sr", DERIVED_DIR: "enhanced", CAPTURE_DIR: "capture"}
+_PACKAGE_KINDS = {SEG_FILE: "seg", SR_FILE: "sr", KO_FILE: "ko", DERIVED_DIR: "enhanced",
+                  CAPTURE_FILE: "capture", CAPTURE_DIR: "capture"}
 
 
 @dataclass

@@ -1,7 +1,8 @@
-"""The result package of one processed series: SEG, enhanced derived series, TID 1500 SR, capture.
+"""The result package of one processed series: SEG, enhanced derived series, TID 1500 SR, key images (KOS),
+secondary capture.
 
-Entry point: :func:`write_result_package`. File names are stable (``seg.dcm``, ``sr.dcm``,
-``derived/IM00001.dcm`` …, ``capture/IM00001.dcm`` …) and every UID is derived from (source series,
+Entry point: :func:`write_result_package`. File names are stable (``seg.dcm``, ``sr.dcm``, ``ko.dcm``,
+``derived/IM00001.dcm`` …, ``capture.dcm``) and every UID is derived from (source series,
 pipeline, parameters hash), so writing the package again replaces the same objects.
 """
 
@@ -23,6 +24,7 @@ from dicomnode.outputs.api import ProcessedSeries, Segment
 from dicomnode.outputs.codes import DEFAULT_SR_FEATURES, feature_code
 from dicomnode.outputs.derived import DerivedSpec, iter_derived_series
 from dicomnode.outputs.findings import finding_sites, lesion_kinds, tracking_uids
+from dicomnode.outputs.ko import KOSpec, build_ko
 from dicomnode.outputs.seg import SegSpec, build_seg
 from dicomnode.outputs.sr import FindingInfo, SRSpec, build_sr
 from dicomnode.outputs.uids import UIDFactory
@@ -31,8 +33,10 @@ log = logging.getLogger(__name__)
 
 SEG_FILE = "seg.dcm"
 SR_FILE = "sr.dcm"
+KO_FILE = "ko.dcm"
 DERIVED_DIR = "derived"
-CAPTURE_DIR = "capture"
+CAPTURE_FILE = "capture.dcm"
+CAPTURE_DIR = "capture"  # earlier releases' CT-image-per-slice capture: removed when a package is rewritten
 
 
 # Type 2 attributes of the Patient and General Study modules: they must be present (possibly empty) in every
@@ -64,7 +68,7 @@ def conforming_sources(sources: Sequence[Dataset]) -> tuple[Dataset, ...]:
 
 
 def series_number(source: Dataset, kind: int) -> int:
-    """Result series numbers: 1000·kind + the source's (SEG 1, derived 2, SR 3, capture 4)."""
+    """Result series numbers: 1000·kind + the source's (SEG 1, derived 2, SR 3, capture 4, KOS 5)."""
     try:
         base = int(source.get("SeriesNumber", 0) or 0)
     except (TypeError, ValueError):
@@ -197,13 +201,21 @@ def write_result_package(
                       finding_info(processed, tracking))
         written.append(_write(sr, output_dir / SR_FILE))
 
-    if profile.secondary_capture:
-        from dicomnode.outputs.capture import CaptureSpec, build_capture_series
+    if profile.send_ko and any(s.mask.any() for s in processed.segments):
+        spec_k = KOSpec(series_description=f"{prov.pipeline} key images"[:64],
+                        series_number=series_number(first, 5))
+        ko = build_ko(sources, processed.segments, prov, uids, spec_k)
+        written.append(_write(ko, output_dir / KO_FILE))
+
+    if profile.secondary_capture and any(s.mask.any() for s in processed.segments):
+        from dicomnode.outputs.capture import CaptureSpec, build_capture
 
         if processed.image is None:
-            raise OutputError("A burned-in capture series needs the source image in the processed series.")
+            raise OutputError("A secondary capture needs the source image in the processed series.")
         spec_c = CaptureSpec(series_number=series_number(first, 4))
-        images = build_capture_series(processed, measurements, uids, spec_c)
-        written.extend(_write_series(images, output_dir / CAPTURE_DIR))
+        capture = build_capture(processed, measurements, uids, spec_c)
+        written.append(_write(capture, output_dir / CAPTURE_FILE))
+    for stale in (output_dir / CAPTURE_DIR).glob("IM*.dcm"):  # the CT-based capture of earlier releases
+        stale.unlink()
     log.info("Result package of %s written: %d files in %s", prov.pipeline, len(written), output_dir)
     return written

@@ -24,6 +24,7 @@ KINDS = (
     "sr-series", "sr",
     "capture-series", "capture",
     "tracking",
+    "ko-series", "ko",
 )
 
 

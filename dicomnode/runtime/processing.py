@@ -51,6 +51,7 @@ def combined_profile(config: Config, destinations: Sequence[str]) -> dict[str, A
         send_seg=any(p.send_seg for p in profiles),
         send_enhanced=any(p.send_enhanced for p in profiles),
         send_sr=any(p.send_sr for p in profiles),
+        send_ko=any(p.send_ko for p in profiles),
         secondary_capture=any(p.secondary_capture for p in profiles),
         seg_omit_empty_frames=all(p.seg_omit_empty_frames for p in profiles),
     )

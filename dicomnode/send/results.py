@@ -1,5 +1,5 @@
 """Queueing a job's result objects for its destinations, filtered by each destination's viewer profile
-(``destinations.<name>.profile``: send_seg, send_enhanced, send_sr, secondary_capture)."""
+(``destinations.<name>.profile``: send_seg, send_enhanced, send_sr, send_ko, secondary_capture)."""
 
 from __future__ import annotations
 
@@ -16,12 +16,13 @@ from dicomnode.send.outbox import Outbox
 
 SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.4"
 SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
+KEY_OBJECT_SELECTION = "1.2.840.10008.5.1.4.1.1.88.59"  # an SR-family SOP class, sent as its own kind
 SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
 
 
 def result_kind(path: Path) -> str:
-    """``seg``, ``sr``, ``capture`` (a Secondary Capture, or any image with burned-in annotation: the
-    NOT FOR DIAGNOSIS outline series) or ``enhanced`` (any other image)."""
+    """``seg``, ``sr``, ``ko`` (key images), ``capture`` (a Secondary Capture, or any image with burned-in
+    annotation: the NOT FOR DIAGNOSIS outline series) or ``enhanced`` (any other image)."""
     try:
         sop_class = str(read_file_meta_info(path).MediaStorageSOPClassUID)
         burned_in = dcmread(path, stop_before_pixels=True, specific_tags=["BurnedInAnnotation"]).get(
@@ -30,6 +31,8 @@ def result_kind(path: Path) -> str:
         raise SendError(f"Cannot read the SOP class of result file '{path}': {exc}.") from exc
     if sop_class == SEGMENTATION:
         return "seg"
+    if sop_class == KEY_OBJECT_SELECTION:
+        return "ko"
     if sop_class.startswith(SR_PREFIX):
         return "sr"
     if sop_class.startswith(SECONDARY_CAPTURE_PREFIX) or str(burned_in).upper() == "YES":
@@ -38,8 +41,8 @@ def result_kind(path: Path) -> str:
 
 
 def wanted(profile: ViewerProfile, kind: str) -> bool:
-    return {"seg": profile.send_seg, "sr": profile.send_sr, "capture": profile.secondary_capture,
-            "enhanced": profile.send_enhanced}[kind]
+    return {"seg": profile.send_seg, "sr": profile.send_sr, "ko": profile.send_ko,
+            "capture": profile.secondary_capture, "enhanced": profile.send_enhanced}[kind]
 
 
 def enqueue_results(

@@ -35,7 +35,7 @@ pytestmark = pytest.mark.integration
 OUR_ACCEPTED_WARNINGS = (
     # our provenance private block (creator "DICOMNODE 1.0", group 0x0077): private tags are unknown to it
     re.compile(r"^\(0x0077,0x10[0-9a-f]{2}\)\s+\?\s+- Warning - Unrecognized tag"),
-    # derived/capture series of a source without Laterality: sent empty (= unknown) instead of missing
+    # derived series and capture of a source without Laterality: sent empty (= unknown) instead of missing
     re.compile(r"^Warning - is only permitted to be empty when actually unknown.*attribute <Laterality>$"),
 )
 
@@ -64,8 +64,8 @@ def package(processed, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("name", ["seg.dcm", "sr.dcm", "derived/IM00001.dcm", "derived/IM00020.dcm",
-                                  "capture/IM00001.dcm"])
+@pytest.mark.parametrize("name", ["seg.dcm", "sr.dcm", "ko.dcm", "derived/IM00001.dcm", "derived/IM00020.dcm",
+                                  "capture.dcm"])
 def test_dciodvfy_reports_no_errors(package, processed, name):
     source = next(iter(sorted(shared_data("ct-abdomen-20", "dicom").glob("*.dcm"))))
     _, inherited = dciodvfy(source)

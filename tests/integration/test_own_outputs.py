@@ -103,6 +103,9 @@ def test_results_sent_back_by_the_pacs_and_by_storescu_create_no_job(
         (job,) = node.query("SELECT id, output_dir FROM jobs")
         results = {r["series_uid"] for r in node.query("SELECT DISTINCT series_uid FROM outbox")}
         assert source.SeriesInstanceUID not in results and len(results) >= 3  # SEG, SR, derived CT, …
+        in_pacs = {str(e["MainDicomTags"].get("Modality")): e for e in orthanc.series_of_study(  # type: ignore
+            source.StudyInstanceUID)}
+        assert {"CT", "SEG", "SR", "KO"} <= set(in_pacs)  # the key images went with the package
 
         # 1. Orthanc re-stores the results under its own AE title: the calling AE is no evidence
         for entry in orthanc.series_of_study(source.StudyInstanceUID):

@@ -37,13 +37,13 @@ def test_result_package_reaches_the_pacs_once(orthanc: Orthanc, tmp_path: Path) 
     outbox = Outbox(Database(tmp_path / "db.sqlite3"), config.outbox)
     sender = Sender(outbox, build_destinations(config))
     queued = enqueue_results(outbox, config, files, ["pacs"], job_id="job-1")
-    assert len(queued["pacs"]) == len(files) - 20  # the 20 capture images are not for this PACS
+    assert len(queued["pacs"]) == len(files) - 1  # the secondary capture is not for this PACS
     sender.process_due()
     assert {i.state for i in outbox.list()} == {"sent"}
 
     study_uid = str(processed.sources[0].StudyInstanceUID)
     series = {str(s["MainDicomTags"]["Modality"]): s for s in orthanc.series_of_study(study_uid)}  # type: ignore[index]
-    assert set(series) == {"SEG", "SR", "CT"}
+    assert set(series) == {"SEG", "SR", "KO", "CT"}
     assert len(series["CT"]["Instances"]) == 20  # type: ignore[arg-type]
 
     def read(modality: str):  # noqa: ANN202

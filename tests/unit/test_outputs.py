@@ -28,6 +28,7 @@ from dicomnode.outputs.seg import SegSpec, build_seg
 from dicomnode.outputs.segmask import seg_mask
 from dicomnode.outputs.uids import UIDFactory, params_hash
 from dicomnode.route.ownership import own_output_reason
+from dicomnode.send.results import result_kind, wanted
 from tests.support import shared_data
 
 PARAMS = {"sigma": 1.0, "organs": ["liver", "spleen"]}
@@ -82,8 +83,8 @@ def test_package_files_have_stable_names(package, processed):
     names = sorted(str(p.relative_to(out)) for p in paths)
     n = len(processed.sources)
     assert names == sorted(
-        ["seg.dcm", "sr.dcm"] + [f"derived/IM{i:05d}.dcm" for i in range(1, n + 1)]
-        + [f"capture/IM{i:05d}.dcm" for i in range(1, n + 1)]
+        ["seg.dcm", "sr.dcm", "ko.dcm"] + [f"derived/IM{i:05d}.dcm" for i in range(1, n + 1)]
+        + ["capture.dcm"]
     )
 
 
@@ -238,18 +239,84 @@ def test_sr_key_slice_outline_lies_on_the_largest_cross_section(package, process
         assert long_axis <= extent + 1e-6  # never more than the bounding-box diagonal
 
 
-def test_capture_is_labelled_not_for_diagnosis_and_burned_in(package, processed):
+def test_kos_flags_the_key_slice_of_each_finding_as_the_sr_does(package, processed):
     out, _ = package
-    ds = pydicom.dcmread(out / "capture" / "IM00010.dcm")
-    assert ds.BurnedInAnnotation == "YES"
-    assert ds.SeriesDescription.startswith("NOT FOR DIAGNOSIS")
+    ko = hd.ko.KeyObjectSelectionDocument.from_dataset(pydicom.dcmread(out / "ko.dcm"))
+    source = processed.sources[0]
+    assert ko.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.59" and ko.Modality == "KO"
+    assert (ko.StudyInstanceUID, ko.PatientID) == (source.StudyInstanceUID, source.PatientID)
+    sr_series = pydicom.dcmread(out / "sr.dcm", stop_before_pixels=True).SeriesInstanceUID
+    assert ko.SeriesInstanceUID not in {source.SeriesInstanceUID, sr_series}
+    assert int(ko.SeriesNumber) == 5000 + int(source.SeriesNumber) % 1000
+    title = ko.ConceptNameCodeSequence[0]
+    assert (title.CodeValue, title.CodingSchemeDesignator) == ("113000", "DCM")  # CID 7010 "Of Interest"
+    images = ko.content.get_references(value_type=hd.sr.ValueTypeValues.IMAGE)
+    refs = [r.ReferencedSOPSequence[0] for r in images]
+    flagged = [(r.ReferencedSOPClassUID, r.ReferencedSOPInstanceUID) for r in refs]
+    key_slices = sorted({int(np.argmax(s.mask.sum(axis=(1, 2)))) for s in processed.segments})
+    assert flagged == [(processed.sources[k].SOPClassUID, processed.sources[k].SOPInstanceUID)
+                       for k in key_slices]
+    sr = hd.sr.srread(out / "sr.dcm")  # the same images the SR's planar groups outline
+    planar = {g.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+              for g in sr.content.get_planar_roi_measurement_groups()}
+    assert {uid for _, uid in flagged} == planar
+    evidence = ko.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+    assert evidence.SeriesInstanceUID == source.SeriesInstanceUID
+    assert {i.ReferencedSOPInstanceUID for i in evidence.ReferencedSOPSequence} == planar
+    (description,) = [i.TextValue for i in ko.ContentSequence
+                      if i.ConceptNameCodeSequence[0].CodeValue == "113012"]  # Key Object Description
+    assert "Liver" in description and "Spleen" in description
+    assert read_provenance(ko)["pipeline"] == "liver-ct"
+    assert result_kind(out / "ko.dcm") == "ko"  # sent unless the destination's profile says send_ko: false
+    assert wanted(ViewerProfile(), "ko") and not wanted(ViewerProfile(send_ko=False), "ko")
+
+
+def test_capture_is_a_true_colour_multiframe_sc_of_the_key_slices(package, processed):
+    out, paths = package
+    ds = pydicom.dcmread(out / "capture.dcm")
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7.4"  # Multi-frame True Color Secondary Capture
+    assert (ds.PhotometricInterpretation, ds.SamplesPerPixel, ds.BitsAllocated, ds.PlanarConfiguration) == (
+        "RGB", 3, 8, 0)
+    assert ds.BurnedInAnnotation == "YES" and ds.SeriesDescription.startswith("NOT FOR DIAGNOSIS")
     assert "NOT FOR DIAGNOSIS" in ds.ImageComments
-    pixels = ds.pixel_array
-    brightest = pixels == 4095
-    assert brightest[:40, :300].sum() > 200  # the text block, top left
-    boundary = processed.segments[0].mask[9] & ~ndimage.binary_erosion(processed.segments[0].mask[9])
-    assert brightest[boundary].all()
-    assert ds.SeriesInstanceUID not in {pydicom.dcmread(out / "derived" / "IM00001.dcm").SeriesInstanceUID}
+    assert ds.StudyInstanceUID == processed.sources[0].StudyInstanceUID
+    keys = sorted({int(np.argmax(s.mask.sum(axis=(1, 2)))) for s in processed.segments})  # as the SR and KOS
+    assert int(ds.NumberOfFrames) == len(keys) == 2
+    assert [r.ReferencedSOPInstanceUID for r in ds.SourceImageSequence] == [
+        processed.sources[k].SOPInstanceUID for k in keys]
+    frames = ds.pixel_array
+    assert frames.shape == (len(keys), *processed.image.shape[1:], 3) and frames.dtype == np.uint8
+    below_text = np.zeros(processed.image.shape[1:], dtype=bool)
+    below_text[100:] = True
+    text = frames[:, :90, :300]
+    assert (text == 255).all(axis=-1).sum() > 300  # "NOT FOR DIAGNOSIS" and the summary, in white
+    for frame, k in zip(frames, keys, strict=True):
+        for segment in processed.segments:
+            mask = segment.mask[k]
+            band = mask & ~ndimage.binary_erosion(mask, iterations=2) & below_text
+            assert band.sum() > 100
+            assert (frame[band] == segment.color).all(), segment.label  # the SEG's display colour
+            inside = ndimage.binary_erosion(mask, iterations=4) & below_text
+            centre, width = processed.window
+            expected = np.clip((processed.image[k] - (centre - width / 2)) / width * 255, 0, 255).round()
+            assert (frame[inside] == expected[inside][:, None]).all()  # grey: the organ window, R = G = B
+    # no object with outlines burned into CT pixels any more: every burned-in object is the RGB capture
+    for path in paths:
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        burned = header.get("BurnedInAnnotation") == "YES"
+        if burned or "NOT FOR DIAGNOSIS" in str(header.get("ImageComments", "")):
+            assert path.name == "capture.dcm" and header.PhotometricInterpretation == "RGB", path
+    assert not (out / "capture").exists()
+
+
+def test_rewriting_a_package_removes_the_ct_capture_of_earlier_releases(processed, tmp_path):
+    stale = tmp_path / "capture" / "IM00001.dcm"
+    stale.parent.mkdir()
+    stale.write_bytes(b"old CT with outlines at the maximum value")
+    values = {s.label: {f: 1.0 for f in DEFAULT_SR_FEATURES if f != "volume_ml"} for s in processed.segments}
+    paths = write_result_package(dataclasses.replace(processed, measurements=values), tmp_path,
+                                 ViewerProfile(send_enhanced=False, secondary_capture=True))
+    assert not stale.exists() and tmp_path / "capture.dcm" in paths
 
 
 def test_every_result_object_is_recognised_as_the_nodes_own_output(package, processed):
@@ -285,7 +352,7 @@ def test_rerun_gives_identical_uids_and_new_params_new_ones(package, processed, 
     )
     write_result_package(other, tmp_path / "other", ViewerProfile(send_enhanced=False))
     new = _uids(tmp_path / "other")
-    assert set(new) == {"seg.dcm", "sr.dcm"}
+    assert set(new) == {"seg.dcm", "sr.dcm", "ko.dcm"}
     assert not {u for pair in new.values() for u in pair} & {u for pair in _uids(out).values() for u in pair}
 
 
@@ -337,7 +404,12 @@ def test_empty_segment_still_gives_valid_objects(processed, tmp_path):
     planar = sr.content.get_planar_roi_measurement_groups()
     assert [g.tracking_identifier for g in planar] == ["Spleen", "Lesion 2"]
     assert len(pydicom.dcmread(tmp_path / "seg.dcm").SegmentSequence) == 3
-    assert {p.name for p in paths} == {"seg.dcm", "sr.dcm"}
+    assert {p.name for p in paths} == {"seg.dcm", "sr.dcm", "ko.dcm"}
+    ko = pydicom.dcmread(tmp_path / "ko.dcm")  # the empty lesion has no key image either
+    flagged = [i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in ko.ContentSequence
+               if i.ValueType == "IMAGE"]
+    assert flagged == [processed.sources[i].SOPInstanceUID
+                       for i in sorted({10, int(np.argmax(spleen.mask.sum(axis=(1, 2))))})]
 
 
 def test_seg_without_source_references_is_placed_by_position(package, processed, tmp_path):
