@@ -30,6 +30,7 @@ from dicomnode.console.node import ConsoleNode
 from dicomnode.errors import ConsoleError, RuleError
 from dicomnode.route.evaluate import EvalContext
 from dicomnode.route.headers import HeaderCache, SeriesView, group_paths
+from dicomnode.route.ownership import series_own_output, study_own_outputs
 from dicomnode.route.ruleset import (
     RULE_SUFFIXES,
     Evaluation,
@@ -180,6 +181,7 @@ class DryRun:
     level: str
     outcomes: list[RuleOutcome] = field(default_factory=list)
     fired: list[str] = field(default_factory=list)
+    ignored: str = ""  # why the subject is the node's own output (only rules with own_outputs: forward apply)
 
 
 def _case(title: str, evaluation: Evaluation) -> DryRun:
@@ -190,6 +192,7 @@ def _case(title: str, evaluation: Evaluation) -> DryRun:
         case.outcomes.append(RuleOutcome(rule.name, result.matched, result.skipped, rule.fallback,
                                          rule.priority, rule.then.describe(), why))
     case.fired = [f"{r.name} ({r.rule.then.describe()})" for r in evaluation.fired]
+    case.ignored = next((r.skipped for r in evaluation.results if r.skipped.startswith("own output")), "")
     return case
 
 
@@ -198,11 +201,14 @@ def _evaluate(
 ) -> list[DryRun]:
     cases = []
     for view in views:
-        ctx = EvalContext(view, series_in_study=len(views), study_series=lambda v=views: v, **fields)
+        ctx = EvalContext(view, series_in_study=len(views), study_series=lambda v=views: v,
+                          own_output=series_own_output(view), **fields)
         cases.append(_case(view.describe(), ruleset.evaluate("series", ctx, True)))
+    others, own = study_own_outputs(views)  # study rules never see the node's own outputs
     if ruleset.has_level("study") and views:
-        subject = SeriesView.combine(views, study_uid)
-        ctx = EvalContext(subject, series_in_study=len(views), study_series=lambda v=views: v, **fields)
+        subject = SeriesView.combine(others, study_uid)
+        ctx = EvalContext(subject, series_in_study=len(others), study_series=lambda v=others: v,
+                          own_output=own[0][1] if own and not others else None, **fields)
         cases.append(_case(f"study {study_uid} ({len(views)} series)", ruleset.evaluate("study", ctx, True)))
     return cases
 

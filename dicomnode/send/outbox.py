@@ -93,6 +93,9 @@ SCHEMA = Schema("outbox", ("outbox",), (
     Step("outbox", DDL_V1),
     Step("storage commitment: committed/commit_failed states, commit_uid/commit_deadline/commit_requests",
          lambda conn: rebuild_table(conn, "outbox", DDL_V1)),
+    # the router asks, for every series it routes, whether the node generated it (result_job: no loops)
+    Step("series index for own-output recognition",
+         "CREATE INDEX IF NOT EXISTS outbox_series ON outbox (series_uid, origin);"),
 ))
 _PENDING = sql_list(PENDING)
 _DUE = sql_list(DUE)

@@ -141,3 +141,25 @@ def test_tester_on_uploaded_files(fab: Fabricated, client: TestClient) -> None:
                        files=[("files", ("x.dcm", b"not dicom", "application/dicom"))])
     assert junk.status_code == 400
     assert "Tested: upload 'x.dcm' is not a readable DICOM file" in _text(junk.text)
+
+
+def test_tester_says_the_nodes_own_output_is_ignored(fab: Fabricated, client: TestClient) -> None:
+    import io
+
+    import pydicom
+
+    from dicomnode.outputs.api import Provenance
+    from dicomnode.outputs.provenance import apply_provenance
+
+    uploads = []
+    for path in fab.files[:3]:
+        ds = pydicom.dcmread(path)
+        apply_provenance(ds, Provenance("liver-ct", "2.0", {}, "0" * 64, "0.9.0"))
+        buffer = io.BytesIO()
+        ds.save_as(buffer)
+        uploads.append(("files", (path.name, buffer.getvalue(), "application/dicom")))
+    token = csrf_of(client.get("/rules").text)
+    text = _text(client.post("/rules/test", data={"csrf_token": token}, files=uploads).text)
+    assert "Tested: 3 uploaded file(s)" in text
+    assert "⇒ ignored: own output, not routed:" in text and "provenance block (pipeline liver-ct" in text
+    assert "unrouted" not in text

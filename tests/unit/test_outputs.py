@@ -28,6 +28,7 @@ from dicomnode.outputs.seg import SegSpec, build_seg
 from dicomnode.outputs.segmask import seg_mask
 from dicomnode.outputs.uids import UIDFactory, params_hash
 from dicomnode.route.ownership import own_output_reason
+from dicomnode.send.deidentify import Deidentifier
 from dicomnode.send.results import result_kind, wanted
 from tests.support import shared_data
 
@@ -330,6 +331,10 @@ def test_every_result_object_is_recognised_as_the_nodes_own_output(package, proc
         for elem in list(ds.group_dataset(0x0077)):
             del ds[elem.tag]
         assert "ContributingEquipmentSequence names dicomnode" in own_output_reason(ds), path
+    # as a de-identifying destination receives them (new UIDs, private tags removed): still recognised
+    seg = Deidentifier("secret").deidentify(pydicom.dcmread(out / "seg.dcm", stop_before_pixels=True))
+    assert seg.SOPInstanceUID != pydicom.dcmread(out / "seg.dcm", stop_before_pixels=True).SOPInstanceUID
+    assert "ContributingEquipmentSequence names dicomnode" in own_output_reason(seg)
 
 
 def _uids(out):
