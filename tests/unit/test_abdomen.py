@@ -85,8 +85,11 @@ PHANTOM_KEYS = ("liver", "spleen", "kidney-right", "kidney-left", "aorta")
          {"liver": 0.9, "spleen": 0.88, "kidney-right": 0.7, "kidney-left": 0.7, "aorta": 0.8}),
         # arterial phase: the aorta (280 HU) is brighter than the bone threshold
         ({"phase": "arterial"}, "supine", {"liver": 0.93, "aorta": 0.85, "kidney-right": 0.85}),
+        # steatosis at -40 HU (the issue's lower bound): the chain's band misses it, the organs' own liver
+        # is used; the fat level comes from the subcutaneous fat, not from the liver
+        ({"phase": "portal", "liver_hu": -40.0}, "supine", {"liver": 0.88, "spleen": 0.9}),
     ],
-    ids=["portal", "fatty-ffs", "native", "arterial"],
+    ids=["portal", "fatty-ffs", "native", "arterial", "steatosis-40"],
 )
 def test_phantom_organs_in_competition(params: dict, position: str, minimum: dict[str, float]) -> None:
     """Phantom with fat planes (tests/phantoms.py): each organ scored against the phantom's truth."""

@@ -168,8 +168,9 @@ def _tube(shape, rows, cols, found, radius_mm: float, spacing) -> np.ndarray:
 
 def _seeds(
     array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = None, layer: np.ndarray | None = None
-) -> tuple[dict[str, OrganModel], dict[str, np.ndarray]]:
-    """Seeds and attenuation of each organ found in the field of view, and the vessels' tubes."""
+) -> tuple[dict[str, OrganModel], dict[str, np.ndarray], np.ndarray | None]:
+    """Seeds and attenuation of each organ found in the field of view, the vessels' tubes and the liver
+    chain's mask when it agrees with the liver's seed (``None`` otherwise)."""
     s = lm.scale
     sp = lm.spacing
     zz, _, _ = lm.grids()
@@ -230,6 +231,14 @@ def _seeds(
             "No liver found below the right lung base; is the upper abdomen in the field of view?"
         )
     models["liver"] = OrganModel("liver", liver.seed, liver.hu, liver.spread)
+    if liver_mask is not None and liver_mask.any():
+        inside = float((liver.seed & liver_mask).sum()) / max(float(liver.seed.sum()), 1.0)
+        if inside < 0.5:  # the chain's band missed this liver (e.g. steatosis below 0 HU): not used
+            log.warning(
+                "The liver chain's mask holds only %.0f %% of the liver's seed (%.0f HU): the organs' own "
+                "liver is used.", 100 * inside, liver.hu,
+            )
+            liver_mask = None
 
     # posterolateral: bowel and stomach lie in front of it
     spleen_t = (u > 45 * s) & (v > -45 * s) & (v < 80 * s) & (h_l > -110 * s) & (h_l < 20 * s)
@@ -302,7 +311,7 @@ def _seeds(
         mad = float(np.median(np.abs(values - np.median(values)))) * 1.4826
         models["liver"] = OrganModel("liver", seed, liver.hu, max(liver.spread, min(mad, 25.0)))
     log.debug("spine x %s y %s", np.round(lm.spine_x[::5]), np.round(lm.spine_y[::5]))
-    return models, tubes
+    return models, tubes, liver_mask
 
 
 def _kidney(
@@ -469,7 +478,7 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
     sp = lm.spacing
     layer = _muscle_wall(array, lm, (array > lm.fat_hu + 30.0) & (array < lm.bone_hu + 60.0) & lm.body)
     muscle, muscle_hu = _muscle_like(array, lm, layer)
-    models, tubes = _seeds(array, lm, liver_mask, muscle)
+    models, tubes, liver_mask = _seeds(array, lm, liver_mask, muscle)
     # the wall layer is background unless an organ found explains a voxel better than muscle does (a
     # kidney or spleen reaching the wall; cartilage and bone stay background)
     explained = np.zeros(array.shape, dtype=bool)

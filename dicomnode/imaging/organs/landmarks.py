@@ -23,6 +23,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from dicomnode.errors import ImagingError
+from dicomnode.imaging.morphology import erode
 from dicomnode.imaging.organs.common import histogram_mode
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,11 @@ def find_landmarks(array: np.ndarray, body: np.ndarray, spacing: tuple[float, fl
         raise ImagingError("The body mask is (nearly) empty; no trunk to find organs in.")
     body = _trunk(array, body)
     values = array[body][:: max(1, int(body.sum()) // 2_000_000)]
-    fat_hu, _, _, _ = histogram_mode(values, -200.0, -40.0)
+    # the fat level in the outer 15 mm of the trunk (subcutaneous fat): a steatotic liver near -40 HU is
+    # a larger mass in the fat's range than the visceral fat
+    shell = array[body & ~erode(body, 15.0, spacing, slicewise=True)]
+    shell = shell[(shell >= -200.0) & (shell <= -40.0)]
+    fat_hu, _, _, _ = histogram_mode(shell if shell.size >= 2000 else values, -200.0, -40.0)
     tissue_hu, _, _, _ = histogram_mode(values, -30.0, 150.0)
     bone_hu = max(180.0, tissue_hu + 130.0)
     # the trunk's front-to-back depth through its centre (arms and table do not change it)
