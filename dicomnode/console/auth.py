@@ -292,7 +292,7 @@ class Lockout:
         minutes = self.retry_after(now) / 60
         wait = f"{minutes:.0f} minutes" if minutes >= 2 else f"{self.retry_after(now)} seconds"
         return (f"Too many failed logins for {who}: logins are refused for {wait} (until "
-                f"{time.strftime('%H:%M:%S', time.localtime(self.until))}). Nothing was checked.")
+                f"{time.strftime('%H:%M:%S', time.localtime(self.until))}); the password was not checked.")
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
-"""The Dashboard: listener state, associations, instances/s, disk, queue depths, failures in the last 24 h,
-and a server-rendered SVG chart of instances received per minute over the last hour."""
+"""The Dashboard: listener state, associations, instances/s, disk, queue depths and unreachable destinations
+(as ``dicomnode health`` decides them), failures in the last 24 h, and a server-rendered SVG chart of
+instances received per minute over the last hour."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from markupsafe import Markup
 
 from dicomnode.console.node import ConsoleNode
 from dicomnode.errors import DicomNodeError
+from dicomnode.observability.health import destination_health
 
 DAY = 86400.0
 CHART_MINUTES = 60
@@ -38,6 +40,7 @@ class Dashboard:
     decisions_failed_24h: int = 0
     outbox_dead: int = 0
     chart: Markup = Markup("")
+    unreachable: list[str] = field(default_factory=list)  # destinations as `dicomnode health` reports them
 
 
 def _listener(node: ConsoleNode) -> tuple[str, bool | None, int | None]:
@@ -112,6 +115,9 @@ def build_dashboard(node: ConsoleNode, now: float | None = None) -> Dashboard:
     failures = [e for e in node.audit.events(since=since) if e["stage"] == "failed"]
     decisions_failed = node.decisions.failed_since(since)
     queue = node.outbox.counts()
+    threshold = node.config.health.destination_unreachable_minutes * 60
+    unreachable = [h.describe(threshold) for h in destination_health(
+        node.outbox.contacts(), node.config.destinations, threshold, now) if h.unreachable]
     return Dashboard(
         listener=listener, listener_ok=listener_ok, active_associations=active,
         associations_accepted=_metric(node, "dicomnode_associations_accepted_total"),
@@ -122,7 +128,7 @@ def build_dashboard(node: ConsoleNode, now: float | None = None) -> Dashboard:
         spool_bytes=int(totals[2]), queue=queue, depth=node.outbox.depth_by_destination(),
         failures=failures[-20:][::-1], decisions_failed_24h=int(decisions_failed),
         outbox_dead=sum(states.get("dead", 0) for states in queue.values()),
-        chart=chart_svg(counts),
+        chart=chart_svg(counts), unreachable=unreachable,
     )
 
 

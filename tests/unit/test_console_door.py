@@ -13,8 +13,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 
 from dicomnode.config import Config
+from dicomnode.console.app import create_app
 from dicomnode.console.auth import Credentials, hash_password
 from dicomnode.console.node import ConsoleNode
 from dicomnode.console.server import ConsoleServer
@@ -25,7 +27,7 @@ PASSWORD = "correct horse battery staple"
 NEW_PASSWORD = "a much longer new passphrase"
 
 
-def make_node(root: Path, **console: object) -> ConsoleNode:
+def make_node(root: Path, health: dict[str, object] | None = None, **console: object) -> ConsoleNode:
     (root / "rules").mkdir(parents=True, exist_ok=True)
     config = Config.model_validate({
         "storage": {"path": str(root / "data")},
@@ -33,6 +35,7 @@ def make_node(root: Path, **console: object) -> ConsoleNode:
         "destinations": {"pacs": {"ae_title": "PACS", "host": "127.0.0.1", "port": 4242}},
         "console": {"enabled": True, "admin_password_hash": hash_password(PASSWORD, n=2**10),
                     "secret_key": "test-secret", "login_max_failures": 3, **console},
+        "health": health or {},
     })
     return ConsoleNode.for_config(config, metrics=Metrics())
 
@@ -70,6 +73,10 @@ def login(client: httpx.Client, user: str = "admin", password: str = PASSWORD) -
 
 def text(response: httpx.Response) -> str:
     return html.unescape(response.text)
+
+
+def text_of(fragment: str) -> str:
+    return html.unescape(fragment)
 
 
 def logged_in(client: httpx.Client) -> bool:
@@ -256,3 +263,19 @@ def test_allowed_origins_admit_a_proxy_name(tmp_path: Path) -> None:
         assert client.post("/logout", data={"csrf_token": csrf(client, "/")}).status_code == 403
     finally:
         server.stop()
+
+
+# -- the dashboard names unreachable destinations -----------------------------------------------------------
+def test_the_dashboard_names_an_unreachable_destination(tmp_path: Path) -> None:
+    from tests.unit.test_outbox import write_instance
+
+    node = make_node(tmp_path / "node", health={"destination_unreachable_minutes": 0.001})
+    client = TestClient(create_app(node))
+    assert "UNREACHABLE" not in client.get("/").text
+    node.outbox.enqueue("pacs", [write_instance(tmp_path / "a.dcm")], "forward")
+    item = node.outbox.claim_due("pacs")[0]
+    node.outbox.mark_failed(item.id, "Cannot connect to PACS at 127.0.0.1:4242: connection refused")
+    time.sleep(0.1)  # past the 60 ms threshold
+    lines = re.findall(r'<p class="bad-text unreachable">([^<]+)</p>', client.get("/").text)
+    assert len(lines) == 1 and text_of(lines[0]).startswith("pacs: UNREACHABLE for 0 s")
+    assert "connection refused" in lines[0]
