@@ -388,6 +388,7 @@ class PriorsConfig(_Model):
     rules: list[str] = Field(default_factory=list)  # the rules whose jobs ask for a comparison
     wait_seconds: float = Field(300.0, gt=0)  # the longest a result waits for its comparison
     retry_minutes: float = Field(30.0, gt=0)  # a comparison the source could not answer is tried again
+    count: int = Field(1, ge=1, le=10)  # studies charted: the most recent is compared, older ones are history
 
 
 class Config(_Model):

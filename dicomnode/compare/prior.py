@@ -56,6 +56,8 @@ class PriorRequest:
     wait_seconds: float = 300.0
     node_ae: str = "DICOMNODE"
     spool_dir: str = ""  # where a C-MOVE'd prior arrives (the node's spool)
+    count: int = 1  # studies charted: the most recent comparable one is compared, older ones are history
+    database_path: str = ""  # the node database: a C-MOVE is recorded there, so the router does not route it
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -133,8 +135,11 @@ def _change(prior: float | None, current: float | None, digits: int) -> dict[str
     return out
 
 
-def report(matches: list[Match], units: str) -> dict[str, Any]:
-    """The ``findings`` of the comparison block: per finding prior/current values and their change."""
+def report(matches: list[Match], units: str, prior_tracking: dict[str, str] | None = None,
+           carried: dict[str, tuple[float, float, float]] | None = None) -> dict[str, Any]:
+    """The ``findings`` of the comparison block: per finding prior/current values and their change; a finding
+    matched to a prior one gets the prior's ``tracking_uid`` (from the prior's SEG), a gone lesion where it
+    lies now (``position_mm``: its prior centroid carried into the current patient coordinates)."""
     findings: dict[str, Any] = {}
     for m in matches:
         entry: dict[str, Any] = {"status": m.status}
@@ -147,8 +152,35 @@ def report(matches: list[Match], units: str) -> dict[str, Any]:
                                                    cv.longest_diameter_mm if cv else None, 1)
         if pv is not None:
             entry["prior_label"] = pv.label
+            if (prior_tracking or {}).get(pv.label):
+                entry["tracking_uid"] = prior_tracking[pv.label]  # type: ignore[index]
+            if cv is None:
+                entry["position_mm"] = [round(v, 1) for v in (carried or {}).get(pv.label, pv.centroid)]
         findings[m.label] = entry
     return findings
+
+
+def seg_tracking(files: list[Path]) -> dict[str, str]:
+    """Segment label → TrackingUID of a SEG file (empty when there is none)."""
+    from pydicom import dcmread
+
+    found: dict[str, str] = {}
+    for path in files:
+        ds = dcmread(path, stop_before_pixels=True)
+        for item in ds.get("SegmentSequence", []):
+            if item.get("TrackingUID"):
+                found[str(item.SegmentLabel)] = str(item.TrackingUID)
+    return found
+
+
+@dataclass(frozen=True)
+class PriorOutcome:
+    """What a comparison gives the job: the ``comparison`` block of result.json, the prior's result objects
+    to send (when the prior was processed now) and the prior's image headers for the SR's evidence."""
+
+    block: dict[str, Any]
+    files: list[Path]
+    evidence: tuple[Any, ...] = ()
 
 
 class Comparison:
@@ -165,6 +197,9 @@ class Comparison:
         self.deadline = clock() + request.wait_seconds
         self.skipped: list[str] = []
         self.prior_files: list[Path] = []
+        self.prior_evidence: tuple[Any, ...] = ()  # the prior's image headers (the SR references them)
+        self.prior_tracking: dict[str, str] = {}  # prior segment label → tracking UID in the prior's SEG
+        self.current_findings: list[Finding] = []
 
     def _check_time(self, doing: str) -> None:
         if self.clock() > self.deadline:
@@ -190,11 +225,13 @@ class Comparison:
                 return {"status": "no_prior", "reason": f"No earlier {modality} study of this patient within "
                                                         f"{self.request.max_age_days} days at "
                                                         f"'{self.request.source_name}'."}
-            for study in studies[:MAX_STUDIES_TRIED]:
+            description = _text(first, "SeriesDescription")
+            for n, study in enumerate(studies[:MAX_STUDIES_TRIED]):
                 self._check_time(f"looking at study {study.study_uid}")
-                found = self._compare_study(study, volume, processed, modality,
-                                            _text(first, "SeriesDescription"))
+                found = self._compare_study(study, volume, processed, modality, description)
                 if found is not None:
+                    if self.request.count > 1:
+                        found["history"] = self._history(studies[n + 1:], volume, modality, description)
                     return found
         except (QueryError, OutOfTime) as exc:
             log.warning("Comparison of job %s unavailable: %s", self.job.job_id, exc)
@@ -210,8 +247,10 @@ class Comparison:
             return False
         return True
 
-    def _compare_study(self, study: StudyMatch, volume: Any, processed: Any, modality: str,  # noqa: ANN401
-                       description: str) -> dict[str, Any] | None:
+    def _measure_study(self, study: StudyMatch, modality: str, description: str,  # noqa: ANN401
+                       folder: str) -> tuple[SeriesMatch, Any, Any, bool, dict[str, str], list[Path]] | None:
+        """The first series of ``study`` the pipeline accepts: (series, its volume, its segments, whether it
+        was processed now, segment label → tracking UID, result files to send); None when there is none."""
         from dicomnode.errors import VolumeError
         from dicomnode.imaging.guards import InputRefused
         from dicomnode.imaging.volume import load_series
@@ -226,47 +265,99 @@ class Comparison:
             try:
                 prior_volume = load_series(files, skip_non_dicom=True)
                 self._check_time(f"processing the prior series {series.series_uid}")
-                segments = self._prior_segments(ours, prior_volume, files) if ours else None
-                if segments is None:
-                    prior_job = type(self.job)(
-                        job_id=f"{self.job.job_id}-prior", pipeline=self.job.pipeline, params=self.job.params,
-                        input_files=tuple(map(str, files)), output_dir=str(self.output_dir / "prior"),
-                        study_uid=study.study_uid, series_uid=series.series_uid, rule=self.job.rule,
-                        ruleset_hash=self.job.ruleset_hash)
-                    prior_processed, _ = process_volume(self.pipeline, prior_volume, prior_job)
-                    segments = prior_processed.segments
-                    self._write_prior_package(prior_processed)
-                    processed_again = True
-                else:
-                    processed_again = False
+                found = self._prior_segments(ours, prior_volume, files, folder) if ours else None
+                if found is not None:
+                    return series, prior_volume, found[0], False, found[1], []
+                prior_job = type(self.job)(
+                    job_id=f"{self.job.job_id}-{folder}", pipeline=self.job.pipeline, params=self.job.params,
+                    input_files=tuple(map(str, files)), output_dir=str(self.output_dir / folder),
+                    study_uid=study.study_uid, series_uid=series.series_uid, rule=self.job.rule,
+                    ruleset_hash=self.job.ruleset_hash)
+                prior_processed, _ = process_volume(self.pipeline, prior_volume, prior_job)
+                written = self._write_prior_package(prior_processed, self.output_dir / folder)
+                tracking = seg_tracking([f for f in written if f.name == "seg.dcm"])
+                return series, prior_volume, prior_processed.segments, True, tracking, written
             except InputRefused as exc:
                 self.skipped.append(f"series {series.series_uid} of study {study.study_uid}: {exc}")
-                continue
             except VolumeError as exc:
                 self.skipped.append(f"series {series.series_uid} of study {study.study_uid} cannot be read: "
                                     f"{exc}")
-                continue
-            self._check_time("matching findings")
-            prior_findings = _findings(segments, prior_volume.array, prior_volume)
-            current_findings = _findings(processed.segments, volume.array, volume)
-            carried = _carry(prior_findings, prior_volume, volume)
-            matches = match_findings(prior_findings, current_findings, carried)
-            interval = _age_days(study.study_date, _text(volume.datasets[0], "StudyDate"))
-            return {
-                "status": "compared",
-                "prior_study_uid": study.study_uid,
-                "prior_study_date": study.study_date,
-                "prior_series_uid": series.series_uid,
-                "interval_days": interval,
-                "prior_processed_now": processed_again,
-                "source": self.request.source_name,
-                "findings": report(matches, volume.units),
-                "skipped": self.skipped,
-            }
         return None
+
+    def _compare_study(self, study: StudyMatch, volume: Any, processed: Any, modality: str,  # noqa: ANN401
+                       description: str) -> dict[str, Any] | None:
+        measured = self._measure_study(study, modality, description, "prior")
+        if measured is None:
+            return None
+        series, prior_volume, segments, processed_again, self.prior_tracking, written = measured
+        self.prior_files.extend(written)
+        self._check_time("matching findings")
+        prior_findings = _findings(segments, prior_volume.array, prior_volume)
+        self.current_findings = _findings(processed.segments, volume.array, volume)
+        carried = _carry(prior_findings, prior_volume, volume)
+        matches = match_findings(prior_findings, self.current_findings, carried)
+        self.prior_evidence = tuple(prior_volume.datasets)
+        interval = _age_days(study.study_date, _text(volume.datasets[0], "StudyDate"))
+        return {
+            "status": "compared",
+            "prior_study_uid": study.study_uid,
+            "prior_study_date": study.study_date,
+            "prior_series_uid": series.series_uid,
+            "interval_days": interval,
+            "prior_processed_now": processed_again,
+            "source": self.request.source_name,
+            "findings": report(matches, volume.units, self.prior_tracking, carried),
+            "skipped": self.skipped,
+        }
+
+    def _history(self, studies: list[StudyMatch], volume: Any, modality: str,  # noqa: ANN401
+                 description: str) -> list[dict[str, Any]]:
+        """Values of the current findings in up to ``count - 1`` older comparable studies (newest first),
+        each matched to the current study as the prior is; what cannot be had is noted in ``skipped``."""
+        history: list[dict[str, Any]] = []
+        mean_key = f"mean_{volume.units.lower() or 'value'}"
+        for study in studies:
+            if len(history) >= self.request.count - 1:
+                break
+            try:
+                self._check_time(f"looking at the older study {study.study_uid}")
+                measured = self._measure_study(study, modality, description, f"prior-{len(history) + 2}")
+                if measured is None:
+                    continue
+                _, older_volume, segments, _, _, written = measured
+                self.prior_files.extend(written)
+                findings = _findings(segments, older_volume.array, older_volume)
+                carried = _carry(findings, older_volume, volume)
+            except (QueryError, OutOfTime) as exc:
+                self.skipped.append(f"older studies not charted: {exc}")
+                break
+            values: dict[str, Any] = {}
+            for m in match_findings(findings, self.current_findings, carried):
+                if m.prior is None or m.current is None:
+                    continue
+                entry = {"volume_ml": round(m.prior.volume_ml, 2),
+                         mean_key: None if m.prior.mean is None else round(m.prior.mean, 1)}
+                if m.prior.category == "lesion":
+                    entry["longest_diameter_mm"] = round(m.prior.longest_diameter_mm, 1)
+                values[m.label] = entry
+            interval = _age_days(study.study_date, _text(volume.datasets[0], "StudyDate"))
+            history.append({"study_uid": study.study_uid, "study_date": study.study_date,
+                            "interval_days": interval, "findings": values})
+        return history
 
     def _retrieve(self, series: SeriesMatch) -> list[Path]:
         folder = self.output_dir / "prior-input" / series.series_uid
+        # a worker on another machine (Celery) has no node database: nothing to record there
+        if self.request.method == "c-move" and Path(self.request.database_path or "/nonexistent").is_file():
+            from dicomnode.compare.retrieves import PendingRetrieves
+            from dicomnode.database import Database
+
+            database = Database(self.request.database_path)
+            try:
+                PendingRetrieves(database).expect(series.study_uid, series.series_uid, self.job.job_id,
+                                                  self.request.source_name)
+            finally:
+                database.close()
         files = self.source.retrieve_series(series, folder)
         if files:
             return files
@@ -286,17 +377,19 @@ class Comparison:
                 count, settled_at = len(found), self.clock()
             time.sleep(0.5)
 
-    def _prior_segments(self, ours: list[SeriesMatch], prior_volume: Any, files: list[Path]) -> Any:  # noqa: ANN401
-        """The segments of the node's SEG already in the prior study, on the prior's grid (None if it
-        cannot be used)."""
+    def _prior_segments(self, ours: list[SeriesMatch], prior_volume: Any, files: list[Path],  # noqa: ANN401
+                        folder: str = "prior") -> tuple[list, dict[str, str]] | None:
+        """The segments of the node's SEG already in the prior study, on the prior's grid, and their tracking
+        UIDs (None if it cannot be used)."""
         from dicomnode.outputs.api import Segment
         from dicomnode.outputs.segmask import read_seg, seg_mask, segment_numbers
 
-        seg_files = self.source.retrieve_series(ours[0], self.output_dir / "prior-seg")
+        seg_files = self.source.retrieve_series(ours[0], self.output_dir / f"{folder}-seg")
         if not seg_files:
             return None
         try:
             seg = read_seg(seg_files[0])
+            tracking = seg_tracking(seg_files[:1])
             segments = []
             for number in segment_numbers(seg):
                 item = seg.get_segment_description(number)
@@ -310,9 +403,9 @@ class Comparison:
             return None
         log.info("Prior %s was processed before: its SEG (%d segments) is used.", ours[0].study_uid,
                  len(segments))
-        return segments
+        return segments, tracking
 
-    def _write_prior_package(self, prior_processed: Any) -> None:  # noqa: ANN401
+    def _write_prior_package(self, prior_processed: Any, folder: Path) -> list[Path]:  # noqa: ANN401
         from dicomnode.outputs.package import write_result_package
 
         profile = None
@@ -320,24 +413,26 @@ class Comparison:
             from dicomnode.config import ViewerProfile
 
             profile = ViewerProfile(**self.job.profile)
-        self.prior_files = write_result_package(prior_processed, self.output_dir / "prior", profile,
-                                                features=self.pipeline.sr_features)
+        return write_result_package(prior_processed, folder, profile, features=self.pipeline.sr_features)
 
 
 def compare_with_prior(job: Any, pipeline: Any, volume: Any, processed: Any,  # noqa: ANN401
-                       output_dir: Path) -> tuple[dict[str, Any], list[Path]]:
-    """The ``comparison`` block for a job that asked for one, and the prior's result objects to send (when
-    the prior was processed now). Never raises: the current result goes out whatever happens here."""
+                       output_dir: Path) -> PriorOutcome:
+    """The ``comparison`` block for a job that asked for one, the prior's result objects to send (when the
+    prior was processed now) and its image headers. Never raises: the current result goes out whatever
+    happens here."""
     try:
         comparison = Comparison(PriorRequest.from_json(job.prior), pipeline, job, output_dir)
         block = comparison.run(volume, processed)
     except DicomNodeError as exc:
         log.warning("Comparison of job %s unavailable: %s", job.job_id, exc)
-        return {"status": "unavailable", "reason": str(exc)}, []
+        return PriorOutcome({"status": "unavailable", "reason": str(exc)}, [])
     except Exception as exc:  # a bug must not cost the current result: reported, with its traceback
         log.exception("Comparison of job %s crashed", job.job_id)
-        return {"status": "unavailable", "reason": f"Internal error: {type(exc).__name__}: {exc}"}, []
+        reason = f"Internal error: {type(exc).__name__}: {exc}"
+        return PriorOutcome({"status": "unavailable", "reason": reason}, [])
     log.info("Comparison of job %s: %s%s", job.job_id, block["status"],
              f" with study {block['prior_study_uid']} ({block['prior_study_date']})"
              if block["status"] == "compared" else f" ({block.get('reason', '')})")
-    return block, comparison.prior_files
+    evidence = comparison.prior_evidence if block["status"] == "compared" else ()
+    return PriorOutcome(block, comparison.prior_files, evidence)

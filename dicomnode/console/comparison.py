@@ -61,22 +61,36 @@ def comparison_view(summary: dict[str, Any], study_date: str = "") -> Comparison
     if current is None and prior is not None and isinstance(view.interval_days, int):
         current = prior + dt.timedelta(days=view.interval_days)
     if prior is not None and current is not None and view.rows:
-        view.chart = volume_chart(prior, current, view.rows)
+        series = {r.label: [(prior, r.prior_ml), (current, r.current_ml)] for r in view.rows}
+        for older in block.get("history") or []:  # priors.count > 1: older studies' values, charted too
+            when = _date(str(older.get("study_date", ""))) if isinstance(older, dict) else None
+            if when is None:
+                continue
+            for label, values in (older.get("findings") or {}).items():
+                if label in series and isinstance(values, dict):
+                    series[label].insert(0, (when, values.get("volume_ml")))
+        view.chart = volume_chart(series)
     return view
 
 
-def volume_chart(prior: dt.date, current: dt.date, rows: list[FindingRow], width: int = 360,
+def volume_chart(series: dict[str, list[tuple[dt.date, float | None]]], width: int = 360,
                  height: int = 160) -> str:
-    """Each finding's volume at the two time points, on a shared time axis (log scale: organs and lesions
-    differ by orders of magnitude)."""
+    """Each finding's volume at every time point (oldest first), on a shared time axis (log scale: organs
+    and lesions differ by orders of magnitude)."""
     import math
 
-    points = [(r.label, r.prior_ml, r.current_ml) for r in rows]
-    values = [v for _, a, b in points for v in (a, b) if isinstance(v, int | float) and v > 0]
-    if not values:
+    points = {label: sorted(((d, v) for d, v in values if isinstance(v, int | float) and v > 0),
+                            key=lambda p: p[0]) for label, values in series.items()}
+    values = [v for found in points.values() for _, v in found]
+    dates = sorted({d for found in series.values() for d, _ in found})
+    if not values or len(dates) < 2:
         return ""
     lo, hi = math.log10(min(values)) - 0.1, math.log10(max(values)) + 0.1
     left, right, top, bottom = 48, width - 110, 12, height - 28
+    span = max((dates[-1] - dates[0]).days, 1)
+
+    def x(d: dt.date) -> float:
+        return left + (d - dates[0]).days / span * (right - left)
 
     def y(v: float) -> float:
         return bottom - (math.log10(v) - lo) / max(hi - lo, 1e-6) * (bottom - top)
@@ -87,21 +101,22 @@ def volume_chart(prior: dt.date, current: dt.date, rows: list[FindingRow], width
              f'<line x1="{left}" y1="{bottom}" x2="{right}" y2="{bottom}" stroke="#888"/>',
              f'<text x="4" y="{top + 4}" font-size="9" fill="#666">volume</text>',
              f'<text x="4" y="{top + 14}" font-size="9" fill="#666">(ml, log)</text>',
-             f'<text x="{left}" y="{height - 8}" font-size="10">{prior.isoformat()}</text>',
+             f'<text x="{left}" y="{height - 8}" font-size="10">{dates[0].isoformat()}</text>',
              f'<text x="{right}" y="{height - 8}" font-size="10" text-anchor="end">'
-             f'{current.isoformat()}</text>']
+             f'{dates[-1].isoformat()}</text>']
+    parts.extend(f'<line x1="{x(d):.1f}" y1="{bottom}" x2="{x(d):.1f}" y2="{bottom + 4}" stroke="#888">'
+                 f'<title>{d.isoformat()}</title></line>' for d in dates)
     palette = ["#d9534f", "#f0ad4e", "#5bc0de", "#5cb85c", "#428bca", "#9b59b6"]
-    for n, (label, a, b) in enumerate(points):
+    for n, (label, found) in enumerate(points.items()):
         colour = palette[n % len(palette)]
-        ends = [(x, v) for x, v in ((left, a), (right, b)) if isinstance(v, int | float) and v > 0]
-        if len(ends) == 2:
-            parts.append(f'<line x1="{ends[0][0]}" y1="{y(ends[0][1]):.1f}" x2="{ends[1][0]}" '
-                         f'y2="{y(ends[1][1]):.1f}" stroke="{colour}" stroke-width="2"/>')
-        for x, v in ends:
-            parts.append(f'<circle cx="{x}" cy="{y(v):.1f}" r="3" fill="{colour}"><title>{escape(label)}: '
-                         f'{v:.1f} ml</title></circle>')
-        if ends:
-            parts.append(f'<text x="{right + 6}" y="{y(ends[-1][1]) + 3:.1f}" font-size="10" fill="{colour}">'
-                         f'{escape(label)}</text>')
+        if len(found) > 1:
+            line = " ".join(f"{x(d):.1f},{y(v):.1f}" for d, v in found)
+            parts.append(f'<polyline points="{line}" fill="none" stroke="{colour}" stroke-width="2"/>')
+        for d, v in found:
+            parts.append(f'<circle cx="{x(d):.1f}" cy="{y(v):.1f}" r="3" fill="{colour}"><title>'
+                         f'{escape(label)}: {v:.1f} ml ({d.isoformat()})</title></circle>')
+        if found:
+            parts.append(f'<text x="{right + 6}" y="{y(found[-1][1]) + 3:.1f}" font-size="10" '
+                         f'fill="{colour}">{escape(label)}</text>')
     parts.append("</svg>")
     return "".join(parts)

@@ -12,8 +12,9 @@ import dataclasses
 import logging
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydicom import Dataset
@@ -27,6 +28,7 @@ from dicomnode.outputs.findings import finding_sites, lesion_kinds, tracking_uid
 from dicomnode.outputs.ko import KOSpec, build_ko
 from dicomnode.outputs.seg import SegSpec, build_seg
 from dicomnode.outputs.sr import FindingInfo, SRSpec, build_sr
+from dicomnode.outputs.timepoints import matched_tracking, sr_comparison
 from dicomnode.outputs.uids import UIDFactory
 
 log = logging.getLogger(__name__)
@@ -145,13 +147,18 @@ def write_result_package(
     profile: ViewerProfile | None = None,
     *,
     features: Sequence[str] | None = None,
+    comparison: Mapping[str, Any] | None = None,
+    prior_evidence: Sequence[Dataset] = (),
 ) -> list[Path]:
     """Build and write the result objects of ``processed`` into ``output_dir``; return the files written.
 
     ``profile`` chooses what is produced (SEG, derived series, SR, burned-in capture) and whether empty SEG
     frames are omitted; ``features`` lists the pyradiomics feature names that go into the SR (default
     :data:`~dicomnode.outputs.codes.DEFAULT_SR_FEATURES`). Measurements missing from
-    ``processed.measurements`` are computed with pyradiomics from ``processed.image``.
+    ``processed.measurements`` are computed with pyradiomics from ``processed.image``. ``comparison`` (the
+    ``result.json`` block of :mod:`dicomnode.compare.prior`) puts the change since the prior into the SR, and
+    a finding matched to a prior one keeps the prior's tracking UID (SEG and SR); ``prior_evidence`` are the
+    prior's image headers, referenced as Pertinent Other Evidence.
     """
     profile = profile or ViewerProfile()
     features = tuple(features) if features is not None else DEFAULT_SR_FEATURES
@@ -171,6 +178,7 @@ def write_result_package(
     written: list[Path] = []
 
     tracking = tracking_uids(processed.segments, sources, uids.prefix)
+    tracking = matched_tracking(comparison, tracking)
     seg = None
     if profile.send_seg or profile.send_sr:
         spec = SegSpec(
@@ -198,7 +206,7 @@ def write_result_package(
             series_description=f"{prov.pipeline} measurements"[:64], series_number=series_number(first, 3)
         )
         sr = build_sr(sources, processed.segments, seg, measurements, features, prov, uids, spec_s,
-                      finding_info(processed, tracking))
+                      finding_info(processed, tracking), sr_comparison(comparison, first), prior_evidence)
         written.append(_write(sr, output_dir / SR_FILE))
 
     if profile.send_ko and any(s.mask.any() for s in processed.segments):

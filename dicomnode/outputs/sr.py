@@ -9,6 +9,8 @@ quantity (CT 112031 Attenuation Coefficient, MR 110852 MR signal intensity) with
 modifier; lesions are 52988006 Lesion with their organ as Finding Site and their density as a qualitative
 evaluation; QC verdicts (dicomnode.imaging.qc) are qualitative evaluations of every group. Empty segments get
 no finding (no outline to anchor it). The observer is this node as a device; the report is UNVERIFIED.
+With a comparison with prior studies, every finding gets its time point and the change since the prior
+(:mod:`dicomnode.outputs.timepoints`).
 """
 
 from __future__ import annotations
@@ -45,6 +47,13 @@ from dicomnode.outputs.provenance import (
     provenance_items,
 )
 from dicomnode.outputs.seg import segment_tracking_uid
+from dicomnode.outputs.timepoints import (
+    SRComparison,
+    change_measurements,
+    gone_region,
+    prior_groups,
+    status_evaluation,
+)
 from dicomnode.outputs.uids import UIDFactory
 
 log = logging.getLogger(__name__)
@@ -147,7 +156,9 @@ def volumetric_group(
     modality: str,
     provenance: Provenance,
     info: FindingInfo,
+    change: tuple[hd.sr.TimePointContext, list, list] | None = None,
 ) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+    """``change``: (time point, measurements, evaluations) of the comparison with a prior (timepoints)."""
     code = structure_code(segment.structure)
     measurements = []
     for name in features:
@@ -156,6 +167,10 @@ def volumetric_group(
             log.warning("Segment '%s' has no value for feature '%s'; it is left out.", segment.label, name)
             continue
         measurements.append(measurement(name, values[name], modality))
+    evaluations = qualitative_evaluations(segment, info, modality)
+    if change is not None:
+        measurements.extend(change[1])
+        evaluations.extend(change[2])
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=info.tracking_uid, identifier=segment.label[:64]),
         referenced_segment=hd.sr.ReferencedSegment(
@@ -164,12 +179,13 @@ def volumetric_group(
             segment_number=number,
             source_series=hd.sr.SourceSeriesForSegmentation(str(seg.ReferencedSeriesSequence[0].SeriesInstanceUID)),
         ),
+        time_point_context=change[0] if change is not None else None,
         finding_type=code.type,
         finding_category=code.category,
         finding_sites=_finding_sites(segment, info),
         algorithm_id=algorithm_id(provenance),
         measurements=measurements,
-        qualitative_evaluations=qualitative_evaluations(segment, info, modality) or None,
+        qualitative_evaluations=evaluations or None,
     )
 
 
@@ -181,6 +197,7 @@ def planar_group(
     provenance: Provenance,
     info: FindingInfo,
     modality: str,
+    time_point: hd.sr.TimePointContext | None = None,
 ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
     code = structure_code(segment.structure)
     region = hd.sr.ImageRegion(
@@ -199,6 +216,7 @@ def planar_group(
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=info.tracking_uid, identifier=segment.label[:64]),
         referenced_region=region,
+        time_point_context=time_point,
         finding_type=code.type,
         finding_category=code.category,
         finding_sites=_finding_sites(segment, info),
@@ -206,6 +224,28 @@ def planar_group(
         measurements=measurements,
         qualitative_evaluations=qualitative_evaluations(segment, info, modality) or None,
     )
+
+
+def _gone_groups(comparison: SRComparison, sources: Sequence[Dataset], provenance: Provenance, modality: str,
+                 key_indices: list[int]) -> list:
+    """Lesions of the prior not found again: a circle where they were, status Absent, their prior values."""
+    groups: list = []
+    code = structure_code("lesion")
+    for change in comparison.findings.values():
+        if change.status != "gone" or not change.tracking_uid:
+            continue
+        placed = gone_region(change, sources)
+        if placed is None:
+            continue
+        key_indices.append(placed[0])
+        tracking = hd.sr.TrackingIdentifier(uid=change.tracking_uid, identifier=change.label[:64])
+        groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking, referenced_region=placed[1],
+            time_point_context=comparison.current.context(), finding_type=code.type,
+            finding_category=code.category, algorithm_id=algorithm_id(provenance),
+            qualitative_evaluations=status_evaluation(change)))
+        groups.extend(prior_groups(change, comparison, tracking, modality, code.type))
+    return groups
 
 
 def build_sr(
@@ -218,13 +258,18 @@ def build_sr(
     uids: UIDFactory,
     spec: SRSpec = SRSpec(),
     findings: Mapping[str, FindingInfo] | None = None,
+    comparison: SRComparison | None = None,
+    prior_evidence: Sequence[Dataset] = (),
 ) -> hd.sr.Comprehensive3DSR:
     """The Measurement Report; ``measurements`` maps segment label → feature name → value, ``findings``
-    segment label → tracking UID, site and kind (default: per-result tracking UIDs, no site/kind)."""
+    segment label → tracking UID, site and kind (default: per-result tracking UIDs, no site/kind);
+    ``comparison`` adds the time points and the change since the prior (:mod:`dicomnode.outputs.timepoints`),
+    ``prior_evidence`` the prior's images (Pertinent Other Evidence)."""
     modality = str(sources[0].get("Modality", ""))
     pixel_spacing = tuple(float(v) for v in sources[0].PixelSpacing)
     groups: list = []
     key_indices: list[int] = []
+    now = comparison.current.context() if comparison is not None else None
     for number, segment in enumerate(segments, start=1):
         values = measurements.get(segment.label)
         if values is None:
@@ -236,8 +281,20 @@ def build_sr(
         info = (findings or {}).get(segment.label) or FindingInfo(segment_tracking_uid(uids, number))
         key = key_slice(segment.mask, pixel_spacing)  # type: ignore[arg-type]
         key_indices.append(key.index)
-        groups.append(planar_group(number, segment, key, sources[key.index], provenance, info, modality))
-        groups.append(volumetric_group(number, segment, seg, values, features, modality, provenance, info))
+        change = comparison.findings.get(segment.label) if comparison is not None else None
+        extra = None
+        if now is not None:
+            extra = (now, change_measurements(change, comparison, modality) if change else [],  # type: ignore[arg-type]
+                     status_evaluation(change) if change else [])
+        groups.append(planar_group(number, segment, key, sources[key.index], provenance, info, modality, now))
+        groups.append(volumetric_group(number, segment, seg, values, features, modality, provenance, info,
+                                       extra))
+        if change is not None and comparison is not None:
+            tracking = hd.sr.TrackingIdentifier(uid=info.tracking_uid, identifier=segment.label[:64])
+            groups.extend(prior_groups(change, comparison, tracking, modality,
+                                       structure_code(segment.structure).type))
+    if comparison is not None:
+        groups.extend(_gone_groups(comparison, sources, provenance, modality, key_indices))
     if not groups:
         raise OutputError("Every segment is empty: there is no finding to report in the SR.")
     try:
@@ -250,7 +307,7 @@ def build_sr(
             referenced_images=library_seed(sources, key_indices),
         )
         sr = hd.sr.Comprehensive3DSR(
-            evidence=[*sources, seg],
+            evidence=[*sources, seg, *prior_evidence],
             content=report[0],
             series_instance_uid=uids("sr-series"),
             series_number=spec.series_number,

@@ -263,14 +263,17 @@ def run_job(spec: JobSpec, profile: ViewerProfile | None = None) -> JobResult:
             volume = load_series(spec.input_files)
             processed, summary = process_volume(pipeline, volume, spec)
             prior_files: list[Path] = []
+            prior_evidence: tuple = ()
             if spec.prior:  # comparison with the patient's prior study (never fails the job)
                 from dicomnode.compare.prior import compare_with_prior
 
-                summary["comparison"], prior_files = compare_with_prior(spec, pipeline, volume, processed,
-                                                                        output_dir)
+                outcome = compare_with_prior(spec, pipeline, volume, processed, output_dir)
+                summary["comparison"], prior_files = outcome.block, outcome.files
+                prior_evidence = outcome.evidence
             if profile is None and spec.profile:
                 profile = ViewerProfile(**spec.profile)
-            files = write_result_package(processed, output_dir, profile, features=pipeline.sr_features)
+            files = write_result_package(processed, output_dir, profile, features=pipeline.sr_features,
+                                         comparison=summary.get("comparison"), prior_evidence=prior_evidence)
             files = [*files, *prior_files]
             summary["seconds"] = time.perf_counter() - started
             summary["peak_rss_mb"] = peak_rss_mb()

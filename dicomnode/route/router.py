@@ -13,7 +13,9 @@ on :class:`StudyReady` only when the rule set has some.
 The node's own outputs (:mod:`dicomnode.route.ownership`) are never routed to a pipeline: only series rules
 with ``own_outputs: forward`` apply to them; otherwise the decision is recorded as ``ignored`` with the
 reason. Study rules see the study without its own-output series; a study that changed only by them (its other
-instances were routed already) is ``ignored`` as well.
+instances were routed already) is ``ignored`` as well. A series the node itself asked a PACS to C-MOVE for a
+comparison with a prior study (``retrieved_for``: series UID → the job that asked) is ``ignored`` too, and so
+is a study all of whose series are such.
 """
 
 from __future__ import annotations
@@ -87,6 +89,7 @@ class Router:
         header_cache: HeaderCache | None = None,
         clock: Callable[[], float] = time.time,
         generated_by: GeneratedBy | None = None,
+        retrieved_for: Callable[[str], str | None] | None = None,
     ) -> None:
         self.config = config
         self.database = database
@@ -96,6 +99,7 @@ class Router:
         self.submit_job = submit_job
         self.forward = forward
         self.generated_by = generated_by  # series UID → the node's job that generated it (outbox)
+        self.retrieved_for = retrieved_for  # series UID → the job that C-MOVEd it here (compare.retrieves)
         self.headers = header_cache or HeaderCache()
         self.clock = clock
         self.spool_root = config.storage.spool_dir
@@ -112,6 +116,10 @@ class Router:
 
     def route_series(self, event: SeriesReady) -> list[RecordedDecision]:
         ruleset = self.book.current
+        if self.retrieved_for is not None and (job := self.retrieved_for(event.series_uid)):
+            return self._retrieved("series", ruleset, event.study_uid, event.series_uid, event.generation,
+                                   f"series {event.series_uid} was retrieved by C-MOVE for the prior "
+                                   f"comparison of job {job}")
         try:
             files = dicom_files(event.series_dir)
             if not files:
@@ -132,6 +140,12 @@ class Router:
         ruleset = self.book.current
         if ruleset is None or not ruleset.has_level("study"):
             return []
+        if self.retrieved_for is not None and event.series_uids:
+            jobs = {self.retrieved_for(uid) for uid in event.series_uids}
+            if None not in jobs:
+                return self._retrieved("study", ruleset, event.study_uid, "", event.generation,
+                                       f"every series of study {event.study_uid} was retrieved by C-MOVE for "
+                                       f"the prior comparison of job {', '.join(sorted(map(str, jobs)))}")
         try:
             views = [
                 SeriesView.from_files(
@@ -338,6 +352,19 @@ class Router:
         for item in recorded:
             self.decisions.mark(item.id, DecisionState.DONE)
         log.info("%s %s ignored: %s", level.capitalize(), series_uid or subject.study_uid, reason)
+        return recorded
+
+    def _retrieved(
+        self, level: str, ruleset: RuleSet | None, study_uid: str, series_uid: str, generation: int, why: str,
+    ) -> list[RecordedDecision]:
+        """Record that a series the node asked for (prior comparison, C-MOVE) is not routed as a new one."""
+        reason = f"{why}; the comparison processes it, it is not routed as new (priors.method: c-move)"
+        decision = Decision(level, study_uid, series_uid, generation, "", "",
+                            ruleset.sha256 if ruleset else "", "ignored", explanation=reason)
+        recorded = self.decisions.record([decision])
+        for item in recorded:
+            self.decisions.mark(item.id, DecisionState.DONE)
+        log.info("%s %s ignored: %s", level.capitalize(), series_uid or study_uid, reason)
         return recorded
 
     def _unroutable(

@@ -18,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from dicomnode.compare.retries import ComparisonRetries
 from dicomnode.config import Config, ViewerProfile
 from dicomnode.database import Database
 from dicomnode.errors import DicomNodeError, PipelineError
@@ -90,6 +91,7 @@ class Processing:
         self.jobs = JobStore(database, max_attempts=config.processing.max_attempts)
         self.outbox = Outbox(database, config.outbox)
         self.held = HeldResults(database)
+        self.comparison_retries = ComparisonRetries(database)
         if executor is None:
             from dicomnode.pipelines.executor import LocalExecutor
 
@@ -100,7 +102,8 @@ class Processing:
         self.audit = audit
         self.wake_sender = wake_sender
         self._lock = threading.Lock()
-        self._timers: list[threading.Timer] = []
+        self._stop = threading.Event()
+        self._retry_thread: threading.Thread | None = None
 
     # -- component ------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -109,11 +112,15 @@ class Processing:
             log.info("Resuming job %s (%s) for series %s after a restart.", spec.job_id, spec.pipeline,
                      spec.series_uid)
             self.executor.submit(spec, self._on_done)
+        self._stop.clear()
+        self._retry_thread = threading.Thread(target=self._retry_loop, name="comparison-retries", daemon=True)
+        self._retry_thread.start()
 
     def stop(self) -> None:
-        for timer in self._timers:
-            timer.cancel()
-        self._timers.clear()
+        self._stop.set()
+        if self._retry_thread is not None:
+            self._retry_thread.join(timeout=5)
+            self._retry_thread = None
         self.executor.stop()
 
     # -- the router's submit_job ----------------------------------------------------------------------
@@ -155,6 +162,7 @@ class Processing:
             source=self.config.destination(priors.source).model_dump(mode="json"),
             method=priors.method, max_age_days=priors.max_age_days, wait_seconds=priors.wait_seconds,
             node_ae=self.config.node.ae_title, spool_dir=str(self.config.storage.spool_dir),
+            count=priors.count, database_path=str(self.config.storage.database_path),
         ).to_json()
 
     def retry(self, job_id: str) -> JobSpec:
@@ -223,25 +231,37 @@ class Processing:
     def _retry_comparison(self, spec: JobSpec, result: JobResult) -> None:
         """A comparison the source could not answer is tried again after ``priors.retry_minutes`` as a
         new run of the job (deterministic UIDs: its objects replace the ones sent without comparison),
-        at most ``COMPARISON_RETRIES`` times. The timer lives in this process: a restart forgets it."""
+        at most ``COMPARISON_RETRIES`` times; the schedule is in the node database
+        (:mod:`dicomnode.compare.retries`), so a restart keeps it."""
         comparison = result.summary.get("comparison") or {}
-        if comparison.get("status") != "unavailable":
+        status = comparison.get("status")
+        if not status:
             return
-        base, _, count = spec.job_id.partition("-cmp")
-        tries = int(count) if count.isdigit() else 0
-        if tries >= COMPARISON_RETRIES:
-            log.warning("Job %s: comparison still unavailable after %d retries; not tried again.",
-                        spec.job_id, tries)
+        if status != "unavailable":
+            self.comparison_retries.finished(spec, str(status))
             return
-        retry = replace(spec, job_id=f"{base}-cmp{tries + 1}", attempt=1,
-                        output_dir=str(Path(spec.output_dir).with_name(f"{Path(base).name}-cmp{tries + 1}")))
         delay = self.config.priors.retry_minutes * 60.0
+        retry = self.comparison_retries.unavailable(spec, str(comparison.get("reason", "")), delay,
+                                                    COMPARISON_RETRIES)
+        if retry.state == "given_up":
+            log.warning("Job %s: %s; not tried again.", spec.job_id, retry.reason)
+            return
         log.info("Job %s: comparison unavailable (%s); tried again in %.0f min as job %s.", spec.job_id,
-                 comparison.get("reason", ""), delay / 60.0, retry.job_id)
-        timer = threading.Timer(delay, self.submit, args=(retry,))
-        timer.daemon = True
-        self._timers = [t for t in self._timers if t.is_alive()] + [timer]
-        timer.start()
+                 retry.reason, delay / 60.0, retry.spec.job_id)
+
+    def _retry_loop(self) -> None:
+        """Submit the comparison retries that are due (checked every few seconds, at most every 30 s)."""
+        interval = min(max(self.config.priors.retry_minutes * 60.0 / 4, 0.05), 30.0)
+        while not self._stop.is_set():
+            try:
+                for retry in self.comparison_retries.due():
+                    log.info("Comparison of job %s is tried again as job %s.", retry.job_id,
+                             retry.spec.job_id)
+                    self.submit(retry.spec)
+                    self.comparison_retries.started(retry.job_id)
+            except DicomNodeError:
+                log.exception("Comparison retries could not be submitted; trying again in %.0f s.", interval)
+            self._stop.wait(interval)
 
     def _failed(self, spec: JobSpec, result: JobResult) -> None:
         log.error("Job %s (%s, attempt %d) failed: %s", spec.job_id, spec.pipeline, spec.attempt,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from dicomnode.compare.retrieves import PendingRetrieves
 from dicomnode.config import Config
 from dicomnode.database import Database
 from dicomnode.errors import DicomNodeError
@@ -66,7 +67,8 @@ def build_service(config: Config) -> Service:
     book.reload()
     router = Router(config, database, book, submit_job=processing.submit,
                     forward=outbox_forward(database, config.outbox),
-                    generated_by=outbox_generated_by(database, config.outbox))  # own outputs: no loops
+                    generated_by=outbox_generated_by(database, config.outbox),  # own outputs: no loops
+                    retrieved_for=PendingRetrieves(database).requested_by)  # priors moved here: not routed
 
     service = Service(config, database=database, quiet_resolver=router.quiet_seconds_for)
     service.listener.on_accepted.append(metrics.association_accepted)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import highdicom as hd
 import httpx
 import numpy as np
 import pytest
@@ -32,9 +33,10 @@ def ct_files() -> list[Path]:
     return sorted(shared_data("ct-abdomen-20", "dicom").glob("*.dcm"))
 
 
-def write_series(folder: Path, *, date: str, study_uid: str | None = None,
-                 lesion: bool = False) -> list[Path]:
-    """The shared CT as a study dated ``date`` (new UIDs unless ``study_uid`` is given: the original)."""
+def write_series(folder: Path, *, date: str, study_uid: str | None = None, lesion: bool = False,
+                 lesion_mm: float = LESION_DIAMETER_MM, patient: str | None = None) -> list[Path]:
+    """The shared CT as a study dated ``date`` (new UIDs unless ``study_uid`` is given: the original), with a
+    hypodense sphere of ``lesion_mm`` in the liver when ``lesion``, of another patient when ``patient``."""
     folder.mkdir(parents=True)
     study, series = study_uid or generate_uid(), generate_uid()
     datasets = [dcmread(p) for p in ct_files()]
@@ -47,13 +49,15 @@ def write_series(folder: Path, *, date: str, study_uid: str | None = None,
             ds.SOPInstanceUID = generate_uid()
             ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.StudyDate = ds.SeriesDate = date
+        if patient is not None:
+            ds.PatientID = ds.PatientName = patient
         if lesion:
             spacing = [float(v) for v in ds.PixelSpacing]
             z = abs(float(ds.ImagePositionPatient[2]) - z0)
             rows, cols = np.ogrid[: ds.Rows, : ds.Columns]
             r2 = ((z - LESION_CENTRE_MM[0]) ** 2 + (rows * spacing[0] - LESION_CENTRE_MM[1]) ** 2
                   + (cols * spacing[1] - LESION_CENTRE_MM[2]) ** 2)
-            sphere = r2 <= (LESION_DIAMETER_MM / 2) ** 2
+            sphere = r2 <= (lesion_mm / 2) ** 2
             if sphere.any():
                 pixels = ds.pixel_array.astype(np.int32)
                 pixels[sphere] -= int(round(45 / float(ds.get("RescaleSlope", 1))))  # 45 HU darker
@@ -82,11 +86,11 @@ def pacs(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
         server.close()
 
 
-def request_for(pacs_port: int, aet: str = "ORTHANC", wait: float = 600.0) -> dict:
+def request_for(pacs_port: int, aet: str = "ORTHANC", wait: float = 600.0, count: int = 1) -> dict:
     config = Config.model_validate({"destinations": {
         "pacs": {"ae_title": aet, "host": "127.0.0.1", "port": pacs_port, "timeout": 20}}})
     return PriorRequest("pacs", config.destination("pacs").model_dump(mode="json"), "c-get",
-                        wait_seconds=wait).to_json()
+                        wait_seconds=wait, count=count).to_json()
 
 
 def run(files: list[Path], out: Path, prior: dict) -> dict:
@@ -169,3 +173,59 @@ def test_pacs_down_or_no_prior_still_gives_the_current_result(pacs: Orthanc, tmp
     older = write_series(tmp_path / "older", date="20100101")  # nothing earlier than this one in the PACS
     none = run(older, tmp_path / "none", request_for(pacs.dicom_port, pacs.aet)).summary["comparison"]
     assert none["status"] == "no_prior" and "No earlier CT study" in none["reason"]
+
+
+def _sr_groups(path: Path) -> dict[str, list]:
+    """Tracking identifier → the SR's measurement groups of that finding (highdicom's parser)."""
+    report = hd.sr.srread(path)
+    groups: dict[str, list] = {}
+    content = report.content
+    for group in [*content.get_planar_roi_measurement_groups(),
+                  *content.get_volumetric_roi_measurement_groups(), *content.get_image_measurement_groups()]:
+        groups.setdefault(group.tracking_identifier, []).append(group)
+    return groups
+
+
+def test_a_lesion_seen_before_keeps_its_tracking_uid_and_the_sr_states_the_change(
+    pacs: Orthanc, tmp_path: Path
+) -> None:
+    """Another patient with the lesion in an older prior (14 mm), the prior (20 mm) and today (20 mm): today's
+    SR compares with the most recent prior, the lesion is stable and keeps the prior SR's tracking UID; the
+    older prior's values are in ``comparison.history`` and in the SR as the first time point."""
+    older = write_series(tmp_path / "older", date="20190301", lesion=True, lesion_mm=14.0, patient="FOLLOW")
+    prior = write_series(tmp_path / "prior", date="20200110", lesion=True, patient="FOLLOW")
+    upload(pacs, older + prior)
+    current = write_series(tmp_path / "current", date="20240105", lesion=True, patient="FOLLOW")
+    result = run(current, tmp_path / "job", request_for(pacs.dicom_port, pacs.aet, count=2))
+    comparison = result.summary["comparison"]
+    assert comparison["status"] == "compared", comparison
+    assert comparison["prior_study_uid"] == str(dcmread(prior[0]).StudyInstanceUID)
+    lesions = {k: v for k, v in comparison["findings"].items() if k.startswith("Lesion")}
+    assert [v["status"] for v in lesions.values()] == ["stable"], lesions
+    (label,) = lesions
+    # the prior's SR (processed now) and today's SR: one tracking UID for the lesion and for the liver
+    prior_sr = next(Path(f) for f in result.output_files if "/prior/" in f and f.endswith("sr.dcm"))
+    current_sr = Path(tmp_path / "job" / "sr.dcm")
+    before, now = _sr_groups(prior_sr), _sr_groups(current_sr)
+    prior_label = lesions[label]["prior_label"]
+    assert {g.tracking_uid for g in before[prior_label]} == {g.tracking_uid for g in now[label]}
+    assert {g.tracking_uid for g in before["Liver"]} == {g.tracking_uid for g in now["Liver"]}
+    # today's SR: the prior's lesion volume at the prior time point, the status, the interval
+    sr = dcmread(current_sr)
+    assert str(sr.PertinentOtherEvidenceSequence[0].StudyInstanceUID) == comparison["prior_study_uid"]
+    volumetric_type = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+    (volumetric,) = [g for g in now[label] if isinstance(g, volumetric_type)]
+    evaluations = {(e.name.value, e.value.value) for e in volumetric.get_qualitative_evaluations()}
+    assert ("111021", "260388006") in evaluations  # Description of Change: No change
+    numbers = {m.name.value: m.value for m in volumetric.get_measurements()}
+    assert numbers["385673002"] == comparison["interval_days"] == 1456
+    assert numbers["VOL-CHANGE-PCT"] == pytest.approx(lesions[label]["volume_ml"]["change_percent"], abs=0.05)
+    earlier = [g for g in now[label] if type(g) is hd.sr.MeasurementsAndQualitativeEvaluations]
+    volumes = [m.value for g in earlier for m in g.get_measurements() if m.name.value == "118565006"]
+    # priors.count 2: the older study (14 mm lesion) is history, in result.json and in the SR (oldest first)
+    (history,) = comparison["history"] or pytest.fail(str(comparison["skipped"]))
+    assert history["study_uid"] == str(dcmread(older[0]).StudyInstanceUID)
+    older_ml = history["findings"][label]["volume_ml"]
+    assert older_ml == pytest.approx(4 / 3 * np.pi * 7.0**3 / 1000.0, rel=0.2)  # the 14 mm sphere
+    assert "Liver" in history["findings"]
+    assert volumes == pytest.approx([older_ml, lesions[label]["volume_ml"]["prior"]], abs=0.01)

@@ -46,6 +46,7 @@ def test_jobs_of_listed_rules_carry_the_prior_request_and_unavailable_comparison
 ) -> None:
     executor = _Executor()
     processing = Processing(_config(tmp_path), Database(tmp_path / "db.sqlite3"), executor=executor)
+    processing.start()
     processing.submit(_spec("other", tmp_path, "job-0"))
     processing.submit(_spec("liver", tmp_path))
     plain, compared = executor.submitted
@@ -66,6 +67,63 @@ def test_jobs_of_listed_rules_carry_the_prior_request_and_unavailable_comparison
     assert retry.job_id == "job-1-cmp1" and retry.prior == compared.prior
     assert Path(retry.output_dir).name == "job-1-cmp1"
     processing.stop()
+
+
+def _wait_for(condition, seconds: float = 5.0) -> None:  # noqa: ANN001
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_a_pending_comparison_retry_survives_a_restart_and_attempts_are_bounded(tmp_path: Path) -> None:
+    """The retry is in the node database: a node stopped before it was due runs it after its restart; after
+    three unavailable retries the comparison is given up, with the reason recorded."""
+    from dicomnode.compare.retries import ComparisonRetries, RetryState
+
+    config = _config(tmp_path, retry_minutes=0.02)  # 1.2 s
+    executor = _Executor()
+    first = Processing(config, Database(tmp_path / "db.sqlite3"), executor=executor)
+    first.start()
+    first.submit(_spec("liver", tmp_path))
+    first._on_done(JobResult("job-1", True, (), {"comparison": {"status": "unavailable", "reason": "down"}}))
+    first.stop()  # before the retry is due: a restart
+    assert [s.job_id for s in executor.submitted] == ["job-1"]
+    stored = ComparisonRetries(Database(tmp_path / "db.sqlite3")).get("job-1")
+    assert stored.state == RetryState.PENDING and stored.reason == "down"
+    assert stored.spec.job_id == "job-1-cmp1"
+
+    executor = _Executor()
+    second = Processing(config, Database(tmp_path / "db.sqlite3"), executor=executor)
+    second.start()
+    _wait_for(lambda: "job-1-cmp1" in [s.job_id for s in executor.submitted])
+    assert "job-1-cmp1" in [s.job_id for s in executor.submitted]
+    retries = second.comparison_retries
+    assert retries.get("job-1").state == RetryState.RUNNING
+    for n in (1, 2, 3):  # every retry still unavailable
+        second._on_done(JobResult(f"job-1-cmp{n}", True, (),
+                                  {"comparison": {"status": "unavailable", "reason": f"down {n}"}}))
+        if n < 3:
+            _wait_for(lambda n=n: f"job-1-cmp{n + 1}" in [s.job_id for s in executor.submitted])
+    second.stop()
+    given_up = retries.get("job-1")
+    assert given_up.state == RetryState.GIVEN_UP
+    assert given_up.reason == "Comparison still unavailable after 3 retries: down 3"
+    assert [s.job_id for s in executor.submitted].count("job-1-cmp3") == 1
+    assert "job-1-cmp4" not in [s.job_id for s in executor.submitted]
+
+
+def test_a_retry_that_compares_ends_the_schedule(tmp_path: Path) -> None:
+    from dicomnode.compare.retries import ComparisonRetries, RetryState
+
+    retries = ComparisonRetries(Database(tmp_path / "db.sqlite3"))
+    spec = _spec("liver", tmp_path)
+    retries.unavailable(spec, "down", 0.0, 3)
+    (due,) = retries.due()
+    retries.started(due.job_id)
+    retries.finished(due.spec, "compared")
+    assert retries.get("job-1").state == RetryState.DONE and retries.due() == []
 
 
 def test_priors_need_a_configured_source(tmp_path: Path) -> None:
@@ -105,3 +163,29 @@ def test_longest_axial_diameter_of_a_disc_and_a_bar() -> None:
     bar = np.zeros((1, 10, 50), bool)
     bar[0, 4, 5:45] = True
     assert longest_axial_diameter(bar, (1.0, 1.0, 2.0)) == pytest.approx(80.0, abs=2.1)
+
+
+def test_a_series_the_node_asked_to_c_move_is_not_routed_again(tmp_path: Path) -> None:
+    """The comparison records its C-MOVE; the router records that series as ignored, with the reason, and
+    routes any other series as usual; an old request no longer counts."""
+    from dicomnode.compare.retrieves import TTL_SECONDS, PendingRetrieves
+    from dicomnode.route.router import Router
+    from tests.unit.test_route_ownership import decisions, make_node, spool
+
+    config, db, plain, calls = make_node(tmp_path)
+    clock = [1000.0]
+    retrieves = PendingRetrieves(db, clock=lambda: clock[0])
+    router = Router(config, db, plain.book, submit_job=calls.submit_job, forward=calls.forward,
+                    retrieved_for=retrieves.requested_by)
+    moved = spool(config, number=1, seed="prior")
+    retrieves.expect(moved.study_uid, moved.series_uid, "job-7", "pacs")
+    router.on_ready(moved)
+    (row,) = decisions(db)
+    assert (row["action"], row["state"], row["series_uid"]) == ("ignored", "done", moved.series_uid)
+    assert "retrieved by C-MOVE for the prior comparison of job job-7" in row["explanation"]
+    assert calls.jobs == [] and calls.forwards == []
+    router.on_ready(spool(config, number=2, seed="new"))  # not asked for: routed
+    assert len(calls.jobs) == 1
+    clock[0] += TTL_SECONDS + 1
+    assert retrieves.requested_by(moved.series_uid) is None
+    db.close()

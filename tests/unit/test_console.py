@@ -421,6 +421,15 @@ def test_study_page_shows_the_comparison_with_the_prior_study(fab: Fabricated, c
     assert "Lesion 1 new – 4.2 ml – – 55 HU" in text
     svg = page[page.index("<svg"):page.index("</svg>")]
     assert svg.count("<circle") == 3 and "2020-01-10" in svg and "Lesion 1" in svg
+    # priors.count 2: an older study's values are charted too (the liver gets three points on one line)
+    comparison["history"] = [{"study_uid": "1.2.3.98", "study_date": "20180105", "interval_days": 2191,
+                              "findings": {"Liver": {"volume_ml": 1450.0, "mean_hu": 100.0}}}]
+    summary = {**result.summary, "comparison": comparison}
+    JobResult(result.job_id, True, result.output_files, summary).write(job_dir)
+    svg = client.get(f"/studies/{fab.study_uid}").text
+    svg = svg[svg.index("<svg"):svg.index("</svg>")]
+    assert svg.count("<circle") == 4 and "2018-01-05" in svg and "Liver: 1450.0 ml (2018-01-05)" in svg
+    assert svg.count("<polyline") == 1  # the liver; the new lesion has one point
 
 
 def test_results_preview_thumbnails_and_measurements(fab: Fabricated, client: TestClient) -> None:
