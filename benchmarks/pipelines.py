@@ -91,6 +91,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--pipelines", default="liver-ct,lung-ct,brain-mr")
     args = parser.parse_args()
+    # other processes share the cores: every figure below is only as good as the load it ran under
+    print("# machine: {} cores, load average {:.1f} {:.1f} {:.1f} (1/5/15 min) at the start".format(
+        os.cpu_count(), *os.getloadavg()), flush=True)
     with tempfile.TemporaryDirectory(prefix="dicomnode-bench-") as tmp:
         series: dict[str, tuple[Path, str]] = {}
         for name in args.pipelines.split(","):
@@ -128,6 +131,8 @@ def main() -> None:
             print(f"{'TOTAL':<44}{report['total']:>10.2f}{report['peak']:>14.0f}")
             volumes = ", ".join(f"{k} {v['volume_ml']:.0f} ml" for k, v in report["segments"].items())
             print(f"segments: {volumes}; {report['files']} result files")
+            print("# load average {:.1f} {:.1f} {:.1f} (1/5/15 min) after {}".format(*os.getloadavg(), name),
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -50,7 +50,8 @@ def check(config_path: ConfigOption = None, rules: RulesOption = None) -> None:
     for level in ("series", "study"):
         for loaded in ruleset.ordered(level):
             rule = loaded.rule
-            flags = ("fallback " if rule.fallback else "") + ("" if rule.enabled else "disabled ")
+            flags = ("fallback " if rule.fallback else "") + ("" if rule.enabled else "disabled ") + (
+                "own-outputs " if rule.own_outputs == "forward" else "")
             typer.echo(
                 f"  {level:<6} {rule.priority:>4}  {rule.name:<24} {flags}{rule.then.describe()}"
                 f"  ({Path(loaded.file).name}:{loaded.line})"

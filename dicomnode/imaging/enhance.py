@@ -80,27 +80,50 @@ def contrast_to_noise_ratio(image: sitk.Image, mask: sitk.Image, background: sit
     return float(abs(inside.mean() - outside.mean()) / max(noise, 1e-12))
 
 
+def signed_distance_mm(mask: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+    """Signed distance (mm, float32) between voxel centres and the nearest voxel on the other side of
+    ``mask``'s surface: negative inside, positive outside — scipy's exact EDT of both sides, computed with
+    ITK's multi-threaded Maurer transform (several times faster on an organ's box)."""
+    inside = np.asarray(mask, dtype=bool)
+
+    def outside_distance(region: np.ndarray) -> np.ndarray:
+        image = sitk.GetImageFromArray(region.view(np.uint8))
+        image.SetSpacing(tuple(float(s) for s in spacing[::-1]))
+        signed = sitk.SignedMaurerDistanceMap(image, insideIsPositive=False, squaredDistance=False,
+                                              useImageSpacing=True, backgroundValue=0)
+        return sitk.GetArrayFromImage(signed).astype(np.float32, copy=False)
+
+    distance = outside_distance(inside)  # > 0 outside: the distance to the nearest inside voxel
+    np.copyto(distance, -outside_distance(~inside), where=inside)
+    return distance
+
+
 def edge_width_mm(image: np.ndarray, mask: np.ndarray, spacing: tuple[float, float, float], *,
-                  reach_mm: float = 6.0, within: np.ndarray | None = None) -> float:
+                  reach_mm: float = 6.0, within: np.ndarray | None = None,
+                  distance: np.ndarray | None = None) -> float:
     """The 10-90 % width (mm) of the intensity step across the surface of ``mask``: mean intensity per
     0.5 mm bin of signed surface distance (inside negative, out to ``reach_mm``; only voxels in
     ``within`` when given), fitted with an error function (width = 2.563 sigma). Noise averages out
-    over the surface, so the value measures blur, not noise; NaN when the fit fails."""
-    from scipy import ndimage
+    over the surface, so the value measures blur, not noise; NaN when the fit fails. ``distance`` is
+    the mask's :func:`signed_distance_mm` when the caller has it already (it costs more than the fit)."""
     from scipy.optimize import curve_fit
     from scipy.special import erf
 
     inside = np.asarray(mask, dtype=bool)
     if not inside.any() or inside.all():
         raise ImagingError("An edge width needs a mask with both inside and outside voxels.")
-    depth = ndimage.distance_transform_edt(inside, sampling=spacing)
-    distance = np.where(inside, -depth, ndimage.distance_transform_edt(~inside, sampling=spacing))
+    if distance is None:
+        distance = signed_distance_mm(inside, spacing)
     selected = distance <= reach_mm
     if within is not None:
         selected &= np.asarray(within, dtype=bool) | inside
-    bins = np.round(distance[selected] / 0.5) * 0.5
-    centres, index = np.unique(bins, return_inverse=True)
-    profile = np.bincount(index, np.asarray(image, dtype=np.float64)[selected]) / np.bincount(index)
+    bins = np.rint(distance[selected] * 2.0).astype(np.int64)  # 0.5 mm bins, counted (no sort)
+    first = int(bins.min())
+    bins -= first
+    counts = np.bincount(bins)
+    present = counts > 0
+    centres = (np.flatnonzero(present) + first) * 0.5
+    profile = np.bincount(bins, np.asarray(image)[selected].astype(np.float64))[present] / counts[present]
 
     def erf_step(d: np.ndarray, low: float, high: float, mu: float, sigma: float) -> np.ndarray:
         return low + (high - low) * 0.5 * (1.0 + erf((d - mu) / (np.sqrt(2.0) * sigma)))
@@ -119,8 +142,6 @@ def enhancement_report(source: np.ndarray, enhanced: np.ndarray, mask: np.ndarra
     CNR of the structure against a ring ``ring_mm`` outside it, and the edge 10-90 % width at its
     surface (:func:`edge_width_mm`) — each before and after. A blur raises the CNR and widens the edge;
     an edge-preserving filter should raise the first without the second."""
-    from scipy import ndimage
-
     inside = np.asarray(mask, dtype=bool)
     if not inside.any():
         raise ImagingError("An enhancement report needs a non-empty mask.")
@@ -131,17 +152,18 @@ def enhancement_report(source: np.ndarray, enhanced: np.ndarray, mask: np.ndarra
         box.append(slice(max(0, present[0] - pad), present[-1] + pad + 1))
     crop = tuple(box)
     inside, source, enhanced = inside[crop], np.asarray(source)[crop], np.asarray(enhanced)[crop]
-    outside = ndimage.distance_transform_edt(~inside, sampling=spacing)
-    ring = (outside >= ring_mm[0]) & (outside <= ring_mm[1])
+    distance = signed_distance_mm(inside, spacing)  # once for the ring and both edge widths
+    ring = (distance >= ring_mm[0]) & (distance <= ring_mm[1])
     report: dict[str, float] = {}
     for name, values in (("source", source), ("enhanced", enhanced)):
-        a, b = np.asarray(values)[inside], np.asarray(values)[ring]
-        report[f"{name}_mean"] = round(float(a.mean()), 2)
-        report[f"{name}_sd"] = round(float(a.std()), 2)
-        spread = float(np.sqrt((a.var() + b.var()) / 2.0)) if b.size > 1 else 0.0
-        cnr = abs(float(a.mean() - b.mean())) / max(spread, 1e-12) if b.size else 0.0
+        a, b = values[inside], values[ring]
+        a_mean, a_var = float(a.mean(dtype=np.float64)), float(a.var(dtype=np.float64))
+        report[f"{name}_mean"] = round(a_mean, 2)
+        report[f"{name}_sd"] = round(float(np.sqrt(a_var)), 2)
+        spread = float(np.sqrt((a_var + float(b.var(dtype=np.float64))) / 2.0)) if b.size > 1 else 0.0
+        cnr = abs(a_mean - float(b.mean(dtype=np.float64))) / max(spread, 1e-12) if b.size else 0.0
         report[f"{name}_cnr"] = round(cnr, 3)
-        report[f"{name}_edge_width_mm"] = round(edge_width_mm(values, inside, spacing), 2)
+        report[f"{name}_edge_width_mm"] = round(edge_width_mm(values, inside, spacing, distance=distance), 2)
     report["mean_shift"] = round(report["enhanced_mean"] - report["source_mean"], 2)
     return report
 
@@ -343,12 +365,14 @@ def edge_preserving_smooth(
     conductance: float = 1.0,
     domain_sigma_mm: float = 1.5,
     range_factor: float = 3.0,
+    separable: bool = False,
 ) -> sitk.Image:
     """Edge-preserving smoothing inside the mask: curvature ``anisotropic`` diffusion or ``bilateral``
-    (``domain_sigma_mm``; range sigma = ``range_factor`` x the noise estimated inside the mask).
+    (``domain_sigma_mm``; range sigma = ``range_factor`` x the noise estimated inside the mask;
+    ``separable``: as two 1-D passes, :func:`~dicomnode.imaging.preprocess.separable_bilateral`).
 
-    Quantitative-safe with the defaults of the shipped pipelines (bilateral, 1.5 mm, factor 2): region
-    means move by less than 3 HU and lesion contrast keeps 95 % of its value on real CT noise
+    Quantitative-safe with the defaults of the shipped pipelines (bilateral, 1.5 mm, factor 2, separable):
+    region means move by less than 3 HU and lesion contrast keeps 95 % of its value on real CT noise
     (``benchmarks/enhancement.py``)."""
     require_choice("method", method, _EDGE_PRESERVING)
     range_factor = require_positive("range_factor", range_factor)
@@ -361,7 +385,8 @@ def edge_preserving_smooth(
         range_sigma = max(range_factor * noise, 1e-3)
 
         def enhancer(crop: sitk.Image) -> sitk.Image:
-            return preprocess.bilateral(crop, domain_sigma_mm=domain_sigma_mm, range_sigma=range_sigma)
+            return preprocess.bilateral(crop, domain_sigma_mm=domain_sigma_mm, range_sigma=range_sigma,
+                                        separable=bool(separable))
 
     return apply_in_mask(image, mask, enhancer, feather_mm=feather_mm, support_mm=3 * domain_sigma_mm)
 

@@ -24,7 +24,9 @@ ordered by decreasing volume) of hypo- and/or hyper-dense regions:
    through the same tissue (a vessel leaving at the hilum, a neighbour the mask leaked into) — at
    least ``max_continuation`` × its own thickness and with a similar peak contrast (≥ 0.65 of its
    own). A lesion next to a vessel keeps its own, stronger contrast and stays; a subcapsular lesion
-   only touches different tissue outside the organ and stays.
+   only touches different tissue outside the organ and stays; a round blob of 12 mm or more (largest
+   inscribed ball ≥ 0.78 × its equivalent diameter, or ≥ 0.7 when what it joins is darker than it)
+   stays whatever it touches: vessel pieces cut by the threshold are far from round (0.5-0.65).
 4. A kept lesion's mask is its own boundary: beyond the midpoint between its level (the median of its
    deepest voxels) and its surround's (the organ tissue in a shell around it that is not a candidate),
    on the image blurred by half a voxel only, connected to its deepest voxels and within one voxel of
@@ -243,6 +245,10 @@ class Limits:
     min_strength: float = 1.15
     same_contrast: float = 0.65
     edge_strength: float = 1.3  # the factor on min_strength for components reaching the edge band
+    ball: float = 0.78  # roundness (inscribed / equivalent diameter) of a lesion whatever it touches
+    round: float = 0.7  # roundness of a lesion that touches a much darker/brighter structure
+    darker: float = 1.1  # "much": the structure's peak contrast over the component's own
+    ball_mm: float = 12.0  # ... and at least this wide (round pieces of 6-10 mm vessels stay vessels)
 
     def reject(
         self,
@@ -289,7 +295,14 @@ class Limits:
                 peak = float(np.percentile(contrast[beyond], 90)) / own
                 log.debug("continuation: d=%.1f inscribed=%.1f thick=%.1f peak ratio=%.2f", diameter,
                           inscribed, thick, peak)
-                if thick >= self.max_continuation * inscribed and peak >= self.same_contrast:
+                # a ball is a lesion even where it touches a dark structure: a vessel piece cut by the
+                # threshold is far from round (inscribed / equivalent diameter 0.5-0.6 on real CT), a lesion
+                # is round (0.7-0.95); a round piece stays when it is very round or the structure beyond is
+                # darker than it (a fissure, a darker vessel: not its own course)
+                roundness = inscribed / max(diameter, 1e-6)
+                ball = diameter >= self.ball_mm and (
+                    roundness >= self.ball or (roundness >= self.round and peak > self.darker))
+                if thick >= self.max_continuation * inscribed and peak >= self.same_contrast and not ball:
                     return "continues as a vessel"
         return ""
 

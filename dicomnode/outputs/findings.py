@@ -45,7 +45,7 @@ def tracking_uid(patient: str, identity: str, prefix: str = UID_PREFIX) -> str:
 
 def patient_centroid(mask: np.ndarray, sources: Sequence[Dataset]) -> np.ndarray:
     """Centroid (mm, patient coordinates) of a (slices, rows, columns) mask on the sources' grid."""
-    k, r, c = (float(v) for v in ndimage.center_of_mass(mask))
+    k, r, c = mask_centroid(mask)
     first = sources[0]
     row_dir = np.array([float(v) for v in first.ImageOrientationPatient[:3]])
     col_dir = np.array([float(v) for v in first.ImageOrientationPatient[3:]])
@@ -57,13 +57,27 @@ def patient_centroid(mask: np.ndarray, sources: Sequence[Dataset]) -> np.ndarray
     return origin + c * spacing[1] * row_dir + r * spacing[0] * col_dir
 
 
+def mask_centroid(mask: np.ndarray) -> tuple[float, float, float]:
+    """The (slice, row, column) centre of mass of a non-empty 3-D mask, from its three projections (as
+    ``ndimage.center_of_mass`` but without an index array per voxel: ~50x faster on a full CT)."""
+    flat = np.asarray(mask, dtype=bool)
+    per_slice = np.count_nonzero(flat, axis=(1, 2))
+    present = np.flatnonzero(per_slice)
+    slab = flat[int(present[0]) : int(present[-1]) + 1]  # the other projections over the occupied slices
+    rows, columns = np.count_nonzero(slab, axis=(0, 2)), np.count_nonzero(slab, axis=(0, 1))
+    total = float(per_slice.sum())
+    return tuple(float(np.dot(np.arange(p.size), p)) / total for p in (per_slice, rows, columns))  # type: ignore[return-value]
+
+
 def finding_sites(segments: Sequence[Segment]) -> dict[str, Segment]:
     """Lesion label → the organ segment it overlaps most (dilated by one voxel: lesions at the surface)."""
     organs = [s for s in segments if s.category == "organ" and s.mask.any()]
     sites: dict[str, Segment] = {}
     for lesion in (s for s in segments if s.category == "lesion" and s.mask.any()):
-        grown = ndimage.binary_dilation(lesion.mask)
-        overlaps = [(int(np.count_nonzero(grown & o.mask)), i) for i, o in enumerate(organs)]
+        # on the lesion's box plus one voxel: dilating a whole 512x512x300 mask per lesion takes seconds
+        box = tuple(slice(max(0, int(i.min()) - 1), int(i.max()) + 2) for i in np.nonzero(lesion.mask))
+        grown = ndimage.binary_dilation(lesion.mask[box])
+        overlaps = [(int(np.count_nonzero(grown & o.mask[box])), i) for i, o in enumerate(organs)]
         best = max(overlaps, default=(0, -1))
         if best[0] > 0:
             sites[lesion.label] = organs[best[1]]

@@ -241,7 +241,10 @@ class Ingest:
         clock: Callable[[], float] = time.time,
         max_sequence_depth: int = 64,
         max_inflated_bytes: int = 256 * 1024 * 1024,
+        indexer: Callable[[IndexRow], None] | None = None,
     ) -> None:
+        """``indexer`` commits one row (setting its ``new`` or ``error``) in place of this process's own
+        group commit: a receiver process hands its rows to the main process that way."""
         self.spool = spool
         self.index = index
         self.assembler = assembler
@@ -252,7 +255,8 @@ class Ingest:
         # with the status as text ('0xA700') of every refused or failed one
         self.on_stored: list[Callable[[int], None]] = []
         self.on_failed: list[Callable[[str], None]] = []
-        self._queue: list[_PendingRow] = []
+        self._indexer = indexer if indexer is not None else self.commit_row
+        self._queue: list[IndexRow] = []
         self._queue_lock = threading.Lock()
         self._commit_lock = threading.Lock()
 
@@ -287,14 +291,8 @@ class Ingest:
         Group commit: the rows of all threads waiting at the same moment go into one transaction, written
         by whichever thread gets the commit lock first (one SQLite writer at a time, no busy-waiting).
         """
-        pending = _PendingRow(header, path, size, transfer_syntax, calling_aet, self.clock())
-        with self._queue_lock:
-            self._queue.append(pending)
-        with self._commit_lock:
-            if pending.new is None and pending.error is None:
-                with self._queue_lock:
-                    batch, self._queue = self._queue, []
-                self._commit(batch)
+        pending = IndexRow(header, path, size, transfer_syntax, calling_aet, self.clock())
+        self._indexer(pending)
         if pending.error is not None:
             # The file is complete on disk; recovery indexes it at the next start, a resend is a duplicate.
             log.error("Could not index %s (0x%04X): %s.", where, INDEX_WRITE_FAILED, pending.error)
@@ -303,7 +301,17 @@ class Ingest:
             log.info("Duplicate %s of series '%s' kept once.", where, header.series_uid)
         return StoreResult(SUCCESS, header=header, duplicate=not pending.new)
 
-    def _commit(self, batch: list[_PendingRow]) -> None:
+    def commit_row(self, pending: IndexRow) -> None:
+        """Commit ``pending`` with the rows of every thread waiting at the same moment (group commit)."""
+        with self._queue_lock:
+            self._queue.append(pending)
+        with self._commit_lock:
+            if pending.new is None and pending.error is None:
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+                self._commit(batch)
+
+    def _commit(self, batch: list[IndexRow]) -> None:
         try:
             with self.index.database.transaction() as conn:
                 for row in batch:
@@ -319,7 +327,9 @@ class Ingest:
 
 
 @dataclass
-class _PendingRow:
+class IndexRow:
+    """A stored instance waiting for its index row; ``new`` (False: a duplicate) or ``error`` once done."""
+
     header: InstanceHeader
     path: Path
     size: int

@@ -3,10 +3,11 @@
 The node's own :class:`~dicomnode.receive.listener.Listener` binds the port with ``SO_REUSEPORT``; the
 :class:`ReceiverPool` then starts ``receivers - 1`` processes (``spawn``) that each bind the same port and
 run a listener of their own: the kernel spreads new connections over all of them. Each process has its
-own spool writer and its own connection to the SQLite database (WAL, busy timeout), and indexes what it
-receives itself, in the same transaction as the assembly update, exactly as the node's own listener does:
+own spool writer (the file and directory fsyncs happen there) and hands each stored instance's index row
+to the main process, which commits it with the rows of its own and the other receivers' instances in one
+group commit (one SQLite writer, no lock waits between processes) and answers when it is committed:
 every Success is still sent only after that instance's file, directory entry and index row are durable.
-The completion timers, routing and everything else stay in the main process (they read the index).
+The completion timers, routing and everything else stay in the main process.
 
 What the receivers see reaches the main process over a pipe, and there the same observers as for the
 node's own listener (metrics): accepted/refused associations, space checks, stored and failed instances.
@@ -22,19 +23,22 @@ process.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import multiprocessing
 import signal
+import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any
 
 from dicomnode.config import Config
 from dicomnode.errors import ReceiveError
-from dicomnode.receive.ingest import Ingest
+from dicomnode.receive.ingest import IndexRow, Ingest
 from dicomnode.receive.listener import Listener
 
 log = logging.getLogger(__name__)
@@ -50,7 +54,9 @@ class _Receiver:
     notify: Connection  # receiver → main: observer events
     requests: Connection  # receiver ⇄ main: N-EVENT-REPORTs and their verdicts
     lifeline: Connection  # main's end; the receiver stops when it closes
+    index: Connection  # receiver ⇄ main: index rows and their outcome
     started: float
+    index_lock: threading.Lock = field(default_factory=threading.Lock)  # replies come from pool threads
 
 
 class ReceiverPool:
@@ -66,6 +72,7 @@ class ReceiverPool:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._monitor: threading.Thread | None = None
+        self._committers: ThreadPoolExecutor | None = None
         self.restarts = 0
 
     def pids(self) -> list[int]:
@@ -78,6 +85,9 @@ class ReceiverPool:
             return
         self._stopping.clear()
         port = self.listener.port
+        # rows wait here for the group commit; as many threads as associations may wait at once
+        self._committers = ThreadPoolExecutor(self.config.node.max_associations * (self.count - 1),
+                                              thread_name_prefix="receiver-index")
         for number in range(1, self.count):
             self._spawn(number, port)
         self._monitor = threading.Thread(target=self._watch, args=(port,), name="receiver-pool", daemon=True)
@@ -109,9 +119,12 @@ class ReceiverPool:
                 receiver.process.join(5)
         self._monitor.join(10)
         self._monitor = None
+        if self._committers is not None:
+            self._committers.shutdown(wait=True)
+            self._committers = None
         with self._lock:
             for receiver in self._receivers.values():
-                for conn in (receiver.notify, receiver.requests):
+                for conn in (receiver.notify, receiver.requests, receiver.lifeline, receiver.index):
                     conn.close()
             self._receivers.clear()
 
@@ -120,18 +133,20 @@ class ReceiverPool:
         notify_read, notify_write = self._context.Pipe(duplex=False)
         requests_main, requests_receiver = self._context.Pipe(duplex=True)
         lifeline_read, lifeline_write = self._context.Pipe(duplex=False)
+        index_main, index_receiver = self._context.Pipe(duplex=True)
         ready = self._context.Event()
+        pipes = _Pipes(notify_write, requests_receiver, lifeline_read, index_receiver)
         process = self._context.Process(
             target=run_receiver,
-            args=(self.config, port, number, notify_write, requests_receiver, lifeline_read, ready,
-                  bool(self.listener.on_event_report)),
+            args=(self.config, port, number, pipes, ready, bool(self.listener.on_event_report)),
             name=f"dicomnode-receiver-{number}",
             daemon=True,
         )
         process.start()
-        for end in (notify_write, requests_receiver, lifeline_read):
+        for end in (notify_write, requests_receiver, lifeline_read, index_receiver):
             end.close()  # the receiver holds these now; EOF on ours means it is gone
-        receiver = _Receiver(number, process, notify_read, requests_main, lifeline_write, time.monotonic())
+        receiver = _Receiver(number, process, notify_read, requests_main, lifeline_write, index_main,
+                             time.monotonic())
         with self._lock:
             self._receivers[number] = receiver
         if not ready.wait(START_TIMEOUT) or not process.is_alive():
@@ -141,21 +156,31 @@ class ReceiverPool:
             )
 
     def _watch(self, port: int) -> None:
-        while not self._stopping.is_set():
+        """Serve the receivers' pipes and restart a dead one; when stopping, serve them (a draining
+        receiver still hands over index rows) until every receiver has exited."""
+        while True:
             with self._lock:
                 receivers = list(self._receivers.values())
+            if self._stopping.is_set() and not receivers:
+                return
             waitables: dict[Any, tuple[str, _Receiver]] = {}
             for receiver in receivers:
                 waitables[receiver.process.sentinel] = ("exit", receiver)
                 waitables[receiver.notify] = ("notify", receiver)
                 waitables[receiver.requests] = ("request", receiver)
+                waitables[receiver.index] = ("index", receiver)
             for ready in wait(list(waitables), timeout=0.5):
                 kind, receiver = waitables[ready]
-                if kind == "notify":
+                if kind == "index":
+                    self._take_rows(receiver)
+                elif kind == "notify":
                     self._drain_notifications(receiver)
                 elif kind == "request":
                     self._answer_request(receiver)
-                elif not self._stopping.is_set():
+                elif self._stopping.is_set():
+                    self._forget(receiver)
+                    break
+                else:
                     self._restart(receiver, port)
                     break
 
@@ -165,6 +190,20 @@ class ReceiverPool:
                 self._publish(*receiver.notify.recv())
         except (EOFError, OSError):
             return  # the receiver is gone; its sentinel tells the watcher
+
+    def _take_rows(self, receiver: _Receiver) -> None:
+        try:
+            while receiver.index.poll():
+                number, row = receiver.index.recv()
+                assert self._committers is not None
+                self._committers.submit(self._commit, receiver, number, row)
+        except (EOFError, OSError):
+            return
+
+    def _commit(self, receiver: _Receiver, number: int, row: IndexRow) -> None:
+        self.ingest.commit_row(row)
+        with receiver.index_lock, contextlib.suppress(OSError):
+            receiver.index.send((number, row.new, None if row.error is None else str(row.error)))
 
     def _publish(self, kind: str, *args: Any) -> None:
         observers: list[Any] = {
@@ -192,15 +231,18 @@ class ReceiverPool:
         with contextlib.suppress(OSError):
             receiver.requests.send(verdict)
 
-    def _restart(self, receiver: _Receiver, port: int) -> None:
+    def _forget(self, receiver: _Receiver) -> None:
+        self._drain_notifications(receiver)  # what it reported before it exited still counts
         receiver.process.join(5)  # its sentinel is ready: this reaps it and sets the exit code
-        code = receiver.process.exitcode
-        log.error("Receiver process %d (pid %s) exited with %s; starting a new one.", receiver.number,
-                  receiver.process.pid, code)
-        for conn in (receiver.notify, receiver.requests, receiver.lifeline):
+        for conn in (receiver.notify, receiver.requests, receiver.lifeline, receiver.index):
             conn.close()
         with self._lock:
             self._receivers.pop(receiver.number, None)
+
+    def _restart(self, receiver: _Receiver, port: int) -> None:
+        self._forget(receiver)
+        log.error("Receiver process %d (pid %s) exited with %s; starting a new one.", receiver.number,
+                  receiver.process.pid, receiver.process.exitcode)
         if time.monotonic() - receiver.started < RESTART_DELAY:
             self._stopping.wait(RESTART_DELAY)
         if self._stopping.is_set():
@@ -213,14 +255,64 @@ class ReceiverPool:
 
 
 # -- the receiver process's side -------------------------------------------------------------------------
-class _Forwarder:
-    """Observers in a receiver that tell the main process (one pipe, shared by the connection threads)."""
+@dataclass
+class _Pipes:
+    """A receiver's ends of its pipes to the main process."""
 
-    def __init__(self, notify: Connection, requests: Connection) -> None:
-        self._notify = notify
-        self._requests = requests
+    notify: Connection
+    requests: Connection
+    lifeline: Connection
+    index: Connection
+
+
+class _Forwarder:
+    """What a receiver hands to the main process: observer events, N-EVENT-REPORTs and index rows (each
+    pipe shared by the connection threads)."""
+
+    def __init__(self, pipes: _Pipes) -> None:
+        self._notify = pipes.notify
+        self._requests = pipes.requests
+        self._index = pipes.index
         self._notify_lock = threading.Lock()
         self._request_lock = threading.Lock()
+        self._index_lock = threading.Lock()
+        self._numbers = itertools.count()
+        self._waiting: dict[int, tuple[IndexRow, threading.Event]] = {}
+        self._gone: str | None = None
+
+    def index_row(self, row: IndexRow) -> None:
+        """Have the main process commit ``row``; returns when it did (``row.new`` or ``row.error`` set)."""
+        done = threading.Event()
+        with self._index_lock:
+            number = next(self._numbers)
+            self._waiting[number] = (row, done)
+            try:
+                if self._gone is not None:
+                    raise OSError(self._gone)
+                self._index.send((number, row))
+            except OSError as exc:
+                self._waiting.pop(number, None)
+                row.error = sqlite3.OperationalError(f"The main process cannot index the instance: {exc}.")
+                return
+        done.wait()
+
+    def read_index_answers(self) -> None:
+        """The thread that hands the main process's answers to the waiting connection threads."""
+        try:
+            while True:
+                number, new, error = self._index.recv()
+                with self._index_lock:
+                    row, done = self._waiting.pop(number)
+                row.new = new
+                row.error = None if error is None else sqlite3.OperationalError(error)
+                done.set()
+        except (EOFError, OSError) as exc:
+            with self._index_lock:
+                self._gone = f"the main process is gone ({type(exc).__name__})"
+                waiting, self._waiting = self._waiting, {}
+            for row, done in waiting.values():
+                row.error = sqlite3.OperationalError(self._gone)
+                done.set()
 
     def send(self, kind: str, *args: Any) -> None:
         with self._notify_lock, contextlib.suppress(OSError):
@@ -238,8 +330,7 @@ class _Forwarder:
 
 
 def run_receiver(
-    config: Config, port: int, number: int, notify: Connection, requests: Connection, lifeline: Connection,
-    ready: Any, forward_event_reports: bool,
+    config: Config, port: int, number: int, pipes: _Pipes, ready: Any, forward_event_reports: bool
 ) -> None:
     """A receiver process: a listener with its own spool writer and index connection (see the module)."""
     from dicomnode.assemble.assembler import Assembler
@@ -255,14 +346,15 @@ def run_receiver(
     database = Database(config.storage.database_path)
     spool = Spool(config.storage.spool_dir, fsync=config.storage.fsync)
     index = SpoolIndex(database, spool.root)
-    # on_instance only: the main process's assembler runs the completion timers over the shared tables
+    forwarder = _Forwarder(pipes)
+    # never used for rows (the main process indexes them) nor timers (the main process runs them)
     assembler = Assembler(database, index, config.completion, lambda _event: None)
     ingest = Ingest(spool, index, assembler, max_sequence_depth=config.node.max_sequence_depth,
-                    max_inflated_bytes=config.node.max_inflated_mb * 1024 * 1024)
+                    max_inflated_bytes=config.node.max_inflated_mb * 1024 * 1024,
+                    indexer=forwarder.index_row)
     storage = config.storage
     listener = Listener(config.node.model_copy(update={"port": port}), ingest,
                         lambda: spool.check_space(storage.min_free_mb, storage.max_used_percent))
-    forwarder = _Forwarder(notify, requests)
     listener.on_accepted.append(lambda: forwarder.send("accepted"))
     listener.on_rejected.append(lambda reason: forwarder.send("rejected", reason))
     listener.on_space_checked.append(lambda full: forwarder.send("space", full))
@@ -273,11 +365,12 @@ def run_receiver(
 
     def watch_main() -> None:
         with contextlib.suppress(EOFError, OSError):
-            lifeline.recv()  # nothing is ever sent: this returns when the main process closes it or dies
+            pipes.lifeline.recv()  # nothing is sent: this returns when the main process closes it or dies
         stop.set()
 
     listener.start()
     threading.Thread(target=watch_main, name="receiver-lifeline", daemon=True).start()
+    threading.Thread(target=forwarder.read_index_answers, name="receiver-index", daemon=True).start()
     ready.set()
     log.info("Receiver process %d listening on port %d.", number, port)
     stop.wait()

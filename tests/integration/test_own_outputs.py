@@ -1,8 +1,9 @@
 """No loops, on a running node with a real PACS: the shared CT goes through ``liver-ct`` → Orthanc; the node's
-results come back to it — sent with storescu, and re-stored by Orthanc under Orthanc's own AE title (as a PACS
-that auto-routes CT to the node does) — and no new job is created: every result series is recorded as
-``ignored`` with the reason, while a forward-only rule that asks for them (``own_outputs: forward``) still
-forwards the SEG to a research archive."""
+results (SEG, SR, derived CT, KOS, colour SC) come back to it — re-stored by Orthanc under Orthanc's own AE
+title (as a PACS that auto-routes CT to the node does), and sent with storescu to a node without records of
+them — and no new job is created: every result series is recorded as ``ignored`` with the reason, while a
+forward-only rule that asks for them (``own_outputs: forward``) still forwards the SEG to a research
+archive."""
 
 from __future__ import annotations
 
@@ -46,7 +47,8 @@ def wait_until(predicate: Callable[[], bool], what: str, node, timeout: float = 
 def _configure(node, orthanc: Orthanc, research) -> None:  # noqa: ANN001
     node.config_path.write_text(node.config_path.read_text() + (
         "destinations:\n"
-        f"  pacs: {{ae_title: {orthanc.aet}, host: 127.0.0.1, port: {orthanc.dicom_port}}}\n"
+        f"  pacs: {{ae_title: {orthanc.aet}, host: 127.0.0.1, port: {orthanc.dicom_port}, "
+        "profile: {secondary_capture: true}}\n"
         f"  research: {{ae_title: RESEARCH, host: 127.0.0.1, port: {research.port}}}\n"
     ))
     (node.root / "rules" / "rules.yaml").write_text(RULES)
@@ -105,7 +107,7 @@ def test_results_sent_back_by_the_pacs_and_by_storescu_create_no_job(
         assert source.SeriesInstanceUID not in results and len(results) >= 3  # SEG, SR, derived CT, …
         in_pacs = {str(e["MainDicomTags"].get("Modality")): e for e in orthanc.series_of_study(  # type: ignore
             source.StudyInstanceUID)}
-        assert {"CT", "SEG", "SR", "KO"} <= set(in_pacs)  # the key images went with the package
+        assert {"CT", "SEG", "SR", "KO", "OT"} <= set(in_pacs)  # key images and the capture went too
 
         # 1. Orthanc re-stores the results under its own AE title: the calling AE is no evidence
         for entry in orthanc.series_of_study(source.StudyInstanceUID):

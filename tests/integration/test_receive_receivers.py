@@ -139,3 +139,40 @@ def test_kill_9_of_a_receiver_loses_nothing_acknowledged_and_it_is_replaced(
     for stored in node.spool.glob("*/*/*.dcm"):  # nothing half-written under a final name
         assert pydicom.dcmread(stored).SOPInstanceUID == stored.stem
     assert node.stop() == 0
+
+
+def test_a_receiver_hands_storage_commitment_reports_to_the_node(dicomnode_node) -> None:
+    from pydicom.uid import generate_uid
+    from pynetdicom import build_role
+    from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
+
+    node = dicomnode_node(node={"receivers": 2})
+    (receiver,) = _receiver_pids(node)
+    assert node.proc is not None
+    associations, transactions = [], []
+    for i in range(10):
+        ae = AE(ae_title=f"PACS{i}")
+        ae.add_requested_context(StorageCommitmentPushModel)
+        associations.append(ae.associate("127.0.0.1", node.port, ae_title=node.ae_title,
+                                         ext_neg=[build_role(StorageCommitmentPushModel, scp_role=True)]))
+    try:
+        assert all(a.is_established for a in associations)
+        holders = _holders(node, [node.proc.pid, receiver])
+        assert holders[node.proc.pid] >= 1 and holders[receiver] >= 1, holders
+        for association in associations:
+            info = pydicom.Dataset()
+            info.TransactionUID = generate_uid()
+            item = pydicom.Dataset()
+            item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = CTImageStorage, generate_uid()
+            info.ReferencedSOPSequence = [item]
+            transactions.append(info.TransactionUID)
+            status, _ = association.send_n_event_report(info, 1, StorageCommitmentPushModel,
+                                                        "1.2.840.10008.1.20.1.1")
+            assert status.Status == 0x0000
+    finally:
+        for association in associations:
+            association.release()
+    log = node.log_text()
+    for i, transaction in enumerate(transactions):  # every report reached the node's sender, wherever taken
+        assert f"Storage commitment report from 'PACS{i}' (transaction {transaction})" in log
+    assert node.stop() == 0

@@ -79,11 +79,14 @@ def test_a_file_on_disk_loads_with_its_path_in_the_spec_and_in_its_problems(tmp_
 def test_the_shipped_pipelines_read_as_before() -> None:
     assert sorted(load_pipelines()) == ["brain-mr", "forward", "liver-ct", "lung-ct"]
     liver = get_pipeline("liver-ct")
-    assert liver.version == "2.0" and liver.modalities == ("CT",) and liver.enhanced == "enhanced"
+    assert liver.version == "2.1" and liver.modalities == ("CT",) and liver.enhanced == "enhanced"
     segments = [(s.source, s.each, s.required) for s in liver.segments]
     organs = [("organs", False, False)] * 5  # spleen, kidneys, stomach, aorta (abdomen.organs), when found
     assert segments == [("liver", False, True), *organs, ("lesions", True, False)]
     lesions = next(s for s in liver.steps if s.id == "lesions")
-    assert lesions.inputs == ("image", "liver") and lesions.params["exclude_below"] == -30.0
+    assert lesions.inputs == ("metal_reduced", "liver") and lesions.params["exclude_below"] == -30.0
+    metal = next(s for s in liver.steps if s.id == "metal_reduced")  # lesions are looked for after MAR
+    assert metal.use == "artifacts.reduce_metal_artifacts"
+    assert metal.keyword_inputs == (("image", "image"), ("mask", "liver"))
     enhanced = next(s for s in liver.steps if s.id == "enhanced")
     assert enhanced.keyword_inputs == (("image", "image"), ("mask", "liver"))

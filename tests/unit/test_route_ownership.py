@@ -227,3 +227,14 @@ def test_private_block_is_what_the_result_writers_write() -> None:
     ds = pydicom.Dataset()
     apply_provenance(ds, PROVENANCE)
     assert ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR)[0x02].value == "liver-ct"
+
+
+def test_console_shows_a_study_of_own_outputs_only_as_ignored() -> None:
+    from collections import Counter
+
+    from dicomnode.console.studies import StudyRow, _state
+
+    row = StudyRow("1.2", "P", "ID", "20240101", "SEG", 1, 1, 0.0, "complete", Counter({"ignored": 2}))
+    assert _state(row) == "ignored"
+    row.decisions = Counter({"ignored": 1, "pipeline": 1})
+    assert _state(row) == "routed"

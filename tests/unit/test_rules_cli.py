@@ -139,3 +139,14 @@ def test_dry_run_says_the_nodes_own_output_is_ignored(tmp_path: Path) -> None:
     assert "  skip  liver-ct [priority 10] → pipeline liver-ct → pacs" in out
     assert "own output, not routed: CT series" in out and "provenance block (pipeline liver-ct" in out
     assert "  => ignored: the node's own output is never routed to a pipeline" in out
+
+
+def test_check_marks_a_rule_that_forwards_the_nodes_own_outputs(tmp_path: Path) -> None:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "site.yaml").write_text(
+        "- name: results-out\n  own_outputs: forward\n  when: {tag: Modality, equals: SEG}\n"
+        "  then: {forward: true, send_to: [pacs]}\n")
+    result = dicomnode("rules", "check", "--config", str(config_file(tmp_path, rules)))
+    assert result.returncode == 0, result.stderr
+    assert "results-out              own-outputs forward originals → pacs" in result.stdout

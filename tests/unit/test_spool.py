@@ -11,6 +11,7 @@ import pytest
 from dicomnode.database import Database
 from dicomnode.errors import InvalidUIDError, SpoolError, StorageFullError
 from dicomnode.spool import OutOfSpaceError, Spool, SpoolIndex, read_header, recover, validate_uid
+from dicomnode.spool.store import WRITEBACK_STEP
 from tests.factories import ct_series, dataset_hash
 
 
@@ -169,3 +170,13 @@ def test_directory_fsyncs_of_concurrent_writers_are_shared_and_never_early(
     assert 1 <= len(fsync_starts) < 8  # shared
     for i in range(8):  # each caller returned after an fsync that started after it asked
         assert any(asked[i] <= start and start + 0.05 <= returned[i] + 1e-3 for start in fsync_starts)
+
+
+def test_a_streamed_part_larger_than_the_writeback_step_is_stored_byte_for_byte(spool: Spool) -> None:
+    payload = os.urandom(3 * WRITEBACK_STEP + 12345)
+    part = spool.open_part("1.2.3.4")
+    for start in range(0, len(payload), 100_003):  # odd chunks: writeback ranges straddle them
+        part.write(payload[start : start + 100_003])
+    stored = spool.publish(part, "1.2", "1.2.3", "1.2.3.4")
+    assert stored.size == len(payload) and stored.path.read_bytes() == payload
+    assert not list(spool.tmp_dir.iterdir())
