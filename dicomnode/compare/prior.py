@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 MAX_STUDIES_TRIED = 3
 MAX_SERIES_TRIED = 2
+REGISTRATION_MM = 2.0  # grid on which prior and current are registered for lesion matching
 NOT_IMAGES = {"SEG", "SR", "KO", "PR", "RTSTRUCT", "DOC", "OT"}
 
 
@@ -109,6 +110,14 @@ def _findings(segments: Any, image: np.ndarray | None, volume: Any) -> list[Find
     return [measure(s.label, s.category, s.mask, image, volume.spacing, to_patient) for s in segments]
 
 
+def _coarse(image: Any, mm: float = REGISTRATION_MM) -> Any:  # noqa: ANN401 - SimpleITK image
+    """``image`` averaged down to about ``mm`` per voxel (no axis is made coarser than that)."""
+    import SimpleITK as sitk
+
+    factors = [max(1, int(mm // spacing)) for spacing in image.GetSpacing()]
+    return sitk.BinShrink(image, factors) if max(factors) > 1 else image
+
+
 def _carry(prior_findings: list[Finding], prior: Any, current: Any) -> dict[str, tuple[float, float, float]]:  # noqa: ANN401
     """Prior lesion centroids in the current patient coordinates, after rigid registration."""
     from dicomnode.imaging.preprocess import register
@@ -116,8 +125,9 @@ def _carry(prior_findings: list[Finding], prior: Any, current: Any) -> dict[str,
     lesions = [f for f in prior_findings if f.category == "lesion"]
     if not lesions:
         return {}
-    try:
-        result = register(current.to_sitk(), prior.to_sitk(), transform="rigid", levels=3, iterations=100)
+    try:  # on ~2 mm grids: lesions match within ≥ 10 mm, and full-resolution pyramids cost GBs and minutes
+        result = register(_coarse(current.to_sitk()), _coarse(prior.to_sitk()), transform="rigid", levels=3,
+                          iterations=100)
     except DicomNodeError as exc:
         log.warning("Prior and current series could not be registered (%s); lesions are matched by their "
                     "patient coordinates as they are.", exc)

@@ -106,10 +106,14 @@ def body_diameter_cm(image: np.ndarray, spacing: Sequence[float], is_ct: bool) -
 
 
 def _box(mask: np.ndarray, margin: Sequence[int]) -> tuple[slice, ...]:
-    idx = np.argwhere(mask)
-    lo = np.maximum(idx.min(axis=0) - np.asarray(margin), 0)
-    hi = np.minimum(idx.max(axis=0) + np.asarray(margin) + 1, mask.shape)
-    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+    """The mask's bounding box grown by ``margin`` voxels per axis (from its projections: an index per
+    voxel, as ``argwhere`` makes, takes seconds on an organ of a 512 x 512 x 300 series)."""
+    box = []
+    for axis, pad in enumerate(margin):
+        present = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        low, high = int(present[0]) - int(pad), int(present[-1]) + int(pad) + 1
+        box.append(slice(max(low, 0), min(high, mask.shape[axis])))
+    return tuple(box)
 
 
 def edge_fraction(mask: np.ndarray, outside_fov: np.ndarray | None) -> float:
