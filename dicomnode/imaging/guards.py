@@ -49,6 +49,8 @@ REGIONS = ("head", "neck", "chest", "abdomen")
 CHEST_MIN_MM = 30.0
 CHEST_GAP_MM = 10.0
 PIXEL_KINDS = ("ct", "mr", "any")
+#: a pipeline with steps needs a volume: ITK's recursive Gaussian filters need 4 samples along every axis
+MIN_SAMPLES = 4
 #: in-plane sampling of the region analysis (mm): coarse enough to be quick on 512x512x600 volumes
 SAMPLE_MM = 3.0
 
@@ -236,9 +238,12 @@ def _neck_above_chest(regions: list[str], slice_mm: float) -> list[str]:
     return [("neck" if k in above and r == "abdomen" else r) for k, r in enumerate(regions)]
 
 
-def check_input(accepts: Accepts, image: sitk.Image, modality: str, *, pipeline: str = "") -> dict[str, Any]:
-    """Raise :class:`InputRefused` when ``image`` (real units) is not what ``accepts`` allows; return the
-    evidence (for ``result.json``) when it is."""
+def check_input(
+    accepts: Accepts, image: sitk.Image, modality: str, *, pipeline: str = "", volumetric: bool = True,
+) -> dict[str, Any]:
+    """Raise :class:`InputRefused` when ``image`` (real units) is not what ``accepts`` allows, or when a
+    ``volumetric`` pipeline (one with steps) gets fewer than MIN_SAMPLES slices; return the evidence (for
+    ``result.json``) when it is accepted."""
     import SimpleITK as sitk
 
     who = f"Pipeline '{pipeline}'" if pipeline else "The pipeline"
@@ -269,5 +274,13 @@ def check_input(accepts: Accepts, image: sitk.Image, modality: str, *, pipeline:
                     f"content shows {regions.describe()} "
                     "(judged from lung air, skull and body cross-section)."
                 )
+    if volumetric and min(image.GetSize()) < MIN_SAMPLES:
+        size = image.GetSize()
+        thin = int(np.argmin(size))
+        raise InputRefused(
+            f"{who} works on volumes of at least {MIN_SAMPLES} slices, but the series has "
+            f"{size[thin]} along one axis ({size[thin] * image.GetSpacing()[thin]:.1f} mm; "
+            f"{size[0]}x{size[1]}x{size[2]} voxels): too thin to segment or measure."
+        )
     log.debug("input accepted by %s: %s", pipeline, evidence)
     return evidence

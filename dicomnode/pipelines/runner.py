@@ -152,7 +152,8 @@ def process_volume(spec: PipelineSpec, volume: Any, job: JobSpec) -> tuple[Any, 
     from dicomnode.outputs.api import ProcessedSeries, Provenance
 
     image = volume.to_sitk()
-    accepted = check_input(spec.accepts, image, volume.modality, pipeline=spec.name)  # before any step
+    accepted = check_input(spec.accepts, image, volume.modality, pipeline=spec.name,  # before any step
+                           volumetric=bool(spec.steps))
     run = execute(spec, image)
     del image
     segments = build_segments(spec, run.context, volume.shape)

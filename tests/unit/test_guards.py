@@ -108,3 +108,13 @@ def test_the_neck_is_what_lies_above_the_chest_or_below_the_head() -> None:
     assert bridged[-2:] == ["neck", "neck"] and bridged[4] == "abdomen"
     # head and neck without a chest: below the skull is the neck
     assert _neck_above_chest(["abdomen"] * 3 + ["head"] * 5, 5.0) == ["neck"] * 3 + ["head"] * 5
+
+
+def test_a_slab_too_thin_for_3d_filters_is_refused_by_name() -> None:
+    # ct-3slice: three real 1 mm GE slices; liver-ct's filters need four samples along each axis
+    slab = load_series(sorted(shared_data("ct-3slice").glob("0*.dcm"))).to_sitk()
+    with pytest.raises(InputRefused, match=r"works on volumes of at least 4 slices, but the series has 3 "
+                                           r"along one axis \(3.0 mm; 512x512x3 voxels\)"):
+        check_input(get_pipeline("liver-ct").accepts, slab, "CT", pipeline="liver-ct")
+    # a pipeline without steps (forwarding) has nothing to filter
+    check_input(Accepts(), slab, "CT", volumetric=False)
