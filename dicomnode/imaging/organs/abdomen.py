@@ -536,7 +536,11 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
         # as are those the background won beyond the competition's own liver surface: a leak along a
         # tissue of the liver's attenuation (the body wall's muscle in the native phase, bowel next to a
         # fatty liver) is the chain's, the competition's flood stops at the background's markers
-        near = dilate_mm(out == liver, 6.0 * lm.scale, sp)
+        near = np.zeros(array.shape, dtype=bool)
+        own = out == liver
+        if own.any():
+            box = _box(own | liver_mask, [int(np.ceil(6.0 * lm.scale / spc)) + 1 for spc in sp])
+            near[box] = dilate_mm(own[box], 6.0 * lm.scale, sp)
         keep = liver_mask & ~wall & ~((out == BACKGROUND) & (far | ~near))
         keep = ndimage.binary_opening(keep, iterations=1) | (keep & erode_mm(liver_mask, 4.0, sp))
         out[(out == liver) & ~keep] = 0

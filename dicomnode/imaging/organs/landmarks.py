@@ -85,7 +85,8 @@ def find_landmarks(array: np.ndarray, body: np.ndarray, spacing: tuple[float, fl
     values = array[body][:: max(1, int(body.sum()) // 2_000_000)]
     # the fat level in the outer 15 mm of the trunk (subcutaneous fat): a steatotic liver near -40 HU is
     # a larger mass in the fat's range than the visceral fat
-    shell = array[body & ~erode(body, 15.0, spacing, slicewise=True)]
+    step = max(1, int(10.0 // sz))  # slices about 10 mm apart are enough for a level
+    shell = array[::step][body[::step] & ~erode(body[::step], 15.0, spacing, slicewise=True)]
     shell = shell[(shell >= -200.0) & (shell <= -40.0)]
     fat_hu, _, _, _ = histogram_mode(shell if shell.size >= 2000 else values, -200.0, -40.0)
     tissue_hu, _, _, _ = histogram_mode(values, -30.0, 150.0)
