@@ -93,7 +93,7 @@ def test_kill_9_of_a_receiver_loses_nothing_acknowledged_and_it_is_replaced(
     senders_wanted = 10
     sources = []
     for i in range(senders_wanted):
-        ct_series(tmp_path / f"src{i}", slices=80, rows=32, cols=32, seed=f"kill-receiver-{i}")
+        ct_series(tmp_path / f"src{i}", slices=120, rows=32, cols=32, seed=f"kill-receiver-{i}")
         sources.append(tmp_path / f"src{i}")
     node = dicomnode_node(node={"receivers": 2})
     assert node.proc is not None
@@ -106,8 +106,14 @@ def test_kill_9_of_a_receiver_loses_nothing_acknowledged_and_it_is_replaced(
              "+sd", "+sp", "*.dcm", str(source)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         ))
-        time.sleep(0.3)
-        if _holders(node, [receiver])[receiver]:
+        served = False
+        deadline = time.monotonic() + 5  # storescu's start and association take longer on a loaded machine
+        while time.monotonic() < deadline and senders[-1].poll() is None:
+            if _holders(node, [receiver])[receiver]:
+                served = True
+                break
+            time.sleep(0.05)
+        if served:
             break
     else:
         pytest.fail("no sender was served by the receiver process")
