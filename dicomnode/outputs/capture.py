@@ -23,6 +23,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from scipy import ndimage
 
 from dicomnode.errors import OutputError
+from dicomnode.imaging.qc import QCFlag
 from dicomnode.outputs.api import ProcessedSeries, Segment, Window
 from dicomnode.outputs.derived import _source_reference
 from dicomnode.outputs.ko import key_slices
@@ -52,13 +53,15 @@ class CaptureSpec:
 
 def summary_lines(segments: Sequence[Segment], measurements: Mapping[str, Mapping[str, float]],
                   unit: str) -> list[str]:
-    """One short line per segment: volume and mean intensity where known."""
+    """One short line per segment: volume and mean intensity where known; a truncated segment's volume is a
+    lower bound (``>=``: the burned-in font has no ``≥`` glyph), as in the SR and the CLI."""
     lines = []
     for segment in segments:
         values = measurements.get(segment.label, {})
         parts = [segment.label]
         if "volume_ml" in values:
-            parts.append(f"{values['volume_ml']:,.1f} ml")
+            truncated = segment.qc is not None and QCFlag.TRUNCATED in segment.qc.flags
+            parts.append(f"{'>= ' if truncated else ''}{values['volume_ml']:,.1f} ml")
         if "original_firstorder_Mean" in values:
             parts.append(f"mean {values['original_firstorder_Mean']:.0f} {unit}".rstrip())
         lines.append(" ".join(parts))

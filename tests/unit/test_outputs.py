@@ -310,6 +310,17 @@ def test_capture_is_a_true_colour_multiframe_sc_of_the_key_slices(package, proce
     assert not (out / "capture").exists()
 
 
+def test_capture_summary_says_a_truncated_volume_is_a_lower_bound(processed):
+    from dicomnode.outputs.capture import summary_lines
+
+    liver, spleen = processed.segments[:2]
+    cut = dataclasses.replace(liver, qc=SegmentQC(QCStatus.WARN, (QCFlag.TRUNCATED,), ("cut",)))
+    values = {liver.label: {"volume_ml": 699.44, "original_firstorder_Mean": 89.2},
+              spleen.label: {"volume_ml": 249.2}}
+    assert summary_lines([cut, spleen], values, "HU") == [
+        f"{liver.label} >= 699.4 ml mean 89 HU", f"{spleen.label} 249.2 ml"]
+
+
 def test_rewriting_a_package_removes_the_ct_capture_of_earlier_releases(processed, tmp_path):
     stale = tmp_path / "capture" / "IM00001.dcm"
     stale.parent.mkdir()
