@@ -515,7 +515,10 @@ class Outbox:
     def contacts(self) -> dict[str, DestinationContact]:
         """Per destination with entries: the last delivery, the last unanswered attempt and, when that is
         the newer one, since when it has been failing (see :class:`DestinationContact`)."""
-        unanswered = f"state IN ({sql_list((OutboxState.FAILED, OutboxState.DEAD))}) AND attempts > 0 " \
+        # a row being retried (claimed: 'sending') still carries its last unanswered attempt's error: the
+        # destination is failing until that retry is answered, not reachable for the moment it is in flight
+        unanswered = f"(state IN ({sql_list((OutboxState.FAILED, OutboxState.DEAD))}) OR " \
+                     f"(state = '{OutboxState.SENDING}' AND last_error != '')) AND attempts > 0 " \
                      "AND last_status IS NULL"
         rows = self.db.conn.execute(
             f"SELECT destination, MAX(sent_at) AS success, MAX(CASE WHEN {unanswered} THEN updated_at END) "

@@ -76,6 +76,18 @@ def test_never_delivered_counts_from_the_first_failed_entry(tmp_path: Path) -> N
     assert "never delivered to" in health.describe(THRESHOLD)
 
 
+def test_a_retry_in_flight_keeps_the_destination_failing(tmp_path: Path) -> None:
+    clock = Clock()
+    outbox = _outbox(tmp_path, clock)
+    created = clock.now
+    _attempt(outbox, clock, "pacs", write_instance(tmp_path / "a.dcm"), ok=False)
+    clock.now += 3600  # the retry is due and claimed: while it is in flight the PACS has not answered yet
+    assert [i.state for i in outbox.claim_due("pacs")] == ["sending"]
+    health = destination_health(outbox.contacts(), ["pacs"], THRESHOLD, now=clock.now)[0]
+    assert health.unreachable and health.failing_seconds is not None and health.failing_seconds >= THRESHOLD
+    assert outbox.contacts()["pacs"].failing_since == created
+
+
 def test_gauges_per_configured_destination(tmp_path: Path) -> None:
     config = Config.model_validate({
         "storage": {"path": str(tmp_path / "data")},
