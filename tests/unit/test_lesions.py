@@ -99,15 +99,21 @@ def test_real_ct_liver_has_no_false_lesion(real_ct) -> None:  # noqa: ANN001
         assert sitk.GetArrayFromImage(result.image).max() == 0, describe(volume.to_sitk(), result)
 
 
+def _sphere_in(volume, liver: sitk.Image, centre, diameter: float) -> np.ndarray:  # noqa: ANN001
+    """A ball of ``diameter`` mm at ``centre`` (mm from the first voxel, z y x), asserted inside ``liver``."""
+    z, y, x = np.meshgrid(*[np.arange(n) * s for n, s in zip(volume.shape, volume.spacing, strict=True)],
+                          indexing="ij", sparse=True)
+    sphere = (z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2 <= (diameter / 2) ** 2
+    assert sitk.GetArrayViewFromImage(liver)[sphere].all()
+    return sphere
+
+
 @pytest.mark.parametrize(
     ("centre", "diameter", "contrast"), [((20, 330, 150), 12.0, -40.0), ((20, 300, 120), 15.0, 40.0)]
 )
 def test_lesion_inserted_into_the_real_liver_is_found_alone(real_ct, centre, diameter, contrast) -> None:  # noqa: ANN001
     volume, _, liver = real_ct
-    z, y, x = np.meshgrid(*[np.arange(n) * s for n, s in zip(volume.shape, volume.spacing, strict=True)],
-                          indexing="ij", sparse=True)
-    sphere = (z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2 <= (diameter / 2) ** 2
-    assert sitk.GetArrayViewFromImage(liver)[sphere].all()
+    sphere = _sphere_in(volume, liver, centre, diameter)
     image = volume.to_sitk(volume.array + np.where(sphere, contrast, 0.0).astype(np.float32))
     labels = sitk.GetArrayFromImage(detect(image, liver, **LIVER_CT).image)
     assert labels.max() == 1 and (labels[sphere] > 0).mean() > 0.5
@@ -129,10 +135,7 @@ def test_inserted_lesion_volume_follows_its_own_boundary(real_ct, centre, diamet
     """The lesion's mask is bounded at half its own contrast: found alone, the volume of the inserted
     sphere within 15 % (20 mm: within 10 %), not merged with the dark or bright structures it touches."""
     volume, _, liver = real_ct
-    z, y, x = np.meshgrid(*[np.arange(n) * s for n, s in zip(volume.shape, volume.spacing, strict=True)],
-                          indexing="ij", sparse=True)
-    sphere = (z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2 <= (diameter / 2) ** 2
-    assert sitk.GetArrayViewFromImage(liver)[sphere].all()
+    sphere = _sphere_in(volume, liver, centre, diameter)
     image = volume.to_sitk(volume.array + np.where(sphere, contrast, 0.0).astype(np.float32))
     result = detect(image, liver, **LIVER_CT)
     found = describe(image, result)
@@ -184,10 +187,7 @@ def test_hypodense_lesion_touching_a_dark_structure_is_found(real_ct, centre, di
     as a vessel"). A round blob of 12 mm or more (inscribed / equivalent diameter >= 0.78, vessel pieces
     0.5-0.65) stays a lesion; the vessel-tree tests above keep vessels out."""
     volume, _, liver = real_ct
-    z, y, x = np.meshgrid(*[np.arange(n) * s for n, s in zip(volume.shape, volume.spacing, strict=True)],
-                          indexing="ij", sparse=True)
-    sphere = (z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2 <= (diameter / 2) ** 2
-    assert sitk.GetArrayViewFromImage(liver)[sphere].all()
+    sphere = _sphere_in(volume, liver, centre, diameter)
     image = volume.to_sitk(volume.array + np.where(sphere, -45.0, 0.0).astype(np.float32))
     labels = sitk.GetArrayFromImage(detect(image, liver, **LIVER_CT).image)
     assert labels.max() == 1 and (labels[sphere] > 0).mean() > 0.7
