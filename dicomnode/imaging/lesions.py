@@ -32,12 +32,27 @@ ordered by decreasing volume) of hypo- and/or hyper-dense regions:
    on the image blurred by half a voxel only, connected to its deepest voxels and within one voxel of
    the component. What joined it at a weaker level (a darker region of the parenchyma, a vessel) and
    the margin a threshold below half its contrast adds are left out, so its volume is its own.
+5. With ``surface_mm`` > 0, hypodense lesions that bulge the organ's surface (subcapsular, exophytic) are
+   looked for as well: the organ mask holds only part of them or none (the organ's segmentation stops
+   at the lesion; hole filling cannot close a defect open to the surface). Lesion-like tissue (darker
+   than the organ's background by ``delta``, above ``exclude_below`` and not in partial volume with
+   fat or gas) within ``surface_mm`` of the organ is searched, on a grid of about 3 mm, for round
+   blobs: the largest inscribed balls (local maxima of the distance to non-lesion-like tissue) of
+   diameter ``surface_min_mm`` (14 mm) or more that cross or touch the organ's surface. A ball is a
+   lesion when the shell around it (1-1.5 radii) is mostly not lesion-like (at most 40 %: a piece of
+   the body wall's muscle, a diaphragmatic crus, an intercostal muscle between two ribs or bowel goes
+   on through that shell), the blob (the lesion-like tissue in balls of 0.6 radius there, so a thinner
+   wall it touches is left out) shares at least 30 % of its boundary with the organ, is round
+   (inscribed / equivalent diameter >= 0.7, principal-axis ratio <= 2), not mostly inside the organ
+   (that is the enclosed search's) and as clear as an enclosed lesion. It is then traced on the full
+   grid; an enclosed lesion it overlaps (its inner part) becomes part of it. The labels of lesions
+   found this way may lie outside the organ mask; ``surface_lesions`` counts them.
 
 :func:`describe` gives each lesion's volume, diameter, centre (LPS mm), mean value and kind.
 
 ``detect`` returns a :class:`~dicomnode.imaging.step.StepOutput`: the label map with the estimates
-``organ_median``, ``organ_sigma``, ``threshold`` (the contrast threshold ``delta``) and ``rejected``
-(candidates dropped, by reason).
+``organ_median``, ``organ_sigma``, ``threshold`` (the contrast threshold ``delta``), ``rejected``
+(candidates dropped, by reason) and ``surface_lesions`` (lesions found bulging the surface).
 """
 
 from __future__ import annotations
@@ -87,6 +102,7 @@ def detect(
     max_continuation: float = 0.6,
     min_strength: float = 1.15,
     exclude_below: float | None = None,
+    surface_mm: float = 0.0,
     working_spacing_mm: float = 1.5,
 ) -> StepOutput:
     """A label map of lesions inside ``organ`` (see the module docstring); works on the organ's
@@ -104,8 +120,9 @@ def detect(
         "smoothing_mm": smoothing_mm, "margin_mm": margin_mm, "max_elongation": max_elongation,
         "background_mm": background_mm, "vessel_mm": vessel_mm, "min_compactness": min_compactness,
         "max_continuation": max_continuation, "min_strength": min_strength, "exclude_below": exclude_below,
+        "surface_mm": surface_mm,
     }
-    margin = np.ceil((3.0 * smoothing_mm + 2.0) / spacing).astype(int)
+    margin = np.ceil((3.0 * smoothing_mm + 2.0 + 2.0 * max(surface_mm, 0.0)) / spacing).astype(int)
     lo = np.maximum(idx.min(axis=0) - margin, 0)
     hi = np.minimum(idx.max(axis=0) + margin + 1, inside.shape)
     crop = tuple(slice(int(a), int(b)) for a, b in zip(lo[::-1], hi[::-1], strict=True))  # x, y, z
@@ -116,7 +133,10 @@ def detect(
         coarse_organ = sitk.Resample(region_organ, coarse, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
         found = detect_in_region(coarse, coarse_organ, **params)  # type: ignore[arg-type]
         labels = sitk.Resample(found.image, region_image, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
-        labels = sitk.Mask(labels, sitk.Cast(region_organ > 0, sitk.sitkUInt8))
+        # the labels stop at the organ's surface, except a subcapsular lesion's part that bulges beyond it
+        keep = sitk.GetArrayFromImage(region_organ) > 0
+        keep |= np.isin(sitk.GetArrayViewFromImage(labels), list(found.estimates.get("surface_labels", ())))
+        labels = sitk.Mask(labels, sitk.Cast(_like(keep, labels), sitk.sitkUInt8))
     else:
         found = detect_in_region(region_image, region_organ, **params)  # type: ignore[arg-type]
         labels = found.image
@@ -124,7 +144,9 @@ def detect(
     out[tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))] = sitk.GetArrayFromImage(labels)
     result = sitk.GetImageFromArray(out)
     result.CopyInformation(image)
-    return StepOutput(result, found.estimates)
+    estimates = dict(found.estimates)
+    estimates["surface_lesions"] = len(estimates.pop("surface_labels", ()))  # type: ignore[arg-type]
+    return StepOutput(result, estimates)
 
 
 def detect_in_region(
@@ -144,6 +166,9 @@ def detect_in_region(
     max_continuation: float = 0.6,
     min_strength: float = 1.15,
     exclude_below: float | None = None,
+    surface_mm: float = 0.0,
+    surface_min_mm: float = 14.0,
+    surface_grid_mm: float = 3.0,
 ) -> StepOutput:
     """:func:`detect` on a region (the whole grid is processed)."""
     if kind not in ("hypo", "hyper", "both"):
@@ -189,7 +214,7 @@ def detect_in_region(
     delta = max(k_sigma * sigma, min_contrast)
     limits = Limits(min_diameter_mm, max_elongation, min_compactness, max_continuation, delta, min_strength)
     rejected: dict[str, int] = {}
-    kept: list[tuple[float, np.ndarray]] = []
+    kept: list[tuple[float, np.ndarray, bool]] = []
     for polarity in ("hypo", "hyper") if kind == "both" else (kind,):
         passes = (residual < -delta) if polarity == "hypo" else (residual > delta)
         # structures thinner than ``vessel_mm`` (vessels, rims) do not survive the opening of the seeds;
@@ -223,14 +248,185 @@ def detect_in_region(
             own = _own_boundary(comp, sharp, organ_arr[box] & ~grown[box], spacing)
             full = np.zeros(labels.shape, dtype=bool)
             full[box] = own if own.any() else comp
-            kept.append((float(comp.sum()), full))
+            kept.append((float(comp.sum()), full, False))
+    if surface_mm > 0 and kind in ("hypo", "both"):
+        # lesions that bulge the organ's surface: the organ mask holds only part of them (or none)
+        floor = float(exclude_below) if exclude_below is not None else centre - 6.0 * delta
+        # the search runs on a grid of about ``surface_grid_mm`` (block means; lesions of 10 mm are 3 voxels
+        # wide there), each lesion found is then traced on the full grid
+        factors = tuple(max(1, int(surface_grid_mm // s)) for s in spacing)
+        coarse_spacing = tuple(s * f for s, f in zip(spacing, factors, strict=True))
+        # lesion-like: darker than the organ by the threshold, not fat or gas nor partial volume with them
+        # (the organ's top and bottom slices, a fat plane's edge)
+        like = (residual < -delta) & (smooth > floor)
+        like &= ~ndimage.binary_dilation(smooth <= floor)
+        for coarse, radius in _surface_lesions(
+            _shrink(like, factors) >= 0.5, _shrink(residual, factors),
+            _shrink(organ_arr, factors) >= 0.5, coarse_spacing, limits, surface_mm=surface_mm,
+            min_diameter_mm=max(min_diameter_mm, surface_min_mm), rejected=rejected,
+        ):
+            comp = _trace(_expand(ndimage.binary_dilation(coarse), factors, organ_arr.shape),
+                          _expand(coarse, factors, organ_arr.shape), like, radius, spacing)
+            if not comp.any():
+                continue
+            # the part inside the organ may have been found already (as an enclosed lesion): one lesion
+            joined = [j for j, (_, other, _) in enumerate(kept) if (other & comp).any()]
+            for j in joined:
+                comp |= kept[j][1]
+            kept = [entry for j, entry in enumerate(kept) if j not in joined]
+            kept.append((float(comp.sum()), comp, True))
     out = np.zeros(organ_arr.shape, dtype=np.uint16)
-    for new, (_, comp) in enumerate(sorted(kept, key=lambda item: -item[0]), start=1):
-        out[comp] = new
+    surface: list[int] = []
+    for new, (_, comp, at_surface) in enumerate(sorted(kept, key=lambda item: -item[0]), start=1):
+        out[comp & (out == 0)] = new
+        if at_surface:
+            surface.append(new)
     result = sitk.GetImageFromArray(out)
     result.CopyInformation(image)
-    estimates = {"organ_median": centre, "organ_sigma": sigma, "threshold": delta, "rejected": rejected}
+    estimates = {"organ_median": centre, "organ_sigma": sigma, "threshold": delta, "rejected": rejected,
+                 "surface_labels": tuple(float(v) for v in surface)}
     return StepOutput(result, estimates)
+
+
+def _surface_lesions(
+    like: np.ndarray,
+    residual: np.ndarray,
+    organ: np.ndarray,
+    spacing: tuple[float, ...],
+    limits: Limits,
+    *,
+    surface_mm: float,
+    min_diameter_mm: float,
+    rejected: dict[str, int],
+) -> list[tuple[np.ndarray, float]]:
+    """Hypodense lesions that cross the organ's surface (see the module docstring): round blobs of
+    lesion-like tissue whose largest inscribed ball crosses or touches the surface."""
+    depth = _distance(~like, spacing)  # mm to the nearest voxel that is not lesion-like
+    outside = _distance(organ, spacing)  # mm to the organ (0 in it)
+    inside = _distance(~organ, spacing)  # mm to the organ's surface from within (0 outside)
+    step_mm = max(spacing)
+    low = 0.5 * min_diameter_mm
+    peaks = (depth >= low) & (depth >= ndimage.maximum_filter(depth, size=3))
+    peaks &= (outside <= depth + step_mm) & (inside <= 0.5 * depth) & (outside <= surface_mm)
+    order = np.argwhere(peaks)
+    order = order[np.argsort(-depth[peaks], kind="stable")]
+    seen = np.zeros(organ.shape, dtype=bool)
+    found: list[tuple[np.ndarray, float]] = []
+    for centre in order:
+        c = tuple(int(v) for v in centre)
+        if seen[c]:
+            continue
+        radius = float(depth[c])
+        # the box holds twice the radius around the centre, and the organ 1.5 radii beyond that
+        pad = [int(math.ceil(3.5 * radius / s)) + 1 for s in spacing]
+        outer = tuple(slice(max(0, v - p), min(n, v + p + 1))
+                      for v, p, n in zip(c, pad, organ.shape, strict=True))
+        axes = [(np.arange(sl.start, sl.stop) - v) * s for sl, v, s in zip(outer, c, spacing, strict=True)]
+        grids = np.meshgrid(*axes, indexing="ij", sparse=True)
+        distance = np.sqrt(sum(g**2 for g in grids))
+        seen[outer] |= distance <= radius
+        reason, lesion = _surface_blob(like[outer], depth[outer], organ[outer], residual[outer], distance,
+                                       radius, spacing, limits)
+        if reason:
+            if reason != "enclosed":
+                rejected[reason] = rejected.get(reason, 0) + 1
+            continue
+        log.debug("surface lesion: r=%.1f at %s, %d voxels", radius, c, int(lesion.sum()))
+        full = np.zeros(organ.shape, dtype=bool)
+        full[outer] = lesion
+        found.append((full, radius))
+        seen |= full
+    return found
+
+
+def _surface_blob(
+    like: np.ndarray,
+    depth: np.ndarray,
+    organ: np.ndarray,
+    residual: np.ndarray,
+    distance: np.ndarray,
+    radius: float,
+    spacing: tuple[float, ...],
+    limits: Limits,
+) -> tuple[str, np.ndarray]:
+    """Why the ball of ``radius`` at the centre of ``distance`` is not a surface lesion ('' when it is one)
+    and the lesion's mask: the lesion-like tissue in balls of 0.6 × ``radius`` around it (what is
+    thinner, a wall or a vessel it touches, is left out)."""
+    half = 0.5 * max(spacing)
+    annulus = (distance > radius + half) & (distance <= 1.5 * radius + half)
+    fill = float(like[annulus].mean()) if annulus.any() else 1.0
+    near = distance <= 1.5 * radius
+    lesion = dilate(depth > 0.6 * radius, 0.6 * radius, spacing) & like & near
+    pieces, _ = ndimage.label(lesion)
+    lesion = pieces == pieces[np.unravel_index(np.argmin(distance), distance.shape)]
+    volume = float(lesion.sum()) * float(np.prod(spacing))
+    diameter = (6.0 * volume / math.pi) ** (1.0 / 3.0)
+    outside = 1.0 - float((lesion & organ).sum()) / float(lesion.sum())
+    if outside < 0.25:
+        return "enclosed", lesion
+    shell = ndimage.binary_dilation(lesion) & ~lesion
+    contact = float((shell & organ).sum()) / float(shell.sum())
+    roundness = 2.0 * radius / diameter
+    log.debug("surface candidate r=%.1f: d=%.1f fill=%.2f outside=%.2f contact=%.2f round=%.2f", radius,
+              diameter, fill, outside, contact, roundness)
+    if fill > 0.4:  # a piece of a tube or a layer of lesion-like tissue (a muscle, a crus, bowel)
+        return "continues beyond the surface", lesion
+    if contact < 0.3:
+        return "apart from the surface", lesion
+    if roundness < 0.7 or _elongation(lesion, spacing) > 2.0:
+        return "not round", lesion
+    strength = -float(np.median(residual[lesion & (distance <= 0.5 * radius)]))
+    if strength < limits.min_strength * limits.threshold:
+        return "weak", lesion
+    return "", lesion
+
+
+def _trace(
+    zone: np.ndarray, coarse: np.ndarray, like: np.ndarray, radius: float, spacing: tuple[float, ...]
+) -> np.ndarray:
+    """A surface lesion found on the coarse grid, traced on the full grid: the lesion-like tissue in balls
+    of 0.6 × ``radius`` (the opening the search used) within one coarse voxel of its coarse mask."""
+    out = np.zeros(like.shape, dtype=bool)
+    idx = np.argwhere(zone)
+    box = tuple(slice(int(a), int(b) + 1) for a, b in zip(idx.min(axis=0), idx.max(axis=0), strict=True))
+    local = like[box] & zone[box]
+    opened = dilate(_distance(~local, spacing) > 0.6 * radius, 0.6 * radius, spacing) & local
+    pieces, _ = ndimage.label(opened)
+    hits = np.bincount(pieces[coarse[box]], minlength=int(pieces.max()) + 1)
+    hits[0] = 0
+    if hits.max() > 0:
+        out[box] = pieces == int(np.argmax(hits))
+    return out
+
+
+def _distance(mask: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
+    """The distance (mm) of every voxel to the nearest voxel of ``mask`` (0 on it)."""
+    image = sitk.GetImageFromArray(mask.astype(np.uint8))
+    image.SetSpacing([float(s) for s in spacing[::-1]])
+    distance = sitk.SignedMaurerDistanceMap(image, insideIsPositive=False, squaredDistance=False,
+                                            useImageSpacing=True)
+    return np.maximum(sitk.GetArrayFromImage(distance), 0.0)
+
+
+def _shrink(array: np.ndarray, factors: tuple[int, ...]) -> np.ndarray:
+    """Block means of ``array`` (``factors`` voxels per block along each axis; the last partial block
+    of an axis is its own, smaller block)."""
+    out = array.astype(np.float32)
+    for axis, f in enumerate(factors):
+        if f > 1:
+            edges = np.arange(0, out.shape[axis], f)
+            out = np.add.reduceat(out, edges, axis=axis) / np.diff(np.append(edges, out.shape[axis])).reshape(
+                [-1 if a == axis else 1 for a in range(out.ndim)])
+    return out
+
+
+def _expand(mask: np.ndarray, factors: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:
+    """A block mask (see :func:`_shrink`) back on the full grid."""
+    out = mask
+    for axis, f in enumerate(factors):
+        if f > 1:
+            out = np.repeat(out, f, axis=axis)
+    return out[tuple(slice(0, n) for n in shape)]
 
 
 @dataclass(frozen=True)
@@ -359,6 +555,12 @@ def _elongation(comp: np.ndarray, spacing) -> float:  # noqa: ANN001
     eig = np.sort(np.linalg.eigvalsh(np.cov(points.T)))[::-1]
     # a component flat in one axis (thick slices) has a ~0 minor axis: compare the two largest axes
     return float(math.sqrt(max(eig[0], 1e-9) / max(eig[1], 1e-9)))
+
+
+def _like(array: np.ndarray, image: sitk.Image) -> sitk.Image:
+    out = sitk.GetImageFromArray(array.astype(np.uint8))
+    out.CopyInformation(image)
+    return out
 
 
 def _empty(image: sitk.Image) -> sitk.Image:
