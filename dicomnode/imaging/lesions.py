@@ -122,7 +122,7 @@ def detect(
         "max_continuation": max_continuation, "min_strength": min_strength, "exclude_below": exclude_below,
         "surface_mm": surface_mm,
     }
-    margin = np.ceil((3.0 * smoothing_mm + 2.0 + 2.0 * max(surface_mm, 0.0)) / spacing).astype(int)
+    margin = np.ceil((3.0 * smoothing_mm + 2.0 + max(surface_mm, 0.0)) / spacing).astype(int)
     lo = np.maximum(idx.min(axis=0) - margin, 0)
     hi = np.minimum(idx.max(axis=0) + margin + 1, inside.shape)
     crop = tuple(slice(int(a), int(b)) for a, b in zip(lo[::-1], hi[::-1], strict=True))  # x, y, z
@@ -255,20 +255,14 @@ def detect_in_region(
         # the search runs on a grid of about ``surface_grid_mm`` (block means; lesions of 10 mm are 3 voxels
         # wide there), each lesion found is then traced on the full grid
         factors = tuple(max(1, int(surface_grid_mm // s)) for s in spacing)
-        coarse_spacing = tuple(s * f for s, f in zip(spacing, factors, strict=True))
         # lesion-like: darker than the organ by the threshold, not fat or gas nor partial volume with them
         # (the organ's top and bottom slices, a fat plane's edge)
         like = (residual < -delta) & (smooth > floor)
         like &= ~ndimage.binary_dilation(smooth <= floor)
-        for coarse, radius in _surface_lesions(
-            _shrink(like, factors) >= 0.5, _shrink(residual, factors),
-            _shrink(organ_arr, factors) >= 0.5, coarse_spacing, limits, surface_mm=surface_mm,
+        for comp in _surface_lesions(
+            like, residual, organ_arr, spacing, limits, factors=factors, surface_mm=surface_mm,
             min_diameter_mm=max(min_diameter_mm, surface_min_mm), rejected=rejected,
         ):
-            comp = _trace(_expand(ndimage.binary_dilation(coarse), factors, organ_arr.shape),
-                          _expand(coarse, factors, organ_arr.shape), like, radius, spacing)
-            if not comp.any():
-                continue
             # the part inside the organ may have been found already (as an enclosed lesion): one lesion
             joined = [j for j, (_, other, _) in enumerate(kept) if (other & comp).any()]
             for j in joined:
@@ -295,48 +289,78 @@ def _surface_lesions(
     spacing: tuple[float, ...],
     limits: Limits,
     *,
+    factors: tuple[int, ...],
     surface_mm: float,
     min_diameter_mm: float,
     rejected: dict[str, int],
-) -> list[tuple[np.ndarray, float]]:
+) -> list[np.ndarray]:
     """Hypodense lesions that cross the organ's surface (see the module docstring): round blobs of
-    lesion-like tissue whose largest inscribed ball crosses or touches the surface."""
-    depth = _distance(~like, spacing)  # mm to the nearest voxel that is not lesion-like
-    outside = _distance(organ, spacing)  # mm to the organ (0 in it)
-    inside = _distance(~organ, spacing)  # mm to the organ's surface from within (0 outside)
-    step_mm = max(spacing)
-    low = 0.5 * min_diameter_mm
-    peaks = (depth >= low) & (depth >= ndimage.maximum_filter(depth, size=3))
-    peaks &= (outside <= depth + step_mm) & (inside <= 0.5 * depth) & (outside <= surface_mm)
+    lesion-like tissue whose largest inscribed ball crosses or touches the surface. Balls are looked for
+    on a grid coarser by ``factors`` and judged on the full one."""
+    coarse_spacing = tuple(s * f for s, f in zip(spacing, factors, strict=True))
+    coarse_like, coarse_organ = _shrink(like, factors) >= 0.5, _shrink(organ, factors) >= 0.5
+    depth = _distance(~coarse_like, coarse_spacing)  # mm to the nearest voxel that is not lesion-like
+    outside = _distance(coarse_organ, coarse_spacing)  # mm to the organ (0 in it)
+    inside = _distance(~coarse_organ, coarse_spacing)  # mm to the organ's surface from within (0 outside)
+    step_mm = max(coarse_spacing)
+    peaks = (depth >= 0.5 * min_diameter_mm - step_mm) & (depth >= ndimage.maximum_filter(depth, size=3))
+    peaks &= (outside <= depth + step_mm) & (inside <= 0.5 * depth + step_mm) & (outside <= surface_mm)
     order = np.argwhere(peaks)
     order = order[np.argsort(-depth[peaks], kind="stable")]
     seen = np.zeros(organ.shape, dtype=bool)
-    found: list[tuple[np.ndarray, float]] = []
-    for centre in order:
-        c = tuple(int(v) for v in centre)
-        if seen[c]:
+    found: list[np.ndarray] = []
+    last = np.asarray(organ.shape) - 1
+    for coarse_centre in order:
+        centre = np.minimum(coarse_centre * np.asarray(factors) + np.asarray(factors) // 2, last)
+        if seen[tuple(centre)]:
             continue
-        radius = float(depth[c])
-        # the box holds twice the radius around the centre, and the organ 1.5 radii beyond that
-        pad = [int(math.ceil(3.5 * radius / s)) + 1 for s in spacing]
-        outer = tuple(slice(max(0, v - p), min(n, v + p + 1))
-                      for v, p, n in zip(c, pad, organ.shape, strict=True))
-        axes = [(np.arange(sl.start, sl.stop) - v) * s for sl, v, s in zip(outer, c, spacing, strict=True)]
-        grids = np.meshgrid(*axes, indexing="ij", sparse=True)
-        distance = np.sqrt(sum(g**2 for g in grids))
-        seen[outer] |= distance <= radius
-        reason, lesion = _surface_blob(like[outer], depth[outer], organ[outer], residual[outer], distance,
-                                       radius, spacing, limits)
+        reach = float(depth[tuple(coarse_centre)]) + step_mm
+        # a first look on the coarse grid: a ball whose shell is mostly lesion-like is a piece of a layer
+        coarse_box = _ball_box(coarse_centre, 1.6 * reach, coarse_spacing, coarse_like.shape)
+        shell = _ball_distance(coarse_box, coarse_centre, coarse_spacing)
+        shell = (shell > reach) & (shell <= 1.5 * reach)
+        if shell.any() and coarse_like[coarse_box][shell].mean() > 0.6:
+            rejected["continues beyond the surface"] = rejected.get("continues beyond the surface", 0) + 1
+            ball = _ball_box(centre, reach, spacing, organ.shape)
+            seen[ball] |= _ball_distance(ball, centre, spacing) <= reach - step_mm
+            continue
+        # on the full grid: the ball's centre and radius (the deepest point near the coarse one)
+        box = _ball_box(centre, 2.0 * reach, spacing, organ.shape)
+        local_depth = _distance(~like[box], spacing)
+        near = _ball_distance(box, centre, spacing) <= step_mm
+        c = np.unravel_index(int(np.argmax(np.where(near, local_depth, -1.0))), near.shape)
+        radius = float(local_depth[c])
+        centre = np.asarray(c) + np.asarray([sl.start for sl in box])
+        distance = _ball_distance(box, centre, spacing)
+        seen[box] |= distance <= max(radius, step_mm)
+        if radius < 0.5 * min_diameter_mm:
+            rejected["small"] = rejected.get("small", 0) + 1
+            continue
+        reason, lesion = _surface_blob(like[box], local_depth, organ[box], residual[box], distance, radius,
+                                       spacing, limits)
         if reason:
             if reason != "enclosed":
                 rejected[reason] = rejected.get(reason, 0) + 1
             continue
-        log.debug("surface lesion: r=%.1f at %s, %d voxels", radius, c, int(lesion.sum()))
+        log.debug("surface lesion: r=%.1f at %s, %d voxels", radius, tuple(centre), int(lesion.sum()))
         full = np.zeros(organ.shape, dtype=bool)
-        full[outer] = lesion
-        found.append((full, radius))
+        full[box] = lesion
+        found.append(full)
         seen |= full
     return found
+
+
+def _ball_box(centre: np.ndarray, reach_mm: float, spacing: tuple[float, ...], shape: tuple[int, ...]
+              ) -> tuple[slice, ...]:
+    pad = [int(math.ceil(reach_mm / s)) + 1 for s in spacing]
+    return tuple(slice(max(0, int(v) - p), min(n, int(v) + p + 1)) for v, p, n in zip(centre, pad, shape,
+                                                                                      strict=True))
+
+
+def _ball_distance(box: tuple[slice, ...], centre: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
+    """The distance (mm) of every voxel of ``box`` to ``centre`` (an index on the whole grid)."""
+    axes = [(np.arange(sl.start, sl.stop) - v) * s for sl, v, s in zip(box, centre, spacing, strict=True)]
+    return np.sqrt(sum(g**2 for g in np.meshgrid(*axes, indexing="ij", sparse=True)))
 
 
 def _surface_blob(
@@ -379,24 +403,6 @@ def _surface_blob(
     if strength < limits.min_strength * limits.threshold:
         return "weak", lesion
     return "", lesion
-
-
-def _trace(
-    zone: np.ndarray, coarse: np.ndarray, like: np.ndarray, radius: float, spacing: tuple[float, ...]
-) -> np.ndarray:
-    """A surface lesion found on the coarse grid, traced on the full grid: the lesion-like tissue in balls
-    of 0.6 × ``radius`` (the opening the search used) within one coarse voxel of its coarse mask."""
-    out = np.zeros(like.shape, dtype=bool)
-    idx = np.argwhere(zone)
-    box = tuple(slice(int(a), int(b) + 1) for a, b in zip(idx.min(axis=0), idx.max(axis=0), strict=True))
-    local = like[box] & zone[box]
-    opened = dilate(_distance(~local, spacing) > 0.6 * radius, 0.6 * radius, spacing) & local
-    pieces, _ = ndimage.label(opened)
-    hits = np.bincount(pieces[coarse[box]], minlength=int(pieces.max()) + 1)
-    hits[0] = 0
-    if hits.max() > 0:
-        out[box] = pieces == int(np.argmax(hits))
-    return out
 
 
 def _distance(mask: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:

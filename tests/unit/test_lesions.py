@@ -223,10 +223,10 @@ def _subcapsular_sphere(volume, liver: np.ndarray, angle_deg: float, diameter: f
 @pytest.mark.parametrize(
     ("angle", "diameter", "mask"),
     [
-        (150.0, 20.0, "cut"),  # right lateral, between the ribs
-        (180.0, 20.0, "cut"),  # right lateral
+        (150.0, 20.0, "cut"),  # right posterolateral, between the ribs
+        (-150.0, 20.0, "cut"),  # right anterolateral
         (-90.0, 40.0, "cut"),  # anterior, under the abdominal wall
-        (-150.0, 40.0, "reference"),
+        (180.0, 40.0, "reference"),  # right lateral
     ],
 )
 def test_subcapsular_lesion_in_the_real_liver_is_found(real_ct, angle, diameter, mask) -> None:  # noqa: ANN001
