@@ -86,14 +86,16 @@ def start_storescp(out: Path, port: int) -> subprocess.Popen:
     return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
 
 
-def start_dicomnode(out: Path, port: int, fsync: bool = True, receivers: str = "1") -> subprocess.Popen:
+def start_dicomnode(
+    out: Path, port: int, fsync: bool = True, receivers: str = "1", journal: bool = True
+) -> subprocess.Popen:
     out.mkdir(parents=True)
     config = out / "bench.yaml"
     config.write_text(
         f"node: {{ae_title: DICOMNODE, host: 127.0.0.1, port: {port}, max_associations: 16, "
         f"receivers: {receivers}}}\n"
         f"storage: {{path: {out / 'data'}, fsync: {str(fsync).lower()}, min_free_mb: 0, "
-        "max_used_percent: 100}\n"
+        f"max_used_percent: 100, journal: {{enabled: {str(journal).lower()}}}}}\n"
         "completion: {series_quiet_seconds: 3600, study_quiet_seconds: 3600, content_quiet_seconds: 3600}\n"
         f"rules: {{path: {out / 'rules'}, watch: false}}\nmetrics: {{port: 0}}\nlogging: {{level: WARNING}}\n"
     )
@@ -256,6 +258,8 @@ def main() -> None:
     parser.add_argument("--no-fsync", action="store_true", help="run dicomnode with storage.fsync: false")
     parser.add_argument("--receivers", default="1,auto",
                         help="node.receivers values to run with more than one association (comma-separated)")
+    parser.add_argument("--journal", default="on,off",
+                        help="storage.journal.enabled values to run (comma-separated; off rows end in -j)")
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary folder (removed)")
     parser.add_argument("--big-gb", type=float, default=2.0, help="size of the big object (0: skip)")
     parser.add_argument("--no-attack", action="store_true", help="skip the attack line")
@@ -274,6 +278,7 @@ def main() -> None:
         )
         fsync = not args.no_fsync
         receivers = [r.strip() for r in args.receivers.split(",") if r.strip()]
+        journals = [j.strip() == "on" for j in args.journal.split(",") if j.strip()]
         rows: list[tuple[str, int, float, float, float]] = []  # name, assocs, seconds, vs storescp, vs floor
         for concurrency in (int(c) for c in args.concurrency.split(",")):
             folders = [work / f"c{concurrency}" / str(i) for i in range(concurrency)]
@@ -284,8 +289,11 @@ def main() -> None:
             candidates: list[tuple[str, Callable[[Path, int], subprocess.Popen], str]] = [
                 ("storescp", start_storescp, "STORESCP")]
             for count in receivers if concurrency > 1 else receivers[:1]:
-                name = "dicomnode" if count == "1" else f"dicomnode r={count}"
-                candidates.append((name, partial(start_dicomnode, fsync=fsync, receivers=count), "DICOMNODE"))
+                for journal in journals:
+                    name = "dicomnode" if count == "1" else f"dicomnode r={count}"
+                    name += "" if journal else " -j"
+                    candidates.append((name, partial(start_dicomnode, fsync=fsync, receivers=count,
+                                                     journal=journal), "DICOMNODE"))
             # the reps interleave the receivers (and the disk floor), so that the other load on the machine
             # weighs on all of them alike; ratios are taken within a rep, then the median
             times: dict[str, list[float]] = {name: [] for name, _, _ in candidates}
