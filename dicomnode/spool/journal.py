@@ -506,6 +506,10 @@ class Journal:
         tmp = final.with_suffix(".tmp")
         zeros = bytes(COPY_CHUNK)
         try:
+            stat = os.statvfs(self.directory)
+            if stat.f_bavail * stat.f_frsize < 2 * self.segment_bytes:  # never take the last free space
+                raise OSError(errno.ENOSPC, f"less than twice a segment ({2 * self.segment_bytes} bytes) is "
+                                            "free")
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             try:
                 for start in range(0, self.segment_bytes, COPY_CHUNK):
