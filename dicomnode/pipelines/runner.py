@@ -147,7 +147,7 @@ def process_volume(spec: PipelineSpec, volume: Any, job: JobSpec) -> tuple[Any, 
     import SimpleITK as sitk
 
     from dicomnode import __version__
-    from dicomnode.imaging.assess import assess
+    from dicomnode.imaging.assess import assess, head_feet_axis
     from dicomnode.imaging.guards import check_input
     from dicomnode.outputs.api import ProcessedSeries, Provenance
 
@@ -157,7 +157,8 @@ def process_volume(spec: PipelineSpec, volume: Any, job: JobSpec) -> tuple[Any, 
     run = execute(spec, image)
     del image
     segments = build_segments(spec, run.context, volume.shape)
-    report, _ = assess(volume.array, volume.spacing, segments, is_ct=volume.modality == "CT")
+    report, _ = assess(volume.array, volume.spacing, segments, is_ct=volume.modality == "CT",
+                       axial_axis=head_feet_axis(volume.direction))
     segments = [replace(s, qc=report.segments.get(s.label)) for s in segments]
     enhanced = None
     if spec.enhanced:
