@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,7 +68,7 @@ from scipy import ndimage
 
 from dicomnode.errors import ImagingError
 from dicomnode.imaging.grid import to_working_grid
-from dicomnode.imaging.morphology import dilate, erode, opening
+from dicomnode.imaging.morphology import closing, dilate, erode, opening
 from dicomnode.imaging.step import StepOutput, StepValue, image_of, step
 
 log = logging.getLogger(__name__)
@@ -336,8 +337,17 @@ def _surface_lesions(
         if radius < 0.5 * min_diameter_mm:
             rejected["small"] = rejected.get("small", 0) + 1
             continue
+        def envelope(box: tuple[slice, ...] = box, centre: np.ndarray = centre, radius: float = radius
+                     ) -> np.ndarray:
+            # the organ's outline on each slice closed by a disc a little wider than the ball (on a box
+            # that holds the organ well beyond it), on the ball's box
+            wide = _ball_box(centre, 4.0 * radius + step_mm, spacing, organ.shape)
+            closed = closing(organ[wide], 1.3 * radius, spacing, slicewise=True)
+            inner = tuple(slice(b.start - w.start, b.stop - w.start) for b, w in zip(box, wide, strict=True))
+            return closed[inner] | organ[box]
+
         reason, lesion = _surface_blob(like[box], local_depth, organ[box], residual[box], distance, radius,
-                                       spacing, limits)
+                                       spacing, limits, envelope)
         if reason:
             if reason != "enclosed":
                 rejected[reason] = rejected.get(reason, 0) + 1
@@ -372,10 +382,12 @@ def _surface_blob(
     radius: float,
     spacing: tuple[float, ...],
     limits: Limits,
+    envelope: Callable[[], np.ndarray],
 ) -> tuple[str, np.ndarray]:
     """Why the ball of ``radius`` at the centre of ``distance`` is not a surface lesion ('' when it is one)
     and the lesion's mask: the lesion-like tissue in balls of 0.6 × ``radius`` around it (what is
-    thinner, a wall or a vessel it touches, is left out)."""
+    thinner, a wall or a vessel it touches, is left out). ``envelope`` gives the organ's envelope on the
+    box (only computed when needed)."""
     half = 0.5 * max(spacing)
     annulus = (distance > radius + half) & (distance <= 1.5 * radius + half)
     fill = float(like[annulus].mean()) if annulus.any() else 1.0
@@ -393,12 +405,21 @@ def _surface_blob(
     roundness = 2.0 * radius / diameter
     log.debug("surface candidate r=%.1f: d=%.1f fill=%.2f outside=%.2f contact=%.2f round=%.2f", radius,
               diameter, fill, outside, contact, roundness)
-    if fill > 0.4:  # a piece of a tube or a layer of lesion-like tissue (a muscle, a crus, bowel)
-        return "continues beyond the surface", lesion
-    if contact < 0.3:
+    if contact < 0.2:
         return "apart from the surface", lesion
     if roundness < 0.7 or _elongation(lesion, spacing) > 2.0:
         return "not round", lesion
+    if fill > 0.4 or contact < 0.3:
+        # not a blob standing out on its own: a lesion still when it fills a bite of the organ's envelope
+        # (it pushed the organ's surface in) in which the organ, not the same tissue, surrounds it
+        hull = envelope()
+        ball = distance <= radius
+        bite = float((ball & hull & ~organ).sum()) / float(ball.sum())
+        within = annulus & hull
+        fill_within = float(like[within].mean()) if within.any() else 1.0
+        log.debug("surface bite %.2f, fill within the envelope %.2f", bite, fill_within)
+        if bite < 0.25 or fill_within > 0.4:
+            return "continues beyond the surface", lesion
     strength = -float(np.median(residual[lesion & (distance <= 0.5 * radius)]))
     if strength < limits.min_strength * limits.threshold:
         return "weak", lesion
