@@ -4,7 +4,9 @@
 ordered by decreasing volume) of hypo- and/or hyper-dense regions:
 
 1. The image is smoothed (Gaussian, ``smoothing_mm``); voxels below ``exclude_below`` (CT: fat and gas in
-   fissures and at the hilum, about -30 HU) are not organ. The organ's intensity centre and spread are
+   fissures and at the hilum, about -30 HU) are not organ; when the organ itself lies close to that limit
+   (steatosis: a liver at 10-25 HU, its hypodense lesions at -20..-40 HU) the limit moves down to midway
+   between the fat around the organ and the organ's median. The organ's intensity centre and spread are
    its median and MAD-based sigma inside the organ eroded by ``margin_mm`` (and, on thick slices, one
    slice off its top and bottom).
 2. The organ's slowly varying background (Gaussian ``background_mm``, normalised over the organ
@@ -161,7 +163,7 @@ def detect_in_region(
     smooth = sitk.GetArrayFromImage(smoothed)
     raw = sitk.GetArrayFromImage(sitk.Cast(image, sitk.sitkFloat32))
     if exclude_below is not None:  # fat or gas in fissures and at the hilum is not organ (CT: fat < -30 HU)
-        organ_arr &= smooth >= float(exclude_below)
+        organ_arr &= smooth >= _fat_limit(smooth, organ_arr, float(exclude_below), margin_mm, spacing)
     # at least one voxel deep along every axis: thick slices carry partial volume at the organ's top/bottom
     depth = max(margin_mm, 1.01 * max(spacing))
     core = erode(organ_arr, margin_mm, spacing)
@@ -305,6 +307,26 @@ class Limits:
                 if thick >= self.max_continuation * inscribed and peak >= self.same_contrast and not ball:
                     return "continues as a vessel"
         return ""
+
+
+FAT_HU = -100.0  # fat's attenuation on CT, where no fat lies around the organ to measure it
+
+
+def _fat_limit(
+    smooth: np.ndarray, organ: np.ndarray, exclude_below: float, margin_mm: float, spacing: tuple[float, ...]
+) -> float:
+    """The level below which organ voxels are fat, not organ: ``exclude_below`` (fat's upper limit), or the
+    midpoint between the fat around the organ (its median below ``exclude_below``, measured in the region;
+    -100 HU when there is none) and the organ's median when that is lower. A fatty liver (steatosis,
+    10-25 HU) keeps its hypodense lesions (-20..-40 HU), which a fixed -30 HU limit would cut out as fat."""
+    core = erode(organ, margin_mm, spacing)
+    inside = smooth[core if core.sum() >= 50 else organ]
+    if inside.size == 0:
+        return exclude_below
+    centre = float(np.median(inside))
+    fat_voxels = smooth[~organ & (smooth < exclude_below) & (smooth > 2.5 * FAT_HU)]
+    fat = float(np.median(fat_voxels)) if fat_voxels.size >= 50 else FAT_HU
+    return min(exclude_below, 0.5 * (fat + centre))
 
 
 def _own_boundary(

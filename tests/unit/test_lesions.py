@@ -191,3 +191,12 @@ def test_hypodense_lesion_touching_a_dark_structure_is_found(real_ct, centre, di
     image = volume.to_sitk(volume.array + np.where(sphere, -45.0, 0.0).astype(np.float32))
     labels = sitk.GetArrayFromImage(detect(image, liver, **LIVER_CT).image)
     assert labels.max() == 1 and (labels[sphere] > 0).mean() > 0.7
+
+
+def test_lesions_in_a_fatty_liver_are_found() -> None:
+    """Steatosis (liver 10 HU): hypodense lesions lie at -35 HU, below the -30 HU fat limit; the limit
+    follows the liver (midway between the fat around it and its median), so they are not cut out as fat,
+    and the fat planes around the liver still give no lesion."""
+    ct = make_ct_phantom(seed=5, hepatic_vessels=True, fat_planes=True, liver_hu=10.0)
+    result = detect(ct.to_sitk(), ct.mask_sitk("liver"), **LIVER_CT)
+    assert_every_lesion_found(ct, sitk.GetArrayFromImage(result.image), describe(ct.to_sitk(), result))
