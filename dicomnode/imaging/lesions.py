@@ -21,7 +21,11 @@ ordered by decreasing volume) of hypo- and/or hyper-dense regions:
    ``min_strength × delta``, ×1.3 when it reaches the edge band: sub-threshold vessels that noise
    pushes over the threshold, beam hardening next to bone); ``elongated`` (principal-axis ratio above
    ``max_elongation``); ``tubular`` (inscribed-ball diameter below ``min_compactness`` × the
-   equivalent diameter: branching vessels); or it ``continues as a vessel``: at half the threshold it
+   equivalent diameter: branching vessels); ``flat`` (the depth of its core, the voxels deeper than
+   half its largest depth, through the slices, one slice of partial volume added, is below ``flatness``
+   × the core's length in the slice plane: a vein lying in the plane, a long piece on one to a few
+   slices, where a lesion is about as deep as it is long); or it
+   ``continues as a vessel``: at half the threshold it
    belongs to a structure that goes on beyond its neighbourhood — inside the organ, or outside it
    through the same tissue (a vessel leaving at the hilum, a neighbour the mask leaked into) — at
    least ``max_continuation`` × its own thickness and with a similar peak contrast (≥ 0.65 of its
@@ -251,6 +255,8 @@ class Limits:
     round: float = 0.7  # roundness of a lesion that touches a much darker/brighter structure
     darker: float = 1.1  # "much": the structure's peak contrast over the component's own
     ball_mm: float = 12.0  # ... and at least this wide (round pieces of 6-10 mm vessels stay vessels)
+    flatness: float = 0.55  # core depth through the slices (+ one slice) / in-plane length: lesions 0.7-1.8,
+    # veins lying in the slice plane 0.1-0.45 (phantoms, spheres in the real liver)
 
     def reject(
         self,
@@ -286,6 +292,14 @@ class Limits:
         inscribed = 2.0 * float(depth.max())
         if inscribed < self.min_compactness * min(diameter, _in_plane_limit(comp, spacing)):
             return "tubular"
+        # a lesion's core (its voxels deeper than half its largest depth) is about as deep through the slices
+        # (partial volume included) as it is long in the slice plane; a vein lying in the plane keeps a long
+        # core on one to a few slices (a thinner vessel that joins a lesion is not part of its core)
+        inner = depth >= 0.5 * float(depth.max())
+        length = _in_plane_length(inner, spacing)
+        log.debug("core depth %.1f vs in-plane length %.1f", _in_plane_limit(inner, spacing), length)
+        if _in_plane_limit(inner, spacing) < self.flatness * length:
+            return "flat"
         # continuation: at half the threshold a lesion stays a closed blob, while a vessel cut by the
         # threshold goes on beyond the component's neighbourhood, about as thick as the piece found and
         # with a similar peak contrast (a lesion beside a vessel keeps its own, stronger contrast)
@@ -359,6 +373,15 @@ def _thickness(mask: np.ndarray, spacing: tuple[float, ...]) -> float:
     """Diameter (mm) of the largest inscribed ball (twice the largest distance to the background; a
     one-voxel structure is two voxels "thick", as the measure counts to the neighbouring voxel centres)."""
     return 2.0 * float(ndimage.distance_transform_edt(mask, sampling=spacing).max())
+
+
+def _in_plane_length(comp: np.ndarray, spacing: tuple[float, ...]) -> float:
+    """The component's length along its major in-plane axis (4 standard deviations: a disc's diameter,
+    1.15 × a line's length)."""
+    points = np.argwhere(comp)[:, 1:] * np.asarray(spacing[1:])
+    if len(points) < 3:
+        return 0.0
+    return 4.0 * math.sqrt(max(float(np.linalg.eigvalsh(np.cov(points.T))[-1]), 0.0))
 
 
 def _in_plane_limit(comp: np.ndarray, spacing: tuple[float, ...]) -> float:
