@@ -33,6 +33,10 @@ ordered by decreasing volume) of hypo- and/or hyper-dense regions:
    only touches different tissue outside the organ and stays; a round blob of 12 mm or more (largest
    inscribed ball ≥ 0.78 × its equivalent diameter, or ≥ 0.7 when what it joins is darker than it)
    stays whatever it touches: vessel pieces cut by the threshold are far from round (0.5-0.65).
+   On slices that hold metal (above the metal threshold, passed from the whole image), a kept lesion
+   whose own boundary (step 4) is elongated in the slice plane with its long axis pointing at the metal
+   is a ``metal streak`` (streak residue, the dark band between metal and bone), not a lesion; lesions
+   near metal that stay carry the ``metal`` QC flag (:mod:`dicomnode.imaging.assess`).
 4. A kept lesion's mask is its own boundary: beyond the midpoint between its level (the median of its
    deepest voxels) and its surround's (the organ tissue in a shell around it that is not a candidate),
    on the image blurred by half a voxel only, connected to its deepest voxels and within one voxel of
@@ -116,6 +120,7 @@ def detect(
     hi = np.minimum(idx.max(axis=0) + margin + 1, inside.shape)
     crop = tuple(slice(int(a), int(b)) for a, b in zip(lo[::-1], hi[::-1], strict=True))  # x, y, z
     region_image, region_organ = image[crop], organ[crop]
+    params["metal_points"] = _metal_points(image, int(lo[0]), int(hi[0]))
     working_mm = float(working_spacing_mm)
     if working_mm > 0 and min(image.GetSpacing()) < working_mm:  # fine grids: detect on a coarser one
         coarse = to_working_grid(region_image, working_mm)
@@ -150,8 +155,10 @@ def detect_in_region(
     max_continuation: float = 0.6,
     min_strength: float = 1.15,
     exclude_below: float | None = None,
+    metal_points: np.ndarray | None = None,
 ) -> StepOutput:
-    """:func:`detect` on a region (the whole grid is processed)."""
+    """:func:`detect` on a region (the whole grid is processed); ``metal_points`` (LPS mm, one row per
+    metal voxel on the organ's slices) lets candidates that follow a metal streak be told apart."""
     if kind not in ("hypo", "hyper", "both"):
         raise ImagingError(f"Parameter 'kind' must be hypo, hyper or both; got {kind!r}.")
     if min_diameter_mm < 0 or k_sigma <= 0 or vessel_mm < 0:
@@ -194,6 +201,7 @@ def detect_in_region(
     sigma = 1.4826 * float(np.median(np.abs(residual[core] - np.median(residual[core]))))
     delta = max(k_sigma * sigma, min_contrast)
     limits = Limits(min_diameter_mm, max_elongation, min_compactness, max_continuation, delta, min_strength)
+    metal = _to_index(image, metal_points)
     rejected: dict[str, int] = {}
     kept: list[tuple[float, np.ndarray]] = []
     for polarity in ("hypo", "hyper") if kind == "both" else (kind,):
@@ -219,14 +227,18 @@ def detect_in_region(
             local, _ = ndimage.label(allowed | comp)
             weaker = np.isin(local, np.unique(local[comp]))
             reason = limits.reject(comp, core[box], weaker, np.abs(residual[box]), spacing)
+            if not reason:
+                # the candidate is a lesion; its mask is its own boundary, without what joins it at a weaker
+                # level (a darker region or vessel next to it) and without the margin the threshold adds
+                sharp = ndimage.gaussian_filter(raw[box], 0.5)  # a half-voxel blur: noise, not the edge
+                own = _own_boundary(comp, sharp, organ_arr[box] & ~grown[box], spacing)
+                # ... unless that boundary, on slices with metal, runs along a streak
+                if _follows_streak(own if own.any() else comp, box, metal, spacing):
+                    reason = "metal streak"
             if reason:
                 rejected[reason] = rejected.get(reason, 0) + 1
                 log.debug("%s component of %d voxels rejected: %s", polarity, int(comp.sum()), reason)
                 continue
-            # the candidate is a lesion; its mask is its own boundary, without what joins it at a weaker
-            # level (a darker region or vessel next to it) and without the margin the threshold adds
-            sharp = ndimage.gaussian_filter(raw[box], 0.5)  # a half-voxel blur: noise, not the edge
-            own = _own_boundary(comp, sharp, organ_arr[box] & ~grown[box], spacing)
             full = np.zeros(labels.shape, dtype=bool)
             full[box] = own if own.any() else comp
             kept.append((float(comp.sum()), full))
@@ -321,6 +333,64 @@ class Limits:
                 if thick >= self.max_continuation * inscribed and peak >= self.same_contrast and not ball:
                     return "continues as a vessel"
         return ""
+
+
+STREAK_ELONGATION = 1.55  # in-plane axis ratio of a lesion's own boundary read as a streak (phantom: the
+# band between metal and spine 1.7, lesions on the metal's slices 1.3-1.4) ...
+STREAK_COSINE = 0.85  # ... when its long axis points at the metal (within about 30 degrees)
+
+
+def _metal_points(image: sitk.Image, first: int, stop: int) -> np.ndarray:
+    """LPS positions (mm) of the metal voxels on slices ``first``..``stop`` - 1 (none: an empty array)."""
+    from dicomnode.imaging.artifacts import DEFAULT_METAL_HU, metal_threshold
+
+    view = sitk.GetArrayViewFromImage(image)[first:stop]
+    if view.size == 0 or float(view.max()) <= DEFAULT_METAL_HU:
+        return np.zeros((0, 3))
+    index = np.argwhere(view > metal_threshold(image)).astype(float)
+    index[:, 0] += first
+    if len(index) > 20000:  # positions, not a mask: a subsample of a large implant is enough
+        index = index[:: len(index) // 20000 + 1]
+    matrix = np.asarray(image.GetDirection()).reshape(3, 3) @ np.diag(image.GetSpacing())
+    return np.asarray(image.GetOrigin()) + index[:, ::-1] @ matrix.T
+
+
+def _to_index(image: sitk.Image, points: np.ndarray | None) -> np.ndarray:
+    """``points`` (LPS mm) as continuous (slice, row, column) indices of ``image``."""
+    if points is None or len(points) == 0:
+        return np.zeros((0, 3))
+    matrix = np.asarray(image.GetDirection()).reshape(3, 3) @ np.diag(image.GetSpacing())
+    return (np.linalg.solve(matrix, (points - np.asarray(image.GetOrigin())).T).T)[:, ::-1]
+
+
+def _follows_streak(
+    comp: np.ndarray, box: tuple[slice, ...], metal: np.ndarray, spacing: tuple[float, ...]
+) -> bool:
+    """Whether a candidate on slices that hold metal is a streak: metal streaks (and the dark band between
+    metal and bone) run radially from the metal, so a candidate elongated in the slice plane (its own
+    boundary, without the streak pieces a lesion's threshold component picks up: axis ratio >=
+    ``STREAK_ELONGATION``) whose long axis points at the metal is streak residue, not a lesion (a lesion
+    is round, whatever its direction from the metal)."""
+    if len(metal) == 0:
+        return False
+    points = np.argwhere(comp) + np.array([b.start for b in box])
+    lo, hi = points[:, 0].min() - 0.5, points[:, 0].max() + 0.5
+    near = metal[(metal[:, 0] >= lo) & (metal[:, 0] <= hi)]
+    if len(near) == 0 or len(points) < 5:
+        return False
+    plane = np.asarray(spacing[1:])
+    inplane = points[:, 1:] * plane
+    centre = inplane.mean(axis=0)
+    metal_mm = near[:, 1:] * plane
+    towards = metal_mm - centre
+    distance = np.hypot(towards[:, 0], towards[:, 1])
+    if float(distance.min()) < 1e-6:
+        return False
+    w, v = np.linalg.eigh(np.cov(inplane.T))
+    elongation = math.sqrt(max(float(w[-1]), 1e-9) / max(float(w[0]), 1e-9))
+    cosine = float(np.max(np.abs(towards @ v[:, -1]) / distance))  # the long axis towards any metal voxel
+    log.debug("streak test: elongation %.2f, cosine to the metal %.2f", elongation, cosine)
+    return elongation >= STREAK_ELONGATION and cosine >= STREAK_COSINE
 
 
 FAT_HU = -100.0  # fat's attenuation on CT, where no fat lies around the organ to measure it
