@@ -15,7 +15,8 @@ Cases (every one runs the whole pipeline through ``process_volume``, as the node
   lesion-free case. Lesion rows report lesions found / expected (≥ 10 mm) and false ones.
 
 The QC column is the pipeline's verdict for the segment (``result.json``'s ``qc``) when the pipeline
-computes one, blank otherwise, and the note its QC flags. ``--quick`` runs the real case and three phantoms
+computes one, blank otherwise (``withheld``: a failed secondary organ left out of what is sent, no Dice),
+and the note its QC flags. ``--quick`` runs the real case and three phantoms
 (a smoke run); ``--cases native,child`` only the cases whose name holds one of the parts.
 
     python benchmarks/accuracy.py [--quick] [--only real,variants,phantoms] [--cases A,B] [--threads 2]
@@ -85,7 +86,9 @@ def run_case(case: Case) -> list[Row]:
         seconds = time.perf_counter() - started
         return [Row(case.name, "-", None, None, None, "refused", seconds, str(exc).splitlines()[0][:90])]
     seconds = time.perf_counter() - started
-    verdicts = (summary.get("qc") or {}).get("segments", {}) if isinstance(summary, dict) else {}
+    qc = (summary.get("qc") or {}) if isinstance(summary, dict) else {}
+    verdicts = qc.get("segments", {})
+    withheld = qc.get("withheld", {})  # failed secondary organs left out of what is sent
     spacing = volume.spacing
     segments = {s.label: s.mask for s in processed.segments}
     rows = []
@@ -94,6 +97,10 @@ def run_case(case: Case) -> list[Row]:
             continue
         mask = segments.get(label, np.zeros(truth.shape, dtype=bool))
         if not truth.any():
+            continue
+        if label in withheld:
+            rows.append(Row(case.name, label, None, None, None, "withheld", seconds,
+                            ",".join(withheld[label].get("flags", ()))))
             continue
         m = compare(mask, truth, spacing)
         verdict = verdicts.get(label) or {}
@@ -246,7 +253,7 @@ def main() -> None:
         cases.append(variant_cases())
     if "phantoms" in groups:
         cases.append(phantom_cases(QUICK if args.quick else tuple(PHANTOM_MATRIX)))
-    header = f"{'case':34} {'structure':20} {'Dice':>6} {'HD95 mm':>8} {'vol err %':>9} {'QC':>7} {'s':>6}"
+    header = f"{'case':34} {'structure':20} {'Dice':>6} {'HD95 mm':>8} {'vol err %':>9} {'QC':>8} {'s':>6}"
     print(header + "  note")
     for group in cases:
         for case in group:
@@ -255,7 +262,7 @@ def main() -> None:
             for row in run_case(case):
                 print(
                     f"{row.case:34} {row.structure:20} {fmt(row.dice):>6} {fmt(row.hd95, 1):>8} "
-                    f"{fmt(row.volume_error, 1):>9} {row.qc:>7} {row.seconds:6.1f}  {row.note}",
+                    f"{fmt(row.volume_error, 1):>9} {row.qc:>8} {row.seconds:6.1f}  {row.note}",
                     flush=True,
                 )
 
