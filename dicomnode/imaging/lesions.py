@@ -178,7 +178,7 @@ def detect_in_region(
     smooth = sitk.GetArrayFromImage(smoothed)
     raw = sitk.GetArrayFromImage(sitk.Cast(image, sitk.sitkFloat32))
     if exclude_below is not None:  # fat or gas in fissures and at the hilum is not organ (CT: fat < -30 HU)
-        organ_arr &= smooth >= _fat_limit(smooth, organ_arr, float(exclude_below), margin_mm, spacing)
+        organ_arr &= smooth >= _fat_limit(smooth, organ_arr, float(exclude_below))
     metal = _to_index(image, metal_points)
     if len(metal):  # streaks run radially from the metal: average them out along arcs around it
         smooth = _across_streaks(smooth, organ_arr, metal, spacing, ARC_MM)
@@ -442,18 +442,15 @@ def _follows_streak(
 FAT_HU = -100.0  # fat's attenuation on CT, where no fat lies around the organ to measure it
 
 
-def _fat_limit(
-    smooth: np.ndarray, organ: np.ndarray, exclude_below: float, margin_mm: float, spacing: tuple[float, ...]
-) -> float:
+def _fat_limit(smooth: np.ndarray, organ: np.ndarray, exclude_below: float) -> float:
     """The level below which organ voxels are fat, not organ: ``exclude_below`` (fat's upper limit), or the
     midpoint between the fat around the organ (its median below ``exclude_below``, measured in the region;
     -100 HU when there is none) and the organ's median when that is lower. A fatty liver (steatosis,
     10-25 HU) keeps its hypodense lesions (-20..-40 HU), which a fixed -30 HU limit would cut out as fat."""
-    core = erode(organ, margin_mm, spacing)
-    inside = smooth[core if core.sum() >= 50 else organ]
+    inside = smooth[organ]
     if inside.size == 0:
         return exclude_below
-    centre = float(np.median(inside))
+    centre = float(np.median(inside))  # the organ's edge (partial volume) barely moves its median
     fat_voxels = smooth[~organ & (smooth < exclude_below) & (smooth > 2.5 * FAT_HU)]
     fat = float(np.median(fat_voxels)) if fat_voxels.size >= 50 else FAT_HU
     return min(exclude_below, 0.5 * (fat + centre))
