@@ -33,7 +33,11 @@ ordered by decreasing volume) of hypo- and/or hyper-dense regions:
    only touches different tissue outside the organ and stays; a round blob of 12 mm or more (largest
    inscribed ball ≥ 0.78 × its equivalent diameter, or ≥ 0.7 when what it joins is darker than it)
    stays whatever it touches: vessel pieces cut by the threshold are far from round (0.5-0.65).
-   On slices that hold metal (above the metal threshold, passed from the whole image), a kept lesion
+   On slices that hold metal (above the metal threshold, passed from the whole image), the smoothed
+   image is first averaged along circles about the metal (Gaussian ``ARC_MM`` along the arc, over the
+   organ only): the streak residue that metal artefact reduction leaves runs radially and alternates
+   bright and dark across the arc, so it cancels, while a round lesion keeps most of its contrast
+   (phantom: noise on the metal's slices 13 → 5 HU, a 10 mm lesion's contrast 32 → 23 HU). A kept lesion
    whose own boundary (step 4) is elongated in the slice plane with its long axis pointing at the metal
    is a ``metal streak`` (streak residue, the dark band between metal and bone), not a lesion; lesions
    near metal that stay carry the ``metal`` QC flag (:mod:`dicomnode.imaging.assess`).
@@ -125,7 +129,6 @@ def detect(
     if not inside.any():
         return StepOutput(_empty(image))
     idx = np.argwhere(inside)
-    spacing = np.asarray(image.GetSpacing()[::-1])
     params = {
         "kind": kind, "k_sigma": k_sigma, "min_contrast": min_contrast, "min_diameter_mm": min_diameter_mm,
         "smoothing_mm": smoothing_mm, "margin_mm": margin_mm, "max_elongation": max_elongation,
@@ -133,32 +136,90 @@ def detect(
         "max_continuation": max_continuation, "min_strength": min_strength, "exclude_below": exclude_below,
         "surface_mm": surface_mm,
     }
-    margin = np.ceil((3.0 * smoothing_mm + 2.0 + max(surface_mm, 0.0)) / spacing).astype(int)
+    # the enclosed search on the organ's box (its result does not depend on the surface search); lesions
+    # bulging the surface are looked for on the box grown by ``surface_mm``, and merged
+    out, estimates = _detect_box(image, organ, idx, 0.0, {**params, "surface_mm": 0.0}, working_spacing_mm)
+    surface = 0
+    if surface_mm > 0 and kind in ("hypo", "both"):
+        found, more = _detect_box(image, organ, idx, surface_mm, {**params, "enclosed": False},
+                                  working_spacing_mm)
+        rejected = dict(estimates.get("rejected", {}))  # type: ignore[call-overload]
+        for reason, count in dict(more.get("rejected", {})).items():  # type: ignore[call-overload]
+            rejected[reason] = rejected.get(reason, 0) + count
+        estimates["rejected"] = rejected
+        out, surface = _merge_surface(out, found)
+    result = sitk.GetImageFromArray(out)
+    result.CopyInformation(image)
+    estimates["surface_lesions"] = surface
+    return StepOutput(result, estimates)
+
+
+def _detect_box(
+    image: sitk.Image, organ: sitk.Image, idx: np.ndarray, extra_mm: float, params: dict,
+    working_spacing_mm: float,
+) -> tuple[np.ndarray, dict]:
+    """:func:`detect_in_region` on the organ's box grown by ``extra_mm`` (on the working grid), its labels
+    on the whole grid: within the organ, except lesions that bulge its surface."""
+    inside_shape = tuple(image.GetSize()[::-1])
+    spacing = np.asarray(image.GetSpacing()[::-1])
+    margin = np.ceil((3.0 * params["smoothing_mm"] + 2.0 + extra_mm) / spacing).astype(int)
     lo = np.maximum(idx.min(axis=0) - margin, 0)
-    hi = np.minimum(idx.max(axis=0) + margin + 1, inside.shape)
+    hi = np.minimum(idx.max(axis=0) + margin + 1, inside_shape)
     crop = tuple(slice(int(a), int(b)) for a, b in zip(lo[::-1], hi[::-1], strict=True))  # x, y, z
     region_image, region_organ = image[crop], organ[crop]
-    params["metal_points"] = _metal_points(image, int(lo[0]), int(hi[0]))
+    params = {**params, "metal_points": _metal_points(image, int(lo[0]), int(hi[0]))}
     working_mm = float(working_spacing_mm)
     if working_mm > 0 and min(image.GetSpacing()) < working_mm:  # fine grids: detect on a coarser one
         coarse = to_working_grid(region_image, working_mm)
         coarse_organ = sitk.Resample(region_organ, coarse, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
-        found = detect_in_region(coarse, coarse_organ, **params)  # type: ignore[arg-type]
+        found = detect_in_region(coarse, coarse_organ, **params)
         labels = sitk.Resample(found.image, region_image, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
         # the labels stop at the organ's surface, except a subcapsular lesion's part that bulges beyond it
         keep = sitk.GetArrayFromImage(region_organ) > 0
         keep |= np.isin(sitk.GetArrayViewFromImage(labels), list(found.estimates.get("surface_labels", ())))
         labels = sitk.Mask(labels, sitk.Cast(_like(keep, labels), sitk.sitkUInt8))
     else:
-        found = detect_in_region(region_image, region_organ, **params)  # type: ignore[arg-type]
+        found = detect_in_region(region_image, region_organ, **params)
         labels = found.image
-    out = np.zeros(inside.shape, dtype=np.uint16)
+    out = np.zeros(inside_shape, dtype=np.uint16)
     out[tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))] = sitk.GetArrayFromImage(labels)
-    result = sitk.GetImageFromArray(out)
-    result.CopyInformation(image)
     estimates = dict(found.estimates)
-    estimates["surface_lesions"] = len(estimates.pop("surface_labels", ()))  # type: ignore[arg-type]
-    return StepOutput(result, estimates)
+    estimates.pop("surface_labels", None)
+    return out, estimates
+
+
+def _merge_surface(enclosed: np.ndarray, surface: np.ndarray) -> tuple[np.ndarray, int]:
+    """One label map from the enclosed lesions and the surface lesions (an enclosed lesion a surface lesion
+    overlaps is its inner part: one lesion), labels by decreasing volume; and the surface lesions' count."""
+    if not surface.any():
+        return enclosed, 0
+    boxes = ndimage.find_objects(enclosed)
+    joined: set[int] = set()
+    merged: list[tuple[tuple[slice, ...], np.ndarray]] = []
+    for box in ndimage.find_objects(surface):
+        if box is None:
+            continue
+        merged.append((box, surface[box] > 0))
+    out = np.zeros_like(enclosed)
+    full_masks: list[tuple[int, np.ndarray, bool]] = []
+    for box, comp in merged:
+        mask = np.zeros(enclosed.shape, dtype=bool)
+        mask[box] = comp
+        for value in np.unique(enclosed[box][comp]):
+            if value:
+                joined.add(int(value))
+                other = boxes[int(value) - 1]
+                mask[other] |= enclosed[other] == value
+        full_masks.append((int(mask.sum()), mask, True))
+    for value, box in enumerate(boxes, start=1):
+        if box is None or value in joined:
+            continue
+        mask = np.zeros(enclosed.shape, dtype=bool)
+        mask[box] = enclosed[box] == value
+        full_masks.append((int(mask.sum()), mask, False))
+    for new, (_, mask, _) in enumerate(sorted(full_masks, key=lambda item: -item[0]), start=1):
+        out[mask & (out == 0)] = new
+    return out, sum(1 for *_, at_surface in full_masks if at_surface)
 
 
 def detect_in_region(
@@ -182,6 +243,7 @@ def detect_in_region(
     surface_min_mm: float = 14.0,
     surface_grid_mm: float = 3.0,
     metal_points: np.ndarray | None = None,
+    enclosed: bool = True,
 ) -> StepOutput:
     """:func:`detect` on a region (the whole grid is processed); ``metal_points`` (LPS mm, one row per
     metal voxel on the organ's slices) lets candidates that follow a metal streak be told apart."""
@@ -201,8 +263,11 @@ def detect_in_region(
     raw = sitk.GetArrayFromImage(sitk.Cast(image, sitk.sitkFloat32))
     fat_limit = None
     if exclude_below is not None:  # fat or gas in fissures and at the hilum is not organ (CT: fat < -30 HU)
-        fat_limit = _fat_limit(smooth, organ_arr, float(exclude_below), margin_mm, spacing)
+        fat_limit = _fat_limit(smooth, organ_arr, float(exclude_below))
         organ_arr &= smooth >= fat_limit
+    metal = _to_index(image, metal_points)
+    if len(metal):  # streaks run radially from the metal: average them out along arcs around it
+        smooth = _across_streaks(smooth, organ_arr, metal, spacing, ARC_MM)
     # at least one voxel deep along every axis: thick slices carry partial volume at the organ's top/bottom
     depth = max(margin_mm, 1.01 * max(spacing))
     core = erode(organ_arr, margin_mm, spacing)
@@ -229,10 +294,9 @@ def detect_in_region(
     sigma = 1.4826 * float(np.median(np.abs(residual[core] - np.median(residual[core]))))
     delta = max(k_sigma * sigma, min_contrast)
     limits = Limits(min_diameter_mm, max_elongation, min_compactness, max_continuation, delta, min_strength)
-    metal = _to_index(image, metal_points)
     rejected: dict[str, int] = {}
     kept: list[tuple[float, np.ndarray, bool]] = []
-    for polarity in ("hypo", "hyper") if kind == "both" else (kind,):
+    for polarity in (("hypo", "hyper") if kind == "both" else (kind,)) if enclosed else ():
         passes = (residual < -delta) if polarity == "hypo" else (residual > delta)
         # structures thinner than ``vessel_mm`` (vessels, rims) do not survive the opening of the seeds;
         # the seeds then grow back into the whole organ through voxels that still pass
@@ -595,6 +659,46 @@ def _to_index(image: sitk.Image, points: np.ndarray | None) -> np.ndarray:
     return (np.linalg.solve(matrix, (points - np.asarray(image.GetOrigin())).T).T)[:, ::-1]
 
 
+ARC_MM = 3.0  # Gaussian sigma along arcs around the metal, on slices that hold metal
+
+
+def _across_streaks(
+    smooth: np.ndarray, organ: np.ndarray, metal: np.ndarray, spacing: tuple[float, ...], arc_mm: float
+) -> np.ndarray:
+    """``smooth`` with each slice that holds metal averaged along circles about the metal's centre (a
+    Gaussian of ``arc_mm`` along the arc, over the organ only): streaks run radially from the metal and
+    alternate bright and dark across it, so they cancel, while a lesion (round, 10 mm or more) keeps most
+    of its contrast. In-plane pixels are taken as square (their mean size)."""
+    out = smooth.copy()
+    pixel = float(np.sqrt(spacing[1] * spacing[2]))
+    ny, nx = smooth.shape[1:]
+    rows, cols = np.mgrid[0:ny, 0:nx].astype(np.float32)
+    for k in range(smooth.shape[0]):
+        here = metal[np.abs(metal[:, 0] - k) <= 0.5]
+        if len(here) == 0 or not organ[k].any():
+            continue
+        cy, cx = here[:, 1].mean(), here[:, 2].mean()
+        radius = np.hypot(rows - cy, cols - cx)
+        angle = np.mod(np.arctan2(rows - cy, cols - cx), 2 * np.pi)
+        n_r = int(radius.max()) + 2
+        n_t = max(int(2 * np.pi * radius.max()) + 1, 8)
+        step = 2 * np.pi / n_t
+        r = np.arange(n_r, dtype=np.float32)[:, None]
+        t = (np.arange(n_t, dtype=np.float32) * step)[None]
+        where = [cy + r * np.sin(t), cx + r * np.cos(t)]
+        weight = ndimage.map_coordinates(organ[k].astype(np.float32), where, order=1, mode="constant")
+        value = ndimage.map_coordinates(smooth[k] * organ[k], where, order=1, mode="constant")
+        for i in range(1, n_r):
+            sigma = min(arc_mm / pixel / (i * step), n_t / 4.0)
+            weight[i] = ndimage.gaussian_filter1d(weight[i], sigma, mode="wrap")
+            value[i] = ndimage.gaussian_filter1d(value[i], sigma, mode="wrap")
+        averaged = value / np.maximum(weight, 1e-3)
+        averaged = np.concatenate([averaged, averaged[:, :1]], axis=1)
+        back = ndimage.map_coordinates(averaged, [radius, angle / step], order=1, mode="nearest")
+        out[k] = np.where(organ[k], back, smooth[k])
+    return out
+
+
 def _follows_streak(
     comp: np.ndarray, box: tuple[slice, ...], metal: np.ndarray, spacing: tuple[float, ...]
 ) -> bool:
@@ -628,18 +732,15 @@ def _follows_streak(
 FAT_HU = -100.0  # fat's attenuation on CT, where no fat lies around the organ to measure it
 
 
-def _fat_limit(
-    smooth: np.ndarray, organ: np.ndarray, exclude_below: float, margin_mm: float, spacing: tuple[float, ...]
-) -> float:
+def _fat_limit(smooth: np.ndarray, organ: np.ndarray, exclude_below: float) -> float:
     """The level below which organ voxels are fat, not organ: ``exclude_below`` (fat's upper limit), or the
     midpoint between the fat around the organ (its median below ``exclude_below``, measured in the region;
     -100 HU when there is none) and the organ's median when that is lower. A fatty liver (steatosis,
     10-25 HU) keeps its hypodense lesions (-20..-40 HU), which a fixed -30 HU limit would cut out as fat."""
-    core = erode(organ, margin_mm, spacing)
-    inside = smooth[core if core.sum() >= 50 else organ]
+    inside = smooth[organ]
     if inside.size == 0:
         return exclude_below
-    centre = float(np.median(inside))
+    centre = float(np.median(inside))  # the organ's edge (partial volume) barely moves its median
     fat_voxels = smooth[~organ & (smooth < exclude_below) & (smooth > 2.5 * FAT_HU)]
     fat = float(np.median(fat_voxels)) if fat_voxels.size >= 50 else FAT_HU
     return min(exclude_below, 0.5 * (fat + centre))
