@@ -129,7 +129,8 @@ def build_seg(
 ) -> hd.seg.Segmentation:
     """A BINARY Segmentation on the source grid (same study, Frame of Reference, source references)."""
     pixels = mask_stack(segments, len(sources))
-    if not pixels.any():
+    has_content = any(bool(np.any(s.mask)) for s in segments)  # per mask: the stack is a strided view
+    if not has_content:
         log.warning("Every segment is empty; the SEG keeps all frames so that it is still valid.")
     try:
         seg = hd.seg.Segmentation(
@@ -148,7 +149,7 @@ def build_seg(
             content_description=spec.series_description[:64],
             content_creator_name=spec.content_creator_name,
             content_label=spec.content_label,
-            omit_empty_frames=spec.omit_empty_frames and bool(pixels.any()),
+            omit_empty_frames=spec.omit_empty_frames and has_content,
             contributing_equipment=[contributing_equipment(provenance)],
         )
     except (ValueError, TypeError, AttributeError) as exc:
