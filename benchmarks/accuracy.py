@@ -6,7 +6,8 @@ Cases (every one runs the whole pipeline through ``process_volume``, as the node
   field of view) and ``ct-3slice`` (liver SEG of dcmqi's test data);
 * **variants** of ``ct-abdomen-20`` made by ``tests/variants.py`` (pixels and geometry rewritten
   together, scored against the equally transformed reference): prone, feet first, 5 mm slices,
-  native phase, fatty liver (≈ 10 HU), a field of view cut into the liver;
+  native phase, fatty liver (≈ 10 HU), steatosis at −40 HU (the issue's lower bound, at the fat's
+  level), a field of view cut into the liver;
 * **phantoms** (``tests/phantoms.py``, exact truth): a base case (portal phase, adult, 5 mm, head first
   supine, lesions inside the liver, no metal, full field of view) and one factor changed at a time —
   phase (native, arterial) × liver fat (10 HU) × body size (child, 0.7) × position (prone, feet first)
@@ -14,9 +15,11 @@ Cases (every one runs the whole pipeline through ``process_volume``, as the node
   lesion-free case. Lesion rows report lesions found / expected (≥ 10 mm) and false ones.
 
 The QC column is the pipeline's verdict for the segment (``result.json``'s ``qc``) when the pipeline
-computes one, blank otherwise. ``--quick`` runs the real case and three phantoms (a smoke run).
+computes one, blank otherwise (``withheld``: a failed secondary organ left out of what is sent, no Dice),
+and the note its QC flags. ``--quick`` runs the real case and three phantoms
+(a smoke run); ``--cases native,child`` only the cases whose name holds one of the parts.
 
-    python benchmarks/accuracy.py [--quick] [--only real,variants,phantoms] [--threads 2]
+    python benchmarks/accuracy.py [--quick] [--only real,variants,phantoms] [--cases A,B] [--threads 2]
 """
 
 from __future__ import annotations
@@ -83,7 +86,9 @@ def run_case(case: Case) -> list[Row]:
         seconds = time.perf_counter() - started
         return [Row(case.name, "-", None, None, None, "refused", seconds, str(exc).splitlines()[0][:90])]
     seconds = time.perf_counter() - started
-    verdicts = (summary.get("qc") or {}).get("segments", {}) if isinstance(summary, dict) else {}
+    qc = (summary.get("qc") or {}) if isinstance(summary, dict) else {}
+    verdicts = qc.get("segments", {})
+    withheld = qc.get("withheld", {})  # failed secondary organs left out of what is sent
     spacing = volume.spacing
     segments = {s.label: s.mask for s in processed.segments}
     rows = []
@@ -93,9 +98,15 @@ def run_case(case: Case) -> list[Row]:
         mask = segments.get(label, np.zeros(truth.shape, dtype=bool))
         if not truth.any():
             continue
+        if label in withheld:
+            rows.append(Row(case.name, label, None, None, None, "withheld", seconds,
+                            ",".join(withheld[label].get("flags", ()))))
+            continue
         m = compare(mask, truth, spacing)
-        qc = (verdicts.get(label) or {}).get("status", "")
-        rows.append(Row(case.name, label, m.dice, m.hd95_mm, m.volume_difference_percent, qc, seconds))
+        verdict = verdicts.get(label) or {}
+        flags = ",".join(verdict.get("flags", ()))
+        rows.append(Row(case.name, label, m.dice, m.hd95_mm, m.volume_difference_percent,
+                        verdict.get("status", ""), seconds, flags))
     if case.lesions is not None:
         rows.append(_lesion_row(case, processed.segments, seconds, verdicts))
     return rows
@@ -159,6 +170,7 @@ def variant_cases() -> Iterator[Case]:
             i, lab, tissue_hu={5: 55.0, 1: 45.0, 2: 30.0, 3: 30.0, 52: 40.0, 63: 40.0, 64: 40.0}
         ),
         "fatty-liver": lambda i, lab: variants.fatty_liver(i, lab, liver_value=5, target_hu=10.0),
+        "steatosis-40": lambda i, lab: variants.fatty_liver(i, lab, liver_value=5, target_hu=-40.0),
         "cropped-fov": lambda i, lab: variants.crop(i, lab, keep_fraction=0.72, side="right"),
     }
     for name, make in makers.items():
@@ -229,6 +241,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", default="real,variants,phantoms")
     parser.add_argument("--threads", default="2")
+    parser.add_argument("--cases", default="", help="comma-separated parts of case names: only those cases")
     args = parser.parse_args()
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(args.threads))
     os.environ.setdefault("OMP_NUM_THREADS", args.threads)
@@ -240,14 +253,16 @@ def main() -> None:
         cases.append(variant_cases())
     if "phantoms" in groups:
         cases.append(phantom_cases(QUICK if args.quick else tuple(PHANTOM_MATRIX)))
-    header = f"{'case':34} {'structure':20} {'Dice':>6} {'HD95 mm':>8} {'vol err %':>9} {'QC':>7} {'s':>6}"
+    header = f"{'case':34} {'structure':20} {'Dice':>6} {'HD95 mm':>8} {'vol err %':>9} {'QC':>8} {'s':>6}"
     print(header + "  note")
     for group in cases:
         for case in group:
+            if args.cases and not any(part in case.name for part in args.cases.split(",")):
+                continue
             for row in run_case(case):
                 print(
                     f"{row.case:34} {row.structure:20} {fmt(row.dice):>6} {fmt(row.hd95, 1):>8} "
-                    f"{fmt(row.volume_error, 1):>9} {row.qc:>7} {row.seconds:6.1f}  {row.note}",
+                    f"{fmt(row.volume_error, 1):>9} {row.qc:>8} {row.seconds:6.1f}  {row.note}",
                     flush=True,
                 )
 

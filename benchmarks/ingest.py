@@ -10,10 +10,12 @@ receives one object of ``--big-gb`` GB (a multi-frame Secondary Capture whose pi
 
 The instances are generated CT slices (tests/factories.py: a synthetic water phantom, Explicit VR LE,
 ~0.5 MB each). storescp runs with ``+B`` (bit-preserving, no fsync; ``--fork`` for concurrent
-associations); dicomnode runs with its defaults (fsync of every file and directory before Success), and
-with more than one association also with ``node.receivers`` (``--receivers``). Each rep runs every receiver
-and the disk floor (the durability work alone, see the table's footnote) one after the other, from empty
-output folders; ratios are taken within a rep and the table shows medians over the reps.
+associations); dicomnode runs with its defaults (every instance durable before Success: one fdatasync into
+the receive journal), as ``dicomnode -j`` with ``storage.journal.enabled: false`` (fsync of every file and
+directory before Success; ``--journal`` picks), and with more than one association also with
+``node.receivers`` (``--receivers``). Each rep runs every receiver and the two floors (the durability work
+alone, see the table's footnote) one after the other, from empty output folders; ratios are taken within a
+rep and the table shows medians over the reps.
 """
 
 from __future__ import annotations
@@ -86,14 +88,16 @@ def start_storescp(out: Path, port: int) -> subprocess.Popen:
     return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
 
 
-def start_dicomnode(out: Path, port: int, fsync: bool = True, receivers: str = "1") -> subprocess.Popen:
+def start_dicomnode(
+    out: Path, port: int, fsync: bool = True, receivers: str = "1", journal: bool = True
+) -> subprocess.Popen:
     out.mkdir(parents=True)
     config = out / "bench.yaml"
     config.write_text(
         f"node: {{ae_title: DICOMNODE, host: 127.0.0.1, port: {port}, max_associations: 16, "
         f"receivers: {receivers}}}\n"
         f"storage: {{path: {out / 'data'}, fsync: {str(fsync).lower()}, min_free_mb: 0, "
-        "max_used_percent: 100}\n"
+        f"max_used_percent: 100, journal: {{enabled: {str(journal).lower()}}}}}\n"
         "completion: {series_quiet_seconds: 3600, study_quiet_seconds: 3600, content_quiet_seconds: 3600}\n"
         f"rules: {{path: {out / 'rules'}, watch: false}}\nmetrics: {{port: 0}}\nlogging: {{level: WARNING}}\n"
     )
@@ -139,6 +143,48 @@ def disk_floor(folders: list[Path], out: Path, fsync: bool) -> float:
         for future in [pool.submit(write, n, blobs) for n, blobs in enumerate(data)]:
             future.result()
     seconds = time.perf_counter() - start
+    shutil.rmtree(out, ignore_errors=True)
+    return seconds
+
+
+def journal_floor(folders: list[Path], out: Path) -> float:
+    """Seconds for the journal's durability work alone, one thread per folder: write the .part, copy it
+    into a pre-written segment file at its own offset, one fdatasync, link it into its folder (the
+    syncer's later fsyncs of the spool files are not counted, as they are not waited for)."""
+    data = [[f.read_bytes() for f in sorted(folder.glob("*.dcm"))] for folder in folders]
+    tmp, final = out / ".tmp", out / "study" / "series"
+    tmp.mkdir(parents=True)
+    final.mkdir(parents=True)
+    slot = max(len(b) for blobs in data for b in blobs) + 8192
+    segment_size = slot * sum(len(blobs) for blobs in data)
+    segment = os.open(out / "segment", os.O_RDWR | os.O_CREAT, 0o600)
+    zeros = bytes(1 << 20)
+    for start in range(0, segment_size, 1 << 20):
+        os.pwrite(segment, zeros, start)
+    os.fsync(segment)
+    offsets = iter(range(0, segment_size, slot))
+
+    def write(number: int, blobs: list[bytes]) -> None:
+        for i, blob in enumerate(blobs):
+            part, name = tmp / f"{number}-{i}.part", final / f"{number}-{i}.dcm"
+            fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                for start in range(0, len(blob), 256 * 1024):
+                    os.write(fd, blob[start : start + 256 * 1024])
+                offset = next(offsets)
+                os.copy_file_range(fd, segment, len(blob), 0, offset)
+                os.fdatasync(segment)
+            finally:
+                os.close(fd)
+            os.link(part, name)
+            part.unlink()
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(len(data)) as pool:
+        for future in [pool.submit(write, n, blobs) for n, blobs in enumerate(data)]:
+            future.result()
+    seconds = time.perf_counter() - start
+    os.close(segment)
     shutil.rmtree(out, ignore_errors=True)
     return seconds
 
@@ -256,6 +302,8 @@ def main() -> None:
     parser.add_argument("--no-fsync", action="store_true", help="run dicomnode with storage.fsync: false")
     parser.add_argument("--receivers", default="1,auto",
                         help="node.receivers values to run with more than one association (comma-separated)")
+    parser.add_argument("--journal", default="on,off",
+                        help="storage.journal.enabled values to run (comma-separated; off rows end in -j)")
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary folder (removed)")
     parser.add_argument("--big-gb", type=float, default=2.0, help="size of the big object (0: skip)")
     parser.add_argument("--no-attack", action="store_true", help="skip the attack line")
@@ -274,6 +322,7 @@ def main() -> None:
         )
         fsync = not args.no_fsync
         receivers = [r.strip() for r in args.receivers.split(",") if r.strip()]
+        journals = [j.strip() == "on" for j in args.journal.split(",") if j.strip()]
         rows: list[tuple[str, int, float, float, float]] = []  # name, assocs, seconds, vs storescp, vs floor
         for concurrency in (int(c) for c in args.concurrency.split(",")):
             folders = [work / f"c{concurrency}" / str(i) for i in range(concurrency)]
@@ -284,12 +333,16 @@ def main() -> None:
             candidates: list[tuple[str, Callable[[Path, int], subprocess.Popen], str]] = [
                 ("storescp", start_storescp, "STORESCP")]
             for count in receivers if concurrency > 1 else receivers[:1]:
-                name = "dicomnode" if count == "1" else f"dicomnode r={count}"
-                candidates.append((name, partial(start_dicomnode, fsync=fsync, receivers=count), "DICOMNODE"))
+                for journal in journals:
+                    name = "dicomnode" if count == "1" else f"dicomnode r={count}"
+                    name += "" if journal else " -j"
+                    candidates.append((name, partial(start_dicomnode, fsync=fsync, receivers=count,
+                                                     journal=journal), "DICOMNODE"))
             # the reps interleave the receivers (and the disk floor), so that the other load on the machine
             # weighs on all of them alike; ratios are taken within a rep, then the median
             times: dict[str, list[float]] = {name: [] for name, _, _ in candidates}
             times["disk floor"] = []
+            times["journal floor"] = []
             for rep in range(args.reps):
                 for name, starter, ae in candidates:
                     out = work / f"out-{name.replace(' ', '_')}-{concurrency}-{rep}"
@@ -302,6 +355,7 @@ def main() -> None:
                         stop(proc)
                     shutil.rmtree(out, ignore_errors=True)
                 times["disk floor"].append(disk_floor(folders, work / f"floor-{concurrency}-{rep}", fsync))
+                times["journal floor"].append(journal_floor(folders, work / f"jfloor-{concurrency}-{rep}"))
             for name, seconds in times.items():
                 median = statistics.median(seconds)
                 rows.append((name, concurrency, median, _ratio(times["storescp"], seconds),
@@ -318,7 +372,10 @@ def main() -> None:
             "\nratio = throughput / storescp's at the same concurrency, in the same rep (median over reps);\n"
             "÷floor = throughput / the disk floor's: the same files written by `assocs` threads doing only\n"
             "the node's durability work per file (write a .part, fsync it, link it into its folder, fsync\n"
-            "the folder): what any receiver that fsyncs before Success can reach on this disk now.\n"
+            "the folder): what a receiver that fsyncs each new file before Success can reach on this disk\n"
+            "now (dicomnode -j: storage.journal off does this). journal floor: the receive journal's work\n"
+            "alone (write the .part, copy it into a pre-written segment, one fdatasync, link it; the\n"
+            "syncer's batched fsyncs behind are not waited for): the ceiling of the default dicomnode row.\n"
             "dicomnode r=N: node.receivers N (receiver processes sharing the port)."
         )
         if not args.no_attack:

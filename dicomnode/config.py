@@ -100,9 +100,30 @@ class NodeConfig(_Model):
         return [_check_ae(v) for v in values]
 
 
+class JournalConfig(_Model):
+    """The receive journal (with ``storage.fsync``): each instance is committed with one fdatasync into
+    pre-written segment files, the spool files are made durable in batches behind it."""
+
+    enabled: bool = True
+    segment_mb: int = Field(64, ge=1, le=4096)  # larger instances are stored directly (file + folder fsync)
+    spare_segments: int = Field(1, ge=1, le=64)  # kept written and ready ahead of use
+    max_segments: int = Field(8, ge=2, le=4096)  # per receiving process; when all are in use: direct
+    # the spool files are fsynced in batches once the oldest has waited this long (or half the segments
+    # are in use); until then the journal holds them
+    sync_seconds: float = Field(2.0, ge=0, le=300)
+
+    @model_validator(mode="after")
+    def _spares_below_max(self) -> JournalConfig:
+        if self.spare_segments >= self.max_segments:
+            raise ValueError(f"spare_segments ({self.spare_segments}) must be below max_segments "
+                             f"({self.max_segments})")
+        return self
+
+
 class StorageConfig(_Model):
     path: Path = Path("./dicomnode-data")
-    fsync: bool = True  # fsync every instance (and its directory) before Success
+    fsync: bool = True  # every instance durable (journal record, or file and directory fsync) before Success
+    journal: JournalConfig = Field(default_factory=JournalConfig)
     min_free_mb: int = Field(1024, ge=0)  # refuse new associations below this much free space
     max_used_percent: float = Field(95.0, gt=0, le=100)  # ... or above this fill level
 
@@ -113,6 +134,11 @@ class StorageConfig(_Model):
     @property
     def database_path(self) -> Path:
         return self.path / "dicomnode.sqlite3"
+
+    @property
+    def journal_dir(self) -> Path:
+        """``<path>/journal``: one folder per receiving process (``0`` the node itself)."""
+        return self.path / "journal"
 
     @property
     def jobs_dir(self) -> Path:

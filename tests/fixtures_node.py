@@ -171,7 +171,9 @@ def storescu(
 def node_config(root: Path, port: int, **sections: dict[str, Any]) -> dict[str, Any]:
     config: dict[str, Any] = {
         "node": {"ae_title": NODE_AE, "host": "127.0.0.1", "port": port},
-        "storage": {"path": str(root / "data"), "min_free_mb": 0, "max_used_percent": 100},
+        # small journal segments: every test node writes its segments at start-up
+        "storage": {"path": str(root / "data"), "min_free_mb": 0, "max_used_percent": 100,
+                    "journal": {"segment_mb": 8}},
         "completion": {"series_quiet_seconds": 2, "study_quiet_seconds": 3, "check_interval_seconds": 0.2},
         "rules": {"path": str(root / "rules"), "watch": False},
         "metrics": {"port": 0},

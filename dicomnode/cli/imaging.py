@@ -85,6 +85,9 @@ def process(
     for verdict in (qc.get("segments") or {}).values():
         for reason in verdict.get("reasons") or []:
             typer.echo(f"QC {verdict.get('status')}: {reason}", err=True)
+    for label, verdict in (qc.get("withheld") or {}).items():
+        typer.echo(f"QC fail, {label} withheld (not in the SEG/SR): "
+                   + " ".join(verdict.get("reasons") or verdict.get("flags") or []), err=True)
 
 
 def evaluate(

@@ -13,6 +13,15 @@ implausible_intensity  fail    median HU of the organ outside its plausible rang
 leak                   fail    the mask overlaps another organ segment by more than 1 % of the smaller one
 metal                  warn    metal inside the body (> 2500 HU, at least 0.05 ml) within 30 mm of the
                                segment
+leak (mixed tissue)    fail    an organ of uniform parenchyma (liver) whose voxels lie less than 65 % near
+                               its own main attenuation (histogram mode ± 3 widths, on ~2 mm, lesion
+                               segments left out): the contour holds much tissue of other attenuation
+                               (fat, muscle, bowel; a steatotic liver near the fat's level)
+vessel course          fail    a vessel (aorta, IVC) along the head-feet axis: a cross-section more than
+                               1.8 × the median one (``leak``), one under 0.4 × it between normal ones
+                               (``implausible_volume``: the contour lost the lumen there), or a slice
+                               whose median differs from the vessel's by more than 40 HU
+                               (``implausible_intensity``: another structure)
 low_contrast           warn    the segment's median differs from its 2-6 mm surroundings by less than
                                1.5 × the image noise inside it, or from an organ segment it touches
                                (over at least 2 cm²) by less than 1.5 × the noise: the border between
@@ -47,6 +56,10 @@ EVIDENCE_MM = 2.0
 SMALL_ML = 50.0
 PADDING_HU = -1500.0
 CONTACT_MM2 = 200.0  # two organs touching over 2 cm²
+UNIFORM_FRACTION = 0.65  # of a uniform organ's voxels near its main attenuation (a true liver: >= 0.72)
+VESSEL_WIDER = 1.8  # a vessel's cross-section over this times its median one: a leak
+VESSEL_NARROWER = 0.4  # under this between normal ones: the lumen lost
+VESSEL_HU = 40.0  # a slice's median this far from the vessel's: another structure
 
 
 @dataclass(frozen=True)
@@ -55,16 +68,18 @@ class OrganPrior:
 
     volume_ml: tuple[float, float] | None = None
     median_hu: tuple[float, float] | None = None  # any phase, any fat content
+    uniform: bool = False  # parenchyma of one attenuation in every phase (lesions apart)
+    vessel: bool = False  # a tube along the head-feet axis, of nearly constant section and attenuation
 
 
 PRIORS: dict[str, OrganPrior] = {
-    "liver": OrganPrior((600.0, 3200.0), (-40.0, 160.0)),
+    "liver": OrganPrior((600.0, 3200.0), (-40.0, 160.0), uniform=True),
     "spleen": OrganPrior((30.0, 1500.0), (20.0, 190.0)),
     "kidney-left": OrganPrior((50.0, 450.0), (0.0, 320.0)),
     "kidney-right": OrganPrior((50.0, 450.0), (0.0, 320.0)),
     "kidney": OrganPrior((50.0, 450.0), (0.0, 320.0)),
-    "aorta": OrganPrior(None, (10.0, 700.0)),
-    "ivc": OrganPrior(None, (0.0, 400.0)),
+    "aorta": OrganPrior(None, (10.0, 700.0), vessel=True),
+    "ivc": OrganPrior(None, (0.0, 400.0), vessel=True),
     "lung-left": OrganPrior((350.0, 4500.0), (-1000.0, -450.0)),
     "lung-right": OrganPrior((400.0, 5000.0), (-1000.0, -450.0)),
     "lung": OrganPrior((800.0, 9000.0), (-1000.0, -450.0)),
@@ -247,6 +262,76 @@ def _overlap(a: np.ndarray, b: np.ndarray, box_a: tuple[slice, ...] | None,
     return int(np.count_nonzero(a[box] & b[box]))
 
 
+def uniform_fraction(image: np.ndarray, mask: np.ndarray, excluded: np.ndarray | None = None
+                     ) -> tuple[float, float, float]:
+    """(fraction, mode, width): the share of the mask's voxels (less ``excluded``; each the mean of its 3 × 3
+    in-plane neighbourhood) within ``max(3 × width, 15 HU)`` of the histogram's mode, ``width`` its
+    half-maximum width / 2.355. A parenchyma of one attenuation gives about 0.7-0.9; a contour that took in
+    fat or muscle beside it less."""
+    box = _box(mask, (0, 1, 1))
+    inside = mask[box] if excluded is None else mask[box] & ~excluded[box]
+    values = ndimage.uniform_filter(image[box].astype(np.float32), size=(1, 3, 3))[inside]
+    if values.size < 100:
+        return 1.0, float(np.median(values)) if values.size else 0.0, 0.0
+    low, high = np.percentile(values, [0.5, 99.5])
+    edges = np.arange(float(low), float(high) + 4.0, 2.0)
+    counts = ndimage.gaussian_filter1d(np.histogram(values, bins=edges)[0].astype(float), 2.0)
+    peak = int(np.argmax(counts))
+    above = counts >= counts[peak] / 2.0
+    first, last = peak, peak
+    while first > 0 and above[first - 1]:
+        first -= 1
+    while last < counts.size - 1 and above[last + 1]:
+        last += 1
+    width = float(edges[last + 1] - edges[first]) / 2.355
+    mode = float(edges[peak]) + 1.0
+    return float(np.mean(np.abs(values - mode) <= max(3.0 * width, 15.0))), mode, width
+
+
+def vessel_course(
+    label: str, image: np.ndarray, mask: np.ndarray, spacing: Sequence[float], axis: int
+) -> list[tuple[QCFlag, str]]:
+    """What is wrong along a vessel that runs along array ``axis`` (head-feet): sections far wider than its
+    median (a leak), far narrower between normal ones (the lumen lost) and slices whose median HU is not the
+    vessel's (another structure followed)."""
+    tube = np.moveaxis(mask, axis, 0)
+    values = np.moveaxis(image, axis, 0)
+    pixel_mm2 = float(np.prod([s for i, s in enumerate(spacing) if i != axis]))
+    present = np.flatnonzero(tube.any(axis=(1, 2)))
+    if present.size < 4:
+        return []
+    counts = tube[present].sum(axis=(1, 2))
+    areas = counts * pixel_mm2
+    typical = float(np.median(areas))
+    found: list[tuple[QCFlag, str]] = []
+    n = present.size
+    wide = areas > VESSEL_WIDER * typical
+    if wide.any():
+        found.append((QCFlag.LEAK, (
+            f"{label}'s cross-section reaches {areas.max():.0f} mm² on {int(wide.sum())} of its {n} slices, "
+            f"over {VESSEL_WIDER:g} × its median {typical:.0f} mm² (a vessel's is nearly constant along its "
+            "course): the contour spills into the tissue beside it; its volume is wrong.")))
+    normal = np.flatnonzero(areas >= VESSEL_NARROWER * typical)
+    narrow = np.zeros(n, dtype=bool)
+    span = slice(int(normal[0]), int(normal[-1]) + 1)
+    narrow[span] = areas[span] < VESSEL_NARROWER * typical
+    if narrow.any():  # (a vessel that ends or divides at the end of its course narrows there: not counted)
+        found.append((QCFlag.IMPLAUSIBLE_VOLUME, (
+            f"{label}'s cross-section falls to {areas[narrow].min():.0f} mm² on {int(narrow.sum())} of its "
+            f"{n} slices between normal ones, under {VESSEL_NARROWER:g} × its median {typical:.0f} mm²: the "
+            "contour has lost the vessel there; its volume is wrong.")))
+    overall = float(np.median(values[tube]))
+    medians = np.array([float(np.median(values[k][tube[k]])) if c >= 5 else overall
+                        for k, c in zip(present, counts, strict=True)])
+    off = np.abs(medians - overall) > VESSEL_HU
+    if off.any():
+        found.append((QCFlag.IMPLAUSIBLE_INTENSITY, (
+            f"On {int(off.sum())} of its {n} slices {label}'s contour lies on tissue of "
+            f"{medians[off].min():.0f} to {medians[off].max():.0f} HU, not the vessel's {overall:.0f} HU: "
+            "it follows another structure there.")))
+    return found
+
+
 def volume_range(prior: OrganPrior, diameter_cm: float) -> tuple[float, float] | None:
     """The prior's adult range scaled for the body size (children below, large bodies above)."""
     if prior.volume_ml is None:
@@ -264,8 +349,12 @@ def assess(
     segments: Sequence,  # outputs.api.Segment
     *,
     is_ct: bool = True,
+    axial_axis: int | None = 0,
 ) -> tuple[QCReport, dict[str, Evidence]]:
-    """Verdicts for ``segments`` (masks on ``image``'s grid) and the evidence behind them."""
+    """Verdicts for ``segments`` (masks on ``image``'s grid) and the evidence behind them.
+
+    ``axial_axis`` is the array axis along the patient's head-feet direction (vessels are followed along
+    it; ``None``: not checked)."""
     voxel_ml = float(np.prod(spacing)) / 1000.0
     diameter = body_diameter_cm(image, spacing, is_ct)
     # the evidence beyond the volume is read on a grid of about EVIDENCE_MM (cost follows the organ's size
@@ -311,6 +400,18 @@ def assess(
             reasons.append(f"{segment.label} reaches the edge of the field of view ({100 * edge:.0f} % of "
                            f"its surface): it continues outside the images; its volume {volume:.0f} ml is "
                            "a lower bound.")
+        if is_ct and prior.uniform and segment.category != "lesion":
+            lesions = [s.mask if small[segment.label] else s.mask[:: step[0], :: step[1], :: step[2]]
+                       for s in segments if s.category == "lesion"]
+            fraction, mode, width = uniform_fraction(image, mask, np.logical_or.reduce(lesions)
+                                                     if lesions else None)
+            if fraction < UNIFORM_FRACTION:
+                flags.append(QCFlag.LEAK)
+                reasons.append(f"Only {100 * fraction:.0f} % of {segment.label} has its own attenuation "
+                               f"({mode:.0f} ± {max(3.0 * width, 15.0):.0f} HU; a {segment.structure} is "
+                               "one tissue): the contour has taken in fat, muscle or bowel beside it "
+                               f"(about {(1 - fraction) * volume:.0f} ml); its outline and volume are "
+                               "wrong.")
         span = volume_range(prior, diameter)
         if span is not None:
             low, high = span
@@ -344,6 +445,10 @@ def assess(
                 flags.append(QCFlag.LEAK)
                 reasons.append(f"{segment.label} overlaps {other.label} by {overlap * voxel_ml:.1f} ml "
                                f"({100 * overlap / smaller:.0f} % of the smaller).")
+        if is_ct and prior.vessel and axial_axis is not None:
+            for flag, reason in vessel_course(segment.label, image, mask, spacing, axial_axis):
+                flags.append(flag)
+                reasons.append(reason)
         metal_mm = metal_distance_mm(mask, spacing, metal)
         if metal_mm <= METAL_MM:
             flags.append(QCFlag.METAL)
@@ -366,3 +471,12 @@ def assess(
         evidence[segment.label] = Evidence(volume, median, edge, metal_mm, cnr)
         log.debug("QC %s: %s %s", segment.label, status, evidence[segment.label])
     return QCReport(verdicts), evidence
+
+
+def head_feet_axis(direction: Sequence[float]) -> int | None:
+    """The array axis (slices, rows, columns) that runs closest to the patient's head-feet direction, given
+    SimpleITK's row-major direction cosines; ``None`` when none is within 30° of it (an oblique stack)."""
+    matrix = np.asarray(direction, dtype=float).reshape(3, 3)
+    along = np.abs(matrix[2])  # the z (S) component of each index axis (x, y, z)
+    index_axis = int(np.argmax(along))
+    return 2 - index_axis if along[index_axis] >= np.cos(np.radians(30.0)) else None

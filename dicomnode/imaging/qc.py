@@ -3,10 +3,14 @@ them), ``result.json``, the SR (qualitative evaluations of each finding), the co
 
 A segment's verdict is ``pass`` (nothing found), ``warn`` (usable with the reasons stated: e.g. a
 truncated organ whose volume is a lower bound) or ``fail`` (do not trust it). The report's status is the
-worst of its segments'. ``result.json`` carries :meth:`QCReport.to_json`::
+worst of its segments'. A segment the pipeline declares ``on_qc_fail: withhold`` (a secondary organ such
+as the aorta of liver-ct) is not sent when its verdict is ``fail``: it moves to ``withheld`` and the report
+is then at least ``warn`` (the result is incomplete, and says so) instead of holding the whole result.
+``result.json`` carries :meth:`QCReport.to_json`::
 
     "qc": {"status": "pass|warn|fail",
-           "segments": {"Liver": {"status": "warn", "flags": ["truncated"], "reasons": ["..."]}}}
+           "segments": {"Liver": {"status": "warn", "flags": ["truncated"], "reasons": ["..."]}},
+           "withheld": {"Aorta": {"status": "fail", "flags": ["implausible_volume"], "reasons": ["..."]}}}
 """
 
 from __future__ import annotations
@@ -70,19 +74,37 @@ class QCReport:
     """Verdicts per segment label ("Liver", "Lesion 1", ...)."""
 
     segments: Mapping[str, SegmentQC] = field(default_factory=dict)
+    withheld: Mapping[str, SegmentQC] = field(default_factory=dict)  # failed segments not sent
 
     @property
     def status(self) -> QCStatus:
-        return worst(s.status for s in self.segments.values())
+        statuses = [s.status for s in self.segments.values()]
+        if self.withheld:
+            statuses.append(QCStatus.WARN)
+        return worst(statuses)
+
+    def withhold(self, labels: Iterable[str]) -> QCReport:
+        """This report with the segments ``labels`` moved to ``withheld`` (they are not sent)."""
+        moved = set(labels)
+        return QCReport(
+            {k: v for k, v in self.segments.items() if k not in moved},
+            {**self.withheld, **{k: v for k, v in self.segments.items() if k in moved}},
+        )
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "status": str(self.status),
             "segments": {label: qc.to_json() for label, qc in self.segments.items()},
         }
+        if self.withheld:
+            data["withheld"] = {label: qc.to_json() for label, qc in self.withheld.items()}
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any] | None) -> QCReport:
         if not data:
             return cls()
-        return cls({str(k): SegmentQC.from_json(v) for k, v in dict(data.get("segments", {})).items()})
+        return cls(
+            {str(k): SegmentQC.from_json(v) for k, v in dict(data.get("segments", {})).items()},
+            {str(k): SegmentQC.from_json(v) for k, v in dict(data.get("withheld", {})).items()},
+        )

@@ -41,7 +41,10 @@ configured destination ``dicomnode_destination_unreachable{destination}`` (1 whe
 unanswered for longer than ``health.destination_unreachable_minutes``, else 0),
 ``dicomnode_destination_failing_seconds{destination}`` and
 ``dicomnode_destination_seconds_since_success{destination}`` (absent when unknown), from a
-``destination_health`` callable (by default :func:`destination_health_from_database`).
+``destination_health`` callable (by default :func:`destination_health_from_database`); with the receive
+journal on, ``dicomnode_journal_pending_records`` and ``dicomnode_journal_lag_seconds`` (instances
+acknowledged whose spool file the journal's syncer has not fsynced yet, and the oldest one's age; the node's
+own process, not its receiver processes).
 """
 
 from __future__ import annotations
@@ -110,11 +113,13 @@ class _ScrapeTimeCollector(Collector):
     """Gauges computed when Prometheus scrapes: outbox depth, destination health, spool disk usage."""
 
     def __init__(self, spool_dir: Path | None, outbox_depth: OutboxDepth | None,
-                 spool_bytes: Callable[[], int] | None, destinations: DestinationsHealth | None) -> None:
+                 spool_bytes: Callable[[], int] | None, destinations: DestinationsHealth | None,
+                 journal_backlog: Callable[[], tuple[int, float]] | None = None) -> None:
         self.spool_dir = spool_dir
         self.outbox_depth = outbox_depth
         self.spool_bytes = spool_bytes
         self.destinations = destinations
+        self.journal_backlog = journal_backlog
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         return iter(())  # dynamic: nothing to check at registration
@@ -147,6 +152,13 @@ class _ScrapeTimeCollector(Collector):
         if self.spool_bytes is not None:
             yield GaugeMetricFamily("dicomnode_spool_bytes", "Bytes of DICOM instances held in the spool.",
                                     value=self.spool_bytes())
+        if self.journal_backlog is not None:
+            pending, lag = self.journal_backlog()
+            yield GaugeMetricFamily("dicomnode_journal_pending_records",
+                                    "Instances acknowledged from the receive journal whose spool file is not "
+                                    "fsynced yet (the node's own process).", value=pending)
+            yield GaugeMetricFamily("dicomnode_journal_lag_seconds",
+                                    "Age of the oldest such instance (0 when there is none).", value=lag)
 
     @staticmethod
     def _destination_gauges(health: list[DestinationHealth]) -> Iterator[GaugeMetricFamily]:
@@ -189,6 +201,7 @@ class Metrics:
         outbox_depth: OutboxDepth | None = None,
         spool_bytes: Callable[[], int] | None = None,
         destination_health: DestinationsHealth | None = None,
+        journal_backlog: Callable[[], tuple[int, float]] | None = None,
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
@@ -237,7 +250,8 @@ class Metrics:
             ["kind"], registry=r)
         self._login_refused = Counter(
             "dicomnode_console_login_refused", "Console login attempts refused during a lockout.", registry=r)
-        self._collector = _ScrapeTimeCollector(spool_dir, outbox_depth, spool_bytes, destination_health)
+        self._collector = _ScrapeTimeCollector(spool_dir, outbox_depth, spool_bytes, destination_health,
+                                               journal_backlog)
         r.register(self._collector)
 
     # --- receive --------------------------------------------------------------------------------------

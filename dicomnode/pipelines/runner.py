@@ -169,7 +169,7 @@ def process_volume(spec: PipelineSpec, volume: Any, job: JobSpec) -> tuple[Any, 
     import SimpleITK as sitk
 
     from dicomnode import __version__
-    from dicomnode.imaging.assess import assess
+    from dicomnode.imaging.assess import assess, head_feet_axis
     from dicomnode.imaging.guards import check_input
     from dicomnode.outputs.api import ProcessedSeries, Provenance
 
@@ -179,8 +179,14 @@ def process_volume(spec: PipelineSpec, volume: Any, job: JobSpec) -> tuple[Any, 
     run = execute(spec, image)
     del image
     segments = build_segments(spec, run.context, volume.shape)
-    report, _ = assess(volume.array, volume.spacing, segments, is_ct=volume.modality == "CT")
-    segments = [replace(s, qc=report.segments.get(s.label)) for s in segments]
+    report, _ = assess(volume.array, volume.spacing, segments, is_ct=volume.modality == "CT",
+                       axial_axis=head_feet_axis(volume.direction))
+    report = report.withhold(withheld_labels(spec, report))
+    segments = [replace(s, qc=report.segments.get(s.label))
+                for s in segments if s.label not in report.withheld]
+    for label, verdict in report.withheld.items():
+        log.warning("job %s: %s is withheld (QC fail: %s); the rest of the result is sent", job.job_id, label,
+                    "; ".join(verdict.reasons) or ", ".join(verdict.flags))
     enhanced = None
     if spec.enhanced:
         enhanced = sitk.GetArrayFromImage(run.image(spec.enhanced)).astype(np.float32, copy=False)
@@ -222,6 +228,15 @@ def process_volume(spec: PipelineSpec, volume: Any, job: JobSpec) -> tuple[Any, 
         enhanced_values=spec.enhanced_values,
     )
     return processed, summary
+
+
+def withheld_labels(spec: PipelineSpec, report: Any) -> list[str]:  # noqa: ANN401 - qc.QCReport
+    """Labels of the segments declared ``on_qc_fail: withhold`` whose verdict is ``fail``."""
+    from dicomnode.imaging.qc import QCStatus
+
+    withholdable = {s.label for s in spec.segments if s.on_qc_fail == "withhold"}
+    return [label for label, qc in report.segments.items()
+            if label in withholdable and qc.status == QCStatus.FAIL]
 
 
 def _segment_summary(segment: Any, voxel_ml: float) -> dict[str, Any]:  # noqa: ANN401 - api.Segment

@@ -61,6 +61,7 @@ class SegmentSpec:
     value: int | None = None  # one label of a label map
     each: bool = False  # one segment per label value (lesions)
     required: bool = True  # an empty required segment fails the job
+    on_qc_fail: str = "hold"  # "withhold": a failed verdict drops this segment instead of holding the result
 
 
 @dataclass(frozen=True)
@@ -181,6 +182,18 @@ class SegmentDoc(_Strict):
     value: int | None = Field(None, ge=1)
     each: StrictBool = False
     required: StrictBool | None = None  # default: true unless each
+    on_qc_fail: Literal["hold", "withhold"] = "hold"  # withhold: a failing secondary segment is left out
+
+    @model_validator(mode="after")
+    def _withhold_only_secondary(self) -> SegmentDoc:
+        required = self.required if self.required is not None else not self.each
+        if self.on_qc_fail == "withhold" and (self.each or required):
+            what = "one segment per label (lesions)" if self.each else "required"
+            raise ValueError(
+                f"Segment '{self.label or self.from_}' is {what}, so it cannot be withheld when its QC fails "
+                "(on_qc_fail: withhold is for optional secondary organs; give required: false)."
+            )
+        return self
 
 
 class PipelineDoc(_Strict):
@@ -313,6 +326,7 @@ def _spec(doc: PipelineDoc, data: Any, source: str) -> PipelineSpec:  # noqa: AN
             value=s.value,
             each=s.each,
             required=s.required if s.required is not None else not s.each,
+            on_qc_fail=s.on_qc_fail,
         )
         for s in doc.segments
     )

@@ -210,8 +210,9 @@ class InstanceWriter:
         part, self._part = self._part, None
         assert part is not None  # open unless failed
         try:
-            stored = self.ingest.spool.publish(
-                part, header.study_uid, header.series_uid, header.sop_instance_uid
+            stored = self.ingest.spool.publish_journaled(
+                part, header.study_uid, header.series_uid, header.sop_instance_uid,
+                {"aet": self.calling_aet, "ts": self.transfer_syntax, "at": self.ingest.clock()},
             )
         except InvalidUIDError as exc:
             self._fail(IDENTIFIERS_INVALID, str(exc)[:64], str(exc))

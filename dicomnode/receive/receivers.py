@@ -335,8 +335,11 @@ def run_receiver(
     """A receiver process: a listener with its own spool writer and index connection (see the module)."""
     from dicomnode.assemble.assembler import Assembler
     from dicomnode.database import Database
+    from dicomnode.errors import SpoolError
     from dicomnode.observability.logging import configure_logging
     from dicomnode.spool.index import SpoolIndex
+    from dicomnode.spool.journal import open_journal
+    from dicomnode.spool.recovery import replay_journal
     from dicomnode.spool.store import Spool
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides when receivers stop
@@ -344,9 +347,22 @@ def run_receiver(
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     configure_logging(config.logging)
     database = Database(config.storage.database_path)
-    spool = Spool(config.storage.spool_dir, fsync=config.storage.fsync)
+    journal = open_journal(config.storage, number)
+    spool = Spool(config.storage.spool_dir, fsync=config.storage.fsync, journal=journal)
     index = SpoolIndex(database, spool.root)
     forwarder = _Forwarder(pipes)
+    threading.Thread(target=forwarder.read_index_answers, name="receiver-index", daemon=True).start()
+    if journal is not None:  # what a receiver that died before this one left (the main process indexes)
+        def index_row(header: Any, path: Any, size: int, meta: dict[str, Any]) -> None:
+            if not index.has(header.sop_instance_uid):
+                forwarder.index_row(IndexRow(header, path, size, str(meta.get("ts", "")),
+                                             str(meta.get("aet", "")), float(meta.get("at") or time.time())))
+
+        replay_journal(journal, spool, index_row)
+        try:
+            journal.start()
+        except SpoolError as exc:
+            log.error("%s Receiver %d stores instances directly (file and folder fsync).", exc, number)
     # never used for rows (the main process indexes them) nor timers (the main process runs them)
     assembler = Assembler(database, index, config.completion, lambda _event: None)
     ingest = Ingest(spool, index, assembler, max_sequence_depth=config.node.max_sequence_depth,
@@ -370,9 +386,10 @@ def run_receiver(
 
     listener.start()
     threading.Thread(target=watch_main, name="receiver-lifeline", daemon=True).start()
-    threading.Thread(target=forwarder.read_index_answers, name="receiver-index", daemon=True).start()
     ready.set()
     log.info("Receiver process %d listening on port %d.", number, port)
     stop.wait()
     listener.stop(drain_seconds=config.node.dimse_timeout)
+    if journal is not None:
+        journal.stop()  # every handed-over file made durable first
     database.close()

@@ -12,17 +12,19 @@ import logging
 import signal
 import threading
 from collections.abc import Callable
-from typing import Protocol
+from typing import Literal, Protocol
 
 from dicomnode.assemble.assembler import Assembler, Event, QuietResolver
 from dicomnode.config import Config
 from dicomnode.database import Database
+from dicomnode.errors import SpoolError
 from dicomnode.receive.ingest import Ingest
 from dicomnode.receive.listener import Listener
 from dicomnode.receive.receivers import ReceiverPool
 from dicomnode.runtime.dispatch import EventDispatcher, ReadyHandler
 from dicomnode.spool.index import SpoolIndex
-from dicomnode.spool.recovery import recover
+from dicomnode.spool.journal import Journal, journal_folders, open_journal
+from dicomnode.spool.recovery import index_replayed, recover, replay_journal
 from dicomnode.spool.store import Spool
 
 log = logging.getLogger(__name__)
@@ -39,13 +41,17 @@ class Service:
     added before :meth:`start`. Build it with :func:`dicomnode.runtime.wiring.build_service`."""
 
     def __init__(
-        self, config: Config, *, database: Database | None = None, quiet_resolver: QuietResolver | None = None
+        self, config: Config, *, database: Database | None = None,
+        quiet_resolver: QuietResolver | None = None, journal: Journal | None | Literal["config"] = "config",
     ) -> None:
         """The core stages on ``database`` (opened from the config when None); ``quiet_resolver`` gives a
-        series' quiet period from the rules (the router's ``quiet_seconds_for``)."""
+        series' quiet period from the rules (the router's ``quiet_seconds_for``); ``journal`` is this
+        process's receive journal (by default opened from ``storage.journal``; None: off)."""
         self.config = config
         self.database = database if database is not None else Database(config.storage.database_path)
-        self.spool = Spool(config.storage.spool_dir, fsync=config.storage.fsync)
+        # this process's receive journal (None when off); receiver processes have their own
+        self.journal = open_journal(config.storage, 0) if journal == "config" else journal
+        self.spool = Spool(config.storage.spool_dir, fsync=config.storage.fsync, journal=self.journal)
         self.index = SpoolIndex(self.database, self.spool.root)
         self.assembler = Assembler(
             self.database, self.index, config.completion, self._emit, quiet_resolver=quiet_resolver
@@ -85,7 +91,7 @@ class Service:
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> None:
-        recover(self.spool, self.index)
+        self._recover()
         self.dispatcher.start()
         self.assembler.start()
         try:
@@ -104,6 +110,8 @@ class Service:
         self.receivers.signal_stop()  # every process stops accepting at once, then each drains
         self.listener.stop(drain_seconds=self.config.node.dimse_timeout)
         self.receivers.stop()
+        if self.journal is not None:
+            self.journal.stop()  # after the listeners: every handed-over file made durable first
         self.assembler.stop()
         self.dispatcher.stop()
         while self._started:
@@ -114,6 +122,20 @@ class Service:
                 log.exception("Component %r failed to stop.", component)
         self.database.close()
         self._running = False
+
+    def _recover(self) -> None:
+        """Replay every receiving process's journal (also of receivers no longer configured, and when the
+        journal is now off), then the spool recovery; then start this process's journal."""
+        for folder in journal_folders(self.config.storage):
+            journal = self.journal if self.journal is not None and folder == self.journal.directory else (
+                Journal(folder))
+            replay_journal(journal, self.spool, index_replayed(self.index))
+        recover(self.spool, self.index)
+        if self.journal is not None:
+            try:
+                self.journal.start()
+            except SpoolError as exc:
+                log.error("%s Instances are stored directly (file and folder fsync).", exc)
 
     def reload(self) -> None:
         for hook in list(self._reload_hooks):

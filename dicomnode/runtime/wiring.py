@@ -33,6 +33,7 @@ from dicomnode.runtime.retention import Retention
 from dicomnode.runtime.service import Service
 from dicomnode.send.sender import Sender
 from dicomnode.spool.index import SpoolIndex
+from dicomnode.spool.journal import open_journal
 
 
 def _is_bound(listener: Listener) -> Callable[[], bool]:
@@ -51,9 +52,11 @@ def build_service(config: Config) -> Service:
     records every series as ``unrouted`` until a valid set is loaded (the files stay in the spool)."""
     database = Database(config.storage.database_path)
     spool_index = SpoolIndex(database, config.storage.spool_dir)  # for the spool's size at each scrape
+    journal = open_journal(config.storage, 0)  # the node's own receive journal (None when off)
     metrics = Metrics(spool_dir=config.storage.spool_dir, outbox_depth=outbox_depth_from_database(database),
                       spool_bytes=spool_index.total_bytes,
-                      destination_health=destination_health_from_database(database, config))
+                      destination_health=destination_health_from_database(database, config),
+                      journal_backlog=journal.backlog if journal is not None else None)
     audit = AuditTrail(database)
 
     sender = Sender.from_config(config, database, metrics=metrics, audit=audit)  # delivers the outbox
@@ -70,7 +73,7 @@ def build_service(config: Config) -> Service:
                     generated_by=outbox_generated_by(database, config.outbox),  # own outputs: no loops
                     retrieved_for=PendingRetrieves(database).requested_by)  # priors moved here: not routed
 
-    service = Service(config, database=database, quiet_resolver=router.quiet_seconds_for)
+    service = Service(config, database=database, quiet_resolver=router.quiet_seconds_for, journal=journal)
     service.listener.on_accepted.append(metrics.association_accepted)
     service.listener.on_rejected.append(metrics.association_rejected)
     service.listener.on_space_checked.append(metrics.disk_full)

@@ -13,7 +13,6 @@ already stored (the first copy wins; the write is reported as a duplicate).
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import logging
 import os
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dicomnode.errors import InvalidUIDError, SpoolError, StorageFullError
+from dicomnode.spool.journal import Journal, JournalFullError, data_hash, fsync_dir, start_writeback
 
 log = logging.getLogger(__name__)
 
@@ -52,34 +52,11 @@ class OutOfSpaceError(SpoolError):
 WRITEBACK_STEP = 256 * 1024  # start writing a .part to disk every this many bytes (when fsync is on)
 
 
-def _sync_file_range() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
-    """Linux's ``sync_file_range`` (None elsewhere): starts the writeback of a file range, not waiting."""
-    try:
-        function = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    function.restype = ctypes.c_int
-    return function
-
-
-_START_WRITEBACK = _sync_file_range()  # a constant: the libc function, looked up once
-_SYNC_FILE_RANGE_WRITE = 2
-
-
 @dataclass(frozen=True)
 class StoredFile:
     path: Path
     size: int
     duplicate: bool
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class DirectorySync:
@@ -107,7 +84,7 @@ class DirectorySync:
             self._running.add(folder)
             covered = max(ticket, self._tickets.get(folder, 0))  # pruning may have dropped the counter
         try:
-            _fsync_dir(folder)
+            fsync_dir(folder)
         finally:
             with self._cond:
                 self._running.discard(folder)
@@ -127,10 +104,12 @@ def _spool_error(exc: OSError, sop_uid: str, root: Path) -> SpoolError:
 
 class PartFile:
     """An instance being streamed into ``.tmp``: :meth:`write` chunks, then :meth:`Spool.publish` it or
-    :meth:`discard` it (an aborted transfer leaves nothing behind)."""
+    :meth:`discard` it (an aborted transfer leaves nothing behind). With a journal, the bytes are also
+    hashed as they pass (the journal record's checksum)."""
 
     def __init__(
-        self, path: Path, fd: int, sop_uid: str, root: Path, *, early_writeback: bool = False
+        self, path: Path, fd: int, sop_uid: str, root: Path, *, early_writeback: bool = False,
+        hashed: bool = False,
     ) -> None:
         self.path = path
         self.size = 0
@@ -139,12 +118,21 @@ class PartFile:
         self._root = root
         # with fsync on: hand each completed WRITEBACK_STEP to the disk while the rest is still arriving,
         # so the fsync at the end has less to write (measured: about a quarter less time in fsync)
-        self._written_back = 0 if early_writeback and _START_WRITEBACK is not None else None
+        self._written_back = 0 if early_writeback else None
+        self.hasher = data_hash() if hashed else None
+
+    @property
+    def fd(self) -> int:
+        if self._fd is None:
+            raise SpoolError(f"The temporary file '{self.path}' is already closed.")
+        return self._fd
 
     def write(self, chunk: bytes | bytearray | memoryview) -> None:
         if self._fd is None:
             raise SpoolError(f"The temporary file '{self.path}' is already closed.")
         view = memoryview(chunk)
+        if self.hasher is not None:
+            self.hasher.update(view)
         try:
             while view:
                 written = os.write(self._fd, view)
@@ -153,10 +141,8 @@ class PartFile:
         except OSError as exc:
             raise _spool_error(exc, self._sop_uid, self._root) from exc
         if self._written_back is not None and self.size - self._written_back >= WRITEBACK_STEP:
-            assert _START_WRITEBACK is not None
-            # advisory: a failure here shows again, and is reported, at the fsync
             start, count = self._written_back, self.size - self._written_back
-            _START_WRITEBACK(self._fd, start, count, _SYNC_FILE_RANGE_WRITE)
+            start_writeback(self._fd, start, count)
             self._written_back = self.size
 
     def close(self, *, fsync: bool) -> None:
@@ -180,9 +166,12 @@ class PartFile:
 class Spool:
     """Durable instance files under ``root``; see the module docstring for the layout."""
 
-    def __init__(self, root: Path, *, fsync: bool = True) -> None:
+    def __init__(self, root: Path, *, fsync: bool = True, journal: Journal | None = None) -> None:
+        """``journal`` (with ``fsync`` on): :meth:`publish` commits each instance there (one fdatasync)
+        and leaves the file's own fsyncs to the journal's syncer (see :mod:`dicomnode.spool.journal`)."""
         self.root = Path(root)
         self.fsync = fsync
+        self.journal = journal if fsync else None
         self.tmp_dir = self.root / TMP_DIR_NAME
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self._directory_sync = DirectorySync()
@@ -205,20 +194,24 @@ class Spool:
     def study_dir(self, study_uid: str) -> Path:
         return self.root / validate_uid(study_uid, "Study Instance UID")
 
-    def _make_dirs(self, directory: Path) -> None:
-        """Create the series folder, fsyncing each parent whose entries changed."""
+    def _make_dirs(self, directory: Path, *, sync: bool = True) -> list[Path]:
+        """Create the series folder, fsyncing each parent whose entries changed (unless ``sync`` is
+        False: then the caller makes them durable); returns the folders created."""
         missing = []
         current = directory
         while not current.exists() and current != self.root:
             missing.append(current)
             current = current.parent
+        created = []
         for folder in reversed(missing):
             try:
                 folder.mkdir()
             except FileExistsError:
                 continue
-            if self.fsync:
-                _fsync_dir(folder.parent)
+            created.append(folder)
+            if self.fsync and sync:
+                fsync_dir(folder.parent)
+        return created
 
     def write(
         self, study_uid: str, series_uid: str, sop_uid: str, chunks: Iterable[bytes | memoryview]
@@ -244,10 +237,60 @@ class Spool:
         name = validate_uid(sop_uid, "SOP Instance UID") if sop_uid.strip() else "unknown"
         tmp = self.tmp_dir / f"{name}.{uuid.uuid4().hex}{PART_SUFFIX}"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise _spool_error(exc, sop_uid, self.root) from exc
-        return PartFile(tmp, fd, sop_uid, self.root, early_writeback=self.fsync)
+        journaled = self.journal is not None
+        return PartFile(tmp, fd, sop_uid, self.root, early_writeback=self.fsync and not journaled,
+                        hashed=journaled)
+
+    def publish_journaled(
+        self, part: PartFile, study_uid: str, series_uid: str, sop_uid: str, note: dict[str, object]
+    ) -> StoredFile:
+        """:meth:`publish` through the journal: the record (the whole file and ``note``: calling AE,
+        transfer syntax, receive time) is committed with one fdatasync, then the part gets its final name
+        without fsync and the syncer makes it durable. An instance the journal cannot take (larger than a
+        segment, no segment ready) is published directly. Raises as :meth:`publish`."""
+        journal = self.journal
+        if journal is None or part.hasher is None or not journal.fits(part.size):
+            return self.publish(part, study_uid, series_uid, sop_uid)
+        try:
+            final = self.path_for(study_uid, series_uid, sop_uid)
+        except BaseException:
+            part.discard()
+            raise
+        if final.exists():  # a duplicate: the first copy is kept (it has its own record or is durable)
+            part.discard()
+            return StoredFile(final, final.stat().st_size, duplicate=True)
+        try:
+            stat = os.fstat(part.fd)
+            meta = {"path": final.relative_to(self.root).as_posix(), "ino": stat.st_ino,
+                    "dev": stat.st_dev, **note}
+            record = journal.append(part.fd, part.size, part.hasher.intdigest(), meta)
+        except JournalFullError as exc:
+            log.debug("Storing '%s' directly: %s", sop_uid, exc)
+            return self.publish(part, study_uid, series_uid, sop_uid)
+        except OSError as exc:
+            part.discard()
+            raise _spool_error(exc, sop_uid, self.root) from exc
+        try:
+            journal.commit(record)
+            part.close(fsync=False)
+            created = self._make_dirs(final.parent, sync=False)
+            duplicate = self._publish(part.path, final)
+        except OSError as exc:
+            journal.release(record)
+            part.discard()
+            raise _spool_error(exc, sop_uid, self.root) from exc
+        except BaseException:
+            journal.release(record)
+            part.discard()
+            raise
+        if duplicate:
+            journal.release(record)
+            return StoredFile(final, final.stat().st_size, duplicate=True)
+        journal.handover(record, final, created)
+        return StoredFile(final, part.size, duplicate=False)
 
     def publish(self, part: PartFile, study_uid: str, series_uid: str, sop_uid: str) -> StoredFile:
         """fsync the part, give it its final name atomically, fsync the folder; the part is gone after.

@@ -90,9 +90,13 @@ def _acknowledged(storescu_output: str) -> list[Path]:
     return done
 
 
-def test_kill_9_during_transfer_loses_nothing_acknowledged(dicomnode_node, tmp_path: Path) -> None:
+@pytest.mark.parametrize("journal", [True, False], ids=["journal", "direct"])
+def test_kill_9_during_transfer_loses_nothing_acknowledged(
+    dicomnode_node, tmp_path: Path, journal: bool
+) -> None:
     files = ct_series(tmp_path / "src", slices=300, rows=32, cols=32, seed="kill9")
-    node = dicomnode_node()
+    # sync_seconds 30: the journal's syncer has fsynced none of the spool files when the node is killed
+    node = dicomnode_node(storage={"journal": {"enabled": journal, "segment_mb": 1, "sync_seconds": 30}})
     sender = subprocess.Popen(
         [
             dcmtk("storescu"),
@@ -122,6 +126,11 @@ def test_kill_9_during_transfer_loses_nothing_acknowledged(dicomnode_node, tmp_p
     assert 40 <= len(acknowledged) < len(files), output[-2000:]
 
     node.start()  # recovery runs at start-up
+    if journal:  # every instance it acknowledged was still in the journal, not yet fsynced in the spool
+        replayed = [r for r in node.log_records() if "Journal recovery in" in r.get("message", "")]
+        assert replayed, node.log_text()[-3000:]
+        made_durable = int(re.search(r"(\d+) made durable", replayed[0]["message"]).group(1))
+        assert made_durable >= len(acknowledged), replayed[0]["message"]
     indexed = {r["sop_instance_uid"]: r for r in node.query("SELECT * FROM spool_instances")}
     originals = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID: f for f in files}
     for path in acknowledged:

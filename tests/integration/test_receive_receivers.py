@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import time
@@ -95,7 +96,8 @@ def test_kill_9_of_a_receiver_loses_nothing_acknowledged_and_it_is_replaced(
     for i in range(senders_wanted):
         ct_series(tmp_path / f"src{i}", slices=120, rows=32, cols=32, seed=f"kill-receiver-{i}")
         sources.append(tmp_path / f"src{i}")
-    node = dicomnode_node(node={"receivers": 2})
+    # sync_seconds 30: the receiver's journal still holds everything it acknowledged when it is killed
+    node = dicomnode_node(node={"receivers": 2}, storage={"journal": {"segment_mb": 8, "sync_seconds": 30}})
     assert node.proc is not None
     (receiver,) = _receiver_pids(node)
     senders: list[subprocess.Popen[str]] = []
@@ -136,6 +138,20 @@ def test_kill_9_of_a_receiver_loses_nothing_acknowledged_and_it_is_replaced(
         time.sleep(0.2)
     assert [p for p in _receiver_pids(node) if p != receiver], node.log_text()[-2000:]
     assert "exited with -9; starting a new one" in node.log_text()
+    # the new receiver replayed the dead one's journal before listening: its files are durable now
+    served = [path for sender, output in zip(senders, outputs, strict=True) if sender.returncode != 0
+              for path in _acknowledged(output)]
+    def replayed() -> list[str]:
+        return [r["message"] for r in node.log_records()
+                if "Journal recovery in" in r.get("message", "") and "journal/1'" in r["message"]]
+
+    deadline = time.monotonic() + 60  # (the new process may still be starting)
+    while served and not replayed() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if served:
+        assert replayed(), node.log_text()[-3000:]
+        line = replayed()[0]
+        assert int(re.search(r"(\d+) made durable", line).group(1)) >= len(served), line
     again = storescu(node, *sorted(sources[0].glob("*.dcm"))[:5])
     assert again.returncode == 0
 

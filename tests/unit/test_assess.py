@@ -99,3 +99,42 @@ def test_touching_organs_of_nearly_equal_attenuation_are_flagged(ct, step_hu: fl
     assert (QCFlag.LOW_CONTRAST in verdict.flags) == flagged, verdict
     if flagged:
         assert any("touches Left kidney" in reason for reason in verdict.reasons)
+
+
+def test_a_liver_that_took_in_the_fat_beside_it_fails_and_the_true_one_passes(ct) -> None:  # noqa: ANN001
+    """A steatotic liver near the fat's level: a contour that also holds the fat and muscle around it is
+    mixed tissue (only part of it has the liver's attenuation), which a liver never is."""
+    liver = ct.masks["liver"]
+    assert QCFlag.LEAK not in assess(ct.image, ct.spacing, [Segment("Liver", "liver", liver)])[0] \
+        .segments["Liver"].flags
+    from scipy import ndimage
+
+    around = ndimage.binary_dilation(liver, iterations=4) & ct.masks["body"] & ~ct.masks["lungs"]
+    verdict = assess(ct.image, ct.spacing, [Segment("Liver", "liver", around)])[0].segments["Liver"]
+    assert QCFlag.LEAK in verdict.flags and verdict.status == QCStatus.FAIL, verdict
+    assert any("has its own attenuation" in reason for reason in verdict.reasons)
+
+
+def test_a_vessel_whose_contour_leaves_its_lumen_fails(ct) -> None:  # noqa: ANN001
+    aorta = ct.masks["aorta"]
+    report, _ = assess(ct.image, ct.spacing, [Segment("Aorta", "aorta", aorta)])
+    assert report.segments["Aorta"].status != QCStatus.FAIL, report.to_json()
+    slices = np.flatnonzero(aorta.any(axis=(1, 2)))
+    middle = slices[len(slices) // 2 - 2: len(slices) // 2 + 2]
+    from scipy import ndimage
+
+    spilled = aorta.copy()  # on four slices the contour runs into the tissue around the vessel
+    spilled[middle] = ndimage.binary_dilation(aorta[middle], iterations=3, structure=np.ones((1, 3, 3)))
+    verdict = assess(ct.image, ct.spacing, [Segment("Aorta", "aorta", spilled)])[0].segments["Aorta"]
+    assert QCFlag.LEAK in verdict.flags and verdict.status == QCStatus.FAIL, verdict
+    lost = aorta.copy()  # ... or loses the lumen and follows tissue 20 mm to the right
+    lost[middle] = False
+    lost[middle] = np.roll(aorta[middle], -7, axis=2) & ~aorta[middle]
+    verdict = assess(ct.image, ct.spacing, [Segment("Aorta", "aorta", lost)])[0].segments["Aorta"]
+    assert QCFlag.IMPLAUSIBLE_INTENSITY in verdict.flags and verdict.status == QCStatus.FAIL, verdict
+    # along the rows instead (a coronal stack): the same wrong contour is followed along axis 1
+    moved = np.moveaxis(spilled, 0, 1)
+    image = np.moveaxis(ct.image, 0, 1)
+    spacing = (ct.spacing[1], ct.spacing[0], ct.spacing[2])
+    verdict = assess(image, spacing, [Segment("Aorta", "aorta", moved)], axial_axis=1)[0].segments["Aorta"]
+    assert QCFlag.LEAK in verdict.flags, verdict

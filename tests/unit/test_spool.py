@@ -151,7 +151,7 @@ def test_directory_fsyncs_of_concurrent_writers_are_shared_and_never_early(
         with lock:
             events.append(("fsync", start))
 
-    monkeypatch.setattr(store, "_fsync_dir", slow_fsync)
+    monkeypatch.setattr(store, "fsync_dir", slow_fsync)
     syncer = store.DirectorySync()
     asked: dict[int, float] = {}
     returned: dict[int, float] = {}
