@@ -164,6 +164,34 @@ def build_segments(spec: PipelineSpec, context: Mapping[str, StepValue], shape: 
     return segments
 
 
+def compact_segments(segments: list) -> list:
+    """``segments`` (a subset, in order, of what :func:`build_segments` made) with their masks moved to the
+    first planes of the shared stack, so that the SEG still takes it without a copy; other lists as they
+    are. The planes of segments left out are overwritten."""
+    if not segments:
+        return segments
+    owner = segments[0].mask.base
+    if not isinstance(owner, np.ndarray) or owner.ndim != 4 or not owner.flags.c_contiguous:
+        return segments
+    start, stride = owner.__array_interface__["data"][0], owner.strides[0]
+    planes = []
+    for segment in segments:
+        mask = segment.mask
+        offset = mask.__array_interface__["data"][0] - start
+        if mask.base is not owner or mask.shape != owner.shape[1:] or offset % stride:
+            return segments
+        planes.append(offset // stride)
+    if planes != sorted(set(planes)):
+        return segments
+    out = []
+    for j, (segment, i) in enumerate(zip(segments, planes, strict=True)):
+        if i != j:  # j < i: a plane is moved only onto one already left behind
+            owner[j] = owner[i]
+            segment = replace(segment, mask=owner[j])
+        out.append(segment)
+    return out
+
+
 def process_volume(spec: PipelineSpec, volume: Any, job: JobSpec) -> tuple[Any, dict[str, Any]]:  # noqa: ANN401
     """Run ``spec`` on a :class:`~dicomnode.imaging.volume.Volume`; return (ProcessedSeries, summary)."""
     import SimpleITK as sitk
@@ -183,7 +211,7 @@ def process_volume(spec: PipelineSpec, volume: Any, job: JobSpec) -> tuple[Any, 
                        axial_axis=head_feet_axis(volume.direction))
     report = report.withhold(withheld_labels(spec, report))
     segments = [replace(s, qc=report.segments.get(s.label))
-                for s in segments if s.label not in report.withheld]
+                for s in compact_segments([s for s in segments if s.label not in report.withheld])]
     for label, verdict in report.withheld.items():
         log.warning("job %s: %s is withheld (QC fail: %s); the rest of the result is sent", job.job_id, label,
                     "; ".join(verdict.reasons) or ", ".join(verdict.flags))
@@ -243,7 +271,7 @@ def _segment_summary(segment: Any, voxel_ml: float) -> dict[str, Any]:  # noqa: 
     """Voxels and volume of a segment; a truncated one's volume is a lower bound (volume_is_lower_bound)."""
     from dicomnode.imaging.qc import QCFlag
 
-    voxels = int(segment.mask.sum())
+    voxels = int(np.count_nonzero(segment.mask))
     truncated = segment.qc is not None and QCFlag.TRUNCATED in segment.qc.flags
     return {"voxels": voxels, "volume_ml": voxels * voxel_ml, "volume_is_lower_bound": truncated}
 
