@@ -12,7 +12,8 @@ Cases (every one runs the whole pipeline through ``process_volume``, as the node
   supine, lesions inside the liver, no metal, full field of view) and one factor changed at a time —
   phase (native, arterial) × liver fat (10 HU) × body size (child, 0.7) × position (prone, feet first)
   × slice thickness (2 mm) × lesion position (subcapsular) × metal × field of view (cropped) — plus a
-  lesion-free case. Lesion rows report lesions found / expected (≥ 10 mm) and false ones.
+  lesion-free case. Lesion rows report lesions found / expected (≥ 10 mm, at least partly inside the
+  field of view; those a cropped field of view misses whole are counted apart) and false ones.
 
 The QC column is the pipeline's verdict for the segment (``result.json``'s ``qc``) when the pipeline
 computes one, blank otherwise (``withheld``: a failed secondary organ left out of what is sent, no Dice),
@@ -115,10 +116,13 @@ def run_case(case: Case) -> list[Row]:
 def _lesion_row(case: Case, segments, seconds: float, verdicts) -> Row:  # noqa: ANN001
     found_masks = [s.mask for s in segments if s.label.startswith("Lesion")]
     image = case.image
-    hits, expected = 0, 0
+    hits, expected, outside = 0, 0, 0
     matched = set()
     for x, y, z, diameter in case.lesions or []:
         if diameter < 10.0:
+            continue
+        if not _in_field_of_view(image, (x, y, z), diameter):  # a cropped field of view can miss it whole
+            outside += 1
             continue
         expected += 1
         index = image.TransformPhysicalPointToIndex((x, y, z))
@@ -130,7 +134,16 @@ def _lesion_row(case: Case, segments, seconds: float, verdicts) -> Row:  # noqa:
                 break
     small = {i for i, m in enumerate(found_masks) if _touches_truth(case, m)}
     false = len(found_masks) - len(matched | small)
-    return Row(case.name, "lesions", None, None, None, "", seconds, f"found {hits}/{expected}, false {false}")
+    note = f"found {hits}/{expected}, false {false}" + (f" ({outside} outside the FOV)" if outside else "")
+    return Row(case.name, "lesions", None, None, None, "", seconds, note)
+
+
+def _in_field_of_view(image: sitk.Image, centre: tuple[float, float, float], diameter: float) -> bool:
+    """Whether any part of a ball (LPS centre, diameter mm) lies inside the image's field of view."""
+    index = np.asarray(image.TransformPhysicalPointToContinuousIndex(centre))
+    nearest = np.clip(index, -0.5, np.asarray(image.GetSize()) - 0.5)
+    point = np.asarray(image.TransformContinuousIndexToPhysicalPoint(tuple(float(v) for v in nearest)))
+    return float(np.linalg.norm(point - np.asarray(centre))) < diameter / 2.0
 
 
 def _touches_truth(case: Case, mask: np.ndarray) -> bool:

@@ -4,7 +4,9 @@
 ordered by decreasing volume) of hypo- and/or hyper-dense regions:
 
 1. The image is smoothed (Gaussian, ``smoothing_mm``); voxels below ``exclude_below`` (CT: fat and gas in
-   fissures and at the hilum, about -30 HU) are not organ. The organ's intensity centre and spread are
+   fissures and at the hilum, about -30 HU) are not organ; when the organ itself lies close to that limit
+   (steatosis: a liver at 10-25 HU, its hypodense lesions at -20..-40 HU) the limit moves down to midway
+   between the fat around the organ and the organ's median. The organ's intensity centre and spread are
    its median and MAD-based sigma inside the organ eroded by ``margin_mm`` (and, on thick slices, one
    slice off its top and bottom).
 2. The organ's slowly varying background (Gaussian ``background_mm``, normalised over the organ
@@ -19,7 +21,11 @@ ordered by decreasing volume) of hypo- and/or hyper-dense regions:
    ``min_strength × delta``, ×1.3 when it reaches the edge band: sub-threshold vessels that noise
    pushes over the threshold, beam hardening next to bone); ``elongated`` (principal-axis ratio above
    ``max_elongation``); ``tubular`` (inscribed-ball diameter below ``min_compactness`` × the
-   equivalent diameter: branching vessels); or it ``continues as a vessel``: at half the threshold it
+   equivalent diameter: branching vessels); ``flat`` (the depth of its core, the voxels deeper than
+   half its largest depth, through the slices, one slice of partial volume added, is below ``flatness``
+   × the core's length in the slice plane: a vein lying in the plane, a long piece on one to a few
+   slices, where a lesion is about as deep as it is long); or it
+   ``continues as a vessel``: at half the threshold it
    belongs to a structure that goes on beyond its neighbourhood — inside the organ, or outside it
    through the same tissue (a vessel leaving at the hilum, a neighbour the mask leaked into) — at
    least ``max_continuation`` × its own thickness and with a similar peak contrast (≥ 0.65 of its
@@ -27,6 +33,10 @@ ordered by decreasing volume) of hypo- and/or hyper-dense regions:
    only touches different tissue outside the organ and stays; a round blob of 12 mm or more (largest
    inscribed ball ≥ 0.78 × its equivalent diameter, or ≥ 0.7 when what it joins is darker than it)
    stays whatever it touches: vessel pieces cut by the threshold are far from round (0.5-0.65).
+   On slices that hold metal (above the metal threshold, passed from the whole image), a kept lesion
+   whose own boundary (step 4) is elongated in the slice plane with its long axis pointing at the metal
+   is a ``metal streak`` (streak residue, the dark band between metal and bone), not a lesion; lesions
+   near metal that stay carry the ``metal`` QC flag (:mod:`dicomnode.imaging.assess`).
 4. A kept lesion's mask is its own boundary: beyond the midpoint between its level (the median of its
    deepest voxels) and its surround's (the organ tissue in a shell around it that is not a candidate),
    on the image blurred by half a voxel only, connected to its deepest voxels and within one voxel of
@@ -110,6 +120,7 @@ def detect(
     hi = np.minimum(idx.max(axis=0) + margin + 1, inside.shape)
     crop = tuple(slice(int(a), int(b)) for a, b in zip(lo[::-1], hi[::-1], strict=True))  # x, y, z
     region_image, region_organ = image[crop], organ[crop]
+    params["metal_points"] = _metal_points(image, int(lo[0]), int(hi[0]))
     working_mm = float(working_spacing_mm)
     if working_mm > 0 and min(image.GetSpacing()) < working_mm:  # fine grids: detect on a coarser one
         coarse = to_working_grid(region_image, working_mm)
@@ -144,8 +155,10 @@ def detect_in_region(
     max_continuation: float = 0.6,
     min_strength: float = 1.15,
     exclude_below: float | None = None,
+    metal_points: np.ndarray | None = None,
 ) -> StepOutput:
-    """:func:`detect` on a region (the whole grid is processed)."""
+    """:func:`detect` on a region (the whole grid is processed); ``metal_points`` (LPS mm, one row per
+    metal voxel on the organ's slices) lets candidates that follow a metal streak be told apart."""
     if kind not in ("hypo", "hyper", "both"):
         raise ImagingError(f"Parameter 'kind' must be hypo, hyper or both; got {kind!r}.")
     if min_diameter_mm < 0 or k_sigma <= 0 or vessel_mm < 0:
@@ -161,7 +174,7 @@ def detect_in_region(
     smooth = sitk.GetArrayFromImage(smoothed)
     raw = sitk.GetArrayFromImage(sitk.Cast(image, sitk.sitkFloat32))
     if exclude_below is not None:  # fat or gas in fissures and at the hilum is not organ (CT: fat < -30 HU)
-        organ_arr &= smooth >= float(exclude_below)
+        organ_arr &= smooth >= _fat_limit(smooth, organ_arr, float(exclude_below), margin_mm, spacing)
     # at least one voxel deep along every axis: thick slices carry partial volume at the organ's top/bottom
     depth = max(margin_mm, 1.01 * max(spacing))
     core = erode(organ_arr, margin_mm, spacing)
@@ -188,6 +201,7 @@ def detect_in_region(
     sigma = 1.4826 * float(np.median(np.abs(residual[core] - np.median(residual[core]))))
     delta = max(k_sigma * sigma, min_contrast)
     limits = Limits(min_diameter_mm, max_elongation, min_compactness, max_continuation, delta, min_strength)
+    metal = _to_index(image, metal_points)
     rejected: dict[str, int] = {}
     kept: list[tuple[float, np.ndarray]] = []
     for polarity in ("hypo", "hyper") if kind == "both" else (kind,):
@@ -213,14 +227,18 @@ def detect_in_region(
             local, _ = ndimage.label(allowed | comp)
             weaker = np.isin(local, np.unique(local[comp]))
             reason = limits.reject(comp, core[box], weaker, np.abs(residual[box]), spacing)
+            if not reason:
+                # the candidate is a lesion; its mask is its own boundary, without what joins it at a weaker
+                # level (a darker region or vessel next to it) and without the margin the threshold adds
+                sharp = ndimage.gaussian_filter(raw[box], 0.5)  # a half-voxel blur: noise, not the edge
+                own = _own_boundary(comp, sharp, organ_arr[box] & ~grown[box], spacing)
+                # ... unless that boundary, on slices with metal, runs along a streak
+                if _follows_streak(own if own.any() else comp, box, metal, spacing):
+                    reason = "metal streak"
             if reason:
                 rejected[reason] = rejected.get(reason, 0) + 1
                 log.debug("%s component of %d voxels rejected: %s", polarity, int(comp.sum()), reason)
                 continue
-            # the candidate is a lesion; its mask is its own boundary, without what joins it at a weaker
-            # level (a darker region or vessel next to it) and without the margin the threshold adds
-            sharp = ndimage.gaussian_filter(raw[box], 0.5)  # a half-voxel blur: noise, not the edge
-            own = _own_boundary(comp, sharp, organ_arr[box] & ~grown[box], spacing)
             full = np.zeros(labels.shape, dtype=bool)
             full[box] = own if own.any() else comp
             kept.append((float(comp.sum()), full))
@@ -249,6 +267,8 @@ class Limits:
     round: float = 0.7  # roundness of a lesion that touches a much darker/brighter structure
     darker: float = 1.1  # "much": the structure's peak contrast over the component's own
     ball_mm: float = 12.0  # ... and at least this wide (round pieces of 6-10 mm vessels stay vessels)
+    flatness: float = 0.55  # core depth through the slices (+ one slice) / in-plane length: lesions 0.7-1.8,
+    # veins lying in the slice plane 0.1-0.45 (phantoms, spheres in the real liver)
 
     def reject(
         self,
@@ -284,6 +304,14 @@ class Limits:
         inscribed = 2.0 * float(depth.max())
         if inscribed < self.min_compactness * min(diameter, _in_plane_limit(comp, spacing)):
             return "tubular"
+        # a lesion's core (its voxels deeper than half its largest depth) is about as deep through the slices
+        # (partial volume included) as it is long in the slice plane; a vein lying in the plane keeps a long
+        # core on one to a few slices (a thinner vessel that joins a lesion is not part of its core)
+        inner = depth >= 0.5 * float(depth.max())
+        length = _in_plane_length(inner, spacing)
+        log.debug("core depth %.1f vs in-plane length %.1f", _in_plane_limit(inner, spacing), length)
+        if _in_plane_limit(inner, spacing) < self.flatness * length:
+            return "flat"
         # continuation: at half the threshold a lesion stays a closed blob, while a vessel cut by the
         # threshold goes on beyond the component's neighbourhood, about as thick as the piece found and
         # with a similar peak contrast (a lesion beside a vessel keeps its own, stronger contrast)
@@ -305,6 +333,84 @@ class Limits:
                 if thick >= self.max_continuation * inscribed and peak >= self.same_contrast and not ball:
                     return "continues as a vessel"
         return ""
+
+
+STREAK_ELONGATION = 1.55  # in-plane axis ratio of a lesion's own boundary read as a streak (phantom: the
+# band between metal and spine 1.7, lesions on the metal's slices 1.3-1.4) ...
+STREAK_COSINE = 0.85  # ... when its long axis points at the metal (within about 30 degrees)
+
+
+def _metal_points(image: sitk.Image, first: int, stop: int) -> np.ndarray:
+    """LPS positions (mm) of the metal voxels on slices ``first``..``stop`` - 1 (none: an empty array)."""
+    from dicomnode.imaging.artifacts import DEFAULT_METAL_HU, metal_threshold
+
+    view = sitk.GetArrayViewFromImage(image)[first:stop]
+    if view.size == 0 or float(view.max()) <= DEFAULT_METAL_HU:
+        return np.zeros((0, 3))
+    index = np.argwhere(view > metal_threshold(image)).astype(float)
+    index[:, 0] += first
+    if len(index) > 20000:  # positions, not a mask: a subsample of a large implant is enough
+        index = index[:: len(index) // 20000 + 1]
+    matrix = np.asarray(image.GetDirection()).reshape(3, 3) @ np.diag(image.GetSpacing())
+    return np.asarray(image.GetOrigin()) + index[:, ::-1] @ matrix.T
+
+
+def _to_index(image: sitk.Image, points: np.ndarray | None) -> np.ndarray:
+    """``points`` (LPS mm) as continuous (slice, row, column) indices of ``image``."""
+    if points is None or len(points) == 0:
+        return np.zeros((0, 3))
+    matrix = np.asarray(image.GetDirection()).reshape(3, 3) @ np.diag(image.GetSpacing())
+    return (np.linalg.solve(matrix, (points - np.asarray(image.GetOrigin())).T).T)[:, ::-1]
+
+
+def _follows_streak(
+    comp: np.ndarray, box: tuple[slice, ...], metal: np.ndarray, spacing: tuple[float, ...]
+) -> bool:
+    """Whether a candidate on slices that hold metal is a streak: metal streaks (and the dark band between
+    metal and bone) run radially from the metal, so a candidate elongated in the slice plane (its own
+    boundary, without the streak pieces a lesion's threshold component picks up: axis ratio >=
+    ``STREAK_ELONGATION``) whose long axis points at the metal is streak residue, not a lesion (a lesion
+    is round, whatever its direction from the metal)."""
+    if len(metal) == 0:
+        return False
+    points = np.argwhere(comp) + np.array([b.start for b in box])
+    lo, hi = points[:, 0].min() - 0.5, points[:, 0].max() + 0.5
+    near = metal[(metal[:, 0] >= lo) & (metal[:, 0] <= hi)]
+    if len(near) == 0 or len(points) < 5:
+        return False
+    plane = np.asarray(spacing[1:])
+    inplane = points[:, 1:] * plane
+    centre = inplane.mean(axis=0)
+    metal_mm = near[:, 1:] * plane
+    towards = metal_mm - centre
+    distance = np.hypot(towards[:, 0], towards[:, 1])
+    if float(distance.min()) < 1e-6:
+        return False
+    w, v = np.linalg.eigh(np.cov(inplane.T))
+    elongation = math.sqrt(max(float(w[-1]), 1e-9) / max(float(w[0]), 1e-9))
+    cosine = float(np.max(np.abs(towards @ v[:, -1]) / distance))  # the long axis towards any metal voxel
+    log.debug("streak test: elongation %.2f, cosine to the metal %.2f", elongation, cosine)
+    return elongation >= STREAK_ELONGATION and cosine >= STREAK_COSINE
+
+
+FAT_HU = -100.0  # fat's attenuation on CT, where no fat lies around the organ to measure it
+
+
+def _fat_limit(
+    smooth: np.ndarray, organ: np.ndarray, exclude_below: float, margin_mm: float, spacing: tuple[float, ...]
+) -> float:
+    """The level below which organ voxels are fat, not organ: ``exclude_below`` (fat's upper limit), or the
+    midpoint between the fat around the organ (its median below ``exclude_below``, measured in the region;
+    -100 HU when there is none) and the organ's median when that is lower. A fatty liver (steatosis,
+    10-25 HU) keeps its hypodense lesions (-20..-40 HU), which a fixed -30 HU limit would cut out as fat."""
+    core = erode(organ, margin_mm, spacing)
+    inside = smooth[core if core.sum() >= 50 else organ]
+    if inside.size == 0:
+        return exclude_below
+    centre = float(np.median(inside))
+    fat_voxels = smooth[~organ & (smooth < exclude_below) & (smooth > 2.5 * FAT_HU)]
+    fat = float(np.median(fat_voxels)) if fat_voxels.size >= 50 else FAT_HU
+    return min(exclude_below, 0.5 * (fat + centre))
 
 
 def _own_boundary(
@@ -337,6 +443,15 @@ def _thickness(mask: np.ndarray, spacing: tuple[float, ...]) -> float:
     """Diameter (mm) of the largest inscribed ball (twice the largest distance to the background; a
     one-voxel structure is two voxels "thick", as the measure counts to the neighbouring voxel centres)."""
     return 2.0 * float(ndimage.distance_transform_edt(mask, sampling=spacing).max())
+
+
+def _in_plane_length(comp: np.ndarray, spacing: tuple[float, ...]) -> float:
+    """The component's length along its major in-plane axis (4 standard deviations: a disc's diameter,
+    1.15 × a line's length)."""
+    points = np.argwhere(comp)[:, 1:] * np.asarray(spacing[1:])
+    if len(points) < 3:
+        return 0.0
+    return 4.0 * math.sqrt(max(float(np.linalg.eigvalsh(np.cov(points.T))[-1]), 0.0))
 
 
 def _in_plane_limit(comp: np.ndarray, spacing: tuple[float, ...]) -> float:

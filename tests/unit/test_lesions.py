@@ -191,3 +191,28 @@ def test_hypodense_lesion_touching_a_dark_structure_is_found(real_ct, centre, di
     image = volume.to_sitk(volume.array + np.where(sphere, -45.0, 0.0).astype(np.float32))
     labels = sitk.GetArrayFromImage(detect(image, liver, **LIVER_CT).image)
     assert labels.max() == 1 and (labels[sphere] > 0).mean() > 0.7
+
+
+def test_lesions_in_a_fatty_liver_are_found() -> None:
+    """Steatosis (liver 10 HU): hypodense lesions lie at -35 HU, below the -30 HU fat limit; the limit
+    follows the liver (midway between the fat around it and its median), so they are not cut out as fat,
+    and the fat planes around the liver still give no lesion."""
+    ct = make_ct_phantom(seed=5, hepatic_vessels=True, fat_planes=True, liver_hu=10.0)
+    result = detect(ct.to_sitk(), ct.mask_sitk("liver"), **LIVER_CT)
+    assert_every_lesion_found(ct, sitk.GetArrayFromImage(result.image), describe(ct.to_sitk(), result))
+
+
+@pytest.mark.parametrize(
+    ("variant", "expected"),
+    [({"body_scale": 0.7}, 2), ({"shape": (100, 128, 128), "spacing": (2.0, 2.8, 2.8)}, 4)],
+    ids=["child", "2mm-slices"],
+)
+def test_veins_lying_in_the_slice_plane_are_not_lesions(variant, expected) -> None:  # noqa: ANN001
+    """A child's hepatic veins (5-7 mm) and, on 2 mm slices, the confluence of the hepatic veins lie in the
+    slice plane: a long piece on one to five slices, far flatter than a lesion (as deep through the slices
+    as it is long in the plane). Every lesion of 10 mm or more is still found, nothing else."""
+    ct = make_ct_phantom(seed=5, hepatic_vessels=True, fat_planes=True, **variant)
+    assert sum(t.diameter_mm >= 10 for t in ct.lesions) == expected
+    result = detect(ct.to_sitk(), ct.mask_sitk("liver"), **LIVER_CT)
+    assert_every_lesion_found(ct, sitk.GetArrayFromImage(result.image), describe(ct.to_sitk(), result))
+    assert result.estimates["rejected"].get("flat")

@@ -397,7 +397,7 @@ def _stomach(array: np.ndarray, lm: Landmarks, u, v, h) -> OrganModel | None:  #
     return OrganModel("stomach", pocket, -1000.0, 50.0)
 
 
-def _wall(array: np.ndarray, lm: Landmarks) -> np.ndarray:
+def _wall(array: np.ndarray, lm: Landmarks, inside: np.ndarray | None = None) -> np.ndarray:
     """Where no abdominal organ lies: the outer body layer, bone and its muscle attachments, the muscles
     behind and beside the spine, the back outside the rib cage, the heart and mediastinum."""
     s, sp = lm.scale, lm.spacing
@@ -409,12 +409,15 @@ def _wall(array: np.ndarray, lm: Landmarks) -> np.ndarray:
     wall |= (np.abs(u) < 25 * s) & (v > -8 * s)  # crura / psoas at the vertebral body's sides
     # the back muscles outside the rib cage (on slices whose ribs span most of the trunk's width)
     back = v > -20 * s
+    # (the kidneys found lie inside the cavity: where the ribs do not run round the back, a line from the
+    # last lateral rib ends to the spine would cut them)
+    cavity = lm.bone if inside is None else lm.bone | inside
     for k in range(lm.body.shape[0]):
         cols = np.flatnonzero(lm.bone[k].any(axis=0))
         width = np.flatnonzero(lm.body[k].any(axis=0))
         if cols.size < 2 or width.size < 2 or (cols[-1] - cols[0]) < 0.6 * (width[-1] - width[0]):
             continue
-        hull = convex_hull_image(lm.bone[k])
+        hull = convex_hull_image(cavity[k])
         wall[k] |= lm.body[k] & ~hull & back[k]
     # heart and mediastinum: between the lungs, above both lung bases
     top = max(lm.lung_base_right, lm.lung_base_left) + 30.0 * s
@@ -481,11 +484,17 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
     models, tubes, liver_mask = _seeds(array, lm, liver_mask, muscle)
     # the wall layer is background unless an organ found explains a voxel better than muscle does (a
     # kidney or spleen reaching the wall; cartilage and bone stay background)
+    # (a voxel of the layer that a kidney's attenuation explains better than the muscle's is the kidney's to
+    # win: a native kidney, 10-15 HU below muscle, lies in the thick layer at the back)
     explained = np.zeros(array.shape, dtype=bool)
+    closer = np.zeros(array.shape, dtype=bool)
     for name, m in models.items():
         if name not in ("stomach", "aorta", "ivc"):
-            explained |= np.abs(array - m.hu) <= max(2.0 * m.spread, 15.0)
-    layer &= muscle | ~explained
+            near = np.abs(array - m.hu) <= max(2.0 * m.spread, 15.0)
+            explained |= near
+            if muscle_hu is not None and name.startswith("kidney"):
+                closer |= near & (np.abs(array - m.hu) < np.abs(array - muscle_hu))
+    layer &= (muscle & ~closer) | ~explained
     organ_hus = [m.hu for name, m in models.items() if name != "stomach"]
     low = max(lm.fat_hu + 30.0, min(organ_hus) - 3.0 * 12.0 - 25.0)
     band = (array > low) & (array < lm.bone_hu + 60.0) & lm.body
@@ -494,7 +503,11 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
             lumen = _tube_core(tubes[name], models[name].seed) & (array > low)
             band |= lumen & (array < models[name].hu + 3.0 * max(models[name].spread, 25.0)) & lm.body
     markers = np.zeros(array.shape, dtype=np.uint8)
-    wall = _wall(array, lm)
+    kidneys = np.zeros(array.shape, dtype=bool)
+    for name in ("kidney-right", "kidney-left"):
+        if name in models:
+            kidneys |= models[name].seed
+    wall = _wall(array, lm, dilate_mm(kidneys, 12.0 * lm.scale, sp) if kidneys.any() else None)
     for name in ("aorta", "ivc"):  # calcified plaques in a vessel's wall are not bone to keep away from
         if name in tubes:
             wall &= ~_tube_core(tubes[name], models[name].seed)
