@@ -128,15 +128,7 @@ def signed_distance_mm(mask: np.ndarray, spacing: tuple[float, float, float]) ->
         return sitk.GetArrayFromImage(signed).astype(np.float32, copy=False)
 
     distance = outside_distance(inside)  # > 0 outside: the distance to the nearest inside voxel
-    if not inside.any():
-        return distance
-    # inside: the distance to the nearest outside voxel, found within the mask's box grown by one voxel
-    # (that layer is outside: any farther outside voxel has a nearer one there), far less work than the
-    # caller's box on small structures
-    box = tuple(slice(max(0, int(i[0]) - 1), int(i[-1]) + 2) for i in (
-        np.flatnonzero(inside.any(axis=tuple(a for a in range(inside.ndim) if a != axis)))
-        for axis in range(inside.ndim)))
-    np.copyto(distance[box], -outside_distance(~inside[box]), where=inside[box])
+    np.copyto(distance, -outside_distance(~inside), where=inside)
     return distance
 
 

@@ -286,7 +286,10 @@ def resolve_windows(spec: PipelineSpec, context: dict[str, Any], image: np.ndarr
     for w in spec.windows:
         center, width = w.center, w.width
         if w.organ is not None:
-            values = image[sitk.GetArrayViewFromImage(image_of(context[w.organ])) > 0]
+            organ = sitk.GetArrayViewFromImage(image_of(context[w.organ])) > 0
+            occupied = np.flatnonzero(organ.any(axis=(1, 2)))  # the organ's slab: the same values, in order
+            slab = slice(int(occupied[0]), int(occupied[-1]) + 1) if occupied.size else slice(0, 0)
+            values = image[slab][organ[slab]]
             if values.size == 0:
                 log.warning("Window %s: organ '%s' is empty; the window is left out.", w.explanation, w.organ)
                 continue
