@@ -103,6 +103,9 @@ def status(
             from dicomnode.cli.queue import read_held
 
             held = read_held(config)
+            from dicomnode.spool.journal import journal_backlog
+
+            journal_records, journal_bytes = journal_backlog(config.storage)
         except sqlite3.Error as exc:
             from dicomnode.errors import DicomNodeError
 
@@ -110,9 +113,13 @@ def status(
                 f"Cannot read the node database '{config.storage.database_path}': {exc}."
             ) from exc
     if as_json:
+        journal = {"pending_records": journal_records, "pending_bytes": journal_bytes}
         typer.echo(json.dumps({"studies": studies, "decisions": decisions, "jobs": jobs,
-                               "held": [h.to_dict() for h in held]}, indent=2))
+                               "held": [h.to_dict() for h in held], "journal": journal}, indent=2))
         return
+    if journal_records:
+        typer.echo(f"Receive journal: {journal_records} instance(s) ({journal_bytes / 1e6:.1f} MB) received, "
+                   "their spool files not fsynced yet (the syncer's backlog, or a restart's recovery).")
     for line in format_job_status(jobs):
         typer.echo(line)
     for item in held:

@@ -280,8 +280,9 @@ class Journal:
         self.running = False
 
     # -- recovery ---------------------------------------------------------------------------------------
-    def scan(self) -> Iterator[ScannedRecord]:
-        """Every record past the checkpoint, in order; torn ones with ``intact`` False."""
+    def scan(self, *, verify: bool = True) -> Iterator[ScannedRecord]:
+        """Every record past the checkpoint, in order; torn ones with ``intact`` False (``verify`` False:
+        the data is not read, every record reads as intact — for counting them)."""
         _, sequence, offset = _read_checkpoint(self.directory / CHECKPOINT_NAME)
         found = []
         for path in sorted(self.directory.glob(SEGMENT_GLOB)):
@@ -294,9 +295,9 @@ class Journal:
             if seg_sequence == 0 or seg_sequence < sequence:
                 continue
             start = offset if seg_sequence == sequence and offset >= BLOCK else BLOCK
-            yield from self._scan_segment(path, seg_sequence, start)
+            yield from self._scan_segment(path, seg_sequence, start, verify)
 
-    def _scan_segment(self, path: Path, sequence: int, offset: int) -> Iterator[ScannedRecord]:
+    def _scan_segment(self, path: Path, sequence: int, offset: int, verify: bool) -> Iterator[ScannedRecord]:
         with open(path, "rb") as handle:
             size = os.fstat(handle.fileno()).st_size
             while offset + RECORD_HEADER.size <= size:
@@ -313,14 +314,15 @@ class Journal:
                     return
                 meta = json.loads(meta_raw)
                 hasher = data_hash()
-                left = data_len
+                left = data_len if verify else 0
                 while left:
                     chunk = handle.read(min(COPY_CHUNK, left))
                     if not chunk:
                         break
                     hasher.update(chunk)
                     left -= len(chunk)
-                yield ScannedRecord(path, offset, meta, data_len, digest, hasher.intdigest() == digest,
+                intact = hasher.intdigest() == digest if verify else True
+                yield ScannedRecord(path, offset, meta, data_len, digest, intact,
                                     offset + RECORD_HEADER.size + meta_len)
                 offset += _align(total)
 
@@ -671,3 +673,14 @@ def journal_folders(storage: StorageConfig) -> list[Path]:
     if not storage.journal_dir.is_dir():
         return []
     return sorted(p for p in storage.journal_dir.iterdir() if p.is_dir())
+
+
+def journal_backlog(storage: StorageConfig) -> tuple[int, int]:
+    """(records, bytes) past the checkpoints of every receiving process's journal: instances acknowledged
+    whose spool file is not known to be fsynced yet (read from disk; ``dicomnode status``)."""
+    records = size = 0
+    for folder in journal_folders(storage):
+        for record in Journal(folder).scan(verify=False):
+            records += 1
+            size += record.size
+    return records, size

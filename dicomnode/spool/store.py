@@ -109,7 +109,7 @@ class PartFile:
 
     def __init__(
         self, path: Path, fd: int, sop_uid: str, root: Path, *, early_writeback: bool = False,
-        hashed: bool = False,
+        hashed: bool = False, writeback_from: int = 0,
     ) -> None:
         self.path = path
         self.size = 0
@@ -118,7 +118,10 @@ class PartFile:
         self._root = root
         # with fsync on: hand each completed WRITEBACK_STEP to the disk while the rest is still arriving,
         # so the fsync at the end has less to write (measured: about a quarter less time in fsync)
+        # (from ``writeback_from`` bytes on: a part that will go to the journal is not written back itself,
+        # one larger than a segment is stored directly and is)
         self._written_back = 0 if early_writeback else None
+        self._writeback_from = writeback_from
         self.hasher = data_hash() if hashed else None
 
     @property
@@ -140,7 +143,8 @@ class PartFile:
                 self.size += written
         except OSError as exc:
             raise _spool_error(exc, self._sop_uid, self._root) from exc
-        if self._written_back is not None and self.size - self._written_back >= WRITEBACK_STEP:
+        if (self._written_back is not None and self.size - self._written_back >= WRITEBACK_STEP
+                and self.size > self._writeback_from):
             start, count = self._written_back, self.size - self._written_back
             start_writeback(self._fd, start, count)
             self._written_back = self.size
@@ -241,8 +245,8 @@ class Spool:
         except OSError as exc:
             raise _spool_error(exc, sop_uid, self.root) from exc
         journaled = self.journal is not None
-        return PartFile(tmp, fd, sop_uid, self.root, early_writeback=self.fsync and not journaled,
-                        hashed=journaled)
+        return PartFile(tmp, fd, sop_uid, self.root, early_writeback=self.fsync, hashed=journaled,
+                        writeback_from=self.journal.segment_bytes if self.journal is not None else 0)
 
     def publish_journaled(
         self, part: PartFile, study_uid: str, series_uid: str, sop_uid: str, note: dict[str, object]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -125,6 +127,10 @@ def test_kill_9_during_transfer_loses_nothing_acknowledged(
     acknowledged = _acknowledged(output)
     assert 40 <= len(acknowledged) < len(files), output[-2000:]
 
+    if journal:  # `dicomnode status` shows what the journal holds for recovery
+        status = subprocess.run([sys.executable, "-m", "dicomnode", "status", "--json", "--config",
+                                 str(node.config_path)], capture_output=True, text=True, timeout=60)
+        assert json.loads(status.stdout)["journal"]["pending_records"] >= len(acknowledged), status.stderr
     node.start()  # recovery runs at start-up
     if journal:  # every instance it acknowledged was still in the journal, not yet fsynced in the spool
         replayed = [r for r in node.log_records() if "Journal recovery in" in r.get("message", "")]

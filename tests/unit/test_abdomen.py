@@ -110,3 +110,23 @@ def test_phantom_organs_in_competition(params: dict, position: str, minimum: dic
         value = PHANTOM_KEYS.index(key) + 1
         found = liver if key == "liver" else organs == LABELS[key]
         assert dice(found, reference == value) >= floor, key
+
+
+def test_the_spine_is_found_where_the_field_of_view_cuts_the_trunk(real_case) -> None:  # noqa: ANN001
+    """A field of view cut through the patient's right moves the body's centre 3-4 cm away from the spine;
+    the vertebral body (centre line and front) must still be found where it is (it was found 40 mm too far
+    back, on the posterior elements, and the aorta's track then ran on the vertebral body)."""
+    from dicomnode.imaging.organs.landmarks import find_landmarks, to_lps
+
+    image, labels = real_case
+    cropped, _ = variants.crop(image, labels, keep_fraction=0.72, side="right")
+    found = []
+    for img in (image, cropped):
+        oriented = to_lps(img)
+        array = sitk.GetArrayFromImage(oriented)
+        spacing = tuple(float(s) for s in oriented.GetSpacing()[::-1])
+        lm = find_landmarks(array, array > -400.0, spacing)  # type: ignore[arg-type]
+        origin = oriented.GetOrigin()
+        found.append((np.median(lm.spine_x) + origin[0], np.median(lm.spine_y) + origin[1]))
+    (x_full, y_full), (x_cut, y_cut) = found
+    assert abs(x_cut - x_full) < 5.0 and abs(y_cut - y_full) < 5.0, found

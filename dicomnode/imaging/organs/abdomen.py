@@ -417,6 +417,9 @@ def _wall(array: np.ndarray, lm: Landmarks, inside: np.ndarray | None = None) ->
         width = np.flatnonzero(lm.body[k].any(axis=0))
         if cols.size < 2 or width.size < 2 or (cols[-1] - cols[0]) < 0.6 * (width[-1] - width[0]):
             continue
+        plane = lm.body[k]
+        if plane[0].any() or plane[-1].any() or plane[:, 0].any() or plane[:, -1].any():
+            continue  # the field of view cuts the trunk, and with it the rib cage: no hull to trust
         hull = convex_hull_image(cavity[k])
         wall[k] |= lm.body[k] & ~hull & back[k]
     # heart and mediastinum: between the lungs, above both lung bases

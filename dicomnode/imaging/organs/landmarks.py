@@ -114,7 +114,9 @@ def find_landmarks(array: np.ndarray, body: np.ndarray, spacing: tuple[float, fl
             continue
         cx = (xs[cols_k[0]] + xs[cols_k[-1]]) / 2
         cy = (ys[rows_k[0]] + ys[rows_k[-1]]) / 2
-        strip = np.abs(xs - cx) < 40.0 * scale
+        # (a field of view cut through the trunk moves the body's centre away from the spine: search wider)
+        cut = bool(body[k][:, 0].any() or body[k][:, -1].any())
+        strip = np.abs(xs - cx) < (90.0 if cut else 40.0) * scale
         back = ys > cy - 0.05 * (ys[rows_k[-1]] - ys[rows_k[0]])
         b = bone[k] & strip[None, :] & back[:, None]
         if b.sum() * sx * sy < 150.0 * scale**2:  # < 1.5 cm² of bone: no vertebra on this slice
