@@ -33,7 +33,11 @@ ordered by decreasing volume) of hypo- and/or hyper-dense regions:
    only touches different tissue outside the organ and stays; a round blob of 12 mm or more (largest
    inscribed ball ≥ 0.78 × its equivalent diameter, or ≥ 0.7 when what it joins is darker than it)
    stays whatever it touches: vessel pieces cut by the threshold are far from round (0.5-0.65).
-   On slices that hold metal (above the metal threshold, passed from the whole image), a kept lesion
+   On slices that hold metal (above the metal threshold, passed from the whole image), the smoothed
+   image is first averaged along circles about the metal (Gaussian ``ARC_MM`` along the arc, over the
+   organ only): the streak residue that metal artefact reduction leaves runs radially and alternates
+   bright and dark across the arc, so it cancels, while a round lesion keeps most of its contrast
+   (phantom: noise on the metal's slices 13 → 5 HU, a 10 mm lesion's contrast 32 → 23 HU). A kept lesion
    whose own boundary (step 4) is elongated in the slice plane with its long axis pointing at the metal
    is a ``metal streak`` (streak residue, the dark band between metal and bone), not a lesion; lesions
    near metal that stay carry the ``metal`` QC flag (:mod:`dicomnode.imaging.assess`).
@@ -174,7 +178,10 @@ def detect_in_region(
     smooth = sitk.GetArrayFromImage(smoothed)
     raw = sitk.GetArrayFromImage(sitk.Cast(image, sitk.sitkFloat32))
     if exclude_below is not None:  # fat or gas in fissures and at the hilum is not organ (CT: fat < -30 HU)
-        organ_arr &= smooth >= _fat_limit(smooth, organ_arr, float(exclude_below), margin_mm, spacing)
+        organ_arr &= smooth >= _fat_limit(smooth, organ_arr, float(exclude_below))
+    metal = _to_index(image, metal_points)
+    if len(metal):  # streaks run radially from the metal: average them out along arcs around it
+        smooth = _across_streaks(smooth, organ_arr, metal, spacing, ARC_MM)
     # at least one voxel deep along every axis: thick slices carry partial volume at the organ's top/bottom
     depth = max(margin_mm, 1.01 * max(spacing))
     core = erode(organ_arr, margin_mm, spacing)
@@ -201,7 +208,6 @@ def detect_in_region(
     sigma = 1.4826 * float(np.median(np.abs(residual[core] - np.median(residual[core]))))
     delta = max(k_sigma * sigma, min_contrast)
     limits = Limits(min_diameter_mm, max_elongation, min_compactness, max_continuation, delta, min_strength)
-    metal = _to_index(image, metal_points)
     rejected: dict[str, int] = {}
     kept: list[tuple[float, np.ndarray]] = []
     for polarity in ("hypo", "hyper") if kind == "both" else (kind,):
@@ -363,6 +369,46 @@ def _to_index(image: sitk.Image, points: np.ndarray | None) -> np.ndarray:
     return (np.linalg.solve(matrix, (points - np.asarray(image.GetOrigin())).T).T)[:, ::-1]
 
 
+ARC_MM = 3.0  # Gaussian sigma along arcs around the metal, on slices that hold metal
+
+
+def _across_streaks(
+    smooth: np.ndarray, organ: np.ndarray, metal: np.ndarray, spacing: tuple[float, ...], arc_mm: float
+) -> np.ndarray:
+    """``smooth`` with each slice that holds metal averaged along circles about the metal's centre (a
+    Gaussian of ``arc_mm`` along the arc, over the organ only): streaks run radially from the metal and
+    alternate bright and dark across it, so they cancel, while a lesion (round, 10 mm or more) keeps most
+    of its contrast. In-plane pixels are taken as square (their mean size)."""
+    out = smooth.copy()
+    pixel = float(np.sqrt(spacing[1] * spacing[2]))
+    ny, nx = smooth.shape[1:]
+    rows, cols = np.mgrid[0:ny, 0:nx].astype(np.float32)
+    for k in range(smooth.shape[0]):
+        here = metal[np.abs(metal[:, 0] - k) <= 0.5]
+        if len(here) == 0 or not organ[k].any():
+            continue
+        cy, cx = here[:, 1].mean(), here[:, 2].mean()
+        radius = np.hypot(rows - cy, cols - cx)
+        angle = np.mod(np.arctan2(rows - cy, cols - cx), 2 * np.pi)
+        n_r = int(radius.max()) + 2
+        n_t = max(int(2 * np.pi * radius.max()) + 1, 8)
+        step = 2 * np.pi / n_t
+        r = np.arange(n_r, dtype=np.float32)[:, None]
+        t = (np.arange(n_t, dtype=np.float32) * step)[None]
+        where = [cy + r * np.sin(t), cx + r * np.cos(t)]
+        weight = ndimage.map_coordinates(organ[k].astype(np.float32), where, order=1, mode="constant")
+        value = ndimage.map_coordinates(smooth[k] * organ[k], where, order=1, mode="constant")
+        for i in range(1, n_r):
+            sigma = min(arc_mm / pixel / (i * step), n_t / 4.0)
+            weight[i] = ndimage.gaussian_filter1d(weight[i], sigma, mode="wrap")
+            value[i] = ndimage.gaussian_filter1d(value[i], sigma, mode="wrap")
+        averaged = value / np.maximum(weight, 1e-3)
+        averaged = np.concatenate([averaged, averaged[:, :1]], axis=1)
+        back = ndimage.map_coordinates(averaged, [radius, angle / step], order=1, mode="nearest")
+        out[k] = np.where(organ[k], back, smooth[k])
+    return out
+
+
 def _follows_streak(
     comp: np.ndarray, box: tuple[slice, ...], metal: np.ndarray, spacing: tuple[float, ...]
 ) -> bool:
@@ -396,18 +442,15 @@ def _follows_streak(
 FAT_HU = -100.0  # fat's attenuation on CT, where no fat lies around the organ to measure it
 
 
-def _fat_limit(
-    smooth: np.ndarray, organ: np.ndarray, exclude_below: float, margin_mm: float, spacing: tuple[float, ...]
-) -> float:
+def _fat_limit(smooth: np.ndarray, organ: np.ndarray, exclude_below: float) -> float:
     """The level below which organ voxels are fat, not organ: ``exclude_below`` (fat's upper limit), or the
     midpoint between the fat around the organ (its median below ``exclude_below``, measured in the region;
     -100 HU when there is none) and the organ's median when that is lower. A fatty liver (steatosis,
     10-25 HU) keeps its hypodense lesions (-20..-40 HU), which a fixed -30 HU limit would cut out as fat."""
-    core = erode(organ, margin_mm, spacing)
-    inside = smooth[core if core.sum() >= 50 else organ]
+    inside = smooth[organ]
     if inside.size == 0:
         return exclude_below
-    centre = float(np.median(inside))
+    centre = float(np.median(inside))  # the organ's edge (partial volume) barely moves its median
     fat_voxels = smooth[~organ & (smooth < exclude_below) & (smooth > 2.5 * FAT_HU)]
     fat = float(np.median(fat_voxels)) if fat_voxels.size >= 50 else FAT_HU
     return min(exclude_below, 0.5 * (fat + centre))

@@ -17,9 +17,9 @@ inode, calling AE, receive time, transfer syntax), then the instance's bytes (th
 
 Writing (:meth:`Journal.append` → :meth:`Journal.commit`): the space is reserved and the header written
 under a lock (so a later record's fdatasync always carries every earlier header, and recovery can walk
-the chain), the data copied from the ``.part`` file in the kernel, then one fdatasync — shared by every
-record committed at the same moment (group commit). Only then does the caller give the ``.part`` its final
-name (without fsync) and answer Success.
+the chain), the data copied from the ``.part`` file in the kernel, then one fdatasync (concurrent
+associations each call it at once; the kernel merges their device cache flushes). Only then does the
+caller give the ``.part`` its final name (without fsync) and answer Success.
 
 The syncer thread (:meth:`Journal.handover`) then makes the spool files durable in batches (writeback of
 many files started at once, an fsync each, one fsync per folder) and moves the checkpoint past every
@@ -42,7 +42,7 @@ import threading
 import time
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -131,45 +131,11 @@ def _copy(source: int, target: int, count: int, target_offset: int) -> None:
             done += written
 
 
-class _SyncGroup:
-    """Group commit of fdatasyncs on one file: a caller whose write finished before a sync started is
-    covered by it (see :class:`~dicomnode.spool.store.DirectorySync`, the same scheme for folders)."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self._cond = threading.Condition()
-        self._ticket = 0
-        self._done = 0
-        self._running = False
-
-    def sync(self) -> None:
-        with self._cond:
-            self._ticket += 1
-            ticket = self._ticket
-            while self._running:
-                self._cond.wait()
-            if self._done >= ticket:
-                return
-            self._running = True
-            covered = self._ticket
-        try:
-            os.fdatasync(self.fd)
-        finally:
-            with self._cond:
-                self._running = False
-                self._done = max(self._done, covered)
-                self._cond.notify_all()
-
-
 @dataclass(eq=False)
 class _Segment:
     path: Path
     fd: int
     sequence: int = 0  # 0: free
-    syncs: _SyncGroup = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.syncs = _SyncGroup(self.fd)
 
 
 @dataclass(eq=False)
@@ -446,9 +412,12 @@ class Journal:
         return record
 
     def commit(self, record: Record) -> None:
-        """Make ``record`` durable (one fdatasync, shared with the records committed at that moment)."""
+        """Make ``record`` durable (one fdatasync of its segment)."""
         try:
-            record.segment.syncs.sync()
+            # concurrent commits each call fdatasync at once: the kernel writes the pages of all of them
+            # and merges their cache flushes (measured with 4 associations: as fast as, or slightly faster
+            # than, one fdatasync at a time covering the records that waited for it)
+            os.fdatasync(record.segment.fd)
         except OSError:
             self.release(record)
             raise

@@ -163,7 +163,8 @@ def test_invalid_kind_is_refused() -> None:
 
 def test_lesions_behind_metal_streaks_are_found_after_metal_reduction() -> None:
     """A metal rod beside the liver streaks every lesion slice: liver-ct's MAR step (NMAR on the liver's
-    metal slices) lets lesions through that the streaks hid, and the streaks give no false lesion."""
+    metal slices) and the detector's averaging along arcs about the metal (the streak residue runs
+    radially) let lesions through that the streaks hid, and the streaks give no false lesion."""
     from dicomnode.imaging.artifacts import reduce_metal_artifacts
 
     ct = make_ct_phantom(seed=5, hepatic_vessels=True, fat_planes=True, metal=True)
@@ -172,7 +173,7 @@ def test_lesions_behind_metal_streaks_are_found_after_metal_reduction() -> None:
     labels = sitk.GetArrayFromImage(detect(image, liver, **LIVER_CT).image)
     expected = [t for t in ct.lesions if t.diameter_mm >= 10]
     found = [t for t in expected if labels[ct.lesion_labels == t.label].any()]
-    assert len(found) >= 2, found  # without MAR: none (threshold above the lesions' contrast)
+    assert len(found) >= 3, found  # without MAR: none; MAR alone: 2 (streak residue hid the 10 mm one)
     matched = {int(v) for t in ct.lesions for v in np.unique(labels[ct.lesion_labels == t.label]) if v}
     assert set(range(1, int(labels.max()) + 1)) <= matched  # no false lesion
 
