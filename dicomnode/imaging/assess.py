@@ -470,7 +470,24 @@ def assess(
         verdicts[segment.label] = SegmentQC(status, tuple(dict.fromkeys(flags)), tuple(reasons))
         evidence[segment.label] = Evidence(volume, median, edge, metal_mm, cnr)
         log.debug("QC %s: %s %s", segment.label, status, evidence[segment.label])
+    _inherit_host_failures(segments, organs, verdicts)
     return QCReport(verdicts), evidence
+
+
+def _inherit_host_failures(segments: Sequence, organs: Sequence,  # outputs.api.Segment
+                           verdicts: dict[str, SegmentQC]) -> None:
+    """A lesion inside an organ whose contour failed QC fails too: what the organ's contour took in (fat,
+    muscle, bowel) is where a false lesion comes from, and the lesion's contrast is measured against it."""
+    for lesion in (s for s in segments if s.category == "lesion"):
+        failed = [o for o in organs
+                  if verdicts[o.label].status == QCStatus.FAIL and (o.mask & lesion.mask).any()]
+        if not failed:
+            continue
+        own = verdicts[lesion.label]
+        flags = [*own.flags, *(f for o in failed for f in verdicts[o.label].flags if f in FAIL_FLAGS)]
+        reasons = [*own.reasons, *(f"{lesion.label} lies in {o.label}, whose contour failed QC: the lesion "
+                                   "may be tissue that contour took in." for o in failed)]
+        verdicts[lesion.label] = SegmentQC(QCStatus.FAIL, tuple(dict.fromkeys(flags)), tuple(reasons))
 
 
 def head_feet_axis(direction: Sequence[float]) -> int | None:

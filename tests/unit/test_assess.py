@@ -138,3 +138,15 @@ def test_a_vessel_whose_contour_leaves_its_lumen_fails(ct) -> None:  # noqa: ANN
     spacing = (ct.spacing[1], ct.spacing[0], ct.spacing[2])
     verdict = assess(image, spacing, [Segment("Aorta", "aorta", moved)], axial_axis=1)[0].segments["Aorta"]
     assert QCFlag.LEAK in verdict.flags, verdict
+
+
+def test_a_lesion_inside_a_failed_organ_fails_with_it(ct) -> None:  # noqa: ANN001
+    """What a failed contour took in is where false lesions come from: the lesion inherits the failure."""
+    liver, spleen = ct.masks["liver"], ct.masks["spleen"]
+    lesion = Segment("Lesion 1", "neoplasm", ct.lesion_labels == 1, category="lesion")
+    fine = assess(ct.image, ct.spacing, [Segment("Liver", "liver", liver), lesion])[0]
+    assert fine.segments["Lesion 1"].status == QCStatus.PASS
+    leaky = [Segment("Liver", "liver", liver | spleen), Segment("Spleen", "spleen", spleen), lesion]
+    verdict = assess(ct.image, ct.spacing, leaky)[0].segments["Lesion 1"]
+    assert verdict.status == QCStatus.FAIL and QCFlag.LEAK in verdict.flags, verdict
+    assert "Lesion 1 lies in Liver, whose contour failed QC" in verdict.reasons[-1]
