@@ -122,12 +122,19 @@ def body_diameter_cm(image: np.ndarray, spacing: Sequence[float], is_ct: bool) -
 
 def _box(mask: np.ndarray, margin: Sequence[int]) -> tuple[slice, ...]:
     """The mask's bounding box grown by ``margin`` voxels per axis (from its projections: an index per
-    voxel, as ``argwhere`` makes, takes seconds on an organ of a 512 x 512 x 300 series)."""
+    voxel, as ``argwhere`` makes, takes seconds on an organ of a 512 x 512 x 300 series; the in-plane
+    projections are taken over the occupied slices only)."""
+    occupied = np.flatnonzero(mask.any(axis=tuple(range(1, mask.ndim))))
+    first, last = int(occupied[0]), int(occupied[-1])
+    slab = mask[first : last + 1]
     box = []
     for axis, pad in enumerate(margin):
-        present = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        low, high = int(present[0]) - int(pad), int(present[-1]) + int(pad) + 1
-        box.append(slice(max(low, 0), min(high, mask.shape[axis])))
+        if axis == 0:
+            low, high = first, last + 1
+        else:
+            present = np.flatnonzero(slab.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+            low, high = int(present[0]), int(present[-1]) + 1
+        box.append(slice(max(low - int(pad), 0), min(high + int(pad), mask.shape[axis])))
     return tuple(box)
 
 
@@ -139,10 +146,11 @@ def edge_fraction(mask: np.ndarray, outside_fov: np.ndarray | None) -> float:
     total = int(surface.sum())
     if total == 0:
         return 0.0
-    edge = np.zeros(mask.shape, dtype=bool)
-    edge[0], edge[-1] = True, True
-    edge[:, 0], edge[:, -1], edge[:, :, 0], edge[:, :, -1] = True, True, True, True
-    edge = edge[box]
+    edge = np.zeros(sub.shape, dtype=bool)  # the image's outermost voxels, on the box only
+    for axis, (part, size) in enumerate(zip(box, mask.shape, strict=True)):
+        for index in {0, size - 1}:
+            if part.start <= index < part.stop:
+                edge[(slice(None),) * axis + (index - part.start,)] = True
     if outside_fov is not None:
         edge |= ndimage.binary_dilation(outside_fov[box])
     return float((sub & edge).sum()) / total
@@ -182,8 +190,9 @@ def metal_distance_mm(mask: np.ndarray, spacing: Sequence[float], points: np.nda
 
 
 def contrast_to_noise(image: np.ndarray, mask: np.ndarray, spacing: Sequence[float],
-                      within: np.ndarray | None = None) -> tuple[float, float]:
-    """(median inside, CNR against the 2-6 mm shell around the mask, restricted to ``within``)."""
+                      within: np.ndarray | Sequence[np.ndarray] | None = None) -> tuple[float, float]:
+    """(median inside, CNR against the 2-6 mm shell around the mask, restricted to ``within``: a mask on
+    ``image``'s grid, or several whose union is meant)."""
     margin = [int(np.ceil(7.0 / s)) + 1 for s in spacing]
     box = _box(mask, margin)
     sub, values = mask[box], image[box]
@@ -191,23 +200,33 @@ def contrast_to_noise(image: np.ndarray, mask: np.ndarray, spacing: Sequence[flo
     median = float(np.median(inside))
     distance = ndimage.distance_transform_edt(~sub, sampling=spacing)
     shell = (distance > 2.0) & (distance <= 6.0)
-    if within is not None:
+    if isinstance(within, np.ndarray):
         shell &= within[box]
+    elif within is not None:
+        shell &= np.logical_or.reduce([w[box] for w in within]) if len(within) else False
     if shell.sum() < 10 or inside.size < 10:
         return median, float("inf")
     noise = 1.4826 * float(np.median(np.abs(inside - median)))
     return median, abs(median - float(np.median(values[shell]))) / max(noise, 1.0)
 
 
-def _equal_neighbours(segment, organs, sampled, image, spacing):  # noqa: ANN001, ANN202
+def _median_noise(values: np.ndarray) -> tuple[float, float]:
+    """(median, 1.4826 × MAD) of ``values``."""
+    median = float(np.median(values))
+    return median, 1.4826 * float(np.median(np.abs(values - median)))
+
+
+def _equal_neighbours(segment, organs, sampled, image, spacing, stats=None):  # noqa: ANN001, ANN202
     """(label, HU step) of each organ segment touching ``segment`` over at least ``CONTACT_MM2`` whose
-    median differs from it by less than 1.5 × the noise (1.4826 × MAD inside either)."""
+    median differs from it by less than 1.5 × the noise (1.4826 × MAD inside either). ``stats`` caches
+    each organ's (median, noise) across calls."""
+    stats = {} if stats is None else stats
     mask = sampled[segment.label]
-    inside = image[mask]
-    if inside.size < 10:
+    if np.count_nonzero(mask) < 10:
         return []
-    median = float(np.median(inside))
-    noise = 1.4826 * float(np.median(np.abs(inside - median)))
+    if segment.label not in stats:
+        stats[segment.label] = _median_noise(image[mask])
+    median, noise = stats[segment.label]
     grown = None
     out = []
     face_mm2 = float(min(spacing[0] * spacing[1], spacing[1] * spacing[2]))
@@ -217,18 +236,30 @@ def _equal_neighbours(segment, organs, sampled, image, spacing):  # noqa: ANN001
         theirs = sampled[other.label]
         if theirs.shape != mask.shape or not theirs.any():
             continue
-        if grown is None:
-            grown = ndimage.binary_dilation(mask)
-        contact = int((grown & theirs).sum())
+        if grown is None:  # the one-voxel dilation lies within the mask's box grown by one voxel
+            box = _box(mask, (1,) * mask.ndim)
+            grown = ndimage.binary_dilation(mask[box])
+        contact = int(np.count_nonzero(grown & theirs[box]))
         if contact * face_mm2 < CONTACT_MM2:
             continue
-        values = image[theirs]
-        other_median = float(np.median(values))
-        other_noise = 1.4826 * float(np.median(np.abs(values - other_median)))
+        if other.label not in stats:
+            stats[other.label] = _median_noise(image[theirs])
+        other_median, other_noise = stats[other.label]
         step_hu = abs(median - other_median)
         if step_hu < 1.5 * max(noise, other_noise, 1.0):
             out.append((other.label, step_hu))
     return out
+
+
+def _overlap(a: np.ndarray, b: np.ndarray, box_a: tuple[slice, ...] | None,
+             box_b: tuple[slice, ...] | None) -> int:
+    """Voxels in both masks, counted on the intersection of their bounding boxes (None: empty mask)."""
+    if box_a is None or box_b is None:
+        return 0
+    box = tuple(slice(max(p.start, q.start), min(p.stop, q.stop)) for p, q in zip(box_a, box_b, strict=True))
+    if any(part.start >= part.stop for part in box):
+        return 0
+    return int(np.count_nonzero(a[box] & b[box]))
 
 
 def uniform_fraction(image: np.ndarray, mask: np.ndarray, excluded: np.ndarray | None = None
@@ -341,13 +372,20 @@ def assess(
     organs = [s for s in segments if s.category != "lesion"]
     verdicts: dict[str, SegmentQC] = {}
     evidence: dict[str, Evidence] = {}
+    # every count, box and overlap once per segment (a pass over a 512x512x300 mask costs ~0.1 s)
+    counts = {s.label: int(np.count_nonzero(s.mask)) for s in segments}
+    boxes = {s.label: _box(s.mask, (0, 0, 0)) if counts[s.label] else None for s in segments}
     # small segments (lesions) are read at full resolution, the others on the coarse grid
-    small = {s.label: float(s.mask.sum()) * voxel_ml < SMALL_ML for s in segments}
-    sampled = {s.label: s.mask if small[s.label] else s.mask[:: step[0], :: step[1], :: step[2]]
-               for s in segments}
-    coarse_masks = {o.label: o.mask[:: step[0], :: step[1], :: step[2]] for o in organs}
+    small = {s.label: float(counts[s.label]) * voxel_ml < SMALL_ML for s in segments}
+    coarse_masks = {o.label: np.ascontiguousarray(o.mask[:: step[0], :: step[1], :: step[2]]) for o in organs}
+    sampled = {s.label: s.mask if small[s.label] else coarse_masks.get(s.label) for s in segments}
+    for s in segments:
+        if sampled[s.label] is None:
+            sampled[s.label] = np.ascontiguousarray(s.mask[:: step[0], :: step[1], :: step[2]])
+    soft_tissue: dict[str, np.ndarray] = {}  # per grid: inside the body (above -500 HU)
+    neighbour_stats: dict[str, tuple[float, float]] = {}
     for segment in segments:
-        volume = float(segment.mask.sum()) * voxel_ml
+        volume = float(counts[segment.label]) * voxel_ml
         mask = sampled[segment.label]
         image, spacing, outside_fov = grids["full" if small[segment.label] else "coarse"]
         flags: list[QCFlag] = []
@@ -381,14 +419,16 @@ def assess(
                 flags.append(QCFlag.IMPLAUSIBLE_VOLUME)
                 reasons.append(f"{segment.label} volume {volume:.0f} ml is outside {low:.0f}-{high:.0f} ml, "
                                f"the plausible range for a body {diameter:.0f} cm across.")
-        within = None
-        if segment.category == "lesion":  # a lesion against the organ it lies in
-            hosts = [o.mask for o in organs if (o.mask & segment.mask).any()]
-            if not small[segment.label]:
-                hosts = [h[:: step[0], :: step[1], :: step[2]] for h in hosts]
-            within = np.logical_or.reduce(hosts) if hosts else None
-        elif is_ct:
-            within = image > -500.0  # soft tissue around an organ, not the air outside the body
+        within: np.ndarray | list[np.ndarray] | None = None
+        grid_name = "full" if small[segment.label] else "coarse"
+        if segment.category == "lesion":  # a lesion against the organ it lies in (the union of its hosts)
+            hosts = [o for o in organs
+                     if _overlap(o.mask, segment.mask, boxes[o.label], boxes[segment.label]) > 0]
+            within = [o.mask if small[segment.label] else coarse_masks[o.label] for o in hosts] or None
+        elif is_ct:  # soft tissue around an organ, not the air outside the body
+            if grid_name not in soft_tissue:
+                soft_tissue[grid_name] = image > -500.0
+            within = soft_tissue[grid_name]
         median, cnr = contrast_to_noise(image, mask, spacing, within)
         if is_ct and prior.median_hu is not None:
             lo_hu, hi_hu = prior.median_hu
@@ -399,8 +439,8 @@ def assess(
         for other in organs:
             if other is segment or segment.category == "lesion":
                 continue
-            overlap = int((other.mask & segment.mask).sum())
-            smaller = min(int(segment.mask.sum()), int(other.mask.sum()))
+            overlap = _overlap(other.mask, segment.mask, boxes[other.label], boxes[segment.label])
+            smaller = min(counts[segment.label], counts[other.label])
             if overlap > 0.01 * smaller:
                 flags.append(QCFlag.LEAK)
                 reasons.append(f"{segment.label} overlaps {other.label} by {overlap * voxel_ml:.1f} ml "
@@ -421,7 +461,7 @@ def assess(
         if is_ct and segment.category != "lesion":
             coarse_image, coarse_spacing, _ = grids["coarse"]
             for other, step_hu in _equal_neighbours(segment, organs, coarse_masks, coarse_image,
-                                                    coarse_spacing):
+                                                    coarse_spacing, neighbour_stats):
                 flags.append(QCFlag.LOW_CONTRAST)
                 reasons.append(f"{segment.label} touches {other} and differs from it by only "
                                f"{step_hu:.0f} HU (under 1.5 × the noise): the border between them is "

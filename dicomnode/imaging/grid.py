@@ -134,14 +134,27 @@ def mask_to_grid(mask: np.ndarray, working: sitk.Image, reference: sitk.Image) -
     """A working-grid boolean mask → uint8 mask on ``reference``'s grid (smooth 0.5 iso-surface).
 
     Only the mask's bounding box (plus one working voxel) is resampled, so the cost follows the mask."""
-    img = image_like(mask, working, np.float32)
     if working.GetSize() == reference.GetSize() and np.allclose(working.GetSpacing(), reference.GetSpacing()):
-        out = sitk.Cast(img > 0.5, sitk.sitkUInt8)
+        out = sitk.Cast(image_like(mask, working, np.float32) > 0.5, sitk.sitkUInt8)
         out.CopyInformation(reference)
         return out
     out = np.zeros(reference.GetSize()[::-1], dtype=np.uint8)
+    placed = _mask_on_box(mask, working, reference)
+    if placed is not None:
+        box, inside = placed
+        out[box] = inside
+    return image_like(out, reference)
+
+
+def _mask_on_box(
+    mask: np.ndarray, working: sitk.Image, reference: sitk.Image
+) -> tuple[Box, np.ndarray] | None:
+    """(box on ``reference``'s grid, the resampled mask there as bool) of a working-grid boolean mask
+    (None when it is empty): the part of ``reference``'s grid the mask's box covers, resampled on a
+    geometry-only image (slicing ``reference`` would copy its pixels for nothing)."""
     if not mask.any():
-        return image_like(out, reference)
+        return None
+    img = image_like(mask, working, np.float32)
     idx = np.argwhere(mask)
     corners = [
         working.TransformContinuousIndexToPhysicalPoint([float(c[2]), float(c[1]), float(c[0])])
@@ -150,10 +163,13 @@ def mask_to_grid(mask: np.ndarray, working: sitk.Image, reference: sitk.Image) -
     ref_idx = np.array([reference.TransformPhysicalPointToContinuousIndex(c) for c in corners])
     lo = np.clip(np.floor(ref_idx.min(axis=0)), 0, np.array(reference.GetSize()) - 1).astype(int)
     hi = np.clip(np.ceil(ref_idx.max(axis=0)) + 1, 1, np.array(reference.GetSize())).astype(int)
-    region = reference[int(lo[0]) : int(hi[0]), int(lo[1]) : int(hi[1]), int(lo[2]) : int(hi[2])]
+    region = sitk.Image([int(h - low) for low, h in zip(lo, hi, strict=True)], sitk.sitkUInt8)
+    region.SetSpacing(reference.GetSpacing())
+    region.SetDirection(reference.GetDirection())
+    region.SetOrigin(reference.TransformIndexToPhysicalPoint([int(v) for v in lo]))
     resampled = sitk.Resample(img, region, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    out[lo[2] : hi[2], lo[1] : hi[1], lo[0] : hi[0]] = sitk.GetArrayViewFromImage(resampled) >= 0.5
-    return image_like(out, reference)
+    box = (slice(int(lo[2]), int(hi[2])), slice(int(lo[1]), int(hi[1])), slice(int(lo[0]), int(hi[0])))
+    return box, sitk.GetArrayViewFromImage(resampled) >= 0.5
 
 
 @step("grid.working")
@@ -169,7 +185,15 @@ def to_source(mask: sitk.Image, reference: sitk.Image) -> sitk.Image:
     if arr.max(initial=0) <= 1:
         return mask_to_grid(arr.astype(bool), mask, reference)
     out = np.zeros(reference.GetSize()[::-1], dtype=np.uint8)
+    same_grid = (mask.GetSize() == reference.GetSize()
+                 and np.allclose(mask.GetSpacing(), reference.GetSpacing()))
     for value in np.unique(arr[arr > 0]):
-        part = mask_to_grid(arr == value, mask, reference)
-        out[sitk.GetArrayViewFromImage(part).astype(bool)] = value
+        if same_grid:
+            part = mask_to_grid(arr == value, mask, reference)
+            out[sitk.GetArrayViewFromImage(part).astype(bool)] = value
+            continue
+        placed = _mask_on_box(arr == value, mask, reference)  # later labels win, as over the whole grid
+        if placed is not None:
+            box, inside = placed
+            out[box][inside] = value
     return image_like(out, reference)

@@ -102,11 +102,18 @@ def mm_to_radius(image: sitk.Image, mm: float, *, minimum: int = 0, slicewise: b
 
 def estimate_noise_sigma(image: sitk.Image, *, mask: sitk.Image | None = None) -> float:
     """Robust noise standard deviation: MAD of neighbour differences along x (edges barely matter)."""
-    array = sitk.GetArrayViewFromImage(image).astype(np.float32, copy=False)
-    diff = np.diff(array, axis=-1)
+    array = sitk.GetArrayViewFromImage(image)
     if mask is not None:
         inside = sitk.GetArrayViewFromImage(mask).astype(bool)
+        if inside.any():  # the pairs lie in the mask's box: the same differences, in the same order
+            box = tuple(slice(int(i[0]), int(i[-1]) + 1) for i in (
+                np.flatnonzero(inside.any(axis=tuple(a for a in range(inside.ndim) if a != axis)))
+                for axis in range(inside.ndim)))
+            array, inside = array[box], inside[box]
+        diff = np.diff(array.astype(np.float32, copy=False), axis=-1)
         diff = diff[inside[..., 1:] & inside[..., :-1]]
+    else:
+        diff = np.diff(array.astype(np.float32, copy=False), axis=-1)
     diff = diff.ravel()
     if diff.size > 2_000_000:
         diff = diff[:: diff.size // 2_000_000]

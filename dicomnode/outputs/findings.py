@@ -69,13 +69,26 @@ def mask_centroid(mask: np.ndarray) -> tuple[float, float, float]:
     return tuple(float(np.dot(np.arange(p.size), p)) / total for p in (per_slice, rows, columns))  # type: ignore[return-value]
 
 
+def mask_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...]:
+    """The bounding box of a non-empty 3-D mask grown by ``margin`` voxels (clipped to the array), from
+    its projections over the occupied slices (no index array per voxel)."""
+    flat = np.asarray(mask, dtype=bool)
+    occupied = np.flatnonzero(flat.any(axis=(1, 2)))
+    first, last = int(occupied[0]), int(occupied[-1])
+    slab = flat[first : last + 1]
+    rows, columns = np.flatnonzero(slab.any(axis=(0, 2))), np.flatnonzero(slab.any(axis=(0, 1)))
+    return tuple(slice(max(0, low - margin), min(size, high + margin + 1)) for low, high, size in (
+        (first, last, flat.shape[0]), (int(rows[0]), int(rows[-1]), flat.shape[1]),
+        (int(columns[0]), int(columns[-1]), flat.shape[2])))
+
+
 def finding_sites(segments: Sequence[Segment]) -> dict[str, Segment]:
     """Lesion label → the organ segment it overlaps most (dilated by one voxel: lesions at the surface)."""
     organs = [s for s in segments if s.category == "organ" and s.mask.any()]
     sites: dict[str, Segment] = {}
     for lesion in (s for s in segments if s.category == "lesion" and s.mask.any()):
         # on the lesion's box plus one voxel: dilating a whole 512x512x300 mask per lesion takes seconds
-        box = tuple(slice(max(0, int(i.min()) - 1), int(i.max()) + 2) for i in np.nonzero(lesion.mask))
+        box = mask_box(lesion.mask, 1)
         grown = ndimage.binary_dilation(lesion.mask[box])
         overlaps = [(int(np.count_nonzero(grown & o.mask[box])), i) for i, o in enumerate(organs)]
         best = max(overlaps, default=(0, -1))
@@ -130,11 +143,16 @@ def lesion_kinds(segments: Sequence[Segment], image: np.ndarray | None,
         site = sites.get(segment.label)
         if segment.category != "lesion" or site is None:
             continue
-        rest = site.mask & ~segment.mask
+        if not site.mask.any() or not segment.mask.any():
+            continue
+        # on boxes: the same voxels in the same order as over the whole series, a fraction of the passes
+        box = mask_box(site.mask)
+        rest = site.mask[box] & ~segment.mask[box]
         if not rest.any():
             continue
-        lesion_mean = float(image[segment.mask].mean())
-        kinds[segment.label] = "hypo" if lesion_mean < float(np.median(image[rest])) else "hyper"
+        lesion_box = mask_box(segment.mask)
+        lesion_mean = float(image[lesion_box][segment.mask[lesion_box]].mean())
+        kinds[segment.label] = "hypo" if lesion_mean < float(np.median(image[box][rest])) else "hyper"
         if modality.upper() == "CT" and lesion_mean < -30.0:
             kinds[segment.label] = "fat"
     return kinds

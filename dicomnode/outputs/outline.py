@@ -28,7 +28,7 @@ class KeySlice:
 
 def key_slice_index(mask: np.ndarray) -> int:
     """Index of the slice with the largest cross-section (the first one on ties)."""
-    areas = mask.reshape(mask.shape[0], -1).sum(axis=1)
+    areas = np.count_nonzero(mask.reshape(mask.shape[0], -1), axis=1)  # a bool sum is ~10x slower
     if not areas.any():
         raise OutputError("The mask is empty: it has no key slice.")
     return int(np.argmax(areas))
