@@ -479,8 +479,8 @@ def _inherit_host_failures(segments: Sequence, organs: Sequence,  # outputs.api.
     """A lesion inside an organ whose contour failed QC fails too: what the organ's contour took in (fat,
     muscle, bowel) is where a false lesion comes from, and the lesion's contrast is measured against it."""
     for lesion in (s for s in segments if s.category == "lesion"):
-        failed = [o for o in organs
-                  if verdicts[o.label].status == QCStatus.FAIL and (o.mask & lesion.mask).any()]
+        failed = [o for o in organs if o.label in verdicts  # an empty segment gets no verdict
+                  and verdicts[o.label].status == QCStatus.FAIL and (o.mask & lesion.mask).any()]
         if not failed:
             continue
         own = verdicts[lesion.label]
