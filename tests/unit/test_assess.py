@@ -150,3 +150,18 @@ def test_a_lesion_inside_a_failed_organ_fails_with_it(ct) -> None:  # noqa: ANN0
     verdict = assess(ct.image, ct.spacing, leaky)[0].segments["Lesion 1"]
     assert verdict.status == QCStatus.FAIL and QCFlag.LEAK in verdict.flags, verdict
     assert "Lesion 1 lies in Liver, whose contour failed QC" in verdict.reasons[-1]
+
+
+def test_a_spleen_far_darker_than_the_liver_is_another_structure(ct) -> None:  # noqa: ANN001
+    """A 300 mm-long phantom's "spleen" was 1 l of 40 HU tissue beside a 105 HU liver (Dice 0.005, warn)."""
+    liver, spleen, body = ct.masks["liver"], ct.masks["spleen"], ct.masks["body"]
+    organs = [Segment("Liver", "liver", liver), Segment("Spleen", "spleen", spleen)]
+    true = assess(ct.image, ct.spacing, organs)[0].segments["Spleen"]
+    assert QCFlag.IMPLAUSIBLE_INTENSITY not in true.flags
+    image = ct.image.copy()
+    elsewhere = np.roll(spleen, -12, axis=2) & body & ~liver & ~spleen
+    image[elsewhere] = float(np.median(ct.image[liver])) - 60.0  # bowel/muscle-like tissue
+    verdict = assess(image, ct.spacing, [Segment("Liver", "liver", liver),
+                                         Segment("Spleen", "spleen", elsewhere)])[0].segments["Spleen"]
+    assert verdict.status == QCStatus.FAIL and QCFlag.IMPLAUSIBLE_INTENSITY in verdict.flags, verdict
+    assert "below the liver's" in verdict.reasons[-1]
