@@ -115,3 +115,17 @@ def crop(image: sitk.Image, labels: sitk.Image, *, keep_fraction: float, side: s
     cut_low = (side == "right") == left_positive
     start = nx - keep if cut_low else 0
     return image[start : start + keep, :, :], labels[start : start + keep, :, :]
+
+
+def real_case() -> tuple[sitk.Image, sitk.Image]:
+    """The shared abdominal CT (ct-abdomen-20) and its reference labels resampled onto it, as images on the
+    same grid: the starting point of every variant of the real case."""
+    from dicomnode.imaging.volume import read_volume, resample_onto
+    from tests.support import shared_data
+
+    volume = read_volume(shared_data("ct-abdomen-20", "dicom"))
+    reference = sitk.ReadImage(str(shared_data("ct-abdomen-20", "reference-labels.nrrd")))
+    labels = sitk.GetImageFromArray(resample_onto(reference, volume).astype(np.uint8))
+    image = volume.to_sitk()
+    labels.CopyInformation(image)
+    return image, labels

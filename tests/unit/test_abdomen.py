@@ -15,23 +15,16 @@ import SimpleITK as sitk
 
 from dicomnode.imaging.metrics import dice
 from dicomnode.imaging.organs.abdomen import LABELS
-from dicomnode.imaging.volume import read_volume, resample_onto
 from dicomnode.pipelines.registry import get_pipeline
 from dicomnode.pipelines.runner import execute
 from tests import variants
-from tests.support import shared_data
 
 REF_LIVER, REF_SPLEEN = 5, 1
 
 
 @pytest.fixture(scope="module")
 def real_case() -> tuple[sitk.Image, sitk.Image]:
-    volume = read_volume(shared_data("ct-abdomen-20", "dicom"))
-    reference = sitk.ReadImage(str(shared_data("ct-abdomen-20", "reference-labels.nrrd")))
-    labels = sitk.GetImageFromArray(resample_onto(reference, volume).astype(np.uint8))
-    image = volume.to_sitk()
-    labels.CopyInformation(image)
-    return image, labels
+    return variants.real_case()
 
 
 def organs_of(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:

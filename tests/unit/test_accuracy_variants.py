@@ -9,12 +9,11 @@ import pytest
 import SimpleITK as sitk
 
 from dicomnode.imaging.metrics import dice
-from dicomnode.imaging.volume import Volume, read_volume, resample_onto
+from dicomnode.imaging.volume import Volume
 from dicomnode.jobs import JobSpec
 from dicomnode.pipelines.registry import get_pipeline
 from dicomnode.pipelines.runner import process_volume
 from tests import variants
-from tests.support import shared_data
 
 REFERENCE = {"Liver": 5, "Aorta": 52}
 TARGET = {"Liver": 0.9, "Aorta": 0.9}
@@ -22,12 +21,7 @@ TARGET = {"Liver": 0.9, "Aorta": 0.9}
 
 @pytest.fixture(scope="module")
 def real_case() -> tuple[sitk.Image, sitk.Image]:
-    volume = read_volume(shared_data("ct-abdomen-20", "dicom"))
-    reference = sitk.ReadImage(str(shared_data("ct-abdomen-20", "reference-labels.nrrd")))
-    labels = sitk.GetImageFromArray(resample_onto(reference, volume).astype(np.uint8))
-    image = volume.to_sitk()
-    labels.CopyInformation(image)
-    return image, labels
+    return variants.real_case()
 
 
 @pytest.mark.parametrize(
