@@ -40,6 +40,11 @@ def _records(path: Path) -> list[dict]:
 
 
 SERIES_EVENTS = "SELECT * FROM assembly_events WHERE kind = 'series' AND series_uid = ? ORDER BY generation"
+# Completions already handed on; the condition must precede ORDER BY (appending it made it part of the sort key).
+HANDED_ON = (
+    "SELECT * FROM assembly_events WHERE kind = 'series' AND series_uid = ? AND handed_on_at IS NOT NULL"
+    " ORDER BY generation"
+)
 
 
 def test_quiet_completion_late_instance_and_restart(dicomnode_node, tmp_path: Path) -> None:
@@ -50,7 +55,7 @@ def test_quiet_completion_late_instance_and_restart(dicomnode_node, tmp_path: Pa
     files = ct_series(tmp_path / "a", slices=8, rows=16, cols=16, seed="quiet", indices=[0, 2, 5])  # gaps
     assert storescu(node, *files).returncode == 0
 
-    (first,) = _wait_for(node, SERIES_EVENTS + " AND handed_on_at IS NOT NULL", (series_uid,))
+    (first,) = _wait_for(node, HANDED_ON, (series_uid,))
     assert (first["generation"], first["reason"], first["instance_count"]) == (1, "quiet", 3)
     _wait_for(node, "SELECT * FROM assembly_events WHERE kind = 'study'")
     time.sleep(2)  # several more quiet periods: still exactly one completion
@@ -59,7 +64,7 @@ def test_quiet_completion_late_instance_and_restart(dicomnode_node, tmp_path: Pa
 
     late = ct_series(tmp_path / "late", slices=8, rows=16, cols=16, seed="quiet", indices=[7])
     assert storescu(node, *late).returncode == 0
-    rows = _wait_for(node, SERIES_EVENTS + " AND handed_on_at IS NOT NULL", (series_uid,), count=2)
+    rows = _wait_for(node, HANDED_ON, (series_uid,), count=2)
     assert [(r["generation"], r["instance_count"]) for r in rows] == [(1, 3), (2, 4)]
     _wait_for(node, "SELECT * FROM assembly_events WHERE kind = 'study' AND generation = 2")
 
@@ -73,7 +78,7 @@ def test_quiet_completion_late_instance_and_restart(dicomnode_node, tmp_path: Pa
         )
     conn.close()
     node.start()
-    rows = _wait_for(node, SERIES_EVENTS + " AND handed_on_at IS NOT NULL", (series_uid,), count=2)
+    rows = _wait_for(node, HANDED_ON, (series_uid,), count=2)
     assert [(r["generation"], r["emit_count"]) for r in rows] == [(1, 1), (2, 2)]
     time.sleep(1)
     again = _ready_lines(node, series_uid, log_index=-1)
