@@ -6,11 +6,11 @@ Cases (every one runs the whole pipeline through ``process_volume``, as the node
   field of view) and ``ct-3slice`` (liver SEG of dcmqi's test data);
 * **variants** of ``ct-abdomen-20`` made by ``tests/variants.py`` (pixels and geometry rewritten
   together, scored against the equally transformed reference): prone, feet first, 5 mm slices,
-  native phase, fatty liver (≈ 10 HU), steatosis at −40 HU (the issue's lower bound, at the fat's
-  level), a field of view cut into the liver;
+  native phase, fatty liver (≈ 10 HU), steatosis at −20 and −40 HU (the issue's lower bound, near the
+  fat's level), a field of view cut into the liver;
 * **phantoms** (``tests/phantoms.py``, exact truth): a base case (portal phase, adult, 5 mm, head first
   supine, lesions inside the liver, no metal, full field of view) and one factor changed at a time —
-  phase (native, arterial) × liver fat (10 HU) × body size (child, 0.7) × position (prone, feet first)
+  phase (native, arterial) × liver fat (10, −40 HU) × body size (child, 0.7) × position (prone, feet first)
   × slice thickness (2 mm) × lesion position (subcapsular) × metal × field of view (cropped) — plus a
   lesion-free case. Lesion rows report lesions found / expected (≥ 10 mm, at least partly inside the
   field of view; those a cropped field of view misses whole are counted apart) and false ones; the real
@@ -191,6 +191,7 @@ def variant_cases() -> Iterator[Case]:
             i, lab, tissue_hu={5: 55.0, 1: 45.0, 2: 30.0, 3: 30.0, 52: 40.0, 63: 40.0, 64: 40.0}
         ),
         "fatty-liver": lambda i, lab: variants.fatty_liver(i, lab, liver_value=5, target_hu=10.0),
+        "steatosis-20": lambda i, lab: variants.fatty_liver(i, lab, liver_value=5, target_hu=-20.0),
         "steatosis-40": lambda i, lab: variants.fatty_liver(i, lab, liver_value=5, target_hu=-40.0),
         "cropped-fov": lambda i, lab: variants.crop(i, lab, keep_fraction=0.72, side="right"),
     }
@@ -205,6 +206,7 @@ PHANTOM_MATRIX: dict[str, dict] = {
     "native": {"phase": "native"},
     "arterial": {"phase": "arterial"},
     "fatty-liver": {"liver_hu": 10.0},
+    "steatosis-40": {"liver_hu": -40.0},
     "child": {"body_scale": 0.7},
     "prone": {"_position": "prone"},
     "feet-first": {"_position": "feet-first"},

@@ -38,6 +38,20 @@ def test_liver_on_phantoms(shape, spacing, phase) -> None:  # noqa: ANN001
     assert dice(out["liver"] > 0, ct.masks["liver"]) >= 0.95
 
 
+@pytest.mark.parametrize("liver_hu", [-40.0, -20.0, 10.0, 60.0, 160.0])
+def test_the_liver_mode_is_found_from_minus_40_hu_up_beside_much_fat(liver_hu: float) -> None:
+    """The liver's attenuation (issue 11: -40..160 HU) in a region that holds 20 times more fat (-90 +- 20
+    HU, an obese abdomen) and some muscle: the mode is the liver's, not the fat's tail at the search's lower
+    edge (-60 HU, where the histogram is highest)."""
+    from dicomnode.imaging.organs.liver import liver_mode
+
+    rng = np.random.default_rng(0)
+    fat, liver, muscle = (-90.0, 20.0, 2_000_000), (liver_hu, 10.0, 100_000), (50.0, 12.0, 20_000)
+    values = np.concatenate([rng.normal(*fat), rng.normal(*liver), rng.normal(*muscle)])
+    mode, _, _, _ = liver_mode(values, -60.0, 220.0)
+    assert abs(mode - liver_hu) <= 6.0, mode
+
+
 def test_lungs_on_phantom_split_left_and_right() -> None:
     ct = make_ct_phantom(shape=(40, 128, 128), spacing=(5.0, 2.8, 2.8), seed=4)
     labels = run_until("lung-ct", "lungs", ct.to_sitk())["lungs"]

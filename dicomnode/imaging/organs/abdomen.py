@@ -54,6 +54,7 @@ LABELS: dict[str, int] = {
     "ivc": 7,
 }
 BACKGROUND = 8
+KIDNEY_MIN_HU = 0.0  # a kidney's attenuation on any CT, native included (assess.py's plausible range)
 
 
 @dataclass(frozen=True)
@@ -304,14 +305,33 @@ def _seeds(
         for name, m in models.items():
             if name != "liver":
                 others |= m.seed
-        extra = erode_mm(liver_mask, 6.0 * s, sp) & ~dilate_mm(others, 10.0 * s, sp) & soft
-        extra = _ribbons_cut(extra, sp, 4.0 * s)  # a leak along a layer of the same tissue is no seed
-        seed = _keep_seeded(extra | liver.seed, liver.seed)
         values = array[liver_mask]
         mad = float(np.median(np.abs(values - np.median(values)))) * 1.4826
-        models["liver"] = OrganModel("liver", seed, liver.hu, max(liver.spread, min(mad, 25.0)))
+        liver = OrganModel("liver", liver.seed, liver.hu, max(liver.spread, min(mad, 25.0)))
+        core = erode_mm(liver_mask, 6.0 * s, sp)
+        own = soft
+        low_liver = _liver_low(liver, lm)
+        if low_liver < lm.fat_hu + 30.0 and core.any():
+            # a steatotic liver reaches below the soft-tissue band (parts of it darker than the rest): the
+            # seed takes the chain's core down to the liver's own lower bound, on the image smoothed by 2 mm
+            # (the parenchyma's noise punches no holes into it)
+            box = _box(core, (1, 1, 1))
+            smooth = ndimage.gaussian_filter(array[box], [2.0 / spc for spc in sp])
+            own = soft.copy()
+            own[box] |= (smooth > low_liver) & (array[box] < lm.bone_hu) & inner[box]
+        extra = core & ~dilate_mm(others, 10.0 * s, sp) & own
+        extra = _ribbons_cut(extra, sp, 4.0 * s)  # a leak along a layer of the same tissue is no seed
+        seed = _keep_seeded(extra | liver.seed, liver.seed)
+        models["liver"] = OrganModel("liver", seed, liver.hu, liver.spread)
     log.debug("spine x %s y %s", np.round(lm.spine_x[::5]), np.round(lm.spine_y[::5]))
     return models, tubes, liver_mask
+
+
+def _liver_low(liver: OrganModel, lm: Landmarks) -> float:
+    """The lowest attenuation of the liver's parenchyma, as the liver chain's band has it (2.5 spreads and
+    15 HU below its level: parts of a steatotic liver are darker than the rest), never below the fat's
+    level. A steatotic liver near the fat's level reaches below the soft-tissue band."""
+    return max(liver.hu - 2.5 * liver.spread - 15.0, lm.fat_hu)
 
 
 def _kidney(
@@ -347,6 +367,9 @@ def _kidney(
         try:  # the blob's own attenuation: muscle next to a kidney (psoas, quadratus) differs from it
             hu, spread = _mode_near(array[zbox][blob], lm.fat_hu + 40.0, 400.0)
         except ImagingError:
+            continue
+        if hu < KIDNEY_MIN_HU:  # below any kidney's attenuation: a steatotic liver's lobe, bowel, fat
+            log.debug("kidney %+.0f: %.0f HU is no kidney's attenuation", side, hu)
             continue
         tolerance = max(2.5 * spread, 20.0)
         core = np.zeros_like(zone)

@@ -8,7 +8,8 @@ Each function is a pipeline step (``liver.*`` in ``liver-ct.yaml``) on the *work
   ``extent_mm`` (whole volume when no lung is in the field of view). The body wall (``wall_mm``) and
   the posterior third (spine, kidneys, back muscles) are left out of the region used for statistics.
 * ``threshold`` — the liver's intensity band estimated from the image: the soft-tissue mode of the
-  histogram inside the localisation region (robust to native ≈ 55 HU vs portal-venous ≈ 90–110 HU) ±
+  histogram inside the localisation region (robust to native ≈ 55 HU vs portal-venous ≈ 90–110 HU, and to
+  steatosis down to −40 HU: the search starts at ``search_low_hu`` = −60 HU, above the fat's mode) ±
   ``band_sigmas`` × its spread (at least ``min_half_width_hu``). The step returns the mask with the
   estimates ``band`` (``(low, high)`` HU) and ``mode``; they travel with the mask to the next steps and
   end up in the job summary.
@@ -86,13 +87,13 @@ def threshold(
     band_sigmas: float = 2.5,
     min_half_width_hu: float = 25.0,
     low_extra_hu: float = 15.0,
-    search_low_hu: float = 0.0,
+    search_low_hu: float = -60.0,
     search_high_hu: float = 220.0,
 ) -> StepOutput:
     """Voxels in the liver's intensity band (estimated inside ``region``)."""
     array, _ = array_of(image)
     values = array[mask_of(region)]
-    mode, sigma, valley_low, valley_high = histogram_mode(values, search_low_hu, search_high_hu)
+    mode, sigma, valley_low, valley_high = liver_mode(values, search_low_hu, search_high_hu)
     half = max(band_sigmas * sigma, min_half_width_hu)
     # the band stops at a histogram valley that separates the liver from a neighbouring tissue
     low = max(mode - half - low_extra_hu, valley_low)
@@ -100,6 +101,21 @@ def threshold(
     log.debug("liver band %.1f..%.1f HU (mode %.1f, spread %.1f)", low, high, mode, sigma)
     band = image_like((array >= low) & (array <= high), image, np.uint8)
     return StepOutput(band, {"band": (low, high), "mode": mode})
+
+
+def liver_mode(values: np.ndarray, low: float, high: float) -> tuple[float, float, float, float]:
+    """The liver's mode among ``values`` (HU) between ``low`` and ``high``, as
+    :func:`~dicomnode.imaging.organs.common.histogram_mode` returns it.
+
+    ``low`` lies below the steatotic liver (−40 HU on any CT) and above the fat's mode (−100 ± 20 HU): a
+    "mode" at that edge is the tail of the fat below it, not a peak, and the search starts again above it."""
+    for _ in range(3):
+        mode, sigma, valley_low, valley_high = histogram_mode(values, low, high)
+        if mode > low + 6.0:
+            break
+        log.debug("the histogram's maximum at %.0f HU is the edge of the search (fat's tail)", mode)
+        low = mode + 10.0
+    return mode, sigma, valley_low, valley_high
 
 
 def band_of(mask: StepOutput) -> tuple[float, float]:
