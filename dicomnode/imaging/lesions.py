@@ -329,7 +329,7 @@ def detect_in_region(
                     reason = "metal streak"
             if reason:
                 rejected[reason] = rejected.get(reason, 0) + 1
-                log.debug("%s component of %d voxels rejected: %s", polarity, int(comp.sum()), reason)
+                log.debug("%s component of %d voxels rejected: %s at %s", polarity, int(comp.sum()), reason, [b.start for b in box])
                 continue
             full = np.zeros(labels.shape, dtype=bool)
             full[box] = own if own.any() else comp

@@ -3,6 +3,8 @@ and a lesion cut by the edge of the field of view carries its own truncation fla
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
@@ -53,3 +55,42 @@ def test_lesion_cut_by_the_field_of_view_is_flagged_truncated() -> None:
         assert len(found) == 1
         assert "truncated" in found[0].qc.flags
         assert summary["segments"][found[0].label]["volume_is_lower_bound"]
+
+
+@pytest.mark.parametrize("variant", ["native", "fatty-liver"])
+def test_real_liver_without_contrast_or_with_fat_gives_no_lesion(variant: str) -> None:
+    """The real liver (which has no lesion) in a native scan (liver 55 HU, its portal and hepatic branches
+    with the blood at 40 HU) and fatty at 10 HU (its branches stay as bright as the portal vein they
+    come from): no lesion is reported. The variants move the vessels inside the liver's label with the
+    blood, not with the parenchyma: they once left a branch at +35 HU in a native liver, and a 10 HU
+    liver's branches at +35 HU beside a 130 HU portal vein (two false 'lesions' no real scan shows)."""
+    image, labels = variants.real_case()
+    if variant == "native":
+        image, labels = variants.native_phase(image, labels, tissue_hu={5: 55.0, 1: 45.0, 52: 40.0, 63: 40.0,
+                                                                        64: 40.0})
+    else:
+        image, labels = variants.fatty_liver(image, labels, liver_value=5, target_hu=10.0)
+    lesions, summary = _run(image)
+    assert not lesions, summary["estimates"]
+
+
+def test_vessels_inside_the_liver_follow_the_blood_in_the_variants() -> None:
+    """The variant builders' realism: in the native variant the real liver's contrast-filled branches
+    (brighter than its parenchyma by 30 HU or more in the portal phase) lie at the blood's native level,
+    below the liver's; in the fatty variant they keep their own attenuation, far above the liver's."""
+    image, labels = variants.real_case()
+    original = sitk.GetArrayFromImage(image)
+    lab = sitk.GetArrayFromImage(labels)
+    liver = ndimage.binary_erosion(lab == 5, iterations=2)
+    smooth = ndimage.gaussian_filter(original, 1.0)
+    level = float(np.median(original[liver]))
+    branches = liver & (smooth > level + 30.0)
+    assert branches.sum() > 500
+    native, _ = variants.native_phase(image, labels, tissue_hu={5: 55.0, 63: 40.0, 64: 40.0})
+    native_arr = ndimage.gaussian_filter(sitk.GetArrayFromImage(native), 1.0)
+    assert float(np.median(native_arr[branches])) < float(np.median(native_arr[liver & ~branches])) + 5.0
+    assert abs(float(np.median(native_arr[liver & ~branches])) - 55.0) < 5.0
+    fatty, _ = variants.fatty_liver(image, labels, liver_value=5, target_hu=10.0)
+    fatty_arr = ndimage.gaussian_filter(sitk.GetArrayFromImage(fatty), 1.0)
+    assert float(np.median(fatty_arr[branches])) > float(np.median(smooth[branches])) - 15.0
+    assert abs(float(np.median(fatty_arr[liver & ~branches])) - 10.0) < 5.0
