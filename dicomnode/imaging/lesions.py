@@ -617,8 +617,10 @@ class Limits:
                 thick = _thickness(beyond, spacing)
                 own = max(float(np.percentile(contrast[comp], 90)), 1e-6)
                 peak = float(np.percentile(contrast[beyond], 90)) / own
-                log.debug("continuation: d=%.1f inscribed=%.1f thick=%.1f peak ratio=%.2f", diameter,
-                          inscribed, thick, peak)
+                # the centres of the branches (partial volume lowers the bulk of a thinner branch's voxels)
+                top = float(np.percentile(contrast[beyond], 98)) / own
+                log.debug("continuation: d=%.1f inscribed=%.1f thick=%.1f peak ratio=%.2f (top %.2f)", diameter,
+                          inscribed, thick, peak, top)
                 # a ball is a lesion even where it touches a dark structure: a vessel piece cut by the
                 # threshold is far from round (inscribed / equivalent diameter 0.5-0.6 on real CT), a lesion
                 # is round (0.7-0.95); a round piece stays when it is very round or the structure beyond is
@@ -627,6 +629,11 @@ class Limits:
                 ball = diameter >= self.ball_mm and (
                     roundness >= self.ball or (roundness >= self.round and peak > self.darker))
                 if thick >= self.max_continuation * inscribed and peak >= self.same_contrast and not ball:
+                    return "continues as a vessel"
+                # a piece far from round (a trunk cut by the field of view or by the organ's mask at the
+                # hilum) that goes on into branches whose centres are as bright as it is a vessel too
+                if roundness < self.round and thick >= self.max_continuation * inscribed and (
+                        top >= self.same_contrast):
                     return "continues as a vessel"
         return ""
 
