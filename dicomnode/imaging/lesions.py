@@ -266,8 +266,12 @@ def detect_in_region(
         fat_limit = _fat_limit(smooth, organ_arr, float(exclude_below))
         organ_arr &= smooth >= fat_limit
     metal = _to_index(image, metal_points)
+    averaged = np.zeros(organ_arr.shape[0], dtype=bool)  # the slices averaged along arcs about the metal
+    gain = 1.0
     if len(metal):  # streaks run radially from the metal: average them out along arcs around it
+        gain = _arc_gain(organ_arr, metal, spacing, smoothing_mm, ARC_MM)
         smooth = _across_streaks(smooth, organ_arr, metal, spacing, ARC_MM)
+        averaged = _metal_slices(organ_arr, metal)
     # at least one voxel deep along every axis: thick slices carry partial volume at the organ's top/bottom
     depth = max(margin_mm, 1.01 * max(spacing))
     core = erode(organ_arr, margin_mm, spacing)
@@ -294,15 +298,30 @@ def detect_in_region(
     sigma = 1.4826 * float(np.median(np.abs(residual[core] - np.median(residual[core]))))
     delta = max(k_sigma * sigma, min_contrast)
     limits = Limits(min_diameter_mm, max_elongation, min_compactness, max_continuation, delta, min_strength)
+    # on the slices averaged along arcs a lesion keeps only part of its contrast (``gain``, for a lesion of
+    # ``REFERENCE_MM``): their threshold is what a lesion of ``delta`` keeps, not below ``k_sigma`` times
+    # the noise left there (the streak residue cancels: the contrast to noise ratio is what counts)
+    threshold = np.full(organ_arr.shape[0], delta, dtype=np.float32)
+    metal_limits = limits
+    if averaged.any() and gain < 1.0:
+        on = core & averaged[:, None, None]
+        left = residual[on] if on.sum() >= 50 else residual[core]
+        noise = 1.4826 * float(np.median(np.abs(left - np.median(left))))
+        delta_metal = min(delta, max(gain * delta, k_sigma * noise))
+        threshold[averaged] = delta_metal
+        metal_limits = Limits(min_diameter_mm, max_elongation, min_compactness, max_continuation, delta_metal,
+                              min_strength)
+        log.debug("metal slices: gain %.2f, noise %.1f, threshold %.1f", gain, noise, delta_metal)
+    level = threshold[:, None, None]
     rejected: dict[str, int] = {}
     kept: list[tuple[float, np.ndarray, bool]] = []
     for polarity in (("hypo", "hyper") if kind == "both" else (kind,)) if enclosed else ():
-        passes = (residual < -delta) if polarity == "hypo" else (residual > delta)
+        passes = (residual < -level) if polarity == "hypo" else (residual > level)
         # structures thinner than ``vessel_mm`` (vessels, rims) do not survive the opening of the seeds;
         # the seeds then grow back into the whole organ through voxels that still pass
         seeds = opening(passes & core, vessel_mm / 2.0, spacing)
         grown = seeds | (dilate(seeds, depth + max(spacing), spacing) & passes & organ_arr)
-        half = (residual < -0.5 * delta) if polarity == "hypo" else (residual > 0.5 * delta)
+        half = (residual < -0.5 * level) if polarity == "hypo" else (residual > 0.5 * level)
         labels, _ = ndimage.label(grown)
         for i, box in enumerate(ndimage.find_objects(labels), start=1):
             comp = labels[box] == i
@@ -318,7 +337,9 @@ def detect_in_region(
             allowed &= np.abs(residual[box]) <= float(np.abs(residual[box][comp]).max()) + delta
             local, _ = ndimage.label(allowed | comp)
             weaker = np.isin(local, np.unique(local[comp]))
-            reason = limits.reject(comp, core[box], weaker, np.abs(residual[box]), spacing)
+            on_metal = averaged[box[0]][comp.any(axis=(1, 2))].mean() > 0.5
+            reason = (metal_limits if on_metal else limits).reject(comp, core[box], weaker,
+                                                                   np.abs(residual[box]), spacing)
             if not reason:
                 # the candidate is a lesion; its mask is its own boundary, without what joins it at a weaker
                 # level (a darker region or vessel next to it) and without the margin the threshold adds
@@ -667,6 +688,43 @@ def _to_index(image: sitk.Image, points: np.ndarray | None) -> np.ndarray:
 
 
 ARC_MM = 3.0  # Gaussian sigma along arcs around the metal, on slices that hold metal
+REFERENCE_MM = 10.0  # the lesion size whose contrast loss on those slices sets their threshold
+
+
+def _metal_slices(organ: np.ndarray, metal: np.ndarray) -> np.ndarray:
+    """Which slices :func:`_across_streaks` averages (metal on the slice and organ on it)."""
+    on = np.zeros(organ.shape[0], dtype=bool)
+    for k in range(organ.shape[0]):
+        on[k] = bool(organ[k].any()) and bool((np.abs(metal[:, 0] - k) <= 0.5).any())
+    return on
+
+
+def _arc_gain(organ: np.ndarray, metal: np.ndarray, spacing: tuple[float, ...], smoothing_mm: float,
+              arc_mm: float) -> float:
+    """The share of its contrast a lesion of ``REFERENCE_MM`` keeps through the averaging along arcs, on the
+    averaged slice with the most organ: discs ``3 × REFERENCE_MM`` apart in the organ's interior (a unit
+    step, blurred in-plane like the image), the median of their centres' values after the averaging."""
+    slices = np.flatnonzero(_metal_slices(organ, metal))
+    if len(slices) == 0:
+        return 1.0
+    k = int(slices[np.argmax(organ[slices].sum(axis=(1, 2)))])
+    plane = np.asarray(spacing[1:])
+    radius = 0.5 * REFERENCE_MM
+    interior = ndimage.distance_transform_edt(organ[k], sampling=plane) > 1.5 * REFERENCE_MM
+    step = np.maximum(np.round(3.0 * REFERENCE_MM / plane).astype(int), 1)
+    rows, cols = np.mgrid[0:organ.shape[1], 0:organ.shape[2]]
+    centres = np.argwhere(interior & (rows % step[0] == 0) & (cols % step[1] == 0))
+    if len(centres) == 0:
+        return 1.0
+    discs = np.zeros(organ.shape[1:], dtype=np.float32)
+    for r, c in centres:
+        discs[np.hypot((rows - r) * plane[0], (cols - c) * plane[1]) <= radius] = 1.0
+    blurred = ndimage.gaussian_filter(discs, smoothing_mm / plane)
+    here = metal[np.abs(metal[:, 0] - k) <= 0.5].copy()
+    here[:, 0] = 0.0
+    after = _across_streaks(blurred[None], organ[k][None], here, spacing, arc_mm)[0]
+    kept = [float(after[r, c]) / max(float(blurred[r, c]), 1e-3) for r, c in centres]
+    return float(np.clip(np.median(kept), 0.0, 1.0))
 
 
 def _across_streaks(
