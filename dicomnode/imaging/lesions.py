@@ -348,6 +348,13 @@ def detect_in_region(
                 # ... unless that boundary, on slices with metal, runs along a streak
                 if _follows_streak(own if own.any() else comp, box, metal, spacing):
                     reason = "metal streak"
+                # ... or, at water density, it is a piece of the gallbladder the organ's mask took in
+                elif polarity == "hypo" and centre - FLUID_HU[1] >= delta:
+                    deepest = np.unravel_index(int(np.argmax(_distance(~comp, spacing))), comp.shape)
+                    middle = np.asarray(deepest) + np.asarray([b.start for b in box])
+                    radius = 0.5 * _thickness(comp, spacing)
+                    if _in_a_sac(smooth, middle, radius, comp, box, spacing):
+                        reason = "gallbladder"
             if reason:
                 rejected[reason] = rejected.get(reason, 0) + 1
                 log.debug("%s component of %d voxels rejected: %s at %s", polarity, int(comp.sum()), reason, [b.start for b in box])
@@ -367,7 +374,8 @@ def detect_in_region(
         like &= ~ndimage.binary_dilation(smooth <= floor)
         for comp in _surface_lesions(
             like, residual, organ_arr, spacing, limits, factors=factors, surface_mm=surface_mm,
-            min_diameter_mm=max(min_diameter_mm, surface_min_mm), rejected=rejected,
+            min_diameter_mm=max(min_diameter_mm, surface_min_mm), rejected=rejected, smooth=smooth,
+            fluid_check=centre - FLUID_HU[1] >= delta,
         ):
             # the part inside the organ may have been found already (as an enclosed lesion): one lesion
             joined = [j for j, (_, other, _) in enumerate(kept) if (other & comp).any()]
@@ -399,6 +407,8 @@ def _surface_lesions(
     surface_mm: float,
     min_diameter_mm: float,
     rejected: dict[str, int],
+    smooth: np.ndarray,
+    fluid_check: bool,
 ) -> list[np.ndarray]:
     """Hypodense lesions that cross the organ's surface (see the module docstring): round blobs of
     lesion-like tissue whose largest inscribed ball crosses or touches the surface. Balls are looked for
@@ -460,6 +470,8 @@ def _surface_lesions(
 
         reason, lesion = _surface_blob(like[box], local_depth, organ[box], residual[box], distance, radius,
                                        spacing, limits, envelope)
+        if not reason and fluid_check and _in_a_sac(smooth, centre, radius, lesion, box, spacing):
+            reason = "gallbladder"
         if reason:
             if reason != "enclosed":
                 rejected[reason] = rejected.get(reason, 0) + 1
@@ -470,6 +482,46 @@ def _surface_lesions(
         found.append(full)
         seen |= full
     return found
+
+
+FLUID_HU = (-15.0, 20.0)  # bile and other water-density fluid (0-20 HU: water is 0 HU on every CT)
+SAC_ELONGATION = 1.8  # principal-axis ratio of the gallbladder (a 70-100 mm pear, 30-40 mm wide: 2-3) ...
+SAC_MM = 45.0  # ... and its length: a round cyst (ratio about 1) of any size is not one
+
+
+def _in_a_sac(smooth: np.ndarray, centre: np.ndarray, radius: float, lesion: np.ndarray,
+              box: tuple[slice, ...], spacing: tuple[float, ...]) -> bool:
+    """Whether a surface candidate of water density is a piece of an elongated fluid-filled sac beside the
+    organ (the gallbladder under the liver: a pear 30-100 mm long), not a round lesion: the fluid it
+    belongs to (what is at water density and at least as thick as the candidate's ball, on a box of 5
+    radii), elongated (principal-axis ratio >= ``SAC_ELONGATION``) and at least ``SAC_MM`` long. A
+    lesion of another density, or a round cyst of any size, is not affected."""
+    level = float(np.median(smooth[box][lesion]))
+    if not FLUID_HU[0] <= level <= FLUID_HU[1]:
+        return False
+    wide = _ball_box(centre, 5.0 * radius, spacing, smooth.shape)
+    # a further 2 mm blur: the image's noise would cut holes in so narrow a band
+    region = ndimage.gaussian_filter(smooth[wide], [2.0 / s for s in spacing])
+    fluid = (region >= FLUID_HU[0]) & (region <= FLUID_HU[1])
+    depth = _distance(~fluid, spacing)
+    body = dilate(depth > 0.5 * radius, 0.5 * radius, spacing) & fluid  # thinner leaks (partial volume) out
+    pieces, _ = ndimage.label(body)
+    here = tuple(int(c) - w.start for c, w in zip(centre, wide, strict=True))
+    if not pieces[here]:
+        return False
+    sac = pieces == pieces[here]
+    length = _length(sac, spacing)
+    elongation = _elongation(sac, spacing)
+    log.debug("fluid around a surface candidate: elongation %.2f, length %.0f mm", elongation, length)
+    return elongation >= SAC_ELONGATION and length >= SAC_MM
+
+
+def _length(mask: np.ndarray, spacing: tuple[float, ...]) -> float:
+    """A mask's length along its major principal axis (4 standard deviations: 1.15 × a line's length)."""
+    points = np.argwhere(mask) * np.asarray(spacing)
+    if len(points) < 5:
+        return 0.0
+    return 4.0 * math.sqrt(max(float(np.linalg.eigvalsh(np.cov(points.T))[-1]), 0.0))
 
 
 def _ball_box(centre: np.ndarray, reach_mm: float, spacing: tuple[float, ...], shape: tuple[int, ...]

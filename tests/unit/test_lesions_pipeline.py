@@ -94,3 +94,27 @@ def test_vessels_inside_the_liver_follow_the_blood_in_the_variants() -> None:
     fatty_arr = ndimage.gaussian_filter(sitk.GetArrayFromImage(fatty), 1.0)
     assert float(np.median(fatty_arr[branches])) > float(np.median(smooth[branches])) - 15.0
     assert abs(float(np.median(fatty_arr[liver & ~branches])) - 10.0) < 5.0
+
+
+def test_gallbladder_is_not_a_lesion_and_a_cyst_of_its_density_in_the_liver_is() -> None:
+    """A gallbladder (bile at 8 HU, a 75 mm pear in its fossa under the liver, its fundus below the liver's
+    edge) is hypodense to the liver and bulges its surface like a subcapsular lesion: it is a piece of an
+    elongated water-density sac, not a lesion. A 16 mm cyst of the same density inside the liver is one,
+    and so is every lesion of 10 mm or more; nothing else is reported."""
+    ct = make_ct_phantom(seed=5, hepatic_vessels=True, fat_planes=True, gallbladder=True)
+    z, y, x = np.meshgrid(*[np.arange(n) * s + o for n, s, o in
+                            zip(ct.image.shape, ct.spacing, ct.origin[::-1], strict=True)], indexing="ij",
+                          sparse=True)
+    cyst = (x + 110.0) ** 2 + (y + 10.0) ** 2 + (z + 45.0) ** 2 <= 8.0**2
+    assert (ct.masks["liver"] & ~ct.masks["hepatic-vessels"])[cyst].all()
+    image = ct.image.copy()
+    image[cyst] += 8.0 - ct.clean[cyst]  # bile's density, the image's noise kept
+    lesions, summary = _run(ct.to_sitk(image))
+    gallbladder = ct.masks["gallbladder"]
+    assert not any((s.mask & gallbladder).any() for s in lesions), summary["estimates"]
+    expected = [ct.lesion_labels == t.label for t in ct.lesions if t.diameter_mm >= 10] + [cyst]
+    for truth in expected:
+        assert max(float(s.mask[truth].mean()) for s in lesions) > 0.5
+    truths = ct.masks["lesions"] | cyst
+    assert all((s.mask & truths).any() for s in lesions), summary["estimates"]
+    assert "gallbladder" in summary["estimates"]["lesions.rejected"]
