@@ -32,7 +32,8 @@ Variants: ``liver_hu`` overrides the liver's attenuation (steatosis: e.g. 10 HU,
 ``subcapsular=True`` adds a 30 mm hypodense lesion on the liver's anterior surface that bulges it by
 ~10 mm (part of the liver's truth); ``fat_planes=True`` gives the trunk a muscle wall and puts fat
 behind the peritoneum and in a 6 mm plane around every organ (organs apart as in patients; without it
-everything between the organs is one soft tissue).
+everything between the organs is one soft tissue); ``gallbladder=True`` puts a 75 mm pear of bile (8 HU, mask
+``gallbladder``) in its fossa under the liver's anterior inferior surface, its fundus below the liver's edge.
 Metal: a 14 mm steel rod (3000 HU) in the right paravertebral soft tissue; streaks are made physically
 (forward projection with photon starvation in the metal trace, filtered back projection) on the slices
 it crosses.

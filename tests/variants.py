@@ -22,7 +22,6 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-
 BLOOD = (63, 64)  # the reference's vessels that fill the liver's branches: IVC, portal/splenic vein
 
 

@@ -32,12 +32,20 @@ ordered by decreasing volume) of hypo- and/or hyper-dense regions:
    own). A lesion next to a vessel keeps its own, stronger contrast and stays; a subcapsular lesion
    only touches different tissue outside the organ and stays; a round blob of 12 mm or more (largest
    inscribed ball ≥ 0.78 × its equivalent diameter, or ≥ 0.7 when what it joins is darker than it)
-   stays whatever it touches: vessel pieces cut by the threshold are far from round (0.5-0.65).
+   stays whatever it touches: vessel pieces cut by the threshold are far from round (0.5-0.65). A piece
+   far from round (below 0.7) whose structure beyond has branch centres (its 98th percentile) as bright as
+   it continues as a vessel too: a trunk cut by the field of view or by the organ's mask at the hilum,
+   whose thinner branches partial volume darkens in bulk.
    On slices that hold metal (above the metal threshold, passed from the whole image), the smoothed
    image is first averaged along circles about the metal (Gaussian ``ARC_MM`` along the arc, over the
    organ only): the streak residue that metal artefact reduction leaves runs radially and alternates
    bright and dark across the arc, so it cancels, while a round lesion keeps most of its contrast
-   (phantom: noise on the metal's slices 13 → 5 HU, a 10 mm lesion's contrast 32 → 23 HU). A kept lesion
+   (phantom: noise on the metal's slices 13 → 5 HU, a 10 mm lesion's contrast 32 → 23 HU). The threshold
+   on those slices is what a lesion of ``REFERENCE_MM`` (10 mm) with the threshold's contrast keeps through
+   the averaging (its gain, measured by averaging discs on the organ's largest such slice about the same
+   metal), not below ``k_sigma`` × the noise left there: the contrast-to-noise ratio is what counts
+   (phantom: gain 0.75, 20 → 18.5 HU; the 12 mm lesion beside the rod, -19 HU at the fixed threshold, is
+   found). A kept lesion
    whose own boundary (step 4) is elongated in the slice plane with its long axis pointing at the metal
    is a ``metal streak`` (streak residue, the dark band between metal and bone), not a lesion; lesions
    near metal that stay carry the ``metal`` QC flag (:mod:`dicomnode.imaging.assess`).
@@ -61,6 +69,11 @@ ordered by decreasing volume) of hypo- and/or hyper-dense regions:
    (that is the enclosed search's) and as clear as an enclosed lesion. It is then traced on the full
    grid; an enclosed lesion it overlaps (its inner part) becomes part of it. The labels of lesions
    found this way may lie outside the organ mask; ``surface_lesions`` counts them.
+6. A hypodense candidate (enclosed or at the surface) at water density (``FLUID_HU``, -15..20 HU: bile,
+   whatever the phase; only where the organ lies clearly above it) that is a piece of an elongated fluid
+   sac (the water-density tissue at least as thick as its half radius around it, on a box of 5 radii:
+   principal-axis ratio >= ``SAC_ELONGATION`` and >= ``SAC_MM`` long) is the ``gallbladder`` in its fossa
+   under the liver, not a lesion; a round cyst of the same density is one.
 
 :func:`describe` gives each lesion's volume, diameter, centre (LPS mm), mean value and kind.
 
@@ -357,7 +370,8 @@ def detect_in_region(
                         reason = "gallbladder"
             if reason:
                 rejected[reason] = rejected.get(reason, 0) + 1
-                log.debug("%s component of %d voxels rejected: %s at %s", polarity, int(comp.sum()), reason, [b.start for b in box])
+                log.debug("%s component of %d voxels rejected: %s at %s", polarity, int(comp.sum()), reason,
+                          [b.start for b in box])
                 continue
             full = np.zeros(labels.shape, dtype=bool)
             full[box] = own if own.any() else comp
@@ -692,8 +706,8 @@ class Limits:
                 peak = float(np.percentile(contrast[beyond], 90)) / own
                 # the centres of the branches (partial volume lowers the bulk of a thinner branch's voxels)
                 top = float(np.percentile(contrast[beyond], 98)) / own
-                log.debug("continuation: d=%.1f inscribed=%.1f thick=%.1f peak ratio=%.2f (top %.2f)", diameter,
-                          inscribed, thick, peak, top)
+                log.debug("continuation: d=%.1f inscribed=%.1f thick=%.1f peak ratio=%.2f (top %.2f)",
+                          diameter, inscribed, thick, peak, top)
                 # a ball is a lesion even where it touches a dark structure: a vessel piece cut by the
                 # threshold is far from round (inscribed / equivalent diameter 0.5-0.6 on real CT), a lesion
                 # is round (0.7-0.95); a round piece stays when it is very round or the structure beyond is

@@ -32,7 +32,9 @@ def test_metal_streaks_give_no_false_lesion() -> None:
     lesions, _ = _run(ct.to_sitk())
     expected = [t for t in ct.lesions if t.diameter_mm >= 10]
     found = [t for t in expected if any(s.mask[ct.lesion_labels == t.label].any() for s in lesions)]
-    assert len(found) >= 3, found  # of 4 (before averaging along arcs about the metal: 2)
+    # all 4 (before averaging along arcs about the metal: 2; before the threshold on the averaged slices
+    # followed the contrast a lesion keeps there: 3, the 12 mm one at -19 HU missed)
+    assert len(found) == len(expected) == 4, found
     for lesion in lesions:
         assert (lesion.mask & ct.masks["lesions"]).any(), f"{lesion.label} is not a lesion"
     from_metal = ndimage.distance_transform_edt(~ct.masks["metal"], sampling=ct.spacing)
@@ -77,7 +79,8 @@ def test_real_liver_without_contrast_or_with_fat_gives_no_lesion(variant: str) -
 def test_vessels_inside_the_liver_follow_the_blood_in_the_variants() -> None:
     """The variant builders' realism: in the native variant the real liver's contrast-filled branches
     (brighter than its parenchyma by 30 HU or more in the portal phase) lie at the blood's native level,
-    below the liver's; in the fatty variant they keep their own attenuation, far above the liver's."""
+    below the liver's; in the fatty variant they keep (most of: partial volume) their own attenuation, far
+    above the liver's."""
     image, labels = variants.real_case()
     original = sitk.GetArrayFromImage(image)
     lab = sitk.GetArrayFromImage(labels)
@@ -92,7 +95,8 @@ def test_vessels_inside_the_liver_follow_the_blood_in_the_variants() -> None:
     assert abs(float(np.median(native_arr[liver & ~branches])) - 55.0) < 5.0
     fatty, _ = variants.fatty_liver(image, labels, liver_value=5, target_hu=10.0)
     fatty_arr = ndimage.gaussian_filter(sitk.GetArrayFromImage(fatty), 1.0)
-    assert float(np.median(fatty_arr[branches])) > float(np.median(smooth[branches])) - 15.0
+    # (the parenchyma moved down by 83 HU: with it, they would lie about 35 HU above it)
+    assert float(np.median(fatty_arr[branches])) > float(np.median(fatty_arr[liver & ~branches])) + 60.0
     assert abs(float(np.median(fatty_arr[liver & ~branches])) - 10.0) < 5.0
 
 
