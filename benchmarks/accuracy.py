@@ -14,7 +14,8 @@ Cases (every one runs the whole pipeline through ``process_volume``, as the node
   × slice thickness (2 mm) × lesion position (subcapsular) × metal × field of view (cropped) — plus a
   lesion-free case and one with a gallbladder (bile at water density under the liver: not a lesion).
   Lesion rows report lesions found / expected (≥ 10 mm, at least partly inside the field of view; those
-  a cropped field of view misses whole are counted apart) and false ones; the real liver of ``ct-abdomen-20`` and its variants has none, so every lesion reported there is false.
+  a cropped field of view misses whole are counted apart) and false ones; the real liver of
+  ``ct-abdomen-20`` and its variants has none, so every lesion reported there is false.
 
 The QC column is the pipeline's verdict for the segment (``result.json``'s ``qc``) when the pipeline
 computes one, blank otherwise (``withheld``: a failed secondary organ left out of what is sent, no Dice),
