@@ -21,8 +21,9 @@ the chain), the data copied from the ``.part`` file in the kernel, then one fdat
 associations each call it at once; the kernel merges their device cache flushes). Only then does the
 caller give the ``.part`` its final name (without fsync) and answer Success.
 
-The syncer thread (:meth:`Journal.handover`) then makes the spool files durable in batches (writeback of
-many files started at once, an fsync each, one fsync per folder) and moves the checkpoint past every
+The syncer thread (:meth:`Journal.handover`) then makes the spool files durable in batches (one
+``syncfs`` of the spool's filesystem per batch; else writeback of many files started at once, an fsync
+each, one fsync per folder) and moves the checkpoint past every
 record whose file is durable; a segment wholly behind the checkpoint is recycled. Recovery
 (:func:`dicomnode.spool.recovery.replay_journal`) re-creates, from the records past the checkpoint, the
 files a crash left missing or torn; a record whose checksum fails was never acknowledged (its fdatasync
