@@ -356,8 +356,11 @@ class Journal:
         except OSError as exc:
             self.stop()
             raise SpoolError(f"Cannot start the receive journal in '{self.directory}': {exc}.") from exc
-        if not self._free:
-            self._create_segment()  # the first one now; the preparer thread makes the spares
+        # the first segment and its spares now, before the port opens (on a fresh disk: otherwise the first
+        # instances received compete with the preparer writing a spare); the preparer makes later ones
+        while len(self._free) <= self.spare_segments and len(self._segments) < self.max_segments:
+            if not self._create_segment():
+                break
         with self._lock:
             self._activate()
         self._stopping = False
