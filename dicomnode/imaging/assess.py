@@ -74,7 +74,9 @@ class OrganPrior:
 
 
 PRIORS: dict[str, OrganPrior] = {
-    "liver": OrganPrior((600.0, 3200.0), (-40.0, 160.0), uniform=True),
+    # (livers lie at -40..160 HU, steatosis to contrast; a contour's median reads up to 10 HU beyond that
+    # through the partial volume at its border and the noise: a -40 HU liver's correct contour has -41)
+    "liver": OrganPrior((600.0, 3200.0), (-50.0, 170.0), uniform=True),
     "spleen": OrganPrior((30.0, 1500.0), (20.0, 190.0)),
     "kidney-left": OrganPrior((50.0, 450.0), (0.0, 320.0)),
     "kidney-right": OrganPrior((50.0, 450.0), (0.0, 320.0)),
