@@ -98,7 +98,7 @@ def test_kill_9_during_transfer_loses_nothing_acknowledged(dicomnode_node, tmp_p
     files = ct_series(tmp_path / "src", slices=300, rows=32, cols=32, seed="kill9")
     journal = mode != "direct"
     # journal: sync_seconds 30, the syncer has fsynced none of the spool files when the node is killed;
-    # synced: sync_seconds 0, it has (syncfs rounds moved the checkpoint, segments were recycled)
+    # synced: sync_seconds 0, it has (its rounds moved the checkpoint, segments were recycled)
     sync_seconds = 0 if mode == "synced" else 30
     node = dicomnode_node(storage={"journal": {"enabled": journal, "segment_mb": 1,
                                                "sync_seconds": sync_seconds}})
