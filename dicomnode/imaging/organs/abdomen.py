@@ -35,6 +35,7 @@ from skimage.morphology import convex_hull_image
 from skimage.segmentation import watershed
 
 from dicomnode.errors import ImagingError
+from dicomnode.imaging.assess import PRIORS
 from dicomnode.imaging.morphology import dilate as dilate_mm
 from dicomnode.imaging.morphology import erode as erode_mm
 from dicomnode.imaging.morphology import fill_holes, largest_components
@@ -247,7 +248,14 @@ def _seeds(
     # posterolateral: bowel and stomach lie in front of it
     spleen_t = (u > 45 * s) & (v > -45 * s) & (v < 80 * s) & (h_l > -110 * s) & (h_l < 20 * s)
     spleen_t &= inner & not_lung & soft & ~dilate_mm(liver.seed, 10.0, sp)
-    spleen = _territory_seed(array, spleen_t, low, sp, erode=3.0 * s)
+    # the spleen is never far darker than the liver (its prior in assess.PRIORS, which QC checks too): the
+    # bowel and muscle that fill the territory of a long field of view are not taken for it
+    floor = low
+    if PRIORS["spleen"].median_vs is not None:
+        structure, offset = PRIORS["spleen"].median_vs
+        if structure == "liver":
+            floor = max(low, liver.hu + offset)
+    spleen = _territory_seed(array, spleen_t, floor, sp, erode=3.0 * s)
     if spleen is not None and spleen.seed.sum() * float(np.prod(sp)) > 5000.0 * s**3:  # ≥ 5 ml
         models["spleen"] = OrganModel("spleen", spleen.seed, spleen.hu, spleen.spread)
 
