@@ -246,8 +246,9 @@ def make_ct_phantom(
         # psoas: from the kidneys' upper poles down, thickening towards the pelvis
         radius = np.clip(8.0 + 0.12 * (-40.0 - zz), 0.0, 26.0)
         for side in (-1.0, 1.0):
-            psoas = psoas | ((((xx - side * 45) ** 2 + (yy - 58) ** 2) <= radius**2) & (zz < -40) & (zz > -250))
-        psoas &= inner & ~(kidney_r | kidney_l | spine | aorta)
+            column = ((xx - side * 45) ** 2 + (yy - 58) ** 2) <= radius**2
+            psoas = psoas | (column & (zz < -40) & (zz > -250))
+        psoas &= inner & ~(organs_so_far | spleen)  # behind the liver's bare area, below the crura
         # colon (ascending, transverse below the liver's tip, descending) and small-bowel loops
         segments = [
             ((-95.0, -5.0, -215.0), (-95.0, -5.0, -115.0), 22.0),
@@ -271,7 +272,7 @@ def make_ct_phantom(
         ax = np.abs(xx)
         wing = (ax > 65) & (ax < 125) & (np.abs(yy - (45 - 0.7 * (ax - 65))) < 5) & (zz > -245) & (zz < -150)
         sacrum = _cylinder(zz, yy, xx, (0, 78), (42, 18), (-265, -175))
-        heads = _ellipsoid(zz, yy, xx, (-95, 15, -275), (24, 24, 24)) | _ellipsoid(zz, yy, xx, (95, 15, -275), (24, 24, 24))
+        heads = _ellipsoid(zz, yy, xx, (-95, 15, -275), (24,) * 3) | _ellipsoid(zz, yy, xx, (95, 15, -275), (24,) * 3)
         pelvis = (wing | sacrum | heads) & inner
         bowel &= ~(bladder | pelvis)
         lumen &= bowel

@@ -326,7 +326,7 @@ def _seeds(
     return models, tubes, liver_mask
 
 
-KIDNEY_MAX_LENGTH_MM = 160.0  # an adult kidney is 10-13 cm long; the psoas beside it runs on for 20 cm and more
+KIDNEY_MAX_LENGTH_MM = 160.0  # an adult kidney is 10-13 cm long; the psoas beside it runs on for 20 cm or more
 KIDNEY_MAX_BELOW_LUNG_BASE_MM = 250.0  # its lower pole lies at most this far below the lung bases (L3-L4)
 
 
@@ -347,7 +347,8 @@ def _kidney(
     s, sp = lm.scale, lm.spacing
     u, v = lm.relative()
     zone = (side * u > 35 * s) & (side * u < 120 * s) & (v > -25 * s) & (v < 75 * s) & (h < 40 * s)
-    zone &= h > -KIDNEY_MAX_BELOW_LUNG_BASE_MM * s  # not the pelvis of a long field of view
+    if -float(h.ravel()[0]) <= (array.shape[0] - 1) * sp[0]:  # the lung base is in the field of view
+        zone &= h > -KIDNEY_MAX_BELOW_LUNG_BASE_MM * s  # not the pelvis of a long field of view
     if not (soft & zone).any():
         return None
     zbox = _box(soft & zone, (2, 2, 2))  # the work stays in the gutter's box
@@ -376,9 +377,9 @@ def _kidney(
             level = np.abs(array[zbox] - hu) <= tolerance
             core = np.zeros_like(zone)
             core[zbox] = largest_components(blob & level, 1)
-            if core.any() and _kidney_core_fits(array, lm, core, soft, fat, side, hu, tolerance, muscle_hu):
-                if best is None or hu > best[1]:
-                    best = (core, hu, spread)
+            fits = core.any() and _kidney_core_fits(array, lm, core, soft, fat, side, hu, tolerance, muscle_hu)
+            if fits and (best is None or hu > best[1]):
+                best = (core, hu, spread)
             blob = ndimage.binary_opening(blob & ~level, iterations=1)
     if best is None:
         return None
