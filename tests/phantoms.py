@@ -272,7 +272,8 @@ def make_ct_phantom(
         ax = np.abs(xx)
         wing = (ax > 65) & (ax < 125) & (np.abs(yy - (45 - 0.7 * (ax - 65))) < 5) & (zz > -245) & (zz < -150)
         sacrum = _cylinder(zz, yy, xx, (0, 78), (42, 18), (-265, -175))
-        heads = _ellipsoid(zz, yy, xx, (-95, 15, -275), (24,) * 3) | _ellipsoid(zz, yy, xx, (95, 15, -275), (24,) * 3)
+        heads = _ellipsoid(zz, yy, xx, (-95, 15, -275), (24,) * 3)
+        heads = heads | _ellipsoid(zz, yy, xx, (95, 15, -275), (24,) * 3)
         pelvis = (wing | sacrum | heads) & inner
         bowel &= ~(bladder | pelvis)
         lumen &= bowel

@@ -326,7 +326,7 @@ def _seeds(
     return models, tubes, liver_mask
 
 
-KIDNEY_MAX_LENGTH_MM = 160.0  # an adult kidney is 10-13 cm long; the psoas beside it runs on for 20 cm or more
+KIDNEY_MAX_LENGTH_MM = 160.0  # an adult kidney is 10-13 cm long; the psoas beside it goes on for 20 cm
 KIDNEY_MAX_BELOW_LUNG_BASE_MM = 250.0  # its lower pole lies at most this far below the lung bases (L3-L4)
 
 
@@ -377,7 +377,9 @@ def _kidney(
             level = np.abs(array[zbox] - hu) <= tolerance
             core = np.zeros_like(zone)
             core[zbox] = largest_components(blob & level, 1)
-            fits = core.any() and _kidney_core_fits(array, lm, core, soft, fat, side, hu, tolerance, muscle_hu)
+            fits = core.any() and _kidney_core_fits(
+                array, lm, core, soft, fat, side, hu, tolerance, muscle_hu
+            )
             if fits and (best is None or hu > best[1]):
                 best = (core, hu, spread)
             blob = ndimage.binary_opening(blob & ~level, iterations=1)
