@@ -43,7 +43,7 @@ import SimpleITK as sitk  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 SEGMENT_OF = {  # our segment label -> (reference label value in the TotalSegmentator map)
-    "Liver": 5, "Spleen": 1, "Right kidney": 2, "Left kidney": 3, "Aorta": 52,
+    "Liver": 5, "Spleen": 1, "Right kidney": 2, "Left kidney": 3, "Stomach": 6, "Aorta": 52,
 }  # the IVC (63) competes inside the pipeline but is not sent as a segment yet
 PHANTOM_TRUTH = {
     "Liver": "liver", "Spleen": "spleen", "Right kidney": "kidney-right", "Left kidney": "kidney-left",

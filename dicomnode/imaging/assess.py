@@ -83,6 +83,10 @@ PRIORS: dict[str, OrganPrior] = {
     "kidney-left": OrganPrior((50.0, 450.0), (0.0, 320.0)),
     "kidney-right": OrganPrior((50.0, 450.0), (0.0, 320.0)),
     "kidney": OrganPrior((50.0, 450.0), (0.0, 320.0)),
+    # the stomach is its wall and contents (water, food, oral contrast) with some gas on top: a contour on
+    # the gas alone (median near -1000 HU; the gas pocket the competition seeds from, or colon gas below it)
+    # is not the stomach
+    "stomach": OrganPrior(None, (-300.0, 400.0)),
     "aorta": OrganPrior(None, (10.0, 700.0), vessel=True),
     "ivc": OrganPrior(None, (0.0, 400.0), vessel=True),
     "lung-left": OrganPrior((350.0, 4500.0), (-1000.0, -450.0)),

@@ -46,18 +46,20 @@ def test_real_abdomen_liver_and_spleen_in_competition(real_case) -> None:  # noq
     assert not np.isin(organs, [LABELS["kidney-right"], LABELS["kidney-left"]]).any()
 
 
-@pytest.mark.parametrize("variant", ["prone", "native"])
+@pytest.mark.parametrize("variant", ["prone", "native", "lower-20mm"])
 def test_real_abdomen_variants(real_case, variant: str) -> None:  # noqa: ANN001
     image, labels = real_case
     if variant == "prone":  # rows and columns reversed, direction cosines (-1, -1, 1): same patient positions
         image, labels = variants.prone(image, labels)
+    elif variant == "lower-20mm":  # a shorter craniocaudal field of view: 10 slices, no lung base
+        image, labels = variants.slab(image, labels, keep_mm=20.0, end="inferior")
     else:  # no contrast: liver 55, spleen 45 HU, vessels 40 HU (the spleen no longer differs by intensity)
         image, labels = variants.native_phase(
             image, labels, tissue_hu={REF_LIVER: 55.0, REF_SPLEEN: 45.0, 52: 40.0, 63: 40.0, 64: 40.0}
         )
     liver, organs = organs_of(image)
     reference = sitk.GetArrayFromImage(labels)
-    assert dice(liver, reference == REF_LIVER) >= (0.93 if variant == "prone" else 0.90)
+    assert dice(liver, reference == REF_LIVER) >= (0.90 if variant == "native" else 0.93)
     assert dice(organs == LABELS["spleen"], reference == REF_SPLEEN) >= 0.85
 
 
@@ -149,14 +151,17 @@ def test_phantom_anatomy_keeps_its_place_on_a_longer_field_of_view() -> None:
     assert liver[0] and liver[-1]  # cut at both ends
 
 
-def test_long_field_of_view_organs() -> None:
+@pytest.mark.parametrize(("slices", "centre"), [(80, None), (24, -20.0)], ids=["400mm", "120mm-slab"])
+def test_long_and_short_fields_of_view(slices: int, centre: float | None) -> None:
     """A 400 mm field of view (chest to pelvis): the spleen is not the bowel that fills its territory on such
     a field (1 l of 40 HU tissue, Dice 0.005, when it was looked for by the territory's mode alone), the
-    kidneys are not the psoas they touch (its attenuation is the blob's mode; it runs on along the spine)."""
+    kidneys are not the psoas they touch (its attenuation is the blob's mode; it runs on along the spine).
+    A 120 mm slab through the liver: the right kidney's upper pole, cut by the field of view against the
+    liver, is still a kidney in its fat."""
     from tests.phantoms import make_ct_phantom
 
-    ct = make_ct_phantom(shape=(80, 128, 128), spacing=(5.0, 2.8, 2.8), seed=5, fat_planes=True,
-                         hepatic_vessels=True)
+    ct = make_ct_phantom(shape=(slices, 128, 128), spacing=(5.0, 2.8, 2.8), seed=5, fat_planes=True,
+                         hepatic_vessels=True, z_centre_mm=centre)
     liver, organs = organs_of(ct.to_sitk())
     assert dice(liver, ct.masks["liver"]) >= 0.93
     for key in ("spleen", "kidney-right", "kidney-left", "aorta"):
