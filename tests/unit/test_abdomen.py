@@ -151,17 +151,14 @@ def test_phantom_anatomy_keeps_its_place_on_a_longer_field_of_view() -> None:
     assert liver[0] and liver[-1]  # cut at both ends
 
 
-@pytest.mark.parametrize(("slices", "centre"), [(80, None), (24, -20.0)], ids=["400mm", "120mm-slab"])
-def test_long_and_short_fields_of_view(slices: int, centre: float | None) -> None:
+def test_long_field_of_view_organs() -> None:
     """A 400 mm field of view (chest to pelvis): the spleen is not the bowel that fills its territory on such
     a field (1 l of 40 HU tissue, Dice 0.005, when it was looked for by the territory's mode alone), the
-    kidneys are not the psoas they touch (its attenuation is the blob's mode; it runs on along the spine).
-    A 120 mm slab through the liver: the right kidney's upper pole, cut by the field of view against the
-    liver, is still a kidney in its fat."""
+    kidneys are not the psoas they touch (its attenuation is the blob's mode; it runs on along the spine)."""
     from tests.phantoms import make_ct_phantom
 
-    ct = make_ct_phantom(shape=(slices, 128, 128), spacing=(5.0, 2.8, 2.8), seed=5, fat_planes=True,
-                         hepatic_vessels=True, z_centre_mm=centre)
+    ct = make_ct_phantom(shape=(80, 128, 128), spacing=(5.0, 2.8, 2.8), seed=5, fat_planes=True,
+                         hepatic_vessels=True)
     liver, organs = organs_of(ct.to_sitk())
     assert dice(liver, ct.masks["liver"]) >= 0.93
     for key in ("spleen", "kidney-right", "kidney-left", "aorta"):

@@ -428,11 +428,10 @@ def _kidney_core_fits(
         return False
     # (among the shell's fat and free soft tissue: where it touches an organ already found, the wall's
     # muscle or a muscle beside the spine — the psoas, of the wall muscle's attenuation and not of this
-    # core's — the shell says nothing; nor does the core's own tissue, the organ's rim that the opening
-    # trimmed)
+    # core's — the shell says nothing)
     shell = dilate_mm(core[box], 4.0, sp) & ~core[box]
     shell_fat = shell & fat[box]
-    other = shell & soft[box] & (np.abs(array[box] - hu) > tolerance)
+    other = shell & soft[box]
     if muscle_hu is not None:
         other &= ~(np.abs(array[box] - muscle_hu) < np.abs(array[box] - hu))
     counted = int((shell_fat | other).sum())
