@@ -44,7 +44,7 @@ import SimpleITK as sitk  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 SEGMENT_OF = {  # our segment label -> (reference label value in the TotalSegmentator map)
-    "Liver": 5, "Spleen": 1, "Right kidney": 2, "Left kidney": 3, "Aorta": 52,
+    "Liver": 5, "Spleen": 1, "Right kidney": 2, "Left kidney": 3, "Stomach": 6, "Aorta": 52,
 }  # the IVC (63) competes inside the pipeline but is not sent as a segment yet
 PHANTOM_TRUTH = {
     "Liver": "liver", "Spleen": "spleen", "Right kidney": "kidney-right", "Left kidney": "kidney-left",
@@ -195,6 +195,9 @@ def variant_cases() -> Iterator[Case]:
         "steatosis-20": lambda i, lab: variants.fatty_liver(i, lab, liver_value=5, target_hu=-20.0),
         "steatosis-40": lambda i, lab: variants.fatty_liver(i, lab, liver_value=5, target_hu=-40.0),
         "cropped-fov": lambda i, lab: variants.crop(i, lab, keep_fraction=0.72, side="right"),
+        # the craniocaudal extent: the upper or lower 20 mm of the liver's slices only
+        "upper-20mm": lambda i, lab: variants.slab(i, lab, keep_mm=20.0, end="superior"),
+        "lower-20mm": lambda i, lab: variants.slab(i, lab, keep_mm=20.0, end="inferior"),
     }
     for name, make in makers.items():
         img, lab = make(image, labels)
@@ -217,6 +220,13 @@ PHANTOM_MATRIX: dict[str, dict] = {
     "cropped-fov": {"_crop": 0.72},
     "lesion-free": {"lesions": False},
     "gallbladder": {"gallbladder": True},
+    # the craniocaudal extent, anatomy at its adult size in patient coordinates (tests/phantoms.py): a
+    # 120 mm slab through the liver (cut at both ends), the standard 200 mm with what lies above and
+    # below it, 300 mm (lower chest to the iliac crests) and 400 mm (chest to pelvis)
+    "extent-120": {"shape": (24, 128, 128), "z_centre_mm": -20.0},
+    "extent-200": {"z_centre_mm": 0.0},
+    "extent-300": {"shape": (60, 128, 128)},
+    "extent-400": {"shape": (80, 128, 128)},
 }
 QUICK = ("base", "fatty-liver", "lesion-free")
 
