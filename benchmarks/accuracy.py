@@ -2,16 +2,19 @@
 
 Cases (every one runs the whole pipeline through ``process_volume``, as the node does):
 
-* **real** — ``ct-abdomen-20`` (TotalSegmentator reference: liver, spleen, aorta, IVC, kidneys when in the
-  field of view) and ``ct-3slice`` (liver SEG of dcmqi's test data);
+* **real** — ``ct-abdomen-20`` (TotalSegmentator reference: liver, spleen, stomach, aorta, kidneys when in
+  the field of view) and ``ct-3slice`` (liver SEG of dcmqi's test data);
 * **variants** of ``ct-abdomen-20`` made by ``tests/variants.py`` (pixels and geometry rewritten
   together, scored against the equally transformed reference): prone, feet first, 5 mm slices,
   native phase, fatty liver (≈ 10 HU), steatosis at −20 and −40 HU (the issue's lower bound, near the
-  fat's level), a field of view cut into the liver;
+  fat's level), a field of view cut into the liver, only the upper or the lower 20 mm of its slices (a shorter
+  craniocaudal extent: no lung base, the liver cut at both ends);
 * **phantoms** (``tests/phantoms.py``, exact truth): a base case (portal phase, adult, 5 mm, head first
   supine, lesions inside the liver, no metal, full field of view) and one factor changed at a time —
   phase (native, arterial) × liver fat (10, −40 HU) × body size (child, 0.7) × position (prone, feet first)
-  × slice thickness (2 mm) × lesion position (subcapsular) × metal × field of view (cropped) — plus a
+  × slice thickness (2 mm) × lesion position (subcapsular) × metal × field of view (cropped) ×
+  craniocaudal extent (120 mm slab through the liver, 200, 300, 400 mm: beyond 200 mm the anatomy keeps
+  its adult size in patient coordinates, chest above, psoas, bowel and pelvis below) — plus a
   lesion-free case and one with a gallbladder (bile at water density under the liver: not a lesion).
   Lesion rows report lesions found / expected (≥ 10 mm, at least partly inside the field of view; those
   a cropped field of view misses whole are counted apart) and false ones; the real liver of
