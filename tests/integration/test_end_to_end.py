@@ -6,15 +6,13 @@ voxel volume (both read back from Orthanc)."""
 from __future__ import annotations
 
 import io
-import time
-from collections.abc import Callable
 
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from tests.fixtures_orthanc import Orthanc, seg_voxels, sr_volumes
-from tests.support import shared_data
+from tests.support import shared_data, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 pytest.importorskip("dicomnode.pipelines.runner", reason="the liver-ct pipeline runner is not built yet")
@@ -25,14 +23,6 @@ LIVER_RULE = """
   then: {pipeline: liver-ct, send_to: [pacs]}
 """
 
-
-def wait_until(predicate: Callable[[], bool], what: str, node, timeout: float = 400.0) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(1.0)
-    raise AssertionError(f"timed out waiting for {what}; node log:\n{node.log_text()[-6000:]}")
 
 
 def test_ct_series_comes_back_to_the_pacs_as_seg_enhanced_series_and_sr(
@@ -66,7 +56,7 @@ def test_ct_series_comes_back_to_the_pacs_as_seg_enhanced_series_and_sr(
         pending = node.query("SELECT id FROM outbox WHERE state != 'sent'") if node.database.exists() else [1]
         return bool(got.get("SEG") and got.get("SR") and derived) and not pending
 
-    wait_until(complete, "SEG, enhanced series and SR in Orthanc", node)
+    wait_until(complete, "SEG, enhanced series and SR in Orthanc", timeout=400, log=node.log_text)
     got = modalities()
     derived = [s for s in got["CT"] if s["MainDicomTags"]["SeriesInstanceUID"] != source.SeriesInstanceUID]  # type: ignore[index]
     assert len(derived) == 1 and len(derived[0]["Instances"]) == 20  # type: ignore[arg-type]

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from pydicom import dcmread
 
 from tests.fixtures_orthanc import Orthanc
-from tests.support import shared_data
+from tests.support import shared_data, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -34,14 +32,6 @@ RULES = """
   then: {forward: true, send_to: [pacs]}
 """
 
-
-def wait_until(predicate: Callable[[], bool], what: str, node, timeout: float = 400.0) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}; node log:\n{node.log_text()[-6000:]}")
 
 
 def _configure(node, orthanc: Orthanc, research) -> None:  # noqa: ANN001
@@ -61,7 +51,7 @@ def _check_decisions(node, source_series: str, results: set[str]) -> None:  # no
                           (source_series,))
         return {r["series_uid"] for r in rows} >= results
 
-    wait_until(decided, "a decision for each result series sent back", node, timeout=120)
+    wait_until(decided, "a decision for each result series sent back", timeout=120, log=node.log_text)
     rows = node.query("SELECT series_uid, rule, action, explanation FROM route_decisions "
                       "WHERE series_uid != ? ORDER BY id", (source_series,))
     assert {r["series_uid"] for r in rows} == results
@@ -101,7 +91,7 @@ def test_results_sent_back_by_the_pacs_and_by_storescu_create_no_job(
             return bool(jobs) and jobs[0]["state"] == "done" and not pending and bool(
                 node.query("SELECT id FROM outbox WHERE origin = 'result'"))
 
-        wait_until(delivered, "liver-ct's results delivered to Orthanc", node)
+        wait_until(delivered, "liver-ct's results delivered to Orthanc", timeout=400, log=node.log_text)
         (job,) = node.query("SELECT id, output_dir FROM jobs")
         results = {r["series_uid"] for r in node.query("SELECT DISTINCT series_uid FROM outbox")}
         assert source.SeriesInstanceUID not in results and len(results) >= 3  # SEG, SR, derived CT, …
@@ -133,7 +123,7 @@ def test_results_sent_back_by_the_pacs_and_by_storescu_create_no_job(
         def forwarded() -> bool:
             return {dcmread(p, stop_before_pixels=True).Modality for p in research.files()} == {"SEG"}
 
-        wait_until(forwarded, "the SEG forwarded to the research archive", node, timeout=60)
+        wait_until(forwarded, "the SEG forwarded to the research archive", log=node.log_text)
         status = subprocess.run(
             [sys.executable, "-m", "dicomnode", "status", "--config", str(node.config_path)],
             capture_output=True, text=True, timeout=60)
