@@ -9,3 +9,4 @@ from tests.fixtures_celery import *  # noqa: F401,F403
 from tests.fixtures_console import *  # noqa: F401,F403
 from tests.fixtures_node import *  # noqa: F401,F403
 from tests.fixtures_orthanc import *  # noqa: F401,F403
+from tests.fixtures_results import *  # noqa: F401,F403
