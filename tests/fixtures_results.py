@@ -3,7 +3,10 @@
     def test_x(liver_ct_run):
         seg = liver_ct_run.output_dir / "seg.dcm"     # liver-ct on the shared abdominal CT (20 slices)
 
-The tests must not change the files (copy them first); a test about the pipeline run itself runs its own.
+    def test_y(real_ct_processed):                     # the outputs' input: the shared CT, reference masks
+        write_result_package(real_ct_processed, tmp_path, ViewerProfile())
+
+The tests must not change the files or arrays (copy them first); a test of the run itself runs its own.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from dicomnode.outputs.api import ProcessedSeries
 from tests.support import shared_data
 
 
@@ -33,3 +37,11 @@ def liver_ct_run(tmp_path_factory: pytest.TempPathFactory) -> PipelineRun:
     result = run_job(JobSpec("liver-ct-shared", "liver-ct", {}, tuple(map(str, ct)), str(out)))
     assert result.ok, result.error
     return PipelineRun(out, tuple(Path(f) for f in result.output_files))
+
+
+@pytest.fixture(scope="session")
+def real_ct_processed() -> ProcessedSeries:
+    """:func:`tests.unit.test_outputs.make_processed`: the shared CT with its reference liver and spleen."""
+    from tests.unit.test_outputs import make_processed
+
+    return make_processed()
