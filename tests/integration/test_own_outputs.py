@@ -1,20 +1,24 @@
-"""No loops, on a running node with a real PACS: the shared CT goes through ``liver-ct`` → Orthanc; the node's
-results (SEG, SR, derived CT, KOS, colour SC) come back to it — re-stored by Orthanc under Orthanc's own AE
-title (as a PACS that auto-routes CT to the node does), and sent with storescu to a node without records of
-them — and no new job is created: every result series is recorded as ``ignored`` with the reason, while a
-forward-only rule that asks for them (``own_outputs: forward``) still forwards the SEG to a research
-archive."""
+"""End to end through a real PACS, and no loops: dcmtk storescu sends the shared CT to ``dicomnode serve``,
+which completes it and routes it to ``liver-ct`` → Orthanc holds, in the same study, the SEG, the enhanced
+series, the TID 1500 SR, the key images and the capture, and the SR's volume of each segment equals the SEG's
+voxel count × voxel volume (both read back from Orthanc). Then the node's results come back to it —
+re-stored by Orthanc under Orthanc's own AE title (as a PACS that auto-routes CT to the node does), and sent
+with storescu to a node without records of them — and no new job is created: every result series is
+recorded as ``ignored`` with the reason, while a forward-only rule that asks for them
+(``own_outputs: forward``) still forwards the SEG to a research archive."""
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 
-from tests.fixtures_orthanc import Orthanc
+from tests.fixtures_orthanc import Orthanc, seg_voxels, sr_volumes
 from tests.support import shared_data, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -65,7 +69,33 @@ def _check_decisions(node, source_series: str, results: set[str]) -> None:  # no
     assert any("rules whose conditions hold: liver" in r["explanation"] for r in others)  # the derived CT
 
 
-def test_results_sent_back_by_the_pacs_and_by_storescu_create_no_job(
+def _check_results_in_pacs(orthanc: Orthanc, source: Dataset) -> None:
+    """SEG, enhanced series and SR in the source study; the SR's volumes are the SEG's voxel volumes."""
+    got: dict[str, list[dict[str, object]]] = {}
+    for entry in orthanc.series_of_study(source.StudyInstanceUID):
+        got.setdefault(str(entry["MainDicomTags"].get("Modality")), []).append(entry)  # type: ignore[union-attr]
+    derived = [s for s in got["CT"] if s["MainDicomTags"]["SeriesInstanceUID"] != source.SeriesInstanceUID]  # type: ignore[index]
+    assert len(derived) == 1 and len(derived[0]["Instances"]) == 20  # type: ignore[arg-type]
+
+    def only_instance(series_entry: dict[str, object]) -> Dataset:
+        (instance_id,) = series_entry["Instances"]  # type: ignore[misc]
+        return dcmread(io.BytesIO(orthanc.instance_file(str(instance_id))))
+
+    seg, sr = only_instance(got["SEG"][0]), only_instance(got["SR"][0])
+    for ds in (seg, sr):
+        assert ds.StudyInstanceUID == source.StudyInstanceUID
+    assert seg.FrameOfReferenceUID == source.FrameOfReferenceUID
+    counts, voxel_mm3 = seg_voxels(seg)
+    volumes = sr_volumes(sr)
+    assert volumes, "the SR has no volumetric measurement referencing a SEG segment"
+    assert set(volumes) <= set(counts)
+    for segment, (value, unit) in volumes.items():
+        assert unit in ("ml", "mL", "cm3")
+        expected = counts[segment] * voxel_mm3 / 1000.0
+        assert value == pytest.approx(expected, rel=1e-3, abs=1e-3), f"segment {segment}"
+
+
+def test_results_reach_the_pacs_and_sent_back_by_the_pacs_or_by_storescu_create_no_job(
     dicomnode_node, storescp, tmp_path  # noqa: ANN001
 ) -> None:
     from tests.fixtures_node import storescu
@@ -98,6 +128,7 @@ def test_results_sent_back_by_the_pacs_and_by_storescu_create_no_job(
         in_pacs = {str(e["MainDicomTags"].get("Modality")): e for e in orthanc.series_of_study(  # type: ignore
             source.StudyInstanceUID)}
         assert {"CT", "SEG", "SR", "KO", "OT"} <= set(in_pacs)  # key images and the capture went too
+        _check_results_in_pacs(orthanc, source)
 
         # 1. Orthanc re-stores the results under its own AE title: the calling AE is no evidence
         for entry in orthanc.series_of_study(source.StudyInstanceUID):
