@@ -12,9 +12,10 @@ Cases (every one runs the whole pipeline through ``process_volume``, as the node
   supine, lesions inside the liver, no metal, full field of view) and one factor changed at a time —
   phase (native, arterial) × liver fat (10 HU) × body size (child, 0.7) × position (prone, feet first)
   × slice thickness (2 mm) × lesion position (subcapsular) × metal × field of view (cropped) — plus a
-  lesion-free case. Lesion rows report lesions found / expected (≥ 10 mm, at least partly inside the
-  field of view; those a cropped field of view misses whole are counted apart) and false ones; the real
-  liver of ``ct-abdomen-20`` and its variants has none, so every lesion reported there is false.
+  lesion-free case and one with a gallbladder (bile at water density under the liver: not a lesion).
+  Lesion rows report lesions found / expected (≥ 10 mm, at least partly inside the field of view; those
+  a cropped field of view misses whole are counted apart) and false ones; the real liver of
+  ``ct-abdomen-20`` and its variants has none, so every lesion reported there is false.
 
 The QC column is the pipeline's verdict for the segment (``result.json``'s ``qc``) when the pipeline
 computes one, blank otherwise (``withheld``: a failed secondary organ left out of what is sent, no Dice),
@@ -213,6 +214,7 @@ PHANTOM_MATRIX: dict[str, dict] = {
     "metal": {"metal": True},
     "cropped-fov": {"_crop": 0.72},
     "lesion-free": {"lesions": False},
+    "gallbladder": {"gallbladder": True},
 }
 QUICK = ("base", "fatty-liver", "lesion-free")
 

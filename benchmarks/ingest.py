@@ -111,27 +111,30 @@ def start_dicomnode(
     )
 
 
-def disk_floor(folders: list[Path], out: Path, fsync: bool) -> float:
-    """Seconds to durably write every file of ``folders`` as the spool does, one thread per folder."""
+def _floor(folders: list[Path], out: Path, durable: Callable[[int, int], None] | None,
+           fsync_folder: bool) -> float:
+    """Seconds to write every file of ``folders`` as the spool does, one thread per folder: each file is
+    written to a ``.part`` in 256 KB pieces, ``durable(fd, size)`` makes it durable (None: nothing), it is
+    linked into its folder, the ``.part`` unlinked, and (``fsync_folder``) the folder fsynced."""
     data = [[f.read_bytes() for f in sorted(folder.glob("*.dcm"))] for folder in folders]
     tmp, final = out / ".tmp", out / "study" / "series"
-    tmp.mkdir(parents=True)
-    final.mkdir(parents=True)
+    tmp.mkdir(parents=True, exist_ok=True)
+    final.mkdir(parents=True, exist_ok=True)
 
     def write(number: int, blobs: list[bytes]) -> None:
         for i, blob in enumerate(blobs):
             part, name = tmp / f"{number}-{i}.part", final / f"{number}-{i}.dcm"
-            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
             try:
                 for start in range(0, len(blob), 256 * 1024):
                     os.write(fd, blob[start : start + 256 * 1024])
-                if fsync:
-                    os.fsync(fd)
+                if durable is not None:
+                    durable(fd, len(blob))
             finally:
                 os.close(fd)
             os.link(part, name)
             part.unlink()
-            if fsync:
+            if fsync_folder:
                 folder = os.open(final, os.O_RDONLY | os.O_DIRECTORY)
                 try:
                     os.fsync(folder)
@@ -147,16 +150,20 @@ def disk_floor(folders: list[Path], out: Path, fsync: bool) -> float:
     return seconds
 
 
+def disk_floor(folders: list[Path], out: Path, fsync: bool) -> float:
+    """Seconds to durably write every file of ``folders`` as the spool does without the journal: the
+    ``.part`` fsynced, linked, the folder fsynced."""
+    return _floor(folders, out, (lambda fd, _size: os.fsync(fd)) if fsync else None, fsync)
+
+
 def journal_floor(folders: list[Path], out: Path) -> float:
     """Seconds for the journal's durability work alone, one thread per folder: write the .part, copy it
     into a pre-written segment file at its own offset, one fdatasync, link it into its folder (the
-    syncer's later fsyncs of the spool files are not counted, as they are not waited for)."""
-    data = [[f.read_bytes() for f in sorted(folder.glob("*.dcm"))] for folder in folders]
-    tmp, final = out / ".tmp", out / "study" / "series"
-    tmp.mkdir(parents=True)
-    final.mkdir(parents=True)
-    slot = max(len(b) for blobs in data for b in blobs) + 8192
-    segment_size = slot * sum(len(blobs) for blobs in data)
+    syncer's later syncfs of the spool files is not counted, as it is not waited for)."""
+    sizes = [f.stat().st_size for folder in folders for f in folder.glob("*.dcm")]
+    out.mkdir(parents=True)
+    slot = max(sizes) + 8192
+    segment_size = slot * len(sizes)
     segment = os.open(out / "segment", os.O_RDWR | os.O_CREAT, 0o600)
     zeros = bytes(1 << 20)
     for start in range(0, segment_size, 1 << 20):
@@ -164,29 +171,14 @@ def journal_floor(folders: list[Path], out: Path) -> float:
     os.fsync(segment)
     offsets = iter(range(0, segment_size, slot))
 
-    def write(number: int, blobs: list[bytes]) -> None:
-        for i, blob in enumerate(blobs):
-            part, name = tmp / f"{number}-{i}.part", final / f"{number}-{i}.dcm"
-            fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                for start in range(0, len(blob), 256 * 1024):
-                    os.write(fd, blob[start : start + 256 * 1024])
-                offset = next(offsets)
-                os.copy_file_range(fd, segment, len(blob), 0, offset)
-                os.fdatasync(segment)
-            finally:
-                os.close(fd)
-            os.link(part, name)
-            part.unlink()
+    def durable(fd: int, size: int) -> None:
+        os.copy_file_range(fd, segment, size, 0, next(offsets))
+        os.fdatasync(segment)
 
-    start = time.perf_counter()
-    with ThreadPoolExecutor(len(data)) as pool:
-        for future in [pool.submit(write, n, blobs) for n, blobs in enumerate(data)]:
-            future.result()
-    seconds = time.perf_counter() - start
-    os.close(segment)
-    shutil.rmtree(out, ignore_errors=True)
-    return seconds
+    try:
+        return _floor(folders, out, durable, fsync_folder=False)
+    finally:
+        os.close(segment)
 
 
 def _ratio(reference: list[float], seconds: list[float]) -> float:

@@ -32,7 +32,8 @@ Variants: ``liver_hu`` overrides the liver's attenuation (steatosis: e.g. 10 HU,
 ``subcapsular=True`` adds a 30 mm hypodense lesion on the liver's anterior surface that bulges it by
 ~10 mm (part of the liver's truth); ``fat_planes=True`` gives the trunk a muscle wall and puts fat
 behind the peritoneum and in a 6 mm plane around every organ (organs apart as in patients; without it
-everything between the organs is one soft tissue).
+everything between the organs is one soft tissue); ``gallbladder=True`` puts a 75 mm pear of bile (8 HU, mask
+``gallbladder``) in its fossa under the liver's anterior inferior surface, its fundus below the liver's edge.
 Metal: a 14 mm steel rod (3000 HU) in the right paravertebral soft tissue; streaks are made physically
 (forward projection with photon starvation in the metal trace, filtered back projection) on the slices
 it crosses.
@@ -134,6 +135,24 @@ def _hepatic_tree(zmax: float) -> list[tuple[tuple[float, float, float], tuple[f
     ]
 
 
+GALLBLADDER_HU = 8.0  # bile: water density (0-20 HU), in every phase
+
+
+def _gallbladder(zz, yy, xx, zmax: float) -> np.ndarray:  # noqa: ANN001
+    """A pear-shaped sac about 75 mm long (an 18 mm neck, a 32 mm fundus) under the liver's anterior
+    inferior surface between its lobes, its long axis tilted down and forwards: its neck in the liver's
+    fossa, its fundus below and in front of the liver's edge."""
+    neck = np.array([-40.0, -48.0, -0.3 * zmax])
+    axis = np.array([-5.0, -18.0, -55.0])
+    axis /= np.linalg.norm(axis)
+    length = 50.0  # between the centres of the neck's and the fundus' rounded ends
+    t = np.clip(((xx - neck[0]) * axis[0] + (yy - neck[1]) * axis[1] + (zz - neck[2]) * axis[2]) / length,
+                0.0, 1.0)
+    distance2 = ((xx - neck[0] - t * length * axis[0]) ** 2 + (yy - neck[1] - t * length * axis[1]) ** 2
+                 + (zz - neck[2] - t * length * axis[2]) ** 2)
+    return distance2 <= (9.0 + 7.0 * t) ** 2
+
+
 def _finish(clean: np.ndarray, spacing, noise_sd: float, rng: np.random.Generator) -> np.ndarray:
     sigma = [0.35 * min(1.0, 1.0 / max(s, 1e-3)) * 2 for s in spacing]  # mild partial-volume blur
     blurred = ndimage.gaussian_filter(clean, sigma=[max(0.4, s) for s in sigma])
@@ -154,6 +173,7 @@ def make_ct_phantom(
     body_scale: float = 1.0,
     subcapsular: bool = False,
     fat_planes: bool = False,
+    gallbladder: bool = False,
 ) -> Phantom:
     """An abdomen + lung-base CT phantom centred in a FOV of ``shape × spacing`` (body ~300 × 220 mm).
 
@@ -196,6 +216,10 @@ def make_ct_phantom(
     kidney_r = _ellipsoid(zz, yy, xx, (-60, 60, -0.75 * zmax), (25, 28, 0.3 * zmax + 8)) & inner
     kidney_l = _ellipsoid(zz, yy, xx, (65, 60, -0.7 * zmax), (25, 28, 0.3 * zmax + 8)) & inner
     kidney_r &= ~liver
+    gall = np.zeros(shape, dtype=bool)
+    if gallbladder:  # a pear-shaped sac in its fossa under the liver, its fundus bulging below the liver
+        gall = _gallbladder(zz, yy, xx, zmax) & inner
+        liver &= ~gall
     portal = (
         _cylinder(zz, yy, xx, (-30, 0), (7, 7), (-0.6 * zmax, 0.1 * zmax))
         | _cylinder(zz, yy, xx, (-70, -10), (4, 4), (-0.5 * zmax, 0.25 * zmax))
@@ -223,6 +247,7 @@ def make_ct_phantom(
         around = ndimage.distance_transform_edt(~organs, sampling=spacing) <= 6.0
         retro = (yy > 25.0) & full
         clean[inside_wall & (around | retro) & ~organs] = -90.0
+    clean[gall] = GALLBLADDER_HU
     clean[lung_r | lung_l] = -850.0
     clean[airways] = -1000.0
     clean[liver] = hu["liver"]
@@ -287,6 +312,7 @@ def make_ct_phantom(
         "ribs": ribs,
         "lesions": lesion_labels > 0,
         "metal": metal_mask,
+        "gallbladder": gall,
     }
     return Phantom(
         image=image,

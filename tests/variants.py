@@ -22,6 +22,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+BLOOD = (63, 64)  # the reference's vessels that fill the liver's branches: IVC, portal/splenic vein
+
 
 def _reverse(image: sitk.Image, axes: tuple[bool, bool, bool]) -> sitk.Image:
     """Reverse the (x, y, z) axes flagged; origin and direction updated so positions are unchanged."""
@@ -67,8 +69,14 @@ def thick_slices(image: sitk.Image, labels: sitk.Image, spacing_mm: float) -> tu
 
 
 def _shift_under(
-    image: sitk.Image, mask: np.ndarray, target_hu: float, noise_sd: float, seed: int
+    image: sitk.Image, mask: np.ndarray, target_hu: float, noise_sd: float, seed: int,
+    blood: tuple[float, float] | None = None,
 ) -> sitk.Image:
+    """The structure under ``mask`` shifted to ``target_hu``. With ``blood`` = (its level in the image, its
+    level in the variant), the vessels inside the structure follow the blood, not the parenchyma: a voxel is
+    read as a mixture of parenchyma and blood (its lightly smoothed value between the two levels) and each
+    part moves to its own new level (a contrast-filled branch inside the liver label stays as bright as its
+    trunk in a fatty liver and falls to the blood's native level with the trunk in a native variant)."""
     arr = sitk.GetArrayFromImage(image).astype(np.float32)
     inner = ndimage.binary_erosion(mask, iterations=1)
     current = float(np.median(arr[inner]))
@@ -76,32 +84,70 @@ def _shift_under(
     # soft edge (one voxel) so no artificial step appears at the organ's border
     weight = ndimage.gaussian_filter(mask.astype(np.float32), 0.8)
     noise = ndimage.gaussian_filter(rng.normal(0.0, noise_sd, arr.shape).astype(np.float32), 0.7) * 1.6
-    arr += weight * (target_hu - current) + weight * noise * 0.5
+    shift = np.float32(target_hu - current)
+    if blood is not None and blood[0] > current + 20.0:  # contrast-filled vessels brighter than the organ
+        level, new_level = blood
+        smooth = ndimage.gaussian_filter(arr, 1.0)
+        # the parenchyma's local level (its slow gradients) and noise: what lies within 2 sigma of it is
+        # parenchyma (its noise is not made stronger), what is brighter than 3 sigma a mixture of
+        # parenchyma and blood by its value between the two levels
+        support = ndimage.gaussian_filter(inner.astype(np.float32), 5.0)
+        local = ndimage.gaussian_filter(np.where(inner, smooth, 0.0), 5.0) / np.maximum(support, 1e-3)
+        residual = (smooth - local)[inner]
+        spread = 1.4826 * float(np.median(np.abs(residual - np.median(residual))))
+        mixed = np.clip((smooth - local) / np.maximum(level - local, 5.0), 0.0, 1.0)  # the blood's fraction
+        parenchyma = 1.0 - mixed * np.clip((smooth - local - 2.0 * spread) / max(spread, 1.0), 0.0, 1.0)
+        shift = parenchyma * shift + (1.0 - parenchyma) * np.float32(new_level - level)
+    arr += weight * shift + weight * noise * 0.5
     out = sitk.GetImageFromArray(arr)
     out.CopyInformation(image)
     return out
 
 
+def _blood_level(image: sitk.Image, labels: np.ndarray, values: tuple[int, ...]) -> float | None:
+    """The attenuation of the brightest of the vessels labelled ``values`` (the median of each, eroded by
+    one voxel: no partial volume; the portal vein's in the portal phase, while the IVC still mixes
+    unenhanced blood); ``None`` when the labels hold none."""
+    view = sitk.GetArrayViewFromImage(image)
+    levels = []
+    for value in values:
+        mask = ndimage.binary_erosion(labels == value, iterations=1)
+        if mask.sum() >= 50:
+            levels.append(float(np.median(view[mask])))
+    return max(levels) if levels else None
+
+
 def fatty_liver(
-    image: sitk.Image, labels: sitk.Image, *, liver_value: int, target_hu: float = 10.0, seed: int = 0
+    image: sitk.Image, labels: sitk.Image, *, liver_value: int, target_hu: float = 10.0, seed: int = 0,
+    blood_values: tuple[int, ...] = BLOOD,
 ) -> tuple[sitk.Image, sitk.Image]:
-    """Steatosis: the liver under the reference mask shifted to ``target_hu`` (vessels and lesions keep
-    their contrast to it), with extra texture noise."""
-    mask = sitk.GetArrayFromImage(labels) == liver_value
-    return _shift_under(image, mask, target_hu, 8.0, seed), labels
+    """Steatosis: the liver's parenchyma under the reference mask shifted to ``target_hu`` (dark lesions and
+    fissures keep their contrast to it), with extra texture noise; the vessels inside it keep their own
+    attenuation (contrast-filled blood does not change with the liver's fat: the level of the vessels
+    labelled ``blood_values``, TotalSegmentator's IVC and portal vein)."""
+    lab = sitk.GetArrayFromImage(labels)
+    blood = _blood_level(image, lab, blood_values)
+    return _shift_under(image, lab == liver_value, target_hu, 8.0, seed,
+                        None if blood is None else (blood, blood)), labels
 
 
 def native_phase(
-    image: sitk.Image, labels: sitk.Image, *, tissue_hu: dict[int, float], seed: int = 0
+    image: sitk.Image, labels: sitk.Image, *, tissue_hu: dict[int, float], seed: int = 0,
+    blood_values: tuple[int, ...] = BLOOD,
 ) -> tuple[sitk.Image, sitk.Image]:
     """No contrast: each labelled structure (label value → native attenuation) shifted to its native
-    level, e.g. liver 55, spleen 45, kidneys 30, aorta/IVC/portal vein 40 HU."""
+    level, e.g. liver 55, spleen 45, kidneys 30, aorta/IVC/portal vein 40 HU. The vessels inside an organ's
+    label (the liver's portal and hepatic branches) fall with the blood (the labels ``blood_values``) to
+    its native level, not with the parenchyma: in a native scan they are slightly darker than the liver."""
     lab = sitk.GetArrayFromImage(labels)
+    blood_now = _blood_level(image, lab, blood_values)
+    targets = [tissue_hu[v] for v in blood_values if v in tissue_hu]
+    blood = None if blood_now is None or not targets else (blood_now, float(np.median(targets)))
     out = image
     for value, hu in tissue_hu.items():
         mask = lab == value
         if mask.any():
-            out = _shift_under(out, mask, hu, 4.0, seed + value)
+            out = _shift_under(out, mask, hu, 4.0, seed + value, None if value in blood_values else blood)
     return out, labels
 
 

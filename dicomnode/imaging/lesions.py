@@ -32,12 +32,20 @@ ordered by decreasing volume) of hypo- and/or hyper-dense regions:
    own). A lesion next to a vessel keeps its own, stronger contrast and stays; a subcapsular lesion
    only touches different tissue outside the organ and stays; a round blob of 12 mm or more (largest
    inscribed ball ≥ 0.78 × its equivalent diameter, or ≥ 0.7 when what it joins is darker than it)
-   stays whatever it touches: vessel pieces cut by the threshold are far from round (0.5-0.65).
+   stays whatever it touches: vessel pieces cut by the threshold are far from round (0.5-0.65). A piece
+   far from round (below 0.7) whose structure beyond has branch centres (its 98th percentile) as bright as
+   it continues as a vessel too: a trunk cut by the field of view or by the organ's mask at the hilum,
+   whose thinner branches partial volume darkens in bulk.
    On slices that hold metal (above the metal threshold, passed from the whole image), the smoothed
    image is first averaged along circles about the metal (Gaussian ``ARC_MM`` along the arc, over the
    organ only): the streak residue that metal artefact reduction leaves runs radially and alternates
    bright and dark across the arc, so it cancels, while a round lesion keeps most of its contrast
-   (phantom: noise on the metal's slices 13 → 5 HU, a 10 mm lesion's contrast 32 → 23 HU). A kept lesion
+   (phantom: noise on the metal's slices 13 → 5 HU, a 10 mm lesion's contrast 32 → 23 HU). The threshold
+   on those slices is what a lesion of ``REFERENCE_MM`` (10 mm) with the threshold's contrast keeps through
+   the averaging (its gain, measured by averaging discs on the organ's largest such slice about the same
+   metal), not below ``k_sigma`` × the noise left there: the contrast-to-noise ratio is what counts
+   (phantom: gain 0.75, 20 → 18.5 HU; the 12 mm lesion beside the rod, -19 HU at the fixed threshold, is
+   found). A kept lesion
    whose own boundary (step 4) is elongated in the slice plane with its long axis pointing at the metal
    is a ``metal streak`` (streak residue, the dark band between metal and bone), not a lesion; lesions
    near metal that stay carry the ``metal`` QC flag (:mod:`dicomnode.imaging.assess`).
@@ -61,6 +69,11 @@ ordered by decreasing volume) of hypo- and/or hyper-dense regions:
    (that is the enclosed search's) and as clear as an enclosed lesion. It is then traced on the full
    grid; an enclosed lesion it overlaps (its inner part) becomes part of it. The labels of lesions
    found this way may lie outside the organ mask; ``surface_lesions`` counts them.
+6. A hypodense candidate (enclosed or at the surface) at water density (``FLUID_HU``, -15..20 HU: bile,
+   whatever the phase; only where the organ lies clearly above it) that is a piece of an elongated fluid
+   sac (the water-density tissue at least as thick as its half radius around it, on a box of 5 radii:
+   principal-axis ratio >= ``SAC_ELONGATION`` and >= ``SAC_MM`` long) is the ``gallbladder`` in its fossa
+   under the liver, not a lesion; a round cyst of the same density is one.
 
 :func:`describe` gives each lesion's volume, diameter, centre (LPS mm), mean value and kind.
 
@@ -266,8 +279,12 @@ def detect_in_region(
         fat_limit = _fat_limit(smooth, organ_arr, float(exclude_below))
         organ_arr &= smooth >= fat_limit
     metal = _to_index(image, metal_points)
+    averaged = np.zeros(organ_arr.shape[0], dtype=bool)  # the slices averaged along arcs about the metal
+    gain = 1.0
     if len(metal):  # streaks run radially from the metal: average them out along arcs around it
+        gain = _arc_gain(organ_arr, metal, spacing, smoothing_mm, ARC_MM)
         smooth = _across_streaks(smooth, organ_arr, metal, spacing, ARC_MM)
+        averaged = _metal_slices(organ_arr, metal)
     # at least one voxel deep along every axis: thick slices carry partial volume at the organ's top/bottom
     depth = max(margin_mm, 1.01 * max(spacing))
     core = erode(organ_arr, margin_mm, spacing)
@@ -294,15 +311,30 @@ def detect_in_region(
     sigma = 1.4826 * float(np.median(np.abs(residual[core] - np.median(residual[core]))))
     delta = max(k_sigma * sigma, min_contrast)
     limits = Limits(min_diameter_mm, max_elongation, min_compactness, max_continuation, delta, min_strength)
+    # on the slices averaged along arcs a lesion keeps only part of its contrast (``gain``, for a lesion of
+    # ``REFERENCE_MM``): their threshold is what a lesion of ``delta`` keeps, not below ``k_sigma`` times
+    # the noise left there (the streak residue cancels: the contrast to noise ratio is what counts)
+    threshold = np.full(organ_arr.shape[0], delta, dtype=np.float32)
+    metal_limits = limits
+    if averaged.any() and gain < 1.0:
+        on = core & averaged[:, None, None]
+        left = residual[on] if on.sum() >= 50 else residual[core]
+        noise = 1.4826 * float(np.median(np.abs(left - np.median(left))))
+        delta_metal = min(delta, max(gain * delta, k_sigma * noise))
+        threshold[averaged] = delta_metal
+        metal_limits = Limits(min_diameter_mm, max_elongation, min_compactness, max_continuation, delta_metal,
+                              min_strength)
+        log.debug("metal slices: gain %.2f, noise %.1f, threshold %.1f", gain, noise, delta_metal)
+    level = threshold[:, None, None]
     rejected: dict[str, int] = {}
     kept: list[tuple[float, np.ndarray, bool]] = []
     for polarity in (("hypo", "hyper") if kind == "both" else (kind,)) if enclosed else ():
-        passes = (residual < -delta) if polarity == "hypo" else (residual > delta)
+        passes = (residual < -level) if polarity == "hypo" else (residual > level)
         # structures thinner than ``vessel_mm`` (vessels, rims) do not survive the opening of the seeds;
         # the seeds then grow back into the whole organ through voxels that still pass
         seeds = opening(passes & core, vessel_mm / 2.0, spacing)
         grown = seeds | (dilate(seeds, depth + max(spacing), spacing) & passes & organ_arr)
-        half = (residual < -0.5 * delta) if polarity == "hypo" else (residual > 0.5 * delta)
+        half = (residual < -0.5 * level) if polarity == "hypo" else (residual > 0.5 * level)
         labels, _ = ndimage.label(grown)
         for i, box in enumerate(ndimage.find_objects(labels), start=1):
             comp = labels[box] == i
@@ -318,7 +350,9 @@ def detect_in_region(
             allowed &= np.abs(residual[box]) <= float(np.abs(residual[box][comp]).max()) + delta
             local, _ = ndimage.label(allowed | comp)
             weaker = np.isin(local, np.unique(local[comp]))
-            reason = limits.reject(comp, core[box], weaker, np.abs(residual[box]), spacing)
+            on_metal = averaged[box[0]][comp.any(axis=(1, 2))].mean() > 0.5
+            reason = (metal_limits if on_metal else limits).reject(comp, core[box], weaker,
+                                                                   np.abs(residual[box]), spacing)
             if not reason:
                 # the candidate is a lesion; its mask is its own boundary, without what joins it at a weaker
                 # level (a darker region or vessel next to it) and without the margin the threshold adds
@@ -327,9 +361,17 @@ def detect_in_region(
                 # ... unless that boundary, on slices with metal, runs along a streak
                 if _follows_streak(own if own.any() else comp, box, metal, spacing):
                     reason = "metal streak"
+                # ... or, at water density, it is a piece of the gallbladder the organ's mask took in
+                elif polarity == "hypo" and centre - FLUID_HU[1] >= delta:
+                    deepest = np.unravel_index(int(np.argmax(_distance(~comp, spacing))), comp.shape)
+                    middle = np.asarray(deepest) + np.asarray([b.start for b in box])
+                    radius = 0.5 * _thickness(comp, spacing)
+                    if _in_a_sac(smooth, middle, radius, comp, box, spacing):
+                        reason = "gallbladder"
             if reason:
                 rejected[reason] = rejected.get(reason, 0) + 1
-                log.debug("%s component of %d voxels rejected: %s", polarity, int(comp.sum()), reason)
+                log.debug("%s component of %d voxels rejected: %s at %s", polarity, int(comp.sum()), reason,
+                          [b.start for b in box])
                 continue
             full = np.zeros(labels.shape, dtype=bool)
             full[box] = own if own.any() else comp
@@ -346,7 +388,8 @@ def detect_in_region(
         like &= ~ndimage.binary_dilation(smooth <= floor)
         for comp in _surface_lesions(
             like, residual, organ_arr, spacing, limits, factors=factors, surface_mm=surface_mm,
-            min_diameter_mm=max(min_diameter_mm, surface_min_mm), rejected=rejected,
+            min_diameter_mm=max(min_diameter_mm, surface_min_mm), rejected=rejected, smooth=smooth,
+            fluid_check=centre - FLUID_HU[1] >= delta,
         ):
             # the part inside the organ may have been found already (as an enclosed lesion): one lesion
             joined = [j for j, (_, other, _) in enumerate(kept) if (other & comp).any()]
@@ -378,6 +421,8 @@ def _surface_lesions(
     surface_mm: float,
     min_diameter_mm: float,
     rejected: dict[str, int],
+    smooth: np.ndarray,
+    fluid_check: bool,
 ) -> list[np.ndarray]:
     """Hypodense lesions that cross the organ's surface (see the module docstring): round blobs of
     lesion-like tissue whose largest inscribed ball crosses or touches the surface. Balls are looked for
@@ -439,6 +484,8 @@ def _surface_lesions(
 
         reason, lesion = _surface_blob(like[box], local_depth, organ[box], residual[box], distance, radius,
                                        spacing, limits, envelope)
+        if not reason and fluid_check and _in_a_sac(smooth, centre, radius, lesion, box, spacing):
+            reason = "gallbladder"
         if reason:
             if reason != "enclosed":
                 rejected[reason] = rejected.get(reason, 0) + 1
@@ -449,6 +496,46 @@ def _surface_lesions(
         found.append(full)
         seen |= full
     return found
+
+
+FLUID_HU = (-15.0, 20.0)  # bile and other water-density fluid (0-20 HU: water is 0 HU on every CT)
+SAC_ELONGATION = 1.8  # principal-axis ratio of the gallbladder (a 70-100 mm pear, 30-40 mm wide: 2-3) ...
+SAC_MM = 45.0  # ... and its length: a round cyst (ratio about 1) of any size is not one
+
+
+def _in_a_sac(smooth: np.ndarray, centre: np.ndarray, radius: float, lesion: np.ndarray,
+              box: tuple[slice, ...], spacing: tuple[float, ...]) -> bool:
+    """Whether a surface candidate of water density is a piece of an elongated fluid-filled sac beside the
+    organ (the gallbladder under the liver: a pear 30-100 mm long), not a round lesion: the fluid it
+    belongs to (what is at water density and at least as thick as the candidate's ball, on a box of 5
+    radii), elongated (principal-axis ratio >= ``SAC_ELONGATION``) and at least ``SAC_MM`` long. A
+    lesion of another density, or a round cyst of any size, is not affected."""
+    level = float(np.median(smooth[box][lesion]))
+    if not FLUID_HU[0] <= level <= FLUID_HU[1]:
+        return False
+    wide = _ball_box(centre, 5.0 * radius, spacing, smooth.shape)
+    # a further 2 mm blur: the image's noise would cut holes in so narrow a band
+    region = ndimage.gaussian_filter(smooth[wide], [2.0 / s for s in spacing])
+    fluid = (region >= FLUID_HU[0]) & (region <= FLUID_HU[1])
+    depth = _distance(~fluid, spacing)
+    body = dilate(depth > 0.5 * radius, 0.5 * radius, spacing) & fluid  # thinner leaks (partial volume) out
+    pieces, _ = ndimage.label(body)
+    here = tuple(int(c) - w.start for c, w in zip(centre, wide, strict=True))
+    if not pieces[here]:
+        return False
+    sac = pieces == pieces[here]
+    length = _length(sac, spacing)
+    elongation = _elongation(sac, spacing)
+    log.debug("fluid around a surface candidate: elongation %.2f, length %.0f mm", elongation, length)
+    return elongation >= SAC_ELONGATION and length >= SAC_MM
+
+
+def _length(mask: np.ndarray, spacing: tuple[float, ...]) -> float:
+    """A mask's length along its major principal axis (4 standard deviations: 1.15 × a line's length)."""
+    points = np.argwhere(mask) * np.asarray(spacing)
+    if len(points) < 5:
+        return 0.0
+    return 4.0 * math.sqrt(max(float(np.linalg.eigvalsh(np.cov(points.T))[-1]), 0.0))
 
 
 def _ball_box(centre: np.ndarray, reach_mm: float, spacing: tuple[float, ...], shape: tuple[int, ...]
@@ -617,8 +704,10 @@ class Limits:
                 thick = _thickness(beyond, spacing)
                 own = max(float(np.percentile(contrast[comp], 90)), 1e-6)
                 peak = float(np.percentile(contrast[beyond], 90)) / own
-                log.debug("continuation: d=%.1f inscribed=%.1f thick=%.1f peak ratio=%.2f", diameter,
-                          inscribed, thick, peak)
+                # the centres of the branches (partial volume lowers the bulk of a thinner branch's voxels)
+                top = float(np.percentile(contrast[beyond], 98)) / own
+                log.debug("continuation: d=%.1f inscribed=%.1f thick=%.1f peak ratio=%.2f (top %.2f)",
+                          diameter, inscribed, thick, peak, top)
                 # a ball is a lesion even where it touches a dark structure: a vessel piece cut by the
                 # threshold is far from round (inscribed / equivalent diameter 0.5-0.6 on real CT), a lesion
                 # is round (0.7-0.95); a round piece stays when it is very round or the structure beyond is
@@ -627,6 +716,11 @@ class Limits:
                 ball = diameter >= self.ball_mm and (
                     roundness >= self.ball or (roundness >= self.round and peak > self.darker))
                 if thick >= self.max_continuation * inscribed and peak >= self.same_contrast and not ball:
+                    return "continues as a vessel"
+                # a piece far from round (a trunk cut by the field of view or by the organ's mask at the
+                # hilum) that goes on into branches whose centres are as bright as it is a vessel too
+                if roundness < self.round and thick >= self.max_continuation * inscribed and (
+                        top >= self.same_contrast):
                     return "continues as a vessel"
         return ""
 
@@ -660,6 +754,43 @@ def _to_index(image: sitk.Image, points: np.ndarray | None) -> np.ndarray:
 
 
 ARC_MM = 3.0  # Gaussian sigma along arcs around the metal, on slices that hold metal
+REFERENCE_MM = 10.0  # the lesion size whose contrast loss on those slices sets their threshold
+
+
+def _metal_slices(organ: np.ndarray, metal: np.ndarray) -> np.ndarray:
+    """Which slices :func:`_across_streaks` averages (metal on the slice and organ on it)."""
+    on = np.zeros(organ.shape[0], dtype=bool)
+    for k in range(organ.shape[0]):
+        on[k] = bool(organ[k].any()) and bool((np.abs(metal[:, 0] - k) <= 0.5).any())
+    return on
+
+
+def _arc_gain(organ: np.ndarray, metal: np.ndarray, spacing: tuple[float, ...], smoothing_mm: float,
+              arc_mm: float) -> float:
+    """The share of its contrast a lesion of ``REFERENCE_MM`` keeps through the averaging along arcs, on the
+    averaged slice with the most organ: discs ``3 × REFERENCE_MM`` apart in the organ's interior (a unit
+    step, blurred in-plane like the image), the median of their centres' values after the averaging."""
+    slices = np.flatnonzero(_metal_slices(organ, metal))
+    if len(slices) == 0:
+        return 1.0
+    k = int(slices[np.argmax(organ[slices].sum(axis=(1, 2)))])
+    plane = np.asarray(spacing[1:])
+    radius = 0.5 * REFERENCE_MM
+    interior = ndimage.distance_transform_edt(organ[k], sampling=plane) > 1.5 * REFERENCE_MM
+    step = np.maximum(np.round(3.0 * REFERENCE_MM / plane).astype(int), 1)
+    rows, cols = np.mgrid[0:organ.shape[1], 0:organ.shape[2]]
+    centres = np.argwhere(interior & (rows % step[0] == 0) & (cols % step[1] == 0))
+    if len(centres) == 0:
+        return 1.0
+    discs = np.zeros(organ.shape[1:], dtype=np.float32)
+    for r, c in centres:
+        discs[np.hypot((rows - r) * plane[0], (cols - c) * plane[1]) <= radius] = 1.0
+    blurred = ndimage.gaussian_filter(discs, smoothing_mm / plane)
+    here = metal[np.abs(metal[:, 0] - k) <= 0.5].copy()
+    here[:, 0] = 0.0
+    after = _across_streaks(blurred[None], organ[k][None], here, spacing, arc_mm)[0]
+    kept = [float(after[r, c]) / max(float(blurred[r, c]), 1e-3) for r, c in centres]
+    return float(np.clip(np.median(kept), 0.0, 1.0))
 
 
 def _across_streaks(

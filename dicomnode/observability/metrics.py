@@ -156,7 +156,7 @@ class _ScrapeTimeCollector(Collector):
             pending, lag = self.journal_backlog()
             yield GaugeMetricFamily("dicomnode_journal_pending_records",
                                     "Instances acknowledged from the receive journal whose spool file is not "
-                                    "fsynced yet (the node's own process).", value=pending)
+                                    "fsynced yet (every receiving process).", value=pending)
             yield GaugeMetricFamily("dicomnode_journal_lag_seconds",
                                     "Age of the oldest such instance (0 when there is none).", value=lag)
 

@@ -46,6 +46,11 @@ IDENTIFIERS_INVALID = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 
 IMPLEMENTATION_VERSION = "DICOMNODE_01"
+# index commits between two WAL checkpoints, which run on a thread of their own: SQLite's automatic
+# checkpoint (every 1000 WAL pages) fsyncs the WAL and the database inside the COMMIT that triggers it,
+# which made one C-STORE in ~150 wait for two device cache flushes (measured: mean commit 370 µs, median
+# 40 µs; the largest five of 500 took half the time)
+CHECKPOINT_EVERY = 200
 
 
 @dataclass(frozen=True)
@@ -260,6 +265,9 @@ class Ingest:
         self._queue: list[IndexRow] = []
         self._queue_lock = threading.Lock()
         self._commit_lock = threading.Lock()
+        self._local = threading.local()  # the committing thread's connection, once tuned
+        self._commits = 0  # since the last checkpoint (under the commit lock)
+        self._checkpointing = False
 
     def begin(
         self, *, transfer_syntax: str, sop_class_uid: str, sop_instance_uid: str, calling_aet: str
@@ -313,8 +321,13 @@ class Ingest:
                 self._commit(batch)
 
     def _commit(self, batch: list[IndexRow]) -> None:
+        database = self.index.database
         try:
-            with self.index.database.transaction() as conn:
+            conn = database.conn
+            if getattr(self._local, "conn", None) is not conn:
+                conn.execute("PRAGMA wal_autocheckpoint=0")  # see CHECKPOINT_EVERY
+                self._local.conn = conn
+            with database.transaction() as conn:
                 for row in batch:
                     row.new = self.index.add(
                         row.header, path=row.path, size=row.size, transfer_syntax=row.transfer_syntax,
@@ -325,6 +338,22 @@ class Ingest:
         except sqlite3.Error as exc:
             for row in batch:
                 row.new, row.error = None, exc
+            return
+        self._commits += 1
+        if self._commits >= CHECKPOINT_EVERY and not self._checkpointing:
+            self._commits, self._checkpointing = 0, True
+            threading.Thread(target=self._checkpoint, name="index-checkpoint", daemon=True).start()
+
+    def _checkpoint(self) -> None:
+        """Copy the index's WAL into the database (PASSIVE: never blocks a writer), off the receive path."""
+        database = self.index.database
+        try:
+            database.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as exc:
+            log.warning("The index's WAL checkpoint failed (the next one retries): %s", exc)
+        finally:
+            database.close()  # this thread's connection
+            self._checkpointing = False
 
 
 @dataclass

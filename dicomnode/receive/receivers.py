@@ -43,6 +43,7 @@ from dicomnode.receive.listener import Listener
 
 log = logging.getLogger(__name__)
 
+JOURNAL_REPORT_SECONDS = 1.0  # how often a receiver reports its journal's backlog (the node's metrics)
 START_TIMEOUT = 60.0  # seconds a new receiver may take to import the node and bind the port
 RESTART_DELAY = 2.0  # a receiver that died within this of its start is restarted only after it
 
@@ -73,6 +74,8 @@ class ReceiverPool:
         self._stopping = threading.Event()
         self._monitor: threading.Thread | None = None
         self._committers: ThreadPoolExecutor | None = None
+        # each receiver's last journal report: (pending records, lag seconds, when it came (monotonic))
+        self._backlogs: dict[int, tuple[int, float, float]] = {}
         self.restarts = 0
 
     def pids(self) -> list[int]:
@@ -184,10 +187,25 @@ class ReceiverPool:
                     self._restart(receiver, port)
                     break
 
+    def journal_backlog(self) -> tuple[int, float]:
+        """(pending records, lag seconds) of the receivers' journals together, as each last reported
+        (every :data:`JOURNAL_REPORT_SECONDS`): records summed, the oldest one's age."""
+        now = time.monotonic()
+        with self._lock:
+            reports = list(self._backlogs.values())
+        pending = sum(count for count, _lag, _at in reports)
+        lag = max((lag + now - at for count, lag, at in reports if count), default=0.0)
+        return pending, lag
+
     def _drain_notifications(self, receiver: _Receiver) -> None:
         try:
             while receiver.notify.poll():
-                self._publish(*receiver.notify.recv())
+                kind, *args = receiver.notify.recv()
+                if kind == "journal":
+                    with self._lock:
+                        self._backlogs[receiver.number] = (int(args[0]), float(args[1]), time.monotonic())
+                else:
+                    self._publish(kind, *args)
         except (EOFError, OSError):
             return  # the receiver is gone; its sentinel tells the watcher
 
@@ -238,6 +256,7 @@ class ReceiverPool:
             conn.close()
         with self._lock:
             self._receivers.pop(receiver.number, None)
+            self._backlogs.pop(receiver.number, None)  # a new one replays its journal and reports anew
 
     def _restart(self, receiver: _Receiver, port: int) -> None:
         self._forget(receiver)
@@ -388,7 +407,9 @@ def run_receiver(
     threading.Thread(target=watch_main, name="receiver-lifeline", daemon=True).start()
     ready.set()
     log.info("Receiver process %d listening on port %d.", number, port)
-    stop.wait()
+    while not stop.wait(JOURNAL_REPORT_SECONDS):
+        if journal is not None and journal.running:  # the main process's metrics count it too
+            forwarder.send("journal", *journal.backlog())
     listener.stop(drain_seconds=config.node.dimse_timeout)
     if journal is not None:
         journal.stop()  # every handed-over file made durable first

@@ -83,6 +83,13 @@ class Service:
         """Called on SIGHUP (and by :meth:`reload`)."""
         self._reload_hooks.append(fn)
 
+    def journal_backlog(self) -> tuple[int, float]:
+        """(pending records, lag seconds) of every receiving process's journal: this process's own and
+        the receiver processes' last reports (records summed, the oldest one's age)."""
+        own = self.journal.backlog() if self.journal is not None else (0, 0.0)
+        others = self.receivers.journal_backlog()
+        return own[0] + others[0], max(own[1], others[1])
+
     def check_space(self) -> None:
         self.spool.check_space(self.config.storage.min_free_mb, self.config.storage.max_used_percent)
 

@@ -56,7 +56,8 @@ def build_service(config: Config) -> Service:
     metrics = Metrics(spool_dir=config.storage.spool_dir, outbox_depth=outbox_depth_from_database(database),
                       spool_bytes=spool_index.total_bytes,
                       destination_health=destination_health_from_database(database, config),
-                      journal_backlog=journal.backlog if journal is not None else None)
+                      # every receiving process's journal (the service below gathers them)
+                      journal_backlog=(lambda: service.journal_backlog()) if journal is not None else None)
     audit = AuditTrail(database)
 
     sender = Sender.from_config(config, database, metrics=metrics, audit=audit)  # delivers the outbox

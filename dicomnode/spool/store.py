@@ -49,6 +49,7 @@ class OutOfSpaceError(SpoolError):
     """The filesystem ran out of space (or quota) while writing an instance."""
 
 
+KNOWN_DIRS = 4096  # series folders remembered as existing (forgotten all at once beyond)
 WRITEBACK_STEP = 256 * 1024  # start writing a .part to disk every this many bytes (when fsync is on)
 
 
@@ -179,6 +180,7 @@ class Spool:
         self.tmp_dir = self.root / TMP_DIR_NAME
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self._directory_sync = DirectorySync()
+        self._known_dirs: set[Path] = set()  # series folders that exist (see _series_dir)
 
     def path_for(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
         return (
@@ -197,6 +199,17 @@ class Spool:
 
     def study_dir(self, study_uid: str) -> Path:
         return self.root / validate_uid(study_uid, "Study Instance UID")
+
+    def _series_dir(self, directory: Path) -> list[Path]:
+        """:meth:`_make_dirs` without syncing, skipped for a folder this spool made or found before (the
+        last :data:`KNOWN_DIRS`; one stat per folder level saved on each instance of a series)."""
+        if directory in self._known_dirs:
+            return []
+        created = self._make_dirs(directory, sync=False)
+        if len(self._known_dirs) >= KNOWN_DIRS:
+            self._known_dirs.clear()
+        self._known_dirs.add(directory)
+        return created
 
     def _make_dirs(self, directory: Path, *, sync: bool = True) -> list[Path]:
         """Create the series folder, fsyncing each parent whose entries changed (unless ``sync`` is
@@ -263,9 +276,8 @@ class Spool:
         except BaseException:
             part.discard()
             raise
-        if final.exists():  # a duplicate: the first copy is kept (it has its own record or is durable)
-            part.discard()
-            return StoredFile(final, final.stat().st_size, duplicate=True)
+        # (a duplicate is found by the link below: it costs its record, the rare case, where a look-up
+        # before would cost every instance a stat)
         try:
             stat = os.fstat(part.fd)
             meta = {"path": final.relative_to(self.root).as_posix(), "ino": stat.st_ino,
@@ -280,8 +292,13 @@ class Spool:
         try:
             journal.commit(record)
             part.close(fsync=False)
-            created = self._make_dirs(final.parent, sync=False)
-            duplicate = self._publish(part.path, final)
+            created = self._series_dir(final.parent)
+            try:
+                duplicate = self._publish(part.path, final)
+            except FileNotFoundError:  # the folder was removed meanwhile (retention): make it again
+                self._known_dirs.discard(final.parent)
+                created = self._series_dir(final.parent)
+                duplicate = self._publish(part.path, final)
         except OSError as exc:
             journal.release(record)
             part.discard()

@@ -15,6 +15,7 @@ import pytest
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
+from dicomnode.spool.journal import Journal
 from tests.factories import ct_series, dataset_hash, dataset_offset
 from tests.fixtures_node import storescu
 from tests.support import dcmtk
@@ -92,13 +93,15 @@ def _acknowledged(storescu_output: str) -> list[Path]:
     return done
 
 
-@pytest.mark.parametrize("journal", [True, False], ids=["journal", "direct"])
-def test_kill_9_during_transfer_loses_nothing_acknowledged(
-    dicomnode_node, tmp_path: Path, journal: bool
-) -> None:
+@pytest.mark.parametrize("mode", ["journal", "synced", "direct"])
+def test_kill_9_during_transfer_loses_nothing_acknowledged(dicomnode_node, tmp_path: Path, mode: str) -> None:
     files = ct_series(tmp_path / "src", slices=300, rows=32, cols=32, seed="kill9")
-    # sync_seconds 30: the journal's syncer has fsynced none of the spool files when the node is killed
-    node = dicomnode_node(storage={"journal": {"enabled": journal, "segment_mb": 1, "sync_seconds": 30}})
+    journal = mode != "direct"
+    # journal: sync_seconds 30, the syncer has fsynced none of the spool files when the node is killed;
+    # synced: sync_seconds 0, it has (syncfs rounds moved the checkpoint, segments were recycled)
+    sync_seconds = 0 if mode == "synced" else 30
+    node = dicomnode_node(storage={"journal": {"enabled": journal, "segment_mb": 1,
+                                               "sync_seconds": sync_seconds}})
     sender = subprocess.Popen(
         [
             dcmtk("storescu"),
@@ -121,6 +124,11 @@ def test_kill_9_during_transfer_loses_nothing_acknowledged(
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and len(node.query("SELECT 1 FROM spool_instances")) < 40:
         time.sleep(0.05)
+    if mode == "synced":  # the syncer's checkpoint is past some acknowledged records before the kill
+        folder = node.spool.parent / "journal" / "0"
+        while time.monotonic() < deadline and len(list(Journal(folder).scan(verify=False))) >= len(
+                node.query("SELECT 1 FROM spool_instances")):
+            time.sleep(0.05)
     node.proc.send_signal(signal.SIGKILL)
     output, _ = sender.communicate(timeout=60)
     node.proc.wait(10)
@@ -130,9 +138,10 @@ def test_kill_9_during_transfer_loses_nothing_acknowledged(
     if journal:  # `dicomnode status` shows what the journal holds for recovery
         status = subprocess.run([sys.executable, "-m", "dicomnode", "status", "--json", "--config",
                                  str(node.config_path)], capture_output=True, text=True, timeout=60)
-        assert json.loads(status.stdout)["journal"]["pending_records"] >= len(acknowledged), status.stderr
+        pending = json.loads(status.stdout)["journal"]["pending_records"]
+        assert (pending >= len(acknowledged)) == (mode == "journal"), (pending, status.stderr)
     node.start()  # recovery runs at start-up
-    if journal:  # every instance it acknowledged was still in the journal, not yet fsynced in the spool
+    if mode == "journal":  # every instance it acknowledged was still in the journal, not yet fsynced
         replayed = [r for r in node.log_records() if "Journal recovery in" in r.get("message", "")]
         assert replayed, node.log_text()[-3000:]
         made_durable = int(re.search(r"(\d+) made durable", replayed[0]["message"]).group(1))

@@ -48,7 +48,9 @@ def _metric(port: int, name: str) -> float:
 def test_two_receivers_both_accept_and_index_every_instance_once(dicomnode_node, tmp_path: Path) -> None:
     files = ct_series(tmp_path / "src", slices=12, rows=32, cols=32, seed="receivers")
     metrics_port = free_port()
-    node = dicomnode_node(node={"receivers": 2}, metrics={"port": metrics_port, "host": "127.0.0.1"})
+    # sync_seconds 30: both processes' journals still hold what they received when the metrics are read
+    node = dicomnode_node(node={"receivers": 2}, metrics={"port": metrics_port, "host": "127.0.0.1"},
+                          storage={"journal": {"segment_mb": 8, "sync_seconds": 30}})
     (receiver,) = _receiver_pids(node)
     assert node.proc is not None
 
@@ -77,6 +79,13 @@ def test_two_receivers_both_accept_and_index_every_instance_once(dicomnode_node,
         assert dataset_hash(node.spool / row["path"]) == dataset_hash(original)
     # what a receiver stores reaches the node's metrics, and the node's assembler completes the series
     assert _metric(metrics_port, "dicomnode_instances_received_total") == len(files)
+    # the journal gauges count every receiving process's records (a receiver reports once a second)
+    pending = "dicomnode_journal_pending_records"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _metric(metrics_port, pending) < len(files):
+        time.sleep(0.2)
+    assert _metric(metrics_port, pending) == len(files)
+    assert _metric(metrics_port, "dicomnode_journal_lag_seconds") > 0
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         series = node.query("SELECT state, instance_count FROM assembly_series")

@@ -140,3 +140,28 @@ def test_persist_failures_map_to_out_of_resources(tmp_path: Path, ct_file: Path,
     result = _store(ingest, data, ts, sop_class, sop_uid)
     assert result.status == status
     assert ingest.index.instance_count(result.header.study_uid if result.header else "x") == 0
+
+
+def test_index_checkpoints_run_off_the_receive_path_and_keep_the_database_file_current(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+    import sqlite3
+    import time
+
+    from dicomnode.receive import ingest as ingest_module
+
+    monkeypatch.setattr(ingest_module, "CHECKPOINT_EVERY", 10)
+    ingest = _ingest(tmp_path, Spool(tmp_path / "spool", fsync=False))
+    for path in ct_series(tmp_path / "many", slices=25, rows=16, cols=16, seed="checkpoint"):
+        assert _store(ingest, *_payload(path)).status == 0x0000
+    # the committing thread never checkpoints itself (no C-STORE waits for the WAL's fsyncs) ...
+    assert ingest.index.database.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and ingest._checkpointing:
+        time.sleep(0.05)
+    # ... a thread of its own did: the database file alone (without its WAL) has the first 20 rows
+    alone = tmp_path / "alone.sqlite3"
+    shutil.copyfile(tmp_path / "db.sqlite3", alone)
+    rows = sqlite3.connect(alone).execute("SELECT COUNT(*) FROM spool_instances").fetchone()[0]
+    assert rows >= 20
