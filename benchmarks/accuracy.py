@@ -2,16 +2,19 @@
 
 Cases (every one runs the whole pipeline through ``process_volume``, as the node does):
 
-* **real** — ``ct-abdomen-20`` (TotalSegmentator reference: liver, spleen, aorta, IVC, kidneys when in the
-  field of view) and ``ct-3slice`` (liver SEG of dcmqi's test data);
+* **real** — ``ct-abdomen-20`` (TotalSegmentator reference: liver, spleen, stomach, aorta, kidneys when in
+  the field of view) and ``ct-3slice`` (liver SEG of dcmqi's test data);
 * **variants** of ``ct-abdomen-20`` made by ``tests/variants.py`` (pixels and geometry rewritten
   together, scored against the equally transformed reference): prone, feet first, 5 mm slices,
   native phase, fatty liver (≈ 10 HU), steatosis at −40 HU (the issue's lower bound, at the fat's
-  level), a field of view cut into the liver;
+  level), a field of view cut into the liver, only the upper or the lower 20 mm of its slices (a shorter
+  craniocaudal extent: no lung base, the liver cut at both ends);
 * **phantoms** (``tests/phantoms.py``, exact truth): a base case (portal phase, adult, 5 mm, head first
   supine, lesions inside the liver, no metal, full field of view) and one factor changed at a time —
   phase (native, arterial) × liver fat (10 HU) × body size (child, 0.7) × position (prone, feet first)
-  × slice thickness (2 mm) × lesion position (subcapsular) × metal × field of view (cropped) — plus a
+  × slice thickness (2 mm) × lesion position (subcapsular) × metal × field of view (cropped) ×
+  craniocaudal extent (120 mm slab through the liver, 200, 300, 400 mm: beyond 200 mm the anatomy keeps
+  its adult size in patient coordinates, chest above, psoas, bowel and pelvis below) — plus a
   lesion-free case and one with a gallbladder (bile at water density under the liver: not a lesion).
   Lesion rows report lesions found / expected (≥ 10 mm, at least partly inside the field of view; those
   a cropped field of view misses whole are counted apart) and false ones; the real liver of
@@ -44,7 +47,7 @@ import SimpleITK as sitk  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 SEGMENT_OF = {  # our segment label -> (reference label value in the TotalSegmentator map)
-    "Liver": 5, "Spleen": 1, "Right kidney": 2, "Left kidney": 3, "Aorta": 52,
+    "Liver": 5, "Spleen": 1, "Right kidney": 2, "Left kidney": 3, "Stomach": 6, "Aorta": 52,
 }  # the IVC (63) competes inside the pipeline but is not sent as a segment yet
 PHANTOM_TRUTH = {
     "Liver": "liver", "Spleen": "spleen", "Right kidney": "kidney-right", "Left kidney": "kidney-left",
@@ -194,6 +197,9 @@ def variant_cases() -> Iterator[Case]:
         "fatty-liver": lambda i, lab: variants.fatty_liver(i, lab, liver_value=5, target_hu=10.0),
         "steatosis-40": lambda i, lab: variants.fatty_liver(i, lab, liver_value=5, target_hu=-40.0),
         "cropped-fov": lambda i, lab: variants.crop(i, lab, keep_fraction=0.72, side="right"),
+        # the craniocaudal extent: the upper or lower 20 mm of the liver's slices only
+        "upper-20mm": lambda i, lab: variants.slab(i, lab, keep_mm=20.0, end="superior"),
+        "lower-20mm": lambda i, lab: variants.slab(i, lab, keep_mm=20.0, end="inferior"),
     }
     for name, make in makers.items():
         img, lab = make(image, labels)
@@ -215,6 +221,16 @@ PHANTOM_MATRIX: dict[str, dict] = {
     "cropped-fov": {"_crop": 0.72},
     "lesion-free": {"lesions": False},
     "gallbladder": {"gallbladder": True},
+    # the craniocaudal extent, anatomy at its adult size in patient coordinates (tests/phantoms.py): a
+    # 120 mm slab through the liver (cut at both ends), the standard 200 mm with what lies above and
+    # below it, 300 mm (lower chest to the iliac crests) and 400 mm (chest to pelvis)
+    "extent-120": {"shape": (24, 128, 128), "z_centre_mm": -20.0},
+    "extent-200": {"z_centre_mm": 0.0},
+    "extent-300": {"shape": (60, 128, 128)},
+    "extent-400": {"shape": (80, 128, 128)},
+    # long fields in the native phase: bowel, psoas and liver lie within a few HU of each other
+    "extent-300-native": {"shape": (60, 128, 128), "phase": "native"},
+    "extent-400-native": {"shape": (80, 128, 128), "phase": "native"},
 }
 QUICK = ("base", "fatty-liver", "lesion-free")
 

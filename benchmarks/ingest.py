@@ -159,7 +159,7 @@ def disk_floor(folders: list[Path], out: Path, fsync: bool) -> float:
 def journal_floor(folders: list[Path], out: Path) -> float:
     """Seconds for the journal's durability work alone, one thread per folder: write the .part, copy it
     into a pre-written segment file at its own offset, one fdatasync, link it into its folder (the
-    syncer's later syncfs of the spool files is not counted, as it is not waited for)."""
+    syncer's later fsyncs of the spool files are not counted, as they are not waited for)."""
     sizes = [f.stat().st_size for folder in folders for f in folder.glob("*.dcm")]
     out.mkdir(parents=True)
     slot = max(sizes) + 8192

@@ -1,8 +1,10 @@
 """Per-step wall time and peak memory of each pipeline on a full-size volume; prints a table.
 
 The CT volume is a SYNTHETIC PHANTOM (``tests/phantoms.py``: body, liver with lesions, spleen, kidneys,
-lungs, airways, vessels, spine/ribs, 12 HU noise), written as a single-frame DICOM series — by default
-512×512×300 at 0.7×0.7×1.0 mm — because the real data in ``shared/data`` is only 20–48 slices. The MR
+lungs, airways, vessels, spine/ribs, 12 HU noise, fat planes between the organs as in patients; 300 mm long,
+so the anatomy keeps its adult size in patient coordinates — lung bases and heart above, psoas, bowel and
+the iliac crests below), written as a single-frame DICOM series — by default 512×512×300 at
+0.7×0.7×1.0 mm — because the real data in ``shared/data`` is only 20–48 slices. The MR
 volume for ``brain-mr`` is the MR head phantom at 256×256×160 (1 mm). Each pipeline runs in a fresh
 process (ITK/OpenMP threads capped at ``--threads``) so its peak RSS is the pipeline's own: loading
 the series, every step, and writing the result package (SEG, enhanced series, SR).
@@ -103,7 +105,7 @@ def make_series(kind: str, folder: Path, matrix: int, slices: int) -> str:
         fov = 360.0
         phantom = make_ct_phantom(
             shape=(slices, matrix, matrix), spacing=(300.0 / slices, fov / matrix, fov / matrix),
-            phase="portal", seed=1,
+            phase="portal", seed=1, fat_planes=True,
         )
         description = f"CT phantom {matrix}x{matrix}x{slices}"
     else:

@@ -53,6 +53,11 @@ PHASE_HU: dict[str, dict[str, float]] = {
     "arterial": {"liver": 75, "spleen": 120, "kidney": 180, "aorta": 280, "portal-vein": 90, "muscle": 55},
     "portal": {"liver": 105, "spleen": 118, "kidney": 160, "aorta": 150, "portal-vein": 175, "muscle": 60},
 }
+# the heart's blood pool and the bowel wall (only in the anatomical layout of a long field of view)
+BLOOD_HU: dict[str, float] = {"native": 40.0, "arterial": 230.0, "portal": 140.0}
+BOWEL_WALL_HU: dict[str, float] = {"native": 40.0, "arterial": 80.0, "portal": 90.0}
+# the standard layout's half length: lung bases, liver, spleen and upper kidneys of the 200 mm phantom
+STANDARD_HALF_LENGTH_MM = 97.5
 
 
 @dataclass(frozen=True)
@@ -90,12 +95,12 @@ class Phantom:
         return self.to_sitk(self.masks[name].astype(np.uint8))
 
 
-def _grid(shape: tuple[int, int, int], spacing: tuple[float, float, float]):
+def _grid(shape: tuple[int, int, int], spacing: tuple[float, float, float], z_centre: float = 0.0):
     nz, ny, nx = shape
     sz, sy, sx = spacing
     x = (np.arange(nx) - (nx - 1) / 2.0) * sx
     y = (np.arange(ny) - (ny - 1) / 2.0) * sy
-    z = (np.arange(nz) - (nz - 1) / 2.0) * sz
+    z = (np.arange(nz) - (nz - 1) / 2.0) * sz + z_centre
     zz, yy, xx = np.meshgrid(z, y, x, indexing="ij", sparse=True)
     origin = (float(x[0]), float(y[0]), float(z[0]))
     return zz, yy, xx, origin
@@ -173,23 +178,41 @@ def make_ct_phantom(
     body_scale: float = 1.0,
     subcapsular: bool = False,
     fat_planes: bool = False,
+    z_centre_mm: float | None = None,
     gallbladder: bool = False,
 ) -> Phantom:
     """An abdomen + lung-base CT phantom centred in a FOV of ``shape × spacing`` (body ~300 × 220 mm).
 
     ``hepatic_vessels=True`` adds a branching vessel tree inside the liver (three oblique hepatic veins
     converging towards the IVC and in-plane portal branches, 5–10 mm wide), the hard case for lesion
-    detection; the vessels keep at least 4 mm from every lesion."""
+    detection; the vessels keep at least 4 mm from every lesion.
+
+    Craniocaudal extent: a field of view up to 200 mm long holds the standard layout (lung bases, liver,
+    spleen, upper kidneys) fitted to its length. A longer one — or any FOV given ``z_centre_mm`` — shows
+    the anatomy at its adult size in patient coordinates (z in mm: 0 is the standard phantom's centre,
+    the right lung base lies at +15, the kidneys' hila at −73; the FOV's centre is at ``z_centre_mm``,
+    by default 30 % of the length beyond 200 mm above the standard phantom and 70 % below): chest above
+    (the lungs up to the carina, the heart on the diaphragm), abdomen and pelvis below (psoas muscles,
+    colon with gas, small-bowel loops, no ribs below the kidneys, iliac wings, sacrum, femoral heads,
+    bladder), not the same organs stretched. The extra structures' masks: heart, psoas, bowel, bladder,
+    pelvis (empty in the fitted layout)."""
     if phase not in PHASE_HU:
         raise ValueError(f"Unknown phase '{phase}'; expected one of {sorted(PHASE_HU)}.")
     hu = dict(PHASE_HU[phase])
     if liver_hu is not None:  # steatosis (e.g. 10 HU, darker than the spleen) or any other attenuation
         hu["liver"] = float(liver_hu)
     rng = np.random.default_rng(seed)
-    zz, yy, xx, origin = _grid(shape, spacing)
+    half = (shape[0] - 1) / 2.0 * spacing[0]
+    anatomical = z_centre_mm is not None or half > STANDARD_HALF_LENGTH_MM + 2.5
+    if anatomical:
+        zmax = STANDARD_HALF_LENGTH_MM  # the layout in mm, whatever the FOV's length
+        if z_centre_mm is None:
+            z_centre_mm = STANDARD_HALF_LENGTH_MM + 0.3 * 2.0 * (half - STANDARD_HALF_LENGTH_MM) - half
+    else:
+        zmax, z_centre_mm = half, 0.0  # the layout fitted to the FOV's length
+    zz, yy, xx, origin = _grid(shape, spacing, z_centre_mm)
     # body_scale < 1 is a smaller patient (a child): every structure shrinks about the FOV's centre
     zz, yy, xx = zz / body_scale, yy / body_scale, xx / body_scale
-    zmax = (shape[0] - 1) / 2.0 * spacing[0]
     full = np.ones(shape, dtype=bool)
 
     body = _ellipsoid(zz, yy, xx, (0, 0, 0), (150, 110, 1e6)) & full
@@ -200,8 +223,8 @@ def make_ct_phantom(
     lung_base = 0.15 * zmax
     lung_r = _ellipsoid(zz, yy, xx, (-70, 5, zmax + 40), (55, 75, 130)) & (zz >= lung_base)
     lung_l = _ellipsoid(zz, yy, xx, (70, 5, zmax + 30), (55, 75, 130)) & (zz >= lung_base + 10)
-    trachea = _cylinder(zz, yy, xx, (0, -25), (9, 9), (zmax - 0.25 * zmax, 1e6)) & full
-    carina_z = zmax - 0.25 * zmax
+    carina_z = lung_base + 140.0 if anatomical else zmax - 0.25 * zmax
+    trachea = _cylinder(zz, yy, xx, (0, -25), (9, 9), (carina_z, 1e6)) & full
     bronchus_r = _cylinder(zz, yy, xx, (-20, -20), (6, 6), (carina_z - 30, carina_z + 2)) & full
     bronchus_l = _cylinder(zz, yy, xx, (20, -20), (6, 6), (carina_z - 30, carina_z + 2)) & full
     airways = (trachea | bronchus_r | bronchus_l) & inner
@@ -230,12 +253,55 @@ def make_ct_phantom(
             tree |= _capsule(zz, yy, xx, a, b, radius)
         tree &= liver
         portal |= tree
-    # ribs: small bony ellipses along the wall on every slice
+    # ribs: small bony ellipses along the wall on every slice (down to the kidneys' level)
     ribs = np.zeros(shape, dtype=bool)
+    rib_bottom = -130.0 if anatomical else -1e6
     for angle in np.deg2rad([200, 220, 240, 300, 320, 340, 25, 155]):
         cx, cy = 140 * np.cos(angle), 102 * np.sin(angle)
-        ribs |= _cylinder(zz, yy, xx, (cx, cy), (7, 5), (-1e6, 1e6)) & full
+        ribs |= _cylinder(zz, yy, xx, (cx, cy), (7, 5), (rib_bottom, 1e6)) & full
     ribs &= body
+    heart = psoas = bowel = lumen = gas = bladder = pelvis = np.zeros(shape, dtype=bool)
+    if anatomical:  # what lies above and below the standard layout
+        organs_so_far = liver | spleen | kidney_r | kidney_l | aorta | spine | gall
+        heart = _ellipsoid(zz, yy, xx, (25, -35, lung_base + 75), (62, 50, 62)) & inner & ~organs_so_far
+        heart &= zz >= lung_base + 8  # it sits on the diaphragm, above the liver's left lobe
+        lung_r &= ~(heart | aorta | spine)
+        lung_l &= ~(heart | aorta | spine)
+        # psoas: from the kidneys' upper poles down, thickening towards the pelvis
+        radius = np.clip(8.0 + 0.12 * (-40.0 - zz), 0.0, 26.0)
+        for side in (-1.0, 1.0):
+            column = ((xx - side * 45) ** 2 + (yy - 58) ** 2) <= radius**2
+            psoas = psoas | (column & (zz < -40) & (zz > -250))
+        psoas &= inner & ~(organs_so_far | spleen)  # behind the liver's bare area, below the crura
+        # colon (ascending, transverse below the liver's tip, descending) and small-bowel loops
+        segments = [
+            ((-95.0, -5.0, -215.0), (-95.0, -5.0, -115.0), 22.0),
+            ((-95.0, -40.0, -118.0), (95.0, -40.0, -118.0), 20.0),
+            ((100.0, 10.0, -115.0), (100.0, 10.0, -225.0), 20.0),
+            ((-45.0, -60.0, -150.0), (40.0, -45.0, -160.0), 13.0),
+            ((40.0, -45.0, -175.0), (-40.0, -55.0, -185.0), 13.0),
+            ((-40.0, -30.0, -205.0), (45.0, -40.0, -205.0), 13.0),
+        ]
+        for i, (a, b, r) in enumerate(segments):
+            tube = _capsule(zz, yy, xx, a, b, r)
+            bowel = bowel | tube
+            inside = _capsule(zz, yy, xx, a, b, r - 3.0)
+            lumen = lumen | inside
+            if i < 3:  # colon: gas floats in front (the patient lies supine)
+                gas = gas | (inside & (yy < 0.5 * (a[1] + b[1])))
+        keep = inner & ~(organs_so_far | psoas)
+        bowel, lumen, gas = bowel & keep, lumen & keep, gas & keep
+        bladder = _ellipsoid(zz, yy, xx, (0, -45, -268), (50, 35, 32)) & inner
+        # pelvis: iliac wings, sacrum, femoral heads
+        ax = np.abs(xx)
+        wing = (ax > 65) & (ax < 125) & (np.abs(yy - (45 - 0.7 * (ax - 65))) < 5) & (zz > -245) & (zz < -150)
+        sacrum = _cylinder(zz, yy, xx, (0, 78), (42, 18), (-265, -175))
+        heads = _ellipsoid(zz, yy, xx, (-95, 15, -275), (24,) * 3)
+        heads = heads | _ellipsoid(zz, yy, xx, (95, 15, -275), (24,) * 3)
+        pelvis = (wing | sacrum | heads) & inner
+        bowel &= ~(bladder | pelvis)
+        lumen &= bowel
+        gas &= bowel
 
     clean = np.full(shape, -1000.0, dtype=np.float32)
     clean[body] = -100.0  # subcutaneous fat
@@ -243,7 +309,7 @@ def make_ct_phantom(
     if fat_planes:  # as in patients: a muscle wall, fat behind the peritoneum and around every organ
         inside_wall = _ellipsoid(zz, yy, xx, (0, 0, 0), (126, 86, 1e6)) & full
         clean[inner & ~inside_wall] = hu["muscle"]
-        organs = liver | spleen | kidney_r | kidney_l | aorta | spine
+        organs = liver | spleen | kidney_r | kidney_l | aorta | spine | heart | psoas | bowel | bladder
         around = ndimage.distance_transform_edt(~organs, sampling=spacing) <= 6.0
         retro = (yy > 25.0) & full
         clean[inside_wall & (around | retro) & ~organs] = -90.0
@@ -255,7 +321,13 @@ def make_ct_phantom(
     clean[kidney_r | kidney_l] = hu["kidney"]
     clean[portal] = hu["portal-vein"]
     clean[aorta] = hu["aorta"]
-    clean[spine | ribs] = 650.0
+    clean[heart] = BLOOD_HU[phase]
+    clean[psoas] = hu["muscle"]
+    clean[bowel] = BOWEL_WALL_HU[phase]
+    clean[lumen] = 15.0
+    clean[gas] = -1000.0
+    clean[bladder] = 10.0
+    clean[spine | ribs | pelvis] = 650.0
 
     lesion_labels = np.zeros(shape, dtype=np.int16)
     truths: list[LesionTruth] = []
@@ -310,6 +382,11 @@ def make_ct_phantom(
         "hepatic-vessels": tree,
         "spine": spine,
         "ribs": ribs,
+        "heart": heart,
+        "psoas": psoas,
+        "bowel": bowel,
+        "bladder": bladder,
+        "pelvis": pelvis,
         "lesions": lesion_labels > 0,
         "metal": metal_mask,
         "gallbladder": gall,

@@ -10,6 +10,7 @@ the variant's own reference::
     image, labels = fatty_liver(image, labels, liver_value=5, target_hu=10.0, seed=0)
     image, labels = native_phase(image, labels, enhancing_values=(...), seed=0)
     image, labels = crop(image, labels, keep_fraction=0.7, side="right")
+    image, labels = slab(image, labels, keep_mm=20.0, end="superior")   # a shorter craniocaudal extent
 
 Geometry is always rewritten with the pixels (origin and direction cosines follow the reversal), so
 every voxel keeps its patient position: what a scanner would write for the same patient, not a
@@ -161,6 +162,19 @@ def crop(image: sitk.Image, labels: sitk.Image, *, keep_fraction: float, side: s
     cut_low = (side == "right") == left_positive
     start = nx - keep if cut_low else 0
     return image[start : start + keep, :, :], labels[start : start + keep, :, :]
+
+
+def slab(image: sitk.Image, labels: sitk.Image, *, keep_mm: float, end: str = "superior"):  # noqa: ANN201
+    """A shorter craniocaudal field of view: only the slices within ``keep_mm`` of the volume's
+    ``end`` (``superior`` or ``inferior``, judged in patient coordinates, whatever the slice order)."""
+    if end not in ("superior", "inferior"):
+        raise ValueError(f"end must be 'superior' or 'inferior', not {end!r}.")
+    nz = image.GetSize()[2]
+    keep = max(1, min(nz, int(round(keep_mm / image.GetSpacing()[2]))))
+    # the slice index grows towards the head when the slice normal's z component is positive
+    superior_last = image.GetDirection()[8] > 0
+    start = nz - keep if (end == "superior") == superior_last else 0
+    return image[:, :, start : start + keep], labels[:, :, start : start + keep]
 
 
 def real_case() -> tuple[sitk.Image, sitk.Image]:

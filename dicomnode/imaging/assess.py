@@ -59,7 +59,6 @@ CONTACT_MM2 = 200.0  # two organs touching over 2 cm²
 UNIFORM_FRACTION = 0.65  # of a uniform organ's voxels near its main attenuation (a true liver: >= 0.72)
 VESSEL_WIDER = 1.8  # a vessel's cross-section over this times its median one: a leak
 VESSEL_NARROWER = 0.4  # under this between normal ones: the lumen lost
-SPLEEN_BELOW_LIVER_HU = 40.0  # a spleen's median this far below the liver's: another structure
 VESSEL_HU = 40.0  # a slice's median this far from the vessel's: another structure
 
 
@@ -71,14 +70,23 @@ class OrganPrior:
     median_hu: tuple[float, float] | None = None  # any phase, any fat content
     uniform: bool = False  # parenchyma of one attenuation in every phase (lesions apart)
     vessel: bool = False  # a tube along the head-feet axis, of nearly constant section and attenuation
+    # the median at least this many HU above (negative: at most this far below) that of another organ of
+    # the same result, in any phase: (structure, HU). The spleen is never more than 10-20 HU darker than
+    # the liver (native; brighter with contrast or a fatty liver): a 'spleen' 40 HU below the liver is
+    # bowel or muscle. The organ chains search for the organ within the same bound.
+    median_vs: tuple[str, float] | None = None
 
 
 PRIORS: dict[str, OrganPrior] = {
     "liver": OrganPrior((600.0, 3200.0), (-40.0, 160.0), uniform=True),
-    "spleen": OrganPrior((30.0, 1500.0), (20.0, 190.0)),
+    "spleen": OrganPrior((30.0, 1500.0), (20.0, 190.0), median_vs=("liver", -40.0)),
     "kidney-left": OrganPrior((50.0, 450.0), (0.0, 320.0)),
     "kidney-right": OrganPrior((50.0, 450.0), (0.0, 320.0)),
     "kidney": OrganPrior((50.0, 450.0), (0.0, 320.0)),
+    # the stomach is its wall and contents (water, food, oral contrast) with some gas on top: a contour on
+    # the gas alone (median near -1000 HU; the gas pocket the competition seeds from, or colon gas below it)
+    # is not the stomach
+    "stomach": OrganPrior(None, (-300.0, 400.0)),
     "aorta": OrganPrior(None, (10.0, 700.0), vessel=True),
     "ivc": OrganPrior(None, (0.0, 400.0), vessel=True),
     "lung-left": OrganPrior((350.0, 4500.0), (-1000.0, -450.0)),
@@ -472,30 +480,37 @@ def assess(
         evidence[segment.label] = Evidence(volume, median, edge, metal_mm, cnr)
         log.debug("QC %s: %s %s", segment.label, status, evidence[segment.label])
     if is_ct:
-        _spleen_against_liver(organs, verdicts, evidence)
+        _against_other_organs(organs, verdicts, evidence)
     _inherit_host_failures(segments, organs, verdicts)
     return QCReport(verdicts), evidence
 
 
-def _spleen_against_liver(organs: Sequence, verdicts: dict[str, SegmentQC],  # outputs.api.Segment
+def _against_other_organs(organs: Sequence, verdicts: dict[str, SegmentQC],  # outputs.api.Segment
                           evidence: dict[str, Evidence]) -> None:
-    """A spleen far darker than the liver is another structure: in every phase the spleen is within about
-    10-20 HU below the liver (native) or brighter (contrast, a fatty liver); a contour on bowel or muscle of
-    40 HU beside a 105 HU portal-venous liver is not a spleen (a 300 mm-long phantom: 1 l, Dice 0.005)."""
-    livers = [o for o in organs if o.structure == "liver" and o.label in evidence
-              and verdicts[o.label].status != QCStatus.FAIL]
-    if not livers:
-        return
-    liver = evidence[livers[0].label].median
-    for spleen in (o for o in organs if o.structure == "spleen" and o.label in evidence):
-        median = evidence[spleen.label].median
-        if median < liver - SPLEEN_BELOW_LIVER_HU:
-            own = verdicts[spleen.label]
-            verdicts[spleen.label] = SegmentQC(
+    """An organ whose median lies below the bound its prior sets against another organ's median
+    (:attr:`OrganPrior.median_vs`) is another structure: e.g. a contour on 40 HU bowel or muscle beside a
+    105 HU portal-venous liver is not a spleen. Judged only against an organ whose own verdict is not
+    ``fail``."""
+    for organ in organs:
+        prior = PRIORS.get(organ.structure)
+        if prior is None or prior.median_vs is None or organ.label not in evidence:
+            continue
+        structure, offset = prior.median_vs
+        references = [o for o in organs if o.structure == structure and o.label in evidence
+                      and verdicts[o.label].status != QCStatus.FAIL]
+        if not references:
+            continue
+        reference = evidence[references[0].label].median
+        median = evidence[organ.label].median
+        if median < reference + offset:
+            own = verdicts[organ.label]
+            bound = (f"more than {-offset:.0f} HU darker than" if offset < 0
+                     else f"less than {offset:.0f} HU brighter than")
+            verdicts[organ.label] = SegmentQC(
                 QCStatus.FAIL, tuple(dict.fromkeys([*own.flags, QCFlag.IMPLAUSIBLE_INTENSITY])),
-                (*own.reasons, f"{spleen.label} median {median:.0f} HU is {liver - median:.0f} HU below "
-                               f"the liver's {liver:.0f} HU; a spleen is never that much darker than the "
-                               "liver in any phase: the contour lies on another structure."))
+                (*own.reasons, f"{organ.label} median {median:.0f} HU is {reference - median:.0f} HU below "
+                               f"the {structure}'s {reference:.0f} HU; a {organ.structure} is never {bound} "
+                               f"the {structure} in any phase: the contour lies on another structure."))
 
 
 def _inherit_host_failures(segments: Sequence, organs: Sequence,  # outputs.api.Segment

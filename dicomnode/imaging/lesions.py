@@ -475,10 +475,10 @@ def _surface_lesions(
             continue
         def envelope(box: tuple[slice, ...] = box, centre: np.ndarray = centre, radius: float = radius
                      ) -> np.ndarray:
-            # the organ's outline on each slice closed by a disc a little wider than the ball (on a box
-            # that holds the organ well beyond it), on the ball's box
+            # the organ's outline on each slice closed by a disc of ``BITE`` ball radii (on a box that
+            # holds the organ well beyond it), on the ball's box
             wide = _ball_box(centre, 4.0 * radius + step_mm, spacing, organ.shape)
-            closed = closing(organ[wide], 1.3 * radius, spacing, slicewise=True)
+            closed = closing(organ[wide], BITE * radius, spacing, slicewise=True)
             inner = tuple(slice(b.start - w.start, b.stop - w.start) for b, w in zip(box, wide, strict=True))
             return closed[inner] | organ[box]
 
@@ -501,6 +501,10 @@ def _surface_lesions(
 FLUID_HU = (-15.0, 20.0)  # bile and other water-density fluid (0-20 HU: water is 0 HU on every CT)
 SAC_ELONGATION = 1.8  # principal-axis ratio of the gallbladder (a 70-100 mm pear, 30-40 mm wide: 2-3) ...
 SAC_MM = 45.0  # ... and its length: a round cyst (ratio about 1) of any size is not one
+BITE = 2.0  # the organ's envelope around a surface candidate: each slice closed by a disc of this many ball
+# radii (the ball found is about 0.8 of the lesion's radius, partial volume at its edge: at 1.3 radii a
+# notch as wide as the lesion stayed open; real liver, spheres half outside it: 20 mm found 4 -> 6 of 10,
+# 40 mm 7 -> 8 of 10, no row of the accuracy table moved)
 
 
 def _in_a_sac(smooth: np.ndarray, centre: np.ndarray, radius: float, lesion: np.ndarray,

@@ -21,9 +21,8 @@ the chain), the data copied from the ``.part`` file in the kernel, then one fdat
 associations each call it at once; the kernel merges their device cache flushes). Only then does the
 caller give the ``.part`` its final name (without fsync) and answer Success.
 
-The syncer thread (:meth:`Journal.handover`) then makes the spool files durable in batches (one
-``syncfs`` of the spool's filesystem per batch; else writeback of many files started at once, an fsync
-each, one fsync per folder) and moves the checkpoint past every
+The syncer thread (:meth:`Journal.handover`) then makes the spool files durable in batches (writeback of
+many files started at once, an fsync each, one fsync per folder) and moves the checkpoint past every
 record whose file is durable; a segment wholly behind the checkpoint is recycled. Recovery
 (:func:`dicomnode.spool.recovery.replay_journal`) re-creates, from the records past the checkpoint, the
 files a crash left missing or torn; a record whose checksum fails was never acknowledged (its fdatasync
@@ -67,7 +66,6 @@ CHECKPOINT_NAME = "checkpoint"
 SEGMENT_GLOB = "segment-*.journal"
 COPY_CHUNK = 1024 * 1024
 SYNC_BATCH = 256  # files made durable per syncer round at most
-PRESSED_WAIT = 0.25  # seconds a file waits at least before a full segment makes the syncer run
 
 
 def _align(n: int) -> int:
@@ -92,21 +90,6 @@ def _sync_file_range() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
 
 _SYNC_FILE_RANGE = _sync_file_range()  # a constant: the libc function, looked up once
 _SYNC_FILE_RANGE_WRITE = 2
-
-
-def _syncfs() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
-    """Linux's ``syncfs`` (None elsewhere): writes back and commits everything of one filesystem, with one
-    device cache flush; reports writeback errors since Linux 5.8."""
-    try:
-        function = ctypes.CDLL(None, use_errno=True).syncfs
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int]
-    function.restype = ctypes.c_int
-    return function
-
-
-_SYNCFS = _syncfs()  # a constant, as above
 
 
 def start_writeback(fd: int, start: int = 0, count: int = 0) -> None:
@@ -542,18 +525,17 @@ class Journal:
 
     # -- the syncer -------------------------------------------------------------------------------------
     def _sync_loop(self) -> None:
-        """Make the handed-over files durable in batches: when the oldest has waited ``sync_seconds``
-        (:data:`PRESSED_WAIT` when a full segment waits, see :meth:`_pressed`), or at stop; meanwhile
-        the kernel writes them back on its own. A batch costs one ``syncfs`` (one device cache flush
-        beside the receive path's fdatasyncs, see :meth:`_make_durable`)."""
+        """Make the handed-over files durable in batches: when the oldest has waited ``sync_seconds``,
+        when half the segments are in use, or at stop (meanwhile the kernel writes them back on its own,
+        so the fsyncs mostly commit metadata; fewer, larger batches mean fewer device cache flushes
+        competing with the receive path's fdatasyncs)."""
         while True:
             with self._cond:
                 while not self._stopping:
                     waited = time.monotonic() - self._handed[0][3] if self._handed else 0.0
-                    due = min(PRESSED_WAIT, self.sync_seconds) if self._pressed() else self.sync_seconds
-                    if self._handed and waited >= due:
+                    if self._handed and (waited >= self.sync_seconds or self._pressed()):
                         break
-                    self._cond.wait(min(1.0, due - waited) if self._handed else 1.0)
+                    self._cond.wait(min(1.0, self.sync_seconds - waited) if self._handed else 1.0)
                     if not self._handed:
                         break  # (releases alone can move the checkpoint: look at it once a second)
                 stopping = self._stopping
@@ -576,43 +558,12 @@ class Journal:
                 return
 
     def _pressed(self) -> bool:
-        """A full segment waits for its files (two in use), or no spare left (the lock held): syncing then
-        recycles it, so that a steady stream needs about three segments and no new ones are written."""
+        """Half the segments in use, or no spare left (the lock held)."""
         in_use = len(self._segments) - len(self._free)
-        return in_use >= 2 or not self._free
-
-    def _make_durable(self, batch: list[tuple[Record, Path, list[Path], float]]) -> None:
-        """Make the batch's files and folder entries durable: one ``syncfs`` of the spool's filesystem
-        (one journal commit and one device cache flush for the whole batch, where an fsync per file and
-        folder costs a flush each, competing with the receive path's fdatasyncs), else fsyncs."""
-        if _SYNCFS is not None and batch:
-            fd = self._syncfs_fd(batch)
-            if fd is not None:
-                try:
-                    if _SYNCFS(fd) == 0:
-                        return
-                    code = ctypes.get_errno()
-                    if code not in (errno.ENOSYS, errno.EINVAL):
-                        raise OSError(code, f"syncfs of the spool's filesystem failed: {os.strerror(code)}")
-                finally:
-                    os.close(fd)
-        self._fsync_each(batch)
+        return in_use >= max(2, self.max_segments // 2) or not self._free
 
     @staticmethod
-    def _syncfs_fd(batch: list[tuple[Record, Path, list[Path], float]]) -> int | None:
-        """A descriptor on the filesystem that holds every folder of the batch, else None (a folder on
-        another filesystem, or removed meanwhile by retention: fsync each file)."""
-        folders = {final.parent for _record, final, new_dirs, _at in batch}
-        folders.update(d.parent for _record, _final, new_dirs, _at in batch for d in new_dirs)
-        try:
-            if len({os.stat(folder).st_dev for folder in folders}) != 1:
-                return None
-            return os.open(next(iter(folders)), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return None
-
-    @staticmethod
-    def _fsync_each(batch: list[tuple[Record, Path, list[Path], float]]) -> None:
+    def _make_durable(batch: list[tuple[Record, Path, list[Path], float]]) -> None:
         fds: list[int] = []
         folders: set[Path] = set()
         try:

@@ -40,7 +40,7 @@ def _records(path: Path) -> list[dict]:
 
 
 SERIES_EVENTS = "SELECT * FROM assembly_events WHERE kind = 'series' AND series_uid = ? ORDER BY generation"
-# Completions already handed on; the condition must precede ORDER BY (appended after it, it was a sort key).
+# Completions already handed on (the condition must precede ORDER BY, or it becomes part of the sort key).
 HANDED_ON = (
     "SELECT * FROM assembly_events WHERE kind = 'series' AND series_uid = ? AND handed_on_at IS NOT NULL"
     " ORDER BY generation"

@@ -82,7 +82,7 @@ def test_two_receivers_both_accept_and_index_every_instance_once(dicomnode_node,
     # the journal gauges count every receiving process's records (a receiver reports once a second)
     pending = "dicomnode_journal_pending_records"
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and _metric(metrics_port, pending) < len(files):
+    while time.monotonic() < deadline and _metric(metrics_port, pending) != len(files):
         time.sleep(0.2)
     assert _metric(metrics_port, pending) == len(files)
     assert _metric(metrics_port, "dicomnode_journal_lag_seconds") > 0

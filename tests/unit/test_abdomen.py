@@ -46,18 +46,20 @@ def test_real_abdomen_liver_and_spleen_in_competition(real_case) -> None:  # noq
     assert not np.isin(organs, [LABELS["kidney-right"], LABELS["kidney-left"]]).any()
 
 
-@pytest.mark.parametrize("variant", ["prone", "native"])
+@pytest.mark.parametrize("variant", ["prone", "native", "lower-20mm"])
 def test_real_abdomen_variants(real_case, variant: str) -> None:  # noqa: ANN001
     image, labels = real_case
     if variant == "prone":  # rows and columns reversed, direction cosines (-1, -1, 1): same patient positions
         image, labels = variants.prone(image, labels)
+    elif variant == "lower-20mm":  # a shorter craniocaudal field of view: 10 slices, no lung base
+        image, labels = variants.slab(image, labels, keep_mm=20.0, end="inferior")
     else:  # no contrast: liver 55, spleen 45 HU, vessels 40 HU (the spleen no longer differs by intensity)
         image, labels = variants.native_phase(
             image, labels, tissue_hu={REF_LIVER: 55.0, REF_SPLEEN: 45.0, 52: 40.0, 63: 40.0, 64: 40.0}
         )
     liver, organs = organs_of(image)
     reference = sitk.GetArrayFromImage(labels)
-    assert dice(liver, reference == REF_LIVER) >= (0.93 if variant == "prone" else 0.90)
+    assert dice(liver, reference == REF_LIVER) >= (0.90 if variant == "native" else 0.93)
     assert dice(organs == LABELS["spleen"], reference == REF_SPLEEN) >= 0.85
 
 
@@ -123,3 +125,41 @@ def test_the_spine_is_found_where_the_field_of_view_cuts_the_trunk(real_case) ->
         found.append((np.median(lm.spine_x) + origin[0], np.median(lm.spine_y) + origin[1]))
     (x_full, y_full), (x_cut, y_cut) = found
     assert abs(x_cut - x_full) < 5.0 and abs(y_cut - y_full) < 5.0, found
+
+
+def test_phantom_anatomy_keeps_its_place_on_a_longer_field_of_view() -> None:
+    """tests/phantoms.py: a field of view longer than 200 mm shows more of the patient (chest above; psoas,
+    bowel and pelvis below), not the same organs stretched; a 120 mm slab cuts the liver at both ends."""
+    from tests.phantoms import make_ct_phantom
+
+    common = {"spacing": (5.0, 5.6, 5.6), "lesions": False, "fat_planes": True}
+    standard = make_ct_phantom(shape=(40, 64, 64), **common)
+    long = make_ct_phantom(shape=(80, 64, 64), **common)
+    slab = make_ct_phantom(shape=(24, 64, 64), z_centre_mm=-20.0, **common)
+
+    def extent(ct, key: str) -> tuple[float, float]:  # noqa: ANN001
+        z = np.flatnonzero(ct.masks[key].any(axis=(1, 2))) * ct.spacing[0] + ct.origin[2]
+        return float(z[0]), float(z[-1])
+
+    for key in ("liver", "spleen", "kidney-left"):  # the same organ at the same patient position and size
+        assert abs(long.masks[key].sum() - standard.masks[key].sum()) <= 0.02 * standard.masks[key].sum(), key
+        assert extent(long, key) == pytest.approx(extent(standard, key), abs=5.0), key
+    assert long.origin[2] < standard.origin[2] - 100.0  # most of the extra length lies below
+    for key in ("pelvis", "bowel", "psoas", "heart"):
+        assert long.masks[key].any() and not standard.masks[key].any(), key
+    liver = slab.masks["liver"].any(axis=(1, 2))
+    assert liver[0] and liver[-1]  # cut at both ends
+
+
+def test_long_field_of_view_organs() -> None:
+    """A 400 mm field of view (chest to pelvis): the spleen is not the bowel that fills its territory on such
+    a field (1 l of 40 HU tissue, Dice 0.005, when it was looked for by the territory's mode alone), the
+    kidneys are not the psoas they touch (its attenuation is the blob's mode; it runs on along the spine)."""
+    from tests.phantoms import make_ct_phantom
+
+    ct = make_ct_phantom(shape=(80, 128, 128), spacing=(5.0, 2.8, 2.8), seed=5, fat_planes=True,
+                         hepatic_vessels=True)
+    liver, organs = organs_of(ct.to_sitk())
+    assert dice(liver, ct.masks["liver"]) >= 0.93
+    for key in ("spleen", "kidney-right", "kidney-left", "aorta"):
+        assert dice(organs == LABELS[key], ct.masks[key]) >= 0.9, key

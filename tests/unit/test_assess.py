@@ -54,6 +54,27 @@ def test_wrong_masks_are_flagged_with_their_evidence(ct) -> None:  # noqa: ANN00
     assert QCFlag.IMPLAUSIBLE_VOLUME in verdict.flags and "body 13 cm across" in verdict.reasons[-1]
 
 
+def test_a_spleen_far_darker_than_the_liver_fails(ct) -> None:  # noqa: ANN001
+    """The spleen's prior against the liver (OrganPrior.median_vs): a 'spleen' on the 40 HU soft tissue
+    beside a 105 HU portal-venous liver (a long field of view's bowel) fails implausible_intensity, though
+    40 HU alone is a plausible spleen; the true spleen (118 HU) passes."""
+    from dicomnode.imaging.assess import PRIORS
+
+    assert PRIORS["spleen"].median_vs == ("liver", -40.0)
+    body, organs = ct.masks["body"], ct.masks["liver"] | ct.masks["spleen"] | ct.masks["vessels"]
+    tissue = body & ~organs & (ct.clean > 20) & (ct.clean < 60)  # the phantom's soft tissue, 40 HU
+    wrong = np.zeros_like(tissue)
+    wrong[:, :, ct.image.shape[2] // 2 + 5 :] = tissue[:, :, ct.image.shape[2] // 2 + 5 :]  # patient left
+    report, _ = assess(ct.image, ct.spacing, [Segment("Liver", "liver", ct.masks["liver"]),
+                                              Segment("Spleen", "spleen", wrong)])
+    verdict = report.segments["Spleen"]
+    assert verdict.status == QCStatus.FAIL and QCFlag.IMPLAUSIBLE_INTENSITY in verdict.flags
+    assert "below the liver's" in verdict.reasons[-1]
+    assert "never more than 40 HU darker" in verdict.reasons[-1]
+    report, _ = assess(ct.image, ct.spacing, _organs(ct))
+    assert QCFlag.IMPLAUSIBLE_INTENSITY not in report.segments["Spleen"].flags
+
+
 def test_metal_near_an_organ_is_flagged() -> None:
     ct = make_ct_phantom(shape=(30, 96, 96), spacing=(5.0, 3.6, 3.6), metal=True, lesions=False, seed=6)
     report, evidence = assess(ct.image, ct.spacing, _organs(ct))

@@ -160,8 +160,9 @@ def test_index_checkpoints_run_off_the_receive_path_and_keep_the_database_file_c
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and ingest._checkpointing:
         time.sleep(0.05)
-    # ... a thread of its own did: the database file alone (without its WAL) has the first 20 rows
+    # ... a thread of its own did (at least the one the 10th commit started; a later one is skipped while
+    # it runs): the database file alone, without its WAL, has those rows
     alone = tmp_path / "alone.sqlite3"
     shutil.copyfile(tmp_path / "db.sqlite3", alone)
     rows = sqlite3.connect(alone).execute("SELECT COUNT(*) FROM spool_instances").fetchone()[0]
-    assert rows >= 20
+    assert rows >= 10

@@ -35,6 +35,7 @@ from skimage.morphology import convex_hull_image
 from skimage.segmentation import watershed
 
 from dicomnode.errors import ImagingError
+from dicomnode.imaging.assess import PRIORS
 from dicomnode.imaging.morphology import dilate as dilate_mm
 from dicomnode.imaging.morphology import erode as erode_mm
 from dicomnode.imaging.morphology import fill_holes, largest_components
@@ -167,7 +168,11 @@ def _tube(shape, rows, cols, found, radius_mm: float, spacing) -> np.ndarray:
 
 
 def _seeds(
-    array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = None, layer: np.ndarray | None = None
+    array: np.ndarray,
+    lm: Landmarks,
+    liver_mask: np.ndarray | None = None,
+    layer: np.ndarray | None = None,
+    muscle_hu: float | None = None,
 ) -> tuple[dict[str, OrganModel], dict[str, np.ndarray], np.ndarray | None]:
     """Seeds and attenuation of each organ found in the field of view, the vessels' tubes and the liver
     chain's mask when it agrees with the liver's seed (``None`` otherwise)."""
@@ -243,7 +248,14 @@ def _seeds(
     # posterolateral: bowel and stomach lie in front of it
     spleen_t = (u > 45 * s) & (v > -45 * s) & (v < 80 * s) & (h_l > -110 * s) & (h_l < 20 * s)
     spleen_t &= inner & not_lung & soft & ~dilate_mm(liver.seed, 10.0, sp)
-    spleen = _territory_seed(array, spleen_t, low, sp, erode=3.0 * s)
+    # the spleen is never far darker than the liver (its prior in assess.PRIORS, which QC checks too): the
+    # bowel and muscle that fill the territory of a long field of view are not taken for it
+    floor = low
+    if PRIORS["spleen"].median_vs is not None:
+        structure, offset = PRIORS["spleen"].median_vs
+        if structure == "liver":
+            floor = max(low, liver.hu + offset)
+    spleen = _territory_seed(array, spleen_t, floor, sp, erode=3.0 * s)
     if spleen is not None and spleen.seed.sum() * float(np.prod(sp)) > 5000.0 * s**3:  # ≥ 5 ml
         models["spleen"] = OrganModel("spleen", spleen.seed, spleen.hu, spleen.spread)
 
@@ -268,7 +280,7 @@ def _seeds(
             free = soft & ~grown[i]
             if layer is not None:  # a kidney touching the body wall's muscle is one blob with it otherwise
                 free &= ~layer
-            model = _kidney(array, lm, free, side, h_r if side < 0 else h_l)
+            model = _kidney(array, lm, free, side, h_r if side < 0 else h_l, muscle_hu)
             if model is not None:
                 break
         if model is not None:
@@ -292,7 +304,7 @@ def _seeds(
             free = soft & ~dilate_mm(known, 4.0, sp)
             if layer is not None:
                 free &= ~layer
-            again = _kidney(array, lm, free, 1.0, h_l)
+            again = _kidney(array, lm, free, 1.0, h_l, muscle_hu)
             if again is not None and again.seed.sum() > kidney.seed.sum():
                 models["kidney-left"] = again
     stomach = _stomach(array, lm, u, v, h_l)
@@ -314,13 +326,29 @@ def _seeds(
     return models, tubes, liver_mask
 
 
+KIDNEY_MAX_LENGTH_MM = 160.0  # an adult kidney is 10-13 cm long; the psoas beside it goes on for 20 cm
+KIDNEY_MAX_BELOW_LUNG_BASE_MM = 250.0  # its lower pole lies at most this far below the lung bases (L3-L4)
+
+
 def _kidney(
-    array: np.ndarray, lm: Landmarks, soft: np.ndarray, side: float, h: np.ndarray
+    array: np.ndarray,
+    lm: Landmarks,
+    soft: np.ndarray,
+    side: float,
+    h: np.ndarray,
+    muscle_hu: float | None = None,
 ) -> OrganModel | None:
-    """The kidney on one side: the largest compact soft-tissue blob in the paravertebral gutter."""
+    """The kidney on one side: the compact soft-tissue blob in the paravertebral gutter, in its fat.
+
+    A candidate blob may hold a kidney and the psoas it touches: its attenuation levels are tried in
+    turn (the blob's mode, then the mode of what is left), and each level's core is judged on its own —
+    centre beside the vertebral body, no longer than a kidney, not going on beyond the gutter, fat
+    around it. Of the cores that pass, the brightest wins (a kidney enhances more than muscle)."""
     s, sp = lm.scale, lm.spacing
     u, v = lm.relative()
     zone = (side * u > 35 * s) & (side * u < 120 * s) & (v > -25 * s) & (v < 75 * s) & (h < 40 * s)
+    if -float(h.ravel()[0]) <= (array.shape[0] - 1) * sp[0]:  # the lung base is in the field of view
+        zone &= h > -KIDNEY_MAX_BELOW_LUNG_BASE_MM * s  # not the pelvis of a long field of view
     if not (soft & zone).any():
         return None
     zbox = _box(soft & zone, (2, 2, 2))  # the work stays in the gutter's box
@@ -335,40 +363,26 @@ def _kidney(
     sizes[0] = 0
     # a kidney lies in perirenal fat: a good part of the shell around the blob is fat
     fat = array < lm.fat_hu + 50.0
-    centres = ndimage.center_of_mass(cand, labels, index=np.arange(1, n + 1))
     best: tuple[np.ndarray, float, float] | None = None
     for i in np.flatnonzero(sizes >= 8.0 * s**3):
-        cz, cy, cx = (int(round(c)) for c in centres[i - 1])
-        cu, cv = cx * sp[2] - lm.spine_x[cz], cy * sp[1] - lm.spine_y[cz]
-        log.debug("kidney %+.0f candidate %.1f ml at u %.0f v %.0f", side, sizes[i], cu, cv)
-        if not (-5 * s < cv < 60 * s and 40 * s < side * cu < 100 * s):
-            continue  # a kidney's centre lies beside the vertebral body, not in front of it
         blob = labels[zbox] == i
-        try:  # the blob's own attenuation: muscle next to a kidney (psoas, quadratus) differs from it
-            hu, spread = _mode_near(array[zbox][blob], lm.fat_hu + 40.0, 400.0)
-        except ImagingError:
-            continue
-        tolerance = max(2.5 * spread, 20.0)
-        core = np.zeros_like(zone)
-        core[zbox] = largest_components(blob & (np.abs(array[zbox] - hu) <= tolerance), 1)
-        box = _box(core, [int(np.ceil(60.0 * s / spc)) for spc in sp])
-        band = np.abs(array[box] - hu) <= tolerance
-        # the same tissue going on far beyond the gutter (stomach, bowel, liver) is not a kidney in its fat
-        same, _ = ndimage.label(ndimage.binary_opening(soft[box] & band, iterations=1))
-        owners = same[core[box]]
-        owner = int(np.bincount(owners[owners > 0]).argmax()) if (owners > 0).any() else 0
-        if owner and (same == owner).sum() > 3 * core.sum():
-            log.debug("kidney %+.0f: %.0f HU tissue goes on beyond the gutter", side, hu)
-            continue
-        # (among the shell's fat and free soft tissue: where it touches an organ already found or the
-        # wall's muscle, the shell says nothing)
-        shell = dilate_mm(core[box], 4.0, sp) & ~core[box]
-        shell_fat = shell & fat[box]
-        counted = int((shell_fat | (shell & soft[box])).sum())
-        fat_fraction = float(shell_fat.sum()) / counted if counted else 0.0
-        log.debug("kidney %+.0f: %.1f ml, %.0f HU, fat around %.2f", side, sizes[i], hu, fat_fraction)
-        if fat_fraction >= 0.3 and (best is None or hu > best[1]):
-            best = (core, hu, spread)
+        for _ in range(2):  # the blob's attenuation levels: a kidney and the psoas it touches differ
+            if blob.sum() * voxel_ml < 8.0 * s**3:
+                break
+            try:  # the blob's own attenuation: muscle next to a kidney (psoas, quadratus) differs from it
+                hu, spread = _mode_near(array[zbox][blob], lm.fat_hu + 40.0, 400.0)
+            except ImagingError:
+                break
+            tolerance = max(2.5 * spread, 20.0)
+            level = np.abs(array[zbox] - hu) <= tolerance
+            core = np.zeros_like(zone)
+            core[zbox] = largest_components(blob & level, 1)
+            fits = core.any() and _kidney_core_fits(
+                array, lm, core, soft, fat, side, hu, tolerance, muscle_hu
+            )
+            if fits and (best is None or hu > best[1]):
+                best = (core, hu, spread)
+            blob = ndimage.binary_opening(blob & ~level, iterations=1)
     if best is None:
         return None
     blob, hu, spread = best
@@ -378,6 +392,52 @@ def _kidney(
     if seed.sum() < 10:
         return None
     return OrganModel("kidney", seed, hu, max(spread, 10.0))
+
+
+def _kidney_core_fits(
+    array: np.ndarray,
+    lm: Landmarks,
+    core: np.ndarray,
+    soft: np.ndarray,
+    fat: np.ndarray,
+    side: float,
+    hu: float,
+    tolerance: float,
+    muscle_hu: float | None,
+) -> bool:
+    """Whether a candidate core (one attenuation level of a blob in the gutter) is a kidney."""
+    s, sp = lm.scale, lm.spacing
+    cz, cy, cx = (int(round(c)) for c in ndimage.center_of_mass(core))
+    cu, cv = cx * sp[2] - lm.spine_x[cz], cy * sp[1] - lm.spine_y[cz]
+    volume = float(core.sum()) * float(np.prod(sp)) / 1000.0
+    log.debug("kidney %+.0f candidate %.1f ml, %.0f HU at u %.0f v %.0f", side, volume, hu, cu, cv)
+    if not (-5 * s < cv < 60 * s and 40 * s < side * cu < 100 * s):
+        return False  # a kidney's centre lies beside the vertebral body, not in front of it
+    slices = np.flatnonzero(core.any(axis=(1, 2)))
+    if (slices[-1] - slices[0] + 1) * sp[0] > KIDNEY_MAX_LENGTH_MM * s:
+        log.debug("kidney %+.0f: %.0f HU tissue runs on along the spine (psoas)", side, hu)
+        return False
+    box = _box(core, [int(np.ceil(60.0 * s / spc)) for spc in sp])
+    band = np.abs(array[box] - hu) <= tolerance
+    # the same tissue going on far beyond the gutter (stomach, bowel, liver) is not a kidney in its fat
+    same, _ = ndimage.label(ndimage.binary_opening(soft[box] & band, iterations=1))
+    owners = same[core[box]]
+    owner = int(np.bincount(owners[owners > 0]).argmax()) if (owners > 0).any() else 0
+    if owner and (same == owner).sum() > 3 * core.sum():
+        log.debug("kidney %+.0f: %.0f HU tissue goes on beyond the gutter", side, hu)
+        return False
+    # (among the shell's fat and free soft tissue: where it touches an organ already found, the wall's
+    # muscle or a muscle beside the spine — the psoas, of the wall muscle's attenuation and not of this
+    # core's — the shell says nothing)
+    shell = dilate_mm(core[box], 4.0, sp) & ~core[box]
+    shell_fat = shell & fat[box]
+    other = shell & soft[box]
+    if muscle_hu is not None:
+        other &= ~(np.abs(array[box] - muscle_hu) < np.abs(array[box] - hu))
+    counted = int((shell_fat | other).sum())
+    fat_fraction = float(shell_fat.sum()) / counted if counted else 0.0
+    log.debug("kidney %+.0f: %.1f ml, %.0f HU, fat around %.2f", side, volume, hu, fat_fraction)
+    return fat_fraction >= 0.3
 
 
 def _stomach(array: np.ndarray, lm: Landmarks, u, v, h) -> OrganModel | None:  # noqa: ANN001
@@ -484,7 +544,7 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
     sp = lm.spacing
     layer = _muscle_wall(array, lm, (array > lm.fat_hu + 30.0) & (array < lm.bone_hu + 60.0) & lm.body)
     muscle, muscle_hu = _muscle_like(array, lm, layer)
-    models, tubes, liver_mask = _seeds(array, lm, liver_mask, muscle)
+    models, tubes, liver_mask = _seeds(array, lm, liver_mask, muscle, muscle_hu)
     # the wall layer is background unless an organ found explains a voxel better than muscle does (a
     # kidney or spleen reaching the wall; cartilage and bone stay background)
     # (a voxel of the layer that a kidney's attenuation explains better than the muscle's is the kidney's to
