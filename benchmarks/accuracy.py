@@ -230,6 +230,9 @@ PHANTOM_MATRIX: dict[str, dict] = {
     "extent-200": {"z_centre_mm": 0.0},
     "extent-300": {"shape": (60, 128, 128)},
     "extent-400": {"shape": (80, 128, 128)},
+    # long fields in the native phase: bowel, psoas and liver lie within a few HU of each other
+    "extent-300-native": {"shape": (60, 128, 128), "phase": "native"},
+    "extent-400-native": {"shape": (80, 128, 128), "phase": "native"},
 }
 QUICK = ("base", "fatty-liver", "lesion-free")
 
