@@ -6,5 +6,7 @@ import os
 
 os.environ.setdefault("TCP_NODELAY", "1")  # dcmtk/Orthanc on loopback stall ~45 ms per C-STORE without it
 from tests.fixtures_celery import *  # noqa: F401,F403
+from tests.fixtures_console import *  # noqa: F401,F403
 from tests.fixtures_node import *  # noqa: F401,F403
 from tests.fixtures_orthanc import *  # noqa: F401,F403
+from tests.fixtures_results import *  # noqa: F401,F403

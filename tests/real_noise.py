@@ -41,13 +41,12 @@ def available() -> bool:
 
 
 def load_case(seed: int = 0, lesions: tuple[tuple[float, float], ...] = LESIONS) -> RealNoiseCase:
-    from dicomnode.imaging.volume import load_series
+    from tests.variants import real_case
 
-    volume = load_series(sorted((DATA / "dicom").glob("*.dcm")))
-    image = volume.to_sitk()
-    array = volume.array.astype(np.float32)
-    liver = sitk.GetArrayFromImage(sitk.ReadImage(str(DATA / "reference-labels.nrrd"))) == 5
-    spacing = tuple(float(s) for s in volume.spacing)
+    image, labels = real_case()
+    array = sitk.GetArrayFromImage(image).astype(np.float32)
+    liver = sitk.GetArrayFromImage(labels) == 5
+    spacing = tuple(float(s) for s in reversed(image.GetSpacing()))
     depth = ndimage.distance_transform_edt(liver, sampling=spacing)
     zz, yy, xx = np.indices(array.shape, sparse=True)
     rng = np.random.default_rng(seed)

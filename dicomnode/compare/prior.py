@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 MAX_STUDIES_TRIED = 3
 MAX_SERIES_TRIED = 2
 REGISTRATION_MM = 2.0  # grid on which prior and current are registered for lesion matching
+#: metric samples on the finest level of that registration: six rigid parameters need no more (the real CT
+#: moved 8 mm and 3 degrees comes back within 0.7 mm, as with register()'s cap of 200 000, in 1/7 the time)
+REGISTRATION_SAMPLES = 25_000
 NOT_IMAGES = {"SEG", "SR", "KO", "PR", "RTSTRUCT", "DOC", "OT"}
 
 
@@ -125,9 +128,10 @@ def _carry(prior_findings: list[Finding], prior: Any, current: Any) -> dict[str,
     lesions = [f for f in prior_findings if f.category == "lesion"]
     if not lesions:
         return {}
+    fixed, moving = _coarse(current.to_sitk()), _coarse(prior.to_sitk())
+    sampling = min(0.2, REGISTRATION_SAMPLES / float(np.prod(fixed.GetSize())))
     try:  # on ~2 mm grids: lesions match within ≥ 10 mm, and full-resolution pyramids cost GBs and minutes
-        result = register(_coarse(current.to_sitk()), _coarse(prior.to_sitk()), transform="rigid", levels=3,
-                          iterations=100)
+        result = register(fixed, moving, transform="rigid", levels=3, iterations=100, sampling=sampling)
     except DicomNodeError as exc:
         log.warning("Prior and current series could not be registered (%s); lesions are matched by their "
                     "patient coordinates as they are.", exc)

@@ -128,6 +128,15 @@ class Deidentifier:
         return _DUMMY_BY_VR.get(elem.VR, "ANONYMIZED")
 
 
+def require_deidentifier(name: str, deidentify: bool, deidentifier: Deidentifier | None) -> None:
+    """A destination with ``deidentify: true`` cannot be built without the secret's :class:`Deidentifier`."""
+    if deidentify and deidentifier is None:
+        raise SendError(
+            f"Destination '{name}' has deidentify: true but no de-identification secret is configured "
+            "(security.deidentification_secret)."
+        )
+
+
 def _is_curve_or_overlay(tag: BaseTag) -> bool:
     group, element = tag.group, tag.element
     return 0x5000 <= group <= 0x50FF or (0x6000 <= group <= 0x60FF and element in (0x3000, 0x4000))

@@ -28,7 +28,7 @@ from pynetdicom.transport import AssociationSocket
 
 from dicomnode.config import DestinationConfig, TLSConfig
 from dicomnode.errors import DicomNodeError, SendError
-from dicomnode.send.deidentify import DeidentificationRefused, Deidentifier
+from dicomnode.send.deidentify import DeidentificationRefused, Deidentifier, require_deidentifier
 
 log = logging.getLogger(__name__)
 
@@ -127,11 +127,7 @@ class DicomDestination:
         *,
         deidentifier: Deidentifier | None = None,
     ) -> None:
-        if config.deidentify and deidentifier is None:
-            raise SendError(
-                f"Destination '{name}' has deidentify: true but no de-identification secret is configured "
-                "(security.deidentification_secret)."
-            )
+        require_deidentifier(name, config.deidentify, deidentifier)
         self.name = name
         self.config = config
         self.calling_ae_title = config.calling_ae_title or calling_ae_title

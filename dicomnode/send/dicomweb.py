@@ -25,7 +25,7 @@ from pydicom.errors import InvalidDicomError
 
 from dicomnode.config import DestinationConfig, DicomwebConfig
 from dicomnode.errors import SendError
-from dicomnode.send.deidentify import DeidentificationRefused, Deidentifier
+from dicomnode.send.deidentify import DeidentificationRefused, Deidentifier, require_deidentifier
 from dicomnode.send.destination import SendOutcome
 
 log = logging.getLogger(__name__)
@@ -70,11 +70,7 @@ class DicomwebDestination:
                  session: requests.Session | None = None) -> None:
         if config.dicomweb is None:
             raise SendError(f"Destination '{name}' is not a DICOMweb destination (no 'dicomweb' section).")
-        if config.deidentify and deidentifier is None:
-            raise SendError(
-                f"Destination '{name}' has deidentify: true but no de-identification secret is configured "
-                "(security.deidentification_secret)."
-            )
+        require_deidentifier(name, config.deidentify, deidentifier)
         self.name = name
         self.config = config
         self.web: DicomwebConfig = config.dicomweb

@@ -11,7 +11,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from pydicom import dcmread
 
 from tests.fixtures_celery import WORKER_TARGET
 from tests.fixtures_orthanc import Orthanc
-from tests.support import REPO_ROOT, shared_data
+from tests.support import REPO_ROOT, shared_data, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 pytest.importorskip("celery", reason="celery is not installed (pip install -e .[celery])")
@@ -34,14 +33,6 @@ RULES = """
   then: {pipeline: lung-ct, send_to: [pacs]}
 """
 
-
-def _wait(predicate, what: str, node, timeout: float = 300.0) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}; node log:\n{node.log_text()[-5000:]}")
 
 
 def _pixels(data: bytes) -> tuple[str, bytes | None]:
@@ -71,7 +62,7 @@ def test_two_pipelines_on_celery_reach_the_pacs_exactly_as_with_the_local_execut
         assert sent.returncode == 0, sent.stderr
 
     # the local executor runs the very same job specs meanwhile (same target as the workers)
-    _wait(lambda: len(node.query("SELECT id FROM jobs")) == 2, "two jobs", node, timeout=60)
+    wait_until(lambda: len(node.query("SELECT id FROM jobs")) == 2, "two jobs", log=node.log_text)
     specs = [JobSpec.from_json(r["spec"]) for r in node.query("SELECT spec FROM jobs ORDER BY pipeline")]
     assert [s.pipeline for s in specs] == ["liver-ct", "lung-ct"]
     local: dict[str, JobResult] = {}
@@ -94,7 +85,7 @@ def test_two_pipelines_on_celery_reach_the_pacs_exactly_as_with_the_local_execut
             sent = node.query("SELECT id FROM outbox")
             return all(j["state"] == "done" for j in jobs) and bool(sent) and not pending
 
-        _wait(delivered, "both jobs processed on the workers and sent", node)
+        wait_until(delivered, "both jobs processed on the workers and sent", timeout=300, log=node.log_text)
         assert done.wait(300), "the local executor did not finish"
     finally:
         executor.stop()

@@ -12,7 +12,6 @@ process. Stand-in jobs copy the 3-slice CT (``tests.celery_targets``); limits an
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import shared_data
+from tests.support import shared_data, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 pytest.importorskip("celery", reason="celery is not installed (pip install -e .[celery])")
@@ -68,14 +67,6 @@ class Node:
                                   {"pipeline": STANDIN, "outcome": outcome}) or 0.0
 
 
-def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 60.0, logs: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}\n{logs[-4000:]}")
-
 
 @pytest.fixture
 def node(celery_workers, tmp_path: Path) -> Iterator[Callable[..., Node]]:  # noqa: ANN001
@@ -115,8 +106,8 @@ def test_a_job_hung_in_c_code_is_killed_by_the_hard_limit_retried_and_the_worker
     n.submit("hang-1", behaviour="hang-first")
     n.submit("after-hang", behaviour="copy")
     logs = celery_workers.log("w1") + celery_workers.log("w2")
-    wait_for(lambda: n.state("hang-1") == "done" and n.state("after-hang") == "done", "both jobs done",
-             timeout=40, logs=logs)
+    wait_until(lambda: n.state("hang-1") == "done" and n.state("after-hang") == "done", "both jobs done",
+               timeout=40, log=lambda: logs)
     first, second = n.leases("hang-1")
     assert first.state == "failed" and "hard time limit of 6 s exceeded" in first.error
     assert second.state == "collected"
@@ -128,7 +119,7 @@ def test_a_job_hung_in_c_code_is_killed_by_the_hard_limit_retried_and_the_worker
     # the worker whose child was killed goes on: both workers alive, later jobs still run
     assert all(p.poll() is None for p in celery_workers.workers.values())
     n.submit("after-hang-2", behaviour="copy")
-    wait_for(lambda: n.state("after-hang-2") == "done", "a job after the kill", timeout=20)
+    wait_until(lambda: n.state("after-hang-2") == "done", "a job after the kill", timeout=20)
     assert n.attempts("killed") == 1 and n.attempts("ok") == 3
 
 
@@ -137,17 +128,19 @@ def test_sigkill_of_a_worker_mid_job_expires_its_lease_and_the_result_is_sent_on
 ) -> None:
     n = node(orthanc)
     n.submit("killed-1", behaviour="slow-first", seconds=5)
-    wait_for(lambda: n.leases("killed-1")[0].state == "running", "the first attempt to be claimed", 20)
+    wait_until(lambda: n.leases("killed-1")[0].state == "running", "the first attempt to be claimed",
+               timeout=20)
     worker = n.leases("killed-1")[0].worker
     name = worker.split("@")[0]
     celery_workers.kill_worker(name)
-    wait_for(lambda: n.state("killed-1") == "done" and n.outbox("killed-1"), "the job after the worker died",
-             timeout=40)
+    wait_until(lambda: n.state("killed-1") == "done" and n.outbox("killed-1"),
+               "the job after the worker died", timeout=40)
     first, second = n.leases("killed-1")
     assert first.state == "expired" and "presumed dead" in first.error and first.worker == worker
     assert second.state == "collected" and second.worker != worker
     rows = n.outbox("killed-1")
-    wait_for(lambda: all(r.state == "sent" for r in n.outbox("killed-1")), "the results to be sent", 30)
+    wait_until(lambda: all(r.state == "sent" for r in n.outbox("killed-1")), "the results to be sent",
+               timeout=30)
     assert len(rows) == 3
     assert n.metrics.value("dicomnode_instances_sent_total", {"destination": "pacs"}) == 3
     assert orthanc.count_instances() == 3
@@ -161,25 +154,28 @@ def test_redis_flushed_then_restarted_mid_run_loses_nothing_and_sends_nothing_tw
     flushed = [f"flush-{i}" for i in range(4)]
     for job_id in flushed:
         n.submit(job_id, behaviour="slow", seconds=1.5)
-    wait_for(lambda: sum(n.leases(j)[0].state == "running" for j in flushed) == 2, "two jobs running", 20)
+    wait_until(lambda: sum(n.leases(j)[0].state == "running" for j in flushed) == 2, "two jobs running",
+               timeout=20)
     depth = {"queue": "dicomnode.brain-mr"}
     assert n.metrics.value("dicomnode_celery_queue_depth", depth) == 2  # waiting: prefetch multiplier 1
     assert n.metrics.value("dicomnode_celery_active_attempts", {"state": "running"}) == 2
     celery_workers.redis.flushall()  # the two waiting messages are gone
     restarted = [f"restart-{i}" for i in range(3)]
-    wait_for(lambda: all(n.state(j) == "done" and n.outbox(j) for j in flushed), "the flushed jobs", 40)
+    wait_until(lambda: all(n.state(j) == "done" and n.outbox(j) for j in flushed), "the flushed jobs",
+               timeout=40)
     for job_id in restarted:
         n.submit(job_id, behaviour="slow", seconds=1.5)
-    wait_for(lambda: any(n.leases(j)[0].state == "running" for j in restarted), "a job running", 20)
+    wait_until(lambda: any(n.leases(j)[0].state == "running" for j in restarted), "a job running", timeout=20)
     celery_workers.redis.restart()  # append-only file: the waiting messages survive
-    wait_for(lambda: all(n.state(j) == "done" and n.outbox(j) for j in restarted),
-             "the jobs across the restart", 60, logs=celery_workers.log("w1"))
+    wait_until(lambda: all(n.state(j) == "done" and n.outbox(j) for j in restarted),
+               "the jobs across the restart", timeout=60, log=lambda: celery_workers.log("w1"))
     lost = [lease for j in flushed for lease in n.leases(j) if lease.state == "lost"]
     assert len(lost) == 2 and all("no longer on the broker" in lease.error for lease in lost)
     for job_id in flushed + restarted:
         assert [lease.state for lease in n.leases(job_id)].count("collected") == 1, job_id
         assert len(n.outbox(job_id)) == 3, job_id
-    wait_for(lambda: all(r.state == "sent" for j in flushed + restarted for r in n.outbox(j)), "sends", 30)
+    wait_until(lambda: all(r.state == "sent" for j in flushed + restarted for r in n.outbox(j)), "sends",
+               timeout=30)
     assert n.metrics.value("dicomnode_instances_sent_total", {"destination": "pacs"}) == 3 * 7
     assert orthanc.count_instances() == 3 * 7
     assert n.attempts("lost") == 2 and n.attempts("ok") == 7
@@ -192,7 +188,8 @@ def test_a_result_folder_with_a_wrong_hash_is_rejected_and_the_job_retried(
 
     n = node()
     n.submit("hash-1", behaviour="slow-first", seconds=3)
-    wait_for(lambda: n.leases("hash-1")[0].state == "running", "the first attempt to be claimed", 20)
+    wait_until(lambda: n.leases("hash-1")[0].state == "running", "the first attempt to be claimed",
+               timeout=20)
     # a result folder for attempt 1 whose file was damaged after the manifest was written (e.g. on NFS)
     layout = JobLayout(celery_workers.shared, "hash-1")
     source = sorted(shared_data("ct-3slice").glob("0*.dcm"))[0]
@@ -201,7 +198,7 @@ def test_a_result_folder_with_a_wrong_hash_is_rejected_and_the_job_retried(
     commit_attempt(layout, 1, "forged", JobResult("hash-1", True, (str(forged),), {}))
     damaged = layout.committed(1) / forged.name
     damaged.write_bytes(damaged.read_bytes()[:-16] + b"\0" * 16)
-    wait_for(lambda: n.state("hash-1") == "done", "the retried job", timeout=30)
+    wait_until(lambda: n.state("hash-1") == "done", "the retried job", timeout=30)
     first, second = n.leases("hash-1")
     assert first.state == "rejected" and "sha256" in first.error and "forged.dcm" in first.error
     assert second.state == "collected"
@@ -222,12 +219,13 @@ def test_a_result_committed_while_the_node_was_down_is_collected_after_its_resta
 
     first = node()
     first.submit("node-down-1", behaviour="slow", seconds=2)
-    wait_for(lambda: first.leases("node-down-1")[0].state == "running", "the attempt to be claimed", 20)
+    wait_until(lambda: first.leases("node-down-1")[0].state == "running", "the attempt to be claimed",
+               timeout=20)
     first.processing.stop()  # the node goes down; the worker goes on and commits
     layout = JobLayout(celery_workers.shared, "node-down-1")
-    wait_for(lambda: layout.committed(1).is_dir(), "the commit while the node is down", 20)
+    wait_until(lambda: layout.committed(1).is_dir(), "the commit while the node is down", timeout=20)
     second = node()  # the same database and folders: a restarted node
-    wait_for(lambda: second.state("node-down-1") == "done", "the job after the restart", 20)
+    wait_until(lambda: second.state("node-down-1") == "done", "the job after the restart", timeout=20)
     assert [lease.state for lease in second.leases("node-down-1")] == ["collected"]  # not run again
     record = second.processing.jobs.get("node-down-1")
     assert record.attempt == 1 and len(record.output_files) == 3

@@ -79,6 +79,7 @@ def test_console_in_a_browser(dicomnode_node, storescp, tmp_path: Path) -> None:
                  "admin_password_hash": hash_password(PASSWORD, n=2**12)},
         destinations={"pacs": {"ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}},
         outbox={"backoff_initial_seconds": 1, "poll_seconds": 0.2},
+        completion={"series_quiet_seconds": 1, "study_quiet_seconds": 2, "check_interval_seconds": 0.2},
     )
     (node.root / "rules" / "routing.yaml").write_text(RULES)
     node.start()

@@ -17,7 +17,7 @@ from tests.support import free_port
 
 pytestmark = pytest.mark.integration
 
-THRESHOLD_S = 6.0
+THRESHOLD_S = 3.0
 FORWARD_ALL = "- name: everything\n  fallback: true\n  then: {forward: true, send_to: [pacs]}\n"
 
 

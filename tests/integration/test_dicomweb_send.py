@@ -13,13 +13,12 @@ from pydicom import Dataset, dcmread
 
 from dicomnode.config import Config
 from dicomnode.database import Database
-from dicomnode.jobs import JobSpec
-from dicomnode.pipelines.runner import run_job
 from dicomnode.send.dicomweb import DicomwebDestination, failure_is_permanent
 from dicomnode.send.outbox import Outbox
 from dicomnode.send.results import enqueue_results
 from dicomnode.send.sender import Sender, build_destinations
 from tests.fixtures_orthanc import Orthanc
+from tests.fixtures_results import PipelineRun
 from tests.support import shared_data
 
 pytestmark = pytest.mark.integration
@@ -42,12 +41,8 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Orthanc:
 
 
 @pytest.fixture(scope="module")
-def liver_package(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    out = tmp_path_factory.mktemp("liver-ct")
-    spec = JobSpec("dicomweb-1", "liver-ct", {}, tuple(map(str, ct_files())), str(out))
-    result = run_job(spec)
-    assert result.ok, result.error
-    return [Path(f) for f in result.output_files]
+def liver_package(liver_ct_run: PipelineRun) -> list[Path]:
+    return list(liver_ct_run.files)
 
 
 def stow_config(tmp_path: Path, url: str, password: str = PASSWORD, **extra: object) -> Config:

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from dicomnode.jobs import JobSpec
-from dicomnode.pipelines.runner import run_job
+from tests.fixtures_results import PipelineRun
 from tests.support import free_port, shared_data
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,14 +36,9 @@ def _missing() -> str:
 
 
 @pytest.mark.skipif(bool(_missing()), reason=_missing() or "-")
-def test_ohif_shows_the_seg_overlay_and_draws_the_sr_measurements(tmp_path: Path) -> None:
+def test_ohif_shows_the_seg_overlay_and_draws_the_sr_measurements(liver_ct_run: PipelineRun) -> None:
     ct = shared_data("ct-abdomen-20", "dicom")
-    out = tmp_path / "result"
-    job = JobSpec(job_id="ohif", pipeline="liver-ct", params={},
-                  input_files=tuple(str(p) for p in sorted(ct.glob("*.dcm"))),
-                  output_dir=str(out))
-    result = run_job(job)
-    assert result.ok, result.error
+    out = liver_ct_run.output_dir
     shutil.rmtree(ARTIFACTS, ignore_errors=True)
     ARTIFACTS.mkdir(parents=True)
     env = {**os.environ, "OUT": str(ARTIFACTS), "HTTP_PORT": str(free_port()), "DICOM_PORT": str(free_port()),

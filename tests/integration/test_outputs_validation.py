@@ -28,7 +28,6 @@ from dicomnode.imaging.volume import read_volume, resample_onto
 from dicomnode.outputs.codes import DEFAULT_SR_FEATURES
 from dicomnode.outputs.package import write_result_package
 from tests.support import require_tool, shared_data
-from tests.unit.test_outputs import make_processed
 
 pytestmark = pytest.mark.integration
 
@@ -50,8 +49,8 @@ def dciodvfy(path: Path) -> tuple[list[str], list[str]]:
 
 
 @pytest.fixture(scope="module")
-def processed():
-    return make_processed()
+def processed(real_ct_processed):  # noqa: ANN001
+    return real_ct_processed
 
 
 @pytest.fixture(scope="module")

@@ -1,23 +1,25 @@
-"""No loops, on a running node with a real PACS: the shared CT goes through ``liver-ct`` → Orthanc; the node's
-results (SEG, SR, derived CT, KOS, colour SC) come back to it — re-stored by Orthanc under Orthanc's own AE
-title (as a PACS that auto-routes CT to the node does), and sent with storescu to a node without records of
-them — and no new job is created: every result series is recorded as ``ignored`` with the reason, while a
-forward-only rule that asks for them (``own_outputs: forward``) still forwards the SEG to a research
-archive."""
+"""End to end through a real PACS, and no loops: dcmtk storescu sends the shared CT to ``dicomnode serve``,
+which completes it and routes it to ``liver-ct`` → Orthanc holds, in the same study, the SEG, the enhanced
+series, the TID 1500 SR, the key images and the capture, and the SR's volume of each segment equals the SEG's
+voxel count × voxel volume (both read back from Orthanc). Then the node's results come back to it —
+re-stored by Orthanc under Orthanc's own AE title (as a PACS that auto-routes CT to the node does), and sent
+with storescu to a node without records of them — and no new job is created: every result series is
+recorded as ``ignored`` with the reason, while a forward-only rule that asks for them
+(``own_outputs: forward``) still forwards the SEG to a research archive."""
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 
-from tests.fixtures_orthanc import Orthanc
-from tests.support import shared_data
+from tests.fixtures_orthanc import Orthanc, seg_voxels, sr_volumes
+from tests.support import shared_data, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -34,14 +36,6 @@ RULES = """
   then: {forward: true, send_to: [pacs]}
 """
 
-
-def wait_until(predicate: Callable[[], bool], what: str, node, timeout: float = 400.0) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}; node log:\n{node.log_text()[-6000:]}")
 
 
 def _configure(node, orthanc: Orthanc, research) -> None:  # noqa: ANN001
@@ -61,7 +55,7 @@ def _check_decisions(node, source_series: str, results: set[str]) -> None:  # no
                           (source_series,))
         return {r["series_uid"] for r in rows} >= results
 
-    wait_until(decided, "a decision for each result series sent back", node, timeout=120)
+    wait_until(decided, "a decision for each result series sent back", timeout=120, log=node.log_text)
     rows = node.query("SELECT series_uid, rule, action, explanation FROM route_decisions "
                       "WHERE series_uid != ? ORDER BY id", (source_series,))
     assert {r["series_uid"] for r in rows} == results
@@ -75,7 +69,33 @@ def _check_decisions(node, source_series: str, results: set[str]) -> None:  # no
     assert any("rules whose conditions hold: liver" in r["explanation"] for r in others)  # the derived CT
 
 
-def test_results_sent_back_by_the_pacs_and_by_storescu_create_no_job(
+def _check_results_in_pacs(orthanc: Orthanc, source: Dataset) -> None:
+    """SEG, enhanced series and SR in the source study; the SR's volumes are the SEG's voxel volumes."""
+    got: dict[str, list[dict[str, object]]] = {}
+    for entry in orthanc.series_of_study(source.StudyInstanceUID):
+        got.setdefault(str(entry["MainDicomTags"].get("Modality")), []).append(entry)  # type: ignore[union-attr]
+    derived = [s for s in got["CT"] if s["MainDicomTags"]["SeriesInstanceUID"] != source.SeriesInstanceUID]  # type: ignore[index]
+    assert len(derived) == 1 and len(derived[0]["Instances"]) == 20  # type: ignore[arg-type]
+
+    def only_instance(series_entry: dict[str, object]) -> Dataset:
+        (instance_id,) = series_entry["Instances"]  # type: ignore[misc]
+        return dcmread(io.BytesIO(orthanc.instance_file(str(instance_id))))
+
+    seg, sr = only_instance(got["SEG"][0]), only_instance(got["SR"][0])
+    for ds in (seg, sr):
+        assert ds.StudyInstanceUID == source.StudyInstanceUID
+    assert seg.FrameOfReferenceUID == source.FrameOfReferenceUID
+    counts, voxel_mm3 = seg_voxels(seg)
+    volumes = sr_volumes(sr)
+    assert volumes, "the SR has no volumetric measurement referencing a SEG segment"
+    assert set(volumes) <= set(counts)
+    for segment, (value, unit) in volumes.items():
+        assert unit in ("ml", "mL", "cm3")
+        expected = counts[segment] * voxel_mm3 / 1000.0
+        assert value == pytest.approx(expected, rel=1e-3, abs=1e-3), f"segment {segment}"
+
+
+def test_results_reach_the_pacs_and_sent_back_by_the_pacs_or_by_storescu_create_no_job(
     dicomnode_node, storescp, tmp_path  # noqa: ANN001
 ) -> None:
     from tests.fixtures_node import storescu
@@ -101,13 +121,14 @@ def test_results_sent_back_by_the_pacs_and_by_storescu_create_no_job(
             return bool(jobs) and jobs[0]["state"] == "done" and not pending and bool(
                 node.query("SELECT id FROM outbox WHERE origin = 'result'"))
 
-        wait_until(delivered, "liver-ct's results delivered to Orthanc", node)
+        wait_until(delivered, "liver-ct's results delivered to Orthanc", timeout=400, log=node.log_text)
         (job,) = node.query("SELECT id, output_dir FROM jobs")
         results = {r["series_uid"] for r in node.query("SELECT DISTINCT series_uid FROM outbox")}
         assert source.SeriesInstanceUID not in results and len(results) >= 3  # SEG, SR, derived CT, …
         in_pacs = {str(e["MainDicomTags"].get("Modality")): e for e in orthanc.series_of_study(  # type: ignore
             source.StudyInstanceUID)}
         assert {"CT", "SEG", "SR", "KO", "OT"} <= set(in_pacs)  # key images and the capture went too
+        _check_results_in_pacs(orthanc, source)
 
         # 1. Orthanc re-stores the results under its own AE title: the calling AE is no evidence
         for entry in orthanc.series_of_study(source.StudyInstanceUID):
@@ -133,7 +154,7 @@ def test_results_sent_back_by_the_pacs_and_by_storescu_create_no_job(
         def forwarded() -> bool:
             return {dcmread(p, stop_before_pixels=True).Modality for p in research.files()} == {"SEG"}
 
-        wait_until(forwarded, "the SEG forwarded to the research archive", node, timeout=60)
+        wait_until(forwarded, "the SEG forwarded to the research archive", log=node.log_text)
         status = subprocess.run(
             [sys.executable, "-m", "dicomnode", "status", "--config", str(node.config_path)],
             capture_output=True, text=True, timeout=60)

@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 
 from dicomnode.config import ViewerProfile
+from dicomnode.outputs.api import ProcessedSeries
 from dicomnode.outputs.package import write_result_package
 from tests.integration.test_ohif_viewer import ROOT, TOOL, _missing
 from tests.support import free_port, shared_data
-from tests.unit.test_outputs import _lesion_case, make_processed
+from tests.unit.test_outputs import _lesion_case
 from tests.unit.test_sr_comparison import PRIOR_STUDY, _block, _prior_header
 
 ARTIFACTS = ROOT / "test-artifacts" / "ohif-comparison"
@@ -27,8 +28,10 @@ ARTIFACTS = ROOT / "test-artifacts" / "ohif-comparison"
 
 @pytest.mark.integration
 @pytest.mark.skipif(bool(_missing()), reason=_missing() or "-")
-def test_ohif_draws_the_comparison_sr_like_a_plain_one(tmp_path: Path) -> None:
-    case = _lesion_case(make_processed())
+def test_ohif_draws_the_comparison_sr_like_a_plain_one(
+    real_ct_processed: ProcessedSeries, tmp_path: Path
+) -> None:
+    case = _lesion_case(real_ct_processed)
     middle = case.sources[len(case.sources) // 2]
     gone_at = [float(v) for v in middle.ImagePositionPatient]
     gone_at[0] += 100.0

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from dicomnode.send.outbox import Outbox
 from dicomnode.send.sender import Sender, build_destinations
 from tests.fixtures_orthanc import Orthanc
 from tests.phantoms import make_ct_phantom, write_dicom_series
-from tests.support import REPO_ROOT
+from tests.support import REPO_ROOT, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -35,14 +34,6 @@ def dicomnode(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "dicomnode", *args], capture_output=True, text=True,
                           cwd=REPO_ROOT, timeout=120)
 
-
-def _wait(predicate, timeout: float = 180.0) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError("timed out")
 
 
 def fatty_liver_series(folder: Path, study_uid: str) -> tuple[str, ...]:
@@ -75,7 +66,7 @@ def test_a_failed_qc_result_is_held_until_released(orthanc: Orthanc, tmp_path: P
     processing.start()
     try:
         processing.submit(spec("job-held", ("pacs",)))
-        _wait(lambda: processing.jobs.get("job-held").state == "done")
+        wait_until(lambda: processing.jobs.get("job-held").state == "done", "job job-held done", timeout=180)
     finally:
         processing.stop()
     (item,) = held.list(HeldState.HELD)
@@ -122,7 +113,7 @@ def test_on_qc_fail_send_delivers_at_once(orthanc: Orthanc, tmp_path: Path) -> N
         processing.submit(JobSpec("job-rule", "liver-ct", {}, files, str(jobs / "job-rule"),
                                   study_uid=study_uid, series_uid="1.2.3.4", destinations=("pacs",),
                                   on_qc_fail="send"))
-        _wait(lambda: processing.jobs.get("job-rule").state == "done")
+        wait_until(lambda: processing.jobs.get("job-rule").state == "done", "job job-rule done", timeout=180)
         assert HeldResults(db).list() == []
         Sender(Outbox(db, config.outbox), build_destinations(config)).process_due()
         series = orthanc.series_of_study(study_uid)
@@ -130,7 +121,7 @@ def test_on_qc_fail_send_delivers_at_once(orthanc: Orthanc, tmp_path: Path) -> N
         processing.submit(JobSpec("job-dest", "liver-ct", {}, files, str(jobs / "job-dest"),
                                   study_uid=study_uid, series_uid="1.2.3.4",
                                   destinations=("pacs", "research")))
-        _wait(lambda: processing.jobs.get("job-dest").state == "done")
+        wait_until(lambda: processing.jobs.get("job-dest").state == "done", "job job-dest done", timeout=180)
     finally:
         processing.stop()
     assert [h.destination for h in HeldResults(db).list()] == ["pacs"]

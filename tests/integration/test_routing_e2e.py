@@ -15,7 +15,7 @@ from pydicom.uid import MRImageStorage
 
 from dicomnode.route.ruleset import load_ruleset
 from tests.factories import ct_dataset, uid
-from tests.support import REPO_ROOT, free_port
+from tests.support import REPO_ROOT, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -69,15 +69,6 @@ def write_series(
     return series_uid
 
 
-def wait_for(predicate, what: str, node, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    pytest.fail(f"timed out waiting for {what}:\n{node.log_text()[-4000:]}")
-
 
 def decisions_for(node, series_uid: str) -> list[dict]:
     return node.query("SELECT * FROM route_decisions WHERE series_uid = ? ORDER BY id", (series_uid,))
@@ -113,8 +104,8 @@ def test_three_series_routed_and_hot_reload(dicomnode_node, tmp_path: Path) -> N
 
     for series_uid, (rule, action, pipeline, destinations) in expected.items():
         # a decision is recorded 'pending' before its action runs: wait for the action's outcome
-        rows = wait_for(lambda s=series_uid: [r for r in decisions_for(node, s) if r["state"] != "pending"],
-                        f"decision for {series_uid}", node)
+        rows = wait_until(lambda s=series_uid: [r for r in decisions_for(node, s) if r["state"] != "pending"],
+                          f"decision for {series_uid}", timeout=30, log=node.log_text)
         assert [(r["rule"], r["action"], r["pipeline"], json.loads(r["destinations"])) for r in rows] == [
             (rule, action, pipeline, destinations)
         ]
@@ -128,29 +119,34 @@ def test_three_series_routed_and_hot_reload(dicomnode_node, tmp_path: Path) -> N
     # The same sender as MODALITY1: the brain rule (calling AE context) applies.
     mr = write_series(tmp_path / "s4", study_uid, 4, modality="MR", desc="T1 3D", part="HEAD")
     assert storescu(node, tmp_path / "s4", calling="MODALITY1").returncode == 0
-    rows = wait_for(lambda: decisions_for(node, mr), "decision for the MODALITY1 series", node)
+    rows = wait_until(lambda: decisions_for(node, mr), "decision for the MODALITY1 series",
+                      timeout=30, log=node.log_text)
     assert [(r["rule"], r["pipeline"]) for r in rows] == [("brain", "brain-mr")]
 
     # Hot reload: the lung rule is replaced by a discard rule; the next chest series follows it.
     (rules_dir / "site.yaml").write_text(RULES_V2)
     v2 = load_ruleset(rules_dir).sha256
-    wait_for(lambda: f"version {v2[:12]} in force" in node.log_text(), "reload of the edited rules", node)
+    wait_until(lambda: f"version {v2[:12]} in force" in node.log_text(), "reload of the edited rules",
+               timeout=30, log=node.log_text)
     chest2 = write_series(tmp_path / "s5", study_uid, 5, modality="CT", desc="Thorax", part="CHEST")
     assert storescu(node, tmp_path / "s5").returncode == 0
-    rows = wait_for(lambda: decisions_for(node, chest2), "decision after reload", node)
+    rows = wait_until(lambda: decisions_for(node, chest2), "decision after reload",
+                      timeout=30, log=node.log_text)
     assert [(r["rule"], r["action"], r["ruleset_hash"]) for r in rows] == [("lung-v2", "discard", v2)]
 
     # An invalid file is refused with a logged error naming file, line and reason; v2 stays in force.
     (rules_dir / "broken.yaml").write_text(BROKEN)
     refused = f"refused; keeping version {v2[:12]}"
-    wait_for(lambda: refused in node.log_text(), "refusal of the broken rules", node)
+    wait_until(lambda: refused in node.log_text(), "refusal of the broken rules",
+               timeout=30, log=node.log_text)
     refusal = next(r for r in node.log_records() if "refused; keeping version" in r.get("message", ""))
     assert refusal["level"] == "ERROR"
     text = json.dumps(refusal)
     assert "broken.yaml:2" in text and "Modalty" in text and "Modality" in text
     chest3 = write_series(tmp_path / "s6", study_uid, 6, modality="CT", desc="Thorax", part="CHEST")
     assert storescu(node, tmp_path / "s6").returncode == 0
-    rows = wait_for(lambda: decisions_for(node, chest3), "decision with the broken file present", node)
+    rows = wait_until(lambda: decisions_for(node, chest3), "decision with the broken file present",
+                      timeout=30, log=node.log_text)
     assert [(r["rule"], r["ruleset_hash"]) for r in rows] == [("lung-v2", v2)]
 
     status = subprocess.run(
@@ -182,17 +178,20 @@ def test_sighup_reloads_the_rules(dicomnode_node) -> None:
     (rules_dir / "a.yaml").write_text("- {name: one, then: {discard: true}}\n")
     v1 = load_ruleset(rules_dir).version
     node.start()
-    wait_for(lambda: f"version {v1} in force" in node.log_text(), "the initial rule set", node)
+    wait_until(lambda: f"version {v1} in force" in node.log_text(), "the initial rule set",
+               timeout=30, log=node.log_text)
 
     (rules_dir / "a.yaml").write_text("- {name: two, then: {discard: true}}\n")
     v2 = load_ruleset(rules_dir).version
     time.sleep(1.5)  # no watcher: nothing happens until SIGHUP
     assert f"version {v2} in force" not in node.log_text()
     os.kill(node.proc.pid, signal.SIGHUP)
-    wait_for(lambda: f"version {v2} in force" in node.log_text(), "reload on SIGHUP", node)
+    wait_until(lambda: f"version {v2} in force" in node.log_text(), "reload on SIGHUP",
+               timeout=30, log=node.log_text)
 
     (rules_dir / "a.yaml").write_text("- {name: three, then: {discrad: true}}\n")
     os.kill(node.proc.pid, signal.SIGHUP)
-    wait_for(lambda: f"keeping version {v2}" in node.log_text(), "refusal on SIGHUP", node)
+    wait_until(lambda: f"keeping version {v2}" in node.log_text(), "refusal on SIGHUP",
+               timeout=30, log=node.log_text)
     assert "unknown key 'discrad'" in node.log_text()
     assert node.echo() and node.stop() == 0

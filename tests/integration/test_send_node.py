@@ -4,26 +4,17 @@ Orthanc down at first and the node restarted in between; every instance arrives 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.fixtures_orthanc import Orthanc
-from tests.support import shared_data
+from tests.support import shared_data, wait_until
 
 pytestmark = pytest.mark.integration
 
 FORWARD_ALL = "- name: everything\n  fallback: true\n  then: {forward: true, send_to: [pacs]}\n"
 
-
-def wait_until(predicate, what: str, timeout: float = 60.0) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_forward_waits_for_the_pacs_and_survives_a_restart(

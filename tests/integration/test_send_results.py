@@ -14,6 +14,7 @@ from pydicom import dcmread
 
 from dicomnode.config import Config, ViewerProfile
 from dicomnode.database import Database
+from dicomnode.outputs.api import ProcessedSeries
 from dicomnode.outputs.codes import DEFAULT_SR_FEATURES
 from dicomnode.outputs.package import write_result_package
 from dicomnode.send.outbox import Outbox
@@ -24,10 +25,10 @@ from tests.fixtures_orthanc import Orthanc, seg_voxels, sr_volumes
 pytestmark = pytest.mark.integration
 
 
-def test_result_package_reaches_the_pacs_once(orthanc: Orthanc, tmp_path: Path) -> None:
-    from tests.unit.test_outputs import make_processed
-
-    processed = make_processed()
+def test_result_package_reaches_the_pacs_once(
+    orthanc: Orthanc, real_ct_processed: ProcessedSeries, tmp_path: Path
+) -> None:
+    processed = real_ct_processed
     values = {s.label: {f: 1.0 for f in DEFAULT_SR_FEATURES if f != "volume_ml"} for s in processed.segments}
     processed = dataclasses.replace(processed, measurements=values)  # volumes still come from the masks
     files = write_result_package(processed, tmp_path / "run1", ViewerProfile(secondary_capture=True))

@@ -189,3 +189,35 @@ def test_a_series_the_node_asked_to_c_move_is_not_routed_again(tmp_path: Path) -
     clock[0] += TTL_SECONDS + 1
     assert retrieves.requested_by(moved.series_uid) is None
     db.close()
+
+
+def test_prior_lesions_are_carried_into_the_current_patient_coordinates_by_registration() -> None:
+    """The prior is the real CT moved 8 mm, -6 mm, 2 mm and turned 3 degrees: a prior lesion's centroid lands
+    on the same anatomy in the current coordinates (within 1.5 mm; left as it was, it would be ~10 mm off)."""
+    import SimpleITK as sitk
+
+    from dicomnode.compare.prior import _carry
+    from tests.variants import real_case
+
+    current, _ = real_case()
+    motion = sitk.Euler3DTransform()
+    motion.SetCenter(current.TransformContinuousIndexToPhysicalPoint([n / 2 for n in current.GetSize()]))
+    motion.SetRotation(0.0, 0.0, np.deg2rad(3.0))
+    motion.SetTranslation((8.0, -6.0, 2.0))
+    prior = sitk.Resample(current, current, motion, sitk.sitkLinear, -1024.0)  # prior(p) = current(motion(p))
+
+    class Series:
+        def __init__(self, image: sitk.Image) -> None:
+            self.image = image
+
+        def to_sitk(self) -> sitk.Image:
+            return self.image
+
+    points = [prior.TransformContinuousIndexToPhysicalPoint(ijk) for ijk in ((300, 250, 10), (150, 300, 5))]
+    lesions = [Finding(f"Lesion {n}", "lesion", 1.0, -10.0, 12.0, tuple(p)) for n, p in enumerate(points, 1)]
+    carried = _carry([*lesions, Finding("Liver", "organ", 1500.0, 100.0, 200.0, (0.0, 0.0, 0.0))],
+                     Series(prior), Series(current))
+    assert set(carried) == {"Lesion 1", "Lesion 2"}
+    for lesion in lesions:
+        truth = np.array(motion.TransformPoint(lesion.centroid))
+        assert np.linalg.norm(np.array(carried[lesion.label]) - truth) < 1.5, (lesion.label, carried)

@@ -7,26 +7,15 @@ import os
 import shutil
 from pathlib import Path
 
-import pytest
 from fastapi.testclient import TestClient
 
 from dicomnode.console.app import create_app
 from dicomnode.console.jobs import find_job
 from dicomnode.console.preview import PreviewCache
-from tests.unit.test_console import JOB_ID, Fabricated, copy_fabricated, fabricate
+from tests.fixtures_console import JOB_ID, Fabricated
 
 HTML = {"accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
 JSON = {"accept": "application/json"}
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Fabricated:
-    return fabricate(tmp_path_factory.mktemp("console-errors-template"))
-
-
-@pytest.fixture
-def fab(template: Fabricated, tmp_path: Path) -> Fabricated:
-    return copy_fabricated(template, tmp_path / "node")
 
 
 def test_a_refused_request_gets_the_error_page_or_json_with_the_message(fab: Fabricated) -> None:

@@ -5,31 +5,12 @@ logged-in operator only; both decisions are audited."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import pytest
 from fastapi.testclient import TestClient
 
-from dicomnode.console.app import create_app
 from dicomnode.imaging.qc import QCFlag, QCReport, QCStatus, SegmentQC
 from dicomnode.send.held import HeldResults, HeldState
-from tests.unit.test_console import JOB_ID, Fabricated, _text, copy_fabricated, csrf_of, fabricate, login
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Fabricated:
-    return fabricate(tmp_path_factory.mktemp("console-held-template"))
-
-
-@pytest.fixture
-def fab(template: Fabricated, tmp_path: Path) -> Fabricated:
-    return copy_fabricated(template, tmp_path / "node")
-
-
-@pytest.fixture
-def client(fab: Fabricated) -> TestClient:
-    return TestClient(create_app(fab.node))
-
+from tests.fixtures_console import JOB_ID, Fabricated, csrf_of, login, page_text
 
 REASON = "Liver volume 6027 ml is outside 600-3200 ml, the plausible range for a body 26 cm across."
 QC = QCReport({"Liver": SegmentQC(QCStatus.FAIL, (QCFlag.IMPLAUSIBLE_VOLUME,), (REASON,))}).to_json()
@@ -51,14 +32,14 @@ def _hold(fab: Fabricated) -> tuple[int, int]:
 
 def test_held_results_are_listed_and_shown_on_the_study_page(fab: Fabricated, client: TestClient) -> None:
     first, _ = _hold(fab)
-    page = _text(client.get("/held").text)
+    page = page_text(client.get("/held").text)
     assert "Waiting 2" in page and "liver-ct → pacs QC fail" in page
     assert "Liver volume 6027 ml is outside 600-3200 ml" in page and "Log in to release or discard" in page
     study = client.get(f"/studies/{fab.study_uid}").text
     assert f'href="/held#held-{first}">held for pacs' in study
-    assert "implausible_volume" in _text(study)
+    assert "implausible_volume" in page_text(study)
     series = fab.series_uid
-    preview = _text(client.get(f"/studies/{fab.study_uid}/series/{series}/preview?job={JOB_ID}").text)
+    preview = page_text(client.get(f"/studies/{fab.study_uid}/series/{series}/preview?job={JOB_ID}").text)
     assert "Quality control fail" in preview and "Liver volume 6027 ml" in preview
 
 
@@ -74,17 +55,17 @@ def test_only_a_logged_in_operator_releases_or_discards(fab: Fabricated, client:
     login(client)
     token = csrf_of(client.get("/held").text)
     released = client.post(f"/held/{first}/release", data={"csrf_token": token})
-    assert f"Held result {first} released: its files are queued for pacs." in _text(released.text)
+    assert f"Held result {first} released: its files are queued for pacs." in page_text(released.text)
     queued = [i for i in fab.node.outbox.list(destination="pacs") if i.job_id == JOB_ID]
     assert len(fab.node.outbox.list(destination="pacs")) > before and queued
     assert {i.state for i in queued} == {"queued"}
     discarded = client.post(f"/held/{second}/discard", data={"csrf_token": token})
-    assert f"Held result {second} discarded; nothing goes to archive." in _text(discarded.text)
+    assert f"Held result {second} discarded; nothing goes to archive." in page_text(discarded.text)
     assert fab.node.outbox.list(destination="archive") == []
     again = client.post(f"/held/{first}/discard", data={"csrf_token": token})
-    assert f"Held result {first} is already released" in _text(again.text)
+    assert f"Held result {first} is already released" in page_text(again.text)
     decisions = [e["detail"] for e in fab.node.audit.events(fab.study_uid) if e["stage"] == "operator"]
     assert [(d["action"], d["user"], d["destination"]) for d in decisions] == [
         ("release", "admin", "pacs"), ("discard", "admin", "archive")]
-    page = _text(client.get("/held").text)
+    page = page_text(client.get("/held").text)
     assert "Nothing is held." in page and "discarded admin" in page

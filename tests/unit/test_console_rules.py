@@ -3,9 +3,7 @@ the dry-run tester (stored study, uploaded files) and atomic editing that refuse
 
 from __future__ import annotations
 
-import html
 import re
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -13,36 +11,14 @@ from fastapi.testclient import TestClient
 from dicomnode.console.app import create_app
 from dicomnode.route.ruleset import load_ruleset
 from dicomnode.route.watcher import RuleBook
-from tests.unit.test_console import (
-    INVALID_RULES,
-    RULES,
-    Fabricated,
-    copy_fabricated,
-    csrf_of,
-    fabricate,
-    login,
-)
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Fabricated:
-    return fabricate(tmp_path_factory.mktemp("console-rules-template"))
+from tests.fixtures_console import INVALID_RULES, RULES, Fabricated, csrf_of, login, page_text
 
 
 @pytest.fixture
-def fab(template: Fabricated, tmp_path: Path) -> Fabricated:
-    return copy_fabricated(template, tmp_path / "node")
-
-
-@pytest.fixture
-def client(fab: Fabricated) -> TestClient:
+def client(fab: Fabricated) -> TestClient:  # logged in: every test here edits or tests rules
     client = TestClient(create_app(fab.node))
     login(client)
     return client
-
-
-def _text(page: str) -> str:
-    return html.unescape(" ".join(re.sub(r"<[^>]+>", " ", page).split()))
 
 
 def _post(client: TestClient, path: str, **data: object) -> object:
@@ -56,7 +32,7 @@ def test_rules_page_shows_the_active_set_highlighted_with_version(fab: Fabricate
     version = load_ruleset(fab.config.rules.path).version
     assert f'id="ruleset-version">{version}<' in page
     assert 'class="hl"' in page and '<span class="nt">name</span>' in page  # pygments YAML tokens
-    text = _text(page)
+    text = page_text(page)
     assert "ct-liver" in text and "pipeline liver-ct → pacs" in text and "routing.yaml:1" in text
     assert "Log in to edit, validate or test rules." in text
     assert 'id="edit-form"' not in page
@@ -65,7 +41,7 @@ def test_rules_page_shows_the_active_set_highlighted_with_version(fab: Fabricate
 def test_validator_shows_the_line_of_each_error(fab: Fabricated, client: TestClient) -> None:
     response = _post(client, "/rules/validate", file="routing.yaml", text=INVALID_RULES)
     assert response.status_code == 422
-    text = _text(response.text)
+    text = page_text(response.text)
     assert "The edited rule set is invalid — nothing was applied" in text
     assert "routing.yaml:4 rule 'broken':" in text and "equalz" in text
     assert re.search(r'<span class="hll">.*equalz', response.text)  # line 4 marked in the listing
@@ -76,11 +52,11 @@ def test_validator_shows_the_line_of_each_error(fab: Fabricated, client: TestCli
 
 def test_validator_reports_yaml_syntax_and_reference_errors_with_lines(client: TestClient) -> None:
     broken_yaml = "- name: x\n  when: {tag: Modality, equals: CT\n  then: {discard: true}\n"
-    text = _text(_post(client, "/rules/validate", file="extra.yaml", text=broken_yaml).text)
+    text = page_text(_post(client, "/rules/validate", file="extra.yaml", text=broken_yaml).text)
     assert re.search(r"extra\.yaml:3 ?: invalid YAML: did not find expected ',' or '}'", text)
     unknown = ("- name: y\n  when: {tag: Modality, equals: MR}\n"
                "  then:\n    send_to: [nowhere]\n    forward: true\n")
-    text = _text(_post(client, "/rules/validate", file="extra.yaml", text=unknown).text)
+    text = page_text(_post(client, "/rules/validate", file="extra.yaml", text=unknown).text)
     assert "extra.yaml:4 rule 'y': then.send_to: destination 'nowhere' is not configured" in text
 
 
@@ -89,7 +65,7 @@ def test_saving_an_invalid_set_is_refused_and_the_file_is_unchanged(
 ) -> None:
     before = fab.rules_file.read_bytes()
     response = _post(client, "/rules/save", file="routing.yaml", text=INVALID_RULES)
-    assert response.status_code == 422 and "routing.yaml:4" in _text(response.text)
+    assert response.status_code == 422 and "routing.yaml:4" in page_text(response.text)
     assert fab.rules_file.read_bytes() == before
     assert sorted(p.name for p in fab.config.rules.path.iterdir()) == ["routing.yaml"]  # no temp file left
     bad_name = _post(client, "/rules/save", file="../escape.yaml", text=RULES)
@@ -120,7 +96,7 @@ def test_tester_explains_matches_on_a_stored_study_without_changing_the_set(
     before = fab.rules_file.read_bytes()
     response = _post(client, "/rules/test", study_uid=fab.study_uid)
     assert response.status_code == 200
-    text = _text(response.text)
+    text = page_text(response.text)
     assert f"Tested: stored study {fab.study_uid}" in text
     assert "MATCH ct-liver [priority 10] → pipeline liver-ct → pacs" in text
     assert "✓ Modality" in text and "CT" in text
@@ -133,14 +109,14 @@ def test_tester_on_uploaded_files(fab: Fabricated, client: TestClient) -> None:
     token = csrf_of(client.get("/rules").text)
     files = [("files", (p.name, p.read_bytes(), "application/dicom")) for p in fab.files[:2]]
     response = client.post("/rules/test", data={"csrf_token": token, "calling_ae": "MODALITY"}, files=files)
-    text = _text(response.text)
+    text = page_text(response.text)
     assert "Tested: 2 uploaded file(s)" in text
     assert "no ct-liver" in text and "instances" in text  # 2 instances < min 3: the explanation says so
     assert "unrouted: no rule matched and no fallback applies" in text
     junk = client.post("/rules/test", data={"csrf_token": token},
                        files=[("files", ("x.dcm", b"not dicom", "application/dicom"))])
     assert junk.status_code == 400
-    assert "Tested: upload 'x.dcm' is not a readable DICOM file" in _text(junk.text)
+    assert "Tested: upload 'x.dcm' is not a readable DICOM file" in page_text(junk.text)
 
 
 def test_tester_says_the_nodes_own_output_is_ignored(fab: Fabricated, client: TestClient) -> None:
@@ -159,7 +135,7 @@ def test_tester_says_the_nodes_own_output_is_ignored(fab: Fabricated, client: Te
         ds.save_as(buffer)
         uploads.append(("files", (path.name, buffer.getvalue(), "application/dicom")))
     token = csrf_of(client.get("/rules").text)
-    text = _text(client.post("/rules/test", data={"csrf_token": token}, files=uploads).text)
+    text = page_text(client.post("/rules/test", data={"csrf_token": token}, files=uploads).text)
     assert "Tested: 3 uploaded file(s)" in text
     assert "⇒ ignored: own output, not routed:" in text and "provenance block (pipeline liver-ct" in text
     assert "unrouted" not in text

@@ -12,7 +12,7 @@ import pytest
 
 from dicomnode.config import MetricsConfig, NodeConfig, load_config
 from dicomnode.observability.sdnotify import SystemdNotifier, notify
-from tests.support import REPO_ROOT
+from tests.support import REPO_ROOT, systemd_verify
 
 UNIT = REPO_ROOT / "systemd" / "dicomnode.service"
 DOCKERFILE = REPO_ROOT / "Dockerfile"
@@ -58,35 +58,15 @@ def test_unit_runs_the_node_as_a_hardened_notify_service() -> None:
 
 
 def test_systemd_analyze_verify(tmp_path: Path) -> None:
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        pytest.skip("systemd-analyze is missing (Debian package 'systemd'; scripts/run-tests installs it)")
-    # The binary is not installed on a test machine: point the copy at one that exists; change nothing else.
-    stand_in = shutil.which("true") or "/bin/true"
-    text = UNIT.read_text()
-    assert BINARY in text
-    copy = tmp_path / "dicomnode.service"
-    copy.write_text(text.replace(BINARY, stand_in))
-    result = subprocess.run([analyze, "verify", str(copy)], capture_output=True, text=True, timeout=60)
-    # Complaints about the machine (not the unit) are tolerated: no systemd as PID 1 / no bus in containers.
-    noise = re.compile(r"Failed to (connect to|create) bus|System has not been booted"
-                       r"|Failed to setup working|No such file or directory.*/etc/systemd"
-                       r"|RemoveIPC=.*user|Unknown user|unknown group")
-    output = (result.stdout + result.stderr).splitlines()
-    problems = [ln for ln in output if ln.strip() and not noise.search(ln)]
+    # The binary is not installed on a test machine: the copy points at one that exists; nothing else changes.
+    problems = systemd_verify(UNIT, tmp_path)
     assert problems == [], "\n".join(problems)
 
 
 def test_verify_catches_a_broken_unit(tmp_path: Path) -> None:
     """The verification above can fail: a typo in a directive is reported."""
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        pytest.skip("systemd-analyze is not installed")
-    broken = tmp_path / "dicomnode.service"
-    text = UNIT.read_text().replace(BINARY, shutil.which("true") or "/bin/true")
-    broken.write_text(text.replace("ProtectSystem=strict", "ProtectSytem=strict"))
-    result = subprocess.run([analyze, "verify", str(broken)], capture_output=True, text=True, timeout=60)
-    assert "ProtectSytem" in result.stdout + result.stderr
+    typo = systemd_verify(UNIT, tmp_path, lambda text: text.replace("ProtectSystem=", "ProtectSytem="))
+    assert any("ProtectSytem" in line for line in typo), typo
 
 
 def _listen(address: str) -> socket.socket:

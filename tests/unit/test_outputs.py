@@ -59,8 +59,8 @@ def make_processed(params: dict = PARAMS) -> ProcessedSeries:
 
 
 @pytest.fixture(scope="module")
-def processed() -> ProcessedSeries:
-    return make_processed()
+def processed(real_ct_processed) -> ProcessedSeries:  # noqa: ANN001
+    return real_ct_processed
 
 
 @pytest.fixture(scope="module")

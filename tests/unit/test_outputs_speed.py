@@ -17,12 +17,11 @@ from dicomnode.outputs.derived import DROPPED_KEYWORDS, header_copy
 from dicomnode.outputs.library import IMAGE_LIBRARY, complete_image_library, is_uniform, library_seed
 from dicomnode.outputs.package import write_result_package
 from tests.support import shared_data
-from tests.unit.test_outputs import make_processed
 
 
 @pytest.fixture(scope="module")
-def processed():
-    return make_processed()
+def processed(real_ct_processed):  # noqa: ANN001
+    return real_ct_processed
 
 
 def _library(ds: pydicom.Dataset) -> pydicom.Dataset:

@@ -15,7 +15,7 @@ from dicomnode.observability.audit import AuditTrail
 from dicomnode.pipelines.executor import LocalExecutor
 from dicomnode.runtime.processing import Processing, combined_profile
 from dicomnode.send.outbox import Outbox
-from tests.support import shared_data
+from tests.support import shared_data, wait_until
 
 
 def _config(tmp_path: Path, **processing: object) -> Config:
@@ -37,14 +37,6 @@ def _spec(tmp_path: Path, job_id: str, pipeline: str = "liver-ct", destinations=
                    rule="r", destinations=tuple(destinations))
 
 
-def _wait(predicate, timeout: float = 60.0) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError("timed out")
-
 
 def _processing(tmp_path: Path, target: str, db: Database) -> Processing:
     config = _config(tmp_path)
@@ -58,8 +50,8 @@ def test_a_crashing_pipeline_fails_its_job_after_the_retries_and_queues_nothing(
     processing.start()
     try:
         assert processing.submit(_spec(tmp_path, "job-crash")) == "queued"
-        _wait(lambda: processing.jobs.get("job-crash").state == "failed"
-              and processing.jobs.get("job-crash").attempt == 2)
+        wait_until(lambda: processing.jobs.get("job-crash").state == "failed"
+                   and processing.jobs.get("job-crash").attempt == 2, "job job-crash failed at attempt 2")
     finally:
         processing.stop()
     record = processing.jobs.get("job-crash")
@@ -75,8 +67,8 @@ def test_results_are_queued_for_each_destination(tmp_path: Path) -> None:
     processing.start()
     try:
         processing.submit(_spec(tmp_path, "job-ok", destinations=("pacs",)))
-        _wait(lambda: processing.jobs.get("job-ok").state == "done")
-        _wait(lambda: len(Outbox(db, _config(tmp_path).outbox).list()) == 3)
+        wait_until(lambda: processing.jobs.get("job-ok").state == "done", "job job-ok done")
+        wait_until(lambda: len(Outbox(db, _config(tmp_path).outbox).list()) == 3, "three outbox rows")
         # the same job again (a re-delivered event) is not run twice
         assert processing.submit(_spec(tmp_path, "job-ok")) == "done"
     finally:
@@ -94,7 +86,7 @@ def test_interrupted_jobs_run_again_after_a_restart(tmp_path: Path) -> None:
     second = _processing(tmp_path, "tests.pipeline_targets:copy_inputs", db)
     second.start()
     try:
-        _wait(lambda: second.jobs.get("job-left").state == "done")
+        wait_until(lambda: second.jobs.get("job-left").state == "done", "job job-left done")
     finally:
         second.stop()
     assert len(second.jobs.get("job-left").output_files) == 3
@@ -123,7 +115,8 @@ def test_refused_input_fails_the_job_with_its_reason_once_and_sends_nothing(tmp_
     processing.start()
     try:  # 3 slices (3 mm) of lung bases: lung-ct needs at least 20 mm of chest
         processing.submit(_spec(tmp_path, "job-refused", pipeline="lung-ct"))
-        _wait(lambda: processing.jobs.get("job-refused").state == "failed", timeout=120)
+        wait_until(lambda: processing.jobs.get("job-refused").state == "failed", "job job-refused failed",
+                   timeout=120)
         time.sleep(0.5)
     finally:
         processing.stop()

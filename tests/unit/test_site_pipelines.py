@@ -170,7 +170,7 @@ def test_the_console_rules_page_lists_shipped_and_site_pipelines(tmp_path: Path)
     from fastapi.testclient import TestClient
 
     from dicomnode.console.app import create_app
-    from tests.unit.test_console import fabricate
+    from tests.fixtures_console import fabricate
 
     fab = fabricate(tmp_path / "node")
     folder = fab.config.pipelines_folder

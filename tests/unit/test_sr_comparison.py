@@ -17,7 +17,7 @@ from pydicom import Dataset
 from dicomnode.config import ViewerProfile
 from dicomnode.outputs.package import write_result_package
 from dicomnode.outputs.timepoints import matched_tracking, nearest_image_point
-from tests.unit.test_outputs import _lesion_case, make_processed
+from tests.unit.test_outputs import _lesion_case
 
 PRIOR_STUDY = "1.2.826.0.1.3680043.8.498.77"
 LESION_PRIOR_UID = "1.2.826.0.1.3680043.8.498.55.1"
@@ -58,8 +58,8 @@ def _prior_header(study: str, n: int) -> Dataset:
 
 
 @pytest.fixture(scope="module")
-def compared(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
-    case = _lesion_case(make_processed())
+def compared(real_ct_processed, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN001, ANN201
+    case = _lesion_case(real_ct_processed)
     middle = case.sources[len(case.sources) // 2]
     gone_at = [float(v) for v in middle.ImagePositionPatient]
     gone_at[0] += 100.0  # 100 mm along the rows of the middle image
