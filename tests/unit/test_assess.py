@@ -189,9 +189,9 @@ def test_a_spleen_far_darker_than_the_liver_is_another_structure(ct) -> None:  #
 
 
 def test_a_contour_running_on_below_its_organ_fails_by_its_head_feet_span() -> None:
-    """OrganPrior.span_mm: on a 320 mm field (chest to pelvis) a 'liver' that ran on into the heart above and
-    the psoas down to the pelvis spans more than any adult liver and fails `leak` with its span in mm; the true liver, the
-    spleen and the kidneys of the same field pass that test, and the limit shrinks with a child's body."""
+    """OrganPrior.span_mm: on a 320 mm field (chest to pelvis) a 'liver' that ran on into the heart above
+    and the psoas down to the pelvis spans more than any adult liver and fails `leak` with its span in mm;
+    the true liver, spleen and kidneys of the same field pass that test; the limit shrinks for a child."""
     from dicomnode.imaging.assess import PRIORS, span_limit_mm
 
     long = make_ct_phantom(shape=(64, 64, 64), spacing=(5.0, 5.6, 5.6), lesions=False, seed=7)
