@@ -75,16 +75,20 @@ class OrganPrior:
     # the liver (native; brighter with contrast or a fatty liver): a 'spleen' 40 HU below the liver is
     # bowel or muscle. The organ chains search for the organ within the same bound.
     median_vs: tuple[str, float] | None = None
+    # the longest head-feet extent (mm) of an adult's organ, disease included (hepatomegaly, a Riedel lobe
+    # reaching the iliac crest): a contour spanning more has run on into the heart above or the muscle,
+    # bowel and psoas below
+    span_mm: float | None = None
 
 
 PRIORS: dict[str, OrganPrior] = {
     # (livers lie at -40..160 HU, steatosis to contrast; a contour's median reads up to 10 HU beyond that
     # through the partial volume at its border and the noise: a -40 HU liver's correct contour has -41)
-    "liver": OrganPrior((600.0, 3200.0), (-50.0, 170.0), uniform=True),
-    "spleen": OrganPrior((30.0, 1500.0), (20.0, 190.0), median_vs=("liver", -40.0)),
-    "kidney-left": OrganPrior((50.0, 450.0), (0.0, 320.0)),
-    "kidney-right": OrganPrior((50.0, 450.0), (0.0, 320.0)),
-    "kidney": OrganPrior((50.0, 450.0), (0.0, 320.0)),
+    "liver": OrganPrior((600.0, 3200.0), (-50.0, 170.0), uniform=True, span_mm=260.0),
+    "spleen": OrganPrior((30.0, 1500.0), (20.0, 190.0), median_vs=("liver", -40.0), span_mm=250.0),
+    "kidney-left": OrganPrior((50.0, 450.0), (0.0, 320.0), span_mm=180.0),
+    "kidney-right": OrganPrior((50.0, 450.0), (0.0, 320.0), span_mm=180.0),
+    "kidney": OrganPrior((50.0, 450.0), (0.0, 320.0), span_mm=180.0),
     # the stomach is its wall and contents (water, food, oral contrast) with some gas on top: a contour on
     # the gas alone (median near -1000 HU; the gas pocket the competition seeds from, or colon gas below it)
     # is not the stomach
@@ -354,6 +358,23 @@ def volume_range(prior: OrganPrior, diameter_cm: float) -> tuple[float, float] |
     return low, high * max(1.0, diameter_cm / ADULT_DIAMETER_CM) ** 1.5
 
 
+def span_limit_mm(prior: OrganPrior, diameter_cm: float) -> float | None:
+    """The prior's longest head-feet extent scaled for the body size (a child's organs are shorter; a
+    large body's a little longer)."""
+    if prior.span_mm is None:
+        return None
+    if diameter_cm < CHILD_DIAMETER_CM:
+        return prior.span_mm * max(diameter_cm, 5.0) / CHILD_DIAMETER_CM
+    return prior.span_mm * max(1.0, diameter_cm / ADULT_DIAMETER_CM) ** 0.5
+
+
+def head_feet_span_mm(mask: np.ndarray, spacing: Sequence[float], axial_axis: int) -> float:
+    """How far ``mask`` reaches along the head-feet axis, from its first slice to its last, in mm."""
+    others = tuple(a for a in range(mask.ndim) if a != axial_axis)
+    present = np.flatnonzero(mask.any(axis=others))
+    return float(present[-1] - present[0] + 1) * float(spacing[axial_axis]) if present.size else 0.0
+
+
 def assess(
     image: np.ndarray,
     spacing: Sequence[float],
@@ -430,6 +451,16 @@ def assess(
                 flags.append(QCFlag.IMPLAUSIBLE_VOLUME)
                 reasons.append(f"{segment.label} volume {volume:.0f} ml is outside {low:.0f}-{high:.0f} ml, "
                                f"the plausible range for a body {diameter:.0f} cm across.")
+        longest = span_limit_mm(prior, diameter) if axial_axis is not None else None
+        if longest is not None and segment.category != "lesion":
+            reach = head_feet_span_mm(mask, spacing, axial_axis)
+            if reach > longest:
+                flags.append(QCFlag.LEAK)
+                reasons.append(f"{segment.label} spans {reach:.0f} mm head to feet, more than the "
+                               f"{longest:.0f} mm any {segment.structure} of a body {diameter:.0f} cm across "
+                               "spans: the "
+                               "contour runs on into the tissue above or below it; its outline and volume "
+                               "are wrong.")
         within: np.ndarray | list[np.ndarray] | None = None
         grid_name = "full" if small[segment.label] else "coarse"
         if segment.category == "lesion":  # a lesion against the organ it lies in (the union of its hosts)

@@ -186,3 +186,25 @@ def test_a_spleen_far_darker_than_the_liver_is_another_structure(ct) -> None:  #
                                          Segment("Spleen", "spleen", elsewhere)])[0].segments["Spleen"]
     assert verdict.status == QCStatus.FAIL and QCFlag.IMPLAUSIBLE_INTENSITY in verdict.flags, verdict
     assert "below the liver's" in verdict.reasons[-1]
+
+
+def test_a_contour_running_on_below_its_organ_fails_by_its_head_feet_span() -> None:
+    """OrganPrior.span_mm: on a 320 mm field (chest to pelvis) a 'liver' that ran on into the heart above
+    and the psoas down to the pelvis spans more than any adult liver and fails `leak` with its span in mm;
+    the true liver, spleen and kidneys of the same field pass that test; the limit shrinks for a child."""
+    from dicomnode.imaging.assess import PRIORS, span_limit_mm
+
+    long = make_ct_phantom(shape=(64, 64, 64), spacing=(5.0, 5.6, 5.6), lesions=False, seed=7)
+    liver = long.masks["liver"]
+    true = [Segment("Liver", "liver", liver), Segment("Spleen", "spleen", long.masks["spleen"]),
+            Segment("Right kidney", "kidney-right", long.masks["kidney-right"]),
+            Segment("Left kidney", "kidney-left", long.masks["kidney-left"])]
+    report, _ = assess(long.image, long.spacing, true)
+    assert all(not any("head to feet" in r for r in v.reasons) for v in report.segments.values()), \
+        report.to_json()
+    ran_on = Segment("Liver", "liver", liver | long.masks["psoas"] | long.masks["heart"])  # 320 mm
+    verdict = assess(long.image, long.spacing, [ran_on])[0].segments["Liver"]
+    assert verdict.status == QCStatus.FAIL and QCFlag.LEAK in verdict.flags, verdict
+    (reason,) = [r for r in verdict.reasons if "head to feet" in r]
+    assert "more than the 260 mm any liver" in reason
+    assert span_limit_mm(PRIORS["liver"], 13.0) == pytest.approx(260.0 * 13.0 / 22.0)
