@@ -116,11 +116,15 @@ class ComparisonRetries:
             (str(RetryState.PENDING), self._clock())).fetchall()
         return [_record(r) for r in rows]
 
-    def started(self, job_id: str) -> None:
+    def started(self, retry: ComparisonRetry) -> None:
+        """``retry`` (as :meth:`due` returned it) was submitted. Only that retry is marked running: when its
+        job has already ended (a fast 'unavailable' scheduled the next retry, or it compared), the newer
+        state stands (marking it running would leave the schedule stuck)."""
         with self.db.transaction() as conn:
             conn.execute("UPDATE comparison_retries SET state = ?, updated_at = ? "
-                         "WHERE job_id = ? AND state = ?",
-                         (str(RetryState.RUNNING), self._clock(), job_id, str(RetryState.PENDING)))
+                         "WHERE job_id = ? AND state = ? AND attempts = ?",
+                         (str(RetryState.RUNNING), self._clock(), retry.job_id, str(RetryState.PENDING),
+                          retry.attempts))
 
     def get(self, job_id: str) -> ComparisonRetry:
         row = self.db.conn.execute("SELECT * FROM comparison_retries WHERE job_id = ?", (job_id,)).fetchone()

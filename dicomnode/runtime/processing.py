@@ -258,7 +258,7 @@ class Processing:
                     log.info("Comparison of job %s is tried again as job %s.", retry.job_id,
                              retry.spec.job_id)
                     self.submit(retry.spec)
-                    self.comparison_retries.started(retry.job_id)
+                    self.comparison_retries.started(retry)
             except DicomNodeError:
                 log.exception("Comparison retries could not be submitted; trying again in %.0f s.", interval)
             self._stop.wait(interval)

@@ -100,6 +100,8 @@ def test_a_pending_comparison_retry_survives_a_restart_and_attempts_are_bounded(
     _wait_for(lambda: "job-1-cmp1" in [s.job_id for s in executor.submitted])
     assert "job-1-cmp1" in [s.job_id for s in executor.submitted]
     retries = second.comparison_retries
+    # (marked running just after the submission)
+    _wait_for(lambda: retries.get("job-1").state == RetryState.RUNNING)
     assert retries.get("job-1").state == RetryState.RUNNING
     for n in (1, 2, 3):  # every retry still unavailable
         second._on_done(JobResult(f"job-1-cmp{n}", True, (),
@@ -121,9 +123,24 @@ def test_a_retry_that_compares_ends_the_schedule(tmp_path: Path) -> None:
     spec = _spec("liver", tmp_path)
     retries.unavailable(spec, "down", 0.0, 3)
     (due,) = retries.due()
-    retries.started(due.job_id)
+    retries.started(due)
     retries.finished(due.spec, "compared")
     assert retries.get("job-1").state == RetryState.DONE and retries.due() == []
+
+
+def test_a_retry_whose_job_ended_before_it_was_marked_running_keeps_the_newer_state(tmp_path: Path) -> None:
+    """The retry loop submits, then marks the retry running: a job that was unavailable again in between
+    has scheduled the next retry, which must stay pending (else the schedule is stuck 'running')."""
+    from dicomnode.compare.retries import ComparisonRetries, RetryState
+
+    retries = ComparisonRetries(Database(tmp_path / "db.sqlite3"))
+    retries.unavailable(_spec("liver", tmp_path), "down", 0.0, 3)
+    (due,) = retries.due()
+    retries.unavailable(due.spec, "down again", 0.0, 3)  # job-1-cmp1 ended first
+    retries.started(due)
+    after = retries.get("job-1")
+    assert (after.state, after.attempts, after.reason) == (RetryState.PENDING, 1, "down again")
+    assert [r.spec.job_id for r in retries.due()] == ["job-1-cmp2"]
 
 
 def test_priors_need_a_configured_source(tmp_path: Path) -> None:
