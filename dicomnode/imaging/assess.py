@@ -358,6 +358,13 @@ def volume_range(prior: OrganPrior, diameter_cm: float) -> tuple[float, float] |
     return low, high * max(1.0, diameter_cm / ADULT_DIAMETER_CM) ** 1.5
 
 
+# an organ the pipeline declares but did not find, and the organs that then meet its territory without a
+# border between them (the competition grows a neighbour over a kidney it has no seed for)
+NEIGHBOURS_OF_ABSENT: dict[str, tuple[str, ...]] = {"kidney-left": ("spleen",), "kidney-right": ("liver",)}
+ABSENT_NAMES = {"kidney-left": "left kidney", "kidney-right": "right kidney"}
+ABSENT_MARGIN_MM = 40.0  # the images reach this far beyond the neighbour at both ends: the organ is in view
+
+
 def span_limit_mm(prior: OrganPrior, diameter_cm: float) -> float | None:
     """The prior's longest head-feet extent scaled for the body size (a child's organs are shorter; a
     large body's a little longer)."""
@@ -382,12 +389,14 @@ def assess(
     *,
     is_ct: bool = True,
     axial_axis: int | None = 0,
+    absent: Sequence[str] = (),
 ) -> tuple[QCReport, dict[str, Evidence]]:
     """Verdicts for ``segments`` (masks on ``image``'s grid) and the evidence behind them.
 
     ``axial_axis`` is the array axis along the patient's head-feet direction (vessels are followed along
-    it; ``None``: not checked)."""
+    it; ``None``: not checked). ``absent``: structures the pipeline declares but did not find."""
     voxel_ml = float(np.prod(spacing)) / 1000.0
+    spacing_full = tuple(spacing)
     diameter = body_diameter_cm(image, spacing, is_ct)
     # the evidence beyond the volume is read on a grid of about EVIDENCE_MM (cost follows the organ's size
     # in mm, not the scanner's matrix)
@@ -514,6 +523,8 @@ def assess(
         log.debug("QC %s: %s %s", segment.label, status, evidence[segment.label])
     if is_ct:
         _against_other_organs(organs, verdicts, evidence)
+    if axial_axis is not None:
+        _beside_absent_organs(organs, absent, verdicts, spacing_full, axial_axis)
     _inherit_host_failures(segments, organs, verdicts)
     return QCReport(verdicts), evidence
 
@@ -544,6 +555,34 @@ def _against_other_organs(organs: Sequence, verdicts: dict[str, SegmentQC],  # o
                 (*own.reasons, f"{organ.label} median {median:.0f} HU is {reference - median:.0f} HU below "
                                f"the {structure}'s {reference:.0f} HU; a {organ.structure} is never {bound} "
                                f"the {structure} in any phase: the contour lies on another structure."))
+
+
+def _beside_absent_organs(organs: Sequence, absent: Sequence[str],  # outputs.api.Segment
+                          verdicts: dict[str, SegmentQC], spacing: Sequence[float], axial_axis: int) -> None:
+    """A neighbour of a declared organ that was not found, where the images reach well beyond the neighbour
+    at both ends (so the missing organ lies in view), is at least `warn` `low_contrast`: without the organ's
+    seed no border was drawn between them and the neighbour's contour may have taken it in (a native-phase
+    spleen grown over the left kidney)."""
+    for missing in absent:
+        for organ in organs:
+            if organ.structure not in NEIGHBOURS_OF_ABSENT.get(missing, ()) or organ.label not in verdicts:
+                continue
+            others = tuple(a for a in range(organ.mask.ndim) if a != axial_axis)
+            present = np.flatnonzero(organ.mask.any(axis=others))
+            if not present.size:
+                continue
+            margin = min(int(present[0]), organ.mask.shape[axial_axis] - 1 - int(present[-1]))
+            margin_mm = margin * float(spacing[axial_axis])
+            if margin_mm < ABSENT_MARGIN_MM:
+                continue
+            own = verdicts[organ.label]
+            name = ABSENT_NAMES.get(missing, missing)
+            reason = (f"The {name} was not found, though the images reach {margin_mm:.0f} mm beyond "
+                      f"{organ.label} at both ends: no border was drawn between them, and {organ.label}'s "
+                      f"contour may have taken in the {name}.")
+            verdicts[organ.label] = SegmentQC(worst((own.status, QCStatus.WARN)),
+                                              tuple(dict.fromkeys((*own.flags, QCFlag.LOW_CONTRAST))),
+                                              (*own.reasons, reason))
 
 
 def _inherit_host_failures(segments: Sequence, organs: Sequence,  # outputs.api.Segment

@@ -207,8 +207,10 @@ def process_volume(spec: PipelineSpec, volume: Any, job: JobSpec) -> tuple[Any, 
     run = execute(spec, image)
     del image
     segments = build_segments(spec, run.context, volume.shape)
+    found = {s.structure for s in segments}
+    absent = [d.structure for d in spec.segments if not d.each and d.structure not in found]
     report, _ = assess(volume.array, volume.spacing, segments, is_ct=volume.modality == "CT",
-                       axial_axis=head_feet_axis(volume.direction))
+                       axial_axis=head_feet_axis(volume.direction), absent=absent)
     report = report.withhold(withheld_labels(spec, report))
     segments = [replace(s, qc=report.segments.get(s.label))
                 for s in compact_segments([s for s in segments if s.label not in report.withheld])]

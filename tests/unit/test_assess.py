@@ -208,3 +208,26 @@ def test_a_contour_running_on_below_its_organ_fails_by_its_head_feet_span() -> N
     (reason,) = [r for r in verdict.reasons if "head to feet" in r]
     assert "more than the 260 mm any liver" in reason
     assert span_limit_mm(PRIORS["liver"], 13.0) == pytest.approx(260.0 * 13.0 / 22.0)
+
+
+def test_beside_a_declared_kidney_that_was_not_found_the_neighbour_is_flagged() -> None:
+    """A native-phase spleen grown over a left kidney the competition had no seed for passed every check.
+    When the pipeline declares a kidney it did not find and the images reach well beyond the neighbour at
+    both ends (the kidney is in view), the neighbour is `warn` `low_contrast` with the reason; not when the
+    kidney was found, nor on a slab that ends beside the neighbour (the kidney may lie outside it)."""
+    long = make_ct_phantom(shape=(64, 64, 64), spacing=(5.0, 5.6, 5.6), lesions=False, seed=7)
+    liver, spleen = long.masks["liver"], long.masks["spleen"]
+    over_kidney = spleen | long.masks["kidney-left"]
+    grown = [Segment("Liver", "liver", liver), Segment("Spleen", "spleen", over_kidney)]
+    verdict = assess(long.image, long.spacing, grown, absent=["kidney-left"])[0].segments["Spleen"]
+    assert verdict.status == QCStatus.WARN and QCFlag.LOW_CONTRAST in verdict.flags, verdict
+    assert any(r.startswith("The left kidney was not found") for r in verdict.reasons), verdict.reasons
+    found = [*grown[:1], Segment("Spleen", "spleen", spleen),
+             Segment("Left kidney", "kidney-left", long.masks["kidney-left"])]
+    report, _ = assess(long.image, long.spacing, found)
+    assert not any("not found" in r for r in report.segments["Spleen"].reasons)
+    z = np.flatnonzero(spleen.any(axis=(1, 2)))
+    slab = slice(max(int(z[0]) - 2, 0), int(z[-1]) + 3)  # 10 mm beyond the spleen at each end
+    short = [Segment("Liver", "liver", liver[slab]), Segment("Spleen", "spleen", spleen[slab])]
+    report, _ = assess(long.image[slab], long.spacing, short, absent=["kidney-left"])
+    assert not any("not found" in r for r in report.segments["Spleen"].reasons)
