@@ -375,11 +375,12 @@ def span_limit_mm(prior: OrganPrior, diameter_cm: float) -> float | None:
     return prior.span_mm * max(1.0, diameter_cm / ADULT_DIAMETER_CM) ** 0.5
 
 
-def head_feet_span_mm(mask: np.ndarray, spacing: Sequence[float], axial_axis: int) -> float:
-    """How far ``mask`` reaches along the head-feet axis, from its first slice to its last, in mm."""
-    others = tuple(a for a in range(mask.ndim) if a != axial_axis)
-    present = np.flatnonzero(mask.any(axis=others))
-    return float(present[-1] - present[0] + 1) * float(spacing[axial_axis]) if present.size else 0.0
+def head_feet_extent_mm(box: tuple[slice, ...], shape: Sequence[int], spacing: Sequence[float],
+                        axial_axis: int) -> tuple[float, float]:
+    """(span, margin) in mm of a mask with bounding ``box`` on a grid of ``shape``: how far it reaches along
+    the head-feet axis, and how far the images reach beyond it at the nearer of its two ends."""
+    part, size = box[axial_axis], float(spacing[axial_axis])
+    return (part.stop - part.start) * size, min(part.start, shape[axial_axis] - part.stop) * size
 
 
 def assess(
@@ -462,14 +463,13 @@ def assess(
                                f"the plausible range for a body {diameter:.0f} cm across.")
         longest = span_limit_mm(prior, diameter) if axial_axis is not None else None
         if longest is not None and segment.category != "lesion":
-            reach = head_feet_span_mm(mask, spacing, axial_axis)
+            reach, _ = head_feet_extent_mm(boxes[segment.label], segment.mask.shape, spacing_full, axial_axis)
             if reach > longest:
                 flags.append(QCFlag.LEAK)
                 reasons.append(f"{segment.label} spans {reach:.0f} mm head to feet, more than the "
                                f"{longest:.0f} mm any {segment.structure} of a body {diameter:.0f} cm across "
-                               "spans: the "
-                               "contour runs on into the tissue above or below it; its outline and volume "
-                               "are wrong.")
+                               "spans: the contour runs on into the tissue above or below it; its outline "
+                               "and volume are wrong.")
         within: np.ndarray | list[np.ndarray] | None = None
         grid_name = "full" if small[segment.label] else "coarse"
         if segment.category == "lesion":  # a lesion against the organ it lies in (the union of its hosts)
@@ -524,7 +524,7 @@ def assess(
     if is_ct:
         _against_other_organs(organs, verdicts, evidence)
     if axial_axis is not None:
-        _beside_absent_organs(organs, absent, verdicts, spacing_full, axial_axis)
+        _beside_absent_organs(organs, absent, verdicts, boxes, spacing_full, axial_axis)
     _inherit_host_failures(segments, organs, verdicts)
     return QCReport(verdicts), evidence
 
@@ -547,42 +547,36 @@ def _against_other_organs(organs: Sequence, verdicts: dict[str, SegmentQC],  # o
         reference = evidence[references[0].label].median
         median = evidence[organ.label].median
         if median < reference + offset:
-            own = verdicts[organ.label]
             bound = (f"more than {-offset:.0f} HU darker than" if offset < 0
                      else f"less than {offset:.0f} HU brighter than")
-            verdicts[organ.label] = SegmentQC(
-                QCStatus.FAIL, tuple(dict.fromkeys([*own.flags, QCFlag.IMPLAUSIBLE_INTENSITY])),
-                (*own.reasons, f"{organ.label} median {median:.0f} HU is {reference - median:.0f} HU below "
-                               f"the {structure}'s {reference:.0f} HU; a {organ.structure} is never {bound} "
-                               f"the {structure} in any phase: the contour lies on another structure."))
+            verdicts[organ.label] = verdicts[organ.label].adding(
+                QCStatus.FAIL, [QCFlag.IMPLAUSIBLE_INTENSITY],
+                [f"{organ.label} median {median:.0f} HU is {reference - median:.0f} HU below the "
+                 f"{structure}'s {reference:.0f} HU; a {organ.structure} is never {bound} the {structure} "
+                 "in any phase: the contour lies on another structure."])
 
 
 def _beside_absent_organs(organs: Sequence, absent: Sequence[str],  # outputs.api.Segment
-                          verdicts: dict[str, SegmentQC], spacing: Sequence[float], axial_axis: int) -> None:
+                          verdicts: dict[str, SegmentQC], boxes: dict[str, tuple[slice, ...] | None],
+                          spacing: Sequence[float], axial_axis: int) -> None:
     """A neighbour of a declared organ that was not found, where the images reach well beyond the neighbour
     at both ends (so the missing organ lies in view), is at least `warn` `low_contrast`: without the organ's
     seed no border was drawn between them and the neighbour's contour may have taken it in (a native-phase
     spleen grown over the left kidney)."""
     for missing in absent:
         for organ in organs:
-            if organ.structure not in NEIGHBOURS_OF_ABSENT.get(missing, ()) or organ.label not in verdicts:
+            box = boxes.get(organ.label)
+            if organ.structure not in NEIGHBOURS_OF_ABSENT.get(missing, ()) or organ.label not in verdicts \
+                    or box is None:
                 continue
-            others = tuple(a for a in range(organ.mask.ndim) if a != axial_axis)
-            present = np.flatnonzero(organ.mask.any(axis=others))
-            if not present.size:
-                continue
-            margin = min(int(present[0]), organ.mask.shape[axial_axis] - 1 - int(present[-1]))
-            margin_mm = margin * float(spacing[axial_axis])
+            _, margin_mm = head_feet_extent_mm(box, organ.mask.shape, spacing, axial_axis)
             if margin_mm < ABSENT_MARGIN_MM:
                 continue
-            own = verdicts[organ.label]
             name = ABSENT_NAMES.get(missing, missing)
-            reason = (f"The {name} was not found, though the images reach {margin_mm:.0f} mm beyond "
-                      f"{organ.label} at both ends: no border was drawn between them, and {organ.label}'s "
-                      f"contour may have taken in the {name}.")
-            verdicts[organ.label] = SegmentQC(worst((own.status, QCStatus.WARN)),
-                                              tuple(dict.fromkeys((*own.flags, QCFlag.LOW_CONTRAST))),
-                                              (*own.reasons, reason))
+            verdicts[organ.label] = verdicts[organ.label].adding(QCStatus.WARN, [QCFlag.LOW_CONTRAST], [
+                f"The {name} was not found, though the images reach {margin_mm:.0f} mm beyond {organ.label} "
+                f"at both ends: no border was drawn between them, and {organ.label}'s contour may have "
+                f"taken in the {name}."])
 
 
 def _inherit_host_failures(segments: Sequence, organs: Sequence,  # outputs.api.Segment
@@ -594,11 +588,10 @@ def _inherit_host_failures(segments: Sequence, organs: Sequence,  # outputs.api.
                   and verdicts[o.label].status == QCStatus.FAIL and (o.mask & lesion.mask).any()]
         if not failed:
             continue
-        own = verdicts[lesion.label]
-        flags = [*own.flags, *(f for o in failed for f in verdicts[o.label].flags if f in FAIL_FLAGS)]
-        reasons = [*own.reasons, *(f"{lesion.label} lies in {o.label}, whose contour failed QC: the lesion "
-                                   "may be tissue that contour took in." for o in failed)]
-        verdicts[lesion.label] = SegmentQC(QCStatus.FAIL, tuple(dict.fromkeys(flags)), tuple(reasons))
+        verdicts[lesion.label] = verdicts[lesion.label].adding(
+            QCStatus.FAIL, [f for o in failed for f in verdicts[o.label].flags if f in FAIL_FLAGS],
+            [f"{lesion.label} lies in {o.label}, whose contour failed QC: the lesion may be tissue that "
+             "contour took in." for o in failed])
 
 
 def head_feet_axis(direction: Sequence[float]) -> int | None:

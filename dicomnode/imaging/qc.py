@@ -53,6 +53,11 @@ class SegmentQC:
     flags: tuple[QCFlag, ...] = ()
     reasons: tuple[str, ...] = ()
 
+    def adding(self, status: QCStatus, flags: Iterable[QCFlag], reasons: Iterable[str]) -> SegmentQC:
+        """This verdict made at least ``status``, with ``flags`` (each once) and ``reasons`` added."""
+        return SegmentQC(worst((self.status, status)), tuple(dict.fromkeys((*self.flags, *flags))),
+                         (*self.reasons, *reasons))
+
     def to_json(self) -> dict[str, Any]:
         return {
             "status": str(self.status),
