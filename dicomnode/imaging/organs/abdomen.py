@@ -173,6 +173,7 @@ def _seeds(
     liver_mask: np.ndarray | None = None,
     layer: np.ndarray | None = None,
     muscle_hu: float | None = None,
+    muscle_spread: float = 0.0,
 ) -> tuple[dict[str, OrganModel], dict[str, np.ndarray], np.ndarray | None]:
     """Seeds and attenuation of each organ found in the field of view, the vessels' tubes and the liver
     chain's mask when it agrees with the liver's seed (``None`` otherwise)."""
@@ -331,11 +332,29 @@ def _seeds(
             own = soft.copy()
             own[box] |= (smooth > low_liver) & (array[box] < lm.bone_hu) & inner[box]
         extra = core & ~dilate_mm(others, 10.0 * s, sp) & own
+        muscly = _nearer_muscle(array, liver, muscle_hu, muscle_spread)
+        if muscly is not None:  # the chain's band holds the wall's muscle and the heart (native phase)
+            extra &= ~muscly
         extra = _ribbons_cut(extra, sp, 4.0 * s)  # a leak along a layer of the same tissue is no seed
         seed = _keep_seeded(extra | liver.seed, liver.seed)
         models["liver"] = OrganModel("liver", seed, liver.hu, liver.spread)
     log.debug("spine x %s y %s", np.round(lm.spine_x[::5]), np.round(lm.spine_y[::5]))
     return models, tubes, liver_mask
+
+
+def _nearer_muscle(
+    array: np.ndarray, liver: OrganModel, muscle_hu: float | None, muscle_spread: float
+) -> np.ndarray | None:
+    """Voxels whose attenuation is nearer the wall muscle's level than the liver's, or ``None`` where the
+    two levels lie closer than either's spread (or 10 HU): no level tells them apart there (a wall layer
+    of mixed tissue has a wide spread and no level to trust)."""
+    if muscle_hu is None or abs(liver.hu - muscle_hu) < max(liver.spread, muscle_spread, 10.0):
+        return None
+    log.debug(
+        "liver %.0f HU (spread %.0f) stands apart from muscle %.0f HU (spread %.0f)",
+        liver.hu, liver.spread, muscle_hu, muscle_spread,
+    )
+    return np.abs(array - muscle_hu) < np.abs(array - liver.hu)
 
 
 def _liver_low(liver: OrganModel, lm: Landmarks) -> float:
@@ -530,19 +549,21 @@ def _muscle_wall(array: np.ndarray, lm: Landmarks, band: np.ndarray) -> np.ndarr
     return layer & band & lm.body
 
 
-def _muscle_like(array: np.ndarray, lm: Landmarks, layer: np.ndarray) -> tuple[np.ndarray, float | None]:
+def _muscle_like(
+    array: np.ndarray, lm: Landmarks, layer: np.ndarray
+) -> tuple[np.ndarray, float | None, float]:
     """The part of the wall layer whose attenuation is the muscle's (the layer's own mode, ± 2.5 spreads,
     at least ± 15 HU): an organ that reaches into the layer (a kidney or spleen against the wall) keeps
-    what differs from muscle."""
+    what differs from muscle. Returns that part, the muscle's level and its spread (``None``, 0 unknown)."""
     values = array[layer]
     if values.size < 200:
-        return layer, None
+        return layer, None, 0.0
     try:
         hu, spread = _mode_near(values[:: max(1, values.size // 500_000)], lm.fat_hu + 40.0, lm.bone_hu)
     except ImagingError:
-        return layer, None
+        return layer, None, 0.0
     log.debug("wall muscle %.0f HU (spread %.0f)", hu, spread)
-    return layer & (np.abs(array - hu) <= max(2.5 * spread, 15.0)), hu
+    return layer & (np.abs(array - hu) <= max(2.5 * spread, 15.0)), hu, spread
 
 
 def _tube_core(tube: np.ndarray, seed: np.ndarray) -> np.ndarray:
@@ -565,8 +586,8 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
     explains better; without it, the liver is the competition's own."""
     sp = lm.spacing
     layer = _muscle_wall(array, lm, (array > lm.fat_hu + 30.0) & (array < lm.bone_hu + 60.0) & lm.body)
-    muscle, muscle_hu = _muscle_like(array, lm, layer)
-    models, tubes, liver_mask = _seeds(array, lm, liver_mask, muscle, muscle_hu)
+    muscle, muscle_hu, muscle_spread = _muscle_like(array, lm, layer)
+    models, tubes, liver_mask = _seeds(array, lm, liver_mask, muscle, muscle_hu, muscle_spread)
     # the wall layer is background unless an organ found explains a voxel better than muscle does (a
     # kidney or spleen reaching the wall; cartilage and bone stay background)
     # (a voxel of the layer that a kidney's attenuation explains better than the muscle's is the kidney's to
@@ -639,6 +660,11 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
         if own.any():
             box = _box(own | liver_mask, [int(np.ceil(6.0 * lm.scale / spc)) + 1 for spc in sp])
             near[box] = dilate_mm(own[box], 6.0 * lm.scale, sp)
+        # and, where the liver stands apart from muscle, those nearer the muscle's attenuation than the
+        # liver's: the body wall, the heart's blood and bowel of the native phase, just below the liver's
+        muscly = _nearer_muscle(array, model, muscle_hu, muscle_spread)
+        if muscly is not None:
+            far |= muscly
         keep = liver_mask & ~wall & ~((out == BACKGROUND) & (far | ~near))
         keep = ndimage.binary_opening(keep, iterations=1) | (keep & erode_mm(liver_mask, 4.0, sp))
         out[(out == liver) & ~keep] = 0
