@@ -382,7 +382,9 @@ def _kidney(
     A candidate blob may hold a kidney and the psoas it touches: its attenuation levels are tried in
     turn (the blob's mode, then the mode of what is left), and each level's core is judged on its own —
     centre beside the vertebral body, no longer than a kidney, not going on beyond the gutter, fat
-    around it. Of the cores that pass, the brightest wins (a kidney enhances more than muscle)."""
+    around it. Of the cores that pass, the one whose level lies farthest from the wall muscle's wins (the
+    brightest where the muscle's level is unknown): the psoas and quadratus beside a kidney are muscle, and a
+    kidney enhances more than muscle with contrast and lies 10-20 HU below it in the native phase."""
     s, sp = lm.scale, lm.spacing
     u, v = lm.relative()
     zone = (side * u > 35 * s) & (side * u < 120 * s) & (v > -25 * s) & (v < 75 * s) & (h < 40 * s)
@@ -409,17 +411,21 @@ def _kidney(
             if blob.sum() * voxel_ml < 8.0 * s**3:
                 break
             try:  # the blob's own attenuation: muscle next to a kidney (psoas, quadratus) differs from it
-                hu, spread = _mode_near(array[zbox][blob], lm.fat_hu + 40.0, 400.0)
+                hu, spread, below, above = histogram_mode(array[zbox][blob], lm.fat_hu + 40.0, 400.0)
             except ImagingError:
                 break
+            spread = max(spread, 8.0)
             tolerance = max(2.5 * spread, 20.0)
-            level = np.abs(array[zbox] - hu) <= tolerance
+            # (a level stops at the histogram's valley towards another tissue's peak in the blob: a native
+            # kidney lies 10-20 HU below the psoas it touches)
+            log.debug("kidney %+.0f level %.0f HU (spread %.0f), valleys %.0f %.0f", side, hu, spread, below, above)
+            level = (array[zbox] >= max(hu - tolerance, below)) & (array[zbox] <= min(hu + tolerance, above))
             core = np.zeros_like(zone)
             core[zbox] = largest_components(blob & level, 1)
             fits = core.any() and _kidney_core_fits(
                 array, lm, core, soft, fat, side, hu, tolerance, muscle_hu
             )
-            if fits and (best is None or hu > best[1]):
+            if fits and (best is None or _unlike_muscle(hu, muscle_hu) > _unlike_muscle(best[1], muscle_hu)):
                 best = (core, hu, spread)
             blob = ndimage.binary_opening(blob & ~level, iterations=1)
     if best is None:
@@ -431,6 +437,11 @@ def _kidney(
     if seed.sum() < 10:
         return None
     return OrganModel("kidney", seed, hu, max(spread, 10.0))
+
+
+def _unlike_muscle(hu: float, muscle_hu: float | None) -> float:
+    """How far a kidney candidate's level lies from the wall muscle's (its level itself when unknown)."""
+    return hu if muscle_hu is None else abs(hu - muscle_hu)
 
 
 def _kidney_core_fits(
@@ -566,6 +577,48 @@ def _muscle_like(
     return layer & (np.abs(array - hu) <= max(2.5 * spread, 15.0)), hu, spread
 
 
+def _psoas(
+    array: np.ndarray,
+    lm: Landmarks,
+    models: dict[str, OrganModel],
+    name: str,
+    side: float,
+    band: np.ndarray,
+    muscle_hu: float | None,
+    muscle_spread: float,
+) -> np.ndarray:
+    """The psoas beside a kidney whose level stands apart from muscle's (native phase: the kidney 10-20 HU
+    below it, touching it), followed as a tube along the spine: tissue beside the vertebral body nearer the
+    muscle's level than the kidney's, taken 20 mm below the kidney's lower pole (where nothing but muscle
+    lies there) and followed upwards slice by slice to the kidney's upper pole, each slice's part within
+    4 mm of the part below (it does not jump into the spleen, the aorta or the kidney beside it). Empty where
+    the levels lie closer than the muscle's spread (or 10 HU), or the images end below the kidney."""
+    out = np.zeros(array.shape, dtype=bool)
+    kidney = models[name]
+    if muscle_hu is None or abs(kidney.hu - muscle_hu) < max(muscle_spread, 10.0):
+        return out
+    s, sp = lm.scale, lm.spacing
+    slices = np.flatnonzero(kidney.seed.any(axis=(1, 2)))
+    start = slices[0] - int(np.ceil(20.0 * s / sp[0]))
+    if start < 0:
+        return out
+    top = slices[-1]
+    u, v = lm.relative()
+    zone = (side * u > 10 * s) & (side * u < 90 * s) & (v > -15 * s) & (v < 60 * s)
+    sub = zone[start : top + 1] & band[start : top + 1]
+    sub &= np.abs(array[start : top + 1] - muscle_hu) < np.abs(array[start : top + 1] - kidney.hu)
+    others = np.zeros(sub.shape, dtype=bool)
+    for other, m in models.items():
+        others |= m.seed[start : top + 1] if other != "stomach" else False
+    sub &= ~dilate_mm(others, 3.0, sp, slicewise=True)
+    sub = ndimage.binary_opening(sub, structure=np.ones((1, 3, 3), dtype=bool))
+    for k in range(1, sub.shape[0]):
+        sub[k] &= dilate_mm(sub[k - 1][None], 4.0, sp, slicewise=True)[0]
+    out[start : top + 1] = sub
+    log.debug("psoas beside %s: %.0f ml", name, float(sub.sum()) * float(np.prod(sp)) / 1000.0)
+    return out
+
+
 def _tube_core(tube: np.ndarray, seed: np.ndarray) -> np.ndarray:
     """The part of a vessel's tube on the slices where its seed lies (the tube itself is generous)."""
     return tube & seed.any(axis=(1, 2))[:, None, None]
@@ -617,6 +670,9 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
     for name in ("aorta", "ivc"):  # calcified plaques in a vessel's wall are not bone to keep away from
         if name in tubes:
             wall &= ~_tube_core(tubes[name], models[name].seed)
+    for name, side in (("kidney-right", -1.0), ("kidney-left", 1.0)):
+        if name in models:
+            wall |= _psoas(array, lm, models, name, side, band, muscle_hu, muscle_spread)
     markers[_background(band, wall | (layer & band), models)] = BACKGROUND
     for name, m in models.items():
         markers[m.seed] = LABELS[name]
