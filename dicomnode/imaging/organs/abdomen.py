@@ -418,7 +418,8 @@ def _kidney(
             tolerance = max(2.5 * spread, 20.0)
             # (a level stops at the histogram's valley towards another tissue's peak in the blob: a native
             # kidney lies 10-20 HU below the psoas it touches)
-            log.debug("kidney %+.0f level %.0f HU (spread %.0f), valleys %.0f %.0f", side, hu, spread, below, above)
+            log.debug("kidney %+.0f level %.0f HU (spread %.0f), valleys %.0f, %.0f", side, hu, spread,
+                      below, above)
             level = (array[zbox] >= max(hu - tolerance, below)) & (array[zbox] <= min(hu + tolerance, above))
             core = np.zeros_like(zone)
             core[zbox] = largest_components(blob & level, 1)
