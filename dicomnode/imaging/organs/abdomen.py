@@ -346,9 +346,12 @@ def _nearer_muscle(
     array: np.ndarray, liver: OrganModel, muscle_hu: float | None, muscle_spread: float
 ) -> np.ndarray | None:
     """Voxels whose attenuation is nearer the wall muscle's level than the liver's, or ``None`` where the
-    two levels lie closer than either's spread (or 10 HU): no level tells them apart there (a wall layer
-    of mixed tissue has a wide spread and no level to trust)."""
-    if muscle_hu is None or abs(liver.hu - muscle_hu) < max(liver.spread, muscle_spread, 10.0):
+    two levels lie closer than either's spread (or 10 HU): no level tells them apart there; or where the
+    muscle's spread is more than twice the liver's: a wall layer of muscle mixed with fat (most patients)
+    has no level to trust, and its mixed voxels would take the liver's border."""
+    if muscle_hu is None or muscle_spread > 2.0 * liver.spread:
+        return None
+    if abs(liver.hu - muscle_hu) < max(liver.spread, muscle_spread, 10.0):
         return None
     log.debug(
         "liver %.0f HU (spread %.0f) stands apart from muscle %.0f HU (spread %.0f)",
@@ -472,6 +475,8 @@ def _kidney_core_fits(
         return False
     box = _box(core, [int(np.ceil(60.0 * s / spc)) for spc in sp])
     band = np.abs(array[box] - hu) <= tolerance
+    if muscle_hu is not None and abs(hu - muscle_hu) >= 10.0:  # (native: the psoas and spleen it touches
+        band &= np.abs(array[box] - hu) < np.abs(array[box] - muscle_hu)  # are muscle's level, not its own)
     # the same tissue going on far beyond the gutter (stomach, bowel, liver) is not a kidney in its fat
     same, _ = ndimage.label(ndimage.binary_opening(soft[box] & band, iterations=1))
     owners = same[core[box]]
