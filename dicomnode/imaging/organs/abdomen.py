@@ -271,18 +271,28 @@ def _seeds(
             near = ndimage.binary_opening(near, iterations=2)
             taken |= _keep_seeded(near, m.seed)
     grown: dict[int, np.ndarray] = {}
+    # (native phase: a spleen's seed from its territory's mode may hold the left kidney beside it, 10-20 HU
+    # below it: the last try knows only the other seeds)
+    no_spleen = seeds & ~models["spleen"].seed if "spleen" in models else seeds
     for name, side in (("kidney-right", -1.0), ("kidney-left", 1.0)):
         model = None
         # the floods of liver and spleen cover a kidney of nearly their attenuation (native phase): then
         # only their seeds are known to be no kidney
-        for i, known in enumerate((taken, seeds)):
+        for i, known in enumerate((taken, seeds, no_spleen)):
+            if i == 2 and (side < 0 or no_spleen is seeds):
+                break
             if i not in grown:
                 grown[i] = dilate_mm(known, 4.0, sp)
             free = soft & ~grown[i]
             if layer is not None:  # a kidney touching the body wall's muscle is one blob with it otherwise
                 free &= ~layer
-            model = _kidney(array, lm, free, side, h_r if side < 0 else h_l, muscle_hu)
-            if model is not None:
+            found = _kidney(array, lm, free, side, h_r if side < 0 else h_l, muscle_hu)
+            if found is not None and (
+                model is None or _unlike_muscle(found.hu, muscle_hu) > _unlike_muscle(model.hu, muscle_hu)
+            ):
+                model = found
+            # a level of the muscle's (the psoas taken for a kidney) is looked for further
+            if model is not None and not _muscle_level(model.hu, muscle_hu, muscle_spread):
                 break
         if model is not None:
             models[name] = model
@@ -345,13 +355,16 @@ def _seeds(
 def _nearer_muscle(
     array: np.ndarray, liver: OrganModel, muscle_hu: float | None, muscle_spread: float
 ) -> np.ndarray | None:
-    """Voxels whose attenuation is nearer the wall muscle's level than the liver's, or ``None`` where the
-    two levels lie closer than either's spread (or 10 HU): no level tells them apart there; or where the
-    muscle's spread is more than twice the liver's: a wall layer of muscle mixed with fat (most patients)
-    has no level to trust, and its mixed voxels would take the liver's border."""
+    """Voxels whose attenuation is nearer the wall muscle's level than the liver's, where the liver's band
+    (2.5 spreads) reaches the muscle's level (native phase: the chain's mask can follow the muscle) and yet
+    the two levels lie at least either's spread (and 10 HU) apart; ``None`` otherwise: no level tells them
+    apart, or none is needed (with contrast, the voxels between the levels are the liver's border to the
+    fat). Also ``None`` where the muscle's spread is more than twice the liver's: a wall layer of muscle
+    mixed with fat (most patients) has no level to trust."""
     if muscle_hu is None or muscle_spread > 2.0 * liver.spread:
         return None
-    if abs(liver.hu - muscle_hu) < max(liver.spread, muscle_spread, 10.0):
+    apart = abs(liver.hu - muscle_hu)
+    if apart < max(liver.spread, muscle_spread, 10.0) or apart > 2.5 * liver.spread:
         return None
     log.debug(
         "liver %.0f HU (spread %.0f) stands apart from muscle %.0f HU (spread %.0f)",
@@ -446,6 +459,11 @@ def _kidney(
 def _unlike_muscle(hu: float, muscle_hu: float | None) -> float:
     """How far a kidney candidate's level lies from the wall muscle's (its level itself when unknown)."""
     return hu if muscle_hu is None else abs(hu - muscle_hu)
+
+
+def _muscle_level(hu: float, muscle_hu: float | None, muscle_spread: float) -> bool:
+    """Whether a level lies within the wall muscle's spread (at least 10 HU) of the muscle's level."""
+    return muscle_hu is not None and abs(hu - muscle_hu) < max(muscle_spread, 10.0)
 
 
 def _kidney_core_fits(
