@@ -461,6 +461,16 @@ def _unlike_muscle(hu: float, muscle_hu: float | None) -> float:
     return hu if muscle_hu is None else abs(hu - muscle_hu)
 
 
+def _beside_muscle(model: OrganModel, muscle_hu: float | None, muscle_spread: float) -> bool:
+    """Whether an organ's level lies within its own band (2.5 spreads, at least 10 HU each) of the wall
+    muscle's, so that its flood reaches muscle, yet at least the muscle's spread (and 10 HU) apart from it,
+    so that the nearer level tells the two apart: a native kidney beside the psoas, not one with contrast."""
+    if muscle_hu is None:
+        return False
+    apart = abs(model.hu - muscle_hu)
+    return max(muscle_spread, 10.0) <= apart <= 2.5 * max(model.spread, 10.0)
+
+
 def _muscle_level(hu: float, muscle_hu: float | None, muscle_spread: float) -> bool:
     """Whether a level lies within the wall muscle's spread (at least 10 HU) of the muscle's level."""
     return muscle_hu is not None and abs(hu - muscle_hu) < max(muscle_spread, 10.0)
@@ -615,11 +625,11 @@ def _psoas(
     below it, touching it), followed as a tube along the spine: tissue beside the vertebral body nearer the
     muscle's level than the kidney's, taken 20 mm below the kidney's lower pole (where nothing but muscle
     lies there) and followed upwards slice by slice to the kidney's upper pole, each slice's part within
-    4 mm of the part below (it does not jump into the spleen, the aorta or the kidney beside it). Empty where
-    the levels lie closer than the muscle's spread (or 10 HU), or the images end below the kidney."""
+    4 mm of the part below (it does not jump into the spleen, the aorta or the kidney beside it). Empty unless
+    the kidney lies beside the muscle's level (:func:`_beside_muscle`), or where the images end below it."""
     out = np.zeros(array.shape, dtype=bool)
     kidney = models[name]
-    if muscle_hu is None or abs(kidney.hu - muscle_hu) < max(muscle_spread, 10.0):
+    if not _beside_muscle(kidney, muscle_hu, muscle_spread):
         return out
     s, sp = lm.scale, lm.spacing
     slices = np.flatnonzero(kidney.seed.any(axis=(1, 2)))
@@ -790,12 +800,12 @@ def _kidney_regain(
     muscle_spread: float,
     spacing,  # noqa: ANN001
 ) -> None:
-    """A kidney whose level stands apart from the muscle's (native phase: 10-20 HU below it) takes back,
-    within 6 mm of its contour, the voxels the background won that are of its own level and nearer it than
-    the muscle's: the weak edge to the muscle wall and psoas behind and beside it lets the background's
-    flood run into the kidney. In place on ``out``."""
+    """A kidney beside the muscle's level (:func:`_beside_muscle`; native phase: 10-20 HU below it) takes
+    back, within 6 mm of its contour, the voxels the background won that are of its own level and nearer it
+    than the muscle's: the weak edge to the muscle wall and psoas behind and beside it lets the
+    background's flood run into the kidney. In place on ``out``."""
     organ = out == value
-    if not organ.any() or muscle_hu is None or abs(kidney.hu - muscle_hu) < max(muscle_spread, 10.0):
+    if not organ.any() or muscle_hu is None or not _beside_muscle(kidney, muscle_hu, muscle_spread):
         return
     box = _box(organ, [int(np.ceil(6.0 / spc)) + 1 for spc in spacing])
     sub, values = out[box], array[box]
