@@ -95,6 +95,7 @@ def run_case(case: Case) -> list[Row]:
     qc = (summary.get("qc") or {}) if isinstance(summary, dict) else {}
     verdicts = qc.get("segments", {})
     withheld = qc.get("withheld", {})  # failed secondary organs left out of what is sent
+    not_found = qc.get("not_found", {})  # declared organs the pipeline did not find
     spacing = volume.spacing
     segments = {s.label: s.mask for s in processed.segments}
     rows = []
@@ -103,6 +104,11 @@ def run_case(case: Case) -> list[Row]:
             continue
         mask = segments.get(label, np.zeros(truth.shape, dtype=bool))
         if not truth.any():
+            continue
+        if label in not_found:  # declared, not found, and said so in result.json
+            m = compare(mask, truth, spacing)
+            rows.append(Row(case.name, label, m.dice, m.hd95_mm, m.volume_difference_percent, "not found",
+                            seconds, ""))
             continue
         if label in withheld:
             rows.append(Row(case.name, label, None, None, None, "withheld", seconds,
@@ -227,6 +233,7 @@ PHANTOM_MATRIX: dict[str, dict] = {
     # 120 mm slab through the liver (cut at both ends), the standard 200 mm with what lies above and
     # below it, 300 mm (lower chest to the iliac crests) and 400 mm (chest to pelvis)
     "extent-120": {"shape": (24, 128, 128), "z_centre_mm": -20.0},
+    "extent-120-upper": {"shape": (24, 128, 128), "z_centre_mm": 30.0},  # dome to hila, portal vein cut
     "extent-200": {"z_centre_mm": 0.0},
     "extent-300": {"shape": (60, 128, 128)},
     "extent-400": {"shape": (80, 128, 128)},
@@ -294,7 +301,7 @@ def main() -> None:
         cases.append(variant_cases())
     if "phantoms" in groups:
         cases.append(phantom_cases(QUICK if args.quick else tuple(PHANTOM_MATRIX)))
-    header = f"{'case':34} {'structure':20} {'Dice':>6} {'HD95 mm':>8} {'vol err %':>9} {'QC':>8} {'s':>6}"
+    header = f"{'case':34} {'structure':20} {'Dice':>6} {'HD95 mm':>8} {'vol err %':>9} {'QC':>9} {'s':>6}"
     print(header + "  note")
     for group in cases:
         for case in group:
@@ -303,7 +310,7 @@ def main() -> None:
             for row in run_case(case):
                 print(
                     f"{row.case:34} {row.structure:20} {fmt(row.dice):>6} {fmt(row.hd95, 1):>8} "
-                    f"{fmt(row.volume_error, 1):>9} {row.qc:>8} {row.seconds:6.1f}  {row.note}",
+                    f"{fmt(row.volume_error, 1):>9} {row.qc:>9} {row.seconds:6.1f}  {row.note}",
                     flush=True,
                 )
 
