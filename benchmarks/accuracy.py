@@ -300,6 +300,7 @@ PHANTOM_MATRIX: dict[str, dict] = {
     "coronal": {"_reslice": "coronal"},  # slice orientation: the same voxels as a coronal/sagittal stack
     "sagittal": {"_reslice": "sagittal"},
     "2mm-slices": {"shape": (100, 128, 128), "spacing": (2.0, 2.8, 2.8)},
+    "1mm-slices": {"shape": (200, 256, 256), "spacing": (1.0, 1.4, 1.4)},  # thin slices, fine pixels
     "subcapsular": {"subcapsular": True},
     "metal": {"metal": True},
     "cropped-fov": {"_crop": 0.72},
