@@ -382,6 +382,7 @@ def _liver_low(liver: OrganModel, lm: Landmarks) -> float:
 
 KIDNEY_MAX_LENGTH_MM = 160.0  # an adult kidney is 10-13 cm long; the psoas beside it goes on for 20 cm
 KIDNEY_MAX_BELOW_LUNG_BASE_MM = 250.0  # its lower pole lies at most this far below the lung bases (L3-L4)
+NARROW_LEVEL_HU = 20.0  # the widest spread of one tissue's level (noise); a wider one is a mix of tissues
 KIDNEY_MIN_HU = 0.0  # a kidney's attenuation on any CT, native included (assess.py's plausible range)
 
 
@@ -433,7 +434,11 @@ def _kidney(
             spread = max(spread, 8.0)
             tolerance = max(2.5 * spread, 20.0)
             # (a level stops at the histogram's valley towards another tissue's peak in the blob: a native
-            # kidney lies 10-20 HU below the psoas it touches)
+            # kidney lies 10-20 HU below the psoas it touches; only for a level as narrow as one tissue's
+            # noise, up to 20 HU: a wider one is a mix of tissues, partial volume with fat, its valleys mean
+            # nothing)
+            if spread > NARROW_LEVEL_HU:
+                below, above = -np.inf, np.inf
             log.debug("kidney %+.0f level %.0f HU (spread %.0f), valleys %.0f, %.0f", side, hu, spread,
                       below, above)
             level = (array[zbox] >= max(hu - tolerance, below)) & (array[zbox] <= min(hu + tolerance, above))
@@ -503,8 +508,9 @@ def _kidney_core_fits(
         return False
     box = _box(core, [int(np.ceil(60.0 * s / spc)) for spc in sp])
     band = np.abs(array[box] - hu) <= tolerance
-    if muscle_hu is not None and abs(hu - muscle_hu) >= 10.0:  # (native: the psoas and spleen it touches
-        band &= np.abs(array[box] - hu) < np.abs(array[box] - muscle_hu)  # are muscle's level, not its own)
+    if muscle_hu is not None and 10.0 <= abs(hu - muscle_hu) <= tolerance <= 2.5 * NARROW_LEVEL_HU:
+        # (native: the psoas and spleen it touches lie in its band, yet of the muscle's level, not its own)
+        band &= np.abs(array[box] - hu) < np.abs(array[box] - muscle_hu)
     # the same tissue going on far beyond the gutter (stomach, bowel, liver) is not a kidney in its fat
     same, _ = ndimage.label(ndimage.binary_opening(soft[box] & band, iterations=1))
     owners = same[core[box]]
