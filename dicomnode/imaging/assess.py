@@ -22,6 +22,10 @@ vessel course          fail    a vessel (aorta, IVC) along the head-feet axis: a
                                (``implausible_volume``: the contour lost the lumen there), or a slice
                                whose median differs from the vessel's by more than 40 HU
                                (``implausible_intensity``: another structure)
+truncated (lung)       warn    a lesion in a lung bordering solid tissue inside the lung's convex outline
+                               (on its slices, within 3 mm, away from the midline) that its contour leaves
+                               out, more than 15 % of its volume: a juxtapleural nodule cut at the lung's
+                               edge; its volume may be underestimated
 low_contrast           warn    the segment's median differs from its 2-6 mm surroundings by less than
                                1.5 × the image noise inside it, or from an organ segment it touches
                                (over at least 2 cm²) by less than 1.5 × the noise: the border between

@@ -225,14 +225,16 @@ def _bulges(lung: np.ndarray, allowed: np.ndarray, spacing: tuple[float, ...], d
             continue
         depth = ndimage.distance_transform_edt(hull, sampling=in_plane)
         parts, n = ndimage.label(gap)
-        index = np.arange(1, n + 1)
-        deepest = np.asarray(ndimage.maximum(depth, parts, index=index))
+        labelled = parts[gap]
+        deepest = np.zeros(n + 1)
+        np.maximum.at(deepest, labelled, depth[gap])
+        count = np.maximum(np.bincount(labelled, minlength=n + 1), 1)
         cx, cy = float(xs[k][lung[k]].mean()), float(ys[k][lung[k]].mean())
-        dx = (np.asarray(ndimage.mean(xs[k], parts, index=index)) - cx) * lateral_sign
-        dy = np.asarray(ndimage.mean(ys[k], parts, index=index)) - cy
+        dx = (np.bincount(labelled, xs[k][gap], minlength=n + 1) / count - cx) * lateral_sign
+        dy = np.bincount(labelled, ys[k][gap], minlength=n + 1) / count - cy
         medial = -dx > 0.5 * np.hypot(dx, dy)  # within 60° of the direction of the midline
-        keep = np.zeros(n + 1, dtype=bool)
-        keep[1:] = (deepest >= depth_mm) & ~medial
+        keep = (deepest >= depth_mm) & ~medial
+        keep[0] = False
         out[k] = keep[parts]
     return out, inside
 
@@ -244,7 +246,9 @@ def envelope(
 ) -> sitk.Image:
     """Each lung of a split label map (1 = right, 2 = left) with what lies inside its pleura: holes filled
     (vessels, intrapulmonary nodules) and the pleural surface repaired by a closing of ``pleura_mm``
-    (a rolling ball: juxtapleural nodules, masses and consolidation that indent the air). The repair never
+    (a rolling ball: masses and consolidation that indent the air) and, on each slice, the pleural line
+    carried across every indentation deeper than ``bulge_mm`` up to the lung's convex outline
+    (:func:`_bulges`: a broad-based juxtapleural nodule wider than the ball). The repair never
     reaches medially past the lung's own medial border on any image row, so the hilum and the mediastinum
     stay outside, and so do the trachea and main bronchi (``airway``) with their wall (``wall_mm``).
     Returns the same labels."""
@@ -276,8 +280,12 @@ def envelope(
                 # inside the outline (within the hull's sagitta over a curved chest wall) caps it too;
                 # at the first and last slice the continuation is unknown (the lung base's ring around the
                 # diaphragm dome is an indentation too)
-                caps = dilate(filled | inside | added, bulge_mm, spacing, slicewise=True)
-                added |= _capped(bulges, caps, edges=False)
+                rows, cols = np.nonzero(bulges.any(axis=0))
+                margin = [int(np.ceil(bulge_mm / sp)) + 1 for sp in spacing[1:]]
+                near = (slice(None), slice(max(0, rows.min() - margin[0]), rows.max() + margin[0] + 1),
+                        slice(max(0, cols.min() - margin[1]), cols.max() + margin[1] + 1))
+                caps = dilate((filled | inside | added)[near], bulge_mm, spacing, slicewise=True)
+                added[near] |= _capped(bulges[near], caps, edges=False)
         out[filled | added] = value
     if airway is not None:
         out[dilate(sitk.GetArrayFromImage(airway).astype(bool), wall_mm, spacing)] = 0
@@ -292,8 +300,32 @@ def _elongation(mask: np.ndarray, spacing: tuple[float, ...]) -> float:
     return float(np.sqrt(eig[-1] / max(eig[0], 1e-6)))
 
 
+class _PlaneCoordinates:
+    """Patient x and y (mm, LPS) of voxel indices (z, y, x) inside ``box`` of ``image``'s array."""
+
+    def __init__(self, image: sitk.Image, box: tuple[slice, ...]) -> None:
+        self.matrix = (np.array(image.GetDirection()).reshape(3, 3) * np.array(image.GetSpacing()))[:2]
+        self.origin = np.array(image.GetOrigin())[:2]
+        self.offset = np.array([s.start or 0 for s in box][::-1], dtype=float)  # (x, y, z) index offset
+
+    def xy(self, points: np.ndarray) -> np.ndarray:
+        """(n, 2) patient (x, y) of (n, 3) (z, y, x) indices."""
+        return (points[:, ::-1] + self.offset) @ self.matrix.T + self.origin
+
+    def x(self, points: np.ndarray) -> np.ndarray:
+        return self.xy(points)[:, 0]
+
+    def on_slice(self, k: int, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """Patient x and y of every voxel of slice ``k`` (``shape``: rows, columns of the box)."""
+        cols = np.arange(shape[1]) + self.offset[0]
+        rows = np.arange(shape[0]) + self.offset[1]
+        base = self.matrix[:, 2] * (k + self.offset[2]) + self.origin
+        return tuple(np.add.outer(self.matrix[a, 1] * rows, self.matrix[a, 0] * cols) + base[a]
+                     for a in range(2))
+
+
 def _to_pleura(region: np.ndarray, inside: np.ndarray, values: np.ndarray, level: float,
-               spacing: tuple[float, ...], xs: np.ndarray, ys: np.ndarray, midline: float, rim_mm: float,
+               spacing: tuple[float, ...], plane: _PlaneCoordinates, midline: float, rim_mm: float,
                ) -> np.ndarray:
     """A lesion on the envelope's boundary carried out to the pleural line in the images' own resolution:
     the envelope (repaired on the coarse working grid) lies up to a working voxel inside the pleura, so a
@@ -304,16 +336,17 @@ def _to_pleura(region: np.ndarray, inside: np.ndarray, values: np.ndarray, level
     from that lung's centre on the slice, within 60° of it: the hilum and mediastinum)."""
     out = region.copy()
     in_plane = spacing[1:]
-    side = 1.0 if float(xs[region].mean()) > midline else -1.0
+    side = 1.0 if float(plane.x(np.argwhere(region)).mean()) > midline else -1.0
     pad = [int(np.ceil(30.0 / sp)) for sp in in_plane]
     for k in np.flatnonzero(region.any(axis=(1, 2))):
         rr, cc = np.nonzero(region[k])
         crop = (slice(max(0, rr.min() - pad[0]), rr.max() + pad[0] + 1),
                 slice(max(0, cc.min() - pad[1]), cc.max() + pad[1] + 1))
-        x_k, y_k = xs[k][crop], ys[k][crop]
-        lung_all = inside[k] & (side * (xs[k] - midline) > 0)
+        x_k, y_k = plane.on_slice(int(k), inside[k].shape)
+        lung_all = inside[k] & (side * (x_k - midline) > 0)
         if not lung_all.any():
             continue
+        cx, cy = float(x_k[lung_all].mean()), float(y_k[lung_all].mean())
         lung = lung_all[crop]
         near = ndimage.distance_transform_edt(~lung, sampling=in_plane) <= rim_mm
         air = lung | ((values[k][crop] < level) & near)
@@ -323,9 +356,8 @@ def _to_pleura(region: np.ndarray, inside: np.ndarray, values: np.ndarray, level
             ndimage.distance_transform_edt(~lesion, sampling=in_plane) <= rim_mm)
         if not grow.any():
             continue
-        cx, cy = float(xs[k][lung_all].mean()), float(ys[k][lung_all].mean())
-        dx, dy = (x_k - cx) * side, y_k - cy
-        grow &= ~(-dx > 0.5 * np.hypot(dx, dy))
+        dx, dy = (x_k[crop] - cx) * side, y_k[crop] - cy
+        grow &= ~(-dx > 0.5 * np.hypot(dx, dy))  # within 60° of the direction of the midline
         parts, _ = ndimage.label(grow | lesion)
         touching = np.unique(parts[lesion])
         out[k][crop] |= np.isin(parts, touching[touching > 0]) & grow
@@ -422,12 +454,13 @@ def nodules(
         plane[1] = True
         on_pleura = bool((ndimage.binary_dilation(region, plane) & ~inside[grow]).any())
         found.append((volume, full, on_pleura))
-    if found and rim_mm > 0:
-        x, y, _ = physical_axes(image)
-        xs, ys = np.broadcast_to(x, array.shape)[box], np.broadcast_to(y, array.shape)[box]
-        lung_x = xs[inside]
+    if rim_mm > 0 and any(on_pleura for _, _, on_pleura in found):
+        plane = _PlaneCoordinates(image, box)
+        corners = np.array([[z, y, x] for z in (0, inside.shape[0] - 1) for y in (0, inside.shape[1] - 1)
+                            for x in (0, inside.shape[2] - 1)])
+        lung_x = plane.x(corners)  # the box is the envelope's bounding box
         midline = float(lung_x.min() + lung_x.max()) / 2.0
-        found = [(v, _to_pleura(full, inside, values, level, spacing, xs, ys, midline, rim_mm)
+        found = [(v, _to_pleura(full, inside, values, level, spacing, plane, midline, rim_mm)
                   if on_pleura else full, on_pleura) for v, full, on_pleura in found]
     for n_, (_, full, _) in enumerate(sorted(found, key=lambda f: -f[0]), start=1):
         out[full & (out == 0)] = n_
