@@ -34,21 +34,23 @@ def lung1() -> tuple[Volume, np.ndarray]:
     return volume, label
 
 
-# broad-based juxtapleural nodules on the left chest wall, far enough apart to share one run:
-# (slice, radius in mm) — 12, 18 and 24 mm across
-NODULES = ((10, 6.0), (21, 9.0), (32, 12.0))
+# broad-based juxtapleural nodules, far enough apart to share one run: (slice, radius in mm, lung, wall) —
+# 12, 18 and 24 mm across on the left lateral chest wall, 18 mm on the right posterior wall, 12 mm anterior
+NODULES = ((10, 6.0, "left", "lateral"), (21, 9.0, "left", "lateral"), (32, 12.0, "left", "lateral"),
+           (24, 9.0, "right", "posterior"), (20, 6.0, "left", "anterior"))
 
 
 @pytest.fixture(scope="module")
 def with_nodules(lung1):  # noqa: ANN001, ANN201
-    """lung1 with the three juxtapleural nodules inserted, processed once: (volume, truths, processed,
-    summary); ``truths`` maps (slice, radius) to each nodule's truth and ``"tumour"`` to the reference."""
+    """lung1 with the juxtapleural nodules inserted, processed once: (volume, truths, processed, summary);
+    ``truths`` maps each of :data:`NODULES` to its truth and ``"tumour"`` to the reference."""
     volume, tumour = lung1
     truths: dict = {"tumour": tumour}
     array = volume.array
-    for index, radius in NODULES:
-        array, truths[(index, radius)] = variants.juxtapleural(array, volume.spacing, slice_index=index,
-                                                               radius_mm=radius)
+    for nodule in NODULES:
+        index, radius, side, wall = nodule
+        array, truths[nodule] = variants.juxtapleural(array, volume.spacing, slice_index=index,
+                                                      radius_mm=radius, side=side, wall=wall)
     variant = replace(volume, array=array)
     spec = JobSpec("t", "lung-ct", {}, (), "o")
     processed, summary = process_volume(get_pipeline("lung-ct"), variant, spec)
@@ -70,7 +72,7 @@ def test_lung1_tumour_and_juxtapleural_nodules_are_the_only_lesions(with_nodules
     assert summary["qc"]["segments"][best.label]["status"] == "pass"
 
 
-@pytest.mark.parametrize("nodule", NODULES, ids=[f"{2 * r:.0f}mm" for _, r in NODULES])
+@pytest.mark.parametrize("nodule", NODULES, ids=[f"{2 * r:.0f}mm-{s}-{w}" for _, r, s, w in NODULES])
 def test_a_juxtapleural_nodule_is_segmented_to_the_chest_wall(with_nodules, nodule) -> None:  # noqa: ANN001
     """The pleural line is carried across the nodule's broad base: the whole nodule is one lesion inside
     the lungs (not the half that indents the air), with its volume, and QC passes it."""
