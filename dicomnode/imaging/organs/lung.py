@@ -388,7 +388,9 @@ def nodules(
     ``min_diameter_mm`` wide, and every blob must reach near soft-tissue density (its 90th percentile
     within 140 HU of ``soft_tissue_hu``) — partial-volume cuts of vessels on thick slices do not. A blob
     that is mostly a wall around enclosed air, or whose 3 mm surroundings are more than 5 % airway lumen
-    (darker than ``lumen_hu``; parenchyma never is), is a bronchus not removed as airway: rejected too."""
+    (darker than ``lumen_hu``; parenchyma never is), is a bronchus not removed as airway: rejected too.
+    A blob on the envelope's edge is carried out to the pleural line in the images' resolution
+    (:func:`_to_pleura`, within ``rim_mm``)."""
     array, spacing = array_of(image)
     envelope_mask = sitk.GetArrayFromImage(lungs) > 0
     empty = StepOutput(image_like(np.zeros(envelope_mask.shape), image, np.uint8), {"nodules": 0})
@@ -450,9 +452,9 @@ def nodules(
             continue
         full = np.zeros(inside.shape, dtype=bool)
         full[grow] = region
-        plane = np.zeros((3, 3, 3), dtype=bool)
-        plane[1] = True
-        on_pleura = bool((ndimage.binary_dilation(region, plane) & ~inside[grow]).any())
+        in_slice = np.zeros((3, 3, 3), dtype=bool)
+        in_slice[1] = True
+        on_pleura = bool((ndimage.binary_dilation(region, in_slice) & ~inside[grow]).any())
         found.append((volume, full, on_pleura))
     if rim_mm > 0 and any(on_pleura for _, _, on_pleura in found):
         plane = _PlaneCoordinates(image, box)
@@ -462,6 +464,7 @@ def nodules(
         midline = float(lung_x.min() + lung_x.max()) / 2.0
         found = [(v, _to_pleura(full, inside, values, level, spacing, plane, midline, rim_mm)
                   if on_pleura else full, on_pleura) for v, full, on_pleura in found]
+        found = [(float(full.sum()) * float(np.prod(spacing)), full, on) for _, full, on in found]
     for n_, (_, full, _) in enumerate(sorted(found, key=lambda f: -f[0]), start=1):
         out[full & (out == 0)] = n_
     result = np.zeros(envelope_mask.shape, dtype=np.uint8)
