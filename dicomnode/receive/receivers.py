@@ -356,6 +356,7 @@ def run_receiver(
     from dicomnode.database import Database
     from dicomnode.errors import SpoolError
     from dicomnode.observability.logging import configure_logging
+    from dicomnode.runtime.heap import freeze_startup_heap
     from dicomnode.spool.index import SpoolIndex
     from dicomnode.spool.journal import open_journal
     from dicomnode.spool.recovery import replay_journal
@@ -403,6 +404,7 @@ def run_receiver(
             pipes.lifeline.recv()  # nothing is sent: this returns when the main process closes it or dies
         stop.set()
 
+    freeze_startup_heap()
     listener.start()
     threading.Thread(target=watch_main, name="receiver-lifeline", daemon=True).start()
     ready.set()
