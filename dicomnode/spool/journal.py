@@ -269,7 +269,11 @@ class Journal:
         self.max_segments = max(self.spare_segments + 1, max_segments)
         self.sync_seconds = sync_seconds
         self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)
+        # the syncer and the preparer each wait on their own condition (of the one lock), woken only when
+        # there is work for them: a wake-up per instance cost two threads' GIL round trips on the receive
+        # path
+        self._syncer_wake = threading.Condition(self._lock)
+        self._preparer_wake = threading.Condition(self._lock)
         self._segments: list[_Segment] = []
         self._free: list[_Segment] = []
         self._current: _Segment | None = None
@@ -403,9 +407,10 @@ class Journal:
 
     def stop(self) -> None:
         """Finish the syncer's work (every handed-over file durable, the checkpoint written), close."""
-        with self._cond:
+        with self._lock:
             self._stopping = True
-            self._cond.notify_all()
+            self._syncer_wake.notify_all()
+            self._preparer_wake.notify_all()
         for thread in (self._syncer, self._preparer):
             if thread is not None:
                 thread.join()
@@ -478,15 +483,15 @@ class Journal:
     def handover(self, record: Record, final: Path, new_dirs: list[Path]) -> None:
         """``final`` holds the record's data (not yet fsynced); the syncer makes it and ``new_dirs``'
         entries durable, then the record no longer holds its segment."""
-        with self._cond:
+        with self._lock:
             self._handed.append((record, final, new_dirs, time.monotonic()))
-            self._cond.notify_all()
+            if len(self._handed) == 1 or self._pressed():  # else the syncer is timed for the oldest already
+                self._syncer_wake.notify()
 
     def release(self, record: Record) -> None:
         """``record`` needs no file (refused, a duplicate kept once, a failed write)."""
-        with self._cond:
+        with self._lock:
             self._outstanding.pop((record.sequence, record.offset), None)
-            self._cond.notify_all()
 
     def pending(self) -> int:
         """Records reserved whose spool file is not durable yet."""
@@ -507,7 +512,8 @@ class Journal:
     def _activate(self) -> bool:
         """Make a free segment the current one (the lock held); False when none is free."""
         if not self._free:
-            self._cond.notify_all()  # the preparer makes one
+            self._preparer_wake.notify()  # it makes one
+            self._syncer_wake.notify()  # and the syncer frees one (it is pressed now)
             return False
         segment = self._free.pop(0)
         segment.sequence = self._next_sequence
@@ -517,7 +523,8 @@ class Journal:
         os.pwrite(segment.fd, head + struct.pack("<I", zlib.crc32(head)), 0)
         self._current, self._offset = segment, BLOCK
         if len(self._free) < self.spare_segments:
-            self._cond.notify_all()
+            self._preparer_wake.notify()
+            self._syncer_wake.notify()
         return True
 
     def _create_segment(self) -> bool:
@@ -562,17 +569,17 @@ class Journal:
     def _prepare_loop(self) -> None:
         """Keep ``spare_segments`` free segments ready (within ``max_segments``)."""
         while True:
-            with self._cond:
+            with self._lock:
                 while not self._stopping and not (
                     len(self._free) < self.spare_segments and len(self._segments) < self.max_segments
                 ):
-                    self._cond.wait()
+                    self._preparer_wake.wait()
                 if self._stopping:
                     return
             if not self._create_segment():
-                with self._cond:
+                with self._lock:
                     if not self._stopping:
-                        self._cond.wait(5.0)
+                        self._preparer_wake.wait(5.0)
 
     # -- the syncer -------------------------------------------------------------------------------------
     def _sync_loop(self) -> None:
@@ -581,12 +588,12 @@ class Journal:
         so the fsyncs mostly commit metadata; fewer, larger batches mean fewer device cache flushes
         competing with the receive path's fdatasyncs)."""
         while True:
-            with self._cond:
+            with self._lock:
                 while not self._stopping:
                     waited = time.monotonic() - self._handed[0][3] if self._handed else 0.0
                     if self._handed and (waited >= self.sync_seconds or self._pressed()):
                         break
-                    self._cond.wait(min(1.0, self.sync_seconds - waited) if self._handed else 1.0)
+                    self._syncer_wake.wait(min(1.0, self.sync_seconds - waited) if self._handed else 1.0)
                     if not self._handed:
                         break  # (releases alone can move the checkpoint: look at it once a second)
                 stopping = self._stopping
@@ -596,11 +603,11 @@ class Journal:
                     self._make_durable(batch)
                 except OSError as exc:  # they keep their segments; recovery redoes them after a restart
                     log.error("Cannot make %d received file(s) durable (retrying): %s", len(batch), exc)
-                    with self._cond:
+                    with self._lock:
                         self._handed[:0] = batch
-                        self._cond.wait(1.0)
+                        self._syncer_wake.wait(1.0)
                     continue
-                with self._cond:
+                with self._lock:
                     for record, *_ in batch:
                         self._outstanding.pop((record.sequence, record.offset), None)
                     self.synced_records += len(batch)
@@ -650,13 +657,13 @@ class Journal:
         except OSError as exc:
             log.error("Cannot write the journal checkpoint in '%s': %s", self.directory, exc)
             return
-        with self._cond:
+        with self._lock:
             for segment in self._segments:
                 if 0 < segment.sequence < position[0] and segment is not self._current:
                     segment.sequence = 0
                     self._free.append(segment)
                     self.recycled += 1
-            self._cond.notify_all()
+            self._preparer_wake.notify()  # (fewer segments to make now)
 
     def _open_checkpoint(self) -> int:
         path = self.directory / CHECKPOINT_NAME
