@@ -83,7 +83,7 @@ class ReceiverPool:
             return [r.process.pid for r in self._receivers.values() if r.process.pid is not None]
 
     def start(self) -> None:
-        """Start the receivers on the listener's port (call after ``listener.start()``)."""
+        """Start the receivers on the listener's port (call after ``listener.start()``; they bind it too)."""
         if self.count <= 1:
             return
         self._stopping.clear()
