@@ -28,7 +28,7 @@ def serve(config_path: ConfigOption = None) -> None:
     """Run the node: receive, assemble, route, process and send until SIGTERM."""
     config = load_config_or_exit(config_path)
     _configure_logging(config)
-    from dicomnode.runtime.heap import freeze_startup_heap
+    from dicomnode.heap import freeze_startup_heap
     from dicomnode.runtime.wiring import build_service
 
     with cli_errors():

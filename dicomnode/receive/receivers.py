@@ -355,8 +355,8 @@ def run_receiver(
     from dicomnode.assemble.assembler import Assembler
     from dicomnode.database import Database
     from dicomnode.errors import SpoolError
+    from dicomnode.heap import freeze_startup_heap
     from dicomnode.observability.logging import configure_logging
-    from dicomnode.runtime.heap import freeze_startup_heap
     from dicomnode.spool.index import SpoolIndex
     from dicomnode.spool.journal import open_journal
     from dicomnode.spool.recovery import replay_journal
