@@ -11,6 +11,7 @@ the variant's own reference::
     image, labels = native_phase(image, labels, enhancing_values=(...), seed=0)
     image, labels = crop(image, labels, keep_fraction=0.7, side="right")
     image, labels = slab(image, labels, keep_mm=20.0, end="superior")   # a shorter craniocaudal extent
+    image, labels = reslice(image, labels, "coronal")   # the same voxels as a coronal (or sagittal) stack
     array, nodule = juxtapleural(array, spacing, slice_index=20, radius_mm=9.0)  # a nodule on the pleura
 
 Geometry is always rewritten with the pixels (origin and direction cosines follow the reversal), so
@@ -163,6 +164,23 @@ def crop(image: sitk.Image, labels: sitk.Image, *, keep_fraction: float, side: s
     cut_low = (side == "right") == left_positive
     start = nx - keep if cut_low else 0
     return image[start : start + keep, :, :], labels[start : start + keep, :, :]
+
+
+def reslice(image: sitk.Image, labels: sitk.Image, plane: str) -> tuple[sitk.Image, sitk.Image]:
+    """The same voxels of an axial stack as a ``coronal`` or ``sagittal`` one, laid out as a scanner writes
+    them: coronal — ImageOrientationPatient 1/0/0/0/0/−1 (columns to the patient's left, rows to the
+    feet), slices front to back; sagittal — 0/1/0/0/0/−1 (columns to the back, rows to the feet), slices
+    from the patient's left to right. No interpolation: axes are permuted and reversed, and the geometry
+    follows, so every voxel keeps its patient position."""
+    if plane not in ("coronal", "sagittal"):
+        raise ValueError(f"plane must be 'coronal' or 'sagittal', not {plane!r}.")
+    coronal = plane == "coronal"
+    order, flips = ([0, 2, 1], [False, True, False]) if coronal else ([1, 2, 0], [False, True, True])
+
+    def move(img: sitk.Image) -> sitk.Image:
+        return sitk.Flip(sitk.PermuteAxes(img, order), flips)
+
+    return move(image), move(labels)
 
 
 def slab(image: sitk.Image, labels: sitk.Image, *, keep_mm: float, end: str = "superior"):  # noqa: ANN201

@@ -113,8 +113,15 @@ class Evidence:
     cnr: float
 
 
-def body_diameter_cm(image: np.ndarray, spacing: Sequence[float], is_ct: bool) -> float:
-    """Median equivalent diameter of the body's axial cross-section (CT: above -500 HU; else Otsu)."""
+def body_diameter_cm(image: np.ndarray, spacing: Sequence[float], is_ct: bool, axial_axis: int | None = 0,
+                     ) -> float:
+    """Median equivalent diameter of the body's axial cross-section (CT: above -500 HU; else Otsu), the
+    planes taken across ``axial_axis`` (the array axis along head-feet: a coronal or sagittal stack's planes
+    are not cross-sections; ``None``, an oblique stack: axis 0)."""
+    axis = axial_axis or 0
+    if axis:
+        image = np.moveaxis(image, axis, 0)
+        spacing = [spacing[axis], *(s for a, s in enumerate(spacing) if a != axis)]
     step = max(1, int(3.0 // spacing[1]))
     sub = image[:, ::step, ::step]
     if is_ct:
@@ -398,7 +405,7 @@ def assess(
     it; ``None``: not checked). ``absent``: structures the pipeline declares but did not find."""
     voxel_ml = float(np.prod(spacing)) / 1000.0
     spacing_full = tuple(spacing)
-    diameter = body_diameter_cm(image, spacing, is_ct)
+    diameter = body_diameter_cm(image, spacing, is_ct, axial_axis)
     # the evidence beyond the volume is read on a grid of about EVIDENCE_MM (cost follows the organ's size
     # in mm, not the scanner's matrix)
     metal = metal_points(image, spacing) if is_ct else np.zeros((0, 3))  # full resolution: small clips
