@@ -48,10 +48,11 @@ import SimpleITK as sitk  # noqa: E402
 DATA = ROOT.parent / "shared" / "data"
 SEGMENT_OF = {  # our segment label -> (reference label value in the TotalSegmentator map)
     "Liver": 5, "Spleen": 1, "Right kidney": 2, "Left kidney": 3, "Stomach": 6, "Aorta": 52,
-}  # the IVC (63) competes inside the pipeline but is not sent as a segment yet
+    "Inferior vena cava": 63,
+}
 PHANTOM_TRUTH = {
     "Liver": "liver", "Spleen": "spleen", "Right kidney": "kidney-right", "Left kidney": "kidney-left",
-    "Aorta": "aorta",
+    "Aorta": "aorta", "Inferior vena cava": "ivc",
 }
 
 
@@ -247,7 +248,7 @@ def phantom_cases(names: tuple[str, ...]) -> Iterator[Case]:
         crop = params.pop("_crop", None)
         params.setdefault("shape", (40, 128, 128))
         params.setdefault("spacing", (5.0, 2.8, 2.8))
-        ct = make_ct_phantom(seed=5, hepatic_vessels=True, fat_planes=True, **params)
+        ct = make_ct_phantom(seed=5, hepatic_vessels=True, fat_planes=True, ivc=True, **params)
         image = ct.to_sitk()
         labels = np.zeros(ct.image.shape, dtype=np.uint8)
         names_ = list(PHANTOM_TRUTH.items())
