@@ -202,8 +202,8 @@ def make_ct_phantom(
     bladder), not the same organs stretched. The extra structures' masks: heart, psoas, bowel, bladder,
     pelvis (empty in the fitted layout).
 
-    ``ivc=True`` adds the inferior vena cava (mask ``ivc``): an oval tube 20 × 16 mm, 18 mm right of the
-    midline and 12 mm in front of the vertebral body (beside the right crus, 15 mm right of the aorta), from
+    ``ivc=True`` adds the inferior vena cava (mask ``ivc``): an oval tube 20 × 16 mm, 16 mm right of the
+    midline and 14 mm in front of the vertebral body (beside the right crus, 13 mm right of the aorta), from
     the iliac confluence (a long field of view; else the FOV's bottom) up through the liver's bare area
     behind the caudate lobe, where the hepatic veins join it, to the right atrium 20 mm above the right lung
     base; blood of the phase (:data:`IVC_HU`: unenhanced below the renal veins in the arterial phase)."""
@@ -247,7 +247,7 @@ def make_ct_phantom(
     vena = np.zeros(shape, dtype=bool)
     if ivc:  # behind the caudate lobe, in the liver's bare area; the liver wraps round it, it is not liver
         bottom = -190.0 if anatomical else -1e6
-        vena = _cylinder(zz, yy, xx, (-18, 42), (10, 8), (bottom, lung_base + 20.0)) & inner & ~spine
+        vena = _cylinder(zz, yy, xx, (-16, 40), (10, 8), (bottom, lung_base + 20.0)) & inner & ~spine
         liver &= ~vena
     lung_r &= inner & ~liver & ~vena
     lung_l &= inner

@@ -90,13 +90,17 @@ class OrganPrior:
     # (structure, HU). The IVC's blood is never far brighter than the aorta's (native: both blood; arterial:
     # only the renal return enhanced; portal and later: alike); a brighter 'IVC' is another vessel or bowel
     median_at_most_vs: tuple[str, float] | None = None
+    # a vessel that runs along another organ's whole head-feet extent: (structure, the least fraction of that
+    # organ's extent its own covers). The IVC passes the liver's bare area from below the liver up to the
+    # right atrium at the dome: a contour that ends halfway up lost it
+    along: tuple[str, float] | None = None
 
 
 # the IVC: blood (unenhanced 30-50 HU, never below 20: anaemia; up to ~150 HU in the portal phase, more only
 # as the renal return's jet in the arterial phase), 14-30 mm across (a collapsed IVC flattens to a slit,
 # right heart failure widens it), found beside the right crus and through the liver's bare area
 IVC_PRIOR = OrganPrior(None, (15.0, 350.0), vessel=True, section_mm2=(80.0, 900.0), needs_contrast=True,
-                       median_at_most_vs=("aorta", 40.0))
+                       median_at_most_vs=("aorta", 40.0), along=("liver", 0.5))
 PRIORS: dict[str, OrganPrior] = {
     # (livers lie at -40..160 HU, steatosis to contrast; a contour's median reads up to 10 HU beyond that
     # through the partial volume at its border and the noise: a -40 HU liver's correct contour has -41)
@@ -262,9 +266,12 @@ def _equal_neighbours(segment, organs, sampled, image, spacing, stats=None):  # 
     grown = None
     out = []
     face_mm2 = float(min(spacing[0] * spacing[1], spacing[1] * spacing[2]))
+    own_prior = PRIORS.get(segment.structure, OrganPrior())
     for other in organs:
         if other.label == segment.label:
             continue
+        if PRIORS.get(other.structure, OrganPrior()).needs_contrast and not own_prior.needs_contrast:
+            continue  # (a vessel seen only by its contrast carries the doubt about that border itself)
         theirs = sampled[other.label]
         if theirs.shape != mask.shape or not theirs.any():
             continue
@@ -564,6 +571,7 @@ def assess(
     if is_ct:
         _against_other_organs(organs, verdicts, evidence)
     if axial_axis is not None:
+        _along_organs(organs, verdicts, boxes, spacing_full, axial_axis)
         _beside_absent_organs(organs, absent, verdicts, boxes, spacing_full, axial_axis)
     _inherit_host_failures(segments, organs, verdicts)
     return QCReport(verdicts), evidence
@@ -605,6 +613,33 @@ def _against_other_organs(organs: Sequence, verdicts: dict[str, SegmentQC],  # o
                 continue
             verdicts[organ.label] = verdicts[organ.label].adding(
                 QCStatus.FAIL, [QCFlag.IMPLAUSIBLE_INTENSITY], [reason])
+
+
+def _along_organs(organs: Sequence, verdicts: dict[str, SegmentQC],  # outputs.api.Segment
+                  boxes: dict[str, tuple[slice, ...] | None], spacing: Sequence[float],
+                  axial_axis: int) -> None:
+    """A vessel whose head-feet extent covers less than the fraction its prior sets
+    (:attr:`OrganPrior.along`) of the organ it runs along (the IVC behind the liver) lost its course: it
+    ``fail``s. Judged only against an organ whose own verdict is not ``fail``."""
+    for organ in organs:
+        prior = PRIORS.get(organ.structure)
+        box = boxes.get(organ.label)
+        if prior is None or prior.along is None or box is None or organ.label not in verdicts:
+            continue
+        structure, fraction = prior.along
+        references = [o for o in organs if o.structure == structure and boxes.get(o.label) is not None
+                      and o.label in verdicts and verdicts[o.label].status != QCStatus.FAIL]
+        if not references:
+            continue
+        own, theirs = box[axial_axis], boxes[references[0].label][axial_axis]  # type: ignore[index]
+        shared = max(0, min(own.stop, theirs.stop) - max(own.start, theirs.start))
+        length = theirs.stop - theirs.start
+        if shared < fraction * length:
+            size = float(spacing[axial_axis])
+            verdicts[organ.label] = verdicts[organ.label].adding(QCStatus.FAIL, [QCFlag.IMPLAUSIBLE_VOLUME], [
+                f"{organ.label} runs along only {shared * size:.0f} mm of the {structure}'s "
+                f"{length * size:.0f} mm head to feet, though it runs along at least {100 * fraction:.0f} % "
+                "of it: the contour lost the vessel."])
 
 
 def _beside_absent_organs(organs: Sequence, absent: Sequence[str],  # outputs.api.Segment

@@ -333,11 +333,12 @@ def _seeds(
                                                       tissue_hu=lm.tissue_hu, floor=lm.fat_hu + 80.0)
         found = _trim_course(found, scores)
         if found.any():
-            core = _tube(array.shape, rows, cols, found, 3.5 * s, sp) & soft
+            # (at least a voxel's width about the centre: a child's IVC on a coarse grid)
+            core = _tube(array.shape, rows, cols, found, max(3.5 * s, 1.5 * max(sp[1:])), sp) & soft
             if core.any():
                 hu = float(np.median(array[core]))
                 models["ivc"] = OrganModel("ivc", core, hu, 25.0)
-                tubes["ivc"] = _tube(array.shape, rows, cols, found, 16.0 * s, sp)
+                tubes["ivc"] = _tube(array.shape, rows, cols, found, 13.0 * s, sp)
 
     vessels = np.zeros(array.shape, dtype=bool)
     for tube in tubes.values():
