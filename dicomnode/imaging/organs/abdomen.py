@@ -258,19 +258,23 @@ def _disc_path(
 
 
 def _trim_course(found: np.ndarray, scores: np.ndarray, confident: float = 20.0) -> np.ndarray:
-    """``found`` less the slices at either end of a vessel's course (:func:`_disc_path`) where it no longer
-    stands out (the median score of three slices below 0), when it stands out clearly (``confident``)
-    somewhere: the course has ended (the IVC in the right atrium, above the field's vessel) and the path
-    ran on through the tissue beyond. A course that stands out nowhere (an IVC isodense with the liver) is
-    kept whole: QC judges it."""
+    """``found`` less the slices of a vessel's course (:func:`_disc_path`) beyond where it stops standing
+    out (the median score of three slices below 0) on either side of its most distinct slice, when it
+    stands out clearly (``confident``) somewhere: the course has ended (the IVC in the right atrium) and
+    the path ran on through the tissue beyond (the liver's dome, the mediastinum). A course that stands
+    out nowhere (an IVC isodense with the liver) is kept whole: QC judges it."""
     idx = np.flatnonzero(found)
     if idx.size < 3 or float(np.max(scores[idx])) < confident:
         return found
     smooth = ndimage.median_filter(scores[idx], 3, mode="nearest")
-    keep = np.flatnonzero(smooth >= 0.0)
+    best = int(np.argmax(scores[idx]))
+    first, last = best, best
+    while first > 0 and smooth[first - 1] >= 0.0 and idx[first - 1] == idx[first] - 1:
+        first -= 1
+    while last < idx.size - 1 and smooth[last + 1] >= 0.0 and idx[last + 1] == idx[last] + 1:
+        last += 1
     out = np.zeros_like(found)
-    if keep.size:
-        out[idx[keep[0]] : idx[keep[-1]] + 1] = found[idx[keep[0]] : idx[keep[-1]] + 1]
+    out[idx[first] : idx[last] + 1] = True
     return out
 
 
