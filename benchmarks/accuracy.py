@@ -2,8 +2,8 @@
 
 Cases (every one runs the whole pipeline through ``process_volume``, as the node does):
 
-* **real** — ``ct-abdomen-20`` (TotalSegmentator reference: liver, spleen, stomach, aorta, kidneys when in
-  the field of view) and ``ct-3slice`` (liver SEG of dcmqi's test data);
+* **real** — ``ct-abdomen-20`` (TotalSegmentator reference: liver, spleen, stomach, aorta, IVC, kidneys
+  when in the field of view) and ``ct-3slice`` (liver SEG of dcmqi's test data);
 * **variants** of ``ct-abdomen-20`` made by ``tests/variants.py`` (pixels and geometry rewritten
   together, scored against the equally transformed reference): prone, feet first, 5 mm slices,
   native phase, fatty liver (≈ 10 HU), steatosis at −20 and −40 HU (the issue's lower bound, near the
@@ -16,6 +16,8 @@ Cases (every one runs the whole pipeline through ``process_volume``, as the node
   craniocaudal extent (120 mm slab through the liver, 200, 300, 400 mm: beyond 200 mm the anatomy keeps
   its adult size in patient coordinates, chest above, psoas, bowel and pelvis below) — plus a
   lesion-free case and one with a gallbladder (bile at water density under the liver: not a lesion).
+  Every phantom has an IVC (``ivc=True``: blood of the phase beside the right crus, through the liver's
+  bare area).
   Lesion rows report lesions found / expected (≥ 10 mm, at least partly inside the field of view; those
   a cropped field of view misses whole are counted apart) and false ones; the real liver of
   ``ct-abdomen-20`` and its variants has none, so every lesion reported there is false.

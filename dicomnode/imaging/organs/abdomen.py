@@ -8,7 +8,8 @@ On an LPS-oriented copy of the working grid (:mod:`dicomnode.imaging.organs.land
 2. **Seeds from priors, intensities from the image** — each organ's prior territory is written in mm
    relative to those landmarks (liver: right, below the right lung base; spleen: left posterolateral,
    below the left lung base; kidneys: paravertebral; aorta: a round bright/thick structure just in
-   front of the vertebral body, slightly left; IVC: right of it; stomach: gas/fluid left anterior under
+   front of the vertebral body, slightly left; IVC: right of it, one continuous course of discs that differ
+   from their surroundings on every side, brighter or darker; stomach: gas/fluid left anterior under
    the left hemidiaphragm). Inside the territory the organ's attenuation is the histogram mode of the
    soft tissue there (−80..250 HU, so a fatty liver darker than the spleen is found as well), and the
    seed is the eroded, connected part of the territory close to that mode.
