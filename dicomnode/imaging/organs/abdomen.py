@@ -220,23 +220,23 @@ def _disc_path(
     rows, cols, found = np.zeros(nz, int), np.zeros(nz, int), np.zeros(nz, bool)
     scores, means = np.full(nz, -np.inf), np.zeros(nz)
     stride = max(1, int(round(2.0 / min(sy, sx))))  # candidate centres about every 2 mm
-    chain: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+    chain: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []  # k, rows, cols, scores, HU
 
     def close() -> None:
         if not chain:
             return
         back: list[np.ndarray] = []
         total = chain[0][3].copy()
-        for (k0, r0, c0, _, _, _), (k1, r1, c1, s1, _, _) in zip(chain, chain[1:], strict=False):
+        for (k0, r0, c0, _, m0), (k1, r1, c1, s1, m1) in zip(chain, chain[1:], strict=False):
             dist = np.hypot((r1[:, None] - r0[None, :]) * sy, (c1[:, None] - c0[None, :]) * sx)
             cost = penalty * np.maximum(dist - drift * sz * (k1 - k0), 0.0)
-            cost += change * np.abs(chain[len(back) + 1][4][:, None] - chain[len(back)][4][None, :])
+            cost += change * np.abs(m1[:, None] - m0[None, :])
             best = np.argmax(total[None, :] - cost, axis=1)
             total = s1 + (total[best] - cost[np.arange(best.size), best])
             back.append(best)
         i = int(np.argmax(total))
         for j in range(len(chain) - 1, -1, -1):
-            k, r, c, sc, mn, _ = chain[j]
+            k, r, c, sc, mn = chain[j]
             rows[k], cols[k], found[k], scores[k], means[k] = r[i], c[i], True, sc[i], mn[i]
             if j:
                 i = int(back[j - 1][i])
@@ -252,7 +252,7 @@ def _disc_path(
             continue
         if k != previous + 1:
             close()
-        chain.append((k, rr + lo_r, cc + lo_c, sub[rr, cc], mean[rr, cc], np.empty(0)))
+        chain.append((k, rr + lo_r, cc + lo_c, sub[rr, cc], mean[rr, cc]))
         previous = k
     close()
     return rows, cols, found, scores, means
