@@ -258,15 +258,16 @@ def _disc_path(
     return rows, cols, found, scores, means
 
 
-def _trim_course(found: np.ndarray, scores: np.ndarray, confident: float = 20.0) -> np.ndarray:
+def _trim_course(found: np.ndarray, scores: np.ndarray, confident: float = 20.0) -> tuple[np.ndarray, bool]:
     """``found`` less the slices of a vessel's course (:func:`_disc_path`) beyond where it stops standing
     out (the median score of three slices below 0) on either side of its most distinct slice, when it
     stands out clearly (``confident``) somewhere: the course has ended (the IVC in the right atrium) and
     the path ran on through the tissue beyond (the liver's dome, the mediastinum). A course that stands
-    out nowhere (an IVC isodense with the liver) is kept whole: QC judges it."""
+    out nowhere (an IVC isodense with the liver) is kept whole: QC judges it. Returns the slices and
+    whether the course stands out clearly somewhere."""
     idx = np.flatnonzero(found)
     if idx.size < 3 or float(np.max(scores[idx])) < confident:
-        return found
+        return found, False
     smooth = ndimage.median_filter(scores[idx], 3, mode="nearest")
     best = int(np.argmax(scores[idx]))
     first, last = best, best
@@ -276,7 +277,7 @@ def _trim_course(found: np.ndarray, scores: np.ndarray, confident: float = 20.0)
         last += 1
     out = np.zeros_like(found)
     out[idx[first] : idx[last] + 1] = True
-    return out
+    return out, True
 
 
 def _tube(shape, rows, cols, found, radius_mm: float, spacing) -> np.ndarray:
@@ -336,14 +337,18 @@ def _seeds(
         # continuous course: the right kidney's front and the liver's veins are brighter discs on some slices)
         rows, cols, found, scores, means = _disc_path(array, window, 6.0 * s, sp, excluded=vertebra,
                                                       tissue_hu=lm.tissue_hu, floor=lm.fat_hu + 80.0)
-        found = _trim_course(found, scores)
+        found, distinct = _trim_course(found, scores)
         if found.any():
             # (at least a voxel's width about the centre: a child's IVC on a coarse grid)
-            core = _tube(array.shape, rows, cols, found, max(3.5 * s, 1.5 * max(sp[1:])), sp) & soft
+            radius = max(3.5 * s, 1.5 * max(sp[1:]))
+            core = _tube(array.shape, rows, cols, found, radius, sp) & soft
             if core.any():
                 hu = float(np.median(array[core]))
                 models["ivc"] = OrganModel("ivc", core, hu, 25.0)
-                tubes["ivc"] = _tube(array.shape, rows, cols, found, 13.0 * s, sp)
+                # a course that stands out nowhere (an IVC isodense with the liver around it) keeps no more
+                # than its core: its wall is not in the image, the liver keeps what lies around (QC withholds
+                # it for its low contrast)
+                tubes["ivc"] = _tube(array.shape, rows, cols, found, 13.0 * s if distinct else radius, sp)
 
     vessels = np.zeros(array.shape, dtype=bool)
     for tube in tubes.values():
@@ -751,6 +756,8 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
     markers2[~mask] = 0
     relabelled = watershed(elevation, markers2.astype(np.int32), mask=mask).astype(np.uint8)
     out = np.where(free, relabelled, fixed).astype(np.uint8)
+    if "ivc" in tubes:  # (the freed voxels' flood does not carry the IVC beyond its tube: the liver's again)
+        out[(out == LABELS["ivc"]) & ~tubes["ivc"]] = 0
     out[mask & (labels == BACKGROUND) & (fixed == 0)] = BACKGROUND
     if liver_mask is not None and liver_mask.any():
         liver, model = LABELS["liver"], models["liver"]
