@@ -1,4 +1,4 @@
-"""Segmentation accuracy of liver-ct: one table, case × structure — Dice, HD95, volume error, QC, seconds.
+"""Segmentation accuracy of liver-ct and lung-ct: one table, case × structure — Dice, HD95, volume, QC, s.
 
 Cases (every one runs the whole pipeline through ``process_volume``, as the node does):
 
@@ -9,6 +9,10 @@ Cases (every one runs the whole pipeline through ``process_volume``, as the node
   native phase, fatty liver (≈ 10 HU), steatosis at −20 and −40 HU (the issue's lower bound, near the
   fat's level), a field of view cut into the liver, only the upper or the lower 20 mm of its slices (a shorter
   craniocaudal extent: no lung base, the liver cut at both ends);
+* **lung** (lung-ct) — lung1 (pyradiomics' chest CT) with its reference tumour, feet first, prone, 5 mm
+  slices, and solid juxtapleural nodules of 12, 18 and 24 mm inserted on its left chest wall
+  (``tests/variants.juxtapleural``), each scored against the lesion segment that matches it best; and the
+  abdomen phantom's chest (no nodule: any lesion is false);
 * **phantoms** (``tests/phantoms.py``, exact truth): a base case (portal phase, adult, 5 mm, head first
   supine, lesions inside the liver, no metal, full field of view) and one factor changed at a time —
   phase (native, arterial) × liver fat (10, −40 HU) × body size (child, 0.7) × position (prone, feet first)
@@ -27,7 +31,7 @@ computes one, blank otherwise (``withheld``: a failed secondary organ left out o
 and the note its QC flags. ``--quick`` runs the real case and three phantoms
 (a smoke run); ``--cases native,child`` only the cases whose name holds one of the parts.
 
-    python benchmarks/accuracy.py [--quick] [--only real,variants,phantoms] [--cases A,B] [--threads 2]
+    python benchmarks/accuracy.py [--quick] [--only real,variants,phantoms,lung] [--cases A,B] [--threads 2]
 """
 
 from __future__ import annotations
@@ -65,6 +69,8 @@ class Case:
     truth: dict[str, np.ndarray]  # segment label -> bool mask on the image grid
     lesions: list[tuple[float, float, float, float]] | None = None  # (x, y, z, diameter) LPS mm
     notes: dict[str, str] = field(default_factory=dict)
+    pipeline: str = "liver-ct"
+    tumours: dict[str, np.ndarray] | None = None  # lung-ct: name -> truth of each tumour/nodule
 
 
 @dataclass
@@ -86,11 +92,11 @@ def run_case(case: Case) -> list[Row]:
     from dicomnode.pipelines.registry import get_pipeline
     from dicomnode.pipelines.runner import process_volume
 
-    spec = get_pipeline("liver-ct")
+    spec = get_pipeline(case.pipeline)
     volume = Volume.from_sitk(case.image, modality="CT", units="HU")
     started = time.perf_counter()
     try:
-        processed, summary = process_volume(spec, volume, JobSpec("accuracy", "liver-ct", {}, (), "/tmp"))
+        processed, summary = process_volume(spec, volume, JobSpec("accuracy", case.pipeline, {}, (), "/tmp"))
     except Exception as exc:  # a refusal is a result: report it
         seconds = time.perf_counter() - started
         return [Row(case.name, "-", None, None, None, "refused", seconds, str(exc).splitlines()[0][:90])]
@@ -98,6 +104,7 @@ def run_case(case: Case) -> list[Row]:
     qc = (summary.get("qc") or {}) if isinstance(summary, dict) else {}
     verdicts = qc.get("segments", {})
     withheld = qc.get("withheld", {})  # failed secondary organs left out of what is sent
+    not_found = qc.get("not_found", {})  # declared organs the pipeline did not find
     spacing = volume.spacing
     segments = {s.label: s.mask for s in processed.segments}
     rows = []
@@ -106,6 +113,11 @@ def run_case(case: Case) -> list[Row]:
             continue
         mask = segments.get(label, np.zeros(truth.shape, dtype=bool))
         if not truth.any():
+            continue
+        if label in not_found:  # declared, not found, and said so in result.json
+            m = compare(mask, truth, spacing)
+            rows.append(Row(case.name, label, m.dice, m.hd95_mm, m.volume_difference_percent, "not found",
+                            seconds, ""))
             continue
         if label in withheld:
             rows.append(Row(case.name, label, None, None, None, "withheld", seconds,
@@ -118,6 +130,34 @@ def run_case(case: Case) -> list[Row]:
                         verdict.get("status", ""), seconds, flags))
     if case.lesions is not None:
         rows.append(_lesion_row(case, processed.segments, seconds, verdicts))
+    if case.tumours is not None:
+        rows.extend(_tumour_rows(case, processed.segments, spacing, seconds, verdicts))
+    return rows
+
+
+def _tumour_rows(case: Case, segments, spacing, seconds: float, verdicts) -> list[Row]:  # noqa: ANN001
+    """lung-ct: each truth tumour scored against the lesion segment that matches it best, then one row
+    counting the tumours found (any overlap) and the lesions that match none (false)."""
+    from dicomnode.imaging.metrics import compare
+
+    lesions = [s for s in segments if s.category == "lesion"]
+    rows, matched = [], set()
+    for name, truth in (case.tumours or {}).items():
+        overlapping = [s for s in lesions if (s.mask & truth).any()]
+        if not overlapping:
+            rows.append(Row(case.name, name, 0.0, None, -100.0, "", seconds, "not found"))
+            continue
+        best = max(overlapping, key=lambda s: compare(s.mask, truth, spacing).dice)
+        matched.update(s.label for s in overlapping)
+        m = compare(best.mask, truth, spacing)
+        verdict = verdicts.get(best.label) or {}
+        flags = ",".join(verdict.get("flags", ()))
+        rows.append(Row(case.name, name, m.dice, m.hd95_mm, m.volume_difference_percent,
+                        verdict.get("status", ""), seconds, f"{best.label} {flags}"))
+    found = sum(1 for r in rows if r.note != "not found")
+    false = [s.label for s in lesions if s.label not in matched]
+    rows.append(Row(case.name, "lesions", None, None, None, "", seconds,
+                    f"found {found}/{len(case.tumours or {})}, false {len(false)}"))
     return rows
 
 
@@ -211,6 +251,43 @@ def variant_cases() -> Iterator[Case]:
         yield Case(f"ct-abdomen-20/{name}", img, {k: arr == v for k, v in SEGMENT_OF.items()}, [])
 
 
+def lung_cases() -> Iterator[Case]:
+    """lung-ct: the real lung1 (pyradiomics' test case) with its reference tumour, variants of it (feet
+    first, prone, 5 mm slices, a broad juxtapleural nodule inserted on the left chest wall) and the abdomen
+    phantom's chest (lung bases over the liver dome, no nodule: every lesion is false)."""
+    from dicomnode.imaging.volume import load_series
+    from tests import variants
+    from tests.phantoms import make_ct_phantom
+
+    volume = load_series(sorted((DATA / "radiomics" / "lung1-dicom").glob("*.dcm")))
+    image = volume.to_sitk()
+    label = sitk.ReadImage(str(DATA / "radiomics" / "lung1_label.nrrd"))
+    tumour = sitk.GetArrayFromImage(label) > 0
+    yield Case("lung1", image, {}, pipeline="lung-ct", tumours={"Tumour": tumour})
+    labels = sitk.GetImageFromArray(tumour.astype(np.uint8))
+    labels.CopyInformation(image)
+    makers: dict[str, Callable[[sitk.Image, sitk.Image], tuple[sitk.Image, sitk.Image]]] = {
+        "feet-first": variants.feet_first,
+        "prone": variants.prone,
+        "5mm-slices": lambda i, lab: variants.thick_slices(i, lab, 5.0),
+    }
+    for name, make in makers.items():
+        img, lab = make(image, labels)
+        yield Case(f"lung1/{name}", img, {}, pipeline="lung-ct",
+                   tumours={"Tumour": sitk.GetArrayFromImage(lab) > 0})
+    slices = volume.array.shape[0]
+    for radius, at in ((6.0, 0.25), (9.0, 0.5), (12.0, 0.65)):  # 12, 18, 24 mm on the left chest wall
+        array, nodule = variants.juxtapleural(volume.array, volume.spacing, slice_index=int(slices * at),
+                                              radius_mm=radius)
+        inserted = sitk.GetImageFromArray(array)
+        inserted.CopyInformation(image)
+        yield Case(f"lung1/juxtapleural-{2 * radius:.0f}mm", inserted, {}, pipeline="lung-ct",
+                   tumours={"Tumour": tumour, "Juxtapleural nodule": nodule})
+    ct = make_ct_phantom(shape=(40, 128, 128), spacing=(5.0, 2.8, 2.8), seed=4)
+    lungs = {"Right lung": ct.masks["lung-right"], "Left lung": ct.masks["lung-left"]}
+    yield Case("phantom/chest", ct.to_sitk(), lungs, pipeline="lung-ct", tumours={})
+
+
 PHANTOM_MATRIX: dict[str, dict] = {
     "base": {},
     "native": {"phase": "native"},
@@ -230,6 +307,7 @@ PHANTOM_MATRIX: dict[str, dict] = {
     # 120 mm slab through the liver (cut at both ends), the standard 200 mm with what lies above and
     # below it, 300 mm (lower chest to the iliac crests) and 400 mm (chest to pelvis)
     "extent-120": {"shape": (24, 128, 128), "z_centre_mm": -20.0},
+    "extent-120-upper": {"shape": (24, 128, 128), "z_centre_mm": 30.0},  # dome to hila, portal vein cut
     "extent-200": {"z_centre_mm": 0.0},
     "extent-300": {"shape": (60, 128, 128)},
     "extent-400": {"shape": (80, 128, 128)},
@@ -283,7 +361,7 @@ def fmt(value: float | None, digits: int = 3) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--only", default="real,variants,phantoms")
+    parser.add_argument("--only", default="real,variants,phantoms,lung")
     parser.add_argument("--threads", default="2")
     parser.add_argument("--cases", default="", help="comma-separated parts of case names: only those cases")
     args = parser.parse_args()
@@ -297,7 +375,9 @@ def main() -> None:
         cases.append(variant_cases())
     if "phantoms" in groups:
         cases.append(phantom_cases(QUICK if args.quick else tuple(PHANTOM_MATRIX)))
-    header = f"{'case':34} {'structure':20} {'Dice':>6} {'HD95 mm':>8} {'vol err %':>9} {'QC':>8} {'s':>6}"
+    if "lung" in groups and not args.quick:
+        cases.append(lung_cases())
+    header = f"{'case':34} {'structure':20} {'Dice':>6} {'HD95 mm':>8} {'vol err %':>9} {'QC':>9} {'s':>6}"
     print(header + "  note")
     for group in cases:
         for case in group:
@@ -306,7 +386,7 @@ def main() -> None:
             for row in run_case(case):
                 print(
                     f"{row.case:34} {row.structure:20} {fmt(row.dice):>6} {fmt(row.hd95, 1):>8} "
-                    f"{fmt(row.volume_error, 1):>9} {row.qc:>8} {row.seconds:6.1f}  {row.note}",
+                    f"{fmt(row.volume_error, 1):>9} {row.qc:>9} {row.seconds:6.1f}  {row.note}",
                     flush=True,
                 )
 

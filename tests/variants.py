@@ -11,6 +11,7 @@ the variant's own reference::
     image, labels = native_phase(image, labels, enhancing_values=(...), seed=0)
     image, labels = crop(image, labels, keep_fraction=0.7, side="right")
     image, labels = slab(image, labels, keep_mm=20.0, end="superior")   # a shorter craniocaudal extent
+    array, nodule = juxtapleural(array, spacing, slice_index=20, radius_mm=9.0)  # a nodule on the pleura
 
 Geometry is always rewritten with the pixels (origin and direction cosines follow the reversal), so
 every voxel keeps its patient position: what a scanner would write for the same patient, not a
@@ -175,6 +176,30 @@ def slab(image: sitk.Image, labels: sitk.Image, *, keep_mm: float, end: str = "s
     superior_last = image.GetDirection()[8] > 0
     start = nz - keep if (end == "superior") == superior_last else 0
     return image[:, :, start : start + keep], labels[:, :, start : start + keep]
+
+
+def juxtapleural(array: np.ndarray, spacing: tuple[float, float, float], *, slice_index: int,
+                 radius_mm: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A chest CT (``array`` in HU, axes slices/rows/columns, ``spacing`` in the same order) with a solid
+    nodule (40 HU, noise 15 HU, partial volume over 2.5 mm) centred 2 mm inside the left lung's lateral
+    pleura on ``slice_index``: it indents the lung broadly, the case a lung mask closed only by hole
+    filling leaves outside. Returns the new array and the truth (the sphere's part that replaced lung)."""
+    sp = np.asarray(spacing, dtype=float)
+    labels, _ = ndimage.label(array[slice_index] > -400)
+    body = ndimage.binary_fill_holes(labels == np.argmax(np.bincount(labels.ravel())[1:]) + 1)
+    air = (array[slice_index] < -400) & body
+    half = array.shape[2] // 2  # patient left is +x: the right half of the image
+    edge = int(np.flatnonzero(air[:, half:].any(axis=0)).max()) + half  # the left lung's most lateral column
+    row = int(np.flatnonzero(air[:, edge - 3:edge + 1].any(axis=1)).mean())
+    centre = np.array([slice_index * sp[0], row * sp[1], edge * sp[2] - 2.0])
+    zz, yy, xx = np.ogrid[0:array.shape[0], 0:array.shape[1], 0:array.shape[2]]
+    distance = np.sqrt((zz * sp[0] - centre[0]) ** 2 + (yy * sp[1] - centre[1]) ** 2
+                       + (xx * sp[2] - centre[2]) ** 2) - radius_mm
+    lung = array < -300
+    weight = np.where(lung, np.clip(0.5 - distance / 2.5, 0.0, 1.0), 0.0).astype(np.float32)
+    noise = np.random.default_rng(seed).normal(40.0, 15.0, array.shape).astype(np.float32)
+    out = (array * (1 - weight) + noise * weight).astype(np.float32)
+    return out, (distance <= 0) & lung
 
 
 def real_case() -> tuple[sitk.Image, sitk.Image]:

@@ -88,6 +88,8 @@ def process(
     for label, verdict in (qc.get("withheld") or {}).items():
         typer.echo(f"QC fail, {label} withheld (not in the SEG/SR): "
                    + " ".join(verdict.get("reasons") or verdict.get("flags") or []), err=True)
+    for reason in (qc.get("not_found") or {}).values():
+        typer.echo(f"Not found: {reason}", err=True)
 
 
 def evaluate(

@@ -10,7 +10,11 @@ is then at least ``warn`` (the result is incomplete, and says so) instead of hol
 
     "qc": {"status": "pass|warn|fail",
            "segments": {"Liver": {"status": "warn", "flags": ["truncated"], "reasons": ["..."]}},
-           "withheld": {"Aorta": {"status": "fail", "flags": ["implausible_volume"], "reasons": ["..."]}}}
+           "withheld": {"Aorta": {"status": "fail", "flags": ["implausible_volume"], "reasons": ["..."]}},
+           "not_found": {"Right kidney": "Right kidney was not found in this image: ..."}}
+
+``not_found`` names the optional segments the pipeline declares but did not find (no contour is sent): a
+missing organ is said, not silent — a reader of the result knows the pipeline looked for it.
 """
 
 from __future__ import annotations
@@ -80,6 +84,7 @@ class QCReport:
 
     segments: Mapping[str, SegmentQC] = field(default_factory=dict)
     withheld: Mapping[str, SegmentQC] = field(default_factory=dict)  # failed segments not sent
+    not_found: Mapping[str, str] = field(default_factory=dict)  # declared segments not found: label -> reason
 
     @property
     def status(self) -> QCStatus:
@@ -94,7 +99,12 @@ class QCReport:
         return QCReport(
             {k: v for k, v in self.segments.items() if k not in moved},
             {**self.withheld, **{k: v for k, v in self.segments.items() if k in moved}},
+            self.not_found,
         )
+
+    def with_not_found(self, reasons: Mapping[str, str]) -> QCReport:
+        """This report with ``reasons`` (label -> sentence) for declared segments that were not found."""
+        return QCReport(self.segments, self.withheld, {**self.not_found, **reasons})
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -103,6 +113,8 @@ class QCReport:
         }
         if self.withheld:
             data["withheld"] = {label: qc.to_json() for label, qc in self.withheld.items()}
+        if self.not_found:
+            data["not_found"] = dict(self.not_found)
         return data
 
     @classmethod
@@ -112,4 +124,5 @@ class QCReport:
         return cls(
             {str(k): SegmentQC.from_json(v) for k, v in dict(data.get("segments", {})).items()},
             {str(k): SegmentQC.from_json(v) for k, v in dict(data.get("withheld", {})).items()},
+            {str(k): str(v) for k, v in dict(data.get("not_found", {})).items()},
         )

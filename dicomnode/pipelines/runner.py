@@ -208,10 +208,14 @@ def process_volume(spec: PipelineSpec, volume: Any, job: JobSpec) -> tuple[Any, 
     del image
     segments = build_segments(spec, run.context, volume.shape)
     found = {s.structure for s in segments}
-    absent = [d.structure for d in spec.segments if not d.each and d.structure not in found]
+    missing = [d for d in spec.segments if not d.each and d.structure not in found]
+    axial_axis = head_feet_axis(volume.direction)
     report, _ = assess(volume.array, volume.spacing, segments, is_ct=volume.modality == "CT",
-                       axial_axis=head_feet_axis(volume.direction), absent=absent)
-    report = report.withhold(withheld_labels(spec, report))
+                       axial_axis=axial_axis, absent=[d.structure for d in missing])
+    report = report.withhold(withheld_labels(spec, report)).with_not_found(
+        not_found_reasons([d.label for d in missing], volume.shape, volume.spacing, axial_axis))
+    for reason in report.not_found.values():
+        log.info("job %s: %s", job.job_id, reason)
     segments = [replace(s, qc=report.segments.get(s.label))
                 for s in compact_segments([s for s in segments if s.label not in report.withheld])]
     for label, verdict in report.withheld.items():
@@ -258,6 +262,18 @@ def process_volume(spec: PipelineSpec, volume: Any, job: JobSpec) -> tuple[Any, 
         enhanced_values=spec.enhanced_values,
     )
     return processed, summary
+
+
+def not_found_reasons(labels: list[str], shape: tuple[int, ...], spacing: tuple[float, ...],
+                      axial_axis: int | None) -> dict[str, str]:
+    """One sentence per declared segment that was not found: no contour of it is sent, and the reader is
+    told so (with the head-feet coverage of the images) instead of being left to assume it was not sought."""
+    if axial_axis is not None:
+        coverage = f"the images cover {shape[axial_axis] * spacing[axial_axis]:.0f} mm head to feet"
+    else:
+        coverage = "the images are oblique to the head-feet axis"
+    return {label: f"{label} was not found in this image ({coverage}): no contour or volume of it is sent. "
+                   f"If it lies within the images, the pipeline missed it." for label in labels}
 
 
 def withheld_labels(spec: PipelineSpec, report: Any) -> list[str]:  # noqa: ANN401 - qc.QCReport

@@ -10,12 +10,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from scipy import ndimage
 
 from dicomnode.imaging.volume import Volume, load_series
 from dicomnode.jobs import JobSpec
 from dicomnode.pipelines.registry import get_pipeline
 from dicomnode.pipelines.runner import process_volume
+from tests import variants
 from tests.phantoms import make_ct_phantom
 from tests.support import shared_data
 
@@ -26,26 +26,10 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 def juxtapleural(volume: Volume, slice_index: int, radius_mm: float, seed: int = 0,
                  ) -> tuple[Volume, np.ndarray]:
-    """``volume`` with a solid nodule (40 HU, noise 15 HU, partial volume over 2.5 mm) centred 2 mm inside the
-    left lung's lateral pleura on ``slice_index``: it indents the lung broadly. Returns it and the truth
-    (the sphere's part that replaced lung)."""
-    array = volume.array
-    sp = np.asarray(volume.spacing)
-    labels, _ = ndimage.label(array[slice_index] > -400)
-    body = ndimage.binary_fill_holes(labels == np.argmax(np.bincount(labels.ravel())[1:]) + 1)
-    air = (array[slice_index] < -400) & body
-    half = array.shape[2] // 2  # patient left is +x: the right half of the image
-    edge = int(np.flatnonzero(air[:, half:].any(axis=0)).max()) + half  # the left lung's most lateral column
-    row = int(np.flatnonzero(air[:, edge - 3:edge + 1].any(axis=1)).mean())
-    centre = np.array([slice_index * sp[0], row * sp[1], edge * sp[2] - 2.0])
-    zz, yy, xx = np.ogrid[0:array.shape[0], 0:array.shape[1], 0:array.shape[2]]
-    distance = np.sqrt((zz * sp[0] - centre[0]) ** 2 + (yy * sp[1] - centre[1]) ** 2
-                       + (xx * sp[2] - centre[2]) ** 2) - radius_mm
-    lung = array < -300
-    weight = np.where(lung, np.clip(0.5 - distance / 2.5, 0.0, 1.0), 0.0).astype(np.float32)
-    noise = np.random.default_rng(seed).normal(40.0, 15.0, array.shape).astype(np.float32)
-    out = (array * (1 - weight) + noise * weight).astype(np.float32)
-    return replace(volume, array=out), (distance <= 0) & lung
+    """``volume`` with a juxtapleural nodule inserted (:func:`tests.variants.juxtapleural`) and its truth."""
+    array, truth = variants.juxtapleural(volume.array, volume.spacing, slice_index=slice_index,
+                                         radius_mm=radius_mm, seed=seed)
+    return replace(volume, array=array), truth
 
 
 @pytest.fixture(scope="module")

@@ -56,3 +56,27 @@ def test_a_declared_withhold_reaches_the_segment_spec() -> None:
     spec = parse_pipeline(text, "p.yaml")
     (segment,) = spec.segments
     assert segment.on_qc_fail == "withhold"
+
+
+def test_a_declared_organ_that_is_not_found_is_said_not_silent() -> None:
+    """A 120 mm slab above the kidneys: liver-ct declares both kidneys; none is sent, and result.json says
+    each was looked for and not found (with the images' head-feet coverage), while everything that is sent
+    keeps its own verdict."""
+    from dicomnode.imaging.volume import Volume
+    from dicomnode.jobs import JobSpec
+    from dicomnode.pipelines.runner import process_volume
+    from tests.phantoms import make_ct_phantom
+
+    ct = make_ct_phantom(shape=(24, 128, 128), z_centre_mm=60.0)
+    assert not ct.masks["kidney-right"].any() and not ct.masks["kidney-left"].any()
+    volume = Volume.from_sitk(ct.to_sitk(), modality="CT", units="HU")
+    job = JobSpec("t", "liver-ct", {}, (), "/tmp")
+    processed, summary = process_volume(get_pipeline("liver-ct"), volume, job)
+    sent = {s.label for s in processed.segments}
+    qc = summary["qc"]
+    assert {"Right kidney", "Left kidney"} <= set(qc["not_found"]), qc.get("not_found")
+    assert "120 mm head to feet" in qc["not_found"]["Right kidney"]
+    assert not sent & set(qc["not_found"]) and not sent & set(qc.get("withheld", {}))
+    declared = {d.label for d in get_pipeline("liver-ct").segments if not d.each}
+    assert declared == (sent & declared) | set(qc["not_found"]) | set(qc.get("withheld", {}))
+    assert QCReport.from_json(qc).not_found == qc["not_found"]
