@@ -54,8 +54,12 @@ LABELS: dict[str, int] = {
     "stomach": 5,
     "aorta": 6,
     "ivc": 7,
+    # the brightest round vessel in front of the IVC at the liver's hilum (the portal vein, in the portal
+    # phase): it competes so that the liver does not take it, and is not an output (0 in the label map)
+    "hilar-vessel": 9,
 }
 BACKGROUND = 8
+VESSELS = ("aorta", "ivc", "hilar-vessel")
 
 
 @dataclass(frozen=True)
@@ -349,6 +353,16 @@ def _seeds(
                 # than its core: its wall is not in the image, the liver keeps what lies around (QC withholds
                 # it for its low contrast)
                 tubes["ivc"] = _tube(array.shape, rows, cols, found, 13.0 * s if distinct else radius, sp)
+        # the hilar vessel: the brightest disc of the same window whose core is not the IVC's
+        window = (u > -60 * s) & (u < -8 * s) & (v > -40 * s) & (v < 5 * s) & inner & ~aorta_zone
+        if "ivc" in tubes:
+            window &= ~_tube(array.shape, rows, cols, found, 13.0 * s, sp)
+        rows, cols, found = _disc_track(array, window, 6.0 * s, sp, tissue_hu=lm.tissue_hu)
+        if found.any():
+            core = _tube(array.shape, rows, cols, found, 3.5 * s, sp) & soft
+            if core.any():
+                models["hilar-vessel"] = OrganModel("hilar-vessel", core, float(np.median(array[core])), 25.0)
+                tubes["hilar-vessel"] = _tube(array.shape, rows, cols, found, 16.0 * s, sp)
 
     vessels = np.zeros(array.shape, dtype=bool)
     for tube in tubes.values():
@@ -706,7 +720,7 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
     explained = np.zeros(array.shape, dtype=bool)
     closer = np.zeros(array.shape, dtype=bool)
     for name, m in models.items():
-        if name not in ("stomach", "aorta", "ivc"):
+        if name not in ("stomach", *VESSELS):
             near = np.abs(array - m.hu) <= max(2.0 * m.spread, 15.0)
             explained |= near
             if muscle_hu is not None and name.startswith("kidney"):
@@ -715,7 +729,7 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
     organ_hus = [m.hu for name, m in models.items() if name != "stomach"]
     low = max(lm.fat_hu + 30.0, min(organ_hus) - 3.0 * 12.0 - 25.0)
     band = (array > low) & (array < lm.bone_hu + 60.0) & lm.body
-    for name in ("aorta", "ivc"):  # a contrast-filled lumen may be brighter than the bone threshold
+    for name in VESSELS:  # a contrast-filled lumen may be brighter than the bone threshold
         if name in tubes and models[name].hu + 60.0 > lm.bone_hu:
             lumen = _tube_core(tubes[name], models[name].seed) & (array > low)
             band |= lumen & (array < models[name].hu + 3.0 * max(models[name].spread, 25.0)) & lm.body
@@ -725,7 +739,7 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
         if name in models:
             kidneys |= models[name].seed
     wall = _wall(array, lm, dilate_mm(kidneys, 12.0 * lm.scale, sp) if kidneys.any() else None)
-    for name in ("aorta", "ivc"):  # calcified plaques in a vessel's wall are not bone to keep away from
+    for name in VESSELS:  # calcified plaques in a vessel's wall are not bone to keep away from
         if name in tubes:
             wall &= ~_tube_core(tubes[name], models[name].seed)
     markers[_background(band, wall | (layer & band), models)] = BACKGROUND
@@ -799,6 +813,7 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
             organ = fill_holes(largest_components(organ, 1), slicewise=True)
             out[(out == value) & ~organ] = 0
             out[organ & (out == 0)] = value
+    out[out == LABELS["hilar-vessel"]] = 0  # (after the liver's holes are filled: it stays no liver)
     log.debug(
         "abdomen: %s",
         ", ".join(f"{n} {m.hu:.0f} HU ({int((out == LABELS[n]).sum())} vx)" for n, m in models.items()),
