@@ -16,6 +16,7 @@ Cases (every one runs the whole pipeline through ``process_volume``, as the node
 * **phantoms** (``tests/phantoms.py``, exact truth): a base case (portal phase, adult, 5 mm, head first
   supine, lesions inside the liver, no metal, full field of view) and one factor changed at a time —
   phase (native, arterial) × liver fat (10, −40 HU) × body size (child, 0.7) × position (prone, feet first)
+  × slice orientation (coronal, sagittal stacks)
   × slice thickness (2 mm) × lesion position (subcapsular) × metal × field of view (cropped) ×
   craniocaudal extent (120 mm slab through the liver, 200, 300, 400 mm: beyond 200 mm the anatomy keeps
   its adult size in patient coordinates, chest above, psoas, bowel and pelvis below) — plus a
@@ -241,6 +242,8 @@ def variant_cases() -> Iterator[Case]:
         "steatosis-20": lambda i, lab: variants.fatty_liver(i, lab, liver_value=5, target_hu=-20.0),
         "steatosis-40": lambda i, lab: variants.fatty_liver(i, lab, liver_value=5, target_hu=-40.0),
         "cropped-fov": lambda i, lab: variants.crop(i, lab, keep_fraction=0.72, side="right"),
+        "coronal": lambda i, lab: variants.reslice(i, lab, "coronal"),  # the same voxels as a coronal stack
+        "sagittal": lambda i, lab: variants.reslice(i, lab, "sagittal"),
         # the craniocaudal extent: the upper or lower 20 mm of the liver's slices only
         "upper-20mm": lambda i, lab: variants.slab(i, lab, keep_mm=20.0, end="superior"),
         "lower-20mm": lambda i, lab: variants.slab(i, lab, keep_mm=20.0, end="inferior"),
@@ -297,11 +300,15 @@ PHANTOM_MATRIX: dict[str, dict] = {
     "child": {"body_scale": 0.7},
     "prone": {"_position": "prone"},
     "feet-first": {"_position": "feet-first"},
+    "coronal": {"_reslice": "coronal"},  # slice orientation: the same voxels as a coronal/sagittal stack
+    "sagittal": {"_reslice": "sagittal"},
     "2mm-slices": {"shape": (100, 128, 128), "spacing": (2.0, 2.8, 2.8)},
+    "1mm-slices": {"shape": (200, 256, 256), "spacing": (1.0, 1.4, 1.4)},  # thin slices, fine pixels
     "subcapsular": {"subcapsular": True},
     "metal": {"metal": True},
     "cropped-fov": {"_crop": 0.72},
     "lesion-free": {"lesions": False},
+    "lesion-free-3mm": {"lesions": False, "shape": (40, 112, 112), "spacing": (5.0, 3.2, 3.2)},  # 3.2 mm
     "gallbladder": {"gallbladder": True},
     # the craniocaudal extent, anatomy at its adult size in patient coordinates (tests/phantoms.py): a
     # 120 mm slab through the liver (cut at both ends), the standard 200 mm with what lies above and
@@ -326,6 +333,7 @@ def phantom_cases(names: tuple[str, ...]) -> Iterator[Case]:
         params = dict(PHANTOM_MATRIX[name])
         position = params.pop("_position", None)
         crop = params.pop("_crop", None)
+        plane = params.pop("_reslice", None)
         params.setdefault("shape", (40, 128, 128))
         params.setdefault("spacing", (5.0, 2.8, 2.8))
         ct = make_ct_phantom(seed=5, hepatic_vessels=True, fat_planes=True, ivc=True, **params)
@@ -342,6 +350,8 @@ def phantom_cases(names: tuple[str, ...]) -> Iterator[Case]:
             image, lab = variants.feet_first(image, lab)
         if crop:
             image, lab = variants.crop(image, lab, keep_fraction=crop, side="right")
+        if plane:
+            image, lab = variants.reslice(image, lab, plane)
         arr = sitk.GetArrayFromImage(lab)
         truth = {label: arr == value for value, (label, _) in enumerate(names_, 1)}
         truth["_lesions"] = arr == 100

@@ -102,7 +102,30 @@ def blend(original: np.ndarray, processed: np.ndarray, weights: np.ndarray) -> n
 
 
 def to_working_grid(image: sitk.Image, spacing_mm: float) -> sitk.Image:
-    """Resample (linear) so no axis is finer than ``spacing_mm``; coarser axes are kept."""
+    """Resample (linear) so no axis is finer than ``spacing_mm``; coarser axes are kept. The result is laid
+    out axially in the patient's frame (:func:`axial`), whatever the scanner's slice plane and the patient's
+    position: the organ chains read their array axes as feet→head, anterior→posterior, right→left."""
+    return axial(_resampled(image, spacing_mm))
+
+
+def axial(image: sitk.Image) -> sitk.Image:
+    """``image`` with its axes permuted and reversed (no interpolation) so the index axes run, as closely as
+    the grid allows, along the patient's +x (left), +y (posterior), +z (head) — a coronal or sagittal
+    stack, a prone or feet-first series become an axial head-first supine layout; the physical position
+    of every voxel is kept, so a mask made on it goes back to the source grid through ``grid.to_source``."""
+    if np.allclose(np.asarray(image.GetDirection()), np.eye(3).ravel(), atol=1e-6):
+        return image
+    return sitk.DICOMOrient(image, "LPS")
+
+
+def same_grid(a: sitk.Image, b: sitk.Image) -> bool:
+    """Whether two images share size, spacing and direction (a mask moves between them by copying)."""
+    return (a.GetSize() == b.GetSize() and np.allclose(a.GetSpacing(), b.GetSpacing())
+            and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-6)
+            and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-3))
+
+
+def _resampled(image: sitk.Image, spacing_mm: float) -> sitk.Image:
     if spacing_mm <= 0:
         raise ImagingError(f"Parameter 'working_spacing_mm' must be positive, got {spacing_mm!r}.")
     target = [max(float(s), float(spacing_mm)) for s in image.GetSpacing()]
@@ -134,7 +157,7 @@ def mask_to_grid(mask: np.ndarray, working: sitk.Image, reference: sitk.Image) -
     """A working-grid boolean mask → uint8 mask on ``reference``'s grid (smooth 0.5 iso-surface).
 
     Only the mask's bounding box (plus one working voxel) is resampled, so the cost follows the mask."""
-    if working.GetSize() == reference.GetSize() and np.allclose(working.GetSpacing(), reference.GetSpacing()):
+    if same_grid(working, reference):
         out = sitk.Cast(image_like(mask, working, np.float32) > 0.5, sitk.sitkUInt8)
         out.CopyInformation(reference)
         return out
@@ -185,10 +208,9 @@ def to_source(mask: sitk.Image, reference: sitk.Image) -> sitk.Image:
     if arr.max(initial=0) <= 1:
         return mask_to_grid(arr.astype(bool), mask, reference)
     out = np.zeros(reference.GetSize()[::-1], dtype=np.uint8)
-    same_grid = (mask.GetSize() == reference.GetSize()
-                 and np.allclose(mask.GetSpacing(), reference.GetSpacing()))
+    copy = same_grid(mask, reference)
     for value in np.unique(arr[arr > 0]):
-        if same_grid:
+        if copy:
             part = mask_to_grid(arr == value, mask, reference)
             out[sitk.GetArrayViewFromImage(part).astype(bool)] = value
             continue

@@ -94,7 +94,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from dicomnode.errors import ImagingError
-from dicomnode.imaging.grid import to_working_grid
+from dicomnode.imaging.grid import axial, same_grid, to_working_grid
 from dicomnode.imaging.morphology import closing, dilate, erode, opening
 from dicomnode.imaging.step import StepOutput, StepValue, image_of, step
 
@@ -191,9 +191,11 @@ def _detect_box(
         keep = sitk.GetArrayFromImage(region_organ) > 0
         keep |= np.isin(sitk.GetArrayViewFromImage(labels), list(found.estimates.get("surface_labels", ())))
         labels = sitk.Mask(labels, sitk.Cast(_like(keep, labels), sitk.sitkUInt8))
-    else:
-        found = detect_in_region(region_image, region_organ, **params)
+    else:  # laid out axially in the patient's frame (a permutation: exact both ways), as the coarse grid is
+        found = detect_in_region(axial(region_image), axial(region_organ), **params)
         labels = found.image
+        if not same_grid(labels, region_image):
+            labels = sitk.Resample(labels, region_image, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
     out = np.zeros(inside_shape, dtype=np.uint16)
     out[tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))] = sitk.GetArrayFromImage(labels)
     estimates = dict(found.estimates)

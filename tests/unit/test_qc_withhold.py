@@ -80,3 +80,43 @@ def test_a_declared_organ_that_is_not_found_is_said_not_silent() -> None:
     declared = {d.label for d in get_pipeline("liver-ct").segments if not d.each}
     assert declared == (sent & declared) | set(qc["not_found"]) | set(qc.get("withheld", {}))
     assert QCReport.from_json(qc).not_found == qc["not_found"]
+
+
+def test_a_coronal_or_sagittal_stack_gets_the_organs_and_verdicts_of_the_axial_one() -> None:
+    """The same voxels written as a sagittal stack (ImageOrientationPatient 0/1/0/0/0/−1: every array axis
+    moved): the working grid is laid out axially in the patient's frame, so every organ and its QC verdict
+    are those of the axial series, on the sagittal grid. Before, the spleen was not found and QC read the
+    sagittal planes as body cross-sections (a liver 'implausibly large for a body 12 cm across')."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from dicomnode.imaging.volume import Volume
+    from dicomnode.jobs import JobSpec
+    from dicomnode.pipelines.runner import process_volume
+    from tests import variants
+    from tests.phantoms import make_ct_phantom
+
+    ct = make_ct_phantom(shape=(40, 112, 112), spacing=(5.0, 3.2, 3.2), seed=5, lesions=False,
+                         fat_planes=True)
+    labels = np.zeros(ct.image.shape, np.uint8)
+    for value, key in enumerate(("liver", "spleen", "kidney-right", "kidney-left"), 1):
+        labels[ct.masks[key]] = value
+    results = {}
+    for plane in ("axial", "sagittal"):
+        image, lab = ct.to_sitk(), ct.to_sitk(labels)
+        if plane != "axial":
+            image, lab = variants.reslice(image, lab, plane)
+        truth = sitk.GetArrayFromImage(lab)
+        volume = Volume.from_sitk(image, modality="CT", units="HU")
+        processed, summary = process_volume(get_pipeline("liver-ct"), volume,
+                                            JobSpec("t", "liver-ct", {}, (), "/tmp"))
+        masks = {s.label: s.mask for s in processed.segments}
+        assert {"Liver", "Spleen", "Right kidney", "Left kidney"} <= set(masks), (plane, summary["qc"])
+        results[plane] = (summary["qc"]["segments"], {
+            label: 2 * (masks[label] & (truth == value)).sum() / (masks[label].sum() + (truth == value).sum())
+            for value, label in enumerate(("Liver", "Spleen", "Right kidney", "Left kidney"), 1)})
+    axial_qc, axial_dice = results["axial"]
+    sagittal_qc, sagittal_dice = results["sagittal"]
+    assert axial_qc == sagittal_qc
+    for label, dice in axial_dice.items():
+        assert dice > 0.9 and abs(sagittal_dice[label] - dice) < 0.01, (label, dice, sagittal_dice[label])
