@@ -292,6 +292,8 @@ PHANTOM_MATRIX: dict[str, dict] = {
     "base": {},
     "native": {"phase": "native"},
     "arterial": {"phase": "arterial"},
+    # the arterial phase with a fatty liver: the soft tissue's level falls below the kidneys' enhancement
+    "arterial-fatty": {"phase": "arterial", "liver_hu": 10.0},
     "fatty-liver": {"liver_hu": 10.0},
     "steatosis-40": {"liver_hu": -40.0},
     "child": {"body_scale": 0.7},

@@ -100,8 +100,16 @@ PHANTOM_KEYS = ("liver", "spleen", "kidney-right", "kidney-left", "aorta")
         # kidneys keep their own
         ({"phase": "portal", "liver_hu": -40.0}, "supine",
          {"liver": 0.93, "spleen": 0.9, "kidney-right": 0.9, "kidney-left": 0.9}),
+        # arterial phase with a fatty liver (10 HU): the soft tissue's level, and the bone threshold with it,
+        # falls to 180 HU, the kidneys' enhancement (they were both lost)
+        ({"phase": "arterial", "liver_hu": 10.0}, "supine",
+         {"liver": 0.93, "kidney-right": 0.9, "kidney-left": 0.9}),
+        # a 120 mm slab ending through the kidneys: their widest slices lie on the cut (the right kidney was
+        # lost where the opening ate them)
+        ({"shape": (24, 128, 128), "z_centre_mm": -20.0}, "supine",
+         {"liver": 0.93, "kidney-right": 0.9, "kidney-left": 0.9}),
     ],
-    ids=["portal", "fatty-ffs", "native", "arterial", "steatosis-40"],
+    ids=["portal", "fatty-ffs", "native", "arterial", "steatosis-40", "arterial-fatty", "slab-120"],
 )
 def test_phantom_organs_in_competition(params: dict, position: str, minimum: dict[str, float]) -> None:
     """Phantom with fat planes (tests/phantoms.py): each organ scored against the phantom's truth."""

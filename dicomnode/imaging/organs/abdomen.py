@@ -103,6 +103,14 @@ def _ribbons_cut(mask: np.ndarray, spacing, radius_mm: float = 4.0) -> np.ndarra
     return out
 
 
+def _opened(mask: np.ndarray, iterations: int) -> np.ndarray:
+    """A binary opening (``iterations`` voxels) that does not erode from the array's border: a structure
+    the field of view cuts (a kidney at the end of a slab) keeps its cut face instead of losing its widest
+    slices there."""
+    eroded = ndimage.binary_erosion(mask, iterations=iterations, border_value=1)
+    return ndimage.binary_dilation(eroded, iterations=iterations)
+
+
 def _box(mask: np.ndarray, pad) -> tuple[slice, ...]:  # noqa: ANN001
     """The bounding box of ``mask`` grown by ``pad`` voxels per axis (clipped to the array)."""
     idx = np.argwhere(mask)
@@ -270,6 +278,7 @@ def _seeds(
             near = ndimage.binary_opening(near, iterations=2)
             taken |= _keep_seeded(near, m.seed)
     grown: dict[int, np.ndarray] = {}
+    renal = _renal_soft(array, lm, soft, models.get("aorta"))
     for name, side in (("kidney-right", -1.0), ("kidney-left", 1.0)):
         model = None
         # the floods of liver and spleen cover a kidney of nearly their attenuation (native phase): then
@@ -277,7 +286,7 @@ def _seeds(
         for i, known in enumerate((taken, seeds)):
             if i not in grown:
                 grown[i] = dilate_mm(known, 4.0, sp)
-            free = soft & ~grown[i]
+            free = renal & ~grown[i]
             if layer is not None:  # a kidney touching the body wall's muscle is one blob with it otherwise
                 free &= ~layer
             model = _kidney(array, lm, free, side, h_r if side < 0 else h_l, muscle_hu)
@@ -301,7 +310,7 @@ def _seeds(
             for name, m in models.items():
                 if name != "kidney-left":
                     known |= m.seed
-            free = soft & ~dilate_mm(known, 4.0, sp)
+            free = renal & ~dilate_mm(known, 4.0, sp)
             if layer is not None:
                 free &= ~layer
             again = _kidney(array, lm, free, 1.0, h_l, muscle_hu)
@@ -336,6 +345,27 @@ def _seeds(
         models["liver"] = OrganModel("liver", seed, liver.hu, liver.spread)
     log.debug("spine x %s y %s", np.round(lm.spine_x[::5]), np.round(lm.spine_y[::5]))
     return models, tubes, liver_mask
+
+
+def _renal_soft(
+    array: np.ndarray, lm: Landmarks, soft: np.ndarray, aorta: OrganModel | None
+) -> np.ndarray:
+    """The soft tissue a kidney may be made of: ``soft`` and, when the aorta is brighter than the bone
+    threshold (arterial phase), tissue up to the aorta's attenuation that is not bone. The bone threshold
+    follows the soft tissue's level (a fatty liver lowers it to 180 HU), and a kidney's cortex enhancing in
+    the arterial phase reaches towards the aorta's level; bone is the dense bone (over 300 HU) with its
+    marrow (holes filled slice by slice) and 3 mm around it."""
+    if aorta is None or aorta.hu <= lm.bone_hu:
+        return soft
+    bright = (array >= lm.bone_hu) & (array < aorta.hu) & erode_mm(lm.body, 12.0 * lm.scale, lm.spacing)
+    if not bright.any():
+        return soft
+    dense = lm.bone & (array > max(lm.bone_hu, 300.0))
+    if dense.any():
+        box = _box(dense | bright, (2, 2, 2))
+        solid = fill_holes(dense[box], slicewise=True)
+        bright[box] &= ~dilate_mm(solid, 3.0, lm.spacing)
+    return soft | bright
 
 
 def _liver_low(liver: OrganModel, lm: Landmarks) -> float:
@@ -373,7 +403,7 @@ def _kidney(
         return None
     zbox = _box(soft & zone, (2, 2, 2))  # the work stays in the gutter's box
     cand = np.zeros_like(zone)
-    cand[zbox] = ndimage.binary_opening(soft[zbox] & zone[zbox], iterations=2)
+    cand[zbox] = _opened(soft[zbox] & zone[zbox], 2)
     labels = np.zeros(zone.shape, dtype=np.int32)
     labels[zbox], n = ndimage.label(cand[zbox])
     if n == 0:
@@ -402,7 +432,7 @@ def _kidney(
             )
             if fits and (best is None or hu > best[1]):
                 best = (core, hu, spread)
-            blob = ndimage.binary_opening(blob & ~level, iterations=1)
+            blob = _opened(blob & ~level, 1)
     if best is None:
         return None
     blob, hu, spread = best
