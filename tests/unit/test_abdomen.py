@@ -134,6 +134,29 @@ def test_phantom_organs_in_competition(params: dict, position: str, minimum: dic
         assert dice(found, reference == value) >= floor, key
 
 
+@pytest.mark.parametrize(("params", "position", "minimum"), [
+    # portal phase: 130 HU blood beside the right crus and in the liver's bare area (105 HU liver), scanned
+    # feet first (the course runs the other way along the slices)
+    ({"phase": "portal"}, "feet-first", 0.85),
+    # native phase: 40 HU blood, darker than the 58 HU liver it passes through
+    ({"phase": "native"}, "supine", 0.7),
+])
+def test_the_ivc_in_competition(params: dict, position: str, minimum: float) -> None:
+    """The IVC (tests/phantoms.py ``ivc=True``) found as one continuous course, against the phantom's truth;
+    the aorta beside it keeps its own."""
+    from tests.phantoms import make_ct_phantom
+
+    ct = make_ct_phantom(seed=5, fat_planes=True, hepatic_vessels=True, ivc=True, **params)
+    image = ct.to_sitk()
+    truth = ct.to_sitk(ct.masks["ivc"].astype(np.uint8) + 2 * ct.masks["aorta"].astype(np.uint8))
+    if position == "feet-first":
+        image, truth = variants.feet_first(image, truth)
+    _, organs = organs_of(image)
+    reference = sitk.GetArrayFromImage(truth)
+    assert dice(organs == LABELS["ivc"], reference == 1) >= minimum
+    assert dice(organs == LABELS["aorta"], reference == 2) >= 0.85
+
+
 def test_the_spine_is_found_where_the_field_of_view_cuts_the_trunk(real_case) -> None:  # noqa: ANN001
     """A field of view cut through the patient's right moves the body's centre 3-4 cm away from the spine;
     the vertebral body (centre line and front) must still be found where it is (it was found 40 mm too far
