@@ -297,6 +297,8 @@ PHANTOM_MATRIX: dict[str, dict] = {
     "arterial": {"phase": "arterial"},
     # the arterial phase with a fatty liver: the soft tissue's level falls below the kidneys' enhancement
     "arterial-fatty": {"phase": "arterial", "liver_hu": 10.0},
+    # and a child's in the arterial phase: a chest wall under 10 mm thick round the lungs
+    "arterial-child": {"phase": "arterial", "body_scale": 0.7},
     "fatty-liver": {"liver_hu": 10.0},
     "steatosis-40": {"liver_hu": -40.0},
     "child": {"body_scale": 0.7},

@@ -53,6 +53,9 @@ PHASE_HU: dict[str, dict[str, float]] = {
     "arterial": {"liver": 75, "spleen": 120, "kidney": 180, "aorta": 280, "portal-vein": 90, "muscle": 55},
     "portal": {"liver": 105, "spleen": 118, "kidney": 160, "aorta": 150, "portal-vein": 175, "muscle": 60},
 }
+# the renal medulla: in the arterial (corticomedullary) phase the cortex enhances first and the medulla
+# inside it stays darker; native and portal-venous (nephrographic) kidneys are homogeneous
+MEDULLA_HU: dict[str, float] = {"native": 32.0, "arterial": 95.0, "portal": 160.0}
 # the heart's blood pool and the bowel wall (only in the anatomical layout of a long field of view)
 BLOOD_HU: dict[str, float] = {"native": 40.0, "arterial": 230.0, "portal": 140.0}
 BOWEL_WALL_HU: dict[str, float] = {"native": 40.0, "arterial": 80.0, "portal": 90.0}
@@ -255,6 +258,9 @@ def make_ct_phantom(
     kidney_r = _ellipsoid(zz, yy, xx, (-60, 60, -0.75 * zmax), (25, 28, 0.3 * zmax + 8)) & inner
     kidney_l = _ellipsoid(zz, yy, xx, (65, 60, -0.7 * zmax), (25, 28, 0.3 * zmax + 8)) & inner
     kidney_r &= ~liver
+    # the medulla: the kidney's inner part, under 7 mm of cortex everywhere (also where the liver cuts it)
+    kidneys = kidney_r | kidney_l
+    medulla = ndimage.distance_transform_edt(kidneys, sampling=spacing) > 7.0 * body_scale
     gall = np.zeros(shape, dtype=bool)
     if gallbladder:  # a pear-shaped sac in its fossa under the liver, its fundus bulging below the liver
         gall = _gallbladder(zz, yy, xx, zmax) & inner
@@ -335,6 +341,7 @@ def make_ct_phantom(
     clean[liver] = hu["liver"]
     clean[spleen] = hu["spleen"]
     clean[kidney_r | kidney_l] = hu["kidney"]
+    clean[medulla] = MEDULLA_HU[phase]
     clean[portal] = hu["portal-vein"]
     clean[aorta] = hu["aorta"]
     if ivc:

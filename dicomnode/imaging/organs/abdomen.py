@@ -37,9 +37,9 @@ from skimage.segmentation import watershed
 
 from dicomnode.errors import ImagingError
 from dicomnode.imaging.assess import PRIORS
+from dicomnode.imaging.morphology import closing, fill_holes, largest_components
 from dicomnode.imaging.morphology import dilate as dilate_mm
 from dicomnode.imaging.morphology import erode as erode_mm
-from dicomnode.imaging.morphology import fill_holes, largest_components
 from dicomnode.imaging.organs.common import histogram_mode, refine_boundary
 from dicomnode.imaging.organs.landmarks import Landmarks, find_landmarks, to_lps
 from dicomnode.imaging.step import step
@@ -514,6 +514,22 @@ def _renal_soft(
     return soft | bright
 
 
+def _enclosed_tissue(
+    array: np.ndarray, lm: Landmarks, mask: np.ndarray, high: float, gap_mm: float = 4.0
+) -> np.ndarray:
+    """The tissue (above the fat's level, below ``high`` HU) that ``mask`` encloses slice by slice, its
+    outline closed over gaps up to about ``2 × gap_mm``: the medulla inside a kidney's enhancing cortex in
+    the arterial phase (the renal sinus' fat is not taken)."""
+    sp = lm.spacing
+    box = _box(mask, [0] + [int(np.ceil(2 * gap_mm / spc)) + 1 for spc in sp[1:]])
+    sub = mask[box]
+    closed = closing(sub, gap_mm, sp, slicewise=True) | sub
+    inside = fill_holes(closed, slicewise=True) & ~sub & (array[box] > lm.fat_hu + 50.0) & (array[box] < high)
+    out = np.zeros_like(mask)
+    out[box] = inside
+    return out
+
+
 def _liver_low(liver: OrganModel, lm: Landmarks) -> float:
     """The lowest attenuation of the liver's parenchyma, as the liver chain's band has it (2.5 spreads and
     15 HU below its level: parts of a steatotic liver are darker than the rest), never below the fat's
@@ -561,8 +577,10 @@ def _kidney(
     fat = array < lm.fat_hu + 50.0
     best: tuple[np.ndarray, float, float] | None = None
     for i in np.flatnonzero(sizes >= 8.0 * s**3):
-        blob = labels[zbox] == i
-        for _ in range(2):  # the blob's attenuation levels: a kidney and the psoas it touches differ
+        whole = blob = labels[zbox] == i
+        # the blob's attenuation levels: a kidney and the psoas it touches differ, and in the arterial
+        # (corticomedullary) phase the kidney's cortex and its darker medulla differ too
+        for _ in range(3):
             if blob.sum() * voxel_ml < 8.0 * s**3:
                 break
             try:  # the blob's own attenuation: muscle next to a kidney (psoas, quadratus) differs from it
@@ -572,7 +590,9 @@ def _kidney(
             tolerance = max(2.5 * spread, 20.0)
             level = np.abs(array[zbox] - hu) <= tolerance
             core = np.zeros_like(zone)
-            core[zbox] = largest_components(blob & level, 1)
+            core[zbox] = largest_components(whole & level, 1)  # (all of the blob: a thin cortex is cut)
+            if core.any():  # the cortex's level holds the medulla inside it (fat, the renal sinus, does not)
+                core |= _enclosed_tissue(array, lm, core, hu + tolerance)
             fits = core.any() and _kidney_core_fits(
                 array, lm, core, soft, fat, side, hu, tolerance, muscle_hu
             )
