@@ -28,10 +28,13 @@ def serve(config_path: ConfigOption = None) -> None:
     """Run the node: receive, assemble, route, process and send until SIGTERM."""
     config = load_config_or_exit(config_path)
     _configure_logging(config)
+    from dicomnode.heap import freeze_startup_heap
     from dicomnode.runtime.wiring import build_service
 
     with cli_errors():
-        build_service(config).run_forever()
+        service = build_service(config)
+        freeze_startup_heap()  # (a receiver process does the same)
+        service.run_forever()
 
 
 def read_status(database_path: Path) -> list[dict[str, Any]]:

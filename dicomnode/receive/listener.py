@@ -168,7 +168,9 @@ class Listener:
             raise ReceiveError("The listener is not running.")
         return int(self._sock.getsockname()[1])
 
-    def start(self) -> None:
+    def start(self, *, accept: bool = True) -> None:
+        """Bind the port and accept connections; ``accept`` False: bound and listening only (connections
+        wait in the backlog) until :meth:`accept`, so that receiver processes can join the port first."""
         self._tls = _tls_context(self.node)
         try:
             # SO_REUSEPORT only when receiver processes share the port (node.receivers): a second node
@@ -180,6 +182,15 @@ class Listener:
         sock.settimeout(0.2)
         self._sock = sock
         self._stopping.clear()
+        if accept:
+            self.accept()
+
+    def accept(self) -> None:
+        """Start accepting on the bound port (see :meth:`start`)."""
+        if self._sock is None:
+            raise ReceiveError("The listener is not bound; call start() first.")
+        if self._acceptor is not None:
+            return
         self._acceptor = threading.Thread(target=self._accept_loop, name="dicom-acceptor", daemon=True)
         self._acceptor.start()
         log.info("Listening as '%s' on %s:%d.", self.node.ae_title, self.node.host, self.port)
@@ -195,6 +206,7 @@ class Listener:
         self._stopping.set()
         if self._acceptor is not None:
             self._acceptor.join()
+            self._acceptor = None
         self._sock.close()
         self._sock = None
         with self._lock:

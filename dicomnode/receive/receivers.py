@@ -83,7 +83,7 @@ class ReceiverPool:
             return [r.process.pid for r in self._receivers.values() if r.process.pid is not None]
 
     def start(self) -> None:
-        """Start the receivers on the listener's port (call after ``listener.start()``)."""
+        """Start the receivers on the listener's port (call after ``listener.start()``; they bind it too)."""
         if self.count <= 1:
             return
         self._stopping.clear()
@@ -355,6 +355,7 @@ def run_receiver(
     from dicomnode.assemble.assembler import Assembler
     from dicomnode.database import Database
     from dicomnode.errors import SpoolError
+    from dicomnode.heap import freeze_startup_heap
     from dicomnode.observability.logging import configure_logging
     from dicomnode.spool.index import SpoolIndex
     from dicomnode.spool.journal import open_journal
@@ -403,6 +404,7 @@ def run_receiver(
             pipes.lifeline.recv()  # nothing is sent: this returns when the main process closes it or dies
         stop.set()
 
+    freeze_startup_heap()
     listener.start()
     threading.Thread(target=watch_main, name="receiver-lifeline", daemon=True).start()
     ready.set()

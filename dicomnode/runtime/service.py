@@ -105,8 +105,11 @@ class Service:
             for component in self._components:
                 component.start()
                 self._started.append(component)
-            self.listener.start()
+            # the receiver processes join the port before any connection is served: until they listen,
+            # every new association would land on this process (and compete with their start-up)
+            self.listener.start(accept=self.receivers.count <= 1)
             self.receivers.start()
+            self.listener.accept()
         except BaseException:
             self.stop()
             raise
