@@ -425,17 +425,12 @@ def _seeds(
             near = ndimage.binary_opening(near, iterations=2)
             taken |= _keep_seeded(near, m.seed)
     grown: dict[int, np.ndarray] = {}
-    # (native phase: a spleen's seed from its territory's mode may hold the left kidney beside it, 10-20 HU
-    # below it: the last try knows only the other seeds)
-    no_spleen = seeds & ~models["spleen"].seed if "spleen" in models else seeds
     renal = _renal_soft(array, lm, soft, models.get("aorta"))
     for name, side in (("kidney-right", -1.0), ("kidney-left", 1.0)):
         model = None
         # the floods of liver and spleen cover a kidney of nearly their attenuation (native phase): then
         # only their seeds are known to be no kidney
-        for i, known in enumerate((taken, seeds, no_spleen)):
-            if i == 2 and (side < 0 or no_spleen is seeds):
-                break
+        for i, known in enumerate((taken, seeds)):
             if i not in grown:
                 grown[i] = dilate_mm(known, 4.0, sp)
             free = renal & ~grown[i]
