@@ -197,19 +197,45 @@ def slab(image: sitk.Image, labels: sitk.Image, *, keep_mm: float, end: str = "s
 
 
 def juxtapleural(array: np.ndarray, spacing: tuple[float, float, float], *, slice_index: int,
-                 radius_mm: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """A chest CT (``array`` in HU, axes slices/rows/columns, ``spacing`` in the same order) with a solid
-    nodule (40 HU, noise 15 HU, partial volume over 2.5 mm) centred 2 mm inside the left lung's lateral
-    pleura on ``slice_index``: it indents the lung broadly, the case a lung mask closed only by hole
-    filling leaves outside. Returns the new array and the truth (the sphere's part that replaced lung)."""
+                 radius_mm: float, seed: int = 0, side: str = "left", wall: str = "lateral",
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """A chest CT (``array`` in HU, axes slices/rows/columns, ``spacing`` in the same order; supine, patient
+    left on the image's right) with a solid nodule (40 HU, noise 15 HU, partial volume over 2.5 mm) centred
+    2 mm inside the pleura of the ``side`` lung on ``slice_index``, on its ``wall``: ``lateral`` (its most
+    lateral column), ``posterior`` (its most posterior row) or ``anterior`` (the most anterior point of its
+    middle column): it indents the lung broadly, the case a lung mask closed only by hole filling leaves
+    outside. Returns the new array and the truth (the sphere's part that replaced lung)."""
+    if side not in ("left", "right") or wall not in ("lateral", "posterior", "anterior"):
+        raise ValueError(f"side must be left/right and wall lateral/posterior/anterior, not {side!r}/"
+                         f"{wall!r}.")
     sp = np.asarray(spacing, dtype=float)
     labels, _ = ndimage.label(array[slice_index] > -400)
     body = ndimage.binary_fill_holes(labels == np.argmax(np.bincount(labels.ravel())[1:]) + 1)
     air = (array[slice_index] < -400) & body
     half = array.shape[2] // 2  # patient left is +x: the right half of the image
-    edge = int(np.flatnonzero(air[:, half:].any(axis=0)).max()) + half  # the left lung's most lateral column
-    row = int(np.flatnonzero(air[:, edge - 3:edge + 1].any(axis=1)).mean())
-    centre = np.array([slice_index * sp[0], row * sp[1], edge * sp[2] - 2.0])
+    if side == "left" and wall == "lateral":  # the left lung's most lateral column
+        edge = int(np.flatnonzero(air[:, half:].any(axis=0)).max()) + half
+        row = int(np.flatnonzero(air[:, edge - 3:edge + 1].any(axis=1)).mean())
+        centre = np.array([slice_index * sp[0], row * sp[1], edge * sp[2] - 2.0])
+    else:
+        lungs = air.copy()
+        if side == "right":
+            lungs[:, half:] = False
+        else:
+            lungs[:, :half] = False
+        parts, _ = ndimage.label(lungs)
+        lung = parts == np.argmax(np.bincount(parts.ravel())[1:]) + 1
+        rows, cols = np.nonzero(lung)
+        if wall == "lateral":
+            col = int(cols.max() if side == "left" else cols.min())
+            point, inward = (float(rows[cols == col].mean()), col), (0.0, -1.0 if side == "left" else 1.0)
+        elif wall == "posterior":
+            row = int(rows.max())
+            point, inward = (row, float(np.median(cols[rows >= row - 2]))), (-1.0, 0.0)
+        else:
+            col = int(np.median(cols))
+            point, inward = (int(rows[np.abs(cols - col) < 3].min()), col), (1.0, 0.0)
+        centre = np.array([slice_index * sp[0], *(np.asarray(point) * sp[1:] + 2.0 * np.asarray(inward))])
     zz, yy, xx = np.ogrid[0:array.shape[0], 0:array.shape[1], 0:array.shape[2]]
     distance = np.sqrt((zz * sp[0] - centre[0]) ** 2 + (yy * sp[1] - centre[1]) ** 2
                        + (xx * sp[2] - centre[2]) ** 2) - radius_mm

@@ -22,6 +22,10 @@ vessel course          fail    a vessel (aorta, IVC) along the head-feet axis: a
                                (``implausible_volume``: the contour lost the lumen there), or a slice
                                whose median differs from the vessel's by more than 40 HU
                                (``implausible_intensity``: another structure)
+truncated (lung)       warn    a lesion in a lung bordering solid tissue inside the lung's convex outline
+                               (on its slices, within 3 mm, away from the midline) that its contour leaves
+                               out, more than 15 % of its volume: a juxtapleural nodule cut at the lung's
+                               edge; its volume may be underestimated
 low_contrast           warn    the segment's median differs from its 2-6 mm surroundings by less than
                                1.5 × the image noise inside it, or from an organ segment it touches
                                (over at least 2 cm²) by less than 1.5 × the noise: the border between
@@ -57,6 +61,9 @@ SMALL_ML = 50.0
 PADDING_HU = -1500.0
 CONTACT_MM2 = 200.0  # two organs touching over 2 cm²
 UNIFORM_FRACTION = 0.65  # of a uniform organ's voxels near its main attenuation (a true liver: >= 0.72)
+PLEURA_RIM_MM = 3.0  # a lung lesion's surroundings searched for solid tissue its contour left out
+PLEURA_WINDOW_MM = 30.0  # the lung beside a lesion whose outline carries the pleural line across it
+PLEURA_CUT = 0.15  # of a lung lesion's volume: more solid tissue left out inside the outline is a cut
 VESSEL_WIDER = 1.8  # a vessel's cross-section over this times its median one: a leak
 VESSEL_NARROWER = 0.4  # under this between normal ones: the lumen lost
 VESSEL_HU = 40.0  # a slice's median this far from the vessel's: another structure
@@ -405,6 +412,7 @@ def assess(
     it; ``None``: not checked). ``absent``: structures the pipeline declares but did not find."""
     voxel_ml = float(np.prod(spacing)) / 1000.0
     spacing_full = tuple(spacing)
+    image_full = image
     diameter = body_diameter_cm(image, spacing, is_ct, axial_axis)
     # the evidence beyond the volume is read on a grid of about EVIDENCE_MM (cost follows the organ's size
     # in mm, not the scanner's matrix)
@@ -533,6 +541,8 @@ def assess(
     if axial_axis is not None:
         _beside_absent_organs(organs, absent, verdicts, boxes, spacing_full, axial_axis)
     _inherit_host_failures(segments, organs, verdicts)
+    if is_ct and axial_axis is not None:
+        _lesions_cut_at_the_pleura(image_full, spacing_full, segments, organs, verdicts, axial_axis)
     return QCReport(verdicts), evidence
 
 
@@ -599,6 +609,68 @@ def _inherit_host_failures(segments: Sequence, organs: Sequence,  # outputs.api.
             QCStatus.FAIL, [f for o in failed for f in verdicts[o.label].flags if f in FAIL_FLAGS],
             [f"{lesion.label} lies in {o.label}, whose contour failed QC: the lesion may be tissue that "
              "contour took in." for o in failed])
+
+
+def _lesions_cut_at_the_pleura(image: np.ndarray, spacing: Sequence[float], segments: Sequence,
+                               organs: Sequence, verdicts: dict[str, SegmentQC], axial_axis: int) -> None:
+    """A lesion in a lung whose contour stops short of the pleural line is at least ``warn`` ``truncated``:
+    on its axial slices, solid tissue (denser than halfway between the lung around it and the lesion)
+    within :data:`PLEURA_RIM_MM` of it, outside the lung and the lesion but inside the convex outline of
+    both (in a window of :data:`PLEURA_WINDOW_MM`: the pleural line carried across the lesion's base
+    from either side), amounting to more than :data:`PLEURA_CUT` of its volume, is the rest of a
+    juxtapleural nodule the lung contour cut off. Tissue towards the body's centre (within 60° of it,
+    seen from the lung's centre on the slice: the hilum, heart and mediastinum) is not counted."""
+    from skimage.morphology import convex_hull_image
+
+    lungs = [o for o in organs if o.structure.startswith("lung")]
+    if not lungs:
+        return
+    order = (axial_axis, *(a for a in range(3) if a != axial_axis))
+    vol = np.transpose(image, order)
+    sp = tuple(float(spacing[a]) for a in order)
+    voxel_ml = float(np.prod(sp)) / 1000.0
+    pad = [int(np.ceil(PLEURA_WINDOW_MM / v)) for v in sp[1:]]
+    for lesion in (s for s in segments if s.category == "lesion" and s.label in verdicts):
+        mask = np.transpose(lesion.mask, order)
+        hosts = [np.transpose(o.mask, order) for o in lungs if (o.mask & lesion.mask).any()]
+        if not hosts or not mask.any():
+            continue
+        host = np.logical_or.reduce(hosts)
+        cut = 0
+        level = None
+        for k in np.flatnonzero(mask.any(axis=(1, 2))):
+            rr, cc = np.nonzero(mask[k])
+            crop = (slice(max(0, rr.min() - pad[0]), rr.max() + pad[0] + 1),
+                    slice(max(0, cc.min() - pad[1]), cc.max() + pad[1] + 1))
+            lung, les, values = host[k][crop] & ~mask[k][crop], mask[k][crop], vol[k][crop]
+            if not lung.any():
+                continue
+            if level is None:
+                level = (float(np.median(vol[mask])) + float(np.median(values[lung]))) / 2.0
+            near = ndimage.distance_transform_edt(~les, sampling=sp[1:]) <= PLEURA_RIM_MM
+            outside = (values > level) & convex_hull_image(lung | les) & ~lung & ~les & near
+            if not outside.any():
+                continue
+            # not towards the body's centre as seen from the lung's centre on this slice
+            body = vol[k] > -500.0
+            lung_c = np.argwhere(host[k]).mean(axis=0) * sp[1:]
+            to_body = np.argwhere(body).mean(axis=0) * sp[1:] - lung_c
+            rows, cols = np.nonzero(outside)
+            points = (np.stack([rows + crop[0].start, cols + crop[1].start], axis=1) * sp[1:]) - lung_c
+            cosine = points @ to_body / np.maximum(np.linalg.norm(points, axis=1) * np.linalg.norm(to_body),
+                                                   1e-6)
+            outside[rows[cosine > 0.5], cols[cosine > 0.5]] = False
+            parts, _ = ndimage.label(outside | les)
+            touching = np.unique(parts[les])
+            cut += int((np.isin(parts, touching[touching > 0]) & outside).sum())
+        volume = float(mask.sum()) * voxel_ml
+        if cut * voxel_ml > PLEURA_CUT * volume:
+            verdicts[lesion.label] = verdicts[lesion.label].adding(QCStatus.WARN, [QCFlag.TRUNCATED], [
+                f"{lesion.label} borders {cut * voxel_ml:.2f} ml of solid tissue inside the lung's outline "
+                f"that its contour leaves out ({100 * cut * voxel_ml / volume:.0f} % of its "
+                f"{volume:.2f} ml, within {PLEURA_RIM_MM:.0f} mm of it): it continues beyond the lung "
+                "contour (a nodule against the pleura cut at the lung's edge); its volume may be "
+                "underestimated."])
 
 
 def head_feet_axis(direction: Sequence[float]) -> int | None:

@@ -21,6 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 from skimage.filters import threshold_otsu
+from skimage.morphology import convex_hull_image
 from skimage.segmentation import watershed
 
 from dicomnode.errors import ImagingError
@@ -169,11 +170,12 @@ def split(
     return image_like(out, lungs, np.uint8)
 
 
-def _capped(candidates: np.ndarray, lung: np.ndarray) -> np.ndarray:
+def _capped(candidates: np.ndarray, lung: np.ndarray, *, edges: bool = True) -> np.ndarray:
     """The 3-D components of ``candidates`` capped by ``lung`` above and below: at least 3/4 of the voxels
     just above and below each component (along the slice axis) are lung. A nodule in the lung, or in an
     indentation of its pleura, is capped; the liver dome rising into a ring of lung base is not (liver
-    lies below it)."""
+    lies below it). ``lung`` may include what lies inside the lung's outline on each slice (a broad-based
+    nodule continues above and below the part of it one repair adds)."""
     labels, n = ndimage.label(candidates)
     keep = np.zeros(n + 1, dtype=bool)
     for i, sl in enumerate(ndimage.find_objects(labels), start=1):
@@ -183,11 +185,11 @@ def _capped(candidates: np.ndarray, lung: np.ndarray) -> np.ndarray:
         caps[1:] |= part[:-1]
         caps[:-1] |= part[1:]
         caps &= ~part
-        # at the first and last slice the continuation is unknown: count it as capped
+        # at the first and last slice the continuation is unknown: count it as capped (``edges``) or not
         edge = int(part[0].sum() if grown[0].start == 0 else 0) + int(
             part[-1].sum() if grown[0].stop >= lung.shape[0] else 0)
         faces = int(caps.sum()) + edge
-        keep[i] = faces == 0 or int((caps & lung[grown]).sum()) + edge >= 0.75 * faces
+        keep[i] = faces == 0 or int((caps & lung[grown]).sum()) + (edge if edges else 0) >= 0.75 * faces
     return keep[labels]
 
 
@@ -199,13 +201,54 @@ def _fill_enclosed(lung: np.ndarray) -> np.ndarray:
     return filled | _capped(holes, filled) if holes.any() else filled
 
 
+def _bulges(lung: np.ndarray, allowed: np.ndarray, spacing: tuple[float, ...], depth_mm: float,
+            xx: np.ndarray, yy: np.ndarray, lateral_sign: float) -> tuple[np.ndarray, np.ndarray]:
+    """What indents the lung's outline on each axial slice, up to the outline's convex hull: the pleural
+    line carried straight across a broad-based juxtapleural nodule or mass from where the lung meets the
+    chest wall on either side of it (a rolling ball of any fixed radius fills only the part of a broad
+    base narrower than itself). Only the ``allowed`` voxels (lateral to the lung's medial border), only
+    indentations reaching ``depth_mm`` or more inward from the hull (the slivers along ribs and intercostal
+    spaces are not indentations), and only those that face the chest wall: an indentation whose centre
+    lies, seen from the slice's lung centre, within 60° of the midline direction (``lateral_sign``: the
+    sign of x towards this lung's lateral side, patient coordinates ``xx``/``yy`` in mm) is the hilum, the
+    heart or the mediastinum. Returns the indentations and everything between the outline and its hull
+    that is ``allowed``."""
+    out = np.zeros(lung.shape, dtype=bool)
+    inside = np.zeros(lung.shape, dtype=bool)
+    in_plane = spacing[1:]
+    xs, ys = np.broadcast_to(xx, lung.shape), np.broadcast_to(yy, lung.shape)
+    for k in np.flatnonzero(lung.any(axis=(1, 2))):
+        hull = convex_hull_image(lung[k])
+        gap = hull & ~lung[k] & allowed[k]
+        inside[k] = gap
+        if not gap.any():
+            continue
+        depth = ndimage.distance_transform_edt(hull, sampling=in_plane)
+        parts, n = ndimage.label(gap)
+        labelled = parts[gap]
+        deepest = np.zeros(n + 1)
+        np.maximum.at(deepest, labelled, depth[gap])
+        count = np.maximum(np.bincount(labelled, minlength=n + 1), 1)
+        cx, cy = float(xs[k][lung[k]].mean()), float(ys[k][lung[k]].mean())
+        dx = (np.bincount(labelled, xs[k][gap], minlength=n + 1) / count - cx) * lateral_sign
+        dy = np.bincount(labelled, ys[k][gap], minlength=n + 1) / count - cy
+        medial = -dx > 0.5 * np.hypot(dx, dy)  # within 60° of the direction of the midline
+        keep = (deepest >= depth_mm) & ~medial
+        keep[0] = False
+        out[k] = keep[parts]
+    return out, inside
+
+
 @step("lung.envelope")
 def envelope(
     labels: sitk.Image, airway: sitk.Image | None = None, *, pleura_mm: float = 15.0, wall_mm: float = 4.0,
+    bulge_mm: float = 3.0,
 ) -> sitk.Image:
     """Each lung of a split label map (1 = right, 2 = left) with what lies inside its pleura: holes filled
     (vessels, intrapulmonary nodules) and the pleural surface repaired by a closing of ``pleura_mm``
-    (a rolling ball: juxtapleural nodules, masses and consolidation that indent the air). The repair never
+    (a rolling ball: masses and consolidation that indent the air) and, on each slice, the pleural line
+    carried across every indentation deeper than ``bulge_mm`` up to the lung's convex outline
+    (:func:`_bulges`: a broad-based juxtapleural nodule wider than the ball). The repair never
     reaches medially past the lung's own medial border on any image row, so the hilum and the mediastinum
     stay outside, and so do the trachea and main bronchi (``airway``) with their wall (``wall_mm``).
     Returns the same labels."""
@@ -213,7 +256,7 @@ def envelope(
         raise ImagingError(f"Parameter 'pleura_mm' must not be negative, got {pleura_mm!r}.")
     lab = sitk.GetArrayFromImage(labels)
     spacing = tuple(labels.GetSpacing()[::-1])
-    x, _, _ = physical_axes(labels)
+    x, y, _ = physical_axes(labels)
     xx = np.broadcast_to(x, lab.shape)
     out = np.zeros(lab.shape, dtype=np.uint8)
     for value, medial in ((1, np.max), (2, np.min)):
@@ -222,14 +265,27 @@ def envelope(
             continue
         filled = _fill_enclosed(lung)
         closed = fill_holes(closing(filled, pleura_mm, spacing), slicewise=True) if pleura_mm > 0 else filled
-        added = closed & ~filled & (lab == 0)
         # the lung's medial border on each row (z, y): the repair stays lateral to it
         fill = -np.inf if value == 1 else np.inf
         border = medial(np.where(filled, xx, fill), axis=2, keepdims=True)
         lateral = xx <= border if value == 1 else xx >= border
-        added &= lateral
+        added = closed & ~filled & (lab == 0) & lateral
         if added.any():
             added = _capped(added, filled)
+        if bulge_mm > 0:
+            bulges, inside = _bulges(filled, lateral & (lab == 0), spacing, bulge_mm, x, y,
+                                     -1.0 if value == 1 else 1.0)
+            if bulges.any():
+                # a nodule continues above and below the part of it that indents the outline: what lies
+                # inside the outline (within the hull's sagitta over a curved chest wall) caps it too;
+                # at the first and last slice the continuation is unknown (the lung base's ring around the
+                # diaphragm dome is an indentation too)
+                rows, cols = np.nonzero(bulges.any(axis=0))
+                margin = [int(np.ceil(bulge_mm / sp)) + 1 for sp in spacing[1:]]
+                near = (slice(None), slice(max(0, rows.min() - margin[0]), rows.max() + margin[0] + 1),
+                        slice(max(0, cols.min() - margin[1]), cols.max() + margin[1] + 1))
+                caps = dilate((filled | inside | added)[near], bulge_mm, spacing, slicewise=True)
+                added[near] |= _capped(bulges[near], caps, edges=False)
         out[filled | added] = value
     if airway is not None:
         out[dilate(sitk.GetArrayFromImage(airway).astype(bool), wall_mm, spacing)] = 0
@@ -244,6 +300,70 @@ def _elongation(mask: np.ndarray, spacing: tuple[float, ...]) -> float:
     return float(np.sqrt(eig[-1] / max(eig[0], 1e-6)))
 
 
+class _PlaneCoordinates:
+    """Patient x and y (mm, LPS) of voxel indices (z, y, x) inside ``box`` of ``image``'s array."""
+
+    def __init__(self, image: sitk.Image, box: tuple[slice, ...]) -> None:
+        self.matrix = (np.array(image.GetDirection()).reshape(3, 3) * np.array(image.GetSpacing()))[:2]
+        self.origin = np.array(image.GetOrigin())[:2]
+        self.offset = np.array([s.start or 0 for s in box][::-1], dtype=float)  # (x, y, z) index offset
+
+    def xy(self, points: np.ndarray) -> np.ndarray:
+        """(n, 2) patient (x, y) of (n, 3) (z, y, x) indices."""
+        return (points[:, ::-1] + self.offset) @ self.matrix.T + self.origin
+
+    def x(self, points: np.ndarray) -> np.ndarray:
+        return self.xy(points)[:, 0]
+
+    def on_slice(self, k: int, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """Patient x and y of every voxel of slice ``k`` (``shape``: rows, columns of the box)."""
+        cols = np.arange(shape[1]) + self.offset[0]
+        rows = np.arange(shape[0]) + self.offset[1]
+        base = self.matrix[:, 2] * (k + self.offset[2]) + self.origin
+        return tuple(np.add.outer(self.matrix[a, 1] * rows, self.matrix[a, 0] * cols) + base[a]
+                     for a in range(2))
+
+
+def _to_pleura(region: np.ndarray, inside: np.ndarray, values: np.ndarray, level: float,
+               spacing: tuple[float, ...], plane: _PlaneCoordinates, midline: float, rim_mm: float,
+               ) -> np.ndarray:
+    """A lesion on the envelope's boundary carried out to the pleural line in the images' own resolution:
+    the envelope (repaired on the coarse working grid) lies up to a working voxel inside the pleura, so a
+    juxtapleural nodule cut at it loses its base. On each slice, the solid voxels within ``rim_mm`` of the
+    lesion, outside the envelope, but inside the convex hull of the lesion and the lung beside it (the
+    envelope and the air within ``rim_mm`` of it, in a window of 30 mm around the lesion: the pleural line
+    carried across the lesion's base from both sides) join the lesion; never towards the midline (seen
+    from that lung's centre on the slice, within 60° of it: the hilum and mediastinum)."""
+    out = region.copy()
+    in_plane = spacing[1:]
+    side = 1.0 if float(plane.x(np.argwhere(region)).mean()) > midline else -1.0
+    pad = [int(np.ceil(30.0 / sp)) for sp in in_plane]
+    for k in np.flatnonzero(region.any(axis=(1, 2))):
+        rr, cc = np.nonzero(region[k])
+        crop = (slice(max(0, rr.min() - pad[0]), rr.max() + pad[0] + 1),
+                slice(max(0, cc.min() - pad[1]), cc.max() + pad[1] + 1))
+        x_k, y_k = plane.on_slice(int(k), inside[k].shape)
+        lung_all = inside[k] & (side * (x_k - midline) > 0)
+        if not lung_all.any():
+            continue
+        cx, cy = float(x_k[lung_all].mean()), float(y_k[lung_all].mean())
+        lung = lung_all[crop]
+        near = ndimage.distance_transform_edt(~lung, sampling=in_plane) <= rim_mm
+        air = lung | ((values[k][crop] < level) & near)
+        lesion = region[k][crop]
+        hull = convex_hull_image(air | lesion)
+        grow = (values[k][crop] > level) & hull & ~air & (
+            ndimage.distance_transform_edt(~lesion, sampling=in_plane) <= rim_mm)
+        if not grow.any():
+            continue
+        dx, dy = (x_k[crop] - cx) * side, y_k[crop] - cy
+        grow &= ~(-dx > 0.5 * np.hypot(dx, dy))  # within 60° of the direction of the midline
+        parts, _ = ndimage.label(grow | lesion)
+        touching = np.unique(parts[lesion])
+        out[k][crop] |= np.isin(parts, touching[touching > 0]) & grow
+    return out
+
+
 @step("lung.nodules")
 def nodules(
     image: sitk.Image,
@@ -253,6 +373,7 @@ def nodules(
     max_elongation: float = 3.0,
     soft_tissue_hu: float = 40.0,
     lumen_hu: float = -980.0,
+    rim_mm: float = 3.0,
 ) -> StepOutput:
     """Nodules and masses inside the lung envelope as a label map (1, 2, … by decreasing volume).
 
@@ -267,7 +388,9 @@ def nodules(
     ``min_diameter_mm`` wide, and every blob must reach near soft-tissue density (its 90th percentile
     within 140 HU of ``soft_tissue_hu``) — partial-volume cuts of vessels on thick slices do not. A blob
     that is mostly a wall around enclosed air, or whose 3 mm surroundings are more than 5 % airway lumen
-    (darker than ``lumen_hu``; parenchyma never is), is a bronchus not removed as airway: rejected too."""
+    (darker than ``lumen_hu``; parenchyma never is), is a bronchus not removed as airway: rejected too.
+    A blob on the envelope's edge is carried out to the pleural line in the images' resolution
+    (:func:`_to_pleura`, within ``rim_mm``)."""
     array, spacing = array_of(image)
     envelope_mask = sitk.GetArrayFromImage(lungs) > 0
     empty = StepOutput(image_like(np.zeros(envelope_mask.shape), image, np.uint8), {"nodules": 0})
@@ -293,7 +416,7 @@ def nodules(
     tree_sizes = np.bincount(trees.ravel())
     thick = opening(core, 2.0 * radius, spacing)  # blobs twice as wide: a nodule on a vessel
     out = np.zeros(inside.shape, dtype=np.int32)
-    found: list[tuple[float, np.ndarray]] = []
+    found: list[tuple[float, np.ndarray, bool]] = []
     rejected = {"elongated": 0, "small": 0, "ring": 0, "airway": 0, "faint": 0, "vessel": 0}
     for i, sl in enumerate(ndimage.find_objects(labels), start=1):
         if sl is None:
@@ -329,8 +452,20 @@ def nodules(
             continue
         full = np.zeros(inside.shape, dtype=bool)
         full[grow] = region
-        found.append((volume, full))
-    for n_, (_, full) in enumerate(sorted(found, key=lambda f: -f[0]), start=1):
+        in_slice = np.zeros((3, 3, 3), dtype=bool)
+        in_slice[1] = True
+        on_pleura = bool((ndimage.binary_dilation(region, in_slice) & ~inside[grow]).any())
+        found.append((volume, full, on_pleura))
+    if rim_mm > 0 and any(on_pleura for _, _, on_pleura in found):
+        plane = _PlaneCoordinates(image, box)
+        corners = np.array([[z, y, x] for z in (0, inside.shape[0] - 1) for y in (0, inside.shape[1] - 1)
+                            for x in (0, inside.shape[2] - 1)])
+        lung_x = plane.x(corners)  # the box is the envelope's bounding box
+        midline = float(lung_x.min() + lung_x.max()) / 2.0
+        found = [(v, _to_pleura(full, inside, values, level, spacing, plane, midline, rim_mm)
+                  if on_pleura else full, on_pleura) for v, full, on_pleura in found]
+        found = [(float(full.sum()) * float(np.prod(spacing)), full, on) for _, full, on in found]
+    for n_, (_, full, _) in enumerate(sorted(found, key=lambda f: -f[0]), start=1):
         out[full & (out == 0)] = n_
     result = np.zeros(envelope_mask.shape, dtype=np.uint8)
     result[box] = np.minimum(out, 255)
