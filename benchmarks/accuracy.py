@@ -2,8 +2,8 @@
 
 Cases (every one runs the whole pipeline through ``process_volume``, as the node does):
 
-* **real** — ``ct-abdomen-20`` (TotalSegmentator reference: liver, spleen, stomach, aorta, kidneys when in
-  the field of view) and ``ct-3slice`` (liver SEG of dcmqi's test data);
+* **real** — ``ct-abdomen-20`` (TotalSegmentator reference: liver, spleen, stomach, aorta, IVC, kidneys
+  when in the field of view) and ``ct-3slice`` (liver SEG of dcmqi's test data);
 * **variants** of ``ct-abdomen-20`` made by ``tests/variants.py`` (pixels and geometry rewritten
   together, scored against the equally transformed reference): prone, feet first, 5 mm slices,
   native phase, fatty liver (≈ 10 HU), steatosis at −20 and −40 HU (the issue's lower bound, near the
@@ -21,6 +21,8 @@ Cases (every one runs the whole pipeline through ``process_volume``, as the node
   craniocaudal extent (120 mm slab through the liver, 200, 300, 400 mm: beyond 200 mm the anatomy keeps
   its adult size in patient coordinates, chest above, psoas, bowel and pelvis below) — plus a
   lesion-free case and one with a gallbladder (bile at water density under the liver: not a lesion).
+  Every phantom has an IVC (``ivc=True``: blood of the phase beside the right crus, through the liver's
+  bare area).
   Lesion rows report lesions found / expected (≥ 10 mm, at least partly inside the field of view; those
   a cropped field of view misses whole are counted apart) and false ones; the real liver of
   ``ct-abdomen-20`` and its variants has none, so every lesion reported there is false.
@@ -53,10 +55,11 @@ import SimpleITK as sitk  # noqa: E402
 DATA = ROOT.parent / "shared" / "data"
 SEGMENT_OF = {  # our segment label -> (reference label value in the TotalSegmentator map)
     "Liver": 5, "Spleen": 1, "Right kidney": 2, "Left kidney": 3, "Stomach": 6, "Aorta": 52,
-}  # the IVC (63) competes inside the pipeline but is not sent as a segment yet
+    "Inferior vena cava": 63,
+}
 PHANTOM_TRUTH = {
     "Liver": "liver", "Spleen": "spleen", "Right kidney": "kidney-right", "Left kidney": "kidney-left",
-    "Aorta": "aorta",
+    "Aorta": "aorta", "Inferior vena cava": "ivc",
 }
 
 
@@ -292,6 +295,10 @@ PHANTOM_MATRIX: dict[str, dict] = {
     "base": {},
     "native": {"phase": "native"},
     "arterial": {"phase": "arterial"},
+    # the arterial phase with a fatty liver: the soft tissue's level falls below the kidneys' enhancement
+    "arterial-fatty": {"phase": "arterial", "liver_hu": 10.0},
+    # and a child's in the arterial phase: a chest wall under 10 mm thick round the lungs
+    "arterial-child": {"phase": "arterial", "body_scale": 0.7},
     "fatty-liver": {"liver_hu": 10.0},
     "steatosis-40": {"liver_hu": -40.0},
     "child": {"body_scale": 0.7},
@@ -333,7 +340,7 @@ def phantom_cases(names: tuple[str, ...]) -> Iterator[Case]:
         plane = params.pop("_reslice", None)
         params.setdefault("shape", (40, 128, 128))
         params.setdefault("spacing", (5.0, 2.8, 2.8))
-        ct = make_ct_phantom(seed=5, hepatic_vessels=True, fat_planes=True, **params)
+        ct = make_ct_phantom(seed=5, hepatic_vessels=True, fat_planes=True, ivc=True, **params)
         image = ct.to_sitk()
         labels = np.zeros(ct.image.shape, dtype=np.uint8)
         names_ = list(PHANTOM_TRUTH.items())

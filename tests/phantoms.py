@@ -58,9 +58,16 @@ PHASE_HU: dict[str, dict[str, float]] = {
     "arterial": {"liver": 75, "spleen": 120, "kidney": 180, "aorta": 280, "portal-vein": 90, "muscle": 55},
     "portal": {"liver": 105, "spleen": 118, "kidney": 160, "aorta": 150, "portal-vein": 175, "muscle": 60},
 }
+# the renal medulla: in the arterial (corticomedullary) phase the cortex enhances first and the medulla
+# inside it stays darker; native and portal-venous (nephrographic) kidneys are homogeneous
+MEDULLA_HU: dict[str, float] = {"native": 32.0, "arterial": 95.0, "portal": 160.0}
 # the heart's blood pool and the bowel wall (only in the anatomical layout of a long field of view)
 BLOOD_HU: dict[str, float] = {"native": 40.0, "arterial": 230.0, "portal": 140.0}
 BOWEL_WALL_HU: dict[str, float] = {"native": 40.0, "arterial": 80.0, "portal": 90.0}
+# the IVC: (below the renal veins, above them) per phase; in the arterial phase only the renal return is
+# enhanced, in the portal-venous phase the blood of the whole body has come back (100-140 HU)
+IVC_HU: dict[str, tuple[float, float]] = {"native": (40.0, 40.0), "arterial": (50.0, 90.0),
+                                          "portal": (130.0, 130.0)}
 # the standard layout's half length: lung bases, liver, spleen and upper kidneys of the 200 mm phantom
 STANDARD_HALF_LENGTH_MM = 97.5
 
@@ -185,6 +192,7 @@ def make_ct_phantom(
     fat_planes: bool = False,
     z_centre_mm: float | None = None,
     gallbladder: bool = False,
+    ivc: bool = False,
 ) -> Phantom:
     """An abdomen + lung-base CT phantom centred in a FOV of ``shape × spacing`` (body ~300 × 220 mm).
 
@@ -200,7 +208,13 @@ def make_ct_phantom(
     (the lungs up to the carina, the heart on the diaphragm), abdomen and pelvis below (psoas muscles,
     colon with gas, small-bowel loops, no ribs below the kidneys, iliac wings, sacrum, femoral heads,
     bladder), not the same organs stretched. The extra structures' masks: heart, psoas, bowel, bladder,
-    pelvis (empty in the fitted layout)."""
+    pelvis (empty in the fitted layout).
+
+    ``ivc=True`` adds the inferior vena cava (mask ``ivc``): an oval tube 20 × 16 mm, 16 mm right of the
+    midline and 14 mm in front of the vertebral body (beside the right crus, 13 mm right of the aorta), from
+    the iliac confluence (a long field of view; else the FOV's bottom) up through the liver's bare area
+    behind the caudate lobe, where the hepatic veins join it, to the right atrium 20 mm above the right lung
+    base; blood of the phase (:data:`IVC_HU`: unenhanced below the renal veins in the arterial phase)."""
     if phase not in PHASE_HU:
         raise ValueError(f"Unknown phase '{phase}'; expected one of {sorted(PHASE_HU)}.")
     hu = dict(PHASE_HU[phase])
@@ -239,12 +253,20 @@ def make_ct_phantom(
         | _ellipsoid(zz, yy, xx, (5, -35, -0.1 * zmax), (50, 35, 0.45 * zmax + 15))
     ) & inner
     liver &= ~spine & ~aorta  # the liver dome pushes the right lung base up (lung = lung minus liver)
-    lung_r &= inner & ~liver
+    vena = np.zeros(shape, dtype=bool)
+    if ivc:  # behind the caudate lobe, in the liver's bare area; the liver wraps round it, it is not liver
+        bottom = -190.0 if anatomical else -1e6
+        vena = _cylinder(zz, yy, xx, (-16, 40), (10, 8), (bottom, lung_base + 20.0)) & inner & ~spine
+        liver &= ~vena
+    lung_r &= inner & ~liver & ~vena
     lung_l &= inner
     spleen = _ellipsoid(zz, yy, xx, (95, 40, -0.1 * zmax), (30, 45, 0.35 * zmax + 10)) & inner & ~lung_l
     kidney_r = _ellipsoid(zz, yy, xx, (-60, 60, -0.75 * zmax), (25, 28, 0.3 * zmax + 8)) & inner
     kidney_l = _ellipsoid(zz, yy, xx, (65, 60, -0.7 * zmax), (25, 28, 0.3 * zmax + 8)) & inner
     kidney_r &= ~liver
+    # the medulla: the kidney's inner part, under 7 mm of cortex everywhere (also where the liver cuts it)
+    kidneys = kidney_r | kidney_l
+    medulla = ndimage.distance_transform_edt(kidneys, sampling=spacing) > 7.0 * body_scale
     gall = np.zeros(shape, dtype=bool)
     if gallbladder:  # a pear-shaped sac in its fossa under the liver, its fundus bulging below the liver
         gall = _gallbladder(zz, yy, xx, zmax) & inner
@@ -268,7 +290,7 @@ def make_ct_phantom(
     ribs &= body
     heart = psoas = bowel = lumen = gas = bladder = pelvis = np.zeros(shape, dtype=bool)
     if anatomical:  # what lies above and below the standard layout
-        organs_so_far = liver | spleen | kidney_r | kidney_l | aorta | spine | gall
+        organs_so_far = liver | spleen | kidney_r | kidney_l | aorta | spine | gall | vena
         heart = _ellipsoid(zz, yy, xx, (25, -35, lung_base + 75), (62, 50, 62)) & inner & ~organs_so_far
         heart &= zz >= lung_base + 8  # it sits on the diaphragm, above the liver's left lobe
         lung_r &= ~(heart | aorta | spine)
@@ -315,7 +337,7 @@ def make_ct_phantom(
     if fat_planes:  # as in patients: a muscle wall, fat behind the peritoneum and around every organ
         inside_wall = _ellipsoid(zz, yy, xx, (0, 0, 0), (126, 86, 1e6)) & full
         clean[inner & ~inside_wall] = hu["muscle"]
-        organs = liver | spleen | kidney_r | kidney_l | aorta | spine | heart | psoas | bowel | bladder
+        organs = liver | spleen | kidney_r | kidney_l | aorta | spine | heart | psoas | bowel | bladder | vena
         around = ndimage.distance_transform_edt(~organs, sampling=spacing) <= 6.0
         retro = (yy > 25.0) & full
         clean[inside_wall & (around | retro) & ~organs] = -90.0
@@ -325,8 +347,13 @@ def make_ct_phantom(
     clean[liver] = hu["liver"]
     clean[spleen] = hu["spleen"]
     clean[kidney_r | kidney_l] = hu["kidney"]
+    clean[medulla] = MEDULLA_HU[phase]
     clean[portal] = hu["portal-vein"]
     clean[aorta] = hu["aorta"]
+    if ivc:
+        below, above = IVC_HU[phase]
+        renal_z = -0.72 * zmax  # the renal veins' level
+        clean[vena] = np.where(np.broadcast_to(zz < renal_z, shape)[vena], below, above)
     clean[heart] = BLOOD_HU[phase]
     clean[psoas] = hu["muscle"]
     clean[bowel] = BOWEL_WALL_HU[phase]
@@ -385,6 +412,7 @@ def make_ct_phantom(
         "lungs": (lung_r | lung_l) & ~airways,
         "airways": airways,
         "aorta": aorta,
+        "ivc": vena,
         "portal-vein": portal,
         "vessels": aorta | portal,
         "hepatic-vessels": tree,

@@ -86,8 +86,28 @@ class OrganPrior:
     # reaching the iliac crest): a contour spanning more has run on into the heart above or the muscle,
     # bowel and psoas below
     span_mm: float | None = None
+    # a vessel's median cross-section (mm²) in an adult: smaller (a slit) or larger and the contour has lost
+    # the lumen or taken in its surroundings (children: scaled with the body's section)
+    section_mm2: tuple[float, float] | None = None
+    # a vessel seen only by the contrast of its blood against what lies around it (the IVC in the liver's
+    # bare area): where it does not stand out (``low_contrast``), its wall is not in the image and its
+    # contour is the prior's guess: ``fail`` instead of ``warn``
+    needs_contrast: bool = False
+    # the median at most this many HU above that of another organ of the same result, in any phase:
+    # (structure, HU). The IVC's blood is never far brighter than the aorta's (native: both blood; arterial:
+    # only the renal return enhanced; portal and later: alike); a brighter 'IVC' is another vessel or bowel
+    median_at_most_vs: tuple[str, float] | None = None
+    # a vessel that runs along another organ's whole head-feet extent: (structure, the least fraction of that
+    # organ's extent its own covers). The IVC passes the liver's bare area from below the liver up to the
+    # right atrium at the dome: a contour that ends halfway up lost it
+    along: tuple[str, float] | None = None
 
 
+# the IVC: blood (unenhanced 30-50 HU, never below 20: anaemia; up to ~150 HU in the portal phase, more only
+# as the renal return's jet in the arterial phase), 14-30 mm across (a collapsed IVC flattens to a slit,
+# right heart failure widens it), found beside the right crus and through the liver's bare area
+IVC_PRIOR = OrganPrior(None, (15.0, 350.0), vessel=True, section_mm2=(80.0, 900.0), needs_contrast=True,
+                       median_at_most_vs=("aorta", 40.0), along=("liver", 0.5))
 PRIORS: dict[str, OrganPrior] = {
     # (livers lie at -40..160 HU, steatosis to contrast; a contour's median reads up to 10 HU beyond that
     # through the partial volume at its border and the noise: a -40 HU liver's correct contour has -41)
@@ -101,7 +121,8 @@ PRIORS: dict[str, OrganPrior] = {
     # is not the stomach
     "stomach": OrganPrior(None, (-300.0, 400.0)),
     "aorta": OrganPrior(None, (10.0, 700.0), vessel=True),
-    "ivc": OrganPrior(None, (0.0, 400.0), vessel=True),
+    "ivc": IVC_PRIOR,
+    "inferior-vena-cava": IVC_PRIOR,
     "lung-left": OrganPrior((350.0, 4500.0), (-1000.0, -450.0)),
     "lung-right": OrganPrior((400.0, 5000.0), (-1000.0, -450.0)),
     "lung": OrganPrior((800.0, 9000.0), (-1000.0, -450.0)),
@@ -259,9 +280,12 @@ def _equal_neighbours(segment, organs, sampled, image, spacing, stats=None):  # 
     grown = None
     out = []
     face_mm2 = float(min(spacing[0] * spacing[1], spacing[1] * spacing[2]))
+    own_prior = PRIORS.get(segment.structure, OrganPrior())
     for other in organs:
         if other.label == segment.label:
             continue
+        if PRIORS.get(other.structure, OrganPrior()).needs_contrast and not own_prior.needs_contrast:
+            continue  # (a vessel seen only by its contrast carries the doubt about that border itself)
         theirs = sampled[other.label]
         if theirs.shape != mask.shape or not theirs.any():
             continue
@@ -318,11 +342,13 @@ def uniform_fraction(image: np.ndarray, mask: np.ndarray, excluded: np.ndarray |
 
 
 def vessel_course(
-    label: str, image: np.ndarray, mask: np.ndarray, spacing: Sequence[float], axis: int
+    label: str, image: np.ndarray, mask: np.ndarray, spacing: Sequence[float], axis: int,
+    section: tuple[float, float] | None = None,
 ) -> list[tuple[QCFlag, str]]:
     """What is wrong along a vessel that runs along array ``axis`` (head-feet): sections far wider than its
-    median (a leak), far narrower between normal ones (the lumen lost) and slices whose median HU is not the
-    vessel's (another structure followed)."""
+    median (a leak), far narrower between normal ones (the lumen lost), a median section outside
+    ``section`` (mm²: not this vessel's lumen) and slices whose median HU is not the vessel's (another
+    structure followed)."""
     tube = np.moveaxis(mask, axis, 0)
     values = np.moveaxis(image, axis, 0)
     pixel_mm2 = float(np.prod([s for i, s in enumerate(spacing) if i != axis]))
@@ -334,6 +360,10 @@ def vessel_course(
     typical = float(np.median(areas))
     found: list[tuple[QCFlag, str]] = []
     n = present.size
+    if section is not None and not section[0] <= typical <= section[1]:
+        found.append((QCFlag.IMPLAUSIBLE_VOLUME, (
+            f"{label}'s median cross-section {typical:.0f} mm² is outside {section[0]:.0f}-{section[1]:.0f} "
+            "mm², that of this vessel in a body of this size: the contour is not its lumen.")))
     wide = areas > VESSEL_WIDER * typical
     if wide.any():
         found.append((QCFlag.LEAK, (
@@ -359,6 +389,17 @@ def vessel_course(
             f"{medians[off].min():.0f} to {medians[off].max():.0f} HU, not the vessel's {overall:.0f} HU: "
             "it follows another structure there.")))
     return found
+
+
+def section_range(prior: OrganPrior, diameter_cm: float) -> tuple[float, float] | None:
+    """The prior's adult range of a vessel's cross-section, scaled with the body's section for children."""
+    if prior.section_mm2 is None:
+        return None
+    low, high = prior.section_mm2
+    if diameter_cm < CHILD_DIAMETER_CM:
+        scale = (max(diameter_cm, 5.0) / CHILD_DIAMETER_CM) ** 2
+        return low * scale, high * scale
+    return low, high
 
 
 def volume_range(prior: OrganPrior, diameter_cm: float) -> tuple[float, float] | None:
@@ -512,7 +553,8 @@ def assess(
                 reasons.append(f"{segment.label} overlaps {other.label} by {overlap * voxel_ml:.1f} ml "
                                f"({100 * overlap / smaller:.0f} % of the smaller).")
         if is_ct and prior.vessel and axial_axis is not None:
-            for flag, reason in vessel_course(segment.label, image, mask, spacing, axial_axis):
+            for flag, reason in vessel_course(segment.label, image, mask, spacing, axial_axis,
+                                              section_range(prior, diameter)):
                 flags.append(flag)
                 reasons.append(reason)
         metal_mm = metal_distance_mm(mask, spacing, metal)
@@ -533,12 +575,18 @@ def assess(
                                f"{step_hu:.0f} HU (under 1.5 × the noise): the border between them is "
                                "uncertain.")
         status = worst(QCStatus.FAIL if f in FAIL_FLAGS else QCStatus.WARN for f in flags)
+        if prior.needs_contrast and QCFlag.LOW_CONTRAST in flags:
+            status = QCStatus.FAIL
+            reasons.append(f"{segment.label} is seen only by the contrast of its blood against what lies "
+                           "around it: without it the vessel's wall is not in the image and its contour is a "
+                           "guess from its usual position.")
         verdicts[segment.label] = SegmentQC(status, tuple(dict.fromkeys(flags)), tuple(reasons))
         evidence[segment.label] = Evidence(volume, median, edge, metal_mm, cnr)
         log.debug("QC %s: %s %s", segment.label, status, evidence[segment.label])
     if is_ct:
         _against_other_organs(organs, verdicts, evidence)
     if axial_axis is not None:
+        _along_organs(organs, verdicts, boxes, spacing_full, axial_axis)
         _beside_absent_organs(organs, absent, verdicts, boxes, spacing_full, axial_axis)
     _inherit_host_failures(segments, organs, verdicts)
     if is_ct and axial_axis is not None:
@@ -550,27 +598,65 @@ def _against_other_organs(organs: Sequence, verdicts: dict[str, SegmentQC],  # o
                           evidence: dict[str, Evidence]) -> None:
     """An organ whose median lies below the bound its prior sets against another organ's median
     (:attr:`OrganPrior.median_vs`) is another structure: e.g. a contour on 40 HU bowel or muscle beside a
-    105 HU portal-venous liver is not a spleen. Judged only against an organ whose own verdict is not
+    105 HU portal-venous liver is not a spleen; so is one above the bound :attr:`OrganPrior.median_at_most_vs`
+    sets (an 'IVC' far brighter than the aorta). Judged only against an organ whose own verdict is not
     ``fail``."""
     for organ in organs:
         prior = PRIORS.get(organ.structure)
-        if prior is None or prior.median_vs is None or organ.label not in evidence:
+        if prior is None or organ.label not in evidence:
             continue
-        structure, offset = prior.median_vs
-        references = [o for o in organs if o.structure == structure and o.label in evidence
-                      and verdicts[o.label].status != QCStatus.FAIL]
+        for bound, above in ((prior.median_vs, False), (prior.median_at_most_vs, True)):
+            if bound is None:
+                continue
+            structure, offset = bound
+            references = [o for o in organs if o.structure == structure and o.label in evidence
+                          and verdicts[o.label].status != QCStatus.FAIL]
+            if not references:
+                continue
+            reference = evidence[references[0].label].median
+            median = evidence[organ.label].median
+            if above and median > reference + offset:
+                reason = (f"{organ.label} median {median:.0f} HU is {median - reference:.0f} HU above the "
+                          f"{structure}'s {reference:.0f} HU; a {organ.structure} is never more than "
+                          f"{offset:.0f} HU brighter than the {structure} in any phase: the contour lies on "
+                          "another structure.")
+            elif not above and median < reference + offset:
+                limit = (f"more than {-offset:.0f} HU darker than" if offset < 0
+                         else f"less than {offset:.0f} HU brighter than")
+                reason = (f"{organ.label} median {median:.0f} HU is {reference - median:.0f} HU below the "
+                          f"{structure}'s {reference:.0f} HU; a {organ.structure} is never {limit} the "
+                          f"{structure} in any phase: the contour lies on another structure.")
+            else:
+                continue
+            verdicts[organ.label] = verdicts[organ.label].adding(
+                QCStatus.FAIL, [QCFlag.IMPLAUSIBLE_INTENSITY], [reason])
+
+
+def _along_organs(organs: Sequence, verdicts: dict[str, SegmentQC],  # outputs.api.Segment
+                  boxes: dict[str, tuple[slice, ...] | None], spacing: Sequence[float],
+                  axial_axis: int) -> None:
+    """A vessel whose head-feet extent covers less than the fraction its prior sets
+    (:attr:`OrganPrior.along`) of the organ it runs along (the IVC behind the liver) lost its course: it
+    ``fail``s. Judged only against an organ whose own verdict is not ``fail``."""
+    for organ in organs:
+        prior = PRIORS.get(organ.structure)
+        box = boxes.get(organ.label)
+        if prior is None or prior.along is None or box is None or organ.label not in verdicts:
+            continue
+        structure, fraction = prior.along
+        references = [o for o in organs if o.structure == structure and boxes.get(o.label) is not None
+                      and o.label in verdicts and verdicts[o.label].status != QCStatus.FAIL]
         if not references:
             continue
-        reference = evidence[references[0].label].median
-        median = evidence[organ.label].median
-        if median < reference + offset:
-            bound = (f"more than {-offset:.0f} HU darker than" if offset < 0
-                     else f"less than {offset:.0f} HU brighter than")
-            verdicts[organ.label] = verdicts[organ.label].adding(
-                QCStatus.FAIL, [QCFlag.IMPLAUSIBLE_INTENSITY],
-                [f"{organ.label} median {median:.0f} HU is {reference - median:.0f} HU below the "
-                 f"{structure}'s {reference:.0f} HU; a {organ.structure} is never {bound} the {structure} "
-                 "in any phase: the contour lies on another structure."])
+        own, theirs = box[axial_axis], boxes[references[0].label][axial_axis]  # type: ignore[index]
+        shared = max(0, min(own.stop, theirs.stop) - max(own.start, theirs.start))
+        length = theirs.stop - theirs.start
+        if shared < fraction * length:
+            size = float(spacing[axial_axis])
+            verdicts[organ.label] = verdicts[organ.label].adding(QCStatus.FAIL, [QCFlag.IMPLAUSIBLE_VOLUME], [
+                f"{organ.label} runs along only {shared * size:.0f} mm of the {structure}'s "
+                f"{length * size:.0f} mm head to feet, though it runs along at least {100 * fraction:.0f} % "
+                "of it: the contour lost the vessel."])
 
 
 def _beside_absent_organs(organs: Sequence, absent: Sequence[str],  # outputs.api.Segment

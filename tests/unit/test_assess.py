@@ -231,3 +231,51 @@ def test_beside_a_declared_kidney_that_was_not_found_the_neighbour_is_flagged() 
     short = [Segment("Liver", "liver", liver[slab]), Segment("Spleen", "spleen", spleen[slab])]
     report, _ = assess(long.image[slab], long.spacing, short, absent=["kidney-left"])
     assert not any("not found" in r for r in report.segments["Spleen"].reasons)
+
+
+@pytest.fixture(scope="module")
+def ct_ivc():  # noqa: ANN201
+    return make_ct_phantom(shape=(40, 112, 112), spacing=(5.0, 3.2, 3.2), seed=5, fat_planes=True, ivc=True)
+
+
+def _ivc_verdict(ct_ivc, image: np.ndarray, ivc: np.ndarray):  # noqa: ANN001, ANN202
+    segments = [Segment("Liver", "liver", ct_ivc.masks["liver"]),
+                Segment("Aorta", "aorta", ct_ivc.masks["aorta"]),
+                Segment("Inferior vena cava", "inferior-vena-cava", ivc)]
+    report, _ = assess(image, ct_ivc.spacing, segments)
+    return report.segments["Inferior vena cava"], report.segments["Liver"]
+
+
+def test_an_ivc_is_judged_by_its_blood_course_and_section(ct_ivc) -> None:  # noqa: ANN001
+    """The IVC's prior (assess.IVC_PRIOR): its true contour passes; one whose blood does not stand out from
+    the liver, one brighter than the aorta, one that ends halfway up the liver and a slit fail."""
+    ivc = ct_ivc.masks["ivc"]
+    verdict, liver = _ivc_verdict(ct_ivc, ct_ivc.image, ivc)
+    assert verdict.status != QCStatus.FAIL, verdict
+    assert not any("Inferior vena cava" in reason for reason in liver.reasons), liver  # its doubt, not theirs
+    # isodense with the liver (the real portal-venous CT): its wall is not in the image
+    iso = ct_ivc.image.copy()
+    iso[ivc] += float(np.median(ct_ivc.image[ct_ivc.masks["liver"]]) - np.median(ct_ivc.image[ivc]))
+    verdict, _ = _ivc_verdict(ct_ivc, iso, ivc)
+    assert verdict.status == QCStatus.FAIL and QCFlag.LOW_CONTRAST in verdict.flags, verdict
+    assert any("seen only by the contrast of its blood" in reason for reason in verdict.reasons)
+    # 100 HU brighter than the aorta: another vessel or bowel, in any phase
+    bright = ct_ivc.image.copy()
+    bright[ivc] += 220.0
+    verdict, _ = _ivc_verdict(ct_ivc, bright, ivc)
+    assert verdict.status == QCStatus.FAIL and QCFlag.IMPLAUSIBLE_INTENSITY in verdict.flags, verdict
+    assert any("brighter than the aorta" in reason for reason in verdict.reasons)
+    # lost after 25 mm: it runs up behind the whole liver to the right atrium
+    slices = np.flatnonzero(ivc.any(axis=(1, 2)))
+    short = ivc.copy()
+    short[slices[5]:] = False
+    verdict, _ = _ivc_verdict(ct_ivc, ct_ivc.image, short)
+    assert verdict.status == QCStatus.FAIL and QCFlag.IMPLAUSIBLE_VOLUME in verdict.flags, verdict
+    assert any("runs along only" in reason for reason in verdict.reasons)
+    # a slit one voxel wide is no lumen of an adult's IVC
+    rows = np.flatnonzero(ivc.any(axis=(0, 2)))
+    slit = ivc.copy()
+    slit[:, np.arange(ivc.shape[1]) != rows[len(rows) // 2], :] = False
+    verdict, _ = _ivc_verdict(ct_ivc, ct_ivc.image, slit)
+    assert verdict.status == QCStatus.FAIL and QCFlag.IMPLAUSIBLE_VOLUME in verdict.flags, verdict
+    assert any("median cross-section" in reason for reason in verdict.reasons)

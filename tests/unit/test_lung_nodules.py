@@ -35,9 +35,10 @@ def lung1() -> tuple[Volume, np.ndarray]:
 
 
 # broad-based juxtapleural nodules, far enough apart to share one run: (slice, radius in mm, lung, wall) —
-# 12, 18 and 24 mm across on the left lateral chest wall, 18 mm on the right posterior wall, 12 mm anterior
+# 12, 18 and 24 mm across on the left lateral chest wall, 18 and 12 mm on the right posterior wall (the
+# 12 mm one's caps on the 5 mm slices above and below were lost: Dice 0.61, volume -52 %), 12 mm anterior
 NODULES = ((10, 6.0, "left", "lateral"), (21, 9.0, "left", "lateral"), (32, 12.0, "left", "lateral"),
-           (24, 9.0, "right", "posterior"), (20, 6.0, "left", "anterior"))
+           (24, 9.0, "right", "posterior"), (12, 6.0, "right", "posterior"), (20, 6.0, "left", "anterior"))
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +85,10 @@ def test_a_juxtapleural_nodule_is_segmented_to_the_chest_wall(with_nodules, nodu
     assert dice(best.mask, truth) >= 0.8
     truth_ml = float(truth.sum()) * float(np.prod(volume.spacing)) / 1000.0
     assert summary["segments"][best.label]["volume_ml"] == pytest.approx(truth_ml, rel=0.3)
-    assert float((lungs & truth).sum()) / truth.sum() > 0.7  # the pleural indentation is repaired
+    # the pleural indentation is repaired (on the 2 mm working grid: a small nodule's base lies in the lesion
+    # carried out to the pleura, not in the lung mask)
+    assert float((lungs & truth).sum()) / truth.sum() > 0.5
+    assert float(((lungs | best.mask) & truth).sum()) / truth.sum() > 0.8
     assert summary["qc"]["segments"][best.label]["status"] == "pass"
 
 

@@ -52,6 +52,28 @@ def test_the_liver_mode_is_found_from_minus_40_hu_up_beside_much_fat(liver_hu: f
     assert abs(mode - liver_hu) <= 6.0, mode
 
 
+def test_the_liver_band_passes_a_ripple_on_its_shoulder_and_stops_at_a_neighbours_valley() -> None:
+    """A slab's partial liver (the real CT's upper 20 mm: a quarter of the liver 20-40 HU below its mode) is
+    a peak with a broad shoulder, and a shallow dip on that shoulder is no tissue boundary: the band's lower
+    valley lies beyond the shoulder, at the muscle's valley (it stopped at the dip, 73 HU, and cut a
+    quarter of the liver off: Dice 0.84). A real neighbour (muscle 30 HU below the liver, a deep valley
+    between them) still stops it."""
+    from dicomnode.imaging.organs.common import histogram_mode
+
+    rng = np.random.default_rng(0)
+
+    def values(parts: list[tuple[float, float, int]]) -> np.ndarray:
+        return np.concatenate([rng.normal(mean, sd, n) for mean, sd, n in parts])
+
+    fat = (-90.0, 20.0, 50_000)
+    shoulder = values([(100.0, 5.0, 40_000), (82.0, 6.0, 9_000), (66.0, 6.0, 9_000), (40.0, 6.0, 9_000), fat])
+    _, _, valley, _ = histogram_mode(shoulder, -60.0, 220.0)
+    assert 45.0 <= valley <= 60.0, valley  # between the muscle and the shoulder's lower hump
+    neighbour = values([(100.0, 5.0, 40_000), (70.0, 8.0, 15_000), fat])
+    _, _, valley, _ = histogram_mode(neighbour, -60.0, 220.0)
+    assert 75.0 <= valley <= 92.0, valley
+
+
 def test_lungs_on_phantom_split_left_and_right() -> None:
     ct = make_ct_phantom(shape=(40, 128, 128), spacing=(5.0, 2.8, 2.8), seed=4)
     labels = run_until("lung-ct", "lungs", ct.to_sitk())["lungs"]

@@ -532,3 +532,28 @@ def _restudied(source, patient: str | None = None):  # noqa: ANN001, ANN202
     if patient is not None:
         copy.PatientID = patient
     return copy
+
+
+def test_the_ivc_is_coded_in_the_seg_and_the_sr(processed, tmp_path):
+    """liver-ct's 'Inferior vena cava' segment (structure inferior-vena-cava) as SNOMED CT 64131007, an
+    anatomical structure, in the SEG and as the SR finding with itself as its finding site; its volume in
+    the SR is the reference's IVC (label 63)."""
+    volume = read_volume(shared_data("ct-abdomen-20", "dicom"))
+    labels = resample_onto(sitk.ReadImage(str(shared_data("ct-abdomen-20", "reference-labels.nrrd"))), volume)
+    ivc = Segment("Inferior vena cava", "inferior-vena-cava", labels == 63, (0, 151, 206))
+    case = dataclasses.replace(processed, segments=(processed.segments[0], ivc), measurements={})
+    write_result_package(case, tmp_path, ViewerProfile(send_enhanced=False))
+    seg = hd.seg.segread(tmp_path / "seg.dcm")
+    item = seg.SegmentSequence[1]
+    assert item.SegmentLabel == "Inferior vena cava"
+    assert item.SegmentedPropertyTypeCodeSequence[0].CodeValue == "64131007"
+    assert item.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "91723000"
+    assert np.array_equal(seg_mask(seg, processed.sources, 2), ivc.mask)
+    sr = hd.sr.srread(tmp_path / "sr.dcm")
+    (group,) = [g for g in sr.content.get_volumetric_roi_measurement_groups()
+                if g.tracking_identifier == "Inferior vena cava"]
+    assert group.finding_type.value == "64131007"
+    assert [s.value.value for s in group.finding_sites] == ["64131007"]
+    (volume_ml,) = [m.value for m in group.get_measurements() if m.name.value == "118565006"]
+    expected = float(ivc.mask.sum()) * float(np.prod(processed.spacing)) / 1000.0
+    assert float(volume_ml) == pytest.approx(expected, rel=1e-3) and expected > 4.0

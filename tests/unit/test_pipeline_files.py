@@ -81,7 +81,7 @@ def test_the_shipped_pipelines_read_as_before() -> None:
     liver = get_pipeline("liver-ct")
     assert liver.version == "2.1" and liver.modalities == ("CT",) and liver.enhanced == "enhanced"
     segments = [(s.source, s.each, s.required) for s in liver.segments]
-    organs = [("organs", False, False)] * 5  # spleen, kidneys, stomach, aorta (abdomen.organs), when found
+    organs = [("organs", False, False)] * 6  # spleen, kidneys, stomach, aorta, IVC (abdomen.organs): if found
     assert segments == [("liver", False, True), *organs, ("lesions", True, False)]
     lesions = next(s for s in liver.steps if s.id == "lesions")
     assert lesions.inputs == ("metal_reduced", "liver") and lesions.params["exclude_below"] == -30.0

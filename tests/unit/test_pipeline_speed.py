@@ -27,7 +27,7 @@ def _liver_ct_context(shape):
     rng = np.random.default_rng(3)
     liver = np.zeros(shape, np.uint8)
     liver[1:5, 4:14, 3:12] = 1
-    organs = rng.integers(0, 7, size=shape).astype(np.uint8)
+    organs = rng.integers(0, 8, size=shape).astype(np.uint8)
     organs[organs == 4] = 0  # no left kidney: an optional segment left out
     lesions = np.zeros(shape, np.uint16)
     lesions[2, 5:7, 5:7], lesions[3, 9:11, 4:6] = 1, 3  # values 1 and 3: "Lesion 1" and "Lesion 2"
@@ -40,7 +40,8 @@ def test_segments_are_planes_of_one_stack_that_the_seg_takes_without_a_copy():
     context, liver, organs, lesions = _liver_ct_context(shape)
     segments = build_segments(get_pipeline("liver-ct"), context, shape)
     expected = {"Liver": liver > 0, "Spleen": organs == 2, "Right kidney": organs == 3,
-                "Stomach": organs == 5, "Aorta": organs == 6, "Lesion 1": lesions == 1,
+                "Stomach": organs == 5, "Aorta": organs == 6, "Inferior vena cava": organs == 7,
+                "Lesion 1": lesions == 1,
                 "Lesion 2": lesions == 3}
     assert [s.label for s in segments] == list(expected)
     for segment in segments:
@@ -51,7 +52,8 @@ def test_segments_are_planes_of_one_stack_that_the_seg_takes_without_a_copy():
     assert np.array_equal(stack, np.stack([expected[s.label] for s in segments], axis=-1))
 
     kept = compact_segments([s for s in segments if s.label not in ("Spleen", "Aorta")])  # withheld
-    assert [s.label for s in kept] == ["Liver", "Right kidney", "Stomach", "Lesion 1", "Lesion 2"]
+    assert [s.label for s in kept] == ["Liver", "Right kidney", "Stomach", "Inferior vena cava", "Lesion 1",
+                                       "Lesion 2"]
     for segment in kept:
         assert np.array_equal(segment.mask, expected[segment.label])
     stack = mask_stack(kept, shape[0])

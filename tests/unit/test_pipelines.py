@@ -24,7 +24,8 @@ def test_shipped_pipelines_are_declared_and_use_known_steps() -> None:
         assert spec.version and spec.description
     liver = get_pipeline("liver-ct")
     assert [s.label for s in liver.segments] == [
-        "Liver", "Spleen", "Right kidney", "Left kidney", "Stomach", "Aorta", "Lesion {n}",
+        "Liver", "Spleen", "Right kidney", "Left kidney", "Stomach", "Aorta", "Inferior vena cava",
+        "Lesion {n}",
     ]
     assert [(w.organ, w.center, w.width, w.explanation) for w in liver.windows] == [
         ("liver", None, 150.0, "LIVER"), (None, 40.0, 400.0, "ABDOMEN")]

@@ -8,7 +8,8 @@ On an LPS-oriented copy of the working grid (:mod:`dicomnode.imaging.organs.land
 2. **Seeds from priors, intensities from the image** — each organ's prior territory is written in mm
    relative to those landmarks (liver: right, below the right lung base; spleen: left posterolateral,
    below the left lung base; kidneys: paravertebral; aorta: a round bright/thick structure just in
-   front of the vertebral body, slightly left; IVC: right of it; stomach: gas/fluid left anterior under
+   front of the vertebral body, slightly left; IVC: right of it, one continuous course of discs that differ
+   from their surroundings on every side, brighter or darker; stomach: gas/fluid left anterior under
    the left hemidiaphragm). Inside the territory the organ's attenuation is the histogram mode of the
    soft tissue there (−80..250 HU, so a fatty liver darker than the spleen is found as well), and the
    seed is the eroded, connected part of the territory close to that mode.
@@ -36,9 +37,9 @@ from skimage.segmentation import watershed
 
 from dicomnode.errors import ImagingError
 from dicomnode.imaging.assess import PRIORS
+from dicomnode.imaging.morphology import closing, fill_holes, largest_components
 from dicomnode.imaging.morphology import dilate as dilate_mm
 from dicomnode.imaging.morphology import erode as erode_mm
-from dicomnode.imaging.morphology import fill_holes, largest_components
 from dicomnode.imaging.organs.common import histogram_mode, refine_boundary
 from dicomnode.imaging.organs.landmarks import Landmarks, find_landmarks, to_lps
 from dicomnode.imaging.step import step
@@ -53,8 +54,12 @@ LABELS: dict[str, int] = {
     "stomach": 5,
     "aorta": 6,
     "ivc": 7,
+    # the brightest round vessel in front of the IVC at the liver's hilum (the portal vein, in the portal
+    # phase): it competes so that the liver does not take it, and is not an output (0 in the label map)
+    "hilar-vessel": 9,
 }
 BACKGROUND = 8
+VESSELS = ("aorta", "ivc", "hilar-vessel")
 
 
 @dataclass(frozen=True)
@@ -103,12 +108,80 @@ def _ribbons_cut(mask: np.ndarray, spacing, radius_mm: float = 4.0) -> np.ndarra
     return out
 
 
+def _opened(mask: np.ndarray, iterations: int) -> np.ndarray:
+    """A binary opening (``iterations`` voxels) that does not erode from the array's border: a structure
+    the field of view cuts (a kidney at the end of a slab) keeps its cut face instead of losing its widest
+    slices there."""
+    eroded = ndimage.binary_erosion(mask, iterations=iterations, border_value=1)
+    return ndimage.binary_dilation(eroded, iterations=iterations)
+
+
 def _box(mask: np.ndarray, pad) -> tuple[slice, ...]:  # noqa: ANN001
     """The bounding box of ``mask`` grown by ``pad`` voxels per axis (clipped to the array)."""
     idx = np.argwhere(mask)
     lo = np.maximum(idx.min(axis=0) - np.asarray(pad), 0)
     hi = np.minimum(idx.max(axis=0) + np.asarray(pad) + 1, mask.shape)
     return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+
+
+def _disc_scores(
+    array: np.ndarray,
+    window: np.ndarray,
+    radius_mm: float,
+    spacing,
+    excluded: np.ndarray | None = None,
+    tissue_hu: float = 60.0,
+    sectors: bool = False,
+    floor: float = -np.inf,
+):  # noqa: ANN001, ANN202 - yields (slice, row offset, column offset, scores, disc means)
+    """Per slice holding ``window``, the score of a disc of ``radius_mm`` centred at each voxel of the
+    window's bounding box (``-inf`` outside the window): its mean (HU clipped to −100..400) less half the
+    mean of the ring 3–8 mm around it (HU clipped to −100..``tissue_hu`` + 60), and the disc's mean.
+    With ``sectors`` the score is instead the smallest difference (either sign) between the disc's mean
+    and the mean of each quarter of the ring: a vessel differs from what lies around it on every side,
+    brighter or darker (a native IVC in the liver), an organ's edge or corner on one or two; less 1.5 × the
+    spread inside the disc (a lumen is uniform, a mix of fat and tissue is not). A disc whose mean is
+    below ``floor`` (fat, not blood) scores ``-inf``."""
+    _, sy, sx = spacing
+    clipped = np.clip(array, -100.0, 400.0)
+    around = np.minimum(clipped, tissue_hu + 60.0)
+    if excluded is not None and sectors:  # no disc centred there (the disc and ring keep their HU)
+        window = window & ~excluded
+    elif excluded is not None:  # no disc there (the ring may lie there)
+        clipped = np.where(excluded, -100.0, clipped)
+    outer = radius_mm + 8.0
+    ry, rx = max(1, int(round(outer / sy))), max(1, int(round(outer / sx)))
+    yy, xx = np.ogrid[-ry : ry + 1, -rx : rx + 1]
+    d2 = (yy * sy) ** 2 + (xx * sx) ** 2
+    disc = (d2 <= radius_mm**2).astype(np.float32)
+    disc /= disc.sum()
+    ring = ((d2 > (radius_mm + 3.0) ** 2) & (d2 <= outer**2)).astype(np.float32)
+    ring_mask = ring > 0
+    ring /= max(ring.sum(), 1.0)
+    quarters = []
+    if sectors:
+        for quarter in ((yy >= 0) & (xx > 0), (yy > 0) & (xx <= 0), (yy <= 0) & (xx < 0),
+                        (yy < 0) & (xx >= 0)):
+            kernel = (ring_mask & quarter).astype(np.float32)
+            quarters.append(kernel / max(float(kernel.sum()), 1.0))
+    for k in range(array.shape[0]):
+        if not window[k].any():
+            continue
+        r0, r1 = np.flatnonzero(window[k].any(axis=1))[[0, -1]]
+        c0, c1 = np.flatnonzero(window[k].any(axis=0))[[0, -1]]
+        lo_r, lo_c = max(0, r0 - ry), max(0, c0 - rx)
+        plane = clipped[k, lo_r : r1 + ry + 1, lo_c : c1 + rx + 1]
+        means = ndimage.convolve(plane, disc, mode="nearest")
+        if sectors:
+            sub = np.min([np.abs(means - ndimage.convolve(plane, q, mode="nearest")) for q in quarters],
+                         axis=0)
+            spread = ndimage.convolve(plane * plane, disc, mode="nearest") - means * means
+            sub -= 1.5 * np.sqrt(np.maximum(spread, 0.0))
+        else:
+            sub = means - 0.5 * ndimage.convolve(around[k, lo_r : r1 + ry + 1, lo_c : c1 + rx + 1], ring,
+                                                 mode="nearest")
+        sub = np.where(window[k, lo_r : r1 + ry + 1, lo_c : c1 + rx + 1] & (means >= floor), sub, -np.inf)
+        yield k, lo_r, lo_c, sub, means
 
 
 def _disc_track(
@@ -124,30 +197,9 @@ def _disc_track(
     to −100..``tissue_hu`` + 60, is subtracted): a thick, round structure brighter than its surroundings —
     a contrast-filled vessel, or a native one in its fat, not the inside of an organ.
     Returns rows, cols, found."""
-    _, sy, sx = spacing
-    clipped = np.clip(array, -100.0, 400.0)
-    around = np.minimum(clipped, tissue_hu + 60.0)
-    if excluded is not None:  # no disc there (the ring may lie there)
-        clipped = np.where(excluded, -100.0, clipped)
-    outer = radius_mm + 8.0
-    ry, rx = max(1, int(round(outer / sy))), max(1, int(round(outer / sx)))
-    yy, xx = np.ogrid[-ry : ry + 1, -rx : rx + 1]
-    d2 = (yy * sy) ** 2 + (xx * sx) ** 2
-    disc = (d2 <= radius_mm**2).astype(np.float32)
-    disc /= disc.sum()
-    ring = ((d2 > (radius_mm + 3.0) ** 2) & (d2 <= outer**2)).astype(np.float32)
-    ring /= max(ring.sum(), 1.0)
     nz = array.shape[0]
     rows, cols, found = np.zeros(nz, int), np.zeros(nz, int), np.zeros(nz, bool)
-    for k in range(nz):
-        if not window[k].any():
-            continue
-        r0, r1 = np.flatnonzero(window[k].any(axis=1))[[0, -1]]
-        c0, c1 = np.flatnonzero(window[k].any(axis=0))[[0, -1]]
-        lo_r, lo_c = max(0, r0 - ry), max(0, c0 - rx)
-        sub = ndimage.convolve(clipped[k, lo_r : r1 + ry + 1, lo_c : c1 + rx + 1], disc, mode="nearest")
-        sub -= 0.5 * ndimage.convolve(around[k, lo_r : r1 + ry + 1, lo_c : c1 + rx + 1], ring, mode="nearest")
-        sub = np.where(window[k, lo_r : r1 + ry + 1, lo_c : c1 + rx + 1], sub, -np.inf)
+    for k, lo_r, lo_c, sub, _ in _disc_scores(array, window, radius_mm, spacing, excluded, tissue_hu):
         r, c = np.unravel_index(int(np.argmax(sub)), sub.shape)
         rows[k], cols[k], found[k] = r + lo_r, c + lo_c, True
     if found.sum() >= 3:
@@ -155,6 +207,89 @@ def _disc_track(
         rows[idx] = np.round(ndimage.median_filter(rows[idx].astype(float), 5, mode="nearest")).astype(int)
         cols[idx] = np.round(ndimage.median_filter(cols[idx].astype(float), 5, mode="nearest")).astype(int)
     return rows, cols, found
+
+
+def _disc_path(
+    array: np.ndarray,
+    window: np.ndarray,
+    radius_mm: float,
+    spacing,
+    excluded: np.ndarray | None = None,
+    tissue_hu: float = 60.0,
+    drift: float = 0.5,
+    penalty: float = 10.0,
+    change: float = 0.5,
+    floor: float = -np.inf,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The centres of discs that differ from their surroundings on every side (:func:`_disc_scores` with
+    ``sectors``) chosen as one continuous course (dynamic programming over the slices): the sum of the
+    discs' scores less ``penalty`` per mm that the centre moves between neighbouring slices beyond
+    ``drift`` × their distance and ``change`` per HU that the disc's mean changes (a vessel runs on with
+    its blood; the most distinct disc of one slice may be a neighbour organ or bowel).
+    Returns rows, cols, found, each slice's score and disc mean (HU)."""
+    sz, sy, sx = spacing
+    nz = array.shape[0]
+    rows, cols, found = np.zeros(nz, int), np.zeros(nz, int), np.zeros(nz, bool)
+    scores, means = np.full(nz, -np.inf), np.zeros(nz)
+    stride = max(1, int(round(2.0 / min(sy, sx))))  # candidate centres about every 2 mm
+    chain: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []  # k, rows, cols, scores, HU
+
+    def close() -> None:
+        if not chain:
+            return
+        back: list[np.ndarray] = []
+        total = chain[0][3].copy()
+        for (k0, r0, c0, _, m0), (k1, r1, c1, s1, m1) in zip(chain, chain[1:], strict=False):
+            dist = np.hypot((r1[:, None] - r0[None, :]) * sy, (c1[:, None] - c0[None, :]) * sx)
+            cost = penalty * np.maximum(dist - drift * sz * (k1 - k0), 0.0)
+            cost += change * np.abs(m1[:, None] - m0[None, :])
+            best = np.argmax(total[None, :] - cost, axis=1)
+            total = s1 + (total[best] - cost[np.arange(best.size), best])
+            back.append(best)
+        i = int(np.argmax(total))
+        for j in range(len(chain) - 1, -1, -1):
+            k, r, c, sc, mn = chain[j]
+            rows[k], cols[k], found[k], scores[k], means[k] = r[i], c[i], True, sc[i], mn[i]
+            if j:
+                i = int(back[j - 1][i])
+        chain.clear()
+
+    previous = -2
+    for k, lo_r, lo_c, sub, mean in _disc_scores(array, window, radius_mm, spacing, excluded, tissue_hu,
+                                                 sectors=True, floor=floor):
+        grid = np.zeros(sub.shape, dtype=bool)
+        grid[::stride, ::stride] = True
+        rr, cc = np.nonzero(grid & np.isfinite(sub))
+        if rr.size == 0:
+            continue
+        if k != previous + 1:
+            close()
+        chain.append((k, rr + lo_r, cc + lo_c, sub[rr, cc], mean[rr, cc]))
+        previous = k
+    close()
+    return rows, cols, found, scores, means
+
+
+def _trim_course(found: np.ndarray, scores: np.ndarray, confident: float = 20.0) -> tuple[np.ndarray, bool]:
+    """``found`` less the slices of a vessel's course (:func:`_disc_path`) beyond where it stops standing
+    out (the median score of three slices below 0) on either side of its most distinct slice, when it
+    stands out clearly (``confident``) somewhere: the course has ended (the IVC in the right atrium) and
+    the path ran on through the tissue beyond (the liver's dome, the mediastinum). A course that stands
+    out nowhere (an IVC isodense with the liver) is kept whole: QC judges it. Returns the slices and
+    whether the course stands out clearly somewhere."""
+    idx = np.flatnonzero(found)
+    if idx.size < 3 or float(np.max(scores[idx])) < confident:
+        return found, False
+    smooth = ndimage.median_filter(scores[idx], 3, mode="nearest")
+    best = int(np.argmax(scores[idx]))
+    first, last = best, best
+    while first > 0 and smooth[first - 1] >= 0.0 and idx[first - 1] == idx[first] - 1:
+        first -= 1
+    while last < idx.size - 1 and smooth[last + 1] >= 0.0 and idx[last + 1] == idx[last] + 1:
+        last += 1
+    out = np.zeros_like(found)
+    out[idx[first] : idx[last] + 1] = True
+    return out, True
 
 
 def _tube(shape, rows, cols, found, radius_mm: float, spacing) -> np.ndarray:
@@ -209,14 +344,33 @@ def _seeds(
         tubes["aorta"] = _tube(array.shape, rows, cols, found, 18.0 * s, sp)
         aorta_zone = _tube(array.shape, rows, cols, found, 12.0 * s, sp)
         # IVC: right of the aorta, in front of the right side of the vertebral body
+        window = (u > -45 * s) & (u < -5 * s) & (v > -40 * s) & (v < 5 * s) & inner & ~aorta_zone
+        # (not on the vertebral body's bone, which the window's back reaches on its right side; one
+        # continuous course: the right kidney's front and the liver's veins are brighter discs on some slices)
+        rows, cols, found, scores, means = _disc_path(array, window, 6.0 * s, sp, excluded=vertebra,
+                                                      tissue_hu=lm.tissue_hu, floor=lm.fat_hu + 80.0)
+        found, distinct = _trim_course(found, scores)
+        if found.any():
+            # (at least a voxel's width about the centre: a child's IVC on a coarse grid)
+            radius = max(3.5 * s, 1.5 * max(sp[1:]))
+            core = _tube(array.shape, rows, cols, found, radius, sp) & soft
+            if core.any():
+                hu = float(np.median(array[core]))
+                models["ivc"] = OrganModel("ivc", core, hu, 25.0)
+                # a course that stands out nowhere (an IVC isodense with the liver around it) keeps no more
+                # than its core: its wall is not in the image, the liver keeps what lies around (QC withholds
+                # it for its low contrast)
+                tubes["ivc"] = _tube(array.shape, rows, cols, found, 13.0 * s if distinct else radius, sp)
+        # the hilar vessel: the brightest disc of the same window whose core is not the IVC's
         window = (u > -60 * s) & (u < -8 * s) & (v > -40 * s) & (v < 5 * s) & inner & ~aorta_zone
+        if "ivc" in tubes:
+            window &= ~_tube(array.shape, rows, cols, found, 13.0 * s, sp)
         rows, cols, found = _disc_track(array, window, 6.0 * s, sp, tissue_hu=lm.tissue_hu)
         if found.any():
             core = _tube(array.shape, rows, cols, found, 3.5 * s, sp) & soft
             if core.any():
-                hu = float(np.median(array[core]))
-                models["ivc"] = OrganModel("ivc", core, hu, 25.0)
-                tubes["ivc"] = _tube(array.shape, rows, cols, found, 16.0 * s, sp)
+                models["hilar-vessel"] = OrganModel("hilar-vessel", core, float(np.median(array[core])), 25.0)
+                tubes["hilar-vessel"] = _tube(array.shape, rows, cols, found, 16.0 * s, sp)
 
     vessels = np.zeros(array.shape, dtype=bool)
     for tube in tubes.values():
@@ -270,6 +424,7 @@ def _seeds(
             near = ndimage.binary_opening(near, iterations=2)
             taken |= _keep_seeded(near, m.seed)
     grown: dict[int, np.ndarray] = {}
+    renal = _renal_soft(array, lm, soft, models.get("aorta"))
     for name, side in (("kidney-right", -1.0), ("kidney-left", 1.0)):
         model = None
         # the floods of liver and spleen cover a kidney of nearly their attenuation (native phase): then
@@ -277,7 +432,7 @@ def _seeds(
         for i, known in enumerate((taken, seeds)):
             if i not in grown:
                 grown[i] = dilate_mm(known, 4.0, sp)
-            free = soft & ~grown[i]
+            free = renal & ~grown[i]
             if layer is not None:  # a kidney touching the body wall's muscle is one blob with it otherwise
                 free &= ~layer
             model = _kidney(array, lm, free, side, h_r if side < 0 else h_l, muscle_hu)
@@ -301,7 +456,7 @@ def _seeds(
             for name, m in models.items():
                 if name != "kidney-left":
                     known |= m.seed
-            free = soft & ~dilate_mm(known, 4.0, sp)
+            free = renal & ~dilate_mm(known, 4.0, sp)
             if layer is not None:
                 free &= ~layer
             again = _kidney(array, lm, free, 1.0, h_l, muscle_hu)
@@ -336,6 +491,43 @@ def _seeds(
         models["liver"] = OrganModel("liver", seed, liver.hu, liver.spread)
     log.debug("spine x %s y %s", np.round(lm.spine_x[::5]), np.round(lm.spine_y[::5]))
     return models, tubes, liver_mask
+
+
+def _renal_soft(
+    array: np.ndarray, lm: Landmarks, soft: np.ndarray, aorta: OrganModel | None
+) -> np.ndarray:
+    """The soft tissue a kidney may be made of: ``soft`` and, when the aorta is brighter than the bone
+    threshold (arterial phase), tissue up to the aorta's attenuation that is not bone. The bone threshold
+    follows the soft tissue's level (a fatty liver lowers it to 180 HU), and a kidney's cortex enhancing in
+    the arterial phase reaches towards the aorta's level; bone is the dense bone (over 300 HU) with its
+    marrow (holes filled slice by slice) and 3 mm around it."""
+    if aorta is None or aorta.hu <= lm.bone_hu:
+        return soft
+    bright = (array >= lm.bone_hu) & (array < aorta.hu) & erode_mm(lm.body, 12.0 * lm.scale, lm.spacing)
+    if not bright.any():
+        return soft
+    dense = lm.bone & (array > max(lm.bone_hu, 300.0))
+    if dense.any():
+        box = _box(dense | bright, (2, 2, 2))
+        solid = fill_holes(dense[box], slicewise=True)
+        bright[box] &= ~dilate_mm(solid, 3.0, lm.spacing)
+    return soft | bright
+
+
+def _enclosed_tissue(
+    array: np.ndarray, lm: Landmarks, mask: np.ndarray, high: float, gap_mm: float = 4.0
+) -> np.ndarray:
+    """The tissue (above the fat's level, below ``high`` HU) that ``mask`` encloses slice by slice, its
+    outline closed over gaps up to about ``2 × gap_mm``: the medulla inside a kidney's enhancing cortex in
+    the arterial phase (the renal sinus' fat is not taken)."""
+    sp = lm.spacing
+    box = _box(mask, [0] + [int(np.ceil(2 * gap_mm / spc)) + 1 for spc in sp[1:]])
+    sub = mask[box]
+    closed = closing(sub, gap_mm, sp, slicewise=True) | sub
+    inside = fill_holes(closed, slicewise=True) & ~sub & (array[box] > lm.fat_hu + 50.0) & (array[box] < high)
+    out = np.zeros_like(mask)
+    out[box] = inside
+    return out
 
 
 def _liver_low(liver: OrganModel, lm: Landmarks) -> float:
@@ -373,7 +565,7 @@ def _kidney(
         return None
     zbox = _box(soft & zone, (2, 2, 2))  # the work stays in the gutter's box
     cand = np.zeros_like(zone)
-    cand[zbox] = ndimage.binary_opening(soft[zbox] & zone[zbox], iterations=2)
+    cand[zbox] = _opened(soft[zbox] & zone[zbox], 2)
     labels = np.zeros(zone.shape, dtype=np.int32)
     labels[zbox], n = ndimage.label(cand[zbox])
     if n == 0:
@@ -385,8 +577,10 @@ def _kidney(
     fat = array < lm.fat_hu + 50.0
     best: tuple[np.ndarray, float, float] | None = None
     for i in np.flatnonzero(sizes >= 8.0 * s**3):
-        blob = labels[zbox] == i
-        for _ in range(2):  # the blob's attenuation levels: a kidney and the psoas it touches differ
+        whole = blob = labels[zbox] == i
+        # the blob's attenuation levels: a kidney and the psoas it touches differ, and in the arterial
+        # (corticomedullary) phase the kidney's cortex and its darker medulla differ too
+        for _ in range(3):
             if blob.sum() * voxel_ml < 8.0 * s**3:
                 break
             try:  # the blob's own attenuation: muscle next to a kidney (psoas, quadratus) differs from it
@@ -396,13 +590,15 @@ def _kidney(
             tolerance = max(2.5 * spread, 20.0)
             level = np.abs(array[zbox] - hu) <= tolerance
             core = np.zeros_like(zone)
-            core[zbox] = largest_components(blob & level, 1)
+            core[zbox] = largest_components(whole & level, 1)  # (all of the blob: a thin cortex is cut)
+            if core.any():  # the cortex's level holds the medulla inside it (fat, the renal sinus, does not)
+                core |= _enclosed_tissue(array, lm, core, hu + tolerance)
             fits = core.any() and _kidney_core_fits(
                 array, lm, core, soft, fat, side, hu, tolerance, muscle_hu
             )
             if fits and (best is None or hu > best[1]):
                 best = (core, hu, spread)
-            blob = ndimage.binary_opening(blob & ~level, iterations=1)
+            blob = _opened(blob & ~level, 1)
     if best is None:
         return None
     blob, hu, spread = best
@@ -574,7 +770,7 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
     explained = np.zeros(array.shape, dtype=bool)
     closer = np.zeros(array.shape, dtype=bool)
     for name, m in models.items():
-        if name not in ("stomach", "aorta", "ivc"):
+        if name not in ("stomach", *VESSELS):
             near = np.abs(array - m.hu) <= max(2.0 * m.spread, 15.0)
             explained |= near
             if muscle_hu is not None and name.startswith("kidney"):
@@ -583,7 +779,7 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
     organ_hus = [m.hu for name, m in models.items() if name != "stomach"]
     low = max(lm.fat_hu + 30.0, min(organ_hus) - 3.0 * 12.0 - 25.0)
     band = (array > low) & (array < lm.bone_hu + 60.0) & lm.body
-    for name in ("aorta", "ivc"):  # a contrast-filled lumen may be brighter than the bone threshold
+    for name in VESSELS:  # a contrast-filled lumen may be brighter than the bone threshold
         if name in tubes and models[name].hu + 60.0 > lm.bone_hu:
             lumen = _tube_core(tubes[name], models[name].seed) & (array > low)
             band |= lumen & (array < models[name].hu + 3.0 * max(models[name].spread, 25.0)) & lm.body
@@ -593,7 +789,7 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
         if name in models:
             kidneys |= models[name].seed
     wall = _wall(array, lm, dilate_mm(kidneys, 12.0 * lm.scale, sp) if kidneys.any() else None)
-    for name in ("aorta", "ivc"):  # calcified plaques in a vessel's wall are not bone to keep away from
+    for name in VESSELS:  # calcified plaques in a vessel's wall are not bone to keep away from
         if name in tubes:
             wall &= ~_tube_core(tubes[name], models[name].seed)
     markers[_background(band, wall | (layer & band), models)] = BACKGROUND
@@ -624,6 +820,8 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
     markers2[~mask] = 0
     relabelled = watershed(elevation, markers2.astype(np.int32), mask=mask).astype(np.uint8)
     out = np.where(free, relabelled, fixed).astype(np.uint8)
+    if "ivc" in tubes:  # (the freed voxels' flood does not carry the IVC beyond its tube: the liver's again)
+        out[(out == LABELS["ivc"]) & ~tubes["ivc"]] = 0
     out[mask & (labels == BACKGROUND) & (fixed == 0)] = BACKGROUND
     if liver_mask is not None and liver_mask.any():
         liver, model = LABELS["liver"], models["liver"]
@@ -665,6 +863,7 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
             organ = fill_holes(largest_components(organ, 1), slicewise=True)
             out[(out == value) & ~organ] = 0
             out[organ & (out == 0)] = value
+    out[out == LABELS["hilar-vessel"]] = 0  # (after the liver's holes are filled: it stays no liver)
     log.debug(
         "abdomen: %s",
         ", ".join(f"{n} {m.hu:.0f} HU ({int((out == LABELS[n]).sum())} vx)" for n, m in models.items()),

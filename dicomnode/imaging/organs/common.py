@@ -61,16 +61,29 @@ def histogram_mode(
     return float(centres[peak]), sigma, _valley(hist, centres, peak, -1), _valley(hist, centres, peak, 1)
 
 
-def _valley(hist: np.ndarray, centres: np.ndarray, peak: int, step: int) -> float:
-    i = peak
+def _valley(hist: np.ndarray, centres: np.ndarray, peak: int, step: int, rise: float = 1.05) -> float:
+    """The first minimum from ``peak`` towards ``step`` beyond which the histogram rises again to at least
+    ``rise`` × its height (a neighbouring tissue's peak: 6 % and more on the real and phantom cases); a
+    shallower dip is a ripple on a plateau, the shoulder of a broad organ (the real CT's upper 20 mm: the
+    liver's dome, a quarter of it 20-40 HU below its mode, rises 0.4 % past a dip at 73 HU), and the walk
+    goes on past it.
+    ``-inf``/``inf`` when the histogram falls to 5 % of the peak or reaches the end of the range first."""
+    none = -math.inf if step < 0 else math.inf
     floor = 0.05 * hist[peak]
-    while 0 < i + step < len(hist) and hist[i + step] <= hist[i]:
-        i += step
-        if hist[i] < floor:
-            return -math.inf if step < 0 else math.inf
-    if i + step <= 0 or i + step >= len(hist):
-        return -math.inf if step < 0 else math.inf
-    return float(centres[i])
+    i = peak
+    while True:
+        while 0 < i + step < len(hist) and hist[i + step] <= hist[i]:
+            i += step
+            if hist[i] < floor:
+                return none
+        if i + step <= 0 or i + step >= len(hist):
+            return none
+        top = i
+        while 0 <= top + step < len(hist) and hist[top + step] >= hist[top]:
+            top += step
+        if hist[top] >= rise * hist[i]:
+            return float(centres[i])
+        i = top
 
 
 def refine_boundary(

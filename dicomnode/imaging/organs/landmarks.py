@@ -164,7 +164,7 @@ def _trunk(array: np.ndarray, body: np.ndarray) -> np.ndarray:
     out = np.zeros_like(body)
     dense = body & (array > -500.0)
     for k in range(body.shape[0]):
-        part = ndimage.binary_opening(dense[k], iterations=2)
+        part = ndimage.binary_opening(ndimage.binary_fill_holes(dense[k]), iterations=2)
         labels, n = ndimage.label(part)
         if n == 0:
             continue

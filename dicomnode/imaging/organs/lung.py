@@ -379,7 +379,8 @@ def nodules(
 
     Solid is what is denser than halfway between the lungs' own parenchyma (its histogram mode) and soft
     tissue. An opening of ``min_diameter_mm / 2`` keeps the blobs at least that wide and cuts off the
-    thinner vessels; each surviving blob is grown back over the solid voxels within that radius. A blob
+    thinner vessels; each surviving blob is grown back over the solid voxels within that radius (and, on
+    slices thicker than that, over those just above and below it: a nodule's caps). A blob
     smaller than a sphere of ``min_diameter_mm``, with a largest cross-section under that disc (and under
     4 voxels: the resolution limit), or lying only on the envelope's one-voxel rim, is not reported.
     Vessels that survive (thick, near the hilum) are tubes: a blob whose longest axis exceeds
@@ -425,7 +426,11 @@ def nodules(
                            min(dim, s.stop + int(np.ceil(radius / sp)) + 1))
                      for s, sp, dim in zip(sl, spacing, inside.shape, strict=True))
         blob = labels[grow] == i
-        region = solid[grow] & dilate(blob, radius + max(spacing[1], spacing[2]), spacing)
+        reach = dilate(blob, radius + max(spacing[1], spacing[2]), spacing)
+        if spacing[0] > radius + max(spacing[1], spacing[2]):  # thick slices: the caps above and below
+            reach[1:] |= blob[:-1]
+            reach[:-1] |= blob[1:]
+        region = solid[grow] & reach
         if max(_elongation(blob, spacing), _elongation(region, spacing)) > max_elongation:
             rejected["elongated"] += 1
             continue
