@@ -31,7 +31,9 @@ portal phase) or hyperdense (+50 HU vs it), never touching each other. A lesion 
 whatever the liver's: in a fatty liver (``liver_hu`` below the phase's normal liver) it does not darken with
 the parenchyma (fat accumulates in hepatocytes, not in a metastasis or a cyst), so a lesion hypodense in a
 normal liver is hyperdense in a steatotic one (portal phase, liver −40 HU: the 60 HU metastasis is
-+100 HU); each truth's ``kind`` is its density relative to the liver it lies in.
++100 HU); each truth's ``kind`` is its density relative to the liver it lies in. One that would be
+within 40 HU of the liver (isodense: an arterial-phase 30 HU metastasis in a 10 HU liver) keeps the normal
+model's contrast instead: the matrix tests detection, not visibility.
 Variants: ``liver_hu`` overrides the liver's attenuation (steatosis: e.g. 10 HU, below the spleen);
 ``body_scale`` < 1 shrinks every structure about the FOV's centre (a child; lesion truths scale too);
 ``subcapsular=True`` adds a 30 mm hypodense lesion on the liver's anterior surface that bulges it by
@@ -386,7 +388,9 @@ def make_ct_phantom(
             label = len(truths) + 1
             lesion_labels[sphere] = label
             value = normal_liver + (-45.0 if kind == "hypo" else 50.0)
-            clean[sphere] = value
+            if abs(value - hu["liver"]) < 40.0:  # isodense in this liver (a 30 HU arterial metastasis in a
+                value = hu["liver"] + (-45.0 if kind == "hypo" else 50.0)  # 10 HU one): the matrix tests
+            clean[sphere] = value  # detection, not visibility: it keeps the normal liver's contrast
             scaled = tuple(c * body_scale for c in centre)
             seen_as = "hypo" if value < hu["liver"] else "hyper"  # a fatty liver turns a hypodense lesion
             truths.append(LesionTruth(label, scaled, diameter * body_scale, seen_as))  # type: ignore[arg-type]
