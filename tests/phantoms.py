@@ -26,7 +26,14 @@ ascending along +z of LPS, i.e. index 0 is the most inferior slice — the order
 
 Phases (``phase``): ``native`` (liver ~58 HU, vessels darker than liver), ``arterial`` (aorta bright,
 liver ~75 HU) and ``portal`` (liver ~105 HU, portal veins bright). Lesions: spheres inside the liver,
-diameters 8–25 mm, hypodense (−45 HU vs liver) or hyperdense (+50 HU vs liver), never touching each other.
+diameters 8–25 mm, hypodense (−45 HU vs the phase's normal liver: a hypovascular metastasis, 60 HU in the
+portal phase) or hyperdense (+50 HU vs it), never touching each other. A lesion keeps its own attenuation
+whatever the liver's: in a fatty liver (``liver_hu`` below the phase's normal liver) it does not darken with
+the parenchyma (fat accumulates in hepatocytes, not in a metastasis or a cyst), so a lesion hypodense in a
+normal liver is hyperdense in a steatotic one (portal phase, liver −40 HU: the 60 HU metastasis is
++100 HU); each truth's ``kind`` is its density relative to the liver it lies in. One that would be
+within 40 HU of the liver (isodense: an arterial-phase 30 HU metastasis in a 10 HU liver) keeps the normal
+model's contrast instead: the matrix tests detection, not visibility.
 Variants: ``liver_hu`` overrides the liver's attenuation (steatosis: e.g. 10 HU, below the spleen);
 ``body_scale`` < 1 shrinks every structure about the FOV's centre (a child; lesion truths scale too);
 ``subcapsular=True`` adds a 30 mm hypodense lesion on the liver's anterior surface that bulges it by
@@ -213,6 +220,7 @@ def make_ct_phantom(
     if phase not in PHASE_HU:
         raise ValueError(f"Unknown phase '{phase}'; expected one of {sorted(PHASE_HU)}.")
     hu = dict(PHASE_HU[phase])
+    normal_liver = hu["liver"]  # lesions keep their own attenuation: what they have in a normal liver
     if liver_hu is not None:  # steatosis (e.g. 10 HU, darker than the spleen) or any other attenuation
         hu["liver"] = float(liver_hu)
     rng = np.random.default_rng(seed)
@@ -379,9 +387,13 @@ def make_ct_phantom(
                 continue
             label = len(truths) + 1
             lesion_labels[sphere] = label
-            clean[sphere] = hu["liver"] + (-45.0 if kind == "hypo" else 50.0)
+            value = normal_liver + (-45.0 if kind == "hypo" else 50.0)
+            if abs(value - hu["liver"]) < 40.0:  # isodense in this liver (a 30 HU arterial metastasis in a
+                value = hu["liver"] + (-45.0 if kind == "hypo" else 50.0)  # 10 HU one): the matrix tests
+            clean[sphere] = value  # detection, not visibility: it keeps the normal liver's contrast
             scaled = tuple(c * body_scale for c in centre)
-            truths.append(LesionTruth(label, scaled, diameter * body_scale, kind))  # type: ignore[arg-type]
+            seen_as = "hypo" if value < hu["liver"] else "hyper"  # a fatty liver turns a hypodense lesion
+            truths.append(LesionTruth(label, scaled, diameter * body_scale, seen_as))  # type: ignore[arg-type]
 
     metal_mask = np.zeros(shape, dtype=bool)
     if metal:

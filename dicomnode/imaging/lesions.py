@@ -14,7 +14,9 @@ ordered by decreasing volume) of hypo- and/or hyper-dense regions:
    ``delta = max(k_sigma × sigma, min_contrast)`` (dark for ``hypo``, bright for ``hyper``, each
    polarity on its own) inside the eroded organ. The candidates are opened by a ball of diameter
    ``vessel_mm`` (thinner vessels and rims vanish) and grown back into the whole organ through voxels
-   that still pass (lesions at the organ's edge keep their size).
+   that still pass (lesions at the organ's edge keep their size). A component that joins two structures
+   at clearly different levels (a lesion touching a vessel far brighter than it: a fatty liver's
+   metastasis and portal vein) is split in two (:func:`_split_levels`), each judged on its own.
 3. Each connected component is one lesion unless it is (reason counted in the ``rejected``
    estimate): ``small`` (equivalent-sphere diameter below ``min_diameter_mm``); a ``rim`` (mostly in the
    organ's edge band: partial volume); ``weak`` (the median contrast of its deeper half is below
@@ -48,7 +50,10 @@ ordered by decreasing volume) of hypo- and/or hyper-dense regions:
    found). A kept lesion
    whose own boundary (step 4) is elongated in the slice plane with its long axis pointing at the metal
    is a ``metal streak`` (streak residue, the dark band between metal and bone), not a lesion; lesions
-   near metal that stay carry the ``metal`` QC flag (:mod:`dicomnode.imaging.assess`).
+   near metal that stay carry the ``metal`` QC flag (:mod:`dicomnode.imaging.assess`). One whose own
+   boundary's heart (its deepest part) reaches an edge of the images (the first or last slice, a cropped
+   side) narrower than ``FOV_KEEP_MM`` is ``cut by the field of view`` (:func:`_cut_by_fov`): whether it
+   goes on as a vessel beyond the images cannot be seen.
 4. A kept lesion's mask is its own boundary: beyond the midpoint between its level (the median of its
    deepest voxels) and its surround's (the organ tissue in a shell around it that is not a candidate),
    on the image blurred by half a voxel only, connected to its deepest voxels and within one voxel of
@@ -181,18 +186,23 @@ def _detect_box(
     crop = tuple(slice(int(a), int(b)) for a, b in zip(lo[::-1], hi[::-1], strict=True))  # x, y, z
     region_image, region_organ = image[crop], organ[crop]
     params = {**params, "metal_points": _metal_points(image, int(lo[0]), int(hi[0]))}
+    # which faces of the region (array axis 0 low, high, axis 1 low, ...) are the image's own
+    faces = tuple(bool(v) for a, b, n in zip(lo, hi, inside_shape, strict=True) for v in (a == 0, b == n))
     working_mm = float(working_spacing_mm)
     if working_mm > 0 and min(image.GetSpacing()) < working_mm:  # fine grids: detect on a coarser one
         coarse = to_working_grid(region_image, working_mm)
         coarse_organ = sitk.Resample(region_organ, coarse, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
-        found = detect_in_region(coarse, coarse_organ, **params)
+        found = detect_in_region(coarse, coarse_organ, **params,
+                                 fov_faces=_faces_on(faces, region_image, coarse))
         labels = sitk.Resample(found.image, region_image, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
         # the labels stop at the organ's surface, except a subcapsular lesion's part that bulges beyond it
         keep = sitk.GetArrayFromImage(region_organ) > 0
         keep |= np.isin(sitk.GetArrayViewFromImage(labels), list(found.estimates.get("surface_labels", ())))
         labels = sitk.Mask(labels, sitk.Cast(_like(keep, labels), sitk.sitkUInt8))
     else:  # laid out axially in the patient's frame (a permutation: exact both ways), as the coarse grid is
-        found = detect_in_region(axial(region_image), axial(region_organ), **params)
+        laid_out = axial(region_image)
+        found = detect_in_region(laid_out, axial(region_organ), **params,
+                                 fov_faces=_faces_on(faces, region_image, laid_out))
         labels = found.image
         if not same_grid(labels, region_image):
             labels = sitk.Resample(labels, region_image, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
@@ -201,6 +211,21 @@ def _detect_box(
     estimates = dict(found.estimates)
     estimates.pop("surface_labels", None)
     return out, estimates
+
+
+def _faces_on(faces: tuple[bool, ...], source: sitk.Image, target: sitk.Image) -> tuple[bool, ...]:
+    """``faces`` (per array axis of ``source``: low side, high side) for ``target``'s array axes, where
+    ``target`` covers the same region with its axes permuted or reversed (:func:`grid.axial`): each of its
+    axes is matched to the source axis it runs along (the largest direction cosine, its sign for the side)."""
+    d_source = np.asarray(source.GetDirection()).reshape(3, 3)
+    d_target = np.asarray(target.GetDirection()).reshape(3, 3)
+    out: list[bool] = []
+    for a_target in range(3):  # array axes run opposite to ITK's index axes
+        cosines = d_source.T @ d_target[:, 2 - a_target]
+        i = int(np.argmax(np.abs(cosines)))
+        low, high = faces[2 * (2 - i)], faces[2 * (2 - i) + 1]
+        out += [low, high] if cosines[i] > 0 else [high, low]
+    return tuple(out)
 
 
 def _merge_surface(enclosed: np.ndarray, surface: np.ndarray) -> tuple[np.ndarray, int]:
@@ -259,9 +284,12 @@ def detect_in_region(
     surface_grid_mm: float = 3.0,
     metal_points: np.ndarray | None = None,
     enclosed: bool = True,
+    fov_faces: tuple[bool, ...] | None = None,
 ) -> StepOutput:
     """:func:`detect` on a region (the whole grid is processed); ``metal_points`` (LPS mm, one row per
-    metal voxel on the organ's slices) lets candidates that follow a metal streak be told apart."""
+    metal voxel on the organ's slices) lets candidates that follow a metal streak be told apart;
+    ``fov_faces`` says which faces of the region (axis 0 low, high, axis 1 low, high, ...; default: all)
+    are the edges of the field of view, where a candidate cut by them is judged (:func:`_cut_by_fov`)."""
     if kind not in ("hypo", "hyper", "both"):
         raise ImagingError(f"Parameter 'kind' must be hypo, hyper or both; got {kind!r}.")
     if min_diameter_mm < 0 or k_sigma <= 0 or vessel_mm < 0:
@@ -292,6 +320,9 @@ def detect_in_region(
     core = erode(organ_arr, margin_mm, spacing)
     if spacing[0] > margin_mm:  # thick slices: also one slice off the organ's top and bottom
         core &= ndimage.binary_erosion(organ_arr, np.ones((3, 1, 1), dtype=bool))
+    if max(spacing[1:]) > margin_mm:  # coarse pixels (> 3 mm): also one pixel off the organ's edge in-plane,
+        # else the partial volume with the fat beside the organ reads as deep (a 3.2 mm grid's fat plane)
+        core &= ndimage.binary_erosion(organ_arr, ndimage.generate_binary_structure(2, 1)[None])
     if core.sum() < 50:
         core = organ_arr
     values = smooth[core]
@@ -338,6 +369,8 @@ def detect_in_region(
         grown = seeds | (dilate(seeds, depth + max(spacing), spacing) & passes & organ_arr)
         half = (residual < -0.5 * level) if polarity == "hypo" else (residual > 0.5 * level)
         labels, _ = ndimage.label(grown)
+        labels = _split_levels(labels, -residual if polarity == "hypo" else residual, delta, depth,
+                               vessel_mm, spacing)
         for i, box in enumerate(ndimage.find_objects(labels), start=1):
             comp = labels[box] == i
             volume_mm3 = float(comp.sum()) * float(np.prod(spacing))
@@ -363,6 +396,9 @@ def detect_in_region(
                 # ... unless that boundary, on slices with metal, runs along a streak
                 if _follows_streak(own if own.any() else comp, box, metal, spacing):
                     reason = "metal streak"
+                # ... or it goes on beyond the images about as wide as it is (a vessel cut by the edge)
+                elif _cut_by_fov(own if own.any() else comp, box, labels.shape, fov_faces, spacing):
+                    reason = "cut by the field of view"
                 # ... or, at water density, it is a piece of the gallbladder the organ's mask took in
                 elif polarity == "hypo" and centre - FLUID_HU[1] >= delta:
                     deepest = np.unravel_index(int(np.argmax(_distance(~comp, spacing))), comp.shape)
@@ -375,6 +411,8 @@ def detect_in_region(
                 log.debug("%s component of %d voxels rejected: %s at %s", polarity, int(comp.sum()), reason,
                           [b.start for b in box])
                 continue
+            log.debug("%s component of %d voxels kept at %s", polarity, int(comp.sum()),
+                      [b.start for b in box])
             full = np.zeros(labels.shape, dtype=bool)
             full[box] = own if own.any() else comp
             kept.append((float(comp.sum()), full, False))
@@ -729,6 +767,107 @@ class Limits:
                         top >= self.same_contrast):
                     return "continues as a vessel"
         return ""
+
+
+SPLIT_PEAK = 3.0  # a component whose peak contrast is this many thresholds or more ...
+SPLIT_LEVEL = 0.5  # ... holds a part of its own below this point between the threshold and that peak
+
+
+def _split_levels(labels: np.ndarray, contrast: np.ndarray, threshold: float, depth: float, vessel_mm: float,
+                  spacing: tuple[float, ...]) -> np.ndarray:
+    """``labels`` with each component that joins two structures at clearly different levels split in two: a
+    lesion beside a vessel much brighter (darker) than it, as in a fatty liver (-40..10 HU), where a
+    metastasis (60 HU, portal phase) and the portal vein (175 HU) both pass the threshold and touch, and
+    the vessel's own boundary then took the lesion's place. In a component whose peak contrast (98th
+    percentile) is at least ``SPLIT_PEAK`` thresholds, the voxels below the point ``SPLIT_LEVEL`` of the
+    way from the threshold to the peak that are thicker than ``vessel_mm`` (opened by it, so the brighter
+    structure's partial-volume edge drops out), grown back into that lower band and reaching farther than
+    a slice and half ``vessel_mm`` from the brighter part are a component of their own (each piece); the
+    rest keeps the label. A single lesion's level is one: its edge is thinner
+    than ``vessel_mm`` and stays with it. ``contrast`` is signed so that candidates are positive."""
+    out = labels
+    last = int(labels.max())
+    for i, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        comp = labels[box] == i
+        values = contrast[box][comp]
+        peak = float(np.percentile(values, 98))
+        if values.size < 8 or peak < SPLIT_PEAK * threshold:
+            continue
+        band = comp & (contrast[box] < threshold + SPLIT_LEVEL * (peak - threshold))
+        lower = opening(band, vessel_mm / 2.0, spacing)
+        if not lower.any():
+            continue
+        lower |= dilate(lower, depth, spacing) & band
+        # a piece of its own reaches well away from the brighter structure: not its partial-volume layer
+        # (on thick slices a whole slice above or below a vessel lying in the plane)
+        away = _distance(comp & ~band, spacing)
+        pieces, count = ndimage.label(lower)
+        reach = ndimage.maximum(away, pieces, index=np.arange(1, count + 1)) if count else []
+        far = max(spacing) + 0.5 * vessel_mm
+        own = [j for j, value in enumerate(np.atleast_1d(reach), start=1) if value >= far]
+        if not own:
+            continue
+        if out is labels:
+            out = labels.copy()
+        region = out[box]
+        for j in own:
+            last += 1
+            region[pieces == j] = last
+        log.debug("component %d split: peak %.0f, %d piece(s) at the lower level", i, peak, len(own))
+    return out
+
+
+FOV_DEPTH = 0.75  # a candidate whose heart (this share of its largest depth) reaches the images' edge ...
+FOV_KEEP_MM = 14.0  # ... is judged undecidable unless its section there holds a disc this wide (measured as
+# :func:`_thickness` does, one voxel generous: vessels cut by the real CT's last slice 6-7 mm, the phantom's
+# 25 mm lesion cut by a cropped side 19.6 mm; the width below which a surface lesion is not looked for either)
+
+
+def _cut_by_fov(comp: np.ndarray, box: tuple[slice, ...], shape: tuple[int, ...],
+                faces: tuple[bool, ...] | None, spacing: tuple[float, ...]) -> bool:
+    """Whether a candidate is cut by the field of view so that what it is cannot be told: its heart lies on
+    a face of the image (the first or last slice, a cropped side). With the images taken to go on beyond
+    that face as they are on it, the candidate's heart (its voxels at least ``FOV_DEPTH`` of its largest
+    depth deep, connected to its deepest ones; depth: the distance to what is not candidate) reaches the
+    face: it is about as thick at the edge as anywhere (a vessel crossing the edge; a ball whose centre
+    lies within a quarter of its radius of the edge), while a lesion whose centre lies inside narrows
+    towards the edge, even where a thinner structure it touches (a fissure) goes on beyond. The vessel
+    test (continuation beyond the candidate) cannot see what lies beyond the images: a vessel cut by the
+    first or last slice is a short round piece, as a lesion is (the real CT's slabs and fatty variants: a
+    hepatic vein, a fat-filled fissure on the last slice).
+    Unless its section on the face holds a disc of ``FOV_KEEP_MM`` (wider than the vessels cut by the
+    edge), it is not reported: what lies mostly beyond the images is not judged from its edge."""
+    faces = faces if faces is not None else (True,) * (2 * len(shape))
+    for axis, sl in enumerate(box):
+        for high in (False, True):
+            edge = shape[axis] - 1 if high else 0
+            if not faces[2 * axis + int(high)] or not sl.start <= edge < sl.stop:
+                continue
+            at = edge - sl.start
+            on_face = np.take(comp, at, axis=axis)
+            if not on_face.any():
+                continue
+            # beyond the face the candidate goes on as it is on the face (edge padding), elsewhere it ends
+            extra = [(0, 0)] * comp.ndim
+            extra[axis] = (0, comp.shape[axis]) if high else (comp.shape[axis], 0)
+            open_face = np.pad(comp, extra, mode="edge")
+            depth = _distance(~np.pad(open_face, 1), spacing)[1:-1, 1:-1, 1:-1]
+            inner = tuple(slice(0, n) if a != axis or high else slice(comp.shape[axis], 2 * comp.shape[axis])
+                          for a, n in enumerate(comp.shape))
+            depth = depth[inner]
+            largest = float(depth[comp].max())
+            # its heart: the part at least ``FOV_DEPTH`` of its largest depth deep, around its deepest voxels
+            pieces, _ = ndimage.label(comp & (depth >= FOV_DEPTH * largest))
+            heart = np.isin(pieces, np.unique(pieces[comp & (depth >= largest)]))
+            plane = tuple(spacing[a] for a in range(comp.ndim) if a != axis)
+            width = 2.0 * float(ndimage.distance_transform_edt(np.pad(on_face, 1), sampling=plane).max())
+            log.debug("on the field of view's edge (axis %d): depth %.1f mm, heart on the edge %s, section "
+                      "%.1f mm wide", axis, largest, bool(np.take(heart, at, axis=axis).any()), width)
+            if np.take(heart, at, axis=axis).any() and width < FOV_KEEP_MM:
+                return True
+    return False
 
 
 STREAK_ELONGATION = 1.55  # in-plane axis ratio of a lesion's own boundary read as a streak (phantom: the
