@@ -602,6 +602,11 @@ class Journal:
                 try:
                     self._make_durable(batch)
                 except OSError as exc:  # they keep their segments; recovery redoes them after a restart
+                    if stopping:  # a disk that fails every fsync must not hold the shutdown for ever
+                        log.error("Cannot make %d received file(s) durable at shutdown: %s; their records "
+                                  "stay in the journal in '%s' and are written again at the next start.",
+                                  len(batch) + len(self._handed), exc, self.directory)
+                        return
                     log.error("Cannot make %d received file(s) durable (retrying): %s", len(batch), exc)
                     with self._lock:
                         self._handed[:0] = batch

@@ -239,7 +239,9 @@ def test_a_failed_sync_keeps_the_records_in_the_journal_and_is_retried(
         real_fsync(fd)
 
     caplog.set_level(logging.ERROR, logger="dicomnode.spool.journal")
-    journal = Journal(tmp_path / "j4", segment_bytes=SEGMENT, max_segments=8, sync_seconds=0.2)
+    # segments large enough for the six page-aligned records and a spare made before fsync fails: the
+    # preparer's own fsyncs fail too, and a seventh segment would send an instance past the journal
+    journal = Journal(tmp_path / "j4", segment_bytes=4 * SEGMENT, max_segments=8, sync_seconds=0.2)
     journal.start()
     monkeypatch.setattr(journal_module.os, "fsync", fsync)  # (the syncer's fsyncs of the spool files)
     try:
@@ -262,4 +264,35 @@ def test_a_failed_sync_keeps_the_records_in_the_journal_and_is_retried(
         assert journal.pending() == 0 and list(journal.scan()) == []
         assert journal.synced_records == 6
     finally:
-        journal.stop()
+        journal.stop()  # bounded even while fsync still fails (a failed assertion above)
+
+
+def test_stop_is_bounded_when_every_fsync_fails(tmp_path: Path, files: list[Path],
+                                                caplog: pytest.LogCaptureFixture,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A disk that fails every fsync does not hold the node's shutdown: the syncer gives up at stop, says so,
+    and the records stay in the journal, which the next start replays (nothing acknowledged is lost)."""
+    import errno
+    import threading
+
+    from dicomnode.spool import journal as journal_module
+
+    def fsync(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    caplog.set_level(logging.ERROR, logger="dicomnode.spool.journal")
+    journal = Journal(tmp_path / "j5", segment_bytes=4 * SEGMENT, max_segments=8, sync_seconds=60)
+    journal.start()  # (the syncer's batch waits for the stop)
+    spool = Spool(tmp_path / "spool5", journal=journal)
+    for source in files[:3]:
+        _store(spool, source)
+    monkeypatch.setattr(journal_module.os, "fsync", fsync)
+    stopper = threading.Thread(target=journal.stop)
+    stopper.start()
+    stopper.join(timeout=20)
+    assert not stopper.is_alive(), "Journal.stop() hangs while fsync fails"
+    assert any("durable at shutdown" in r.getMessage() and "written again at the next start" in r.getMessage()
+               for r in caplog.records), [r.getMessage() for r in caplog.records]
+    monkeypatch.undo()
+    again = Journal(tmp_path / "j5", segment_bytes=4 * SEGMENT, max_segments=8, sync_seconds=0.1)
+    assert len(list(again.scan())) == 3  # still in the journal for recovery
