@@ -142,20 +142,20 @@ def _tumour_rows(case: Case, segments, spacing, seconds: float, verdicts) -> lis
     from dicomnode.imaging.metrics import compare
 
     lesions = [s for s in segments if s.category == "lesion"]
-    rows, matched = [], set()
+    rows, matched, found = [], set(), 0
     for name, truth in (case.tumours or {}).items():
         overlapping = [s for s in lesions if (s.mask & truth).any()]
         if not overlapping:
             rows.append(Row(case.name, name, 0.0, None, -100.0, "", seconds, "not found"))
             continue
-        best = max(overlapping, key=lambda s: compare(s.mask, truth, spacing).dice)
+        found += 1
         matched.update(s.label for s in overlapping)
-        m = compare(best.mask, truth, spacing)
+        scored = [(compare(s.mask, truth, spacing), s) for s in overlapping]
+        m, best = max(scored, key=lambda pair: pair[0].dice)
         verdict = verdicts.get(best.label) or {}
         flags = ",".join(verdict.get("flags", ()))
         rows.append(Row(case.name, name, m.dice, m.hd95_mm, m.volume_difference_percent,
                         verdict.get("status", ""), seconds, f"{best.label} {flags}"))
-    found = sum(1 for r in rows if r.note != "not found")
     false = [s.label for s in lesions if s.label not in matched]
     rows.append(Row(case.name, "lesions", None, None, None, "", seconds,
                     f"found {found}/{len(case.tumours or {})}, false {len(false)}"))

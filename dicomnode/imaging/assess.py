@@ -391,15 +391,22 @@ def vessel_course(
     return found
 
 
+def child_scale(diameter_cm: float) -> float | None:
+    """A child's body size as a fraction of the smallest adult's (diameter below :data:`CHILD_DIAMETER_CM`,
+    at least 5 cm): lengths scale with it, sections with its square, volumes with its cube; ``None`` for an
+    adult."""
+    if diameter_cm >= CHILD_DIAMETER_CM:
+        return None
+    return max(diameter_cm, 5.0) / CHILD_DIAMETER_CM
+
+
 def section_range(prior: OrganPrior, diameter_cm: float) -> tuple[float, float] | None:
     """The prior's adult range of a vessel's cross-section, scaled with the body's section for children."""
     if prior.section_mm2 is None:
         return None
     low, high = prior.section_mm2
-    if diameter_cm < CHILD_DIAMETER_CM:
-        scale = (max(diameter_cm, 5.0) / CHILD_DIAMETER_CM) ** 2
-        return low * scale, high * scale
-    return low, high
+    child = child_scale(diameter_cm)
+    return (low * child**2, high * child**2) if child is not None else (low, high)
 
 
 def volume_range(prior: OrganPrior, diameter_cm: float) -> tuple[float, float] | None:
@@ -407,9 +414,9 @@ def volume_range(prior: OrganPrior, diameter_cm: float) -> tuple[float, float] |
     if prior.volume_ml is None:
         return None
     low, high = prior.volume_ml
-    if diameter_cm < CHILD_DIAMETER_CM:
-        scale = (max(diameter_cm, 5.0) / CHILD_DIAMETER_CM) ** 3
-        return low * scale, high * scale
+    child = child_scale(diameter_cm)
+    if child is not None:
+        return low * child**3, high * child**3
     return low, high * max(1.0, diameter_cm / ADULT_DIAMETER_CM) ** 1.5
 
 
@@ -425,8 +432,9 @@ def span_limit_mm(prior: OrganPrior, diameter_cm: float) -> float | None:
     large body's a little longer)."""
     if prior.span_mm is None:
         return None
-    if diameter_cm < CHILD_DIAMETER_CM:
-        return prior.span_mm * max(diameter_cm, 5.0) / CHILD_DIAMETER_CM
+    child = child_scale(diameter_cm)
+    if child is not None:
+        return prior.span_mm * child
     return prior.span_mm * max(1.0, diameter_cm / ADULT_DIAMETER_CM) ** 0.5
 
 

@@ -119,7 +119,7 @@ def axial(image: sitk.Image) -> sitk.Image:
 
 
 def same_grid(a: sitk.Image, b: sitk.Image) -> bool:
-    """Whether two images share size, spacing and direction (a mask moves between them by copying)."""
+    """Whether two images share size, spacing, direction and origin (a mask moves between them by copying)."""
     return (a.GetSize() == b.GetSize() and np.allclose(a.GetSpacing(), b.GetSpacing())
             and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-6)
             and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-3))
