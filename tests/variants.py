@@ -258,3 +258,192 @@ def real_case() -> tuple[sitk.Image, sitk.Image]:
     image = volume.to_sitk()
     labels.CopyInformation(image)
     return image, labels
+
+
+# --- lung nodules inserted into a real chest CT (lung-ct) ------------------------------------------------
+# Arrays in HU with axes slices/rows/columns, ``spacing`` in mm in that order, supine, the slice index
+# growing towards the head and patient left on the image's right (lung1's layout). Positions are in mm of
+# the index grid: (slice × spacing, row × spacing, column × spacing).
+
+NODULE_KINDS = ("solid", "ground-glass", "part-solid")
+
+
+def lung_space(array: np.ndarray, air_hu: float = -400.0, min_voxels: int = 2000) -> np.ndarray:
+    """Where the lungs are on a chest CT: the air inside the body (below ``air_hu``; what touches the
+    image's border is the air outside it) in components of at least ``min_voxels``, with what it encloses
+    on each slice (vessels, bronchial walls, a nodule) — not the mediastinum between the lungs."""
+    labels, n = ndimage.label(array < air_hu)
+    border = np.unique(np.concatenate([labels[:, 0].ravel(), labels[:, -1].ravel(), labels[:, :, 0].ravel(),
+                                       labels[:, :, -1].ravel()]))
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    keep = sizes >= min_voxels
+    keep[0] = False
+    keep[border] = False
+    air = keep[labels]
+    return np.stack([ndimage.binary_fill_holes(s) for s in air])
+
+
+def _side(space: np.ndarray, side: str) -> np.ndarray:
+    """The ``left`` (image right) or ``right`` lung of :func:`lung_space`, split at the image's middle."""
+    if side not in ("left", "right"):
+        raise ValueError(f"side must be 'left' or 'right', not {side!r}.")
+    out = space.copy()
+    half = space.shape[2] // 2
+    if side == "left":
+        out[:, :, :half] = False
+    else:
+        out[:, :, half:] = False
+    return out
+
+
+def _largest(plane: np.ndarray) -> np.ndarray:
+    labels, n = ndimage.label(plane)
+    if n <= 1:
+        return plane
+    return labels == np.argmax(np.bincount(labels.ravel())[1:]) + 1
+
+
+def nodule_site(array: np.ndarray, spacing: tuple[float, float, float], *, where: str, side: str,
+                slice_index: int, radius_mm: float, row_fraction: float = 0.5,
+                space: np.ndarray | None = None) -> tuple[float, float, float]:
+    """The centre (mm of the index grid) of a nodule of ``radius_mm`` in the ``side`` lung, found from the
+    image: ``parenchyma`` — on ``slice_index``, at least ``radius_mm`` + 6 mm from the lung's edge, where
+    the surroundings hold the least vessel (an intraparenchymal nodule); ``pleura`` — against the lateral
+    chest wall on that slice (centre 0.6 radius inside the pleura: a base of 80 % of its width);
+    ``mediastinum`` — against the lung's medial border on that slice, on the row ``row_fraction`` of the
+    way from the lung's front to its back (0.5 on a slice through the hilum: a hilar nodule); ``diaphragm``
+    — on the dome: where the lung on ``slice_index`` lies over the liver or spleen on the slice below,
+    farthest from the lung's edge in the plane, 0.6 radius above the slice boundary. The lung on a slice is
+    its largest part there (a bronchus cut apart from it is not lung)."""
+    sp = np.asarray(spacing, dtype=float)
+    lung = _side(lung_space(array) if space is None else space, side)
+    inset = 0.6 * radius_mm
+    plane = _largest(lung[slice_index])  # not a bronchus cut apart from the lung on this slice
+    if not plane.any():
+        raise ValueError(f"No {side} lung on slice {slice_index}.")
+    if where == "diaphragm":
+        below = lung[slice_index - 1] if slice_index > 0 else np.zeros_like(plane)
+        depth = ndimage.distance_transform_edt(plane, sampling=sp[1:])
+        # the dome: lung on this slice over tissue on the slice below, surrounded by lung in the plane
+        score = np.where(plane & ~below & (array[max(slice_index - 1, 0)] > -300), depth, -1.0)
+        if slice_index == 0 or score.max() < radius_mm:
+            raise ValueError(f"No diaphragm dome under the {side} lung on slice {slice_index}.")
+        r, c = np.unravel_index(int(np.argmax(score)), score.shape)
+        return (float((slice_index - 0.5) * sp[0] + inset), float(r * sp[1]), float(c * sp[2]))
+    rows, cols = np.nonzero(plane)
+    if where == "parenchyma":
+        depth = ndimage.distance_transform_edt(plane, sampling=sp[1:])
+        size = [max(3, int(2 * (radius_mm + 3.0) / s)) for s in sp[1:]]
+        dense = ndimage.uniform_filter((array[slice_index] > -600).astype(np.float32), size)
+        score = np.where(depth >= radius_mm + 6.0, dense, np.inf)
+        if not np.isfinite(score).any():
+            raise ValueError(f"The {side} lung on slice {slice_index} is too thin for a {radius_mm} mm "
+                             "nodule.")
+        r, c = np.unravel_index(int(np.argmin(score)), score.shape)
+        return (float(slice_index * sp[0]), float(r * sp[1]), float(c * sp[2]))
+    lateral = 1.0 if side == "left" else -1.0  # +columns towards the patient's left
+    if where == "pleura":
+        col = int(cols.max() if side == "left" else cols.min())
+        row = float(rows[cols == col].mean())
+        return (float(slice_index * sp[0]), row * sp[1], col * sp[2] - lateral * inset)
+    if where == "mediastinum":
+        row = int(round(rows.min() + row_fraction * (rows.max() - rows.min())))
+        on_row = np.flatnonzero(plane[row])
+        if on_row.size == 0:
+            raise ValueError(f"No {side} lung on row {row} of slice {slice_index}.")
+        col = int(on_row.min() if side == "left" else on_row.max())  # the medial border
+        return (float(slice_index * sp[0]), row * sp[1], col * sp[2] + lateral * inset)
+    raise ValueError(f"where must be parenchyma, pleura, mediastinum or diaphragm, not {where!r}.")
+
+
+def insert_nodule(array: np.ndarray, spacing: tuple[float, float, float],
+                  centre_mm: tuple[float, float, float], radius_mm: float, *, kind: str = "solid",
+                  seed: int = 0, lobulation: float = 0.12,
+                  solid_hu: float = 35.0, ground_glass_hu: float = -480.0, core: float = 0.5,
+                  noise_sd: float = 15.0, space: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A nodule of ``radius_mm`` (lobulated: the radius varies by ± ``lobulation`` with the direction)
+    inserted at ``centre_mm`` as a scanner would image it: each voxel takes the fraction of it the nodule
+    fills (sampled every ≤ 0.5 mm: the partial volume of a 5 mm slice through the nodule's caps), then
+    the in-plane blur of the scanner (0.5 mm). ``solid``: soft tissue (``solid_hu``, correlated texture
+    ``noise_sd``); ``ground-glass``: ``ground_glass_hu`` (−600…−300 HU) with a patchier texture (2.5 ×
+    ``noise_sd``), the vessels through it kept (a voxel denser than the nodule keeps its value);
+    ``part-solid``: ground glass with a solid core of ``core`` × the radius. The nodule fills only the
+    lung (:func:`lung_space`): what lies in the chest wall or mediastinum stays as it was. Returns the new
+    array and the truth: the voxels at least half filled by the nodule, inside the lung."""
+    if kind not in NODULE_KINDS:
+        raise ValueError(f"kind must be one of {NODULE_KINDS}, not {kind!r}.")
+    sp = np.asarray(spacing, dtype=float)
+    centre = np.asarray(centre_mm, dtype=float)
+    rng = np.random.default_rng(seed)
+    reach = radius_mm * (1.0 + lobulation) + 2.0
+    lo = np.maximum(np.floor((centre - reach) / sp).astype(int), 0)
+    hi = np.minimum(np.ceil((centre + reach) / sp).astype(int) + 1, array.shape)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+    shape = tuple(int(b - a) for a, b in zip(lo, hi, strict=True))
+    # lobulation: a few smooth waves over the direction from the centre
+    waves = rng.normal(size=(4, 3))
+    waves /= np.linalg.norm(waves, axis=1, keepdims=True)
+    phases = rng.uniform(0, 2 * np.pi, 4)
+    subs = [max(1, int(np.ceil(s / 0.5))) for s in sp]
+    filled = np.zeros(shape, dtype=np.float32)
+    inner = np.zeros(shape, dtype=np.float32)
+    grid = np.meshgrid(*[np.arange(n, dtype=float) for n in shape], indexing="ij")
+    for oz in (np.arange(subs[0]) + 0.5) / subs[0] - 0.5:
+        for oy in (np.arange(subs[1]) + 0.5) / subs[1] - 0.5:
+            for ox in (np.arange(subs[2]) + 0.5) / subs[2] - 0.5:
+                offset = np.stack([(g + lo[a] + o) * sp[a] - centre[a]
+                                   for a, (g, o) in enumerate(zip(grid, (oz, oy, ox), strict=True))], axis=-1)
+                distance = np.linalg.norm(offset, axis=-1)
+                unit = offset / np.maximum(distance, 1e-6)[..., None]
+                wobble = sum(np.cos(2.0 * unit @ w + p) for w, p in zip(waves, phases, strict=True)) / 4.0
+                radius = radius_mm * (1.0 + lobulation * wobble)
+                filled += distance <= radius
+                inner += distance <= core * radius
+    count = float(np.prod(subs))
+    filled = ndimage.gaussian_filter(filled / count, [0.0, *(0.5 / sp[1:])])
+    inner = ndimage.gaussian_filter(inner / count, [0.0, *(0.5 / sp[1:])])
+    texture = ndimage.gaussian_filter(rng.normal(0.0, 1.0, shape), [0.0, 1.0, 1.0]).astype(np.float32)
+    texture /= max(float(texture.std()), 1e-6)
+    solid = solid_hu + noise_sd * texture
+    glass = ground_glass_hu + 2.5 * noise_sd * texture
+    if kind == "solid":
+        tissue = solid
+    elif kind == "ground-glass":
+        tissue = glass
+    else:
+        share = np.clip(inner / np.maximum(filled, 1e-6), 0.0, 1.0)
+        tissue = share * solid + (1.0 - share) * glass
+    lungs = (lung_space(array) if space is None else space)[box]
+    weight = np.where(lungs, filled, 0.0)
+    part = array[box].astype(np.float32)
+    out = array.astype(np.float32, copy=True)
+    out[box] = part * (1.0 - weight) + np.maximum(part, tissue) * weight
+    truth = np.zeros(array.shape, dtype=bool)
+    truth[box] = (filled >= 0.5) & lungs
+    return out, truth
+
+
+def remove_lesion(array: np.ndarray, spacing: tuple[float, float, float], lesion: np.ndarray, *,
+                  seed: int = 0, margin_mm: float = 2.0) -> np.ndarray:
+    """A chest CT without the ``lesion`` (a tumour's reference mask): the lesion and its dense rim within
+    ``margin_mm`` replaced, slice by slice, by the lung parenchyma of the same slice (values drawn from
+    the lung's voxels between its air mode and −700 HU on that slice, smoothed like the image's own
+    texture), blended over one voxel at the border. What the lesion touched outside the lung stays."""
+    rng = np.random.default_rng(seed)
+    space = lung_space(array)
+    sp = np.asarray(spacing, dtype=float)
+    size = [max(1, int(np.ceil(margin_mm / s))) for s in sp]
+    structure = np.ones([2 * n + 1 for n in size], dtype=bool)
+    grown = ndimage.binary_dilation(lesion, structure) & (space | lesion)
+    region = lesion | (grown & (array > -700))
+    out = array.astype(np.float32, copy=True)
+    for k in np.flatnonzero(region.any(axis=(1, 2))):
+        pool = array[k][space[k] & (array[k] < -700) & ~grown[k]]
+        if pool.size < 100:
+            continue
+        fill = rng.choice(pool, size=array[k].shape).astype(np.float32)
+        fill = ndimage.gaussian_filter(fill - float(np.median(pool)), 0.7) * 1.8 + float(np.median(pool))
+        weight = np.clip(ndimage.gaussian_filter(region[k].astype(np.float32), 0.7) * 1.5, 0.0, 1.0)
+        weight[region[k]] = 1.0
+        out[k] = out[k] * (1.0 - weight) + fill * weight
+    return out
