@@ -286,9 +286,57 @@ def lung_cases() -> Iterator[Case]:
         inserted.CopyInformation(image)
         yield Case(f"lung1/juxtapleural-{2 * radius:.0f}mm", inserted, {}, pipeline="lung-ct",
                    tumours={"Tumour": tumour, "Juxtapleural nodule": nodule})
+    yield from lung_nodule_cases(volume, image, tumour)
     ct = make_ct_phantom(shape=(40, 128, 128), spacing=(5.0, 2.8, 2.8), seed=4)
     lungs = {"Right lung": ct.masks["lung-right"], "Left lung": ct.masks["lung-left"]}
     yield Case("phantom/chest", ct.to_sitk(), lungs, pipeline="lung-ct", tumours={})
+
+
+# nodules inserted into lung1 (its own 5 mm slices; tests/variants.insert_nodule: partial volume,
+# lobulation, texture) at sites found in its image (tests/variants.nodule_site): case -> (where, side, slice,
+# radius mm, kind, row fraction); lung1's tumour stays in every case
+LUNG_NODULES: dict[str, tuple[tuple[str, str, int, float, str, float], ...]] = {
+    # small solid nodules 5-10 mm deep in the lung, and against the lateral chest wall
+    "nodules-parenchyma": (("parenchyma", "right", 14, 2.5, "solid", 0.5),
+                           ("parenchyma", "left", 20, 3.0, "solid", 0.5),
+                           ("parenchyma", "right", 40, 4.0, "solid", 0.5),
+                           ("parenchyma", "left", 8, 5.0, "solid", 0.5)),
+    "nodules-pleura": (("pleura", "left", 12, 2.5, "solid", 0.5), ("pleura", "right", 18, 3.0, "solid", 0.5),
+                       ("pleura", "left", 28, 4.0, "solid", 0.5), ("pleura", "right", 40, 5.0, "solid", 0.5)),
+    # against the mediastinum (front third of the lung) and at the hilum (its middle, at the main bronchi)
+    "nodules-mediastinal": (("mediastinum", "left", 20, 6.0, "solid", 0.3),
+                            ("mediastinum", "right", 14, 6.0, "solid", 0.3),
+                            ("mediastinum", "right", 26, 5.0, "solid", 0.5),
+                            ("mediastinum", "left", 28, 5.0, "solid", 0.5)),
+    # a pure ground-glass nodule (-480 HU) and a part-solid one (a solid core of half its radius)
+    "ground-glass": (("parenchyma", "left", 24, 6.0, "ground-glass", 0.5),
+                     ("parenchyma", "right", 12, 8.0, "part-solid", 0.5)),
+    # on the diaphragm's domes, over the liver and the spleen
+    "diaphragm": (("diaphragm", "right", 2, 5.0, "solid", 0.5), ("diaphragm", "left", 2, 4.0, "solid", 0.5)),
+}
+KIND_SHORT = {"solid": "", "ground-glass": "GG ", "part-solid": "PS "}
+
+
+def lung_nodule_cases(volume, image: sitk.Image, tumour: np.ndarray) -> Iterator[Case]:  # noqa: ANN001
+    """lung1 with the nodules of :data:`LUNG_NODULES` inserted (each case several at once, scored one by
+    one), and lung1 with its tumour removed (no lesion at all: vessels and bronchial walls stay vessels)."""
+    from tests import variants
+
+    space = variants.lung_space(volume.array)
+    for name, nodules in LUNG_NODULES.items():
+        array, truths = volume.array, {"Tumour": tumour}
+        for seed, (where, side, index, radius, kind, rows) in enumerate(nodules):
+            centre = variants.nodule_site(array, volume.spacing, where=where, side=side, slice_index=index,
+                                          radius_mm=radius, row_fraction=rows, space=space)
+            array, truth = variants.insert_nodule(array, volume.spacing, centre, radius, kind=kind, seed=seed,
+                                                  space=space)
+            truths[f"{2 * radius:.0f}mm {KIND_SHORT[kind]}{where} {side[0].upper()}"] = truth
+        inserted = sitk.GetImageFromArray(array)
+        inserted.CopyInformation(image)
+        yield Case(f"lung1/{name}", inserted, {}, pipeline="lung-ct", tumours=truths)
+    clean = sitk.GetImageFromArray(variants.remove_lesion(volume.array, volume.spacing, tumour))
+    clean.CopyInformation(image)
+    yield Case("lung1/lesion-free", clean, {}, pipeline="lung-ct", tumours={})
 
 
 PHANTOM_MATRIX: dict[str, dict] = {

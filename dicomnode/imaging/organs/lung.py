@@ -364,6 +364,42 @@ def _to_pleura(region: np.ndarray, inside: np.ndarray, values: np.ndarray, level
     return out
 
 
+def _outline_closed(inside: np.ndarray, air: np.ndarray, radius_mm: float, spacing: tuple[float, ...],
+                    reach_mm: float, plane: _PlaneCoordinates, midline: float) -> np.ndarray:
+    """Each part of the lung on each axial slice carried out to the pleural line in the images' own
+    resolution (the ``air`` within ``reach_mm`` of it: the envelope, repaired on the coarse working grid,
+    lies up to a working voxel inside the pleura) and closed by a disc of ``radius_mm``: the notch a small
+    juxtapleural or paramediastinal nodule cuts into the lung's outline (narrower than the disc) lies
+    inside it, up to the pleural line across its base. Never towards the midline (seen from the part's
+    centre, within 60° of the direction of the midline ``midline``, patient x in mm): the gaps between the
+    vessels and bronchi of the hilum, and the mediastinum, stay outside. The parts are closed one by one,
+    so the gap between the two lungs stays open."""
+    out = inside.copy()
+    if radius_mm <= 0:
+        return out
+    in_plane = (1.0, *spacing[1:])
+    pad = [int(np.ceil((radius_mm + reach_mm) / s)) + 1 for s in spacing[1:]]
+    for k in np.flatnonzero(inside.any(axis=(1, 2))):
+        parts, _ = ndimage.label(inside[k])
+        for i, sl in enumerate(ndimage.find_objects(parts), start=1):
+            if sl is None:
+                continue
+            rows = slice(max(0, sl[0].start - pad[0]), min(inside.shape[1], sl[0].stop + pad[0]))
+            cols = slice(max(0, sl[1].start - pad[1]), min(inside.shape[2], sl[1].stop + pad[1]))
+            part = (parts[rows, cols] == i)[None]
+            part |= dilate(part, reach_mm, in_plane, slicewise=True) & air[k][rows, cols][None]
+            # padded so that the closing does not stop at the crop's edge
+            padded = np.pad(part[0], [(p, p) for p in pad])[None]
+            closed = closing(padded, radius_mm, in_plane, slicewise=True)[0, pad[0]:-pad[0], pad[1]:-pad[1]]
+            x_k, y_k = plane.on_slice(int(k), inside[k].shape)
+            x_k, y_k = x_k[rows, cols], y_k[rows, cols]
+            own = parts[rows, cols] == i
+            side = 1.0 if float(x_k[own].mean()) > midline else -1.0
+            dx, dy = (x_k - float(x_k[own].mean())) * side, y_k - float(y_k[own].mean())
+            out[k][rows, cols] |= closed & ~(-dx > 0.5 * np.hypot(dx, dy))
+    return out
+
+
 @step("lung.nodules")
 def nodules(
     image: sitk.Image,
@@ -374,6 +410,7 @@ def nodules(
     soft_tissue_hu: float = 40.0,
     lumen_hu: float = -980.0,
     rim_mm: float = 3.0,
+    outline_mm: float = 5.0,
 ) -> StepOutput:
     """Nodules and masses inside the lung envelope as a label map (1, 2, … by decreasing volume).
 
@@ -399,6 +436,9 @@ def nodules(
         return empty
     idx = np.argwhere(envelope_mask)
     lo, hi = idx.min(axis=0), idx.max(axis=0) + 1
+    # room around the envelope for its outline carried out to the pleural line
+    margin = [0, *(int(np.ceil(rim_mm / sp)) + 1 for sp in spacing[1:])]
+    lo, hi = np.maximum(lo - margin, 0), np.minimum(hi + margin, envelope_mask.shape)
     box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
     inside, values = envelope_mask[box], array[box]
     air = values[inside & (values < -500)]
@@ -407,12 +447,16 @@ def nodules(
     hist, edges = np.histogram(air, bins=np.arange(-1000, -496, 4))
     parenchyma = float(edges[int(np.argmax(ndimage.gaussian_filter1d(hist.astype(float), 2)))] + 2)
     level = min(max((parenchyma + soft_tissue_hu) / 2.0, -600.0), -250.0)
-    solid = inside & (values > level)
+    plane = _PlaneCoordinates(image, box)
+    lung_x = plane.x(np.argwhere(inside))
+    midline = float(lung_x.min() + lung_x.max()) / 2.0
+    outline = _outline_closed(inside, values < level, outline_mm, spacing, rim_mm, plane, midline)
+    solid = outline & (values > level)
     radius = min_diameter_mm / 2.0
     core = opening(solid, radius, spacing)
     labels, n = ndimage.label(core)
     # a blob must reach more than one in-plane voxel inside the envelope (not the partial-volume rim)
-    deep = erode(inside, 1.01 * max(spacing[1], spacing[2]), spacing)
+    deep = erode(outline, 1.01 * max(spacing[1], spacing[2]), spacing)
     trees, _ = ndimage.label(solid)  # vessel trees: what the solid voxels connect to
     tree_sizes = np.bincount(trees.ravel())
     thick = opening(core, 2.0 * radius, spacing)  # blobs twice as wide: a nodule on a vessel
@@ -422,6 +466,7 @@ def nodules(
     for i, sl in enumerate(ndimage.find_objects(labels), start=1):
         if sl is None:
             continue
+        at = [int(s.start + o) for s, o in zip(sl, lo, strict=True)]  # where (voxel index), for the log
         grow = tuple(slice(max(0, s.start - int(np.ceil(radius / sp)) - 1),
                            min(dim, s.stop + int(np.ceil(radius / sp)) + 1))
                      for s, sp, dim in zip(sl, spacing, inside.shape, strict=True))
@@ -433,41 +478,46 @@ def nodules(
         region = solid[grow] & reach
         if max(_elongation(blob, spacing), _elongation(region, spacing)) > max_elongation:
             rejected["elongated"] += 1
+            log.debug("lung blob at %s rejected: elongated", at)
             continue
         volume = float(region.sum()) * float(np.prod(spacing))
         widest = float(region.sum(axis=(1, 2)).max())  # voxels of its largest axial cross-section
         if (6.0 * volume / np.pi) ** (1.0 / 3.0) < min_diameter_mm or widest < max(
                 4.0, np.pi * radius**2 / (spacing[1] * spacing[2])) or not deep[grow][blob].any():
             rejected["small"] += 1
+            log.debug("lung blob at %s rejected: small", at)
             continue
         hollow = fill_holes(region, slicewise=True)
         if region.sum() < 0.6 * hollow.sum():
-            rejected["ring"] += 1  # a wall around air: a bronchus (a cavity's wall is thicker)
+            # a wall around air: a bronchus (a cavity's wall is thicker)
+            rejected["ring"] += 1
+            log.debug("lung blob at %s rejected: ring", at)
             continue
         shell = dilate(region, 3.0, spacing) & ~region
         if np.mean(values[grow][shell] < lumen_hu) > 0.05:
-            rejected["airway"] += 1  # beside an airway lumen (darker than any parenchyma): a bronchial wall
+            # beside an airway lumen (darker than any parenchyma): a bronchial wall
+            rejected["airway"] += 1
+            log.debug("lung blob at %s rejected: airway", at)
             continue
         if float(np.percentile(values[grow][region], 90)) < soft_tissue_hu - 140.0:
-            rejected["faint"] += 1  # no voxel near soft-tissue density: partial volume of a vessel or scar
+            # no voxel near soft-tissue density: partial volume of a vessel or scar
+            rejected["faint"] += 1
+            log.debug("lung blob at %s rejected: faint", at)
             continue
         tree_size = int(tree_sizes[np.unique(trees[grow][region])].sum())
         if region.sum() < 0.5 * tree_size and not thick[grow][blob].any():
-            rejected["vessel"] += 1  # a cut through a vessel tree no wider than the tree's vessels
+            # a cut through a vessel tree no wider than the tree's vessels
+            rejected["vessel"] += 1
+            log.debug("lung blob at %s rejected: vessel", at)
             continue
         full = np.zeros(inside.shape, dtype=bool)
         full[grow] = region
         in_slice = np.zeros((3, 3, 3), dtype=bool)
         in_slice[1] = True
-        on_pleura = bool((ndimage.binary_dilation(region, in_slice) & ~inside[grow]).any())
+        on_pleura = bool((ndimage.binary_dilation(region, in_slice) & ~outline[grow]).any())
         found.append((volume, full, on_pleura))
     if rim_mm > 0 and any(on_pleura for _, _, on_pleura in found):
-        plane = _PlaneCoordinates(image, box)
-        corners = np.array([[z, y, x] for z in (0, inside.shape[0] - 1) for y in (0, inside.shape[1] - 1)
-                            for x in (0, inside.shape[2] - 1)])
-        lung_x = plane.x(corners)  # the box is the envelope's bounding box
-        midline = float(lung_x.min() + lung_x.max()) / 2.0
-        found = [(v, _to_pleura(full, inside, values, level, spacing, plane, midline, rim_mm)
+        found = [(v, _to_pleura(full, outline, values, level, spacing, plane, midline, rim_mm)
                   if on_pleura else full, on_pleura) for v, full, on_pleura in found]
         found = [(float(full.sum()) * float(np.prod(spacing)), full, on) for _, full, on in found]
     for n_, (_, full, _) in enumerate(sorted(found, key=lambda f: -f[0]), start=1):
