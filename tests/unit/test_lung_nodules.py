@@ -1,8 +1,9 @@
 """lung-ct finds tumours: the lung envelope holds what lies inside the pleura and nodules/masses >= 4 mm
 become ``Lesion N`` segments. Real data: lung1 (pyradiomics) with its reference tumour; a realistic
 variant of it with broad-based juxtapleural nodules of 12, 18 and 24 mm inserted against the left chest
-wall (one run for all three); the abdomen phantom (lung bases on the liver dome, no lung nodule) reports
-none."""
+wall and, in the same run, small nodules nobody tuned for (6 mm deep in the lung, 8 mm against the chest
+wall, 10 mm at either hilum: ``tests/variants.insert_nodule``, partial volume of lung1's 5 mm slices);
+the abdomen phantom (lung bases on the liver dome, no lung nodule) reports none."""
 
 from __future__ import annotations
 
@@ -39,6 +40,11 @@ def lung1() -> tuple[Volume, np.ndarray]:
 # 12 mm one's caps on the 5 mm slices above and below were lost: Dice 0.61, volume -52 %), 12 mm anterior
 NODULES = ((10, 6.0, "left", "lateral"), (21, 9.0, "left", "lateral"), (32, 12.0, "left", "lateral"),
            (24, 9.0, "right", "posterior"), (12, 6.0, "right", "posterior"), (20, 6.0, "left", "anterior"))
+# small and paramediastinal nodules at sites found in the image (tests/variants.nodule_site), away from the
+# ones above: (where, side, slice, radius mm, row fraction) — a 6 mm one deep in the right upper lobe, an
+# 8 mm one on the left chest wall, 10 mm ones against either hilum (cut by the envelope's medial border)
+SMALL = (("parenchyma", "right", 40, 3.0, 0.5), ("pleura", "left", 28, 4.0, 0.5),
+         ("mediastinum", "right", 26, 5.0, 0.5), ("mediastinum", "left", 28, 5.0, 0.5))
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +58,13 @@ def with_nodules(lung1):  # noqa: ANN001, ANN201
         index, radius, side, wall = nodule
         array, truths[nodule] = variants.juxtapleural(array, volume.spacing, slice_index=index,
                                                       radius_mm=radius, side=side, wall=wall)
+    space = variants.lung_space(volume.array)
+    for seed, nodule in enumerate(SMALL):
+        where, side, index, radius, rows = nodule
+        centre = variants.nodule_site(array, volume.spacing, where=where, side=side, slice_index=index,
+                                      radius_mm=radius, row_fraction=rows, space=space)
+        array, truths[nodule] = variants.insert_nodule(array, volume.spacing, centre, radius, seed=seed,
+                                                       space=space)
     variant = replace(volume, array=array)
     spec = JobSpec("t", "lung-ct", {}, (), "o")
     processed, summary = process_volume(get_pipeline("lung-ct"), variant, spec)
@@ -64,7 +77,7 @@ def test_lung1_tumour_and_juxtapleural_nodules_are_the_only_lesions(with_nodules
     lungs = np.logical_or.reduce([s.mask for s in processed.segments if s.category == "organ"])
     lesions = [s for s in processed.segments if s.category == "lesion"]
     # nothing else: no vessel, bronchus, rib, the heart or the diaphragm dome
-    assert [s.label for s in lesions] == [f"Lesion {n}" for n in range(1, len(NODULES) + 2)]
+    assert [s.label for s in lesions] == [f"Lesion {n}" for n in range(1, len(NODULES) + len(SMALL) + 2)]
     assert all(s.structure == "neoplasm" for s in lesions)
     assert float((lungs & tumour).sum()) / tumour.sum() > 0.95  # was 24 % before the envelope
     best = max(lesions, key=lambda s: dice(s.mask, tumour))
@@ -92,6 +105,19 @@ def test_a_juxtapleural_nodule_is_segmented_to_the_chest_wall(with_nodules, nodu
     assert summary["qc"]["segments"][best.label]["status"] == "pass"
 
 
+@pytest.mark.parametrize("nodule", SMALL, ids=[f"{2 * r:.0f}mm-{w}-{s}" for w, s, _, r, _ in SMALL])
+def test_a_small_or_hilar_nodule_is_one_lesion_with_its_volume(with_nodules, nodule) -> None:  # noqa: ANN001
+    """6-10 mm nodules deep in the lung, on the chest wall and against the hilum (where the envelope's
+    medial border cut them in half before: Dice 0.71, volume -42 %) are each one lesion with their volume."""
+    volume, truths, processed, summary = with_nodules
+    truth = truths[nodule]
+    lesions = [s for s in processed.segments if s.category == "lesion"]
+    best = max(lesions, key=lambda s: dice(s.mask, truth))
+    assert dice(best.mask, truth) >= 0.85
+    truth_ml = float(truth.sum()) * float(np.prod(volume.spacing)) / 1000.0
+    assert summary["segments"][best.label]["volume_ml"] == pytest.approx(truth_ml, rel=0.25)
+
+
 def test_a_nodule_cut_at_the_lung_edge_is_flagged_not_passed(with_nodules) -> None:  # noqa: ANN001
     """A juxtapleural nodule whose contour stops inside the pleural line (the half that indents the air:
     what the envelope's repair gave before) is `warn` `truncated`, its volume called underestimated."""
@@ -111,6 +137,34 @@ def test_a_nodule_cut_at_the_lung_edge_is_flagged_not_passed(with_nodules) -> No
     assert "volume may be underestimated" in " ".join(verdict.reasons)
     whole, _ = assess(volume.array, volume.spacing, processed.segments, axial_axis=0)
     assert whole.segments[best.label].status == QCStatus.PASS
+
+
+def test_an_inserted_nodule_is_imaged_like_a_5mm_slice_would() -> None:
+    """The variant is physically honest: a 10 mm solid nodule centred on a 5 mm slice fills that slice
+    (soft tissue at its centre), is a partial-volume mixture on the slices above and below (below half
+    filled: not in the truth), replaces only lung, and a ground-glass one keeps the vessel through it."""
+    spacing = (5.0, 0.7, 0.7)
+    array = np.full((9, 64, 64), -850.0, dtype=np.float32)
+    array[:, :, :4] = 40.0  # chest wall on one side
+    array[:, 30:33, 40:43] = 40.0  # a vessel running through the slices
+    space = np.ones(array.shape, dtype=bool)
+    space[:, :, :4] = False
+    centre = (4 * 5.0, 32 * 0.7, 32 * 0.7)
+    out, truth = variants.insert_nodule(array, spacing, centre, 5.0, lobulation=0.0, noise_sd=0.0,
+                                        space=space)
+    assert out[4, 32, 32] == pytest.approx(35.0, abs=5.0)
+    assert -850.0 < out[3, 32, 32] < -300.0 and -850.0 < out[5, 32, 32] < -300.0  # the caps: partial volume
+    assert set(np.flatnonzero(truth.any(axis=(1, 2)))) == {4}
+    # the cross-section on the slice: a disc of radius sqrt(5^2 - 1.25^2)-ish (half of the slab filled)
+    area = float(truth[4].sum()) * 0.49
+    assert np.pi * 4.0**2 < area < np.pi * 5.0**2
+    glass, _ = variants.insert_nodule(array, spacing, (4 * 5.0, 32 * 0.7, 38 * 0.7), 5.0,
+                                      kind="ground-glass", lobulation=0.0, noise_sd=0.0, space=space)
+    assert glass[4, 32, 38] == pytest.approx(-480.0, abs=10.0)
+    assert glass[4, 31, 41] >= 39.0  # the vessel inside the ground glass keeps its density
+    near_wall, wall_truth = variants.insert_nodule(array, spacing, (4 * 5.0, 20 * 0.7, 5 * 0.7), 4.0,
+                                                   space=space)
+    assert np.array_equal(near_wall[:, :, :4], array[:, :, :4]) and not wall_truth[:, :, :4].any()
 
 
 def test_no_lung_lesion_in_a_lesion_free_chest() -> None:

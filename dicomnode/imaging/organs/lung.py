@@ -415,7 +415,8 @@ def _to_mediastinum(region: np.ndarray, outline: np.ndarray, values: np.ndarray,
     """A nodule against the mediastinum or the hilum completed where the lung's outline cuts it: the
     envelope stops at the lung's medial border (the hilum is never repaired), so a paramediastinal
     nodule is cut along it. On each slice where more than a fifth of the lesion's border is solid tissue
-    outside the outline on its medial side (towards ``midline``), the circle its free border (the part
+    outside the outline on its medial side (within 60° of the direction of ``midline`` seen from the
+    lesion's centre: not the chest wall behind a posterior nodule), the circle its free border (the part
     facing the lung's air) describes is fitted; where it is round (RMS residual under a fifth of its radius
     and under 1.5 mm) and no wider than the free border spans, the solid voxels inside that circle join
     the lesion, at most three times its area on the slice (a quarter of it visible)."""
@@ -430,11 +431,13 @@ def _to_mediastinum(region: np.ndarray, outline: np.ndarray, values: np.ndarray,
                 slice(max(0, cc.min() - pad[1]), cc.max() + pad[1] + 1))
         lesion, lung, val = region[k][crop], outline[k][crop], values[k][crop]
         shell = ndimage.binary_dilation(lesion, cross) & ~lesion
-        x_k, _ = plane.on_slice(int(k), region[k].shape)
-        x = x_k[crop]
+        x_k, y_k = plane.on_slice(int(k), region[k].shape)
+        x, y = x_k[crop], y_k[crop]
         centre_x = float(x[lesion].mean())
         side = 1.0 if centre_x > midline else -1.0
-        cut = shell & ~lung & (val > level) & ((x - centre_x) * side < 0)
+        dx, dy = (x - centre_x) * side, y - float(y[lesion].mean())
+        # solid tissue outside the outline within 60° of the direction of the midline, seen from the lesion
+        cut = shell & ~lung & (val > level) & (-dx > 0.5 * np.hypot(dx, dy))
         log.debug("slice %d: lesion border %d, cut medially %d", k, shell.sum(), cut.sum())
         if cut.sum() <= 0.2 * shell.sum():
             continue
@@ -572,10 +575,10 @@ def nodules(
         full[grow] = region
         in_slice = np.zeros((3, 3, 3), dtype=bool)
         in_slice[1] = True
-        on_pleura = bool((ndimage.binary_dilation(region, in_slice) & ~outline[grow]).any())
+        on_pleura = bool((ndimage.binary_dilation(region, in_slice) & ~inside[grow]).any())
         found.append((volume, full, on_pleura))
     if rim_mm > 0 and any(on_pleura for _, _, on_pleura in found):
-        found = [(v, _to_pleura(full, outline, values, level, spacing, plane, midline, rim_mm)
+        found = [(v, _to_pleura(full, inside, values, level, spacing, plane, midline, rim_mm)
                   if on_pleura else full, on_pleura) for v, full, on_pleura in found]
         found = [(float(full.sum()) * float(np.prod(spacing)), full, on) for _, full, on in found]
     if any(on_pleura for _, _, on_pleura in found):
