@@ -18,7 +18,9 @@ the receive journal), as ``dicomnode -j`` with ``storage.journal.enabled: false`
 directory before Success; ``--journal`` picks), and with more than one association also with
 ``node.receivers`` (``--receivers``). Each rep runs every receiver and the two floors (the durability work
 alone, see the table's footnote) one after the other, from empty output folders; ratios are taken within a
-rep and the table shows medians over the reps. Each rep's own figures (instances/s, ratio to storescp, the
+rep and the table shows medians over the reps. Each rep starts with another receiver and every receiver
+starts after a ``sync`` (storescp fsyncs nothing: the next receiver would otherwise pay for writing back
+its files). Each rep's own figures (instances/s, ratio to storescp, the
 node's CPU per instance over all its processes, the load average) are printed as it ends.
 """
 
@@ -372,8 +374,12 @@ def main() -> None:
                 times["disk floor"] = []
                 times["journal floor"] = []
             for rep in range(args.reps):
-                line = []
-                for name, starter, ae in candidates:
+                line: list[str] = []
+                # each rep starts with another receiver, so that none always runs right after storescp
+                # (whose files are still being written back when it stops: it fsyncs nothing)
+                first = rep % len(candidates)
+                cpus: dict[str, float] = {}
+                for name, starter, ae in candidates[first:] + candidates[:first]:
                     out = work / f"out-{name.replace(' ', '_')}-{concurrency}-{rep}"
                     port = free_port()
                     proc = starter(out, port)
@@ -381,17 +387,21 @@ def main() -> None:
                         wait_echo(port, ae, proc)
                         cpu = cpu_seconds(proc.pid)
                         times[name].append(send(folders, port, ae))
-                        cpu = cpu_seconds(proc.pid) - cpu
+                        cpus[name] = cpu_seconds(proc.pid) - cpu
                     finally:
                         stop(proc)
                     shutil.rmtree(out, ignore_errors=True)
-                    line.append(f"{name} {len(files) / times[name][-1]:.0f}/s"
-                                + (f" ({times['storescp'][-1] / times[name][-1]:.2f}, "
-                                   f"CPU {cpu / len(files) * 1000:.2f} ms)" if name != "storescp" else ""))
+                    os.sync()  # the next receiver does not pay for writing back this one's files
                 if not args.quick:
                     floor = work / f"floor-{concurrency}-{rep}"
                     times["disk floor"].append(disk_floor(folders, floor, fsync))
                     times["journal floor"].append(journal_floor(folders, floor.with_name(f"j{floor.name}")))
+                for name, _, _ in candidates:
+                    figures = f"{name} {len(files) / times[name][-1]:.0f}/s"
+                    if name != "storescp":
+                        figures += (f" ({times['storescp'][-1] / times[name][-1]:.2f}, "
+                                    f"CPU {cpus[name] / len(files) * 1000:.2f} ms)")
+                    line.append(figures)
                 load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
                 print(f"rep {rep + 1}, {concurrency} assoc(s), load {load}: " + "; ".join(line), flush=True)
             for name, seconds in times.items():
