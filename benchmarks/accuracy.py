@@ -353,6 +353,11 @@ PHANTOM_MATRIX: dict[str, dict] = {
     # and a child's in the arterial phase: a chest wall under 10 mm thick round the lungs
     "arterial-child": {"phase": "arterial", "body_scale": 0.7},
     "fatty-liver": {"liver_hu": 10.0},
+    # axes crossed as held-out scans cross them: a low-dose scan (noise 30 HU), a child without contrast,
+    # a -40 HU liver in the arterial phase (the kidneys' cortex far above, the liver at the fat's level)
+    "low-dose": {"noise_sd": 30.0},
+    "native-child": {"phase": "native", "body_scale": 0.7},
+    "arterial-steatosis-40": {"phase": "arterial", "liver_hu": -40.0},
     "steatosis-40": {"liver_hu": -40.0},
     "child": {"body_scale": 0.7},
     "prone": {"_position": "prone"},
