@@ -18,8 +18,10 @@ Cases (every one runs the whole pipeline through ``process_volume``, as the node
   read back through the node's loader;
 * **lung** (lung-ct) — lung1 (pyradiomics' chest CT) with its reference tumour, feet first, prone, 5 mm
   slices, and solid juxtapleural nodules of 12, 18 and 24 mm inserted on its left chest wall
-  (``tests/variants.juxtapleural``), each scored against the lesion segment that matches it best; and the
-  abdomen phantom's chest (no nodule: any lesion is false);
+  (``tests/variants.juxtapleural``), each scored against the lesion segment that matches it best; nodules
+  inserted at sites found in lung1's image (:data:`LUNG_NODULES`: small parenchymal and juxtapleural,
+  paramediastinal and hilar, ground-glass and part-solid, on the diaphragm, several per case), lung1 with its
+  tumour removed (no lesion), and the abdomen phantom's chest (no nodule: any lesion is false);
 * **phantoms** (``tests/phantoms.py``, exact truth): a base case (portal phase, adult, 5 mm, head first
   supine, lesions inside the liver, no metal, full field of view) and one factor changed at a time —
   phase (native, arterial) × liver fat (10, −40 HU) × body size (child, 0.7) × position (prone, feet first)
