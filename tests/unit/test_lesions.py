@@ -11,6 +11,7 @@ from scipy import ndimage
 from dicomnode.errors import ImagingError
 from dicomnode.imaging.lesions import describe, detect
 from dicomnode.imaging.volume import read_volume, resample_onto
+from tests import variants
 from tests.phantoms import make_ct_phantom
 from tests.support import shared_data
 
@@ -201,26 +202,10 @@ def test_hypodense_lesion_touching_a_dark_structure_is_found(real_ct, centre, di
 
 
 def _subcapsular_sphere(volume, liver: np.ndarray, angle_deg: float, diameter: float, contrast: float):  # noqa: ANN001, ANN202
-    """A hypodense ball of ``diameter`` mm centred on the real liver's surface on the middle slice, where a
-    ray from the liver's centre at ``angle_deg`` (in-plane, 0 = +columns, 90 = +rows) leaves it: half of it
-    bulges out of the liver. Inside the liver the contrast is added to the parenchyma; outside, the ball
-    replaces what was there (wall, fat) by the lesion's level with the image's own noise. One-voxel
-    partial-volume edge. Returns the image and the ball's mask."""
-    k = volume.shape[0] // 2
-    rows, cols = ndimage.center_of_mass(liver[k])
-    direction = np.array([np.sin(np.deg2rad(angle_deg)), np.cos(np.deg2rad(angle_deg))])
-    steps = [np.round(np.array([rows, cols]) + t * direction).astype(int) for t in np.arange(0.0, 400.0, 0.5)]
-    edge = [p for p in steps if (p >= 0).all() and (p < liver.shape[1:]).all() and liver[k][tuple(p)]][-1]
-    centre = np.array([k, *edge]) * np.asarray(volume.spacing)
-    z, y, x = np.meshgrid(*[np.arange(n) * s for n, s in zip(volume.shape, volume.spacing, strict=True)],
-                          indexing="ij", sparse=True)
-    distance = np.sqrt((z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2)
-    weight = np.clip(diameter / 2 - distance + 0.5, 0.0, 1.0)
-    array = volume.array.astype(np.float32)
-    noise = np.clip(array - ndimage.gaussian_filter(array, 1.5), -40.0, 40.0)
-    lesion = np.where(liver, array + contrast, float(np.median(array[liver])) + contrast + noise)
-    image = volume.to_sitk((array * (1.0 - weight) + lesion * weight).astype(np.float32))
-    return image, distance <= diameter / 2
+    """:func:`tests.variants.subcapsular` on the real CT: the image and the ball's mask."""
+    array, sphere, _ = variants.subcapsular(volume.array, volume.spacing, liver, angle_deg=angle_deg,
+                                            diameter_mm=diameter, contrast_hu=contrast)
+    return volume.to_sitk(array), sphere
 
 
 @pytest.mark.parametrize(
