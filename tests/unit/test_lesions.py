@@ -404,3 +404,25 @@ def test_fat_beside_the_liver_on_coarse_pixels_is_not_a_lesion() -> None:
                                     iterations=2)
     result = detect(ct.to_sitk(), ct.to_sitk(organ.astype(np.uint8)), **LIVER_CT)
     assert sitk.GetArrayFromImage(result.image).max() == 0, describe(ct.to_sitk(), result)
+
+
+def test_the_accuracy_table_counts_a_lesion_the_field_of_view_cuts_to_a_small_cap_apart(monkeypatch) -> None:  # noqa: ANN001
+    """``benchmarks/accuracy.py``'s lesion rows expect lesions of 10 mm or more: one whose centre lies beyond
+    the outer slice, so that the images sample only a section under 10 mm of it (``extent-120-upper``'s
+    16 mm lesion, 6.6 mm beyond its first slice's centre: a 9 mm cap), is counted apart; one whose centre
+    is in view counts whole, one that reaches no slice not at all."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "accuracy.py"
+    spec = importlib.util.spec_from_file_location("accuracy_benchmark", path)
+    accuracy = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, accuracy)  # (its dataclasses look their module up)
+    spec.loader.exec_module(accuracy)
+    image = sitk.Image(8, 8, 24, sitk.sitkFloat32)
+    image.SetSpacing((2.8, 2.8, 5.0))
+    image.SetOrigin((0.0, 0.0, -27.5))
+    assert accuracy._visible_width(image, (10.0, 10.0, -34.1), 16.0) == pytest.approx(9.0, abs=0.1)
+    assert accuracy._visible_width(image, (10.0, 10.0, -14.6), 25.0) == 25.0
+    assert accuracy._visible_width(image, (10.0, 10.0, -40.0), 16.0) == 0.0
