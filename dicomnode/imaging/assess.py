@@ -689,8 +689,8 @@ def _beside_absent_organs(organs: Sequence, absent: Sequence[str],  # outputs.ap
             if near >= ABSENT_MARGIN_MM:
                 where = f"the images reach {near:.0f} mm beyond {organ.label} at both ends"
             elif near == 0.0 and far >= ABSENT_MARGIN_MM:
-                where = (f"the images reach {far:.0f} mm beyond {organ.label} at one end and its contour runs "
-                         "off them at the other")
+                where = (f"the images reach {far:.0f} mm beyond {organ.label} at one end and its contour "
+                         "runs off them at the other")
             else:
                 continue
             verdicts[organ.label] = verdicts[organ.label].adding(QCStatus.WARN, [QCFlag.LOW_CONTRAST], [
