@@ -716,7 +716,8 @@ def _kidney_core_fits(
     # the core's own partial-volume rim (the voxel layer next to it, between the fat's level and the core's
     # band) counts neither way: with the noise it holds a third of a 4 mm shell, and taken for soft tissue
     # it lost kidneys in their fat on some noise draws
-    rim = ndimage.binary_dilation(core[box]) & shell & (array[box] > lm.fat_hu + 50.0) & (array[box] < hu - tolerance)
+    values = array[box]
+    rim = ndimage.binary_dilation(core[box]) & shell & (values > lm.fat_hu + 50.0) & (values < hu - tolerance)
     shell &= ~rim
     shell_fat = shell & fat[box]
     other = shell & soft[box]
