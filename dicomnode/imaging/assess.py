@@ -25,7 +25,9 @@ vessel course          fail    a vessel (aorta, IVC) along the head-feet axis: a
 truncated (lung)       warn    a lesion in a lung bordering solid tissue inside the lung's convex outline
                                (on its slices, within 3 mm, away from the midline) that its contour leaves
                                out, more than 15 % of its volume: a juxtapleural nodule cut at the lung's
-                               edge; its volume may be underestimated
+                               edge; its volume may be underestimated; or a lesion whose 1.5 mm border
+                               runs, towards the other lung, more than 10 % along solid tissue outside
+                               the lung (against the mediastinum or hilum: its extent there is estimated)
 low_contrast           warn    the segment's median differs from its 2-6 mm surroundings by less than
                                1.5 × the image noise inside it, or from an organ segment it touches
                                (over at least 2 cm²) by less than 1.5 × the noise: the border between
@@ -64,6 +66,8 @@ UNIFORM_FRACTION = 0.65  # of a uniform organ's voxels near its main attenuation
 PLEURA_RIM_MM = 3.0  # a lung lesion's surroundings searched for solid tissue its contour left out
 PLEURA_WINDOW_MM = 30.0  # the lung beside a lesion whose outline carries the pleural line across it
 PLEURA_CUT = 0.15  # of a lung lesion's volume: more solid tissue left out inside the outline is a cut
+MEDIASTINUM_CUT = 0.1  # of a lung lesion's border: more solid tissue medially outside the lung is a cut
+MEDIASTINUM_BAND_MM = 1.5  # the border a lung lesion's surroundings are read in
 VESSEL_WIDER = 1.8  # a vessel's cross-section over this times its median one: a leak
 VESSEL_NARROWER = 0.4  # under this between normal ones: the lumen lost
 VESSEL_HU = 40.0  # a slice's median this far from the vessel's: another structure
@@ -599,6 +603,7 @@ def assess(
     _inherit_host_failures(segments, organs, verdicts)
     if is_ct and axial_axis is not None:
         _lesions_cut_at_the_pleura(image_full, spacing_full, segments, organs, verdicts, axial_axis)
+        _lesions_against_the_mediastinum(image_full, spacing_full, segments, organs, verdicts, axial_axis)
     return QCReport(verdicts), evidence
 
 
@@ -773,6 +778,60 @@ def _lesions_cut_at_the_pleura(image: np.ndarray, spacing: Sequence[float], segm
                 f"{volume:.2f} ml, within {PLEURA_RIM_MM:.0f} mm of it): it continues beyond the lung "
                 "contour (a nodule against the pleura cut at the lung's edge); its volume may be "
                 "underestimated."])
+
+
+def _lesions_against_the_mediastinum(image: np.ndarray, spacing: Sequence[float], segments: Sequence,
+                                     organs: Sequence, verdicts: dict[str, SegmentQC],
+                                     axial_axis: int) -> None:
+    """A lesion in a lung whose border, on its medial side, runs along solid tissue outside the lung is
+    at least ``warn`` ``truncated``: on its axial slices, the band within :data:`MEDIASTINUM_BAND_MM` around
+    it holds, within 60° of the direction of the other lung (seen from the lesion's centre), tissue denser
+    than halfway between the lung's parenchyma and soft tissue outside the lung, more than
+    :data:`MEDIASTINUM_CUT` of the band. The lung's envelope stops at its medial border (the hilum and
+    mediastinum are never repaired into it), so there the lesion's contour is cut or estimated (a
+    paramediastinal or hilar nodule): its volume may be wrong. Needs both lungs (their centres give the
+    direction of the midline in any orientation)."""
+    from dicomnode.imaging.morphology import dilate
+
+    lungs = [o for o in organs if o.structure.startswith("lung") and o.mask.any()]
+    if len(lungs) != 2:
+        return
+    order = (axial_axis, *(a for a in range(3) if a != axial_axis))
+    vol = np.transpose(image, order)
+    sp = tuple(float(spacing[a]) for a in order)
+    masks = [np.transpose(o.mask, order) for o in lungs]
+    centres = [np.argwhere(m[::4, ::4, ::4]).mean(axis=0)[1:] * 4 * np.asarray(sp[1:]) for m in masks]
+    for lesion in (s for s in segments if s.category == "lesion" and s.label in verdicts):
+        mask = np.transpose(lesion.mask, order)
+        hosts = [i for i, m in enumerate(masks) if (m & mask).any()]
+        if len(hosts) != 1 or not mask.any():
+            continue
+        host = masks[hosts[0]]
+        medial = centres[1 - hosts[0]] - centres[hosts[0]]
+        air = vol[host & (vol < -500.0)]
+        if air.size < 100:
+            continue
+        level = (float(np.median(air)) + 40.0) / 2.0
+        band_total = cut_total = 0
+        for k in np.flatnonzero(mask.any(axis=(1, 2))):
+            rr, cc = np.nonzero(mask[k])
+            pad = [int(np.ceil(MEDIASTINUM_BAND_MM / v)) + 1 for v in sp[1:]]
+            crop = (slice(max(0, rr.min() - pad[0]), rr.max() + pad[0] + 1),
+                    slice(max(0, cc.min() - pad[1]), cc.max() + pad[1] + 1))
+            les = mask[k][crop]
+            band = dilate(les[None], MEDIASTINUM_BAND_MM, (1.0, *sp[1:]), slicewise=True)[0] & ~les
+            rows, cols = np.nonzero(band)
+            points = np.stack([rows, cols], axis=1) * sp[1:] - np.argwhere(les).mean(axis=0) * sp[1:]
+            norms = np.linalg.norm(points, axis=1) * np.linalg.norm(medial)
+            cosine = points @ medial / np.maximum(norms, 1e-6)
+            outside = ~host[k][crop][rows, cols] & (vol[k][crop][rows, cols] > level)
+            band_total += int(band.sum())
+            cut_total += int((outside & (cosine > 0.5)).sum())
+        if band_total and cut_total > MEDIASTINUM_CUT * band_total:
+            verdicts[lesion.label] = verdicts[lesion.label].adding(QCStatus.WARN, [QCFlag.TRUNCATED], [
+                f"{lesion.label} lies against the mediastinum or hilum: {100 * cut_total / band_total:.0f} % "
+                "of its border runs along solid tissue outside the lung on its medial side, where the lung's "
+                "contour stops; its extent there is cut or estimated and its volume may be wrong."])
 
 
 def head_feet_axis(direction: Sequence[float]) -> int | None:

@@ -108,7 +108,8 @@ def test_a_juxtapleural_nodule_is_segmented_to_the_chest_wall(with_nodules, nodu
 @pytest.mark.parametrize("nodule", SMALL, ids=[f"{2 * r:.0f}mm-{w}-{s}" for w, s, _, r, _ in SMALL])
 def test_a_small_or_hilar_nodule_is_one_lesion_with_its_volume(with_nodules, nodule) -> None:  # noqa: ANN001
     """6-10 mm nodules deep in the lung, on the chest wall and against the hilum (where the envelope's
-    medial border cut them in half before: Dice 0.71, volume -42 %) are each one lesion with their volume."""
+    medial border cut them in half before: Dice 0.71, volume -42 %) are each one lesion with their volume;
+    a hilar one is `warn` `truncated` (its extent against the mediastinum is estimated), the others pass."""
     volume, truths, processed, summary = with_nodules
     truth = truths[nodule]
     lesions = [s for s in processed.segments if s.category == "lesion"]
@@ -116,6 +117,12 @@ def test_a_small_or_hilar_nodule_is_one_lesion_with_its_volume(with_nodules, nod
     assert dice(best.mask, truth) >= 0.85
     truth_ml = float(truth.sum()) * float(np.prod(volume.spacing)) / 1000.0
     assert summary["segments"][best.label]["volume_ml"] == pytest.approx(truth_ml, rel=0.25)
+    verdict = summary["qc"]["segments"][best.label]
+    if nodule[0] == "mediastinum":  # its medial extent is estimated where the lung's contour stops: said so
+        assert verdict["status"] == "warn" and "truncated" in verdict["flags"]
+        assert "against the mediastinum or hilum" in " ".join(verdict["reasons"])
+    else:
+        assert verdict["status"] == "pass"
 
 
 def test_a_nodule_cut_at_the_lung_edge_is_flagged_not_passed(with_nodules) -> None:  # noqa: ANN001
