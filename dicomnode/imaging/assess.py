@@ -27,7 +27,8 @@ truncated (lung)       warn    a lesion in a lung bordering solid tissue inside 
                                out, more than 15 % of its volume: a juxtapleural nodule cut at the lung's
                                edge; its volume may be underestimated; or a lesion whose 1.5 mm border
                                runs, towards the other lung, more than 10 % along solid tissue outside
-                               the lung (against the mediastinum or hilum: its extent there is estimated)
+                               the lung, more than 60 % of all the tissue outside the lung around it
+                               (against the mediastinum or hilum: its extent there is estimated)
 low_contrast           warn    the segment's median differs from its 2-6 mm surroundings by less than
                                1.5 × the image noise inside it, or from an organ segment it touches
                                (over at least 2 cm²) by less than 1.5 × the noise: the border between
@@ -68,6 +69,7 @@ PLEURA_WINDOW_MM = 30.0  # the lung beside a lesion whose outline carries the pl
 PLEURA_CUT = 0.15  # of a lung lesion's volume: more solid tissue left out inside the outline is a cut
 MEDIASTINUM_CUT = 0.1  # of a lung lesion's border: more solid tissue medially outside the lung is a cut
 MEDIASTINUM_BAND_MM = 1.5  # the border a lung lesion's surroundings are read in
+MEDIASTINUM_SHARE = 0.6  # ... and of all the solid tissue outside the lung around it (not the chest wall)
 VESSEL_WIDER = 1.8  # a vessel's cross-section over this times its median one: a leak
 VESSEL_NARROWER = 0.4  # under this between normal ones: the lumen lost
 VESSEL_HU = 40.0  # a slice's median this far from the vessel's: another structure
@@ -787,9 +789,12 @@ def _lesions_against_the_mediastinum(image: np.ndarray, spacing: Sequence[float]
     at least ``warn`` ``truncated``: on its axial slices, the band within :data:`MEDIASTINUM_BAND_MM` around
     it holds, within 60° of the direction of the other lung (seen from the lesion's centre), tissue denser
     than halfway between the lung's parenchyma and soft tissue outside the lung, more than
-    :data:`MEDIASTINUM_CUT` of the band. The lung's envelope stops at its medial border (the hilum and
-    mediastinum are never repaired into it), so there the lesion's contour is cut or estimated (a
-    paramediastinal or hilar nodule): its volume may be wrong. Needs both lungs (their centres give the
+    :data:`MEDIASTINUM_CUT` of the band and more than :data:`MEDIASTINUM_SHARE` of all the tissue outside
+    the lung in it (a juxtapleural nodule's base against the chest wall lies all round, not medially;
+    lung1's juxtapleural nodules: at most 0.41, hilar and paramediastinal ones 0.71-0.94). The lung's
+    envelope stops at its medial border (the hilum and mediastinum are never repaired into it), so there
+    the lesion's contour is cut or estimated (a paramediastinal or hilar nodule): its volume may be
+    wrong. Needs both lungs (their centres give the
     direction of the midline in any orientation)."""
     from dicomnode.imaging.morphology import dilate
 
@@ -812,7 +817,7 @@ def _lesions_against_the_mediastinum(image: np.ndarray, spacing: Sequence[float]
         if air.size < 100:
             continue
         level = (float(np.median(air)) + 40.0) / 2.0
-        band_total = cut_total = 0
+        band_total = cut_total = outside_total = 0
         for k in np.flatnonzero(mask.any(axis=(1, 2))):
             rr, cc = np.nonzero(mask[k])
             pad = [int(np.ceil(MEDIASTINUM_BAND_MM / v)) + 1 for v in sp[1:]]
@@ -826,8 +831,11 @@ def _lesions_against_the_mediastinum(image: np.ndarray, spacing: Sequence[float]
             cosine = points @ medial / np.maximum(norms, 1e-6)
             outside = ~host[k][crop][rows, cols] & (vol[k][crop][rows, cols] > level)
             band_total += int(band.sum())
+            outside_total += int(outside.sum())
             cut_total += int((outside & (cosine > 0.5)).sum())
-        if band_total and cut_total > MEDIASTINUM_CUT * band_total:
+        # mostly medial: a juxtapleural nodule carried out to the chest wall has its wall all round its base
+        if band_total and cut_total > MEDIASTINUM_CUT * band_total \
+                and cut_total > MEDIASTINUM_SHARE * outside_total:
             verdicts[lesion.label] = verdicts[lesion.label].adding(QCStatus.WARN, [QCFlag.TRUNCATED], [
                 f"{lesion.label} lies against the mediastinum or hilum: {100 * cut_total / band_total:.0f} % "
                 "of its border runs along solid tissue outside the lung on its medial side, where the lung's "

@@ -83,7 +83,7 @@ def test_lung1_tumour_and_juxtapleural_nodules_are_the_only_lesions(with_nodules
     best = max(lesions, key=lambda s: dice(s.mask, tumour))
     assert dice(best.mask, tumour) >= 0.85
     assert summary["segments"][best.label]["volume_ml"] == pytest.approx(1.36, rel=0.35)
-    assert summary["qc"]["segments"][best.label]["status"] == "pass"
+    assert summary["qc"]["segments"][best.label]["status"] == "pass", summary["qc"]["segments"][best.label]
 
 
 @pytest.mark.parametrize("nodule", NODULES, ids=[f"{2 * r:.0f}mm-{s}-{w}" for _, r, s, w in NODULES])
@@ -102,7 +102,7 @@ def test_a_juxtapleural_nodule_is_segmented_to_the_chest_wall(with_nodules, nodu
     # carried out to the pleura, not in the lung mask)
     assert float((lungs & truth).sum()) / truth.sum() > 0.5
     assert float(((lungs | best.mask) & truth).sum()) / truth.sum() > 0.8
-    assert summary["qc"]["segments"][best.label]["status"] == "pass"
+    assert summary["qc"]["segments"][best.label]["status"] == "pass", summary["qc"]["segments"][best.label]
 
 
 @pytest.mark.parametrize("nodule", SMALL, ids=[f"{2 * r:.0f}mm-{w}-{s}" for w, s, _, r, _ in SMALL])
