@@ -220,12 +220,14 @@ def _disc_path(
     penalty: float = 10.0,
     change: float = 0.5,
     floor: float = -np.inf,
+    sectors: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The centres of discs that differ from their surroundings on every side (:func:`_disc_scores` with
-    ``sectors``) chosen as one continuous course (dynamic programming over the slices): the sum of the
-    discs' scores less ``penalty`` per mm that the centre moves between neighbouring slices beyond
-    ``drift`` × their distance and ``change`` per HU that the disc's mean changes (a vessel runs on with
-    its blood; the most distinct disc of one slice may be a neighbour organ or bowel).
+    ``sectors``; without, that stand out brightest from their ring) chosen as one continuous course
+    (dynamic programming over the slices): the sum of the discs' scores less ``penalty`` per mm that the
+    centre moves between neighbouring slices beyond ``drift`` × their distance and ``change`` per HU that
+    the disc's mean changes (a vessel runs on with its blood; the most distinct disc of one slice may be a
+    neighbour organ or bowel).
     Returns rows, cols, found, each slice's score and disc mean (HU)."""
     sz, sy, sx = spacing
     nz = array.shape[0]
@@ -256,7 +258,7 @@ def _disc_path(
 
     previous = -2
     for k, lo_r, lo_c, sub, mean in _disc_scores(array, window, radius_mm, spacing, excluded, tissue_hu,
-                                                 sectors=True, floor=floor):
+                                                 sectors=sectors, floor=floor):
         grid = np.zeros(sub.shape, dtype=bool)
         grid[::stride, ::stride] = True
         rr, cc = np.nonzero(grid & np.isfinite(sub))
@@ -335,7 +337,10 @@ def _seeds(
     # aorta: round, thick, bright structure in front of the vertebral body, slightly left
     window = (u > -15 * s) & (u < 40 * s) & (v > -55 * s) & (v < -4 * s) & inner
     vertebra = (v > 0) & (np.abs(u) < 22 * s)  # the vertebral body's bone is not a bright disc
-    rows, cols, found = _disc_track(array, window, 7.0 * s, sp, excluded=vertebra, tissue_hu=lm.tissue_hu)
+    # (one continuous course: a bright vessel beside it, the IVC at the window's right edge, may score as
+    # high on some slices; per slice the best disc jumped to it where the two nearly tie)
+    rows, cols, found, _, _ = _disc_path(array, window, 7.0 * s, sp, excluded=vertebra,
+                                         tissue_hu=lm.tissue_hu, change=0.0, sectors=False)
     if found.any():
         # (arterial phase: the lumen is brighter than the bone threshold; the track stays in front of the
         # vertebral body, so the core is the tube's soft tissue and contrast, not bone)
@@ -976,6 +981,9 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
         sub = out[box]
         sub[organ[box] & ~refined] = 0
         sub[refined & (sub == 0)] = value
+    for name in ("aorta", "ivc"):
+        if name in models and name in tubes:
+            _vessel_boundary(out, array, lm, models[name], LABELS[name], tubes[name])
     for name in ("liver", "spleen", "kidney-right", "kidney-left"):
         value = LABELS[name]
         organ = out == value
@@ -989,6 +997,30 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
         ", ".join(f"{n} {m.hu:.0f} HU ({int((out == LABELS[n]).sum())} vx)" for n, m in models.items()),
     )
     return out
+
+
+def _vessel_boundary(
+    out: np.ndarray, array: np.ndarray, lm: Landmarks, model: OrganModel, value: int, tube: np.ndarray
+) -> None:
+    """A vessel's partial volume at its border, in place on ``out``: each voxel just outside its contour
+    (inside its tube, free: no other organ's, not the vertebral body, not brighter than the blood) joins it
+    when its value lies nearer the lumen's level than the local mean of what lies around the vessel
+    (:func:`refine_boundary`, HU clipped to the fat's level and the blood's): its blood fills at least half
+    of it. The competition's flood stops at the gradient's ridge, the background's markers (below the
+    soft-tissue band) and the attenuation tolerance take the border's partial volume, so the contour lay
+    inside the lumen's edge (a round vessel lost 10-15 % of its section)."""
+    vessel = out == value
+    if not vessel.any():
+        return
+    sp = lm.spacing
+    box = _box(vessel, [int(np.ceil(8.0 / spc)) + 1 for spc in sp])
+    sub = out[box]
+    u, v = lm.relative()
+    spine = ((v > 0) & (np.abs(u) < 22 * lm.scale))[box]
+    refined = refine_boundary(np.clip(array[box], lm.fat_hu, model.hu), vessel[box], sp, scale_mm=4.0,
+                              iterations=1)
+    free = (sub == 0) & tube[box] & ~spine & (array[box] < model.hu + 3.0 * model.spread)
+    sub[refined & free] = value
 
 
 def _kidney_regain(
