@@ -983,7 +983,8 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
         sub[refined & (sub == 0)] = value
     for name in ("aorta", "ivc"):
         if name in models and name in tubes:
-            _vessel_boundary(out, array, lm, models[name], LABELS[name], tubes[name])
+            _vessel_boundary(out, array, lm, models[name], LABELS[name], tubes[name],
+                             wall_mm=3.0 * lm.scale if name == "aorta" else 0.0, branches=name == "aorta")
     for name in ("liver", "spleen", "kidney-right", "kidney-left"):
         value = LABELS[name]
         organ = out == value
@@ -1000,7 +1001,9 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
 
 
 def _vessel_boundary(
-    out: np.ndarray, array: np.ndarray, lm: Landmarks, model: OrganModel, value: int, tube: np.ndarray
+    out: np.ndarray, array: np.ndarray, lm: Landmarks, model: OrganModel, value: int, tube: np.ndarray,
+    wall_mm: float = 0.0,
+    branches: bool = False,
 ) -> None:
     """A vessel's partial volume at its border, in place on ``out``: each voxel just outside its contour
     (inside its tube, free: no other organ's, not the vertebral body, not brighter than the blood) joins it
@@ -1008,19 +1011,56 @@ def _vessel_boundary(
     (:func:`refine_boundary`, HU clipped to the fat's level and the blood's): its blood fills at least half
     of it. The competition's flood stops at the gradient's ridge, the background's markers (below the
     soft-tissue band) and the attenuation tolerance take the border's partial volume, so the contour lay
-    inside the lumen's edge (a round vessel lost 10-15 % of its section)."""
+    inside the lumen's edge (a round vessel lost 10-15 % of its section). With ``branches`` the origins of
+    its branches leave it first (:func:`_cut_branches`); with ``wall_mm`` the calcified plaques of its wall
+    within that reach of the lumen join it (the aorta is its wall too)."""
     vessel = out == value
     if not vessel.any():
         return
     sp = lm.spacing
     box = _box(vessel, [int(np.ceil(8.0 / spc)) + 1 for spc in sp])
     sub = out[box]
+    if branches:
+        _cut_branches(sub, value, sp)
+        vessel = out == value
     u, v = lm.relative()
     spine = ((v > 0) & (np.abs(u) < 22 * lm.scale))[box]
     refined = refine_boundary(np.clip(array[box], lm.fat_hu, model.hu), vessel[box], sp, scale_mm=4.0,
                               iterations=1)
-    free = (sub == 0) & tube[box] & ~spine & (array[box] < model.hu + 3.0 * model.spread)
-    sub[refined & free] = value
+    free = (sub == 0) & tube[box] & ~spine
+    values = array[box]
+    blood_top = model.hu + 3.0 * model.spread
+    sub[refined & free & (values < blood_top)] = value
+    if wall_mm > 0:
+        # calcified plaques in its wall (above the blood's and the bone's level) within the wall's reach of
+        # the lumen, not the vertebra behind it (on the median-smoothed grid a plaque on the vessel's back
+        # merges with the vertebra's front), and the voxels between them and the lumen brighter than the
+        # blood's level
+        wall = dilate_mm(sub == value, wall_mm, sp, slicewise=True) & free
+        plaque = wall & (values >= max(blood_top, lm.bone_hu))
+        if plaque.any():
+            near = dilate_mm(plaque, 1.5 * max(sp[1:]), sp, slicewise=True)
+            sub[plaque | (wall & near & (values >= model.hu))] = value
+
+
+def _cut_branches(sub: np.ndarray, value: int, spacing) -> None:  # noqa: ANN001
+    """The branches' origins leave a vessel's contour (in place on the label map ``sub``): what a slice-wise
+    opening with a disc of half the vessel's median radius removes, where a removed piece holds at least
+    such a disc one slice thick (the coeliac trunk and the mesenteric artery leaving the aorta; not the
+    corners the opening shaves off a round section on a coarse grid)."""
+    own = sub == value
+    sections = own.sum(axis=(1, 2))
+    if not sections.any():
+        return
+    radius = 0.5 * float(np.sqrt(np.median(sections[sections > 0]) * spacing[1] * spacing[2] / np.pi))
+    opened = dilate_mm(erode_mm(own, radius, spacing, slicewise=True), radius, spacing, slicewise=True) & own
+    rest, n = ndimage.label(own & ~opened)
+    if n == 0:
+        return
+    sizes = np.bincount(rest.ravel(), minlength=n + 1) * float(np.prod(spacing))
+    branch = sizes >= np.pi * radius**2 * spacing[0]
+    branch[0] = False
+    sub[branch[rest]] = 0
 
 
 def _kidney_regain(
