@@ -8,7 +8,16 @@ Cases (every one runs the whole pipeline through ``process_volume``, as the node
   together, scored against the equally transformed reference): prone, feet first, 5 mm slices,
   native phase, fatty liver (≈ 10 HU), steatosis at −20 and −40 HU (the issue's lower bound, near the
   fat's level), a field of view cut into the liver, only the upper or the lower 20 mm of its slices (a shorter
-  craniocaudal extent: no lung base, the liver cut at both ends);
+  craniocaudal extent: no lung base, the liver cut at both ends); acquisition and reconstruction — low dose
+  (noise × 2.5 with a CT kernel's grain), a sharp and a smooth kernel, a 256 matrix (1.95 mm pixels), a
+  zoomed 0.7 mm reconstruction; the late arterial (aorta 300 HU, liver 70, spleen mottled) and delayed
+  (liver and spleen within 3 HU) phases; titanium pedicle screws with streaks made by filtered
+  back-projection; a child (the patient 0.6 × smaller on a 0.7 mm / 1.25 mm grid); and the same pixels
+  written as DICOM with other storages (unsigned with intercept −1024, signed, slope 0.5) and wrong but
+  plausible headers (intercept 0 on pixels stored with −1024: must be refused; −1000 for −1024: +24 HU),
+  read back through the node's loader; and a 20 mm hypodense lesion inserted half outside the
+  liver's surface at ten positions round it (``subcapsular-20mm-<angle>``: against the wall's muscle,
+  intercostal muscles, the crus, of about the lesion's attenuation);
 * **lung** (lung-ct) — lung1 (pyradiomics' chest CT) with its reference tumour, feet first, prone, 5 mm
   slices, and solid juxtapleural nodules of 12, 18 and 24 mm inserted on its left chest wall
   (``tests/variants.juxtapleural``), each scored against the lesion segment that matches it best; and the
@@ -24,7 +33,8 @@ Cases (every one runs the whole pipeline through ``process_volume``, as the node
   Every phantom has an IVC (``ivc=True``: blood of the phase beside the right crus, through the liver's
   bare area).
   Lesion rows report lesions found / expected (≥ 10 mm, at least partly inside the field of view; those
-  a cropped field of view misses whole are counted apart) and false ones; the real liver of
+  a cropped field of view misses whole are counted apart, and so are those of which it holds only a cap
+  narrower than 10 mm: a lesion under 10 mm need not be found) and false ones; the real liver of
   ``ct-abdomen-20`` and its variants has none, so every lesion reported there is false.
 
 The QC column is the pipeline's verdict for the segment (``result.json``'s ``qc``) when the pipeline
@@ -72,6 +82,9 @@ class Case:
     notes: dict[str, str] = field(default_factory=dict)
     pipeline: str = "liver-ct"
     tumours: dict[str, np.ndarray] | None = None  # lung-ct: name -> truth of each tumour/nodule
+    # written as a DICOM series with this storage (tests.variants.write_series: unsigned, slope,
+    # intercept) and read back through the node's loader; None: the image is handed over as it is
+    dicom: dict | None = None
 
 
 @dataclass
@@ -95,6 +108,8 @@ def run_case(case: Case) -> list[Row]:
 
     spec = get_pipeline(case.pipeline)
     volume = Volume.from_sitk(case.image, modality="CT", units="HU")
+    if case.dicom is not None:
+        volume = _through_dicom(case)
     started = time.perf_counter()
     try:
         processed, summary = process_volume(spec, volume, JobSpec("accuracy", case.pipeline, {}, (), "/tmp"))
@@ -136,6 +151,17 @@ def run_case(case: Case) -> list[Row]:
     return rows
 
 
+def _through_dicom(case: Case):  # noqa: ANN202 - a Volume
+    """The case's image written as a CT series with the case's storage and read back as the node reads it."""
+    import tempfile
+
+    from dicomnode.imaging.volume import load_series
+    from tests.variants import write_series
+
+    with tempfile.TemporaryDirectory(prefix="accuracy-") as folder:
+        return load_series(write_series(case.image, folder, **(case.dicom or {})))
+
+
 def _tumour_rows(case: Case, segments, spacing, seconds: float, verdicts) -> list[Row]:  # noqa: ANN001
     """lung-ct: each truth tumour scored against the lesion segment that matches it best, then one row
     counting the tumours found (any overlap) and the lesions that match none (false)."""
@@ -166,13 +192,17 @@ def _lesion_row(case: Case, segments, seconds: float, verdicts) -> Row:  # noqa:
     lesions = [s for s in segments if s.label.startswith("Lesion")]
     found_masks = [s.mask for s in lesions]
     image = case.image
-    hits, expected, outside = 0, 0, 0
+    hits, expected, outside, caps = 0, 0, 0, 0
     matched = set()
     for x, y, z, diameter in case.lesions or []:
         if diameter < 10.0:
             continue
-        if not _in_field_of_view(image, (x, y, z), diameter):  # a cropped field of view can miss it whole
+        visible = _visible_width(image, (x, y, z), diameter)
+        if visible <= 0.0:  # a cropped field of view can miss it whole
             outside += 1
+            continue
+        if visible < 10.0:  # what the images hold of it is a cap narrower than a lesion that must be found
+            caps += 1
             continue
         expected += 1
         index = image.TransformPhysicalPointToIndex((x, y, z))
@@ -190,15 +220,21 @@ def _lesion_row(case: Case, segments, seconds: float, verdicts) -> Row:  # noqa:
     if wrong:  # a false lesion with a QC flag is not silent
         note += f" ({flagged} flagged: {', '.join(flags)})" if flagged else " (none flagged)"
     note += f" ({outside} outside the FOV)" if outside else ""
+    note += f" ({caps} cut by the FOV to a cap under 10 mm: not counted)" if caps else ""
     return Row(case.name, "lesions", None, None, None, "", seconds, note)
 
 
-def _in_field_of_view(image: sitk.Image, centre: tuple[float, float, float], diameter: float) -> bool:
-    """Whether any part of a ball (LPS centre, diameter mm) lies inside the image's field of view."""
+def _visible_width(image: sitk.Image, centre: tuple[float, float, float], diameter: float) -> float:
+    """The width (mm) of the widest section of a ball (LPS centre, diameter mm) that the image samples (its
+    sections through voxel centres, between the outer ones: what lies beyond them only adds partial volume to
+    the outer slice): the diameter when its centre is inside, the width of its section on the outer slice
+    (or column, row) when it is outside, 0 when it reaches none."""
     index = np.asarray(image.TransformPhysicalPointToContinuousIndex(centre))
-    nearest = np.clip(index, -0.5, np.asarray(image.GetSize()) - 0.5)
+    nearest = np.clip(index, 0.0, np.asarray(image.GetSize()) - 1.0)
     point = np.asarray(image.TransformContinuousIndexToPhysicalPoint(tuple(float(v) for v in nearest)))
-    return float(np.linalg.norm(point - np.asarray(centre))) < diameter / 2.0
+    distance = float(np.linalg.norm(point - np.asarray(centre)))
+    radius = diameter / 2.0
+    return 2.0 * math.sqrt(radius**2 - distance**2) if distance < radius else 0.0
 
 
 def _touches_truth(case: Case, mask: np.ndarray) -> bool:
@@ -247,11 +283,63 @@ def variant_cases() -> Iterator[Case]:
         # the craniocaudal extent: the upper or lower 20 mm of the liver's slices only
         "upper-20mm": lambda i, lab: variants.slab(i, lab, keep_mm=20.0, end="superior"),
         "lower-20mm": lambda i, lab: variants.slab(i, lab, keep_mm=20.0, end="inferior"),
+        # acquisition and reconstruction (tests/variants.py): noise x2.5 with a CT kernel's grain, a sharp
+        # (bone) and a smooth kernel, a 256 matrix (1.95 mm pixels), a zoomed 0.7 mm reconstruction
+        "low-dose": lambda i, lab: variants.low_dose(i, lab, factor=2.5),
+        "sharp-kernel": lambda i, lab: variants.kernel(i, lab, "sharp"),
+        "smooth-kernel": lambda i, lab: variants.kernel(i, lab, "smooth"),
+        "matrix-256": lambda i, lab: variants.matrix(i, lab, pixel_mm=1.95),
+        "pixels-0.7mm": lambda i, lab: variants.matrix(i, lab, pixel_mm=0.7),
+        # other phases: late arterial (aorta 300, liver 70, spleen mottled 115 HU), delayed (liver and
+        # spleen within 3 HU of each other and of the blood)
+        "arterial": variants.arterial_phase,
+        "delayed": variants.delayed_phase,
+        "arterial-low-dose": lambda i, lab: variants.low_dose(*variants.arterial_phase(i, lab), factor=2.5),
+        # titanium pedicle screws in the vertebra, streaks made by filtered back-projection
+        "metal-spine": variants.spinal_metal,
+        # a child: the patient 0.6 x smaller on a 0.7 mm / 1.25 mm grid
+        "child": lambda i, lab: variants.child(i, lab, scale=0.6),
     }
     for name, make in makers.items():
         img, lab = make(image, labels)
         arr = sitk.GetArrayFromImage(lab)
         yield Case(f"ct-abdomen-20/{name}", img, {k: arr == v for k, v in SEGMENT_OF.items()}, [])
+    # the same pixels through DICOM with other storage: unsigned with intercept -1024 (as most scanners
+    # write), signed with intercept 0, slope 0.5; and wrong-but-plausible headers: an intercept of 0 on
+    # unsigned pixels stored with -1024 (every value 1024 HU too high: must be refused), and -1000 where
+    # -1024 was meant (every value 24 HU too high)
+    truth = {k: sitk.GetArrayFromImage(labels) == v for k, v in SEGMENT_OF.items()}
+    storages: dict[str, tuple[float, dict]] = {
+        "dicom-unsigned": (0.0, {"unsigned": True, "intercept": -1024.0}),
+        "dicom-signed": (0.0, {"unsigned": False, "intercept": 0.0}),
+        "dicom-slope-0.5": (0.0, {"unsigned": True, "intercept": -1024.0, "slope": 0.5}),
+        "header-intercept-0": (1024.0, {"unsigned": True, "intercept": 0.0}),
+        "header-intercept-1000": (24.0, {"unsigned": True, "intercept": -1000.0}),
+    }
+    for name, (offset, storage) in storages.items():
+        yield Case(f"ct-abdomen-20/{name}", image + offset, truth, [], dicom=storage)
+    yield from subcapsular_cases(volume, sitk.GetArrayFromImage(labels))
+
+
+SUBCAPSULAR_ANGLES = tuple(range(0, 360, 36))  # in-plane, from the liver's centre (0 = patient left)
+
+
+def subcapsular_cases(volume, labels: np.ndarray) -> Iterator[Case]:  # noqa: ANN001
+    """A 20 mm hypodense lesion (-45 HU against the liver) inserted half outside the real liver's surface
+    (``tests.variants.subcapsular``) at ten positions round its middle slice: against the body wall's
+    muscle, the ribs' intercostal muscles, the crus — tissue of about the lesion's own attenuation. The
+    lesion row counts it (and nothing else: this liver has no lesion of its own); the liver's truth is the
+    reference with the ball's part outside it added (the lesion bulges the liver)."""
+    from tests import variants
+
+    liver = labels == SEGMENT_OF["Liver"]
+    for angle in SUBCAPSULAR_ANGLES:
+        array, ball, centre = variants.subcapsular(volume.array, volume.spacing, liver,
+                                                   angle_deg=float(angle), diameter_mm=20.0)
+        image = volume.to_sitk(array)
+        point = image.TransformContinuousIndexToPhysicalPoint(tuple(float(v) for v in centre[::-1]))
+        yield Case(f"ct-abdomen-20/subcapsular-20mm-{angle:03d}", image,
+                   {"Liver": liver | ball, "_lesions": ball}, [(*point, 20.0)])
 
 
 def lung_cases() -> Iterator[Case]:
@@ -300,6 +388,11 @@ PHANTOM_MATRIX: dict[str, dict] = {
     # and a child's in the arterial phase: a chest wall under 10 mm thick round the lungs
     "arterial-child": {"phase": "arterial", "body_scale": 0.7},
     "fatty-liver": {"liver_hu": 10.0},
+    # axes crossed as held-out scans cross them: a low-dose scan (noise 30 HU), a child without contrast,
+    # a -40 HU liver in the arterial phase (the kidneys' cortex far above, the liver at the fat's level)
+    "low-dose": {"noise_sd": 30.0},
+    "native-child": {"phase": "native", "body_scale": 0.7},
+    "arterial-steatosis-40": {"phase": "arterial", "liver_hu": -40.0},
     "steatosis-40": {"liver_hu": -40.0},
     "child": {"body_scale": 0.7},
     "prone": {"_position": "prone"},
