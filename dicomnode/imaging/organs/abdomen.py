@@ -452,10 +452,13 @@ def _seeds(
     if "spleen" in models and "kidney-left" in models:
         # a spleen seed grown into a kidney of nearly its attenuation (native phase) gives back what the
         # kidney's attenuation explains better
-        spleen, kidney = models["spleen"], models["kidney-left"]
-        nearer = np.abs(array - kidney.hu) < np.abs(array - spleen.hu)
-        seed = largest_components(ndimage.binary_opening(spleen.seed & ~nearer), 1)
-        if seed.any() and seed.sum() < 0.9 * spleen.seed.sum():
+        spleen = models["spleen"]
+        for _ in range(2):  # (again with the level of a kidney looked for again: the first was the psoas')
+            kidney = models["kidney-left"]
+            nearer = np.abs(array - kidney.hu) < np.abs(array - spleen.hu)
+            seed = largest_components(ndimage.binary_opening(spleen.seed & ~nearer), 1)
+            if not (seed.any() and seed.sum() < 0.9 * spleen.seed.sum()):
+                break
             models["spleen"] = OrganModel("spleen", seed, spleen.hu, spleen.spread)
             # and the kidney, found beside the larger seed, is looked for again
             known = np.zeros(array.shape, dtype=bool)
@@ -469,13 +472,16 @@ def _seeds(
             again = _kidney(array, lm, free, 1.0, h_l, muscle_hu, muscle_spread)
             # (the larger one, unless its level is the muscle's and the first one's is not: that is the
             # psoas; one of the muscle's level gives way to one that is not, as in the passes above)
-            if again is not None and (
+            if again is None or not (
                 _unlike_muscle(again.hu, muscle_hu) > _unlike_muscle(kidney.hu, muscle_hu)
                 if _muscle_level(kidney.hu, muscle_hu, muscle_spread)
                 else again.seed.sum() > kidney.seed.sum()
                 and not _muscle_level(again.hu, muscle_hu, muscle_spread)
             ):
-                models["kidney-left"] = again
+                break
+            models["kidney-left"] = again
+            if abs(again.hu - kidney.hu) < max(kidney.spread, 10.0):
+                break
     stomach = _stomach(array, lm, u, v, h_l)
     if stomach is not None:
         models["stomach"] = stomach
