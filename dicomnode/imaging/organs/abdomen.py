@@ -914,9 +914,13 @@ def _psoas(
     for other, m in models.items():
         others |= m.seed[start : top + 1] if other != "stomach" else False
     sub &= ~dilate_mm(others, 3.0, sp, slicewise=True)
+    raw = sub
     sub = ndimage.binary_opening(sub, structure=np.ones((1, 3, 3), dtype=bool))
     for k in range(1, sub.shape[0]):
         sub[k] &= dilate_mm(sub[k - 1][None], 4.0, sp, slicewise=True)[0]
+    # (and its rim within 3 mm, which the opening took: where the kidney presses on it, the psoas is a
+    # crescent thinner than the opening)
+    sub |= raw & dilate_mm(sub, 3.0, sp, slicewise=True)
     out[start : top + 1] = sub
     log.debug("psoas beside %s: %.0f ml", name, float(sub.sum()) * float(np.prod(sp)) / 1000.0)
     return out
