@@ -219,9 +219,9 @@ def test_native_300_mm_field_liver_below_the_heart_kidneys_beside_the_psoas() ->
     """Native phase on a 300 mm field (lower chest to the iliac crests): heart 40, wall muscle and psoas 48,
     spleen 46, liver 58, kidneys 32 HU. The liver chain's band holds all of them; the liver stays below the
     heart and inside the body wall (it took the whole heart below the mediastinum's cut, Dice 0.82). The
-    kidneys, 16 HU below the psoas they touch, are not the psoas (its larger peak hid their level in the gutter
-    blob's histogram: 0.63/0.52 at +108/+54 % volume), and the spleen's seed gives back the left kidney's
-    level, not the psoas' that was first taken for the kidney (spleen 0.85)."""
+    kidneys, 16 HU below the psoas they touch, are not the psoas (its larger peak hid their level in the
+    gutter blob's histogram: 0.63/0.52 at +108/+54 % volume), and the spleen's seed gives back the left
+    kidney's level, not the psoas' that was first taken for the kidney (spleen 0.85)."""
     from tests.phantoms import make_ct_phantom
 
     ct = make_ct_phantom(shape=(60, 128, 128), spacing=(5.0, 2.8, 2.8), seed=5, fat_planes=True,

@@ -1089,6 +1089,12 @@ def _kidney_regain(
     own = np.abs(values - kidney.hu)
     regain = near & (sub == BACKGROUND) & (own <= max(2.5 * kidney.spread, 20.0))
     regain &= own < np.abs(values - muscle_hu)
+    # (within 3 mm of its outline's convex hull, slice by slice: the partial volume of fat with the wall's
+    # muscle and the psoas' rim, at a kidney's level too, runs along them away from the kidney)
+    hull = np.zeros_like(regain)
+    for k in np.flatnonzero(organ[box].any(axis=(1, 2))):
+        hull[k] = convex_hull_image(organ[box][k])
+    regain &= dilate_mm(hull, 3.0, spacing, slicewise=True)
     regain = _keep_seeded(regain | organ[box], organ[box]) & regain
     sub[regain] = value
 
