@@ -8,7 +8,14 @@ Cases (every one runs the whole pipeline through ``process_volume``, as the node
   together, scored against the equally transformed reference): prone, feet first, 5 mm slices,
   native phase, fatty liver (≈ 10 HU), steatosis at −20 and −40 HU (the issue's lower bound, near the
   fat's level), a field of view cut into the liver, only the upper or the lower 20 mm of its slices (a shorter
-  craniocaudal extent: no lung base, the liver cut at both ends);
+  craniocaudal extent: no lung base, the liver cut at both ends); acquisition and reconstruction — low dose
+  (noise × 2.5 with a CT kernel's grain), a sharp and a smooth kernel, a 256 matrix (1.95 mm pixels), a
+  zoomed 0.7 mm reconstruction; the late arterial (aorta 300 HU, liver 70, spleen mottled) and delayed
+  (liver and spleen within 3 HU) phases; titanium pedicle screws with streaks made by filtered
+  back-projection; a child (the patient 0.6 × smaller on a 0.7 mm / 1.25 mm grid); and the same pixels
+  written as DICOM with other storages (unsigned with intercept −1024, signed, slope 0.5) and wrong but
+  plausible headers (intercept 0 on pixels stored with −1024: must be refused; −1000 for −1024: +24 HU),
+  read back through the node's loader;
 * **lung** (lung-ct) — lung1 (pyradiomics' chest CT) with its reference tumour, feet first, prone, 5 mm
   slices, and solid juxtapleural nodules of 12, 18 and 24 mm inserted on its left chest wall
   (``tests/variants.juxtapleural``), each scored against the lesion segment that matches it best; and the
@@ -72,6 +79,9 @@ class Case:
     notes: dict[str, str] = field(default_factory=dict)
     pipeline: str = "liver-ct"
     tumours: dict[str, np.ndarray] | None = None  # lung-ct: name -> truth of each tumour/nodule
+    # written as a DICOM series with this storage (tests.variants.write_series: unsigned, slope,
+    # intercept) and read back through the node's loader; None: the image is handed over as it is
+    dicom: dict | None = None
 
 
 @dataclass
@@ -95,6 +105,8 @@ def run_case(case: Case) -> list[Row]:
 
     spec = get_pipeline(case.pipeline)
     volume = Volume.from_sitk(case.image, modality="CT", units="HU")
+    if case.dicom is not None:
+        volume = _through_dicom(case)
     started = time.perf_counter()
     try:
         processed, summary = process_volume(spec, volume, JobSpec("accuracy", case.pipeline, {}, (), "/tmp"))
@@ -134,6 +146,17 @@ def run_case(case: Case) -> list[Row]:
     if case.tumours is not None:
         rows.extend(_tumour_rows(case, processed.segments, spacing, seconds, verdicts))
     return rows
+
+
+def _through_dicom(case: Case):  # noqa: ANN202 - a Volume
+    """The case's image written as a CT series with the case's storage and read back as the node reads it."""
+    import tempfile
+
+    from dicomnode.imaging.volume import load_series
+    from tests.variants import write_series
+
+    with tempfile.TemporaryDirectory(prefix="accuracy-") as folder:
+        return load_series(write_series(case.image, folder, **(case.dicom or {})))
 
 
 def _tumour_rows(case: Case, segments, spacing, seconds: float, verdicts) -> list[Row]:  # noqa: ANN001
@@ -247,11 +270,41 @@ def variant_cases() -> Iterator[Case]:
         # the craniocaudal extent: the upper or lower 20 mm of the liver's slices only
         "upper-20mm": lambda i, lab: variants.slab(i, lab, keep_mm=20.0, end="superior"),
         "lower-20mm": lambda i, lab: variants.slab(i, lab, keep_mm=20.0, end="inferior"),
+        # acquisition and reconstruction (tests/variants.py): noise x2.5 with a CT kernel's grain, a sharp
+        # (bone) and a smooth kernel, a 256 matrix (1.95 mm pixels), a zoomed 0.7 mm reconstruction
+        "low-dose": lambda i, lab: variants.low_dose(i, lab, factor=2.5),
+        "sharp-kernel": lambda i, lab: variants.kernel(i, lab, "sharp"),
+        "smooth-kernel": lambda i, lab: variants.kernel(i, lab, "smooth"),
+        "matrix-256": lambda i, lab: variants.matrix(i, lab, pixel_mm=1.95),
+        "pixels-0.7mm": lambda i, lab: variants.matrix(i, lab, pixel_mm=0.7),
+        # other phases: late arterial (aorta 300, liver 70, spleen mottled 115 HU), delayed (liver and
+        # spleen within 3 HU of each other and of the blood)
+        "arterial": variants.arterial_phase,
+        "delayed": variants.delayed_phase,
+        "arterial-low-dose": lambda i, lab: variants.low_dose(*variants.arterial_phase(i, lab), factor=2.5),
+        # titanium pedicle screws in the vertebra, streaks made by filtered back-projection
+        "metal-spine": variants.spinal_metal,
+        # a child: the patient 0.6 x smaller on a 0.7 mm / 1.25 mm grid
+        "child": lambda i, lab: variants.child(i, lab, scale=0.6),
     }
     for name, make in makers.items():
         img, lab = make(image, labels)
         arr = sitk.GetArrayFromImage(lab)
         yield Case(f"ct-abdomen-20/{name}", img, {k: arr == v for k, v in SEGMENT_OF.items()}, [])
+    # the same pixels through DICOM with other storage: unsigned with intercept -1024 (as most scanners
+    # write), signed with intercept 0, slope 0.5; and wrong-but-plausible headers: an intercept of 0 on
+    # unsigned pixels stored with -1024 (every value 1024 HU too high: must be refused), and -1000 where
+    # -1024 was meant (every value 24 HU too high)
+    truth = {k: sitk.GetArrayFromImage(labels) == v for k, v in SEGMENT_OF.items()}
+    storages: dict[str, tuple[float, dict]] = {
+        "dicom-unsigned": (0.0, {"unsigned": True, "intercept": -1024.0}),
+        "dicom-signed": (0.0, {"unsigned": False, "intercept": 0.0}),
+        "dicom-slope-0.5": (0.0, {"unsigned": True, "intercept": -1024.0, "slope": 0.5}),
+        "header-intercept-0": (1024.0, {"unsigned": True, "intercept": 0.0}),
+        "header-intercept-1000": (24.0, {"unsigned": True, "intercept": -1000.0}),
+    }
+    for name, (offset, storage) in storages.items():
+        yield Case(f"ct-abdomen-20/{name}", image + offset, truth, [], dicom=storage)
 
 
 def lung_cases() -> Iterator[Case]:
@@ -300,6 +353,11 @@ PHANTOM_MATRIX: dict[str, dict] = {
     # and a child's in the arterial phase: a chest wall under 10 mm thick round the lungs
     "arterial-child": {"phase": "arterial", "body_scale": 0.7},
     "fatty-liver": {"liver_hu": 10.0},
+    # axes crossed as held-out scans cross them: a low-dose scan (noise 30 HU), a child without contrast,
+    # a -40 HU liver in the arterial phase (the kidneys' cortex far above, the liver at the fat's level)
+    "low-dose": {"noise_sd": 30.0},
+    "native-child": {"phase": "native", "body_scale": 0.7},
+    "arterial-steatosis-40": {"phase": "arterial", "liver_hu": -40.0},
     "steatosis-40": {"liver_hu": -40.0},
     "child": {"body_scale": 0.7},
     "prone": {"_position": "prone"},

@@ -2,6 +2,9 @@
 
     python benchmarks/ingest.py                     # 500 instances 512×512 int16, 3 reps, 1 and 4 assocs
     python benchmarks/ingest.py --instances 100 --reps 1 --big-gb 0.5
+    python benchmarks/ingest.py --quick --reps 5    # only storescp vs dicomnode receivers: auto, journal on
+    python benchmarks/ingest.py --quick --baseline /path/to/checkout-before   # the same, interleaved with
+                                                    # the node run from another checkout ("base" rows)
 
 After the ratio table: the attack line (a C-ECHO and a 20-instance storescu while 80 idle/garbage
 connections are held open: the legitimate peer's wall time) and the node's peak RSS growth while it
@@ -15,7 +18,10 @@ the receive journal), as ``dicomnode -j`` with ``storage.journal.enabled: false`
 directory before Success; ``--journal`` picks), and with more than one association also with
 ``node.receivers`` (``--receivers``). Each rep runs every receiver and the two floors (the durability work
 alone, see the table's footnote) one after the other, from empty output folders; ratios are taken within a
-rep and the table shows medians over the reps.
+rep and the table shows medians over the reps. Each rep starts with another receiver and every receiver
+starts after a ``sync`` (storescp fsyncs nothing: the next receiver would otherwise pay for writing back
+its files). Each rep's own figures (instances/s, ratio to storescp, the
+node's CPU per instance over all its processes, the load average) are printed as it ends.
 """
 
 from __future__ import annotations
@@ -89,8 +95,10 @@ def start_storescp(out: Path, port: int) -> subprocess.Popen:
 
 
 def start_dicomnode(
-    out: Path, port: int, fsync: bool = True, receivers: str = "1", journal: bool = True
+    out: Path, port: int, fsync: bool = True, receivers: str = "1", journal: bool = True,
+    root: Path = REPO_ROOT,
 ) -> subprocess.Popen:
+    """``dicomnode serve`` of the checkout at ``root`` (this one by default) on ``port``."""
     out.mkdir(parents=True)
     config = out / "bench.yaml"
     config.write_text(
@@ -104,11 +112,28 @@ def start_dicomnode(
     (out / "rules").mkdir()
     return subprocess.Popen(
         [sys.executable, "-m", "dicomnode", "serve", "--config", str(config)],
-        cwd=REPO_ROOT,
+        cwd=root,
         stdout=subprocess.DEVNULL,
         stderr=open(out / "node.log", "wb"),  # noqa: SIM115
-        env=ENV,
+        env=dict(ENV, PYTHONPATH=str(root)),
     )
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its children so far (0 when psutil is missing)."""
+    try:
+        import psutil
+    except ImportError:
+        return 0.0
+    try:
+        process = psutil.Process(pid)
+        total = 0.0
+        for each in [process, *process.children(recursive=True)]:
+            times = each.cpu_times()
+            total += times.user + times.system
+        return total
+    except psutil.Error:
+        return 0.0
 
 
 def _floor(folders: list[Path], out: Path, durable: Callable[[int, int], None] | None,
@@ -299,7 +324,17 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary folder (removed)")
     parser.add_argument("--big-gb", type=float, default=2.0, help="size of the big object (0: skip)")
     parser.add_argument("--no-attack", action="store_true", help="skip the attack line")
+    parser.add_argument("--quick", action="store_true",
+                        help="storescp against dicomnode with receivers: auto and the journal only, 1 and 4 "
+                             "associations, no floors, attack line or big object")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="another checkout of dicomnode (e.g. a worktree of the code before): its node "
+                             "runs in every rep too, as the 'base ...' rows")
     args = parser.parse_args()
+    if args.quick:
+        args.receivers, args.journal, args.no_attack, args.big_gb = "auto", "on", True, 0.0
+    if args.baseline is not None and not (args.baseline / "dicomnode" / "__main__.py").exists():
+        raise SystemExit(f"--baseline '{args.baseline}' is not a dicomnode checkout")
     for tool in (STORESCU, STORESCP, ECHOSCU):
         if not Path(tool).exists():
             raise SystemExit(f"{tool} is missing (apt-get install dcmtk)")
@@ -324,40 +359,61 @@ def main() -> None:
                 os.link(f, target / f.name)
             candidates: list[tuple[str, Callable[[Path, int], subprocess.Popen], str]] = [
                 ("storescp", start_storescp, "STORESCP")]
+            roots = [("", REPO_ROOT)] + ([("base ", args.baseline)] if args.baseline else [])
             for count in receivers if concurrency > 1 else receivers[:1]:
                 for journal in journals:
-                    name = "dicomnode" if count == "1" else f"dicomnode r={count}"
-                    name += "" if journal else " -j"
-                    candidates.append((name, partial(start_dicomnode, fsync=fsync, receivers=count,
-                                                     journal=journal), "DICOMNODE"))
+                    for prefix, root in roots:
+                        name = prefix + ("dicomnode" if count == "1" else f"dicomnode r={count}")
+                        name += "" if journal else " -j"
+                        candidates.append((name, partial(start_dicomnode, fsync=fsync, receivers=count,
+                                                         journal=journal, root=root.resolve()), "DICOMNODE"))
             # the reps interleave the receivers (and the disk floor), so that the other load on the machine
             # weighs on all of them alike; ratios are taken within a rep, then the median
             times: dict[str, list[float]] = {name: [] for name, _, _ in candidates}
-            times["disk floor"] = []
-            times["journal floor"] = []
+            if not args.quick:
+                times["disk floor"] = []
+                times["journal floor"] = []
             for rep in range(args.reps):
-                for name, starter, ae in candidates:
+                line: list[str] = []
+                # each rep starts with another receiver, so that none always runs right after storescp
+                # (whose files are still being written back when it stops: it fsyncs nothing)
+                first = rep % len(candidates)
+                cpus: dict[str, float] = {}
+                for name, starter, ae in candidates[first:] + candidates[:first]:
                     out = work / f"out-{name.replace(' ', '_')}-{concurrency}-{rep}"
                     port = free_port()
                     proc = starter(out, port)
                     try:
                         wait_echo(port, ae, proc)
+                        cpu = cpu_seconds(proc.pid)
                         times[name].append(send(folders, port, ae))
+                        cpus[name] = cpu_seconds(proc.pid) - cpu
                     finally:
                         stop(proc)
                     shutil.rmtree(out, ignore_errors=True)
-                times["disk floor"].append(disk_floor(folders, work / f"floor-{concurrency}-{rep}", fsync))
-                times["journal floor"].append(journal_floor(folders, work / f"jfloor-{concurrency}-{rep}"))
+                    os.sync()  # the next receiver does not pay for writing back this one's files
+                if not args.quick:
+                    floor = work / f"floor-{concurrency}-{rep}"
+                    times["disk floor"].append(disk_floor(folders, floor, fsync))
+                    times["journal floor"].append(journal_floor(folders, floor.with_name(f"j{floor.name}")))
+                for name, _, _ in candidates:
+                    figures = f"{name} {len(files) / times[name][-1]:.0f}/s"
+                    if name != "storescp":
+                        figures += (f" ({times['storescp'][-1] / times[name][-1]:.2f}, "
+                                    f"CPU {cpus[name] / len(files) * 1000:.2f} ms)")
+                    line.append(figures)
+                load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+                print(f"rep {rep + 1}, {concurrency} assoc(s), load {load}: " + "; ".join(line), flush=True)
             for name, seconds in times.items():
                 median = statistics.median(seconds)
                 rows.append((name, concurrency, median, _ratio(times["storescp"], seconds),
-                             _ratio(times["disk floor"], seconds)))
+                             _ratio(times["disk floor"], seconds) if "disk floor" in times else float("nan")))
 
-        print(f"{'receiver':<15} {'assocs':>6} {'seconds':>8} {'inst/s':>8} {'MB/s':>7} {'ratio':>6} "
+        print(f"\n{'receiver':<20} {'assocs':>6} {'seconds':>8} {'inst/s':>8} {'MB/s':>7} {'ratio':>6} "
               f"{'÷floor':>6}")
         for name, concurrency, seconds, ratio, floor_ratio in rows:
             print(
-                f"{name:<15} {concurrency:>6} {seconds:>8.2f} {len(files) / seconds:>8.1f} "
+                f"{name:<20} {concurrency:>6} {seconds:>8.2f} {len(files) / seconds:>8.1f} "
                 f"{megabytes / seconds:>7.1f} {ratio:>6.2f} {floor_ratio:>6.2f}"
             )
         print(
@@ -368,7 +424,9 @@ def main() -> None:
             "now (dicomnode -j: storage.journal off does this). journal floor: the receive journal's work\n"
             "alone (write the .part, copy it into a pre-written segment, one fdatasync, link it; the\n"
             "syncer's batched fsyncs behind are not waited for): the ceiling of the default dicomnode row.\n"
-            "dicomnode r=N: node.receivers N (receiver processes sharing the port)."
+            "dicomnode r=N: node.receivers N (receiver processes sharing the port); base: the --baseline\n"
+            "checkout's node, interleaved with this one's in every rep. (CPU in the rep lines: the node's\n"
+            "user + system CPU over all its processes per instance, while receiving.)"
         )
         if not args.no_attack:
             print(attack_case(work, files))

@@ -17,12 +17,15 @@ complete DICOM dataset.
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import sqlite3
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -247,10 +250,9 @@ class Ingest:
         clock: Callable[[], float] = time.time,
         max_sequence_depth: int = 64,
         max_inflated_bytes: int = 256 * 1024 * 1024,
-        indexer: Callable[[IndexRow], None] | None = None,
     ) -> None:
-        """``indexer`` commits one row (setting its ``new`` or ``error``) in place of this process's own
-        group commit: a receiver process hands its rows to the main process that way."""
+        """Every receiving process (the node and each receiver process) has its own :class:`Ingest` and
+        commits its own rows: see :meth:`commit_row`."""
         self.spool = spool
         self.index = index
         self.assembler = assembler
@@ -261,7 +263,7 @@ class Ingest:
         # with the status as text ('0xA700') of every refused or failed one
         self.on_stored: list[Callable[[int], None]] = []
         self.on_failed: list[Callable[[str], None]] = []
-        self._indexer = indexer if indexer is not None else self.commit_row
+        self._writer = IndexWriterLock(index.database.path)
         self._queue: list[IndexRow] = []
         self._queue_lock = threading.Lock()
         self._commit_lock = threading.Lock()
@@ -297,11 +299,10 @@ class Ingest:
     ) -> StoreResult:
         """Index a published file and tell the assembler; returns once the row is committed.
 
-        Group commit: the rows of all threads waiting at the same moment go into one transaction, written
-        by whichever thread gets the commit lock first (one SQLite writer at a time, no busy-waiting).
+        Group commit: see :meth:`commit_row`.
         """
         pending = IndexRow(header, path, size, transfer_syntax, calling_aet, self.clock())
-        self._indexer(pending)
+        self.commit_row(pending)
         if pending.error is not None:
             # The file is complete on disk; recovery indexes it at the next start, a resend is a duplicate.
             log.error("Could not index %s (0x%04X): %s.", where, INDEX_WRITE_FAILED, pending.error)
@@ -311,7 +312,13 @@ class Ingest:
         return StoreResult(SUCCESS, header=header, duplicate=not pending.new)
 
     def commit_row(self, pending: IndexRow) -> None:
-        """Commit ``pending`` with the rows of every thread waiting at the same moment (group commit)."""
+        """Commit ``pending`` with the rows of every thread waiting at the same moment (group commit).
+
+        The rows of all this process's threads waiting at the same moment go into one transaction, written
+        by whichever thread gets the commit lock first. Between processes (the node and its receiver
+        processes each commit their own rows) the transactions take turns on :class:`IndexWriterLock`,
+        so that a waiting process wakes as soon as the other's COMMIT is done instead of sleeping in
+        SQLite's busy handler (1, 2, 5, 10 … ms). Sets ``pending.new`` or ``pending.error``."""
         with self._queue_lock:
             self._queue.append(pending)
         with self._commit_lock:
@@ -327,7 +334,7 @@ class Ingest:
             if getattr(self._local, "conn", None) is not conn:
                 conn.execute("PRAGMA wal_autocheckpoint=0")  # see CHECKPOINT_EVERY
                 self._local.conn = conn
-            with database.transaction() as conn:
+            with self._writer.held(), database.transaction() as conn:
                 for row in batch:
                     row.new = self.index.add(
                         row.header, path=row.path, size=row.size, transfer_syntax=row.transfer_syntax,
@@ -354,6 +361,36 @@ class Ingest:
         finally:
             database.close()  # this thread's connection
             self._checkpointing = False
+
+
+class IndexWriterLock:
+    """An exclusive ``flock`` on ``<database>-receive.lock`` held around each receive-path index
+    transaction, shared by every process receiving into the same database (one writer at a time; the
+    kernel wakes the next waiter when it is released). Other writers of the database (completion timers,
+    jobs) do not take it: SQLite's busy timeout covers the rare overlap with them.
+
+    ``flock`` locks belong to the open file, so this serialises processes only: the threads of one
+    process are serialised by the caller (the group commit's lock)."""
+
+    def __init__(self, database_path: Path) -> None:
+        self.path = Path(f"{database_path}-receive.lock")
+        self._fd: int | None = None
+        self._pid = 0
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        if self._fd is None or self._pid != os.getpid():  # opened once per process (not inherited)
+            try:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError as exc:
+                raise sqlite3.OperationalError(
+                    f"Cannot open the index writer lock '{self.path}': {exc.strerror}.") from exc
+            self._pid = os.getpid()
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
 
 
 @dataclass

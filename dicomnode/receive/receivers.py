@@ -3,11 +3,15 @@
 The node's own :class:`~dicomnode.receive.listener.Listener` binds the port with ``SO_REUSEPORT``; the
 :class:`ReceiverPool` then starts ``receivers - 1`` processes (``spawn``) that each bind the same port and
 run a listener of their own: the kernel spreads new connections over all of them. Each process has its
-own spool writer (the file and directory fsyncs happen there) and hands each stored instance's index row
-to the main process, which commits it with the rows of its own and the other receivers' instances in one
-group commit (one SQLite writer, no lock waits between processes) and answers when it is committed:
-every Success is still sent only after that instance's file, directory entry and index row are durable.
-The completion timers, routing and everything else stay in the main process.
+own spool writer and journal (the fsyncs happen there) and its own index connection: it commits the
+rows of its instances itself, with those of its other associations in one group commit, and the
+processes' transactions take turns on a lock file (:class:`~dicomnode.receive.ingest.IndexWriterLock`;
+SQLite's WAL lets several processes write one at a time). Every Success is still sent only after that
+instance's journal record (or file and directory) is durable and its index row committed, so neither a
+kill -9 of the receiver nor of the main process loses an acknowledged instance. The row is committed with
+the assembler's series/study update in the same transaction, so the main process's completion timers
+find each instance in the database as if its own listener had received it. The completion timers,
+routing and everything else stay in the main process.
 
 What the receivers see reaches the main process over a pipe, and there the same observers as for the
 node's own listener (metrics): accepted/refused associations, space checks, stored and failed instances.
@@ -23,15 +27,12 @@ process.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import multiprocessing
 import signal
-import sqlite3
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -55,9 +56,7 @@ class _Receiver:
     notify: Connection  # receiver → main: observer events
     requests: Connection  # receiver ⇄ main: N-EVENT-REPORTs and their verdicts
     lifeline: Connection  # main's end; the receiver stops when it closes
-    index: Connection  # receiver ⇄ main: index rows and their outcome
     started: float
-    index_lock: threading.Lock = field(default_factory=threading.Lock)  # replies come from pool threads
 
 
 class ReceiverPool:
@@ -73,7 +72,6 @@ class ReceiverPool:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._monitor: threading.Thread | None = None
-        self._committers: ThreadPoolExecutor | None = None
         # each receiver's last journal report: (pending records, lag seconds, when it came (monotonic))
         self._backlogs: dict[int, tuple[int, float, float]] = {}
         self.restarts = 0
@@ -88,9 +86,6 @@ class ReceiverPool:
             return
         self._stopping.clear()
         port = self.listener.port
-        # rows wait here for the group commit; as many threads as associations may wait at once
-        self._committers = ThreadPoolExecutor(self.config.node.max_associations * (self.count - 1),
-                                              thread_name_prefix="receiver-index")
         for number in range(1, self.count):
             self._spawn(number, port)
         self._monitor = threading.Thread(target=self._watch, args=(port,), name="receiver-pool", daemon=True)
@@ -122,12 +117,9 @@ class ReceiverPool:
                 receiver.process.join(5)
         self._monitor.join(10)
         self._monitor = None
-        if self._committers is not None:
-            self._committers.shutdown(wait=True)
-            self._committers = None
         with self._lock:
             for receiver in self._receivers.values():
-                for conn in (receiver.notify, receiver.requests, receiver.lifeline, receiver.index):
+                for conn in (receiver.notify, receiver.requests, receiver.lifeline):
                     conn.close()
             self._receivers.clear()
 
@@ -136,9 +128,8 @@ class ReceiverPool:
         notify_read, notify_write = self._context.Pipe(duplex=False)
         requests_main, requests_receiver = self._context.Pipe(duplex=True)
         lifeline_read, lifeline_write = self._context.Pipe(duplex=False)
-        index_main, index_receiver = self._context.Pipe(duplex=True)
         ready = self._context.Event()
-        pipes = _Pipes(notify_write, requests_receiver, lifeline_read, index_receiver)
+        pipes = _Pipes(notify_write, requests_receiver, lifeline_read)
         process = self._context.Process(
             target=run_receiver,
             args=(self.config, port, number, pipes, ready, bool(self.listener.on_event_report)),
@@ -146,10 +137,9 @@ class ReceiverPool:
             daemon=True,
         )
         process.start()
-        for end in (notify_write, requests_receiver, lifeline_read, index_receiver):
+        for end in (notify_write, requests_receiver, lifeline_read):
             end.close()  # the receiver holds these now; EOF on ours means it is gone
-        receiver = _Receiver(number, process, notify_read, requests_main, lifeline_write, index_main,
-                             time.monotonic())
+        receiver = _Receiver(number, process, notify_read, requests_main, lifeline_write, time.monotonic())
         with self._lock:
             self._receivers[number] = receiver
         if not ready.wait(START_TIMEOUT) or not process.is_alive():
@@ -160,7 +150,7 @@ class ReceiverPool:
 
     def _watch(self, port: int) -> None:
         """Serve the receivers' pipes and restart a dead one; when stopping, serve them (a draining
-        receiver still hands over index rows) until every receiver has exited."""
+        receiver still reports) until every receiver has exited."""
         while True:
             with self._lock:
                 receivers = list(self._receivers.values())
@@ -171,12 +161,9 @@ class ReceiverPool:
                 waitables[receiver.process.sentinel] = ("exit", receiver)
                 waitables[receiver.notify] = ("notify", receiver)
                 waitables[receiver.requests] = ("request", receiver)
-                waitables[receiver.index] = ("index", receiver)
             for ready in wait(list(waitables), timeout=0.5):
                 kind, receiver = waitables[ready]
-                if kind == "index":
-                    self._take_rows(receiver)
-                elif kind == "notify":
+                if kind == "notify":
                     self._drain_notifications(receiver)
                 elif kind == "request":
                     self._answer_request(receiver)
@@ -209,20 +196,6 @@ class ReceiverPool:
         except (EOFError, OSError):
             return  # the receiver is gone; its sentinel tells the watcher
 
-    def _take_rows(self, receiver: _Receiver) -> None:
-        try:
-            while receiver.index.poll():
-                number, row = receiver.index.recv()
-                assert self._committers is not None
-                self._committers.submit(self._commit, receiver, number, row)
-        except (EOFError, OSError):
-            return
-
-    def _commit(self, receiver: _Receiver, number: int, row: IndexRow) -> None:
-        self.ingest.commit_row(row)
-        with receiver.index_lock, contextlib.suppress(OSError):
-            receiver.index.send((number, row.new, None if row.error is None else str(row.error)))
-
     def _publish(self, kind: str, *args: Any) -> None:
         observers: list[Any] = {
             "accepted": self.listener.on_accepted, "rejected": self.listener.on_rejected,
@@ -252,7 +225,7 @@ class ReceiverPool:
     def _forget(self, receiver: _Receiver) -> None:
         self._drain_notifications(receiver)  # what it reported before it exited still counts
         receiver.process.join(5)  # its sentinel is ready: this reaps it and sets the exit code
-        for conn in (receiver.notify, receiver.requests, receiver.lifeline, receiver.index):
+        for conn in (receiver.notify, receiver.requests, receiver.lifeline):
             conn.close()
         with self._lock:
             self._receivers.pop(receiver.number, None)
@@ -281,57 +254,17 @@ class _Pipes:
     notify: Connection
     requests: Connection
     lifeline: Connection
-    index: Connection
 
 
 class _Forwarder:
-    """What a receiver hands to the main process: observer events, N-EVENT-REPORTs and index rows (each
-    pipe shared by the connection threads)."""
+    """What a receiver hands to the main process: observer events and N-EVENT-REPORTs (each pipe shared
+    by the connection threads)."""
 
     def __init__(self, pipes: _Pipes) -> None:
         self._notify = pipes.notify
         self._requests = pipes.requests
-        self._index = pipes.index
         self._notify_lock = threading.Lock()
         self._request_lock = threading.Lock()
-        self._index_lock = threading.Lock()
-        self._numbers = itertools.count()
-        self._waiting: dict[int, tuple[IndexRow, threading.Event]] = {}
-        self._gone: str | None = None
-
-    def index_row(self, row: IndexRow) -> None:
-        """Have the main process commit ``row``; returns when it did (``row.new`` or ``row.error`` set)."""
-        done = threading.Event()
-        with self._index_lock:
-            number = next(self._numbers)
-            self._waiting[number] = (row, done)
-            try:
-                if self._gone is not None:
-                    raise OSError(self._gone)
-                self._index.send((number, row))
-            except OSError as exc:
-                self._waiting.pop(number, None)
-                row.error = sqlite3.OperationalError(f"The main process cannot index the instance: {exc}.")
-                return
-        done.wait()
-
-    def read_index_answers(self) -> None:
-        """The thread that hands the main process's answers to the waiting connection threads."""
-        try:
-            while True:
-                number, new, error = self._index.recv()
-                with self._index_lock:
-                    row, done = self._waiting.pop(number)
-                row.new = new
-                row.error = None if error is None else sqlite3.OperationalError(error)
-                done.set()
-        except (EOFError, OSError) as exc:
-            with self._index_lock:
-                self._gone = f"the main process is gone ({type(exc).__name__})"
-                waiting, self._waiting = self._waiting, {}
-            for row, done in waiting.values():
-                row.error = sqlite3.OperationalError(self._gone)
-                done.set()
 
     def send(self, kind: str, *args: Any) -> None:
         with self._notify_lock, contextlib.suppress(OSError):
@@ -351,7 +284,8 @@ class _Forwarder:
 def run_receiver(
     config: Config, port: int, number: int, pipes: _Pipes, ready: Any, forward_event_reports: bool
 ) -> None:
-    """A receiver process: a listener with its own spool writer and index connection (see the module)."""
+    """A receiver process: a listener with its own spool writer, journal and index writer (see the
+    module)."""
     from dicomnode.assemble.assembler import Assembler
     from dicomnode.database import Database
     from dicomnode.errors import SpoolError
@@ -371,23 +305,26 @@ def run_receiver(
     spool = Spool(config.storage.spool_dir, fsync=config.storage.fsync, journal=journal)
     index = SpoolIndex(database, spool.root)
     forwarder = _Forwarder(pipes)
-    threading.Thread(target=forwarder.read_index_answers, name="receiver-index", daemon=True).start()
-    if journal is not None:  # what a receiver that died before this one left (the main process indexes)
+    # records each instance's series/study in the index transaction; its timers (and so its events) run
+    # in the main process only
+    assembler = Assembler(database, index, config.completion, lambda _event: None)
+    ingest = Ingest(spool, index, assembler, max_sequence_depth=config.node.max_sequence_depth,
+                    max_inflated_bytes=config.node.max_inflated_mb * 1024 * 1024)
+    if journal is not None:  # what a receiver that died before this one left
         def index_row(header: Any, path: Any, size: int, meta: dict[str, Any]) -> None:
             if not index.has(header.sop_instance_uid):
-                forwarder.index_row(IndexRow(header, path, size, str(meta.get("ts", "")),
-                                             str(meta.get("aet", "")), float(meta.get("at") or time.time())))
+                row = IndexRow(header, path, size, str(meta.get("ts", "")), str(meta.get("aet", "")),
+                               float(meta.get("at") or time.time()))
+                ingest.commit_row(row)
+                if row.error is not None:  # the file is durable: the next start's recovery indexes it
+                    log.error("Receiver %d could not index the replayed instance '%s': %s.", number,
+                              header.sop_instance_uid, row.error)
 
         replay_journal(journal, spool, index_row)
         try:
             journal.start()
         except SpoolError as exc:
             log.error("%s Receiver %d stores instances directly (file and folder fsync).", exc, number)
-    # never used for rows (the main process indexes them) nor timers (the main process runs them)
-    assembler = Assembler(database, index, config.completion, lambda _event: None)
-    ingest = Ingest(spool, index, assembler, max_sequence_depth=config.node.max_sequence_depth,
-                    max_inflated_bytes=config.node.max_inflated_mb * 1024 * 1024,
-                    indexer=forwarder.index_row)
     storage = config.storage
     listener = Listener(config.node.model_copy(update={"port": port}), ingest,
                         lambda: spool.check_space(storage.min_free_mb, storage.max_used_percent))

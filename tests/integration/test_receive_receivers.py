@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -169,6 +170,58 @@ def test_kill_9_of_a_receiver_loses_nothing_acknowledged_and_it_is_replaced(
     assert not list((node.spool / ".tmp").iterdir())
     for stored in node.spool.glob("*/*/*.dcm"):  # nothing half-written under a final name
         assert pydicom.dcmread(stored).SOPInstanceUID == stored.stem
+    assert node.stop() == 0
+
+
+def test_a_receiver_commits_its_own_rows_and_kill_9_of_the_node_loses_none(
+    dicomnode_node, tmp_path: Path
+) -> None:
+    files = ct_series(tmp_path / "src", slices=16, rows=32, cols=32, seed="receiver-commits")
+    node = dicomnode_node(node={"receivers": 2}, storage={"journal": {"segment_mb": 8, "sync_seconds": 30}})
+    (receiver,) = _receiver_pids(node)
+    assert node.proc is not None
+    ae = AE(ae_title="OWNROWS")
+    ae.dimse_timeout = 15  # a C-STORE that waited for the stopped node would fail here, not hang
+    ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
+    associations = [ae.associate("127.0.0.1", node.port, ae_title=node.ae_title) for _ in range(12)]
+    served_ports = {c.raddr.port for c in psutil.Process(receiver).net_connections("tcp")
+                    if c.status == psutil.CONN_ESTABLISHED and c.laddr and c.laddr.port == node.port}
+    ours = [a for a in associations if a.dul.socket.socket.getsockname()[1] in served_ports]
+    assert all(a.is_established for a in associations) and ours, served_ports
+    # the node's own process is stopped: the receiver alone makes each instance durable and indexed
+    os.kill(node.proc.pid, signal.SIGSTOP)
+    try:
+        sent = []
+        for i, path in enumerate(files):
+            status = ours[i % len(ours)].send_c_store(pydicom.dcmread(path))
+            assert status and status.Status == 0x0000, status
+            sent.append(path)
+        uids = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: p for p in sent}
+        rows = node.query("SELECT sop_instance_uid, path FROM spool_instances")
+        assert {r["sop_instance_uid"] for r in rows} == set(uids)
+        series = node.query("SELECT state, instance_count FROM assembly_series")
+        assert series == [{"state": "open", "instance_count": len(files)}]  # the completion timers' input
+    finally:
+        for association in associations:
+            association.abort()
+        node.kill()  # kill -9 of the (stopped) node process
+    _gone, alive = psutil.wait_procs([psutil.Process(receiver)], timeout=60)  # it stops with its node
+    assert not alive
+    rows = node.query("SELECT sop_instance_uid, path, duplicates FROM spool_instances")
+    assert {r["sop_instance_uid"] for r in rows} == set(uids)
+    for row in rows:
+        assert row["duplicates"] == 0
+        assert dataset_hash(node.spool / row["path"]) == dataset_hash(uids[row["sop_instance_uid"]])
+
+    node.start()  # the node's completion timers complete the series the receiver filled
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        series = node.query("SELECT state, instance_count FROM assembly_series")
+        if series and series[0]["state"] == "complete":
+            break
+        time.sleep(0.2)
+    assert series == [{"state": "complete", "instance_count": len(files)}]
+    assert len(node.query("SELECT 1 FROM spool_instances")) == len(files)
     assert node.stop() == 0
 
 
