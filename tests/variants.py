@@ -19,6 +19,7 @@ the variant's own reference::
     image, labels = arterial_phase(image, labels)         # or delayed_phase(image, labels)
     image, labels = spinal_metal(image, labels)           # titanium pedicle screws: streaks by FBP
     image, labels = child(image, labels, scale=0.6)       # the anatomy shrunk, a child's grid
+    array, ball, centre = subcapsular(array, spacing, liver, angle_deg=150.0, diameter_mm=20.0)  # bulging
 
 Geometry is always rewritten with the pixels (origin and direction cosines follow the reversal), so
 every voxel keeps its patient position: what a scanner would write for the same patient, not a
@@ -275,6 +276,37 @@ def juxtapleural(array: np.ndarray, spacing: tuple[float, float, float], *, slic
     noise = np.random.default_rng(seed).normal(40.0, 15.0, array.shape).astype(np.float32)
     out = (array * (1 - weight) + noise * weight).astype(np.float32)
     return out, (distance <= 0) & lung
+
+
+def subcapsular(array: np.ndarray, spacing: tuple[float, float, float], liver: np.ndarray, *,
+                angle_deg: float, diameter_mm: float, contrast_hu: float = -45.0,
+                ) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """A hypodense liver lesion half outside the liver's surface (subcapsular, bulging it): a ball of
+    ``diameter_mm`` centred on the liver's surface on the middle slice of ``liver`` (bool, same grid as
+    ``array``; axes slices/rows/columns, ``spacing`` in that order), where a ray from the liver's centre at
+    ``angle_deg`` (in the slice plane; 0 = +columns, 90 = +rows) leaves it. Inside the liver
+    ``contrast_hu`` is added to the parenchyma; outside, the ball replaces what was there (the wall's fat and
+    muscle, a crus, bowel) by the lesion's level (the liver's median + ``contrast_hu``) with the image's own
+    noise; a one-voxel partial-volume edge. Returns the new array (float32), the ball's mask and its centre
+    as a continuous (slice, row, column) index."""
+    k = array.shape[0] // 2
+    rows, cols = ndimage.center_of_mass(liver[k])
+    direction = np.array([np.sin(np.deg2rad(angle_deg)), np.cos(np.deg2rad(angle_deg))])
+    steps = [np.round(np.array([rows, cols]) + t * direction).astype(int) for t in np.arange(0.0, 400.0, 0.5)]
+    inside = [p for p in steps if (p >= 0).all() and (p < liver.shape[1:]).all() and liver[k][tuple(p)]]
+    if not inside:
+        raise ValueError(f"The liver mask holds nothing on its middle slice {k}.")
+    sp = np.asarray(spacing, dtype=float)
+    centre = np.array([k, *inside[-1]], dtype=float)
+    z, y, x = np.meshgrid(*[(np.arange(n) - c) * s for n, c, s in zip(array.shape, centre, sp, strict=True)],
+                          indexing="ij", sparse=True)
+    distance = np.sqrt(z**2 + y**2 + x**2)
+    weight = np.clip(diameter_mm / 2 - distance + 0.5, 0.0, 1.0)
+    values = array.astype(np.float32)
+    noise = np.clip(values - ndimage.gaussian_filter(values, 1.5), -40.0, 40.0)
+    lesion = np.where(liver, values + contrast_hu, float(np.median(values[liver])) + contrast_hu + noise)
+    out = (values * (1.0 - weight) + lesion * weight).astype(np.float32)
+    return out, distance <= diameter_mm / 2, (float(centre[0]), float(centre[1]), float(centre[2]))
 
 
 def noise_sd(image: sitk.Image) -> float:

@@ -673,21 +673,29 @@ def _beside_absent_organs(organs: Sequence, absent: Sequence[str],  # outputs.ap
     """A neighbour of a declared organ that was not found, where the images reach well beyond the neighbour
     at both ends (so the missing organ lies in view), is at least `warn` `low_contrast`: without the organ's
     seed no border was drawn between them and the neighbour's contour may have taken it in (a native-phase
-    spleen grown over the left kidney)."""
+    spleen grown over the left kidney). So is one whose contour runs off the images at one end while they
+    reach well beyond it at the other: a contour grown over the missing organ may run on to the edge (a
+    native child's spleen down to the bottom of a 200 mm field); a neighbour cut at both ends (a short
+    slab) says nothing of the organ."""
     for missing in absent:
         for organ in organs:
             box = boxes.get(organ.label)
             if organ.structure not in NEIGHBOURS_OF_ABSENT.get(missing, ()) or organ.label not in verdicts \
                     or box is None:
                 continue
-            _, margin_mm = head_feet_extent_mm(box, organ.mask.shape, spacing, axial_axis)
-            if margin_mm < ABSENT_MARGIN_MM:
-                continue
+            part, size = box[axial_axis], float(spacing[axial_axis])
+            near, far = sorted((part.start * size, (organ.mask.shape[axial_axis] - part.stop) * size))
             name = ABSENT_NAMES.get(missing, missing)
+            if near >= ABSENT_MARGIN_MM:
+                where = f"the images reach {near:.0f} mm beyond {organ.label} at both ends"
+            elif near == 0.0 and far >= ABSENT_MARGIN_MM:
+                where = (f"the images reach {far:.0f} mm beyond {organ.label} at one end and its contour "
+                         "runs off them at the other")
+            else:
+                continue
             verdicts[organ.label] = verdicts[organ.label].adding(QCStatus.WARN, [QCFlag.LOW_CONTRAST], [
-                f"The {name} was not found, though the images reach {margin_mm:.0f} mm beyond {organ.label} "
-                f"at both ends: no border was drawn between them, and {organ.label}'s contour may have "
-                f"taken in the {name}."])
+                f"The {name} was not found, though {where}: no border was drawn between them, and "
+                f"{organ.label}'s contour may have taken in the {name}."])
 
 
 def _inherit_host_failures(segments: Sequence, organs: Sequence,  # outputs.api.Segment

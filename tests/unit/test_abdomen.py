@@ -61,6 +61,9 @@ def test_real_abdomen_variants(real_case, variant: str) -> None:  # noqa: ANN001
     reference = sitk.GetArrayFromImage(labels)
     assert dice(liver, reference == REF_LIVER) >= (0.90 if variant == "native" else 0.93)
     assert dice(organs == LABELS["spleen"], reference == REF_SPLEEN) >= 0.85
+    # no kidney in these slices: none may be invented (the native liver's darker back passed for one when
+    # the perirenal-fat test looked past the kidney's own rim)
+    assert not np.isin(organs, [LABELS["kidney-right"], LABELS["kidney-left"]]).any()
 
 
 def test_real_steatotic_liver_at_minus_40_hu(real_case) -> None:  # noqa: ANN001
@@ -155,6 +158,19 @@ def test_the_ivc_in_competition(params: dict, position: str, minimum: float) -> 
     reference = sitk.GetArrayFromImage(truth)
     assert dice(organs == LABELS["ivc"], reference == 1) >= minimum
     assert dice(organs == LABELS["aorta"], reference == 2) >= 0.85
+
+
+@pytest.mark.parametrize("seed", [2, 4])
+def test_kidneys_in_their_fat_whatever_the_noise_draw(seed: int) -> None:
+    """The kidneys are told from the psoas by the fat around them. Measured on a shell that held the
+    kidney's own partial-volume rim, the fat's share swung with the noise between 0.11 and 0.34 about the 0.3
+    it must reach: the base phantom without fat planes lost one or both kidneys on 4 of 5 noise draws."""
+    from tests.phantoms import make_ct_phantom
+
+    ct = make_ct_phantom(seed=seed, ivc=True)
+    _, organs = organs_of(ct.to_sitk())
+    for key in ("kidney-right", "kidney-left"):
+        assert dice(organs == LABELS[key], ct.masks[key]) >= 0.95, key
 
 
 def test_the_spine_is_found_where_the_field_of_view_cuts_the_trunk(real_case) -> None:  # noqa: ANN001

@@ -231,6 +231,12 @@ def test_beside_a_declared_kidney_that_was_not_found_the_neighbour_is_flagged() 
     short = [Segment("Liver", "liver", liver[slab]), Segment("Spleen", "spleen", spleen[slab])]
     report, _ = assess(long.image[slab], long.spacing, short, absent=["kidney-left"])
     assert not any("not found" in r for r in report.segments["Spleen"].reasons)
+    # grown over the kidney down to the bottom of the images, whose top lies far above it: flagged too
+    down = over_kidney.copy()
+    down[: int(z[0]) + 1] |= np.broadcast_to(spleen[int(z[0]) + 1], down[: int(z[0]) + 1].shape)
+    verdict = assess(long.image, long.spacing, [grown[0], Segment("Spleen", "spleen", down)],
+                     absent=["kidney-left"])[0].segments["Spleen"]
+    assert any("runs off them at the other" in r for r in verdict.reasons), verdict.reasons
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from scipy import ndimage
 from dicomnode.errors import ImagingError
 from dicomnode.imaging.lesions import describe, detect
 from dicomnode.imaging.volume import read_volume, resample_onto
+from tests import variants
 from tests.phantoms import make_ct_phantom
 from tests.support import shared_data
 
@@ -201,26 +202,10 @@ def test_hypodense_lesion_touching_a_dark_structure_is_found(real_ct, centre, di
 
 
 def _subcapsular_sphere(volume, liver: np.ndarray, angle_deg: float, diameter: float, contrast: float):  # noqa: ANN001, ANN202
-    """A hypodense ball of ``diameter`` mm centred on the real liver's surface on the middle slice, where a
-    ray from the liver's centre at ``angle_deg`` (in-plane, 0 = +columns, 90 = +rows) leaves it: half of it
-    bulges out of the liver. Inside the liver the contrast is added to the parenchyma; outside, the ball
-    replaces what was there (wall, fat) by the lesion's level with the image's own noise. One-voxel
-    partial-volume edge. Returns the image and the ball's mask."""
-    k = volume.shape[0] // 2
-    rows, cols = ndimage.center_of_mass(liver[k])
-    direction = np.array([np.sin(np.deg2rad(angle_deg)), np.cos(np.deg2rad(angle_deg))])
-    steps = [np.round(np.array([rows, cols]) + t * direction).astype(int) for t in np.arange(0.0, 400.0, 0.5)]
-    edge = [p for p in steps if (p >= 0).all() and (p < liver.shape[1:]).all() and liver[k][tuple(p)]][-1]
-    centre = np.array([k, *edge]) * np.asarray(volume.spacing)
-    z, y, x = np.meshgrid(*[np.arange(n) * s for n, s in zip(volume.shape, volume.spacing, strict=True)],
-                          indexing="ij", sparse=True)
-    distance = np.sqrt((z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2)
-    weight = np.clip(diameter / 2 - distance + 0.5, 0.0, 1.0)
-    array = volume.array.astype(np.float32)
-    noise = np.clip(array - ndimage.gaussian_filter(array, 1.5), -40.0, 40.0)
-    lesion = np.where(liver, array + contrast, float(np.median(array[liver])) + contrast + noise)
-    image = volume.to_sitk((array * (1.0 - weight) + lesion * weight).astype(np.float32))
-    return image, distance <= diameter / 2
+    """:func:`tests.variants.subcapsular` on the real CT: the image and the ball's mask."""
+    array, sphere, _ = variants.subcapsular(volume.array, volume.spacing, liver, angle_deg=angle_deg,
+                                            diameter_mm=diameter, contrast_hu=contrast)
+    return volume.to_sitk(array), sphere
 
 
 @pytest.mark.parametrize(
@@ -419,3 +404,25 @@ def test_fat_beside_the_liver_on_coarse_pixels_is_not_a_lesion() -> None:
                                     iterations=2)
     result = detect(ct.to_sitk(), ct.to_sitk(organ.astype(np.uint8)), **LIVER_CT)
     assert sitk.GetArrayFromImage(result.image).max() == 0, describe(ct.to_sitk(), result)
+
+
+def test_the_accuracy_table_counts_a_lesion_the_field_of_view_cuts_to_a_small_cap_apart(monkeypatch) -> None:  # noqa: ANN001
+    """``benchmarks/accuracy.py``'s lesion rows expect lesions of 10 mm or more: one whose centre lies beyond
+    the outer slice, so that the images sample only a section under 10 mm of it (``extent-120-upper``'s
+    16 mm lesion, 6.6 mm beyond its first slice's centre: a 9 mm cap), is counted apart; one whose centre
+    is in view counts whole, one that reaches no slice not at all."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "accuracy.py"
+    spec = importlib.util.spec_from_file_location("accuracy_benchmark", path)
+    accuracy = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, accuracy)  # (its dataclasses look their module up)
+    spec.loader.exec_module(accuracy)
+    image = sitk.Image(8, 8, 24, sitk.sitkFloat32)
+    image.SetSpacing((2.8, 2.8, 5.0))
+    image.SetOrigin((0.0, 0.0, -27.5))
+    assert accuracy._visible_width(image, (10.0, 10.0, -34.1), 16.0) == pytest.approx(9.0, abs=0.1)
+    assert accuracy._visible_width(image, (10.0, 10.0, -14.6), 25.0) == 25.0
+    assert accuracy._visible_width(image, (10.0, 10.0, -40.0), 16.0) == 0.0

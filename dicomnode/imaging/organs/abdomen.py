@@ -785,6 +785,12 @@ def _kidney_core_fits(
     # muscle or a muscle beside the spine — the psoas, of the wall muscle's attenuation and not of this
     # core's — the shell says nothing)
     shell = dilate_mm(core[box], 4.0, sp) & ~core[box]
+    # the core's own partial-volume rim (the voxel layer next to it, between the fat's level and the core's
+    # band) counts neither way: with the noise it holds a third of a 4 mm shell, and taken for soft tissue
+    # it lost kidneys in their fat on some noise draws
+    values = array[box]
+    rim = ndimage.binary_dilation(core[box]) & shell & (values > lm.fat_hu + 50.0) & (values < hu - tolerance)
+    shell &= ~rim
     shell_fat = shell & fat[box]
     other = shell & soft[box]
     if muscle_hu is not None:
