@@ -129,6 +129,11 @@ def run_case(case: Case) -> list[Row]:
             continue
         mask = segments.get(label, np.zeros(truth.shape, dtype=bool))
         if not truth.any():
+            if mask.any():  # sent where the reference has none (out of the images): a false organ
+                verdict = verdicts.get(label) or {}
+                ml = float(mask.sum()) * float(np.prod(spacing)) / 1000.0
+                rows.append(Row(case.name, label, 0.0, None, None, verdict.get("status", ""), seconds,
+                                f"false: {ml:.0f} ml sent, the reference has none"))
             continue
         if label in not_found:  # declared, not found, and said so in result.json
             m = compare(mask, truth, spacing)
@@ -418,6 +423,14 @@ PHANTOM_MATRIX: dict[str, dict] = {
     # long fields in the native phase: bowel, psoas and liver lie within a few HU of each other
     "extent-300-native": {"shape": (60, 128, 128), "phase": "native"},
     "extent-400-native": {"shape": (80, 128, 128), "phase": "native"},
+    # the base phantom under other noise realisations (every other row uses seed 5): a criterion that
+    # holds on one noise draw only is found here (the kidneys' perirenal fat measured on their noisy rim
+    # lost one or both kidneys on 4 of 5 seeds)
+    "noise-seed-1": {"seed": 1},
+    "noise-seed-2": {"seed": 2},
+    "noise-seed-3": {"seed": 3},
+    # organs touching each other without a fat plane between them (a thin patient)
+    "no-fat-planes": {"fat_planes": False},
 }
 QUICK = ("base", "fatty-liver", "lesion-free")
 
@@ -433,7 +446,9 @@ def phantom_cases(names: tuple[str, ...]) -> Iterator[Case]:
         plane = params.pop("_reslice", None)
         params.setdefault("shape", (40, 128, 128))
         params.setdefault("spacing", (5.0, 2.8, 2.8))
-        ct = make_ct_phantom(seed=5, hepatic_vessels=True, fat_planes=True, ivc=True, **params)
+        params.setdefault("seed", 5)
+        params.setdefault("fat_planes", True)
+        ct = make_ct_phantom(hepatic_vessels=True, ivc=True, **params)
         image = ct.to_sitk()
         labels = np.zeros(ct.image.shape, dtype=np.uint8)
         names_ = list(PHANTOM_TRUTH.items())
