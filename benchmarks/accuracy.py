@@ -226,6 +226,10 @@ def _lesion_row(case: Case, segments, seconds: float, verdicts) -> Row:  # noqa:
         note += f" ({flagged} flagged: {', '.join(flags)})" if flagged else " (none flagged)"
     note += f" ({outside} outside the FOV)" if outside else ""
     note += f" ({caps} cut by the FOV to a cap under 10 mm: not counted)" if caps else ""
+    limited = [label for label, verdict in verdicts.items()
+               if any(r.startswith("Lesions were looked for") for r in verdict.get("reasons", ()))]
+    if limited:  # the host organ says that lesions of ordinary contrast cannot be seen in this image
+        note += f" (search limited by noise: {', '.join(limited)} warns)"
     return Row(case.name, "lesions", None, None, None, "", seconds, note)
 
 
