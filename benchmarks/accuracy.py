@@ -228,6 +228,10 @@ def _lesion_row(case: Case, segments, seconds: float, verdicts) -> Row:  # noqa:
         note += f" ({flagged} flagged: {', '.join(flags)})" if flagged else " (none flagged)"
     note += f" ({outside} outside the FOV)" if outside else ""
     note += f" ({caps} cut by the FOV to a cap under 10 mm: not counted)" if caps else ""
+    limited = [label for label, verdict in verdicts.items()
+               if any(r.startswith("Lesions were looked for") for r in verdict.get("reasons", ()))]
+    if limited:  # the host organ says that lesions of ordinary contrast cannot be seen in this image
+        note += f" (search limited by noise: {', '.join(limited)} warns)"
     return Row(case.name, "lesions", None, None, None, "", seconds, note)
 
 
@@ -306,6 +310,13 @@ def variant_cases() -> Iterator[Case]:
         "metal-spine": variants.spinal_metal,
         # a child: the patient 0.6 x smaller on a 0.7 mm / 1.25 mm grid
         "child": lambda i, lab: variants.child(i, lab, scale=0.6),
+        # crossed: a native low-dose scan, an arterial child, a -20 HU liver on a 256 matrix
+        "native-low-dose": lambda i, lab: variants.low_dose(*variants.native_phase(
+            i, lab, tissue_hu={5: 55.0, 1: 45.0, 2: 30.0, 3: 30.0, 52: 40.0, 63: 40.0, 64: 40.0}),
+            factor=2.5),
+        "child-arterial": lambda i, lab: variants.child(*variants.arterial_phase(i, lab), scale=0.6),
+        "steatosis-20-256": lambda i, lab: variants.matrix(
+            *variants.fatty_liver(i, lab, liver_value=5, target_hu=-20.0), pixel_mm=1.95),
     }
     for name, make in makers.items():
         img, lab = make(image, labels)

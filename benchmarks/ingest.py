@@ -5,6 +5,7 @@
     python benchmarks/ingest.py --quick --reps 5    # only storescp vs dicomnode receivers: auto, journal on
     python benchmarks/ingest.py --quick --baseline /path/to/checkout-before   # the same, interleaved with
                                                     # the node run from another checkout ("base" rows)
+    python benchmarks/ingest.py --quick --reps 1 --profile /tmp/prof   # py-spy shares of the node's time
 
 After the ratio table: the attack line (a C-ECHO and a 20-instance storescu while 80 idle/garbage
 connections are held open: the legitimate peer's wall time) and the node's peak RSS growth while it
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import socket
 import statistics
 import struct
@@ -299,6 +301,59 @@ def big_case(work: Path, gigabytes: float) -> str:
         shutil.rmtree(path.parent, ignore_errors=True)
 
 
+# where an association thread's sample goes: the first of these found in its stack (py-spy raw format)
+PROFILE_SHARES = (
+    ("index commit", ("IndexWriterLock.held", "Ingest.commit_row", "Ingest._commit", "_Forwarder.index_row")),
+    ("record fdatasync", ("Journal.commit",)), ("journal record", ("Journal.append",)),
+    ("link/close", ("Spool._publish", "PartFile.close", "_series_dir")), ("open .part", ("open_part",)),
+    ("write .part", ("PartFile.write",)), ("dataset walker", ("walker.py",)),
+    ("waiting for the sender", ("wire.py",)), ("command/response", ("command.py", "_reply")),
+    ("reports to the node", ("_Forwarder.send",)),
+)
+
+
+def start_profilers(pid: int, folder: Path, label: str) -> list[subprocess.Popen]:
+    """py-spy on ``pid`` and its receiver processes (raw stacks with idle time, per thread)."""
+    import psutil
+
+    pids = [pid] + [c.pid for c in psutil.Process(pid).children()
+                    if "resource_tracker" not in " ".join(c.cmdline())]
+    folder.mkdir(parents=True, exist_ok=True)
+    spies = [subprocess.Popen(["py-spy", "record", "--pid", str(each), "--idle", "--threads", "--nonblocking",
+                               "--rate", "200", "--format", "raw", "-o", str(folder / f"{label}-{n}.txt")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for n, each in enumerate(pids)]
+    time.sleep(2)  # py-spy attaches
+    return spies
+
+
+def stop_profilers(spies: list[subprocess.Popen]) -> None:
+    for spy in spies:
+        spy.send_signal(signal.SIGINT)
+    for spy in spies:
+        try:
+            spy.wait(60)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+
+
+def profile_shares(files: list[Path]) -> str:
+    """The association threads' time by what they did, in % (from py-spy raw files)."""
+    counts: dict[str, int] = {}
+    for path in files:
+        for line in path.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            frames = stack.split(";")
+            if not frames[0].split(": ", 1)[-1].startswith("dicom-") or "_accept_loop" in stack:
+                continue  # not an association thread
+            share = next((name for name, keys in PROFILE_SHARES
+                          if any(key in frame for key in keys for frame in frames)), "other")
+            counts[share] = counts.get(share, 0) + int(count)
+    total = sum(counts.values()) or 1
+    return ", ".join(f"{name} {100 * n / total:.0f} %" for name, n in
+                     sorted(counts.items(), key=lambda item: -item[1]))
+
+
 def stop(proc: subprocess.Popen) -> None:
     proc.terminate()
     try:
@@ -330,7 +385,12 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, default=None,
                         help="another checkout of dicomnode (e.g. a worktree of the code before): its node "
                              "runs in every rep too, as the 'base ...' rows")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="py-spy every dicomnode process while it receives (raw stacks into this folder) "
+                             "and print its association threads' shares; slows the node down")
     args = parser.parse_args()
+    if args.profile is not None and shutil.which("py-spy") is None:
+        raise SystemExit("--profile needs py-spy (pip install py-spy)")
     if args.quick:
         args.receivers, args.journal, args.no_attack, args.big_gb = "auto", "on", True, 0.0
     if args.baseline is not None and not (args.baseline / "dicomnode" / "__main__.py").exists():
@@ -385,9 +445,13 @@ def main() -> None:
                     proc = starter(out, port)
                     try:
                         wait_echo(port, ae, proc)
+                        label = f"{name.replace(' ', '_').replace('=', '')}-{concurrency}-{rep}"
+                        spies = (start_profilers(proc.pid, args.profile, label)
+                                 if args.profile is not None and name != "storescp" else [])
                         cpu = cpu_seconds(proc.pid)
                         times[name].append(send(folders, port, ae))
                         cpus[name] = cpu_seconds(proc.pid) - cpu
+                        stop_profilers(spies)
                     finally:
                         stop(proc)
                     shutil.rmtree(out, ignore_errors=True)
@@ -428,6 +492,15 @@ def main() -> None:
             "checkout's node, interleaved with this one's in every rep. (CPU in the rep lines: the node's\n"
             "user + system CPU over all its processes per instance, while receiving.)"
         )
+        if args.profile is not None:
+            print("\npy-spy, association threads' time (all reps):")
+            for concurrency in (int(c) for c in args.concurrency.split(",")):
+                for name in {row[0] for row in rows if row[1] == concurrency and row[0] != "storescp"
+                             and "floor" not in row[0]}:
+                    prefix = f"{name.replace(' ', '_').replace('=', '')}-{concurrency}-"
+                    found = [f for f in args.profile.glob(prefix + "*.txt")
+                             if f.name[len(prefix):].split("-")[0].isdigit()]
+                    print(f"  {name}, {concurrency} assoc(s): {profile_shares(found)}")
         if not args.no_attack:
             print(attack_case(work, files))
         if args.big_gb > 0:

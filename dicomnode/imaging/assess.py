@@ -21,7 +21,12 @@ vessel course          fail    a vessel (aorta, IVC) along the head-feet axis: a
                                1.8 × the median one (``leak``), one under 0.4 × it between normal ones
                                (``implausible_volume``: the contour lost the lumen there), or a slice
                                whose median differs from the vessel's by more than 40 HU
-                               (``implausible_intensity``: another structure)
+                               (``implausible_intensity``: another structure); its centre moving between
+                               neighbouring slices by over half its width plus the slices' distance, or
+                               slices missing inside its course (``implausible_volume``: it jumped to a
+                               neighbouring vessel, or lost continuity)
+vessel width           warn    a vessel under 7 pixels across (``low_contrast``): the partial volume at
+                               its border makes its outline uncertain by a sixth or more of its section
 truncated (lung)       warn    a lesion in a lung bordering solid tissue inside the lung's convex outline
                                (on its slices, within 3 mm, away from the midline) that its contour leaves
                                out, more than 15 % of its volume: a juxtapleural nodule cut at the lung's
@@ -73,6 +78,12 @@ MEDIASTINUM_SHARE = 0.6  # ... and of all the solid tissue outside the lung arou
 VESSEL_WIDER = 1.8  # a vessel's cross-section over this times its median one: a leak
 VESSEL_NARROWER = 0.4  # under this between normal ones: the lumen lost
 VESSEL_HU = 40.0  # a slice's median this far from the vessel's: another structure
+# a vessel's centre moving between neighbouring slices by more than this fraction of its width (plus the
+# slices' distance: a course at 45°) has jumped to another structure
+VESSEL_JUMP = 0.5
+# a vessel under this many pixels across: the partial volume at its border (half a pixel on either side)
+# makes its outline uncertain by a sixth or more of its section
+VESSEL_PIXELS = 7.0  # (misplacing a third of a pixel on average there costs a Dice of 0.1 at 7 pixels)
 
 
 @dataclass(frozen=True)
@@ -385,6 +396,30 @@ def vessel_course(
             f"{label}'s cross-section falls to {areas[narrow].min():.0f} mm² on {int(narrow.sum())} of its "
             f"{n} slices between normal ones, under {VESSEL_NARROWER:g} × its median {typical:.0f} mm²: the "
             "contour has lost the vessel there; its volume is wrong.")))
+    width = 2.0 * np.sqrt(typical / np.pi)  # the median section's equivalent diameter (mm)
+    in_plane = [float(s) for i, s in enumerate(spacing) if i != axis]
+    step_mm = float(spacing[axis])
+    centres = np.array([ndimage.center_of_mass(tube[k]) for k in present]) * np.asarray(in_plane)
+    gaps = np.diff(present)
+    moves = np.hypot(*(np.diff(centres, axis=0).T))
+    jumps = moves > VESSEL_JUMP * width + step_mm * gaps
+    if jumps.any():
+        found.append((QCFlag.IMPLAUSIBLE_VOLUME, (
+            f"{label}'s centre moves {moves[jumps].max():.0f} mm between neighbouring slices "
+            f"({int(jumps.sum())} times along its {n} slices), over half its {width:.0f} mm width: a vessel "
+            "runs on continuously, the contour has jumped to another structure (a neighbouring vessel) on "
+            "part of its course.")))
+    lost = int((gaps[gaps > 1] - 1).sum())
+    if lost:
+        found.append((QCFlag.IMPLAUSIBLE_VOLUME, (
+            f"{label} is missing on {lost} slices between slices that hold it: a vessel runs on "
+            "continuously, the contour lost it there; its volume is wrong.")))
+    pixels = width / max(in_plane)
+    if pixels < VESSEL_PIXELS:
+        found.append((QCFlag.LOW_CONTRAST, (
+            f"{label} is only {pixels:.1f} pixels across ({width:.0f} mm at {max(in_plane):.1f} mm pixels): "
+            "the partial volume at its border leaves its outline uncertain by half a pixel on either side, "
+            f"about {100 * (1 - (1 - 1 / pixels) ** 2):.0f} % of its section.")))
     overall = float(np.median(values[tube]))
     medians = np.array([float(np.median(values[k][tube[k]])) if c >= 5 else overall
                         for k, c in zip(present, counts, strict=True)])
@@ -576,6 +611,7 @@ def assess(
             flags.append(QCFlag.METAL)
             reasons.append(f"Metal (above {METAL_HU:.0f} HU) lies {metal_mm:.0f} mm from {segment.label}: "
                            "streaks may distort its outline and intensities.")
+        weak = cnr < 1.5  # the segment does not stand out from its surroundings or a neighbour organ
         if cnr < 1.5:
             flags.append(QCFlag.LOW_CONTRAST)
             reasons.append(f"{segment.label} differs from its surroundings by only {cnr:.1f} × the image "
@@ -584,12 +620,13 @@ def assess(
             coarse_image, coarse_spacing, _ = grids["coarse"]
             for other, step_hu in _equal_neighbours(segment, organs, coarse_masks, coarse_image,
                                                     coarse_spacing, neighbour_stats):
+                weak = True
                 flags.append(QCFlag.LOW_CONTRAST)
                 reasons.append(f"{segment.label} touches {other} and differs from it by only "
                                f"{step_hu:.0f} HU (under 1.5 × the noise): the border between them is "
                                "uncertain.")
         status = worst(QCStatus.FAIL if f in FAIL_FLAGS else QCStatus.WARN for f in flags)
-        if prior.needs_contrast and QCFlag.LOW_CONTRAST in flags:
+        if prior.needs_contrast and weak:  # (not for a vessel only a few pixels across)
             status = QCStatus.FAIL
             reasons.append(f"{segment.label} is seen only by the contrast of its blood against what lies "
                            "around it: without it the vessel's wall is not in the image and its contour is a "

@@ -212,6 +212,7 @@ def process_volume(spec: PipelineSpec, volume: Any, job: JobSpec) -> tuple[Any, 
     axial_axis = head_feet_axis(volume.direction)
     report, _ = assess(volume.array, volume.spacing, segments, is_ct=volume.modality == "CT",
                        axial_axis=axial_axis, absent=[d.structure for d in missing])
+    report = with_lesion_search_limits(report, spec, run.estimates)
     report = report.withhold(withheld_labels(spec, report)).with_not_found(
         not_found_reasons([d.label for d in missing], volume.shape, volume.spacing, axial_axis))
     for reason in report.not_found.values():
@@ -274,6 +275,40 @@ def not_found_reasons(labels: list[str], shape: tuple[int, ...], spacing: tuple[
         coverage = "the images are oblique to the head-feet axis"
     return {label: f"{label} was not found in this image ({coverage}): no contour or volume of it is sent. "
                    f"If it lies within the images, the pipeline missed it." for label in labels}
+
+
+# a lesion search whose threshold (k_sigma × the noise left after smoothing) rises above twice the usual
+# floor (min_contrast 20 HU) cannot see lesions of ordinary contrast: a low-dose or very noisy scan
+LESION_SEARCH_LIMIT_HU = 40.0
+
+
+def with_lesion_search_limits(report: Any, spec: PipelineSpec, estimates: Mapping[str, str]) -> Any:  # noqa: ANN401
+    """``report`` with the organ searched by each ``lesions.detect`` step whose threshold exceeded
+    :data:`LESION_SEARCH_LIMIT_HU` at least ``warn`` ``low_contrast``, saying so: 'no lesion' there does not
+    rule lesions out (a 30 HU-noise scan's 20-60 HU metastases were all missed with nothing said)."""
+    from dicomnode.imaging.qc import QCFlag, QCStatus
+
+    segments = dict(report.segments)
+    for step in spec.steps:
+        if step.use != "lesions.detect":
+            continue
+        try:
+            threshold = float(estimates.get(f"{step.id}.threshold", "nan"))
+        except ValueError:
+            continue
+        if not threshold > LESION_SEARCH_LIMIT_HU:
+            continue
+        host = dict(step.keyword_inputs).get("organ") or (step.inputs[1] if len(step.inputs) > 1 else None)
+        median = estimates.get(f"{step.id}.organ_median", "")
+        for declared in spec.segments:
+            if declared.source != host or declared.each or declared.label not in segments:
+                continue
+            segments[declared.label] = segments[declared.label].adding(
+                QCStatus.WARN, [QCFlag.LOW_CONTRAST],
+                [f"Lesions were looked for in {declared.label} only where they differ from its "
+                 f"{median} HU by more than {threshold:.0f} HU (the image's noise sets that threshold): "
+                 "lesions of lower contrast are not found, and finding none does not rule them out."])
+    return replace(report, segments=segments)
 
 
 def withheld_labels(spec: PipelineSpec, report: Any) -> list[str]:  # noqa: ANN401 - qc.QCReport

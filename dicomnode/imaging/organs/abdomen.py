@@ -220,12 +220,14 @@ def _disc_path(
     penalty: float = 10.0,
     change: float = 0.5,
     floor: float = -np.inf,
+    sectors: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The centres of discs that differ from their surroundings on every side (:func:`_disc_scores` with
-    ``sectors``) chosen as one continuous course (dynamic programming over the slices): the sum of the
-    discs' scores less ``penalty`` per mm that the centre moves between neighbouring slices beyond
-    ``drift`` × their distance and ``change`` per HU that the disc's mean changes (a vessel runs on with
-    its blood; the most distinct disc of one slice may be a neighbour organ or bowel).
+    ``sectors``; without, that stand out brightest from their ring) chosen as one continuous course
+    (dynamic programming over the slices): the sum of the discs' scores less ``penalty`` per mm that the
+    centre moves between neighbouring slices beyond ``drift`` × their distance and ``change`` per HU that
+    the disc's mean changes (a vessel runs on with its blood; the most distinct disc of one slice may be a
+    neighbour organ or bowel).
     Returns rows, cols, found, each slice's score and disc mean (HU)."""
     sz, sy, sx = spacing
     nz = array.shape[0]
@@ -256,7 +258,7 @@ def _disc_path(
 
     previous = -2
     for k, lo_r, lo_c, sub, mean in _disc_scores(array, window, radius_mm, spacing, excluded, tissue_hu,
-                                                 sectors=True, floor=floor):
+                                                 sectors=sectors, floor=floor):
         grid = np.zeros(sub.shape, dtype=bool)
         grid[::stride, ::stride] = True
         rr, cc = np.nonzero(grid & np.isfinite(sub))
@@ -335,7 +337,10 @@ def _seeds(
     # aorta: round, thick, bright structure in front of the vertebral body, slightly left
     window = (u > -15 * s) & (u < 40 * s) & (v > -55 * s) & (v < -4 * s) & inner
     vertebra = (v > 0) & (np.abs(u) < 22 * s)  # the vertebral body's bone is not a bright disc
-    rows, cols, found = _disc_track(array, window, 7.0 * s, sp, excluded=vertebra, tissue_hu=lm.tissue_hu)
+    # (one continuous course: a bright vessel beside it, the IVC at the window's right edge, may score as
+    # high on some slices; per slice the best disc jumped to it where the two nearly tie)
+    rows, cols, found, _, _ = _disc_path(array, window, 7.0 * s, sp, excluded=vertebra,
+                                         tissue_hu=lm.tissue_hu, change=0.0, sectors=False)
     if found.any():
         # (arterial phase: the lumen is brighter than the bone threshold; the track stays in front of the
         # vertebral body, so the core is the tube's soft tissue and contrast, not bone)
@@ -436,7 +441,7 @@ def _seeds(
             free = renal & ~grown[i]
             if layer is not None:  # a kidney touching the body wall's muscle is one blob with it otherwise
                 free &= ~layer
-            found = _kidney(array, lm, free, side, h_r if side < 0 else h_l, muscle_hu)
+            found = _kidney(array, lm, free, side, h_r if side < 0 else h_l, muscle_hu, muscle_spread)
             if found is not None and (
                 model is None or _unlike_muscle(found.hu, muscle_hu) > _unlike_muscle(model.hu, muscle_hu)
             ):
@@ -452,10 +457,13 @@ def _seeds(
     if "spleen" in models and "kidney-left" in models:
         # a spleen seed grown into a kidney of nearly its attenuation (native phase) gives back what the
         # kidney's attenuation explains better
-        spleen, kidney = models["spleen"], models["kidney-left"]
-        nearer = np.abs(array - kidney.hu) < np.abs(array - spleen.hu)
-        seed = largest_components(ndimage.binary_opening(spleen.seed & ~nearer), 1)
-        if seed.any() and seed.sum() < 0.9 * spleen.seed.sum():
+        spleen = models["spleen"]
+        for _ in range(2):  # (again with the level of a kidney looked for again: the first was the psoas')
+            kidney = models["kidney-left"]
+            nearer = np.abs(array - kidney.hu) < np.abs(array - spleen.hu)
+            seed = largest_components(ndimage.binary_opening(spleen.seed & ~nearer), 1)
+            if not (seed.any() and seed.sum() < 0.9 * spleen.seed.sum()):
+                break
             models["spleen"] = OrganModel("spleen", seed, spleen.hu, spleen.spread)
             # and the kidney, found beside the larger seed, is looked for again
             known = np.zeros(array.shape, dtype=bool)
@@ -465,9 +473,20 @@ def _seeds(
             free = renal & ~dilate_mm(known, 4.0, sp)
             if layer is not None:
                 free &= ~layer
-            again = _kidney(array, lm, free, 1.0, h_l, muscle_hu)
-            if again is not None and again.seed.sum() > kidney.seed.sum():
-                models["kidney-left"] = again
+            log.debug("left kidney looked for again beside the spleen seed given back")
+            again = _kidney(array, lm, free, 1.0, h_l, muscle_hu, muscle_spread)
+            # (the larger one, unless its level is the muscle's and the first one's is not: that is the
+            # psoas; one of the muscle's level gives way to one that is not, as in the passes above)
+            if again is None or not (
+                _unlike_muscle(again.hu, muscle_hu) > _unlike_muscle(kidney.hu, muscle_hu)
+                if _muscle_level(kidney.hu, muscle_hu, muscle_spread)
+                else again.seed.sum() > kidney.seed.sum()
+                and not _muscle_level(again.hu, muscle_hu, muscle_spread)
+            ):
+                break
+            models["kidney-left"] = again
+            if abs(again.hu - kidney.hu) < max(kidney.spread, 10.0):
+                break
     stomach = _stomach(array, lm, u, v, h_l)
     if stomach is not None:
         models["stomach"] = stomach
@@ -580,6 +599,7 @@ def _kidney(
     side: float,
     h: np.ndarray,
     muscle_hu: float | None = None,
+    muscle_spread: float = 0.0,
 ) -> OrganModel | None:
     """The kidney on one side: the compact soft-tissue blob in the paravertebral gutter, in its fat.
 
@@ -631,6 +651,9 @@ def _kidney(
             log.debug("kidney %+.0f level %.0f HU (spread %.0f), valleys %.0f, %.0f", side, hu, spread,
                       below, above)
             level = (array[zbox] >= max(hu - tolerance, below)) & (array[zbox] <= min(hu + tolerance, above))
+            if _split_from_muscle(hu, tolerance, muscle_hu):
+                # (native: the psoas it touches lies in its band, yet nearer the muscle's level than its own)
+                level &= np.abs(array[zbox] - hu) < np.abs(array[zbox] - muscle_hu)
             core = np.zeros_like(zone)
             core[zbox] = largest_components(whole & level, 1)  # (all of the blob: a thin cortex is cut)
             if core.any():  # the cortex's level holds the medulla inside it (fat, the renal sinus, does not)
@@ -641,6 +664,14 @@ def _kidney(
             if fits and (best is None or _unlike_muscle(hu, muscle_hu) > _unlike_muscle(best[1], muscle_hu)):
                 best = (core, hu, spread)
             blob = _opened(blob & ~level, 1)
+        below_muscle = _below_muscle_core(array, lm, zbox, whole, muscle_hu, muscle_spread)
+        if below_muscle is not None:
+            core = np.zeros_like(zone)
+            core[zbox], hu, spread = below_muscle
+            tolerance = max(2.5 * spread, 20.0)
+            fits = _kidney_core_fits(array, lm, core, soft, fat, side, hu, tolerance, muscle_hu)
+            if fits and (best is None or _unlike_muscle(hu, muscle_hu) > _unlike_muscle(best[1], muscle_hu)):
+                best = (core, hu, spread)
     if best is None:
         return None
     blob, hu, spread = best
@@ -650,6 +681,52 @@ def _kidney(
     if seed.sum() < 10:
         return None
     return OrganModel("kidney", seed, hu, max(spread, 10.0))
+
+
+def _split_from_muscle(hu: float, tolerance: float, muscle_hu: float | None) -> bool:
+    """Whether a level's band reaches the wall muscle's level though the two lie at least 10 HU apart and
+    the band is one tissue's (native: a kidney 10-20 HU below the psoas it touches): then the voxels nearer
+    the muscle's level than the level's own are the muscle's."""
+    return muscle_hu is not None and 10.0 <= abs(hu - muscle_hu) <= tolerance <= 2.5 * NARROW_LEVEL_HU
+
+
+def _below_muscle_core(
+    array: np.ndarray,
+    lm: Landmarks,
+    zbox: tuple[slice, ...],
+    blob: np.ndarray,
+    muscle_hu: float | None,
+    muscle_spread: float,
+) -> tuple[np.ndarray, float, float] | None:
+    """The part of a gutter blob (in ``zbox``) made of a tissue 10-50 HU below the wall muscle's level: a
+    native kidney, whose level the psoas' larger peak beside it hides in the blob's histogram (its band,
+    2.5 spreads and at least 20 HU, takes the kidney with the muscle). The tissue's level is the mode of the
+    blob's voxels below the muscle's band; its core the largest connected part of the blob nearer that level
+    than the muscle's, opened by a voxel (the partial-volume rim round the psoas is no bridge). Returns the
+    core (on the box), its level and spread, ``None`` where no such tissue is there."""
+    if muscle_hu is None:
+        return None
+    values = array[zbox]
+    gap = max(muscle_spread, 10.0)
+    low_part = blob & (values < muscle_hu - gap)
+    voxel_ml = float(np.prod(lm.spacing)) / 1000.0
+    if low_part.sum() * voxel_ml < 8.0 * lm.scale**3:
+        return None
+    try:
+        hu, spread, _, _ = histogram_mode(values[low_part], lm.fat_hu + 40.0, muscle_hu - gap)
+    except ImagingError:
+        return None
+    spread = max(spread, 8.0)
+    tolerance = max(2.5 * spread, 20.0)
+    if not _split_from_muscle(hu, tolerance, muscle_hu) or hu < KIDNEY_MIN_HU:
+        return None
+    level = (np.abs(values - hu) <= tolerance) & (np.abs(values - hu) < np.abs(values - muscle_hu))
+    core = largest_components(_opened(blob & level, 1), 1)
+    if core.sum() * voxel_ml < 8.0 * lm.scale**3:
+        return None
+    log.debug("kidney level %.0f HU (spread %.0f) below the muscle's %.0f HU: %.1f ml", hu, spread, muscle_hu,
+              core.sum() * voxel_ml)
+    return core, hu, spread
 
 
 def _unlike_muscle(hu: float, muscle_hu: float | None) -> float:
@@ -848,9 +925,13 @@ def _psoas(
     for other, m in models.items():
         others |= m.seed[start : top + 1] if other != "stomach" else False
     sub &= ~dilate_mm(others, 3.0, sp, slicewise=True)
+    raw = sub
     sub = ndimage.binary_opening(sub, structure=np.ones((1, 3, 3), dtype=bool))
     for k in range(1, sub.shape[0]):
         sub[k] &= dilate_mm(sub[k - 1][None], 4.0, sp, slicewise=True)[0]
+    # (and its rim within 3 mm, which the opening took: where the kidney presses on it, the psoas is a
+    # crescent thinner than the opening)
+    sub |= raw & dilate_mm(sub, 3.0, sp, slicewise=True)
     out[start : top + 1] = sub
     log.debug("psoas beside %s: %.0f ml", name, float(sub.sum()) * float(np.prod(sp)) / 1000.0)
     return out
@@ -982,6 +1063,10 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
         sub = out[box]
         sub[organ[box] & ~refined] = 0
         sub[refined & (sub == 0)] = value
+    for name in ("aorta", "ivc"):
+        if name in models and name in tubes:
+            _vessel_boundary(out, array, lm, models[name], LABELS[name], tubes[name],
+                             wall_mm=3.0 * lm.scale if name == "aorta" else 0.0, branches=name == "aorta")
     for name in ("liver", "spleen", "kidney-right", "kidney-left"):
         value = LABELS[name]
         organ = out == value
@@ -995,6 +1080,74 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
         ", ".join(f"{n} {m.hu:.0f} HU ({int((out == LABELS[n]).sum())} vx)" for n, m in models.items()),
     )
     return out
+
+
+def _vessel_boundary(
+    out: np.ndarray, array: np.ndarray, lm: Landmarks, model: OrganModel, value: int, tube: np.ndarray,
+    wall_mm: float = 0.0,
+    branches: bool = False,
+) -> None:
+    """A vessel's partial volume at its border, in place on ``out``: each voxel just outside its contour
+    (inside its tube, free: no other organ's, not the vertebral body, not brighter than the blood) joins it
+    when its value lies nearer the lumen's level than the local mean of what lies around the vessel
+    (:func:`refine_boundary`, HU clipped to the fat's level and the blood's): its blood fills at least half
+    of it. The competition's flood stops at the gradient's ridge, the background's markers (below the
+    soft-tissue band) and the attenuation tolerance take the border's partial volume, so the contour lay
+    inside the lumen's edge (a round vessel lost 10-15 % of its section). With ``branches`` the origins of
+    its branches leave it first (:func:`_cut_branches`); with ``wall_mm`` the calcified plaques of its wall
+    within that reach of the lumen join it (the aorta is its wall too)."""
+    vessel = out == value
+    if not vessel.any():
+        return
+    sp = lm.spacing
+    box = _box(vessel, [int(np.ceil(8.0 / spc)) + 1 for spc in sp])
+    sub = out[box]
+    if branches:
+        _cut_branches(sub, value, sp)
+        vessel = out == value
+    u, v = lm.relative()
+    spine = ((v > 0) & (np.abs(u) < 22 * lm.scale))[box]
+    refined = refine_boundary(np.clip(array[box], lm.fat_hu, model.hu), vessel[box], sp, scale_mm=4.0,
+                              iterations=1)
+    free = (sub == 0) & tube[box] & ~spine
+    values = array[box]
+    blood_top = model.hu + 3.0 * model.spread
+    sub[refined & free & (values < blood_top)] = value
+    if wall_mm > 0:
+        # calcified plaques in its wall (above the blood's and the bone's level) within the wall's reach of
+        # the lumen, not the vertebra behind it (on the median-smoothed grid a plaque on the vessel's back
+        # merges with the vertebra's front), and the voxels between them and the lumen brighter than the
+        # blood's level
+        wall = dilate_mm(sub == value, wall_mm, sp, slicewise=True) & free
+        plaque = wall & (values >= max(blood_top, lm.bone_hu))
+        if plaque.any():
+            near = dilate_mm(plaque, 1.5 * max(sp[1:]), sp, slicewise=True)
+            sub[plaque | (wall & near & (values >= model.hu))] = value
+
+
+def _cut_branches(sub: np.ndarray, value: int, spacing) -> None:  # noqa: ANN001
+    """The branches' origins leave a vessel's contour (in place on the label map ``sub``): what a slice-wise
+    opening with a disc of half the vessel's median radius removes, where a removed piece holds at least
+    such a disc one slice thick (the coeliac trunk and the mesenteric artery leaving the aorta; not the
+    corners the opening shaves off a round section on a coarse grid), unless the slice would keep less than
+    0.6 × the median section."""
+    own = sub == value
+    sections = own.sum(axis=(1, 2))
+    if not sections.any():
+        return
+    radius = 0.5 * float(np.sqrt(np.median(sections[sections > 0]) * spacing[1] * spacing[2] / np.pi))
+    opened = dilate_mm(erode_mm(own, radius, spacing, slicewise=True), radius, spacing, slicewise=True) & own
+    rest, n = ndimage.label(own & ~opened)
+    if n == 0:
+        return
+    sizes = np.bincount(rest.ravel(), minlength=n + 1) * float(np.prod(spacing))
+    branch = sizes >= np.pi * radius**2 * spacing[0]
+    branch[0] = False
+    cut = branch[rest]
+    # (a slice left with under 0.6 × the median section was no round lumen with a branch: kept whole)
+    kept = (own & ~cut).sum(axis=(1, 2))
+    cut[kept < 0.6 * np.median(sections[sections > 0])] = False
+    sub[cut] = 0
 
 
 def _kidney_regain(
@@ -1019,6 +1172,12 @@ def _kidney_regain(
     own = np.abs(values - kidney.hu)
     regain = near & (sub == BACKGROUND) & (own <= max(2.5 * kidney.spread, 20.0))
     regain &= own < np.abs(values - muscle_hu)
+    # (within 3 mm of its outline's convex hull, slice by slice: the partial volume of fat with the wall's
+    # muscle and the psoas' rim, at a kidney's level too, runs along them away from the kidney)
+    hull = np.zeros_like(regain)
+    for k in np.flatnonzero(organ[box].any(axis=(1, 2))):
+        hull[k] = convex_hull_image(organ[box][k])
+    regain &= dilate_mm(hull, 3.0, spacing, slicewise=True)
     regain = _keep_seeded(regain | organ[box], organ[box]) & regain
     sub[regain] = value
 
