@@ -44,6 +44,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# the median of the voxels in -1100..-900 HU, the padding outside the reconstruction circle left out, on a
+# calibrated CT read right: about -1000 (the real CTs here -995 and -999, a 300 mm crop of one -996); a
+# rescale intercept of -1000 written for -1024 moves it by 24
+AIR_TOLERANCE_HU = 15.0
+
 REGIONS = ("head", "neck", "chest", "abdomen")
 #: a run of chest slices this long (mm) is the chest; gaps this long (mm) inside it are bridged
 CHEST_MIN_MM = 30.0
@@ -100,10 +105,21 @@ class PixelEvidence:
     """What the intensities look like: fractions of the voxels and the soft-tissue mode."""
 
     air_fraction: float  # voxels in -1100..-900 (air at about -1000 HU)
+    air_level: float  # their median: -1000 on a calibrated CT whose rescale is read right
     soft_mode: float  # main histogram mode of the voxels in -200..300
     soft_fraction: float  # voxels in -200..300
     low: float  # 0.5th percentile
     high: float  # 99.5th percentile
+
+    def air_offset(self, tolerance_hu: float = AIR_TOLERANCE_HU) -> str:
+        """A sentence when the air reads more than ``tolerance_hu`` away from -1000 HU (a rescale intercept
+        read or written wrong, e.g. -1000 for -1024: every HU value is off by as much), else ""."""
+        if np.isnan(self.air_level) or abs(self.air_level + 1000.0) <= tolerance_hu:
+            return ""
+        offset = self.air_level + 1000.0
+        return (f"The air in the images reads {self.air_level:.0f} HU, not -1000 HU as on a calibrated CT: "
+                f"the rescale (RescaleIntercept/Slope) may be wrong, and every HU value here is then about "
+                f"{offset:+.0f} HU off (intensities, lesion contrast and the HU statistics with it).")
 
     def looks_like_ct(self) -> tuple[bool, str]:
         """(True, "") or (False, the reason in one sentence)."""
@@ -138,6 +154,12 @@ def pixel_evidence(array: np.ndarray) -> PixelEvidence:
     from scipy import ndimage
 
     values = array.ravel()[:: max(1, array.size // 2_000_000)].astype(np.float32)
+    air = (values >= -1100) & (values <= -900)
+    # the padding outside the reconstruction circle is one stored value, the image's minimum (-1024 on most
+    # scanners, written as air by some): not the air's level, which a small field of view may hardly show
+    lowest = float(values.min()) if values.size else 0.0
+    if np.mean(values == lowest) > 0.01:
+        air &= values != lowest
     soft = values[(values >= -200) & (values <= 300)]
     mode = float("nan")
     if soft.size:
@@ -145,7 +167,8 @@ def pixel_evidence(array: np.ndarray) -> PixelEvidence:
         hist = ndimage.gaussian_filter1d(hist.astype(float), 2.0)
         mode = float(edges[int(np.argmax(hist))] + 2)
     return PixelEvidence(
-        air_fraction=float(np.mean((values >= -1100) & (values <= -900))),
+        air_fraction=float(np.mean(air)),
+        air_level=float(np.median(values[air])) if air.any() else float("nan"),
         soft_mode=mode,
         soft_fraction=float(soft.size / max(values.size, 1)),
         low=float(np.percentile(values, 0.5)),
@@ -254,8 +277,12 @@ def check_input(
     if needs_pixels:
         pixels = pixel_evidence(sitk.GetArrayViewFromImage(image))
         evidence["pixels"] = {"air_fraction": round(pixels.air_fraction, 4),
+                              "air_level": round(pixels.air_level, 1),
                               "soft_tissue_mode": round(pixels.soft_mode, 1)}
         is_ct, why = pixels.looks_like_ct()
+        if is_ct and pixels.air_offset():
+            evidence["warnings"] = [pixels.air_offset()]
+            log.warning("%s: %s", who, pixels.air_offset())
         if accepts.pixels == "ct" and not is_ct:
             raise InputRefused(f"{who} accepts CT only: {why}.")
         if accepts.pixels == "mr" and is_ct:

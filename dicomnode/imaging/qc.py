@@ -102,6 +102,14 @@ class QCReport:
             self.not_found,
         )
 
+    def warning_all(self, flag: QCFlag, reason: str) -> QCReport:
+        """This report with every sent segment made at least ``warn`` by ``flag`` and ``reason`` (evidence
+        about the whole image, e.g. its HU calibration)."""
+        return QCReport(
+            {label: qc.adding(QCStatus.WARN, (flag,), (reason,)) for label, qc in self.segments.items()},
+            self.withheld, self.not_found,
+        )
+
     def with_not_found(self, reasons: Mapping[str, str]) -> QCReport:
         """This report with ``reasons`` (label -> sentence) for declared segments that were not found."""
         return QCReport(self.segments, self.withheld, {**self.not_found, **reasons})

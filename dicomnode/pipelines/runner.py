@@ -199,6 +199,7 @@ def process_volume(spec: PipelineSpec, volume: Any, job: JobSpec) -> tuple[Any, 
     from dicomnode import __version__
     from dicomnode.imaging.assess import assess, head_feet_axis
     from dicomnode.imaging.guards import check_input
+    from dicomnode.imaging.qc import QCFlag
     from dicomnode.outputs.api import ProcessedSeries, Provenance
 
     image = volume.to_sitk()
@@ -213,6 +214,8 @@ def process_volume(spec: PipelineSpec, volume: Any, job: JobSpec) -> tuple[Any, 
     report, _ = assess(volume.array, volume.spacing, segments, is_ct=volume.modality == "CT",
                        axial_axis=axial_axis, absent=[d.structure for d in missing])
     report = with_lesion_search_limits(report, spec, run.estimates)
+    for warning in accepted.get("warnings", ()):  # about the whole image: every segment carries it
+        report = report.warning_all(QCFlag.IMPLAUSIBLE_INTENSITY, warning)
     report = report.withhold(withheld_labels(spec, report)).with_not_found(
         not_found_reasons([d.label for d in missing], volume.shape, volume.spacing, axial_axis))
     for reason in report.not_found.values():

@@ -118,3 +118,27 @@ def test_a_slab_too_thin_for_3d_filters_is_refused_by_name() -> None:
         check_input(get_pipeline("liver-ct").accepts, slab, "CT", pipeline="liver-ct")
     # a pipeline without steps (forwarding) has nothing to filter
     check_input(Accepts(), slab, "CT", volumetric=False)
+
+
+def test_air_off_its_level_warns_every_segment_that_hu_may_be_off() -> None:
+    """A rescale intercept of -1000 written for -1024 passes every CT check (air, soft tissue, regions) and
+    moves every HU value by 24: the air's level outside the padding says so, and the image's correct
+    storages and a small field of view (little air but the padding) do not."""
+    from dicomnode.imaging.guards import pixel_evidence
+    from dicomnode.imaging.qc import QCFlag, QCReport, QCStatus, SegmentQC
+    from dicomnode.imaging.volume import read_volume
+
+    array = read_volume(shared_data("ct-abdomen-20", "dicom")).array
+    assert pixel_evidence(array).air_offset() == ""
+    assert pixel_evidence(array[:, 106:406, 106:406]).air_offset() == ""  # a 300 mm field of view
+    shifted = pixel_evidence(array + 24.0)
+    assert "reads -97" in shifted.air_offset() and "+2" in shifted.air_offset()
+    image = sitk.GetImageFromArray(array + 24.0)
+    image.SetSpacing((0.977, 0.977, 2.0))
+    evidence = check_input(Accepts(pixels="ct"), image, "CT", pipeline="liver-ct")
+    assert evidence["warnings"] == [shifted.air_offset()]
+    report = QCReport({"Liver": SegmentQC(), "Spleen": SegmentQC(QCStatus.FAIL)}).warning_all(
+        QCFlag.IMPLAUSIBLE_INTENSITY, evidence["warnings"][0])
+    assert report.segments["Liver"].status == QCStatus.WARN
+    assert report.segments["Spleen"].status == QCStatus.FAIL  # never lowered
+    assert all(QCFlag.IMPLAUSIBLE_INTENSITY in s.flags for s in report.segments.values())
