@@ -12,6 +12,7 @@ output directory, so nothing but paths crosses the process boundary.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import multiprocessing
@@ -60,12 +61,20 @@ def _child(spec_json: str, itk_threads: int, target: str) -> None:
         result.write(Path(spec.output_dir))
 
 
+# what multiprocessing's fork server reports when a child's exit status does not reach the parent (under load,
+# CPython gh-140867): the child may have ended well, having written its result
+LOST_STATUS = 255
+
+
 def _describe_exit(code: int | None) -> str:
     if code is not None and code < 0:
         try:
             return f"killed by signal {signal.Signals(-code).name}"
         except ValueError:
             return f"killed by signal {-code}"
+    if code == LOST_STATUS:
+        return (f"exit code {code}, or its exit status was lost: the fork server reports {code} when it "
+                "cannot pass a child's status on, CPython gh-140867")
     return f"exit code {code}"
 
 
@@ -190,6 +199,12 @@ class LocalExecutor:
         elapsed = time.monotonic() - started
         if self._stopping.is_set() and process.exitcode != 0:
             return JobResult(spec.job_id, False, error=f"Job '{spec.job_id}' was stopped with the node.")
+        if process.exitcode == LOST_STATUS and result_file.exists():  # the status was lost, not the result
+            with contextlib.suppress(OSError, ValueError, TypeError):
+                result = JobResult.from_json(result_file.read_text(encoding="utf-8"))
+                log.warning("job %s: its worker's exit status was lost (%s); its result.json is used",
+                            spec.job_id, LOST_STATUS)
+                return result
         if process.exitcode != 0:
             return JobResult(
                 spec.job_id, False, error=f"The worker process of job '{spec.job_id}' ({spec.pipeline}) died "
