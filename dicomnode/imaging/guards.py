@@ -280,9 +280,10 @@ def check_input(
                               "air_level": round(pixels.air_level, 1),
                               "soft_tissue_mode": round(pixels.soft_mode, 1)}
         is_ct, why = pixels.looks_like_ct()
-        if is_ct and pixels.air_offset():
-            evidence["warnings"] = [pixels.air_offset()]
-            log.warning("%s: %s", who, pixels.air_offset())
+        air_offset = pixels.air_offset() if is_ct else ""
+        if air_offset:
+            evidence["warnings"] = [air_offset]
+            log.warning("%s: %s", who, air_offset)
         if accepts.pixels == "ct" and not is_ct:
             raise InputRefused(f"{who} accepts CT only: {why}.")
         if accepts.pixels == "mr" and is_ct:

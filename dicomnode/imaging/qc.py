@@ -20,7 +20,7 @@ missing organ is said, not silent — a reader of the result knows the pipeline 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -105,10 +105,8 @@ class QCReport:
     def warning_all(self, flag: QCFlag, reason: str) -> QCReport:
         """This report with every sent segment made at least ``warn`` by ``flag`` and ``reason`` (evidence
         about the whole image, e.g. its HU calibration)."""
-        return QCReport(
-            {label: qc.adding(QCStatus.WARN, (flag,), (reason,)) for label, qc in self.segments.items()},
-            self.withheld, self.not_found,
-        )
+        warned = {label: qc.adding(QCStatus.WARN, (flag,), (reason,)) for label, qc in self.segments.items()}
+        return replace(self, segments=warned)
 
     def with_not_found(self, reasons: Mapping[str, str]) -> QCReport:
         """This report with ``reasons`` (label -> sentence) for declared segments that were not found."""

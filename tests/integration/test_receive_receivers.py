@@ -46,6 +46,16 @@ def _metric(port: int, name: str) -> float:
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
 
 
+def _series_when_complete(node: NodeProcess, seconds: float) -> list[dict]:
+    """The assembly_series rows once the first is complete, or as they are after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        series = node.query("SELECT state, instance_count FROM assembly_series")
+        if (series and series[0]["state"] == "complete") or time.monotonic() >= deadline:
+            return series
+        time.sleep(0.2)
+
+
 def test_two_receivers_both_accept_and_index_every_instance_once(dicomnode_node, tmp_path: Path) -> None:
     files = ct_series(tmp_path / "src", slices=12, rows=32, cols=32, seed="receivers")
     metrics_port = free_port()
@@ -87,13 +97,7 @@ def test_two_receivers_both_accept_and_index_every_instance_once(dicomnode_node,
         time.sleep(0.2)
     assert _metric(metrics_port, pending) == len(files)
     assert _metric(metrics_port, "dicomnode_journal_lag_seconds") > 0
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        series = node.query("SELECT state, instance_count FROM assembly_series")
-        if series and series[0]["state"] == "complete":
-            break
-        time.sleep(0.2)
-    assert series == [{"state": "complete", "instance_count": len(files)}]
+    assert _series_when_complete(node, 20) == [{"state": "complete", "instance_count": len(files)}]
     assert node.stop() == 0
     assert not psutil.pid_exists(receiver) or psutil.Process(receiver).status() == psutil.STATUS_ZOMBIE
 
@@ -214,13 +218,7 @@ def test_a_receiver_commits_its_own_rows_and_kill_9_of_the_node_loses_none(
         assert dataset_hash(node.spool / row["path"]) == dataset_hash(uids[row["sop_instance_uid"]])
 
     node.start()  # the node's completion timers complete the series the receiver filled
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        series = node.query("SELECT state, instance_count FROM assembly_series")
-        if series and series[0]["state"] == "complete":
-            break
-        time.sleep(0.2)
-    assert series == [{"state": "complete", "instance_count": len(files)}]
+    assert _series_when_complete(node, 30) == [{"state": "complete", "instance_count": len(files)}]
     assert len(node.query("SELECT 1 FROM spool_instances")) == len(files)
     assert node.stop() == 0
 
