@@ -408,6 +408,8 @@ def _seeds(
     # posterolateral: bowel and stomach lie in front of it
     spleen_t = (u > 45 * s) & (v > -45 * s) & (v < 80 * s) & (h_l > -110 * s) & (h_l < 20 * s)
     spleen_t &= inner & not_lung & soft & ~dilate_mm(liver.seed, 10.0, sp)
+    if layer is not None:  # (the wall's muscle it touches, of its level in the native phase, is no seed)
+        spleen_t &= ~layer
     # the spleen is never far darker than the liver (its prior in assess.PRIORS, which QC checks too): the
     # bowel and muscle that fill the territory of a long field of view are not taken for it
     floor = low
@@ -417,7 +419,7 @@ def _seeds(
             floor = max(low, liver.hu + offset)
     spleen = _territory_seed(array, spleen_t, floor, sp, erode=3.0 * s)
     if spleen is not None and spleen.seed.sum() * float(np.prod(sp)) > 5000.0 * s**3:  # ≥ 5 ml
-        models["spleen"] = OrganModel("spleen", spleen.seed, spleen.hu, spleen.spread)
+        models["spleen"] = OrganModel("spleen", _own_level(array, lm, spleen.seed), spleen.hu, spleen.spread)
 
     # the rough extent of liver and spleen (connected, near their attenuation): no kidney inside
     taken = np.zeros(array.shape, dtype=bool)
@@ -519,6 +521,41 @@ def _seeds(
         models["liver"] = OrganModel("liver", seed, liver.hu, liver.spread)
     log.debug("spine x %s y %s", np.round(lm.spine_x[::5]), np.round(lm.spine_y[::5]))
     return models, tubes, liver_mask
+
+
+def _own_level(array: np.ndarray, lm: Landmarks, seed: np.ndarray) -> np.ndarray:
+    """An organ's seed less a second tissue of another level it has grown into: the seed's histogram (1 HU
+    bins) has a valley between its mode and another peak at least 10 HU and 2.5 spreads away, holding at
+    least 5 % of the seed; the seed keeps its mode's side of the valley (opened by a voxel, the largest part).
+    A native child's spleen seed, its band at least 15 HU wide, runs into the left kidney 10-15 HU darker
+    that it touches (a child's thin perirenal fat): the kidney's level is its own peak in the seed."""
+    values = array[seed]
+    try:
+        hu, spread, below, above = histogram_mode(values, lm.fat_hu + 40.0, 400.0, bin_width=1.0)
+    except ImagingError:
+        return seed
+    if spread > NARROW_LEVEL_HU:  # a mix of tissues: its valleys mean nothing
+        return seed
+    keep = np.ones(values.shape, dtype=bool)
+    for valley, beyond in ((below, values < below), (above, values > above)):
+        if not np.isfinite(valley) or beyond.sum() < 0.05 * values.size:
+            continue
+        peak, _, _, _ = histogram_mode(values[beyond], lm.fat_hu + 40.0, 400.0, bin_width=1.0)
+        if abs(peak - hu) >= max(10.0, 2.5 * spread):
+            log.debug("seed %.0f HU: a second level %.0f HU beyond %.0f HU left out (%d of %d voxels)",
+                      hu, peak, valley, int(beyond.sum()), values.size)
+            keep &= ~beyond
+    if keep.all():
+        return seed
+    own = np.zeros_like(seed)
+    own[seed] = keep
+    box = _box(seed, (1, 1, 1))
+    part = largest_components(ndimage.binary_opening(own[box]), 1)
+    if part.sum() < 20:
+        return seed
+    out = np.zeros_like(seed)
+    out[box] = part
+    return out
 
 
 def _nearer_muscle(
@@ -1062,7 +1099,14 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
         refined = refine_boundary(array[box], organ[box], sp, scale_mm=4.0)
         sub = out[box]
         sub[organ[box] & ~refined] = 0
-        sub[refined & (sub == 0)] = value
+        # (not into the wall's muscle nearer the muscle's level than the organ's: the local mean outside
+        # an organ that touches the wall mixes the muscle with the fat, and the muscle came nearer the
+        # organ's mean; a child's kidney against the muscle behind it grew by a voxel all along its back)
+        grow = refined & (sub == 0)
+        if muscle_hu is not None:
+            values = array[box]
+            grow &= ~(muscle[box] & (np.abs(values - muscle_hu) < np.abs(values - models[name].hu)))
+        sub[grow] = value
     for name in ("aorta", "ivc"):
         if name in models and name in tubes:
             _vessel_boundary(out, array, lm, models[name], LABELS[name], tubes[name],
