@@ -408,8 +408,6 @@ def _seeds(
     # posterolateral: bowel and stomach lie in front of it
     spleen_t = (u > 45 * s) & (v > -45 * s) & (v < 80 * s) & (h_l > -110 * s) & (h_l < 20 * s)
     spleen_t &= inner & not_lung & soft & ~dilate_mm(liver.seed, 10.0, sp)
-    if layer is not None:  # (the wall's muscle it touches, of its level in the native phase, is no seed)
-        spleen_t &= ~layer
     # the spleen is never far darker than the liver (its prior in assess.PRIORS, which QC checks too): the
     # bowel and muscle that fill the territory of a long field of view are not taken for it
     floor = low
@@ -1111,6 +1109,8 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
         if name in models and name in tubes:
             _vessel_boundary(out, array, lm, models[name], LABELS[name], tubes[name],
                              wall_mm=3.0 * lm.scale if name == "aorta" else 0.0, branches=name == "aorta")
+    if "spleen" in models:
+        _spleen_ribbons(out, models["spleen"], lm)
     for name in ("liver", "spleen", "kidney-right", "kidney-left"):
         value = LABELS[name]
         organ = out == value
@@ -1124,6 +1124,26 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
         ", ".join(f"{n} {m.hu:.0f} HU ({int((out == LABELS[n]).sum())} vx)" for n, m in models.items()),
     )
     return out
+
+
+def _spleen_ribbons(out: np.ndarray, spleen: OrganModel, lm: Landmarks) -> None:
+    """The spleen less the thin ribbons its flood ran along (in place on ``out``): what an in-plane opening
+    of 4 mm (scaled, at least a pixel) removes from it and that lies farther than that from what the opening
+    keeps (the corners the opening shaves off its outline stay). In the native phase the wall's muscle it
+    touches has its attenuation, and the flood ran down the wall below the spleen's lower pole."""
+    sp = lm.spacing
+    value = LABELS["spleen"]
+    organ = out == value
+    if not organ.any():
+        return
+    radius = max(4.0 * lm.scale, max(sp[1:]))
+    box = _box(organ, [0] + [int(np.ceil(radius / spc)) + 2 for spc in sp[1:]])
+    sub = organ[box]
+    core = _keep_seeded(_ribbons_cut(sub, sp, radius), spleen.seed[box])
+    keep = core | (sub & dilate_mm(core, radius, sp, slicewise=True))
+    log.debug("spleen: %d voxels of ribbons left out", int((sub & ~keep).sum()))
+    view = out[box]
+    view[sub & ~keep] = 0
 
 
 def _vessel_boundary(
