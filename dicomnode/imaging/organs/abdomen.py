@@ -1085,8 +1085,9 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
             _kidney_regain(out, array, models[name], LABELS[name], muscle_hu, muscle_spread, sp)
     out[out == BACKGROUND] = 0
     for name in ("spleen", "kidney-right", "kidney-left"):
-        # partial volume at the border to the fat around: each border voxel goes to the nearer local mean
-        # (not for an organ of the wall muscle's attenuation, native spleen: no edge to move towards)
+        # partial volume at the border to the fat around: each border voxel goes to the nearer local mean,
+        # over 4 mm scaled to the body (a child's fat planes are thinner) (not for an organ of the wall
+        # muscle's attenuation, native spleen: no edge to move towards)
         value = LABELS[name]
         organ = out == value
         if not organ.any() or name not in models:
@@ -1094,7 +1095,7 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
         if muscle_hu is not None and abs(models[name].hu - muscle_hu) < max(2.0 * models[name].spread, 15.0):
             continue
         box = _box(organ, [int(np.ceil(8.0 / spc)) + 1 for spc in sp])
-        refined = refine_boundary(array[box], organ[box], sp, scale_mm=4.0)
+        refined = refine_boundary(array[box], organ[box], sp, scale_mm=4.0 * lm.scale)
         sub = out[box]
         sub[organ[box] & ~refined] = 0
         # (not into the wall's muscle nearer the muscle's level than the organ's: the local mean outside
@@ -1111,6 +1112,10 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
                              wall_mm=3.0 * lm.scale if name == "aorta" else 0.0, branches=name == "aorta")
     if "spleen" in models:
         _spleen_ribbons(out, models["spleen"], lm)
+        # (and what is brighter than the spleen's band: the freed voxels' flood gave it a child's thin ribs,
+        # bone partial-volumed to 120-140 HU on the working grid; what it encloses comes back with its holes)
+        m = models["spleen"]
+        out[(out == LABELS["spleen"]) & (array > m.hu + max(3.5 * m.spread, 35.0))] = 0
     for name in ("liver", "spleen", "kidney-right", "kidney-left"):
         value = LABELS[name]
         organ = out == value
