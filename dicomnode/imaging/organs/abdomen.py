@@ -1111,7 +1111,7 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
             _vessel_boundary(out, array, lm, models[name], LABELS[name], tubes[name],
                              wall_mm=3.0 * lm.scale if name == "aorta" else 0.0, branches=name == "aorta")
     if "spleen" in models:
-        _spleen_ribbons(out, models["spleen"], lm)
+        _spleen_ribbons(out, array, models["spleen"], lm, muscle)
         # (and what is brighter than the spleen's band: the freed voxels' flood gave it a child's thin ribs,
         # bone partial-volumed to 120-140 HU on the working grid; what it encloses comes back with its holes)
         m = models["spleen"]
@@ -1131,24 +1131,44 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
     return out
 
 
-def _spleen_ribbons(out: np.ndarray, spleen: OrganModel, lm: Landmarks) -> None:
-    """The spleen less the thin ribbons its flood ran along (in place on ``out``): what an in-plane opening
-    of 4 mm (scaled, at least a pixel) removes from it and that lies farther than that from what the opening
-    keeps (the corners the opening shaves off its outline stay). In the native phase the wall's muscle it
-    touches has its attenuation, and the flood ran down the wall below the spleen's lower pole."""
+SPLEEN_RIBBON_MM = 4.0  # the spleen's ribbons: parts thinner than twice this (adult size)
+SPLEEN_RIBBON_RUN_MM = 12.0  # a ribbon running on head to feet at least this far (adult size; and 3 slices)
+
+
+def _spleen_ribbons(
+    out: np.ndarray, array: np.ndarray, spleen: OrganModel, lm: Landmarks, muscle: np.ndarray
+) -> None:
+    """The spleen less the thin ribbons its flood ran along, in place on ``out``. A ribbon is what an
+    in-plane opening of 4 mm (scaled, at least a pixel) removes from the spleen, farther than that from what
+    the opening keeps (the corners it shaves off the outline stay). It leaves the spleen on the slices where
+    nothing of the opened spleen lies (the flood ran on beyond its pole), and where it runs on head to feet
+    for 12 mm (scaled) and 3 slices or more along the wall's muscle (a tenth of it in ``muscle``) or at
+    another level than the spleen's (its median beyond 2.5 spreads, at least 20 HU: a child's thin rib,
+    partial-volumed with the tissue round it). A native child's spleen, of the wall muscle's attenuation,
+    ran down the wall below its lower pole; a thin crescent of the spleen itself (wrapped round the kidney)
+    is kept."""
     sp = lm.spacing
-    value = LABELS["spleen"]
-    organ = out == value
+    organ = out == LABELS["spleen"]
     if not organ.any():
         return
-    radius = max(4.0 * lm.scale, max(sp[1:]))
+    radius = max(SPLEEN_RIBBON_MM * lm.scale, max(sp[1:]))
     box = _box(organ, [0] + [int(np.ceil(radius / spc)) + 2 for spc in sp[1:]])
-    sub = organ[box]
+    sub, values, view = organ[box], array[box], out[box]
     core = _keep_seeded(_ribbons_cut(sub, sp, radius), spleen.seed[box])
-    keep = core | (sub & dilate_mm(core, radius, sp, slicewise=True))
-    log.debug("spleen: %d voxels of ribbons left out", int((sub & ~keep).sum()))
-    view = out[box]
-    view[sub & ~keep] = 0
+    ribbons = sub & ~(core | dilate_mm(core, radius, sp, slicewise=True))
+    beyond = ~core.any(axis=(1, 2))[:, None, None]
+    view[ribbons & beyond] = 0
+    labels, _ = ndimage.label(ribbons & ~beyond, structure=np.ones((3, 3, 3), dtype=bool))
+    run = max(SPLEEN_RIBBON_RUN_MM * lm.scale, 2.5 * sp[0])
+    for i, where in enumerate(ndimage.find_objects(labels), 1):
+        if where is None or (where[0].stop - where[0].start) * sp[0] < run:
+            continue
+        piece = labels[where] == i
+        along_wall = (piece & muscle[box][where]).sum() >= 0.1 * piece.sum()
+        level = float(np.median(values[where][piece]))
+        if along_wall or abs(level - spleen.hu) > max(2.5 * spleen.spread, 20.0):
+            view[where][piece] = 0
+            log.debug("spleen: a ribbon of %d voxels at %.0f HU left out", int(piece.sum()), level)
 
 
 def _vessel_boundary(
