@@ -232,6 +232,11 @@ def _lesion_row(case: Case, segments, seconds: float, verdicts) -> Row:  # noqa:
                if any(r.startswith("Lesions were looked for") for r in verdict.get("reasons", ()))]
     if limited:  # the host organ says that lesions of ordinary contrast cannot be seen in this image
         note += f" (search limited by noise: {', '.join(limited)} warns)"
+    named = {label: sum(1 for r in verdict.get("reasons", ()) if "was not reported as a lesion" in r)
+             for label, verdict in verdicts.items()}
+    if any(named.values()):  # round candidates the search dropped, each named in the host's QC
+        note += " (dropped round candidates named: " + ", ".join(
+            f"{label} {n}" for label, n in named.items() if n) + ")"
     return Row(case.name, "lesions", None, None, None, "", seconds, note)
 
 

@@ -165,6 +165,8 @@ def detect(
         for reason, count in dict(more.get("rejected", {})).items():  # type: ignore[call-overload]
             rejected[reason] = rejected.get(reason, 0) + count
         estimates["rejected"] = rejected
+        estimates["doubtful"] = DOUBT_SEPARATOR.join(
+            d for d in (str(estimates.get("doubtful", "")), str(more.get("doubtful", ""))) if d)
         out, surface = _merge_surface(out, found)
     result = sitk.GetImageFromArray(out)
     result.CopyInformation(image)
@@ -360,6 +362,7 @@ def detect_in_region(
         log.debug("metal slices: gain %.2f, noise %.1f, threshold %.1f", gain, noise, delta_metal)
     level = threshold[:, None, None]
     rejected: dict[str, int] = {}
+    doubtful: list[str] = []  # round candidates of REPORT_MM or more dropped for what they touch or where
     kept: list[tuple[float, np.ndarray, bool]] = []
     for polarity in (("hypo", "hyper") if kind == "both" else (kind,)) if enclosed else ():
         passes = (residual < -level) if polarity == "hypo" else (residual > level)
@@ -408,6 +411,10 @@ def detect_in_region(
                         reason = "gallbladder"
             if reason:
                 rejected[reason] = rejected.get(reason, 0) + 1
+                if reason in DOUBTFUL:
+                    doubt = _doubtful(comp, box, spacing, image, polarity, reason)
+                    if doubt:
+                        doubtful.append(doubt)
                 log.debug("%s component of %d voxels rejected: %s at %s", polarity, int(comp.sum()), reason,
                           [b.start for b in box])
                 continue
@@ -446,7 +453,7 @@ def detect_in_region(
     result = sitk.GetImageFromArray(out)
     result.CopyInformation(image)
     estimates = {"organ_median": centre, "organ_sigma": sigma, "threshold": delta, "rejected": rejected,
-                 "surface_labels": tuple(float(v) for v in surface)}
+                 "surface_labels": tuple(float(v) for v in surface), "doubtful": DOUBT_SEPARATOR.join(doubtful)}
     return StepOutput(result, estimates)
 
 
@@ -536,6 +543,36 @@ def _surface_lesions(
         found.append(full)
         seen |= full
     return found
+
+
+REPORT_MM = 10.0  # a dropped candidate this wide or more whose shape is a lesion's is named in the organ's QC
+# why each such drop is a judgement (what the candidate touches or where it lies, not its shape), and the QC
+# flag that names it: a lesion there cannot be ruled out
+DOUBTFUL = {
+    "continues as a vessel": ("low_contrast", "it joins a vessel-like structure of similar contrast, as a "
+                              "piece of that vessel cut by the threshold would"),
+    "weak": ("low_contrast", "its contrast is barely above the search's threshold"),
+    "cut by the field of view": ("truncated", "it is cut by the edge of the images, so whether it goes on as a "
+                                 "vessel beyond them cannot be seen"),
+    "metal streak": ("metal", "it runs along a metal streak"),
+}
+DOUBT_SEPARATOR = "; "
+
+
+def _doubtful(comp: np.ndarray, box: tuple[slice, ...], spacing: tuple[float, ...], image: sitk.Image,
+              polarity: str, reason: str) -> str:
+    """The sentence naming a dropped candidate whose shape is a lesion's (at least ``REPORT_MM`` wide,
+    inscribed / equivalent diameter >= 0.6, its three axes within 1.5 of each other: a vessel piece is
+    longer), dropped for ``reason`` (one of :data:`DOUBTFUL`); '' for any other."""
+    volume = float(comp.sum()) * float(np.prod(spacing))
+    diameter = (6.0 * volume / math.pi) ** (1.0 / 3.0)
+    if diameter < REPORT_MM or _thickness(comp, spacing) < 0.6 * diameter or _axes(comp, spacing) > 1.5:
+        return ""
+    index = np.argwhere(comp).mean(axis=0) + np.asarray([b.start for b in box])
+    point = image.TransformContinuousIndexToPhysicalPoint(tuple(float(v) for v in index[::-1]))
+    kind = "hypodense" if polarity == "hypo" else "hyperdense"
+    return (f"a round {kind} candidate of {diameter:.0f} mm at ({point[0]:.0f}, {point[1]:.0f}, "
+            f"{point[2]:.0f}) mm (LPS) was not reported as a lesion: {DOUBTFUL[reason][1]} ({reason})")
 
 
 FLUID_HU = (-15.0, 20.0)  # bile and other water-density fluid (0-20 HU: water is 0 HU on every CT)
@@ -694,6 +731,10 @@ class Limits:
     round: float = 0.7  # roundness of a lesion that touches a much darker/brighter structure
     darker: float = 1.1  # "much": the structure's peak contrast over the component's own
     ball_mm: float = 12.0  # ... and at least this wide (round pieces of 6-10 mm vessels stay vessels)
+    blob_round: float = 0.6  # on thick slices a ball's inscribed diameter is cut by the slice grid (a 25 mm
+    # sphere on 5 mm slices: 0.62-0.64): a piece this round whose three axes are within ``blob_axes`` ...
+    blob_axes: float = 1.35  # ... of each other (a ball; vessel pieces cut by the threshold 1.6-2.5 on the
+    # real CT) is a lesion beside a structure of another level (not its own course) too
     flatness: float = 0.55  # core depth through the slices (+ one slice) / in-plane length: lesions 0.7-1.8,
     # veins lying in the slice plane 0.1-0.45 (phantoms, spheres in the real liver)
 
@@ -757,13 +798,14 @@ class Limits:
                 # is round (0.7-0.95); a round piece stays when it is very round or the structure beyond is
                 # darker than it (a fissure, a darker vessel: not its own course)
                 roundness = inscribed / max(diameter, 1e-6)
-                ball = diameter >= self.ball_mm and (
-                    roundness >= self.ball or (roundness >= self.round and peak > self.darker))
+                apart = peak > self.darker and (roundness >= self.round or (
+                    roundness >= self.blob_round and _axes(comp, spacing) <= self.blob_axes))
+                ball = diameter >= self.ball_mm and (roundness >= self.ball or apart)
                 if thick >= self.max_continuation * inscribed and peak >= self.same_contrast and not ball:
                     return "continues as a vessel"
                 # a piece far from round (a trunk cut by the field of view or by the organ's mask at the
                 # hilum) that goes on into branches whose centres are as bright as it is a vessel too
-                if roundness < self.round and thick >= self.max_continuation * inscribed and (
+                if not ball and roundness < self.round and thick >= self.max_continuation * inscribed and (
                         top >= self.same_contrast):
                     return "continues as a vessel"
         return ""
@@ -1083,6 +1125,17 @@ def _elongation(comp: np.ndarray, spacing) -> float:  # noqa: ANN001
     eig = np.sort(np.linalg.eigvalsh(np.cov(points.T)))[::-1]
     # a component flat in one axis (thick slices) has a ~0 minor axis: compare the two largest axes
     return float(math.sqrt(max(eig[0], 1e-9) / max(eig[1], 1e-9)))
+
+
+def _axes(comp: np.ndarray, spacing: tuple[float, ...]) -> float:
+    """The ratio of a component's longest to its shortest principal axis in 3-D, each axis's sampling
+    (a voxel's extent, ``spacing² / 12``) added to its variance so that thick slices do not make a ball
+    look flat: about 1 for a ball, 1.6 or more for a vessel piece."""
+    points = np.argwhere(comp) * np.asarray(spacing)
+    if len(points) < 5:
+        return float("inf")
+    eig = np.linalg.eigvalsh(np.cov(points.T) + np.diag(np.asarray(spacing, dtype=float) ** 2 / 12.0))
+    return float(math.sqrt(max(eig[-1], 1e-9) / max(eig[0], 1e-9)))
 
 
 def _like(array: np.ndarray, image: sitk.Image) -> sitk.Image:
