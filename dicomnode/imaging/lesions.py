@@ -34,7 +34,10 @@ ordered by decreasing volume) of hypo- and/or hyper-dense regions:
    own). A lesion next to a vessel keeps its own, stronger contrast and stays; a subcapsular lesion
    only touches different tissue outside the organ and stays; a round blob of 12 mm or more (largest
    inscribed ball ≥ 0.78 × its equivalent diameter, or ≥ 0.7 when what it joins is darker than it)
-   stays whatever it touches: vessel pieces cut by the threshold are far from round (0.5-0.65). A piece
+   stays whatever it touches: vessel pieces cut by the threshold are far from round (0.5-0.65); so does one
+   of 0.6 or more whose three principal axes (each with its voxel's extent) are within ``BLOB_AXES`` of
+   each other, when what it joins is darker or brighter than it (thick slices cut a sphere's inscribed
+   ball: a 25 mm lesion on 5 mm slices reads 0.64; vessel pieces' axes differ by 1.6 or more). A piece
    far from round (below 0.7) whose structure beyond has branch centres (its 98th percentile) as bright as
    it continues as a vessel too: a trunk cut by the field of view or by the organ's mask at the hilum,
    whose thinner branches partial volume darkens in bulk.
@@ -84,7 +87,13 @@ ordered by decreasing volume) of hypo- and/or hyper-dense regions:
 
 ``detect`` returns a :class:`~dicomnode.imaging.step.StepOutput`: the label map with the estimates
 ``organ_median``, ``organ_sigma``, ``threshold`` (the contrast threshold ``delta``), ``rejected``
-(candidates dropped, by reason) and ``surface_lesions`` (lesions found bulging the surface).
+(candidates dropped, by reason), ``surface_lesions`` (lesions found bulging the surface) and ``doubtful``:
+one sentence (joined by ``DOUBT_SEPARATOR``) per candidate of ``REPORT_MM`` (10 mm) or more whose shape is
+a lesion's (inscribed / equivalent diameter >= 0.6, axes within 1.5) but that was dropped for what it
+touches or where it lies (:data:`DOUBTFUL`: continues as a vessel, weak, cut by the field of view, metal
+streak) — its size, position and why. The pipeline runner turns each into a ``warn`` on the organ searched
+with the flag :data:`DOUBTFUL` names: a drop that could be a missed lesion is never silent. Drops for shape
+(small, rim, elongated, tubular, flat) are not named: those candidates are not lesion-shaped.
 """
 
 from __future__ import annotations
@@ -715,6 +724,12 @@ def _expand(mask: np.ndarray, factors: tuple[int, ...], shape: tuple[int, ...]) 
     return out[tuple(slice(0, n) for n in shape)]
 
 
+BLOB_ROUND = 0.6  # on thick slices a ball's inscribed diameter is cut by the slice grid (a 25 mm sphere on 5 mm
+# slices: 0.62-0.64): a piece this round whose three axes are within ``BLOB_AXES`` of each other (a ball;
+BLOB_AXES = 1.35  # vessel pieces cut by the threshold 1.6-2.5 on the real CT) is a lesion where what it joins
+# is at another level (not its own course), as one of ``Limits.round`` is
+
+
 @dataclass(frozen=True)
 class Limits:
     """Shape limits a lesion candidate must meet (see :meth:`reject`)."""
@@ -731,10 +746,6 @@ class Limits:
     round: float = 0.7  # roundness of a lesion that touches a much darker/brighter structure
     darker: float = 1.1  # "much": the structure's peak contrast over the component's own
     ball_mm: float = 12.0  # ... and at least this wide (round pieces of 6-10 mm vessels stay vessels)
-    blob_round: float = 0.6  # on thick slices a ball's inscribed diameter is cut by the slice grid (a 25 mm
-    # sphere on 5 mm slices: 0.62-0.64): a piece this round whose three axes are within ``blob_axes`` ...
-    blob_axes: float = 1.35  # ... of each other (a ball; vessel pieces cut by the threshold 1.6-2.5 on the
-    # real CT) is a lesion beside a structure of another level (not its own course) too
     flatness: float = 0.55  # core depth through the slices (+ one slice) / in-plane length: lesions 0.7-1.8,
     # veins lying in the slice plane 0.1-0.45 (phantoms, spheres in the real liver)
 
@@ -799,7 +810,7 @@ class Limits:
                 # darker than it (a fissure, a darker vessel: not its own course)
                 roundness = inscribed / max(diameter, 1e-6)
                 apart = peak > self.darker and (roundness >= self.round or (
-                    roundness >= self.blob_round and _axes(comp, spacing) <= self.blob_axes))
+                    roundness >= BLOB_ROUND and _axes(comp, spacing) <= BLOB_AXES))
                 ball = diameter >= self.ball_mm and (roundness >= self.ball or apart)
                 if thick >= self.max_continuation * inscribed and peak >= self.same_contrast and not ball:
                     return "continues as a vessel"
