@@ -462,7 +462,8 @@ def detect_in_region(
     result = sitk.GetImageFromArray(out)
     result.CopyInformation(image)
     estimates = {"organ_median": centre, "organ_sigma": sigma, "threshold": delta, "rejected": rejected,
-                 "surface_labels": tuple(float(v) for v in surface), "doubtful": DOUBT_SEPARATOR.join(doubtful)}
+                 "surface_labels": tuple(float(v) for v in surface),
+                 "doubtful": DOUBT_SEPARATOR.join(doubtful)}
     return StepOutput(result, estimates)
 
 
@@ -561,8 +562,8 @@ DOUBTFUL = {
     "continues as a vessel": ("low_contrast", "it joins a vessel-like structure of similar contrast, as a "
                               "piece of that vessel cut by the threshold would"),
     "weak": ("low_contrast", "its contrast is barely above the search's threshold"),
-    "cut by the field of view": ("truncated", "it is cut by the edge of the images, so whether it goes on as a "
-                                 "vessel beyond them cannot be seen"),
+    "cut by the field of view": ("truncated", "it is cut by the edge of the images, so whether it goes on "
+                                 "as a vessel beyond them cannot be seen"),
     "metal streak": ("metal", "it runs along a metal streak"),
 }
 DOUBT_SEPARATOR = "; "
@@ -724,10 +725,10 @@ def _expand(mask: np.ndarray, factors: tuple[int, ...], shape: tuple[int, ...]) 
     return out[tuple(slice(0, n) for n in shape)]
 
 
-BLOB_ROUND = 0.6  # on thick slices a ball's inscribed diameter is cut by the slice grid (a 25 mm sphere on 5 mm
-# slices: 0.62-0.64): a piece this round whose three axes are within ``BLOB_AXES`` of each other (a ball;
-BLOB_AXES = 1.35  # vessel pieces cut by the threshold 1.6-2.5 on the real CT) is a lesion where what it joins
-# is at another level (not its own course), as one of ``Limits.round`` is
+# thick slices cut a ball's inscribed diameter (a 25 mm sphere on 5 mm slices: 0.62-0.64):
+BLOB_ROUND = 0.6  # a piece this round whose three axes are within ``BLOB_AXES`` of each other (a ball; vessel
+BLOB_AXES = 1.35  # pieces cut by the threshold 1.6-2.5 on the real CT) is a lesion where what it joins is at
+# another level (not its own course), as one of ``Limits.round`` is
 
 
 @dataclass(frozen=True)

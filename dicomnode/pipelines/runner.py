@@ -305,8 +305,8 @@ def with_lesion_search_limits(report: Any, spec: PipelineSpec, estimates: Mappin
         doubtful = [d for d in estimates.get(f"{step.id}.doubtful", "").split(DOUBT_SEPARATOR) if d]
         for label in hosts:
             for doubt in doubtful:
-                flag = next((QCFlag(f) for reason, (f, _) in DOUBTFUL.items() if doubt.endswith(f"({reason})")),
-                            QCFlag.LOW_CONTRAST)
+                flag = next((QCFlag(f) for reason, (f, _) in DOUBTFUL.items()
+                             if doubt.endswith(f"({reason})")), QCFlag.LOW_CONTRAST)
                 segments[label] = segments[label].adding(QCStatus.WARN, [flag], [
                     f"In {label}, {doubt}; a lesion there is not ruled out."])
         try:

@@ -27,9 +27,10 @@ def test_each_round_candidate_the_search_dropped_is_named_on_the_liver() -> None
     the flag its reason maps to and the sentence naming it; none leaves the report as it was."""
     spec = get_pipeline("liver-ct")
     report = QCReport({"Liver": SegmentQC(QCStatus.PASS), "Spleen": SegmentQC(QCStatus.PASS)})
-    doubts = ("a round hyperdense candidate of 24 mm at (-70, -21, -14) mm (LPS) was not reported as a lesion: "
-              "it joins a vessel (continues as a vessel); a round hypodense candidate of 12 mm at (1, 2, 3) mm "
-              "(LPS) was not reported as a lesion: it is cut by the edge of the images (cut by the field of view)")
+    doubts = ("a round hyperdense candidate of 24 mm at (-70, -21, -14) mm (LPS) was not reported as a "
+              "lesion: it joins a vessel (continues as a vessel); a round hypodense candidate of 12 mm at "
+              "(1, 2, 3) mm (LPS) was not reported as a lesion: it is cut by the edge of the images (cut by "
+              "the field of view)")
     named = with_lesion_search_limits(report, spec, {"lesions.threshold": "22.1", "lesions.doubtful": doubts})
     liver = named.segments["Liver"]
     assert liver.status == QCStatus.WARN
