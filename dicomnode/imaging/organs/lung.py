@@ -586,6 +586,72 @@ def search_limits(outline: np.ndarray, spacing: tuple[float, ...], plane: _Plane
     return limits
 
 
+@dataclass(frozen=True)
+class _SearchSpace:
+    """Where :func:`nodules` looks, on the box around the envelope: the envelope (``inside``), the image
+    (``values``), the parenchyma's mode and the solid threshold, patient coordinates, the midline between
+    the lungs and the lung's outline carried out to the pleural line (``outline``)."""
+
+    spacing: tuple[float, ...]
+    box: tuple[slice, ...]
+    lo: np.ndarray
+    inside: np.ndarray
+    values: np.ndarray
+    parenchyma: float
+    level: float
+    plane: _PlaneCoordinates
+    midline: float
+    outline: np.ndarray
+
+
+def _search_space(image: sitk.Image, lungs: sitk.Image, *, soft_tissue_hu: float, rim_mm: float,
+                  outline_mm: float) -> _SearchSpace | None:
+    array, spacing = array_of(image)
+    envelope_mask = sitk.GetArrayFromImage(lungs) > 0
+    if not envelope_mask.any():
+        return None
+    idx = np.argwhere(envelope_mask)
+    lo, hi = idx.min(axis=0), idx.max(axis=0) + 1
+    # room around the envelope for its outline carried out to the pleural line
+    margin = [0, *(int(np.ceil(rim_mm / sp)) + 1 for sp in spacing[1:])]
+    lo, hi = np.maximum(lo - margin, 0), np.minimum(hi + margin, envelope_mask.shape)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+    inside, values = envelope_mask[box], array[box]
+    air = values[inside & (values < -500)]
+    if air.size < 100:
+        return None
+    hist, edges = np.histogram(air, bins=np.arange(-1000, -496, 4))
+    parenchyma = float(edges[int(np.argmax(ndimage.gaussian_filter1d(hist.astype(float), 2)))] + 2)
+    level = min(max((parenchyma + soft_tissue_hu) / 2.0, -600.0), -250.0)
+    plane = _PlaneCoordinates(image, box)
+    lung_x = plane.x(np.argwhere(inside))
+    midline = float(lung_x.min() + lung_x.max()) / 2.0
+    outline = _outline_closed(inside, values < level, outline_mm, spacing, rim_mm, plane, midline)
+    return _SearchSpace(spacing, box, lo, inside, values, parenchyma, level, plane, midline, outline)
+
+
+def nodule_search_limits(image: sitk.Image, lungs: sitk.Image, *, min_diameter_mm: float = 4.0,
+                         soft_tissue_hu: float = 40.0, rim_mm: float = 3.0, outline_mm: float = 5.0,
+                         reach_mm: float = 10.0) -> list[SearchLimit]:
+    """:func:`search_limits` of the search :func:`nodules` runs with these parameters, each mask on the
+    whole image's array and widened, on each slice, by what lies within ``reach_mm`` of it outside the
+    lung's contour on the same side of the midline (a nodule the search missed there lies partly or
+    wholly outside the contour: against the mediastinum, on the apex or the dome)."""
+    space = _search_space(image, lungs, soft_tissue_hu=soft_tissue_hu, rim_mm=rim_mm, outline_mm=outline_mm)
+    if space is None:
+        return []
+    shape = space.outline.shape
+    x = np.stack([space.plane.on_slice(k, shape[1:])[0] for k in range(shape[0])])
+    limits = []
+    for limit in search_limits(space.outline, space.spacing, space.plane, space.midline, min_diameter_mm):
+        sign = -1.0 if limit.side == "right" else 1.0
+        near = dilate(limit.mask, reach_mm, space.spacing, slicewise=True) & ~space.outline
+        full = np.zeros(lungs.GetSize()[::-1], dtype=bool)
+        full[space.box] = limit.mask | (near & (sign * (x - space.midline) > 0))
+        limits.append(SearchLimit(limit.side, limit.region, limit.reason, full))
+    return limits
+
+
 @step("lung.nodules")
 def nodules(
     image: sitk.Image,
@@ -617,28 +683,13 @@ def nodules(
     (darker than ``lumen_hu``; parenchyma never is), is a bronchus not removed as airway: rejected too.
     A blob on the envelope's edge is carried out to the pleural line in the images' resolution
     (:func:`_to_pleura`, within ``rim_mm``)."""
-    array, spacing = array_of(image)
-    envelope_mask = sitk.GetArrayFromImage(lungs) > 0
-    empty = StepOutput(image_like(np.zeros(envelope_mask.shape), image, np.uint8), {"nodules": 0})
-    if not envelope_mask.any():
+    empty = StepOutput(image_like(np.zeros(lungs.GetSize()[::-1]), image, np.uint8), {"nodules": 0})
+    space = _search_space(image, lungs, soft_tissue_hu=soft_tissue_hu, rim_mm=rim_mm, outline_mm=outline_mm)
+    if space is None:
         return empty
-    idx = np.argwhere(envelope_mask)
-    lo, hi = idx.min(axis=0), idx.max(axis=0) + 1
-    # room around the envelope for its outline carried out to the pleural line
-    margin = [0, *(int(np.ceil(rim_mm / sp)) + 1 for sp in spacing[1:])]
-    lo, hi = np.maximum(lo - margin, 0), np.minimum(hi + margin, envelope_mask.shape)
-    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
-    inside, values = envelope_mask[box], array[box]
-    air = values[inside & (values < -500)]
-    if air.size < 100:
-        return empty
-    hist, edges = np.histogram(air, bins=np.arange(-1000, -496, 4))
-    parenchyma = float(edges[int(np.argmax(ndimage.gaussian_filter1d(hist.astype(float), 2)))] + 2)
-    level = min(max((parenchyma + soft_tissue_hu) / 2.0, -600.0), -250.0)
-    plane = _PlaneCoordinates(image, box)
-    lung_x = plane.x(np.argwhere(inside))
-    midline = float(lung_x.min() + lung_x.max()) / 2.0
-    outline = _outline_closed(inside, values < level, outline_mm, spacing, rim_mm, plane, midline)
+    spacing, box, lo, inside, values = space.spacing, space.box, space.lo, space.inside, space.values
+    parenchyma, level, plane, midline, outline = (space.parenchyma, space.level, space.plane, space.midline,
+                                                  space.outline)
     solid = outline & (values > level)
     radius = min_diameter_mm / 2.0
     core = opening(solid, radius, spacing)
@@ -722,7 +773,7 @@ def nodules(
             found.append((float(merged.sum()) * float(np.prod(spacing)), merged, False))
     for n_, (_, full, _) in enumerate(sorted(found, key=lambda f: -f[0]), start=1):
         out[full & (out == 0)] = n_
-    result = np.zeros(envelope_mask.shape, dtype=np.uint8)
+    result = np.zeros(lungs.GetSize()[::-1], dtype=np.uint8)
     result[box] = np.minimum(out, 255)
     log.info("lung nodules: %d found (solid above %.0f HU; rejected %s)", len(found), level, rejected)
     count = len(found)
