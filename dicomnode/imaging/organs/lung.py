@@ -16,7 +16,8 @@ Steps (``lung.*`` in ``lung-ct.yaml``), on the working grid (float32 HU, uint8 m
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 import numpy as np
 import SimpleITK as sitk
@@ -521,13 +522,14 @@ class SearchLimit:
     """A region of one lung where :func:`nodules` cannot promise to find nodules of ``min_diameter_mm``:
     ``side`` (right, left), ``region`` (``slices``: the whole lung, too thick slices; ``mediastinum``: the
     band along the lung's medial border; ``surface``: the apex and the diaphragm, where the pleura runs
-    across the slices), ``reason`` (one sentence for the lung's QC) and ``mask`` (where, on the array the
-    search ran on)."""
+    across the slices), ``reason`` (one sentence for the lung's QC), ``mask`` (where, on the array the
+    search ran on) and ``below_mm``: nodules under this diameter may be missed there (``inf``: any)."""
 
     side: str
     region: str
     reason: str
     mask: np.ndarray
+    below_mm: float = math.inf
 
 
 def search_limits(outline: np.ndarray, spacing: tuple[float, ...], plane: _PlaneCoordinates, midline: float,
@@ -569,7 +571,7 @@ def search_limits(outline: np.ndarray, spacing: tuple[float, ...], plane: _Plane
             limits.append(SearchLimit(side, "slices", (
                 f"Nodules under {guaranteed:.1f} mm across may be missed anywhere in the {side} lung: on "
                 f"these {thickness:.1f} mm slices a nodule lying across two slices is averaged with the lung "
-                "around it and reads below the solid threshold."), lung))
+                "around it and reads below the solid threshold."), lung, guaranteed))
         if band.any():
             limits.append(SearchLimit(side, "mediastinum", (
                 f"Against the mediastinum and hilum (within {band_mm:.0f} mm of the {side} lung's medial "
@@ -582,7 +584,7 @@ def search_limits(outline: np.ndarray, spacing: tuple[float, ...], plane: _Plane
                 f"At the apex and over the diaphragm (within {n * thickness:.0f} mm of where the {side} lung "
                 "ends above or below, or of the images' first or last slice) a nodule sitting on the pleura "
                 "is found only where lung surrounds it on the slices above and below: nodules under "
-                f"{2 * n * thickness:.0f} mm there may be missed."), on_surface))
+                f"{2 * n * thickness:.0f} mm there may be missed."), on_surface, 2.0 * n * thickness))
     return limits
 
 
@@ -648,7 +650,7 @@ def nodule_search_limits(image: sitk.Image, lungs: sitk.Image, *, min_diameter_m
         near = dilate(limit.mask, reach_mm, space.spacing, slicewise=True) & ~space.outline
         full = np.zeros(lungs.GetSize()[::-1], dtype=bool)
         full[space.box] = limit.mask | (near & (sign * (x - space.midline) > 0))
-        limits.append(SearchLimit(limit.side, limit.region, limit.reason, full))
+        limits.append(replace(limit, mask=full))
     return limits
 
 
