@@ -214,6 +214,7 @@ def process_volume(spec: PipelineSpec, volume: Any, job: JobSpec) -> tuple[Any, 
     report, _ = assess(volume.array, volume.spacing, segments, is_ct=volume.modality == "CT",
                        axial_axis=axial_axis, absent=[d.structure for d in missing])
     report = with_lesion_search_limits(report, spec, run.estimates)
+    report = with_nodule_search_limits(report, spec, run.estimates)
     for warning in accepted.get("warnings", ()):  # about the whole image: every segment carries it
         report = report.warning_all(QCFlag.IMPLAUSIBLE_INTENSITY, warning)
     report = report.withhold(withheld_labels(spec, report)).with_not_found(
@@ -323,6 +324,33 @@ def with_lesion_search_limits(report: Any, spec: PipelineSpec, estimates: Mappin
                 [f"Lesions were looked for in {declared.label} only where they differ from its "
                  f"{median} HU by more than {threshold:.0f} HU (the image's noise sets that threshold): "
                  "lesions of lower contrast are not found, and finding none does not rule them out."])
+    return replace(report, segments=segments)
+
+
+# the lungs a lung.nodules step searched, by the side its limits name (lung.search_limits)
+LUNG_SIDES = {"lung-right": "right", "lung-left": "left"}
+
+
+def with_nodule_search_limits(report: Any, spec: PipelineSpec, estimates: Mapping[str, str]) -> Any:  # noqa: ANN401
+    """``report`` with each lung searched by a ``lung.nodules`` step at least ``warn`` ``low_contrast`` for
+    every region of it the search cannot cover (``<step>.limit_<side>_<region>``: too thick slices, the
+    band against the mediastinum, the apex and diaphragm), each reason naming the region and the nodule
+    size it cannot promise there: a nodule missed there leaves a flag that explains it, not silence."""
+    from dicomnode.imaging.qc import QCFlag, QCStatus
+
+    segments = dict(report.segments)
+    for step in spec.steps:
+        if step.use != "lung.nodules":
+            continue
+        for declared in spec.segments:
+            side = LUNG_SIDES.get(declared.structure)
+            if side is None or declared.each or declared.label not in segments:
+                continue
+            prefix = f"{step.id}.limit_{side}_"
+            reasons = [text for key, text in estimates.items() if key.startswith(prefix)]
+            if reasons:
+                segments[declared.label] = segments[declared.label].adding(
+                    QCStatus.WARN, [QCFlag.LOW_CONTRAST], reasons)
     return replace(report, segments=segments)
 
 
