@@ -1086,8 +1086,8 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
     out[out == BACKGROUND] = 0
     for name in ("spleen", "kidney-right", "kidney-left"):
         # partial volume at the border to the fat around: each border voxel goes to the nearer local mean,
-        # over 4 mm scaled to the body (a child's fat planes are thinner) (not for an organ of the wall
-        # muscle's attenuation, native spleen: no edge to move towards)
+        # over 4 mm, scaled down to a smaller body (a child's fat planes are thinner) (not for an organ of
+        # the wall muscle's attenuation, native spleen: no edge to move towards)
         value = LABELS[name]
         organ = out == value
         if not organ.any() or name not in models:
@@ -1095,7 +1095,7 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
         if muscle_hu is not None and abs(models[name].hu - muscle_hu) < max(2.0 * models[name].spread, 15.0):
             continue
         box = _box(organ, [int(np.ceil(8.0 / spc)) + 1 for spc in sp])
-        refined = refine_boundary(array[box], organ[box], sp, scale_mm=4.0 * lm.scale)
+        refined = refine_boundary(array[box], organ[box], sp, scale_mm=4.0 * min(lm.scale, 1.0))
         sub = out[box]
         sub[organ[box] & ~refined] = 0
         # (not into the wall's muscle nearer the muscle's level than the organ's: the local mean outside
