@@ -71,7 +71,7 @@ SEGMENT_OF = {  # our segment label -> (reference label value in the TotalSegmen
 }
 PHANTOM_TRUTH = {
     "Liver": "liver", "Spleen": "spleen", "Right kidney": "kidney-right", "Left kidney": "kidney-left",
-    "Aorta": "aorta", "Inferior vena cava": "ivc",
+    "Aorta": "aorta", "Inferior vena cava": "ivc", "Stomach": "stomach",
 }
 
 
@@ -492,6 +492,20 @@ PHANTOM_MATRIX: dict[str, dict] = {
     "noise-seed-3": {"seed": 3},
     # organs touching each other without a fat plane between them (a thin patient)
     "no-fat-planes": {"fat_planes": False},
+    # a stomach (tests/phantoms.py): gas over a fluid level, fluid only (no gas), positive oral contrast,
+    # empty and collapsed (a thick wall round a slit); in other phases, positions, orientations and a child
+    "stomach-gas-fluid": {"stomach": "gas-fluid"},
+    "stomach-fluid": {"stomach": "fluid"},
+    "stomach-contrast": {"stomach": "contrast"},
+    "stomach-empty": {"stomach": "empty"},
+    "stomach-fluid-native": {"stomach": "fluid", "phase": "native"},
+    "stomach-contrast-arterial": {"stomach": "contrast", "phase": "arterial"},
+    "stomach-gas-fluid-prone": {"stomach": "gas-fluid", "_position": "prone"},
+    "stomach-fluid-feet-first": {"stomach": "fluid", "_position": "feet-first"},
+    "stomach-gas-fluid-coronal": {"stomach": "gas-fluid", "_reslice": "coronal"},
+    "stomach-contrast-sagittal": {"stomach": "contrast", "_reslice": "sagittal"},
+    "stomach-fluid-child": {"stomach": "fluid", "body_scale": 0.7},
+    "stomach-fluid-no-fat-planes": {"stomach": "fluid", "fat_planes": False},
 }
 QUICK = ("base", "fatty-liver", "lesion-free")
 

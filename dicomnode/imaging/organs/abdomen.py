@@ -487,7 +487,7 @@ def _seeds(
             models["kidney-left"] = again
             if abs(again.hu - kidney.hu) < max(kidney.spread, 10.0):
                 break
-    stomach = _stomach(array, lm, u, v, h_l)
+    stomach = _stomach(array, lm, u, v, h_l, models, liver_mask)
     if stomach is not None:
         models["stomach"] = stomach
     if liver_mask is not None and liver_mask.any():
@@ -806,21 +806,130 @@ def _kidney_core_fits(
     return fat_fraction >= 0.3
 
 
-def _stomach(array: np.ndarray, lm: Landmarks, u, v, h) -> OrganModel | None:  # noqa: ANN001
-    """Gas in the stomach: the largest non-lung gas pocket left-anterior under the left hemidiaphragm."""
+# the stomach's contents (the pipelines' HU): water and thin liquid food; positive oral contrast is brighter
+# than this and than the bone threshold
+STOMACH_FLUID_HU = (-15.0, 25.0)
+STOMACH_CONTRAST_HU = 150.0
+STOMACH_WALL_MM = 12.0  # its wall (4-5 mm distended, 10-15 mm collapsed) round its lumen, for an adult
+
+
+def _stomach(
+    array: np.ndarray, lm: Landmarks, u, v, h, models: dict[str, OrganModel],  # noqa: ANN001
+    liver_mask: np.ndarray | None,
+) -> OrganModel | None:
+    """The stomach's lumen, left-anterior under the left hemidiaphragm, left of the aorta and the crus, in
+    front of the spleen and the left kidney: the largest group of touching pieces of gas (below −500 HU),
+    water-like contents (:data:`STOMACH_FLUID_HU`) and positive oral contrast (brighter than the bone
+    threshold and :data:`STOMACH_CONTRAST_HU`, at least 25 mm inside the body's surface: no rib), each
+    outside the other organs' seeds and the liver chain's mask. A piece of fluid counts only where what lies
+    2-6 mm around it is mostly of another level (:func:`_fluid_pieces`). Where gas floats, above or below, does not matter (supine or prone alike).
+    Its attenuation is the contents' (the mode of the lumen without its gas; of the tissue round a lumen of
+    gas alone); the seed is the lumen with its partial-volume rim. ``None`` without any such lumen."""
     s, sp = lm.scale, lm.spacing
-    zone = (u > -30 * s) & (u < 140 * s) & (v < 20 * s) & (h > -150 * s) & lm.body & ~lm.lungs
-    gas = (array < -500.0) & zone
-    labels, n = ndimage.label(gas)
-    if n == 0:
+    voxel_ml = float(np.prod(sp)) / 1000.0
+    inner = erode_mm(lm.body, 6.0 * s, sp)
+    zone = (u > -30 * s) & (u < 140 * s) & (v < 20 * s) & (h > -150 * s) & inner & ~lm.lungs
+    zone &= ~((np.abs(u) < 30 * s) & (v > -5 * s))  # the crura and the vertebral body
+    others = np.zeros(array.shape, dtype=bool)
+    for m in models.values():
+        others |= m.seed
+    if liver_mask is not None:
+        others |= liver_mask
+    zone &= ~dilate_mm(others, 3.0, sp)
+    if not zone.any():
         return None
-    sizes = np.bincount(labels.ravel()) * float(np.prod(sp)) / 1000.0
-    sizes[0] = 0
-    best = int(np.argmax(sizes))
-    if sizes[best] < 2.0 * s**3:
+    box = _box(zone, (1, 1, 1))
+    values, zone_b = array[box], zone[box]
+    pieces = np.zeros(zone_b.shape, dtype=bool)
+    gas = values < -500.0
+    midline = np.broadcast_to(np.abs(u) < 20 * s, array.shape)[box]  # the trachea's and oesophagus' air
+    for part, least in ((gas & zone_b & ~midline, 2.0), (_fluid_pieces(values, zone_b, sp, lm), 15.0),
+                        (_contrast_pieces(values, zone_b, lm.body[box], sp, lm), 10.0)):
+        labels, n = ndimage.label(part)
+        if n == 0:
+            continue
+        sizes = np.bincount(labels.ravel()) * voxel_ml
+        sizes[0] = 0
+        pieces |= (sizes >= least * s**3)[labels]
+    if not pieces.any():
         return None
-    pocket = labels == best
-    return OrganModel("stomach", pocket, -1000.0, 50.0)
+    # touching pieces are one lumen (gas over its fluid level)
+    groups, n = ndimage.label(ndimage.binary_dilation(pieces))
+    sizes = np.bincount(groups[pieces], minlength=n + 1)
+    lumen = pieces & (groups == int(np.argmax(sizes)))
+    contents = lumen & ~gas
+    if contents.sum() >= 50:
+        hu, spread = _mode_near(values[contents], -100.0, 1000.0)
+    else:  # gas alone: the tissue round it (its wall, contents of food)
+        rim = dilate_mm(lumen, 4.0, sp) & ~lumen & ~others[box] & (values > lm.fat_hu + 40.0)
+        rim &= values < lm.bone_hu
+        if rim.sum() < 50:
+            return None
+        hu, spread = _mode_near(values[rim], lm.fat_hu + 40.0, lm.bone_hu)
+    seed = np.zeros(array.shape, dtype=bool)
+    seed[box] = ndimage.binary_dilation(lumen) & ~others[box] & inner[box]
+    log.debug("stomach: lumen %.0f ml (gas %.0f ml), contents %.0f HU", lumen.sum() * voxel_ml,
+              (lumen & gas).sum() * voxel_ml, hu)
+    return OrganModel("stomach", seed, hu, spread)
+
+
+def _fluid_pieces(values: np.ndarray, zone: np.ndarray, spacing, lm: Landmarks) -> np.ndarray:  # noqa: ANN001
+    """Water-like contents (:data:`STOMACH_FLUID_HU`) in ``zone``, opened by a voxel, each piece kept where
+    at most 40 % of what lies 2-6 mm around it lies within 15 HU of its median: a lumen inside its wall or
+    fat, not a level of the soft tissue around."""
+    fluid = zone & (values >= STOMACH_FLUID_HU[0]) & (values <= STOMACH_FLUID_HU[1])
+    fluid = ndimage.binary_opening(fluid)
+    labels, n = ndimage.label(fluid)
+    out = np.zeros_like(fluid)
+    for i in range(1, n + 1):
+        piece = labels == i
+        if piece.sum() < 20:
+            continue
+        pbox = _box(piece, [int(np.ceil(6.0 / spc)) + 1 for spc in spacing])
+        sub = piece[pbox]
+        ring = dilate_mm(sub, 6.0, spacing) & ~dilate_mm(sub, 2.0, spacing) & (values[pbox] > -500.0)
+        if ring.sum() < 10:
+            continue
+        level = float(np.median(values[pbox][sub]))
+        if float(np.mean(np.abs(values[pbox][ring] - level) <= 15.0)) <= 0.4:
+            out[pbox] |= sub
+    return out
+
+
+def _contrast_pieces(values: np.ndarray, zone: np.ndarray, body: np.ndarray, spacing,  # noqa: ANN001
+                     lm: Landmarks) -> np.ndarray:
+    """Positive oral contrast in ``zone``: brighter than the bone threshold and :data:`STOMACH_CONTRAST_HU`,
+    opened by 4 mm (no thin rib or vessel), at least 25 mm inside the body's surface (the ribs lie nearer)."""
+    bright = zone & (values > max(lm.bone_hu, STOMACH_CONTRAST_HU))
+    if not bright.any():
+        return bright
+    bright = dilate_mm(erode_mm(bright, 4.0 * lm.scale, spacing), 4.0 * lm.scale, spacing) & bright
+    depth = np.zeros(values.shape, dtype=np.float32)
+    for k in np.flatnonzero(bright.any(axis=(1, 2))):
+        depth[k] = ndimage.distance_transform_edt(body[k], sampling=spacing[1:])
+    labels, n = ndimage.label(bright)
+    out = np.zeros_like(bright)
+    for i in range(1, n + 1):
+        piece = labels == i
+        if float(np.median(depth[piece])) >= 25.0 * lm.scale:
+            out |= piece
+    return out
+
+
+def _stomach_reach(array: np.ndarray, lm: Landmarks, stomach: OrganModel) -> np.ndarray:
+    """The stomach's wall and contents darker than the organs' soft-tissue band: tissue above the fat's
+    level within :data:`STOMACH_WALL_MM` of its seed, connected to it, and what that encloses slice by
+    slice (bubbles of gas and fat in food)."""
+    s, sp = lm.scale, lm.spacing
+    reach_mm = STOMACH_WALL_MM * s
+    box = _box(stomach.seed, [int(np.ceil(reach_mm / spc)) + 1 for spc in sp])
+    out = np.zeros(array.shape, dtype=bool)
+    seed = stomach.seed[box]
+    near = dilate_mm(seed, reach_mm, sp)
+    tissue = near & (array[box] > lm.fat_hu + 40.0) & lm.body[box]
+    reach = _keep_seeded(tissue | seed, seed)
+    out[box] = (fill_holes(reach, slicewise=True) & near & ~seed) | (reach & tissue)
+    return out
 
 
 def _wall(array: np.ndarray, lm: Landmarks, inside: np.ndarray | None = None) -> np.ndarray:
@@ -975,6 +1084,10 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
     organ_hus = [m.hu for name, m in models.items() if name != "stomach"]
     low = max(lm.fat_hu + 30.0, min(organ_hus) - 3.0 * 12.0 - 25.0)
     band = (array > low) & (array < lm.bone_hu + 60.0) & lm.body
+    stomach_reach = None
+    if "stomach" in models:  # its contents and wall may be darker than the band (water, food)
+        stomach_reach = _stomach_reach(array, lm, models["stomach"])
+        band |= stomach_reach
     for name in VESSELS:  # a contrast-filled lumen may be brighter than the bone threshold
         if name in tubes and models[name].hu + 60.0 > lm.bone_hu:
             lumen = _tube_core(tubes[name], models[name].seed) & (array > low)
@@ -1008,6 +1121,8 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
         region = labels == value
         if name in tubes:
             region &= tubes[name]
+        if name == "stomach" and stomach_reach is not None:  # its wall's reach round the lumen
+            region &= stomach_reach | m.seed
         if name != "stomach":
             tolerance = max(3.5 * m.spread, 35.0)
             region &= np.abs(array - m.hu) <= tolerance + (60.0 if name.startswith("kidney") else 0.0)
@@ -1021,6 +1136,8 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
     out = np.where(free, relabelled, fixed).astype(np.uint8)
     if "ivc" in tubes:  # (the freed voxels' flood does not carry the IVC beyond its tube: the liver's again)
         out[(out == LABELS["ivc"]) & ~tubes["ivc"]] = 0
+    if stomach_reach is not None:  # (nor the stomach beyond its wall's reach)
+        out[(out == LABELS["stomach"]) & ~(stomach_reach | models["stomach"].seed)] = 0
     out[mask & (labels == BACKGROUND) & (fixed == 0)] = BACKGROUND
     if liver_mask is not None and liver_mask.any():
         liver, model = LABELS["liver"], models["liver"]
@@ -1067,7 +1184,7 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
         if name in models and name in tubes:
             _vessel_boundary(out, array, lm, models[name], LABELS[name], tubes[name],
                              wall_mm=3.0 * lm.scale if name == "aorta" else 0.0, branches=name == "aorta")
-    for name in ("liver", "spleen", "kidney-right", "kidney-left"):
+    for name in ("liver", "spleen", "kidney-right", "kidney-left", "stomach"):
         value = LABELS[name]
         organ = out == value
         if organ.any():
