@@ -810,7 +810,7 @@ def _kidney_core_fits(
 # than this and than the bone threshold
 STOMACH_FLUID_HU = (-15.0, 25.0)
 STOMACH_CONTRAST_HU = 150.0
-STOMACH_WALL_MM = 12.0  # its wall (4-5 mm distended, 10-15 mm collapsed) round its lumen, for an adult
+STOMACH_WALL_MM = 6.0  # its wall (3-5 mm distended) and partial volume round its lumen, for an adult
 
 
 def _stomach(
@@ -822,7 +822,7 @@ def _stomach(
     water-like contents (:data:`STOMACH_FLUID_HU`) and positive oral contrast (brighter than the bone
     threshold and :data:`STOMACH_CONTRAST_HU`, at least 25 mm inside the body's surface: no rib), each
     outside the other organs' seeds and the liver chain's mask. A piece of fluid counts only where what lies
-    2-6 mm around it is mostly of another level (:func:`_fluid_pieces`). Where gas floats, above or below, does not matter (supine or prone alike).
+    3.5-7 mm around it is mostly of another level (:func:`_fluid_pieces`). Where gas floats, above or below, does not matter (supine or prone alike).
     Its attenuation is the contents' (the mode of the lumen without its gas; of the tissue round a lumen of
     gas alone); the seed is the lumen with its partial-volume rim. ``None`` without any such lumen."""
     s, sp = lm.scale, lm.spacing
@@ -830,21 +830,26 @@ def _stomach(
     inner = erode_mm(lm.body, 6.0 * s, sp)
     zone = (u > -30 * s) & (u < 140 * s) & (v < 20 * s) & (h > -150 * s) & inner & ~lm.lungs
     zone &= ~((np.abs(u) < 30 * s) & (v > -5 * s))  # the crura and the vertebral body
-    others = np.zeros(array.shape, dtype=bool)
+    seeds = np.zeros(array.shape, dtype=bool)
     for m in models.values():
-        others |= m.seed
-    if liver_mask is not None:
-        others |= liver_mask
-    zone &= ~dilate_mm(others, 3.0, sp)
+        seeds |= m.seed
+    others = seeds | liver_mask if liver_mask is not None else seeds
     if not zone.any():
         return None
     box = _box(zone, (1, 1, 1))
     values, zone_b = array[box], zone[box]
+    apart = zone_b & ~dilate_mm(others[box], 3.0, sp)
     pieces = np.zeros(zone_b.shape, dtype=bool)
     gas = values < -500.0
-    midline = np.broadcast_to(np.abs(u) < 20 * s, array.shape)[box]  # the trachea's and oesophagus' air
-    for part, least in ((gas & zone_b & ~midline, 2.0), (_fluid_pieces(values, zone_b, sp, lm), 15.0),
-                        (_contrast_pieces(values, zone_b, lm.body[box], sp, lm), 10.0)):
+    # (gas is no organ's: it may lie in the liver chain's mask, whose holes are filled; not the airways' gas
+    # above the diaphragm: a pocket centred more than 40 mm above the left lung's base)
+    air, n = ndimage.label(gas & zone_b & ~seeds[box])
+    if n:
+        level = np.broadcast_to(h, array.shape)[box]
+        high = np.asarray(ndimage.mean(level, air, index=np.arange(1, n + 1))) > 40.0 * s
+        air = np.concatenate([[False], ~high])[air]
+    for part, least in ((air > 0, 2.0), (_fluid_pieces(values, apart, sp, lm), 15.0),
+                        (_contrast_pieces(values, apart, lm.body[box], sp, lm), 10.0)):
         labels, n = ndimage.label(part)
         if n == 0:
             continue
@@ -853,8 +858,8 @@ def _stomach(
         pieces |= (sizes >= least * s**3)[labels]
     if not pieces.any():
         return None
-    # touching pieces are one lumen (gas over its fluid level)
-    groups, n = ndimage.label(ndimage.binary_dilation(pieces))
+    # pieces within 6 mm of each other are one lumen (gas over its fluid level, the partial volume between)
+    groups, n = ndimage.label(dilate_mm(pieces, 6.0, sp))
     sizes = np.bincount(groups[pieces], minlength=n + 1)
     lumen = pieces & (groups == int(np.argmax(sizes)))
     contents = lumen & ~gas
@@ -867,17 +872,24 @@ def _stomach(
             return None
         hu, spread = _mode_near(values[rim], lm.fat_hu + 40.0, lm.bone_hu)
     seed = np.zeros(array.shape, dtype=bool)
-    seed[box] = ndimage.binary_dilation(lumen) & ~others[box] & inner[box]
+    # (its partial-volume rim in the slice's plane: through thick slices it would reach beyond the wall)
+    rim = ndimage.generate_binary_structure(3, 1)
+    rim[0], rim[2] = False, False
+    seed[box] = ndimage.binary_dilation(lumen, rim) & ~others[box] & inner[box]
     log.debug("stomach: lumen %.0f ml (gas %.0f ml), contents %.0f HU", lumen.sum() * voxel_ml,
               (lumen & gas).sum() * voxel_ml, hu)
     return OrganModel("stomach", seed, hu, spread)
 
 
 def _fluid_pieces(values: np.ndarray, zone: np.ndarray, spacing, lm: Landmarks) -> np.ndarray:  # noqa: ANN001
-    """Water-like contents (:data:`STOMACH_FLUID_HU`) in ``zone``, opened by a voxel, each piece kept where
-    at most 40 % of what lies 2-6 mm around it lies within 15 HU of its median: a lumen inside its wall or
+    """Water-like contents (:data:`STOMACH_FLUID_HU`) in ``zone`` not next to fat, opened by a voxel, each
+    piece kept where
+    at most half of what lies 3.5-7 mm around it lies within 15 HU of its median: a lumen inside its wall or
     fat, not a level of the soft tissue around."""
     fluid = zone & (values >= STOMACH_FLUID_HU[0]) & (values <= STOMACH_FLUID_HU[1])
+    # (not next to fat or lung: a lumen lies inside its wall, and the partial volume of fat or lung with
+    # tissue passes through the same levels)
+    fluid &= ~ndimage.binary_dilation((values < lm.fat_hu + 40.0) & (values > -500.0))
     fluid = ndimage.binary_opening(fluid)
     labels, n = ndimage.label(fluid)
     out = np.zeros_like(fluid)
@@ -885,13 +897,13 @@ def _fluid_pieces(values: np.ndarray, zone: np.ndarray, spacing, lm: Landmarks) 
         piece = labels == i
         if piece.sum() < 20:
             continue
-        pbox = _box(piece, [int(np.ceil(6.0 / spc)) + 1 for spc in spacing])
+        pbox = _box(piece, [int(np.ceil(7.0 / spc)) + 1 for spc in spacing])
         sub = piece[pbox]
-        ring = dilate_mm(sub, 6.0, spacing) & ~dilate_mm(sub, 2.0, spacing) & (values[pbox] > -500.0)
+        ring = dilate_mm(sub, 7.0, spacing) & ~dilate_mm(sub, 3.5, spacing) & (values[pbox] > -500.0)
         if ring.sum() < 10:
             continue
         level = float(np.median(values[pbox][sub]))
-        if float(np.mean(np.abs(values[pbox][ring] - level) <= 15.0)) <= 0.4:
+        if float(np.mean(np.abs(values[pbox][ring] - level) <= 15.0)) <= 0.5:
             out[pbox] |= sub
     return out
 
@@ -916,19 +928,27 @@ def _contrast_pieces(values: np.ndarray, zone: np.ndarray, body: np.ndarray, spa
     return out
 
 
-def _stomach_reach(array: np.ndarray, lm: Landmarks, stomach: OrganModel) -> np.ndarray:
-    """The stomach's wall and contents darker than the organs' soft-tissue band: tissue above the fat's
-    level within :data:`STOMACH_WALL_MM` of its seed, connected to it, and what that encloses slice by
-    slice (bubbles of gas and fat in food)."""
+def _stomach_reach(array: np.ndarray, lm: Landmarks, stomach: OrganModel, blocked: np.ndarray) -> np.ndarray:
+    """Where the stomach's wall and contents may lie, also darker than the organs' soft-tissue band: tissue
+    above the fat's level within :data:`STOMACH_WALL_MM` of its seed (its wall) and, round a lumen mostly of
+    gas, tissue of its contents' level (2 spreads, at least 12 HU) within 80 mm of it (food), each connected to
+    the seed not through ``blocked`` (the other organs' seeds), and what that encloses slice by slice
+    (bubbles of gas and fat in food)."""
     s, sp = lm.scale, lm.spacing
     reach_mm = STOMACH_WALL_MM * s
-    box = _box(stomach.seed, [int(np.ceil(reach_mm / spc)) + 1 for spc in sp])
+    box = _box(stomach.seed, [int(np.ceil(80.0 * s / spc)) + 1 for spc in sp])
     out = np.zeros(array.shape, dtype=bool)
-    seed = stomach.seed[box]
-    near = dilate_mm(seed, reach_mm, sp)
-    tissue = near & (array[box] > lm.fat_hu + 40.0) & lm.body[box]
+    seed, values = stomach.seed[box], array[box]
+    free = ~blocked[box] & lm.body[box]
+    wall = dilate_mm(seed, reach_mm, sp) & free & (values > lm.fat_hu + 40.0)
+    contents = np.zeros_like(seed)
+    if float(np.mean(values[seed] < -500.0)) > 0.5:  # a lumen of gas: food of the level round it
+        contents = dilate_mm(seed, 80.0 * s, sp) & free
+        contents &= np.abs(values - stomach.hu) <= max(2.0 * stomach.spread, 12.0)
+        contents = _keep_seeded(ndimage.binary_opening(contents) | seed, seed)
+    tissue = wall | contents
     reach = _keep_seeded(tissue | seed, seed)
-    out[box] = (fill_holes(reach, slicewise=True) & near & ~seed) | (reach & tissue)
+    out[box] = (fill_holes(reach, slicewise=True) & (wall | contents) & ~seed) | (reach & tissue)
     return out
 
 
@@ -1086,7 +1106,11 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
     band = (array > low) & (array < lm.bone_hu + 60.0) & lm.body
     stomach_reach = None
     if "stomach" in models:  # its contents and wall may be darker than the band (water, food)
-        stomach_reach = _stomach_reach(array, lm, models["stomach"])
+        blocked = np.zeros(array.shape, dtype=bool)
+        for name, m in models.items():
+            if name != "stomach":
+                blocked |= m.seed
+        stomach_reach = _stomach_reach(array, lm, models["stomach"], blocked)
         band |= stomach_reach
     for name in VESSELS:  # a contrast-filled lumen may be brighter than the bone threshold
         if name in tubes and models[name].hu + 60.0 > lm.bone_hu:
