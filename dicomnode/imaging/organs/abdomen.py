@@ -830,6 +830,9 @@ def _stomach(
     inner = erode_mm(lm.body, 6.0 * s, sp)
     zone = (u > -30 * s) & (u < 140 * s) & (v < 20 * s) & (h > -150 * s) & inner & ~lm.lungs
     zone &= ~((np.abs(u) < 30 * s) & (v > -5 * s))  # the crura and the vertebral body
+    # the mediastinum: between the lungs, 30 mm above both lung bases
+    zz = lm.grids()[0]
+    zone &= ~((zz > max(lm.lung_base_left, lm.lung_base_right) + 30.0 * s) & (np.abs(u) < 40 * s))
     seeds = np.zeros(array.shape, dtype=bool)
     for m in models.values():
         seeds |= m.seed
@@ -865,9 +868,9 @@ def _stomach(
     contents = lumen & ~gas
     if contents.sum() >= 50:
         hu, spread = _mode_near(values[contents], -100.0, 1000.0)
-    else:  # gas alone: the tissue round it (its wall, contents of food)
-        rim = dilate_mm(lumen, 4.0, sp) & ~lumen & ~others[box] & (values > lm.fat_hu + 40.0)
-        rim &= values < lm.bone_hu
+    else:  # gas alone: the tissue 3-10 mm round it (its wall, contents of food; not the partial volume)
+        rim = dilate_mm(lumen, 10.0, sp) & ~dilate_mm(lumen, 3.0, sp) & ~others[box]
+        rim &= (values > lm.fat_hu + 40.0) & (values < lm.bone_hu)
         if rim.sum() < 50:
             return None
         hu, spread = _mode_near(values[rim], lm.fat_hu + 40.0, lm.bone_hu)
@@ -883,7 +886,7 @@ def _stomach(
 
 def _fluid_pieces(values: np.ndarray, zone: np.ndarray, spacing, lm: Landmarks) -> np.ndarray:  # noqa: ANN001
     """Water-like contents (:data:`STOMACH_FLUID_HU`) in ``zone`` not next to fat, opened by a voxel, each
-    piece kept where
+    piece holding a disc of 12 mm across on some slice kept where
     at most half of what lies 3.5-7 mm around it lies within 15 HU of its median: a lumen inside its wall or
     fat, not a level of the soft tissue around."""
     fluid = zone & (values >= STOMACH_FLUID_HU[0]) & (values <= STOMACH_FLUID_HU[1])
@@ -899,6 +902,12 @@ def _fluid_pieces(values: np.ndarray, zone: np.ndarray, spacing, lm: Landmarks) 
             continue
         pbox = _box(piece, [int(np.ceil(7.0 / spc)) + 1 for spc in spacing])
         sub = piece[pbox]
+        # (a lumen holds a disc of 12 mm across on some slice; the partial volume of fat with tissue is a
+        # thin layer)
+        depth = max(float(ndimage.distance_transform_edt(plane, sampling=spacing[1:]).max())
+                    for plane in sub if plane.any())
+        if depth < 6.0 * lm.scale:
+            continue
         ring = dilate_mm(sub, 7.0, spacing) & ~dilate_mm(sub, 3.5, spacing) & (values[pbox] > -500.0)
         if ring.sum() < 10:
             continue
@@ -929,26 +938,18 @@ def _contrast_pieces(values: np.ndarray, zone: np.ndarray, body: np.ndarray, spa
 
 
 def _stomach_reach(array: np.ndarray, lm: Landmarks, stomach: OrganModel, blocked: np.ndarray) -> np.ndarray:
-    """Where the stomach's wall and contents may lie, also darker than the organs' soft-tissue band: tissue
-    above the fat's level within :data:`STOMACH_WALL_MM` of its seed (its wall) and, round a lumen mostly of
-    gas, tissue of its contents' level (2 spreads, at least 12 HU) within 80 mm of it (food), each connected to
-    the seed not through ``blocked`` (the other organs' seeds), and what that encloses slice by slice
-    (bubbles of gas and fat in food)."""
+    """Where the stomach's wall may lie, also darker than the organs' soft-tissue band: tissue above the
+    fat's level within :data:`STOMACH_WALL_MM` of its seed, connected to it not through ``blocked`` (the
+    other organs' seeds), and what that encloses slice by slice."""
     s, sp = lm.scale, lm.spacing
     reach_mm = STOMACH_WALL_MM * s
-    box = _box(stomach.seed, [int(np.ceil(80.0 * s / spc)) + 1 for spc in sp])
+    box = _box(stomach.seed, [int(np.ceil(reach_mm / spc)) + 1 for spc in sp])
     out = np.zeros(array.shape, dtype=bool)
-    seed, values = stomach.seed[box], array[box]
-    free = ~blocked[box] & lm.body[box]
-    wall = dilate_mm(seed, reach_mm, sp) & free & (values > lm.fat_hu + 40.0)
-    contents = np.zeros_like(seed)
-    if float(np.mean(values[seed] < -500.0)) > 0.5:  # a lumen of gas: food of the level round it
-        contents = dilate_mm(seed, 80.0 * s, sp) & free
-        contents &= np.abs(values - stomach.hu) <= max(2.0 * stomach.spread, 12.0)
-        contents = _keep_seeded(ndimage.binary_opening(contents) | seed, seed)
-    tissue = wall | contents
+    seed = stomach.seed[box]
+    near = dilate_mm(seed, reach_mm, sp) & ~blocked[box] & lm.body[box]
+    tissue = near & (array[box] > lm.fat_hu + 40.0)
     reach = _keep_seeded(tissue | seed, seed)
-    out[box] = (fill_holes(reach, slicewise=True) & (wall | contents) & ~seed) | (reach & tissue)
+    out[box] = (fill_holes(reach, slicewise=True) & near & ~seed) | (reach & tissue)
     return out
 
 
