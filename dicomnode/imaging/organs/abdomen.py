@@ -843,6 +843,7 @@ def _stomach(
     values, zone_b = array[box], zone[box]
     apart = zone_b & ~dilate_mm(others[box], 3.0, sp)
     pieces = np.zeros(zone_b.shape, dtype=bool)
+    fluid = _fluid_pieces(values, apart, sp, lm)
     gas = values < -500.0
     # (gas is no organ's: it may lie in the liver chain's mask, whose holes are filled; not the airways' gas
     # above the diaphragm: a pocket centred more than 40 mm above the left lung's base)
@@ -851,7 +852,7 @@ def _stomach(
         level = np.broadcast_to(h, array.shape)[box]
         high = np.asarray(ndimage.mean(level, air, index=np.arange(1, n + 1))) > 40.0 * s
         air = np.concatenate([[False], ~high])[air]
-    for part, least in ((air > 0, 2.0), (_fluid_pieces(values, apart, sp, lm), 15.0),
+    for part, least in ((air > 0, 2.0), (fluid, 15.0),
                         (_contrast_pieces(values, apart, lm.body[box], sp, lm), 10.0)):
         labels, n = ndimage.label(part)
         if n == 0:
@@ -875,9 +876,13 @@ def _stomach(
             return None
         hu, spread = _mode_near(values[rim], lm.fat_hu + 40.0, lm.bone_hu)
     seed = np.zeros(array.shape, dtype=bool)
-    # (its partial-volume rim in the slice's plane: through thick slices it would reach beyond the wall)
+    # its partial-volume rim in the slice's plane; the first and last slice of its fluid left to the
+    # competition (the median filter of the working grid carries water one slice into the fat beyond it)
     rim = ndimage.generate_binary_structure(3, 1)
     rim[0], rim[2] = False, False
+    water = lumen & fluid
+    core = lumen & ~(water & ~ndimage.binary_erosion(water, np.ones((3, 1, 1), dtype=bool), border_value=1))
+    lumen = core if core.any() else lumen
     seed[box] = ndimage.binary_dilation(lumen, rim) & ~others[box] & inner[box]
     log.debug("stomach: lumen %.0f ml (gas %.0f ml), contents %.0f HU", lumen.sum() * voxel_ml,
               (lumen & gas).sum() * voxel_ml, hu)
