@@ -1169,6 +1169,10 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
     if stomach_reach is not None:  # (nor the stomach beyond its wall's reach)
         out[(out == LABELS["stomach"]) & ~(stomach_reach | models["stomach"].seed)] = 0
     out[mask & (labels == BACKGROUND) & (fixed == 0)] = BACKGROUND
+    if stomach_reach is not None and models["stomach"].hu > lm.bone_hu:
+        # oral contrast: the stomach's wall lies on the flank of the lumen's steep edge, lower than the fat's
+        # edge beyond it, and the background's flood won it; its reach is the stomach's where no organ's
+        out[stomach_reach & ((out == 0) | (out == BACKGROUND))] = LABELS["stomach"]
     if liver_mask is not None and liver_mask.any():
         liver, model = LABELS["liver"], models["liver"]
         # the chain's voxels that the background won and whose attenuation is far from the liver's
