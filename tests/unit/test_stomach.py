@@ -1,4 +1,4 @@
-"""The stomach in liver-ct's abdominal competition (``abdomen.organs``) and its QC (``assess.stomach_checks``).
+"""The stomach in liver-ct's organ competition (``abdomen.organs``) and its QC (``assess.stomach_checks``).
 
 Phantoms (tests/phantoms.py ``stomach=``): water only (no gas), gas floating over a water level (scanned
 prone: the same voxels with the other direction cosines), positive oral contrast brighter than the bone

@@ -817,14 +817,15 @@ def _stomach(
     array: np.ndarray, lm: Landmarks, u, v, h, models: dict[str, OrganModel],  # noqa: ANN001
     liver_mask: np.ndarray | None,
 ) -> OrganModel | None:
-    """The stomach's lumen, left-anterior under the left hemidiaphragm, left of the aorta and the crus, in
-    front of the spleen and the left kidney: the largest group of touching pieces of gas (below −500 HU),
-    water-like contents (:data:`STOMACH_FLUID_HU`) and positive oral contrast (brighter than the bone
-    threshold and :data:`STOMACH_CONTRAST_HU`, at least 25 mm inside the body's surface: no rib), each
-    outside the other organs' seeds and the liver chain's mask. A piece of fluid counts only where what lies
-    3.5-7 mm around it is mostly of another level (:func:`_fluid_pieces`). Where gas floats, above or below, does not matter (supine or prone alike).
-    Its attenuation is the contents' (the mode of the lumen without its gas; of the tissue round a lumen of
-    gas alone); the seed is the lumen with its partial-volume rim. ``None`` without any such lumen."""
+    """The stomach's lumen, left-anterior under the left hemidiaphragm, left of the crus and the vertebral
+    body, in front of the spleen and the left kidney, not in the mediastinum: the largest group of pieces
+    (within 6 mm of each other) of gas (below −500 HU, not centred 40 mm above the left lung's base: no
+    airway), water-like contents (:func:`_fluid_pieces`) and positive oral contrast
+    (:func:`_contrast_pieces`), outside the other organs' seeds (fluid and contrast also 3 mm from them and
+    from the liver chain's mask). Where gas floats, above or below, does not matter: supine and prone alike.
+    Its attenuation is the contents' (the mode of the lumen without its gas; of the tissue 3-10 mm round a
+    lumen of gas alone); the seed is the lumen with its partial-volume rim in the slice's plane.
+    ``None`` without any such lumen (an empty, collapsed stomach is not looked for)."""
     s, sp = lm.scale, lm.spacing
     voxel_ml = float(np.prod(sp)) / 1000.0
     inner = erode_mm(lm.body, 6.0 * s, sp)
