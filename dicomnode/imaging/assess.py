@@ -466,8 +466,8 @@ def stomach_checks(
     if wall < STOMACH_WALL_FRACTION:
         found.append((QCFlag.IMPLAUSIBLE_INTENSITY, (
             f"Only {100 * wall:.0f} % of {label} lies at {STOMACH_WALL_HU[0]:.0f} to "
-            f"{STOMACH_WALL_HU[1]:.0f} HU: a stomach has a wall of soft tissue round its contents; the contour "
-            "lies on something else (a vessel, bone, bowel gas).")))
+            f"{STOMACH_WALL_HU[1]:.0f} HU: a stomach has a wall of soft tissue round its contents; the "
+            "contour lies on something else (a vessel, bone, bowel gas).")))
     voxel_ml = float(np.prod(spacing)) / 1000.0
     deep = ndimage.distance_transform_edt(sub, sampling=spacing) > STOMACH_WALL_MM
     for other, theirs in neighbours:
@@ -485,8 +485,8 @@ def stomach_checks(
         if spill * voxel_ml > STOMACH_SPILL_ML and spill > STOMACH_SPILL_FRACTION * int(sub.sum()):
             found.append((QCFlag.LEAK, (
                 f"{label} holds {spill * voxel_ml:.0f} ml of tissue of {other}'s attenuation "
-                f"({median:.0f} HU) more than {STOMACH_WALL_MM:.0f} mm inside its contour, joined to {other}: the contour "
-                f"has spilled into {other}; its outline and volume are wrong.")))
+                f"({median:.0f} HU) more than {STOMACH_WALL_MM:.0f} mm inside its contour, joined to {other}: "
+                f"the contour has spilled into {other}; its outline and volume are wrong.")))
     return found
 
 
