@@ -485,8 +485,8 @@ def stomach_checks(
         if spill * voxel_ml > STOMACH_SPILL_ML and spill > STOMACH_SPILL_FRACTION * int(sub.sum()):
             found.append((QCFlag.LEAK, (
                 f"{label} holds {spill * voxel_ml:.0f} ml of tissue of {other}'s attenuation "
-                f"({median:.0f} HU) more than {STOMACH_WALL_MM:.0f} mm inside its contour, joined to {other}: "
-                f"the contour has spilled into {other}; its outline and volume are wrong.")))
+                f"({median:.0f} HU) more than {STOMACH_WALL_MM:.0f} mm inside its contour, joined to "
+                f"{other}: the contour has spilled into {other}; its outline and volume are wrong.")))
     return found
 
 
