@@ -33,7 +33,9 @@ Cases (every one runs the whole pipeline through ``process_volume``, as the node
   its adult size in patient coordinates, chest above, psoas, bowel and pelvis below) — plus a
   lesion-free case and one with a gallbladder (bile at water density under the liver: not a lesion).
   Every phantom has an IVC (``ivc=True``: blood of the phase beside the right crus, through the liver's
-  bare area).
+  bare area). The ``stomach-*`` cases add a stomach (``stomach=``: gas over a water level, water only,
+  positive oral contrast, empty and collapsed; in the native and arterial phases, prone, feet first, as
+  coronal and sagittal stacks, a child, without fat planes); in the others a stomach sent is a false one.
   Lesion rows report lesions found / expected (≥ 10 mm, at least partly inside the field of view; those
   a cropped field of view misses whole are counted apart, and so are those of which it holds only a cap
   narrower than 10 mm: a lesion under 10 mm need not be found) and false ones; the real liver of
