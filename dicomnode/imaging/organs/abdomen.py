@@ -11,8 +11,9 @@ On an LPS-oriented copy of the working grid (:mod:`dicomnode.imaging.organs.land
    front of the vertebral body, slightly left; IVC: right of it, one continuous course of discs that differ
    from their surroundings on every side, brighter or darker; stomach: its lumen of gas, water or oral
    contrast left anterior under the left hemidiaphragm, see :func:`_stomach`). Inside the territory the
-   organ's attenuation is the histogram mode of the soft tissue there (−80..250 HU, so a fatty liver darker than the spleen is found as well), and the
-   seed is the eroded, connected part of the territory close to that mode.
+   organ's attenuation is the histogram mode of the soft tissue there (−80..250 HU, so a fatty liver
+   darker than the spleen is found as well), and the seed is the eroded, connected part of the territory
+   close to that mode.
 3. **Competition** — a marker-based watershed (scikit-image) on the gradient magnitude from all seeds
    at once, inside a soft-tissue band estimated from the image (between the fat and the organs' levels,
    below bone); everything outside the band and the muscles of the body wall and around the spine are
