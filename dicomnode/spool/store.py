@@ -292,7 +292,8 @@ class Spool:
                                                      daemon=True)
                 self._spare_maker.start()
             spare = self._spares.pop() if self._spares else None
-            self._spares_wake.notify()
+            if len(self._spares) <= self._spare_count // 2:  # (the maker refills in a batch: fewer wake-ups)
+                self._spares_wake.notify()
         if spare is None:
             return None
         path, fd = spare
