@@ -170,12 +170,13 @@ def _lumens(
 ) -> np.ndarray:
     """The contrast-filled vessels (the aorta in the arterial phase) among ``bone`` (the voxels above the
     bone threshold), told from bone by shape, profile and position, slice by slice: a round, thick section
-    (its inscribed radius 6-16 mm, scaled, at least two pixels; its area under twice that disc's) whose core is uniform
-    (MAD ≤ 15 % of its contrast to the soft tissue) at 150-500 HU above the tissue, brightest in its middle
-    (its rim no brighter than its core: a vertebra's cortex is brighter than its interior), in front of the
-    rest of the bone there (the vertebral body lies behind the aorta), and found again at the same place on
-    a neighbouring slice (a vessel runs on). Returns the voxels of those sections not brighter than their
-    lumen (a vertebra's cortex that they touch stays bone)."""
+    (its inscribed radius 6-16 mm, scaled, and at least two pixels; its area under twice that disc's) whose
+    core is uniform (MAD ≤ 15 % of its contrast to the soft tissue) at 150-500 HU above the tissue, brightest
+    in its middle (the rim of its inscribed disc not brighter than its core by over 10 % of that contrast),
+    in front of the bone it is joined to (the vertebral body lies behind the aorta), and found again at the
+    same place on a neighbouring slice (a vessel runs on). A vertebra's interior is not uniform (trabecular
+    bone and cortex: MAD 50-120 HU on the real CT's 2 mm grid), the ribs' sections are thinner. Returns
+    the voxels of those sections not brighter than their lumen (a cortex that they touch stays bone)."""
     _, sy, sx = spacing
     pixel = max(sy, sx)
     depth = max(4.0 * scale, 1.5 * pixel)  # how deep inside the section its core lies
