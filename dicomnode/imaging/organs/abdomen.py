@@ -1240,7 +1240,7 @@ def vessels_on_source(labels: sitk.Image, image: sitk.Image, *, fraction: float 
 
 def refine_vessel(
     labels: np.ndarray, array: np.ndarray, value: int, spacing: tuple[float, float, float], *,
-    fraction: float = 0.4, reach_mm: float = 2.0,
+    fraction: float = 0.4, reach_mm: float = 2.0, opening_mm: float = 1.5,
 ) -> None:
     """A vessel's border at the level ``fraction`` of the way from what lies around it to its lumen, in
     place on the LPS label map ``labels`` (axial slices): the lumen's level is the median of the vessel's
@@ -1289,6 +1289,12 @@ def refine_vessel(
     blocked = dilate_mm(blocked, 1.01 * max(sy, sx), spacing, slicewise=True)
     free = (sub == 0) | (sub == LABELS["liver"]) | own
     candidate = reach & free & ~blocked & (values >= level)
+    if opening_mm > 0:  # (thin spurs: a branch's origin, the partial volume towards the vertebra)
+        ry, rx = int(opening_mm / sy), int(opening_mm / sx)
+        yy, xx = np.ogrid[-ry : ry + 1, -rx : rx + 1]
+        disc = (yy * sy) ** 2 + (xx * sx) ** 2 <= opening_mm**2
+        if disc.sum() > 1:
+            candidate = ndimage.binary_opening(candidate, disc[None]) | (candidate & core)
     for k in range(own.shape[0]):
         if not own[k].any():
             continue
