@@ -1252,8 +1252,10 @@ def refine_vessel(
     is connected, in its slice, to the core; a voxel of the contour below it leaves. Bright structures
     (over the lumen's level + max(4 × its noise, 100 HU)) that reach beyond 4 mm of the contour — the
     vertebra, a neighbouring vessel — stay out with the pixel around them; calcified plaques of its wall
-    within that reach join it (the reference draws the wall). A slice that would keep nothing keeps its
-    contour."""
+    within that reach join it (the reference draws the wall). Spurs thinner than ``opening_mm`` leave (a
+    branch's origin, the partial volume towards the vertebra). A slice that would keep nothing keeps its
+    contour; a vessel whose lumen stands out from the ring around it by less than max(3 × its noise, 30 HU)
+    is left as it is."""
     vessel = labels == value
     if not vessel.any():
         return
@@ -1271,6 +1273,8 @@ def refine_vessel(
         return
     clipped = np.clip(values, fat, lumen)
     ring = dilate_mm(own, 5.0, spacing, slicewise=True) & ~dilate_mm(own, 2.0, spacing, slicewise=True)
+    if not ring.any() or lumen - float(np.median(clipped[ring])) < max(3.0 * noise, 30.0):
+        return  # (an IVC isodense with the liver around it: no border in the image to draw; QC judges it)
     sigma = (0.0, 4.0 / sy, 4.0 / sx)
     weight = ndimage.gaussian_filter(ring.astype(np.float32), sigma)
     around = ndimage.gaussian_filter(np.where(ring, clipped, 0.0).astype(np.float32), sigma)
