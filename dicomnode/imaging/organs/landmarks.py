@@ -170,8 +170,8 @@ def _lumens(
 ) -> np.ndarray:
     """The contrast-filled vessels (the aorta in the arterial phase) among ``bone`` (the voxels above the
     bone threshold), told from bone by shape, profile and position, slice by slice: a round, thick section
-    (its inscribed radius 6-16 mm, scaled, and at least two pixels; its area under twice that disc's) whose
-    core is uniform (MAD ≤ 15 % of its contrast to the soft tissue) at 150-500 HU above the tissue, brightest
+    (its inscribed radius 6-16 mm, scaled, and at least two pixels; its area under 1.45 × that disc's) whose
+    core is uniform (MAD ≤ 12 % of its contrast to the soft tissue) at 150-500 HU above the tissue, brightest
     in its middle (the rim of its inscribed disc not brighter than its core by over 10 % of that contrast),
     in front of the bone it is joined to (the vertebral body lies behind the aorta), and found again at the
     same place on a neighbouring slice (a vessel runs on). A vertebra's interior is not uniform (trabecular
@@ -200,9 +200,9 @@ def _lumens(
             section = b & disc
             level = float(np.median(array[k][core]))
             spread = float(np.median(np.abs(array[k][core] - level)))
-            if not (tissue_hu + 150.0 <= level <= tissue_hu + 500.0 and spread <= 0.15 * (level - tissue_hu)):
+            if not (tissue_hu + 150.0 <= level <= tissue_hu + 500.0 and spread <= 0.12 * (level - tissue_hu)):
                 continue
-            if section.sum() * sy * sx > 2.0 * np.pi * peak**2:
+            if section.sum() * sy * sx > 1.45 * np.pi * peak**2:
                 continue
             # (the rim of its inscribed disc: its own border, not the vertebra's cortex that it touches)
             rim = ((yy - r * sy) ** 2 + (xx - c * sx) ** 2 <= peak**2) & (dist < depth)
