@@ -1250,7 +1250,9 @@ def refine_vessel(
     within that reach join it (the reference draws the wall). Spurs thinner than ``opening_mm`` leave (a
     branch's origin, the partial volume towards the vertebra). A slice that would keep nothing keeps its
     contour; a vessel whose lumen stands out from the ring around it by less than max(3 × its noise, 30 HU)
-    is left as it is."""
+    is left as it is, and so is its contour where the local level around it lies within max(2 × its noise,
+    20 HU) of the lumen's (isodense tissue against it, or brighter tissue, which counts at the lumen's level:
+    no border in the image)."""
     vessel = labels == value
     if not vessel.any():
         return
@@ -1287,7 +1289,10 @@ def refine_vessel(
         blocked[k] = np.isin(parts, beyond[beyond > 0])
     blocked = dilate_mm(blocked, 1.01 * max(sy, sx), spacing, slicewise=True)
     free = (sub == 0) | (sub == LABELS["liver"]) | own
-    candidate = reach & free & ~blocked & (values >= level)
+    # where the lumen stands out from what lies around it; elsewhere (isodense tissue against it, a native
+    # vessel beside muscle) there is no border in the image and the contour stays as it was
+    edge = lumen - around >= max(2.0 * noise, 20.0)
+    candidate = (own & ~edge) | (reach & free & ~blocked & edge & (values >= level))
     if opening_mm > 0:  # (thin spurs: a branch's origin, the partial volume towards the vertebra)
         ry, rx = int(opening_mm / sy), int(opening_mm / sx)
         yy, xx = np.ogrid[-ry : ry + 1, -rx : rx + 1]
