@@ -154,7 +154,7 @@ def run_case(case: Case) -> list[Row]:
     if case.lesions is not None:
         rows.append(_lesion_row(case, processed.segments, seconds, verdicts))
     if case.tumours is not None:
-        rows.extend(_tumour_rows(case, processed.segments, spacing, seconds, verdicts))
+        rows.extend(_tumour_rows(case, processed.segments, spacing, seconds, verdicts, volume))
     return rows
 
 
@@ -169,9 +169,11 @@ def _through_dicom(case: Case):  # noqa: ANN202 - a Volume
         return load_series(write_series(case.image, folder, **(case.dicom or {})))
 
 
-def _tumour_rows(case: Case, segments, spacing, seconds: float, verdicts) -> list[Row]:  # noqa: ANN001
+def _tumour_rows(case: Case, segments, spacing, seconds: float, verdicts, volume) -> list[Row]:  # noqa: ANN001
     """lung-ct: each truth tumour scored against the lesion segment that matches it best, then one row
-    counting the tumours found (any overlap) and the lesions that match none (false)."""
+    counting the tumours found (any overlap) and the lesions that match none (false). A tumour not found
+    is explained when its lung's QC names a search limit (``lung.nodule_search_limits``) holding at least
+    half of it, for a nodule of its size; otherwise the miss is silent."""
     from dicomnode.imaging.metrics import compare
 
     lesions = [s for s in segments if s.category == "lesion"]
@@ -179,7 +181,8 @@ def _tumour_rows(case: Case, segments, spacing, seconds: float, verdicts) -> lis
     for name, truth in (case.tumours or {}).items():
         overlapping = [s for s in lesions if (s.mask & truth).any()]
         if not overlapping:
-            rows.append(Row(case.name, name, 0.0, None, -100.0, "", seconds, "not found"))
+            rows.append(Row(case.name, name, 0.0, None, -100.0, "", seconds,
+                            "not found; " + _miss_explained(segments, verdicts, volume, truth, spacing)))
             continue
         found += 1
         matched.update(s.label for s in overlapping)
@@ -193,6 +196,25 @@ def _tumour_rows(case: Case, segments, spacing, seconds: float, verdicts) -> lis
     rows.append(Row(case.name, "lesions", None, None, None, "", seconds,
                     f"found {found}/{len(case.tumours or {})}, false {len(false)}"))
     return rows
+
+
+def _miss_explained(segments, verdicts, volume, truth: np.ndarray, spacing) -> str:  # noqa: ANN001
+    """Which lung QC limit explains a missed nodule (its region holds half of it, at its size), or silent."""
+    from dicomnode.imaging.organs.lung import nodule_search_limits
+
+    organs = [s for s in segments if s.category == "organ" and s.structure.startswith("lung")]
+    if not organs:
+        return "silent (no lung)"
+    lungs = sitk.GetImageFromArray(np.logical_or.reduce([s.mask for s in organs]).astype(np.uint8))
+    image = volume.to_sitk()
+    lungs.CopyInformation(image)
+    rows, cols = np.nonzero(truth.any(axis=0))
+    size = max(float(np.ptp(rows) + 1) * spacing[1], float(np.ptp(cols) + 1) * spacing[2])
+    named = " ".join(" ".join(v.get("reasons", ())) for v in verdicts.values())
+    for limit in nodule_search_limits(image, lungs):
+        if limit.mask[truth].mean() >= 0.5 and size < limit.below_mm and limit.reason in named:
+            return f"flagged: {limit.side} lung, {limit.region}"
+    return "silent"
 
 
 def _lesion_row(case: Case, segments, seconds: float, verdicts) -> Row:  # noqa: ANN001
@@ -232,6 +254,11 @@ def _lesion_row(case: Case, segments, seconds: float, verdicts) -> Row:  # noqa:
                if any(r.startswith("Lesions were looked for") for r in verdict.get("reasons", ()))]
     if limited:  # the host organ says that lesions of ordinary contrast cannot be seen in this image
         note += f" (search limited by noise: {', '.join(limited)} warns)"
+    named = {label: sum(1 for r in verdict.get("reasons", ()) if "was not reported as a lesion" in r)
+             for label, verdict in verdicts.items()}
+    if any(named.values()):  # round candidates the search dropped, each named in the host's QC
+        note += " (dropped round candidates named: " + ", ".join(
+            f"{label} {n}" for label, n in named.items() if n) + ")"
     return Row(case.name, "lesions", None, None, None, "", seconds, note)
 
 

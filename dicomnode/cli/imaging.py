@@ -70,6 +70,12 @@ def process(
     )
     result = run_job(spec)
     if not result.ok:
+        found = Path(output).rglob("*.dcm") if Path(output).is_dir() else ()
+        stale = [str(p.relative_to(output)) for p in sorted(found, key=lambda p: (len(p.parts), str(p)))]
+        if stale:  # a refused or failed run writes no SEG/SR: what the folder holds is an earlier run's
+            typer.echo(f"Note: '{output}' still holds {len(stale)} .dcm file(s) of an earlier run "
+                       f"({', '.join(stale[:3])}{', ...' if len(stale) > 3 else ''}); they are not this "
+                       "run's results.", err=True)
         raise fail(result.error)
     for path in result.output_files:
         typer.echo(path)

@@ -272,6 +272,15 @@ def check_input(
     who = f"Pipeline '{pipeline}'" if pipeline else "The pipeline"
     if accepts.modalities and modality and modality not in accepts.modalities:
         raise InputRefused(f"{who} works on {', '.join(accepts.modalities)} but the series is '{modality}'.")
+    # first: a slab too thin to filter is refused as that, whatever its few slices show
+    if volumetric and min(image.GetSize()) < MIN_SAMPLES:
+        size = image.GetSize()
+        thin = int(np.argmin(size))
+        raise InputRefused(
+            f"{who} works on volumes of at least {MIN_SAMPLES} slices, but the series has "
+            f"{size[thin]} along one axis ({size[thin] * image.GetSpacing()[thin]:.1f} mm; "
+            f"{size[0]}x{size[1]}x{size[2]} voxels): too thin to segment or measure."
+        )
     evidence: dict[str, Any] = {}
     needs_pixels = accepts.pixels != "any" or accepts.regions
     if needs_pixels:
@@ -302,13 +311,5 @@ def check_input(
                     f"content shows {regions.describe()} "
                     "(judged from lung air, skull and body cross-section)."
                 )
-    if volumetric and min(image.GetSize()) < MIN_SAMPLES:
-        size = image.GetSize()
-        thin = int(np.argmin(size))
-        raise InputRefused(
-            f"{who} works on volumes of at least {MIN_SAMPLES} slices, but the series has "
-            f"{size[thin]} along one axis ({size[thin] * image.GetSpacing()[thin]:.1f} mm; "
-            f"{size[0]}x{size[1]}x{size[2]} voxels): too thin to segment or measure."
-        )
     log.debug("input accepted by %s: %s", pipeline, evidence)
     return evidence

@@ -34,7 +34,10 @@ ordered by decreasing volume) of hypo- and/or hyper-dense regions:
    own). A lesion next to a vessel keeps its own, stronger contrast and stays; a subcapsular lesion
    only touches different tissue outside the organ and stays; a round blob of 12 mm or more (largest
    inscribed ball ≥ 0.78 × its equivalent diameter, or ≥ 0.7 when what it joins is darker than it)
-   stays whatever it touches: vessel pieces cut by the threshold are far from round (0.5-0.65). A piece
+   stays whatever it touches: vessel pieces cut by the threshold are far from round (0.5-0.65); so does one
+   of 0.6 or more whose three principal axes (each with its voxel's extent) are within ``BLOB_AXES`` of
+   each other, when what it joins is darker or brighter than it (thick slices cut a sphere's inscribed
+   ball: a 25 mm lesion on 5 mm slices reads 0.64; vessel pieces' axes differ by 1.6 or more). A piece
    far from round (below 0.7) whose structure beyond has branch centres (its 98th percentile) as bright as
    it continues as a vessel too: a trunk cut by the field of view or by the organ's mask at the hilum,
    whose thinner branches partial volume darkens in bulk.
@@ -84,7 +87,13 @@ ordered by decreasing volume) of hypo- and/or hyper-dense regions:
 
 ``detect`` returns a :class:`~dicomnode.imaging.step.StepOutput`: the label map with the estimates
 ``organ_median``, ``organ_sigma``, ``threshold`` (the contrast threshold ``delta``), ``rejected``
-(candidates dropped, by reason) and ``surface_lesions`` (lesions found bulging the surface).
+(candidates dropped, by reason), ``surface_lesions`` (lesions found bulging the surface) and ``doubtful``:
+one sentence (joined by ``DOUBT_SEPARATOR``) per candidate of ``REPORT_MM`` (10 mm) or more whose shape is
+a lesion's (inscribed / equivalent diameter >= 0.6, axes within 1.5) but that was dropped for what it
+touches or where it lies (:data:`DOUBTFUL`: continues as a vessel, weak, cut by the field of view, metal
+streak) — its size, position and why. The pipeline runner turns each into a ``warn`` on the organ searched
+with the flag :data:`DOUBTFUL` names: a drop that could be a missed lesion is never silent. Drops for shape
+(small, rim, elongated, tubular, flat) are not named: those candidates are not lesion-shaped.
 """
 
 from __future__ import annotations
@@ -165,6 +174,8 @@ def detect(
         for reason, count in dict(more.get("rejected", {})).items():  # type: ignore[call-overload]
             rejected[reason] = rejected.get(reason, 0) + count
         estimates["rejected"] = rejected
+        estimates["doubtful"] = DOUBT_SEPARATOR.join(
+            d for d in (str(estimates.get("doubtful", "")), str(more.get("doubtful", ""))) if d)
         out, surface = _merge_surface(out, found)
     result = sitk.GetImageFromArray(out)
     result.CopyInformation(image)
@@ -360,6 +371,7 @@ def detect_in_region(
         log.debug("metal slices: gain %.2f, noise %.1f, threshold %.1f", gain, noise, delta_metal)
     level = threshold[:, None, None]
     rejected: dict[str, int] = {}
+    doubtful: list[str] = []  # round candidates of REPORT_MM or more dropped for what they touch or where
     kept: list[tuple[float, np.ndarray, bool]] = []
     for polarity in (("hypo", "hyper") if kind == "both" else (kind,)) if enclosed else ():
         passes = (residual < -level) if polarity == "hypo" else (residual > level)
@@ -408,6 +420,10 @@ def detect_in_region(
                         reason = "gallbladder"
             if reason:
                 rejected[reason] = rejected.get(reason, 0) + 1
+                if reason in DOUBTFUL:
+                    doubt = _doubtful(comp, box, spacing, image, polarity, reason)
+                    if doubt:
+                        doubtful.append(doubt)
                 log.debug("%s component of %d voxels rejected: %s at %s", polarity, int(comp.sum()), reason,
                           [b.start for b in box])
                 continue
@@ -446,7 +462,8 @@ def detect_in_region(
     result = sitk.GetImageFromArray(out)
     result.CopyInformation(image)
     estimates = {"organ_median": centre, "organ_sigma": sigma, "threshold": delta, "rejected": rejected,
-                 "surface_labels": tuple(float(v) for v in surface)}
+                 "surface_labels": tuple(float(v) for v in surface),
+                 "doubtful": DOUBT_SEPARATOR.join(doubtful)}
     return StepOutput(result, estimates)
 
 
@@ -536,6 +553,36 @@ def _surface_lesions(
         found.append(full)
         seen |= full
     return found
+
+
+REPORT_MM = 10.0  # a dropped candidate this wide or more whose shape is a lesion's is named in the organ's QC
+# why each such drop is a judgement (what the candidate touches or where it lies, not its shape), and the QC
+# flag that names it: a lesion there cannot be ruled out
+DOUBTFUL = {
+    "continues as a vessel": ("low_contrast", "it joins a vessel-like structure of similar contrast, as a "
+                              "piece of that vessel cut by the threshold would"),
+    "weak": ("low_contrast", "its contrast is barely above the search's threshold"),
+    "cut by the field of view": ("truncated", "it is cut by the edge of the images, so whether it goes on "
+                                 "as a vessel beyond them cannot be seen"),
+    "metal streak": ("metal", "it runs along a metal streak"),
+}
+DOUBT_SEPARATOR = "; "
+
+
+def _doubtful(comp: np.ndarray, box: tuple[slice, ...], spacing: tuple[float, ...], image: sitk.Image,
+              polarity: str, reason: str) -> str:
+    """The sentence naming a dropped candidate whose shape is a lesion's (at least ``REPORT_MM`` wide,
+    inscribed / equivalent diameter >= 0.6, its three axes within 1.5 of each other: a vessel piece is
+    longer), dropped for ``reason`` (one of :data:`DOUBTFUL`); '' for any other."""
+    volume = float(comp.sum()) * float(np.prod(spacing))
+    diameter = (6.0 * volume / math.pi) ** (1.0 / 3.0)
+    if diameter < REPORT_MM or _thickness(comp, spacing) < 0.6 * diameter or _axes(comp, spacing) > 1.5:
+        return ""
+    index = np.argwhere(comp).mean(axis=0) + np.asarray([b.start for b in box])
+    point = image.TransformContinuousIndexToPhysicalPoint(tuple(float(v) for v in index[::-1]))
+    kind = "hypodense" if polarity == "hypo" else "hyperdense"
+    return (f"a round {kind} candidate of {diameter:.0f} mm at ({point[0]:.0f}, {point[1]:.0f}, "
+            f"{point[2]:.0f}) mm (LPS) was not reported as a lesion: {DOUBTFUL[reason][1]} ({reason})")
 
 
 FLUID_HU = (-15.0, 20.0)  # bile and other water-density fluid (0-20 HU: water is 0 HU on every CT)
@@ -678,6 +725,12 @@ def _expand(mask: np.ndarray, factors: tuple[int, ...], shape: tuple[int, ...]) 
     return out[tuple(slice(0, n) for n in shape)]
 
 
+# thick slices cut a ball's inscribed diameter (a 25 mm sphere on 5 mm slices: 0.62-0.64):
+BLOB_ROUND = 0.6  # a piece this round whose three axes are within ``BLOB_AXES`` of each other (a ball; vessel
+BLOB_AXES = 1.35  # pieces cut by the threshold 1.6-2.5 on the real CT) is a lesion where what it joins is at
+# another level (not its own course), as one of ``Limits.round`` is
+
+
 @dataclass(frozen=True)
 class Limits:
     """Shape limits a lesion candidate must meet (see :meth:`reject`)."""
@@ -757,13 +810,14 @@ class Limits:
                 # is round (0.7-0.95); a round piece stays when it is very round or the structure beyond is
                 # darker than it (a fissure, a darker vessel: not its own course)
                 roundness = inscribed / max(diameter, 1e-6)
-                ball = diameter >= self.ball_mm and (
-                    roundness >= self.ball or (roundness >= self.round and peak > self.darker))
+                apart = peak > self.darker and (roundness >= self.round or (
+                    roundness >= BLOB_ROUND and _axes(comp, spacing) <= BLOB_AXES))
+                ball = diameter >= self.ball_mm and (roundness >= self.ball or apart)
                 if thick >= self.max_continuation * inscribed and peak >= self.same_contrast and not ball:
                     return "continues as a vessel"
                 # a piece far from round (a trunk cut by the field of view or by the organ's mask at the
                 # hilum) that goes on into branches whose centres are as bright as it is a vessel too
-                if roundness < self.round and thick >= self.max_continuation * inscribed and (
+                if not ball and roundness < self.round and thick >= self.max_continuation * inscribed and (
                         top >= self.same_contrast):
                     return "continues as a vessel"
         return ""
@@ -1083,6 +1137,17 @@ def _elongation(comp: np.ndarray, spacing) -> float:  # noqa: ANN001
     eig = np.sort(np.linalg.eigvalsh(np.cov(points.T)))[::-1]
     # a component flat in one axis (thick slices) has a ~0 minor axis: compare the two largest axes
     return float(math.sqrt(max(eig[0], 1e-9) / max(eig[1], 1e-9)))
+
+
+def _axes(comp: np.ndarray, spacing: tuple[float, ...]) -> float:
+    """The ratio of a component's longest to its shortest principal axis in 3-D, each axis's sampling
+    (a voxel's extent, ``spacing² / 12``) added to its variance so that thick slices do not make a ball
+    look flat: about 1 for a ball, 1.6 or more for a vessel piece."""
+    points = np.argwhere(comp) * np.asarray(spacing)
+    if len(points) < 5:
+        return float("inf")
+    eig = np.linalg.eigvalsh(np.cov(points.T) + np.diag(np.asarray(spacing, dtype=float) ** 2 / 12.0))
+    return float(math.sqrt(max(eig[-1], 1e-9) / max(eig[0], 1e-9)))
 
 
 def _like(array: np.ndarray, image: sitk.Image) -> sitk.Image:

@@ -214,6 +214,7 @@ def process_volume(spec: PipelineSpec, volume: Any, job: JobSpec) -> tuple[Any, 
     report, _ = assess(volume.array, volume.spacing, segments, is_ct=volume.modality == "CT",
                        axial_axis=axial_axis, absent=[d.structure for d in missing])
     report = with_lesion_search_limits(report, spec, run.estimates)
+    report = with_nodule_search_limits(report, spec, run.estimates)
     for warning in accepted.get("warnings", ()):  # about the whole image: every segment carries it
         report = report.warning_all(QCFlag.IMPLAUSIBLE_INTENSITY, warning)
     report = report.withhold(withheld_labels(spec, report)).with_not_found(
@@ -288,29 +289,68 @@ LESION_SEARCH_LIMIT_HU = 40.0
 def with_lesion_search_limits(report: Any, spec: PipelineSpec, estimates: Mapping[str, str]) -> Any:  # noqa: ANN401
     """``report`` with the organ searched by each ``lesions.detect`` step whose threshold exceeded
     :data:`LESION_SEARCH_LIMIT_HU` at least ``warn`` ``low_contrast``, saying so: 'no lesion' there does not
-    rule lesions out (a 30 HU-noise scan's 20-60 HU metastases were all missed with nothing said)."""
+    rule lesions out (a 30 HU-noise scan's 20-60 HU metastases were all missed with nothing said); and
+    at least ``warn`` with one reason (and the flag :data:`~dicomnode.imaging.lesions.DOUBTFUL` names) for
+    each round candidate the step dropped for what it touches or where it lies (its ``doubtful`` estimate:
+    a 25 mm lesion beside the portal vein was dropped as a piece of it, with nothing said)."""
+    from dicomnode.imaging.lesions import DOUBT_SEPARATOR, DOUBTFUL
     from dicomnode.imaging.qc import QCFlag, QCStatus
 
     segments = dict(report.segments)
     for step in spec.steps:
         if step.use != "lesions.detect":
             continue
+        host = dict(step.keyword_inputs).get("organ") or (step.inputs[1] if len(step.inputs) > 1 else None)
+        hosts = [d.label for d in spec.segments if d.source == host and not d.each and d.label in segments]
+        # round candidates the search dropped for what they touch or where they lie: named, never silent
+        doubtful = [d for d in estimates.get(f"{step.id}.doubtful", "").split(DOUBT_SEPARATOR) if d]
+        for label in hosts:
+            for doubt in doubtful:
+                flag = next((QCFlag(f) for reason, (f, _) in DOUBTFUL.items()
+                             if doubt.endswith(f"({reason})")), QCFlag.LOW_CONTRAST)
+                segments[label] = segments[label].adding(QCStatus.WARN, [flag], [
+                    f"In {label}, {doubt}; a lesion there is not ruled out."])
         try:
             threshold = float(estimates.get(f"{step.id}.threshold", "nan"))
         except ValueError:
             continue
         if not threshold > LESION_SEARCH_LIMIT_HU:
             continue
-        host = dict(step.keyword_inputs).get("organ") or (step.inputs[1] if len(step.inputs) > 1 else None)
         median = estimates.get(f"{step.id}.organ_median", "")
-        for declared in spec.segments:
-            if declared.source != host or declared.each or declared.label not in segments:
-                continue
+        for label in hosts:
+            declared = next(d for d in spec.segments if d.label == label)
             segments[declared.label] = segments[declared.label].adding(
                 QCStatus.WARN, [QCFlag.LOW_CONTRAST],
                 [f"Lesions were looked for in {declared.label} only where they differ from its "
                  f"{median} HU by more than {threshold:.0f} HU (the image's noise sets that threshold): "
                  "lesions of lower contrast are not found, and finding none does not rule them out."])
+    return replace(report, segments=segments)
+
+
+# the lungs a lung.nodules step searched, by the side its limits name (lung.search_limits)
+LUNG_SIDES = {"lung-right": "right", "lung-left": "left"}
+
+
+def with_nodule_search_limits(report: Any, spec: PipelineSpec, estimates: Mapping[str, str]) -> Any:  # noqa: ANN401
+    """``report`` with each lung searched by a ``lung.nodules`` step at least ``warn`` ``low_contrast`` for
+    every region of it the search cannot cover (``<step>.limit_<side>_<region>``: too thick slices, the
+    band against the mediastinum, the apex and diaphragm), each reason naming the region and the nodule
+    size it cannot promise there: a nodule missed there leaves a flag that explains it, not silence."""
+    from dicomnode.imaging.qc import QCFlag, QCStatus
+
+    segments = dict(report.segments)
+    for step in spec.steps:
+        if step.use != "lung.nodules":
+            continue
+        for declared in spec.segments:
+            side = LUNG_SIDES.get(declared.structure)
+            if side is None or declared.each or declared.label not in segments:
+                continue
+            prefix = f"{step.id}.limit_{side}_"
+            reasons = [text for key, text in estimates.items() if key.startswith(prefix)]
+            if reasons:
+                segments[declared.label] = segments[declared.label].adding(
+                    QCStatus.WARN, [QCFlag.LOW_CONTRAST], reasons)
     return replace(report, segments=segments)
 
 

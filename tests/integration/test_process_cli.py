@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -103,3 +104,20 @@ def test_mr_pixels_in_a_ct_header_are_refused_and_no_seg_is_written(tmp_path) ->
     assert not list(out.glob("*.dcm"))
     result = json.loads((out / "result.json").read_text())
     assert not result["ok"] and result["summary"]["refused"] and "do not look like CT" in result["error"]
+
+
+def test_a_chest_ct_is_refused_by_liver_ct_and_an_earlier_runs_files_are_named(tmp_path) -> None:
+    """lung1 is a chest CT whose lowest slice holds the liver's dome: liver-ct needs the abdomen below the
+    lung bases and refuses it by name; files left in the output folder by an earlier run are said to be
+    not this run's."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "seg.dcm").write_bytes(b"an earlier run's SEG")
+    run = dicomnode("process", "--pipeline", "liver-ct", str(shared_data("radiomics", "lung1-dicom")),
+                    "--output", str(out))
+    assert run.returncode == 2
+    assert re.search(r"Pipeline 'liver-ct' needs the abdomen in the images, but their content shows "
+                     r"neck \d+ mm, chest \d+ mm", run.stderr)
+    assert "still holds 1 .dcm file(s) of an earlier run (seg.dcm)" in run.stderr
+    result = json.loads((out / "result.json").read_text())
+    assert result["summary"]["refused"] and "needs the abdomen" in result["error"]

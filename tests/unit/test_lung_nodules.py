@@ -183,3 +183,96 @@ def test_no_lung_lesion_in_a_lesion_free_chest() -> None:
         assert [s.label for s in processed.segments] == ["Right lung", "Left lung"]
         right = next(s.mask for s in processed.segments if s.label == "Right lung")
         assert dice(right, ct.masks["lung-right"]) > 0.97  # the liver dome stays outside the lung
+
+
+# nodules where the search cannot promise to look (``lung.search_limits``), with one it must find: (where,
+# side, slice, radius mm, row fraction) — 5 mm on the left chest wall (4 mm wide on a 5 mm slice), 10 mm
+# on the right chest wall near the apex (the lung above it ends), 12 mm against the left mediastinum (mostly
+# outside the lung's contour), 8 mm on the left diaphragm dome, and 8 mm deep in the right upper lobe
+LIMITED = (("pleura", "left", 12, 2.5, 0.5), ("pleura", "right", 40, 5.0, 0.5),
+           ("mediastinum", "left", 20, 6.0, 0.3), ("diaphragm", "left", 2, 4.0, 0.5),
+           ("parenchyma", "right", 40, 4.0, 0.5))
+
+
+@pytest.fixture(scope="module")
+def at_the_limits(lung1):  # noqa: ANN001, ANN201
+    """lung1 with the nodules of :data:`LIMITED` inserted, processed once: (volume, truths, processed,
+    summary); ``truths`` maps each of :data:`LIMITED` to its truth and ``"tumour"`` to the reference."""
+    volume, tumour = lung1
+    array, truths = volume.array, {}
+    space = variants.lung_space(volume.array)
+    for seed, nodule in enumerate(LIMITED):
+        where, side, index, radius, rows = nodule
+        centre = variants.nodule_site(array, volume.spacing, where=where, side=side, slice_index=index,
+                                      radius_mm=radius, row_fraction=rows, space=space)
+        array, truths[nodule] = variants.insert_nodule(array, volume.spacing, centre, radius, seed=seed,
+                                                       space=space)
+    variant = replace(volume, array=array)
+    spec = JobSpec("t", "lung-ct", {}, (), "o")
+    processed, summary = process_volume(get_pipeline("lung-ct"), variant, spec)
+    return variant, {**truths, "tumour": tumour}, processed, summary
+
+
+def test_a_missed_nodule_lies_where_the_lungs_qc_says_the_search_cannot_look(at_the_limits) -> None:  # noqa: ANN001
+    """No silent miss: every inserted nodule is a lesion, or the QC of its lung warns with a reason whose
+    region (``lung.nodule_search_limits``: thick slices, the mediastinal band, the apex and diaphragm) holds
+    at least half of it and whose size bound exceeds its size. The deep 8 mm nodule lies in no such region
+    at its size: it must be found."""
+    from dicomnode.imaging.organs.lung import nodule_search_limits
+
+    volume, truths, processed, summary = at_the_limits
+    lesions = [s for s in processed.segments if s.category == "lesion"]
+    organs = [s for s in processed.segments if s.category == "organ"]
+    image = volume.to_sitk()
+    lungs = sitk.GetImageFromArray(np.logical_or.reduce([s.mask for s in organs]).astype(np.uint8))
+    lungs.CopyInformation(image)
+    limits = nodule_search_limits(image, lungs)
+    assert {(limit.side, limit.region) for limit in limits} == {
+        (side, region) for side in ("right", "left") for region in ("slices", "mediastinum", "surface")}
+    missed = []
+    for nodule, truth in truths.items():
+        if any((s.mask & truth).any() for s in lesions) or nodule == "tumour":
+            continue
+        where, side, _, radius, _ = nodule
+        missed.append(where)
+        verdict = summary["qc"]["segments"][f"{side.capitalize()} lung"]
+        assert verdict["status"] == "warn" and "low_contrast" in verdict["flags"], verdict
+        explaining = [limit for limit in limits if limit.side == side and limit.mask[truth].mean() >= 0.5
+                      and 2.0 * radius < limit.below_mm and limit.reason in verdict["reasons"]]
+        assert explaining, f"{nodule} was missed and no QC reason of the {side} lung explains it"
+    assert "parenchyma" not in missed
+    assert any((s.mask & truths["tumour"]).any() for s in lesions)
+    assert all(any((s.mask & t).any() for t in truths.values()) for s in lesions)  # no false lesion
+
+
+def test_the_search_limits_follow_the_slices_and_the_lungs_borders() -> None:
+    """Two box lungs: on 1 mm slices no thickness limit; on 5 mm slices nodules under √(5² + 4²) = 6.4 mm
+    may be missed; the mediastinal band lies along each lung's medial side only, the surface region within
+    10 mm of its top and bottom only; the runner puts each reason on its own lung as ``warn low_contrast``."""
+    from dicomnode.imaging.organs.lung import _PlaneCoordinates, search_limits
+    from dicomnode.imaging.qc import QCReport, SegmentQC
+    from dicomnode.pipelines.runner import with_nodule_search_limits
+
+    outline = np.zeros((40, 60, 100), dtype=bool)
+    outline[5:35, 10:50, 10:40] = True  # right lung (−x)
+    outline[5:35, 10:50, 60:90] = True  # left lung
+    image = sitk.GetImageFromArray(np.zeros(outline.shape, dtype=np.float32))
+    plane = _PlaneCoordinates(image, tuple(slice(0, n) for n in outline.shape))
+    thin = search_limits(outline, (1.0, 1.0, 1.0), plane, 49.5, 4.0)
+    assert {(limit.side, limit.region) for limit in thin} == {
+        (side, region) for side in ("right", "left") for region in ("mediastinum", "surface")}
+    thick = {(limit.side, limit.region): limit for limit in search_limits(outline, (5.0, 1.0, 1.0), plane,
+                                                                          49.5, 4.0)}
+    assert thick["left", "slices"].below_mm == pytest.approx(6.4, abs=0.05)
+    band = thick["left", "mediastinum"].mask
+    assert band[20, 30, 60:70].all() and not band[20, 30, 71:].any() and not band[:, :, :50].any()
+    surface = thick["right", "surface"].mask  # 2 slices of 5 mm at the top and at the bottom
+    assert surface[[5, 6, 33, 34], 30, 20].all() and not surface[7:33, 30, 20].any()
+    estimates = {f"nodules.limit_{limit.side}_{limit.region}": limit.reason for limit in thick.values()}
+    report = QCReport({"Right lung": SegmentQC(), "Left lung": SegmentQC(), "Lesion 1": SegmentQC()})
+    warned = with_nodule_search_limits(report, get_pipeline("lung-ct"), estimates)
+    assert warned.segments["Lesion 1"] == SegmentQC()
+    left = warned.segments["Left lung"]
+    assert left.status == QCStatus.WARN and left.flags == (QCFlag.LOW_CONTRAST,)
+    assert sorted(left.reasons) == sorted(v.reason for (side, _), v in thick.items() if side == "left")
+    assert all("left lung" in reason for reason in left.reasons)

@@ -113,7 +113,7 @@ def test_refused_input_fails_the_job_with_its_reason_once_and_sends_nothing(tmp_
     db = Database(tmp_path / "db.sqlite3")
     processing = Processing(_config(tmp_path), db, executor=LocalExecutor(1, 120, 1), audit=AuditTrail(db))
     processing.start()
-    try:  # 3 slices (3 mm) of lung bases: lung-ct needs at least 20 mm of chest
+    try:  # 3 slices (3 mm) of lung bases: lung-ct's 3-D filters need at least 4 slices
         processing.submit(_spec(tmp_path, "job-refused", pipeline="lung-ct"))
         wait_until(lambda: processing.jobs.get("job-refused").state == "failed", "job job-refused failed",
                    timeout=120)
@@ -122,7 +122,7 @@ def test_refused_input_fails_the_job_with_its_reason_once_and_sends_nothing(tmp_
         processing.stop()
     record = processing.jobs.get("job-refused")
     assert record.attempt == 1  # a refusal is not retried: the same input is refused again
-    assert "Pipeline 'lung-ct' needs the chest in the images (at least 20 mm), but their content shows " \
-           "chest 3 mm" in record.error
+    assert "Pipeline 'lung-ct' works on volumes of at least 4 slices, but the series has 3 along one axis " \
+           "(3.0 mm; 512x512x3 voxels): too thin to segment or measure." in record.error
     assert Outbox(db, _config(tmp_path).outbox).list() == []
     assert not list((tmp_path / "jobs" / "job-refused").glob("*.dcm"))

@@ -16,6 +16,8 @@ Steps (``lung.*`` in ``lung-ct.yaml``), on the working grid (float32 HU, uint8 m
 from __future__ import annotations
 
 import logging
+import math
+from dataclasses import dataclass, replace
 
 import numpy as np
 import SimpleITK as sitk
@@ -28,7 +30,7 @@ from dicomnode.errors import ImagingError
 from dicomnode.imaging.grid import array_of, image_like
 from dicomnode.imaging.morphology import closing, dilate, erode, fill_holes, opening
 from dicomnode.imaging.organs.common import physical_axes
-from dicomnode.imaging.step import StepOutput, step
+from dicomnode.imaging.step import Estimate, StepOutput, step
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +200,9 @@ def _fill_enclosed(lung: np.ndarray) -> np.ndarray:
     touching a vessel is a hole in its slices but not in 3-D)."""
     filled = ndimage.binary_fill_holes(lung)
     holes = fill_holes(filled, slicewise=True) & ~filled
-    return filled | _capped(holes, filled) if holes.any() else filled
+    # on the first and last slice the continuation is unknown: a hole there (the diaphragm dome in the lung
+    # base's ring on the lowest slice) must be capped by lung on the side the images show
+    return filled | _capped(holes, filled, edges=False) if holes.any() else filled
 
 
 def _bulges(lung: np.ndarray, allowed: np.ndarray, spacing: tuple[float, ...], depth_mm: float,
@@ -271,7 +275,7 @@ def envelope(
         lateral = xx <= border if value == 1 else xx >= border
         added = closed & ~filled & (lab == 0) & lateral
         if added.any():
-            added = _capped(added, filled)
+            added = _capped(added, filled, edges=False)
         if bulge_mm > 0:
             bulges, inside = _bulges(filled, lateral & (lab == 0), spacing, bulge_mm, x, y,
                                      -1.0 if value == 1 else 1.0)
@@ -513,6 +517,144 @@ def _subsolid(values: np.ndarray, outline: np.ndarray, solid: np.ndarray, parenc
     return found
 
 
+@dataclass(frozen=True)
+class SearchLimit:
+    """A region of one lung where :func:`nodules` cannot promise to find nodules of ``min_diameter_mm``:
+    ``side`` (right, left), ``region`` (``slices``: the whole lung, too thick slices; ``mediastinum``: the
+    band along the lung's medial border; ``surface``: the apex and the diaphragm, where the pleura runs
+    across the slices), ``reason`` (one sentence for the lung's QC), ``mask`` (where, on the array the
+    search ran on) and ``below_mm``: nodules under this diameter may be missed there (``inf``: any)."""
+
+    side: str
+    region: str
+    reason: str
+    mask: np.ndarray
+    below_mm: float = math.inf
+
+
+def search_limits(outline: np.ndarray, spacing: tuple[float, ...], plane: _PlaneCoordinates, midline: float,
+                  min_diameter_mm: float, *, band_mm: float = 10.0, surface_mm: float = 10.0,
+                  ) -> list[SearchLimit]:
+    """Where the nodule search of each lung (``outline``: the envelope carried out to the pleural line, the
+    only place solid is looked for) cannot see a nodule of ``min_diameter_mm``, so that 'no nodule' is not
+    read as 'none there':
+
+    * ``slices`` — slices thicker than the nodule: a nodule of diameter ``d`` centred on the boundary
+      between two slices of thickness ``t`` fills each voxel of its axis only half, and at ``2 mm`` from
+      its axis (the opening that keeps ``min_diameter_mm`` blobs) under half unless ``d ≥ √(t² + m²)``
+      (``m`` = ``min_diameter_mm``); named where that exceeds ``m`` by 1 mm or more (3 mm slices);
+    * ``mediastinum`` — within ``band_mm`` of the lung's medial border on each image row: the envelope
+      never reaches medially past it (the hilum and mediastinum stay out), so a nodule lying mostly outside
+      the lung's contour there is not found, whatever its size;
+    * ``surface`` — within ``surface_mm`` (at least one slice) of where the lung ends above or below
+      (apex, diaphragm domes, the images' first and last slice): the pleural line is carried across an
+      indentation only where lung caps it above and below, so a nodule sitting on the pleura there stays
+      outside the contour or merges with the dome under it, whatever its size (lung1's domes: 8, 16 and
+      20 mm nodules missed, a 10 mm one found)."""
+    thickness, d = float(spacing[0]), float(min_diameter_mm)
+    guaranteed = float(np.hypot(thickness, d))
+    n = max(1, int(np.ceil(surface_mm / thickness - 1e-6)))
+    column = np.ones((2 * n + 1, 1, 1), dtype=bool)  # n slices above and below
+    surface = outline & ~ndimage.binary_erosion(outline, column, border_value=0)
+    limits: list[SearchLimit] = []
+    for side, sign in (("right", -1.0), ("left", 1.0)):
+        lung = np.zeros(outline.shape, dtype=bool)
+        band = np.zeros(outline.shape, dtype=bool)
+        for k in np.flatnonzero(outline.any(axis=(1, 2))):
+            x_k, _ = plane.on_slice(int(k), outline[k].shape)
+            lateral = sign * (x_k - midline)
+            lung[k] = outline[k] & (lateral > 0)
+            border = np.where(lung[k], lateral, np.inf).min(axis=1, keepdims=True)
+            band[k] = lung[k] & (lateral - border <= band_mm)
+        if not lung.any():
+            continue
+        if guaranteed >= d + 1.0:
+            limits.append(SearchLimit(side, "slices", (
+                f"Nodules under {guaranteed:.1f} mm across may be missed anywhere in the {side} lung: on "
+                f"these {thickness:.1f} mm slices a nodule lying across two slices is averaged with the lung "
+                "around it and reads below the solid threshold."), lung, guaranteed))
+        if band.any():
+            limits.append(SearchLimit(side, "mediastinum", (
+                f"Against the mediastinum and hilum (within {band_mm:.0f} mm of the {side} lung's medial "
+                "border) nodules are looked for only inside the lung's contour: one is found only where at "
+                f"least {d:.0f} mm of it bulges into the lung; one lying mostly outside the contour is not "
+                "found, whatever its size."), band))
+        on_surface = surface & lung
+        if on_surface.any():
+            limits.append(SearchLimit(side, "surface", (
+                f"At the apex and over the diaphragm (within {n * thickness:.0f} mm of where the {side} lung "
+                "ends above or below, or of the images' first or last slice) nodules are looked for only "
+                "where lung surrounds them on the slices above and below: one sitting on the diaphragm or "
+                "against the apex may be missed, whatever its size."), on_surface))
+    return limits
+
+
+@dataclass(frozen=True)
+class _SearchSpace:
+    """Where :func:`nodules` looks, on the box around the envelope: the envelope (``inside``), the image
+    (``values``), the parenchyma's mode and the solid threshold, patient coordinates, the midline between
+    the lungs and the lung's outline carried out to the pleural line (``outline``)."""
+
+    spacing: tuple[float, ...]
+    box: tuple[slice, ...]
+    lo: np.ndarray
+    inside: np.ndarray
+    values: np.ndarray
+    parenchyma: float
+    level: float
+    plane: _PlaneCoordinates
+    midline: float
+    outline: np.ndarray
+
+
+def _search_space(image: sitk.Image, lungs: sitk.Image, *, soft_tissue_hu: float, rim_mm: float,
+                  outline_mm: float) -> _SearchSpace | None:
+    array, spacing = array_of(image)
+    envelope_mask = sitk.GetArrayFromImage(lungs) > 0
+    if not envelope_mask.any():
+        return None
+    idx = np.argwhere(envelope_mask)
+    lo, hi = idx.min(axis=0), idx.max(axis=0) + 1
+    # room around the envelope for its outline carried out to the pleural line
+    margin = [0, *(int(np.ceil(rim_mm / sp)) + 1 for sp in spacing[1:])]
+    lo, hi = np.maximum(lo - margin, 0), np.minimum(hi + margin, envelope_mask.shape)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+    inside, values = envelope_mask[box], array[box]
+    air = values[inside & (values < -500)]
+    if air.size < 100:
+        return None
+    hist, edges = np.histogram(air, bins=np.arange(-1000, -496, 4))
+    parenchyma = float(edges[int(np.argmax(ndimage.gaussian_filter1d(hist.astype(float), 2)))] + 2)
+    level = min(max((parenchyma + soft_tissue_hu) / 2.0, -600.0), -250.0)
+    plane = _PlaneCoordinates(image, box)
+    lung_x = plane.x(np.argwhere(inside))
+    midline = float(lung_x.min() + lung_x.max()) / 2.0
+    outline = _outline_closed(inside, values < level, outline_mm, spacing, rim_mm, plane, midline)
+    return _SearchSpace(spacing, box, lo, inside, values, parenchyma, level, plane, midline, outline)
+
+
+def nodule_search_limits(image: sitk.Image, lungs: sitk.Image, *, min_diameter_mm: float = 4.0,
+                         soft_tissue_hu: float = 40.0, rim_mm: float = 3.0, outline_mm: float = 5.0,
+                         reach_mm: float = 10.0) -> list[SearchLimit]:
+    """:func:`search_limits` of the search :func:`nodules` runs with these parameters, each mask on the
+    whole image's array and widened, on each slice, by what lies within ``reach_mm`` of it outside the
+    lung's contour on the same side of the midline (a nodule the search missed there lies partly or
+    wholly outside the contour: against the mediastinum, on the apex or the dome)."""
+    space = _search_space(image, lungs, soft_tissue_hu=soft_tissue_hu, rim_mm=rim_mm, outline_mm=outline_mm)
+    if space is None:
+        return []
+    shape = space.outline.shape
+    x = np.stack([space.plane.on_slice(k, shape[1:])[0] for k in range(shape[0])])
+    limits = []
+    for limit in search_limits(space.outline, space.spacing, space.plane, space.midline, min_diameter_mm):
+        sign = -1.0 if limit.side == "right" else 1.0
+        near = dilate(limit.mask, reach_mm, space.spacing, slicewise=True) & ~space.outline
+        full = np.zeros(lungs.GetSize()[::-1], dtype=bool)
+        full[space.box] = limit.mask | (near & (sign * (x - space.midline) > 0))
+        limits.append(replace(limit, mask=full))
+    return limits
+
+
 @step("lung.nodules")
 def nodules(
     image: sitk.Image,
@@ -544,28 +686,13 @@ def nodules(
     (darker than ``lumen_hu``; parenchyma never is), is a bronchus not removed as airway: rejected too.
     A blob on the envelope's edge is carried out to the pleural line in the images' resolution
     (:func:`_to_pleura`, within ``rim_mm``)."""
-    array, spacing = array_of(image)
-    envelope_mask = sitk.GetArrayFromImage(lungs) > 0
-    empty = StepOutput(image_like(np.zeros(envelope_mask.shape), image, np.uint8), {"nodules": 0})
-    if not envelope_mask.any():
+    empty = StepOutput(image_like(np.zeros(lungs.GetSize()[::-1]), image, np.uint8), {"nodules": 0})
+    space = _search_space(image, lungs, soft_tissue_hu=soft_tissue_hu, rim_mm=rim_mm, outline_mm=outline_mm)
+    if space is None:
         return empty
-    idx = np.argwhere(envelope_mask)
-    lo, hi = idx.min(axis=0), idx.max(axis=0) + 1
-    # room around the envelope for its outline carried out to the pleural line
-    margin = [0, *(int(np.ceil(rim_mm / sp)) + 1 for sp in spacing[1:])]
-    lo, hi = np.maximum(lo - margin, 0), np.minimum(hi + margin, envelope_mask.shape)
-    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
-    inside, values = envelope_mask[box], array[box]
-    air = values[inside & (values < -500)]
-    if air.size < 100:
-        return empty
-    hist, edges = np.histogram(air, bins=np.arange(-1000, -496, 4))
-    parenchyma = float(edges[int(np.argmax(ndimage.gaussian_filter1d(hist.astype(float), 2)))] + 2)
-    level = min(max((parenchyma + soft_tissue_hu) / 2.0, -600.0), -250.0)
-    plane = _PlaneCoordinates(image, box)
-    lung_x = plane.x(np.argwhere(inside))
-    midline = float(lung_x.min() + lung_x.max()) / 2.0
-    outline = _outline_closed(inside, values < level, outline_mm, spacing, rim_mm, plane, midline)
+    spacing, box, lo, inside, values = space.spacing, space.box, space.lo, space.inside, space.values
+    parenchyma, level, plane, midline, outline = (space.parenchyma, space.level, space.plane, space.midline,
+                                                  space.outline)
     solid = outline & (values > level)
     radius = min_diameter_mm / 2.0
     core = opening(solid, radius, spacing)
@@ -649,9 +776,13 @@ def nodules(
             found.append((float(merged.sum()) * float(np.prod(spacing)), merged, False))
     for n_, (_, full, _) in enumerate(sorted(found, key=lambda f: -f[0]), start=1):
         out[full & (out == 0)] = n_
-    result = np.zeros(envelope_mask.shape, dtype=np.uint8)
+    result = np.zeros(lungs.GetSize()[::-1], dtype=np.uint8)
     result[box] = np.minimum(out, 255)
     log.info("lung nodules: %d found (solid above %.0f HU; rejected %s)", len(found), level, rejected)
-    return StepOutput(image_like(result, image, np.uint8), {"solid_threshold": level, "nodules": len(found),
-                                             "rejected": rejected})
+    count = len(found)
+    del labels, trees, core, thick, deep, solid, found, out
+    estimates: dict[str, Estimate] = {"solid_threshold": level, "nodules": count, "rejected": rejected}
+    for limit in search_limits(outline, spacing, plane, midline, min_diameter_mm):
+        estimates[f"limit_{limit.side}_{limit.region}"] = limit.reason
+    return StepOutput(image_like(result, image, np.uint8), estimates)
 
