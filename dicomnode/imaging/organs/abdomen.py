@@ -1214,6 +1214,8 @@ def segment_organs(image: sitk.Image, body: sitk.Image, liver: sitk.Image | None
 
 #: Vessels refined on the source grid (:func:`vessels_on_source`): label value → name.
 SOURCE_VESSELS = {LABELS["aorta"]: "aorta", LABELS["ivc"]: "ivc"}
+#: Blood above this is contrast-enhanced (unenhanced blood lies at 30-70 HU on any CT).
+CONTRAST_BLOOD_HU = 80.0
 
 
 @step("abdomen.vessels_on_source")
@@ -1250,9 +1252,10 @@ def refine_vessel(
     within that reach join it (the reference draws the wall). Spurs thinner than ``opening_mm`` leave (a
     branch's origin, the partial volume towards the vertebra). A slice that would keep nothing keeps its
     contour; a vessel whose lumen stands out from the ring around it by less than max(3 × its noise, 30 HU)
-    is left as it is, and so is its contour where the local level around it lies within max(2 × its noise,
-    20 HU) of the lumen's (isodense tissue against it, or brighter tissue, which counts at the lumen's level:
-    no border in the image)."""
+    is left as it is, as is one without contrast (lumen under :data:`CONTRAST_BLOOD_HU`), and so is its
+    contour where the local level around it lies within max(3 × its noise, 30 HU) of the lumen's
+    (isodense tissue against it, or brighter tissue, which counts at the lumen's level: no border in the
+    image)."""
     vessel = labels == value
     if not vessel.any():
         return
@@ -1266,8 +1269,8 @@ def refine_vessel(
     noise = 1.4826 * float(np.median(np.abs(values[core] - lumen)))
     fatty = values[(values >= -200.0) & (values <= -30.0)]
     fat = float(np.median(fatty)) if fatty.size >= 50 else -100.0
-    if lumen - fat < 60.0:  # no lumen brighter than its surroundings to draw a border on
-        return
+    if lumen < CONTRAST_BLOOD_HU:  # (unenhanced blood, 30-60 HU: its border against muscle and bowel of its
+        return  # own level is not in the image; the working grid's contour stays and QC judges it)
     clipped = np.clip(values, fat, lumen)
     ring = dilate_mm(own, 5.0, spacing, slicewise=True) & ~dilate_mm(own, 2.0, spacing, slicewise=True)
     if not ring.any() or lumen - float(np.median(clipped[ring])) < max(3.0 * noise, 30.0):
@@ -1291,7 +1294,7 @@ def refine_vessel(
     free = (sub == 0) | (sub == LABELS["liver"]) | own
     # where the lumen stands out from what lies around it; elsewhere (isodense tissue against it, a native
     # vessel beside muscle) there is no border in the image and the contour stays as it was
-    edge = lumen - around >= max(2.0 * noise, 20.0)
+    edge = lumen - around >= max(3.0 * noise, 30.0)
     candidate = (own & ~edge) | (reach & free & ~blocked & edge & (values >= level))
     if opening_mm > 0:  # (thin spurs: a branch's origin, the partial volume towards the vertebra)
         ry, rx = int(opening_mm / sy), int(opening_mm / sx)
