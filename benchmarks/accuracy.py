@@ -33,7 +33,9 @@ Cases (every one runs the whole pipeline through ``process_volume``, as the node
   its adult size in patient coordinates, chest above, psoas, bowel and pelvis below) — plus a
   lesion-free case and one with a gallbladder (bile at water density under the liver: not a lesion).
   Every phantom has an IVC (``ivc=True``: blood of the phase beside the right crus, through the liver's
-  bare area).
+  bare area). The ``stomach-*`` cases add a stomach (``stomach=``: gas over a water level, water only,
+  positive oral contrast, empty and collapsed; in the native and arterial phases, prone, feet first, as
+  coronal and sagittal stacks, a child, without fat planes); in the others a stomach sent is a false one.
   Lesion rows report lesions found / expected (≥ 10 mm, at least partly inside the field of view; those
   a cropped field of view misses whole are counted apart, and so are those of which it holds only a cap
   narrower than 10 mm: a lesion under 10 mm need not be found) and false ones; the real liver of
@@ -71,7 +73,7 @@ SEGMENT_OF = {  # our segment label -> (reference label value in the TotalSegmen
 }
 PHANTOM_TRUTH = {
     "Liver": "liver", "Spleen": "spleen", "Right kidney": "kidney-right", "Left kidney": "kidney-left",
-    "Aorta": "aorta", "Inferior vena cava": "ivc",
+    "Aorta": "aorta", "Inferior vena cava": "ivc", "Stomach": "stomach",
 }
 
 
@@ -519,6 +521,20 @@ PHANTOM_MATRIX: dict[str, dict] = {
     "noise-seed-3": {"seed": 3},
     # organs touching each other without a fat plane between them (a thin patient)
     "no-fat-planes": {"fat_planes": False},
+    # a stomach (tests/phantoms.py): gas over a fluid level, fluid only (no gas), positive oral contrast,
+    # empty and collapsed (a thick wall round a slit); in other phases, positions, orientations and a child
+    "stomach-gas-fluid": {"stomach": "gas-fluid"},
+    "stomach-fluid": {"stomach": "fluid"},
+    "stomach-contrast": {"stomach": "contrast"},
+    "stomach-empty": {"stomach": "empty"},
+    "stomach-fluid-native": {"stomach": "fluid", "phase": "native"},
+    "stomach-contrast-arterial": {"stomach": "contrast", "phase": "arterial"},
+    "stomach-gas-fluid-prone": {"stomach": "gas-fluid", "_position": "prone"},
+    "stomach-fluid-feet-first": {"stomach": "fluid", "_position": "feet-first"},
+    "stomach-gas-fluid-coronal": {"stomach": "gas-fluid", "_reslice": "coronal"},
+    "stomach-contrast-sagittal": {"stomach": "contrast", "_reslice": "sagittal"},
+    "stomach-fluid-child": {"stomach": "fluid", "body_scale": 0.7},
+    "stomach-fluid-no-fat-planes": {"stomach": "fluid", "fat_planes": False},
 }
 QUICK = ("base", "fatty-liver", "lesion-free")
 

@@ -14,7 +14,7 @@ receives one object of ``--big-gb`` GB (a multi-frame Secondary Capture whose pi
 
 The instances are generated CT slices (tests/factories.py: a synthetic water phantom, Explicit VR LE,
 ~0.5 MB each). storescp runs with ``+B`` (bit-preserving, no fsync; ``--fork`` for concurrent
-associations); dicomnode runs with its defaults (every instance durable before Success: one fdatasync into
+associations); dicomnode runs with its defaults (every instance durable before Success: one commit into
 the receive journal), as ``dicomnode -j`` with ``storage.journal.enabled: false`` (fsync of every file and
 directory before Success; ``--journal`` picks), and with more than one association also with
 ``node.receivers`` (``--receivers``). Each rep runs every receiver and the two floors (the durability work
@@ -304,7 +304,7 @@ def big_case(work: Path, gigabytes: float) -> str:
 # where an association thread's sample goes: the first of these found in its stack (py-spy raw format)
 PROFILE_SHARES = (
     ("index commit", ("IndexWriterLock.held", "Ingest.commit_row", "Ingest._commit", "_Forwarder.index_row")),
-    ("record fdatasync", ("Journal.commit",)), ("journal record", ("Journal.append",)),
+    ("record commit", ("Journal.commit",)), ("journal record", ("Journal.append",)),
     ("link/close", ("Spool._publish", "PartFile.close", "_series_dir")), ("open .part", ("open_part",)),
     ("write .part", ("PartFile.write",)), ("dataset walker", ("walker.py",)),
     ("waiting for the sender", ("wire.py",)), ("command/response", ("command.py", "_reply")),

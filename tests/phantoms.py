@@ -72,6 +72,8 @@ IVC_HU: dict[str, tuple[float, float]] = {"native": (40.0, 40.0), "arterial": (5
                                           "portal": (130.0, 130.0)}
 # the standard layout's half length: lung bases, liver, spleen and upper kidneys of the 200 mm phantom
 STANDARD_HALF_LENGTH_MM = 97.5
+# the stomach's contents (:func:`make_ct_phantom` ``stomach``): water, positive oral contrast, mucus
+STOMACH_CONTENTS_HU: dict[str, float] = {"gas-fluid": 10.0, "fluid": 10.0, "contrast": 300.0, "empty": 20.0}
 
 
 @dataclass(frozen=True)
@@ -195,6 +197,7 @@ def make_ct_phantom(
     z_centre_mm: float | None = None,
     gallbladder: bool = False,
     ivc: bool = False,
+    stomach: str | None = None,
 ) -> Phantom:
     """An abdomen + lung-base CT phantom centred in a FOV of ``shape × spacing`` (body ~300 × 220 mm).
 
@@ -216,7 +219,14 @@ def make_ct_phantom(
     midline and 14 mm in front of the vertebral body (beside the right crus, 13 mm right of the aorta), from
     the iliac confluence (a long field of view; else the FOV's bottom) up through the liver's bare area
     behind the caudate lobe, where the hepatic veins join it, to the right atrium 20 mm above the right lung
-    base; blood of the phase (:data:`IVC_HU`: unenhanced below the renal veins in the arterial phase)."""
+    base; blood of the phase (:data:`IVC_HU`: unenhanced below the renal veins in the arterial phase).
+
+    ``stomach`` adds a stomach (mask ``stomach``: wall and contents) in the left upper quadrant under the left
+    hemidiaphragm, in front of and medial to the spleen, left of the aorta, against the liver's left lobe
+    (the other organs' masks are unchanged: it fills what they leave): ``"gas-fluid"`` (water with gas
+    floating in front of a horizontal level, the patient supine), ``"fluid"`` (water, no gas), ``"contrast"``
+    (positive oral contrast, 300 HU) or ``"empty"`` (collapsed: a 10 mm wall round a slit of mucus); the wall
+    is 4 mm of the phase's bowel wall (:data:`STOMACH_CONTENTS_HU`)."""
     if phase not in PHASE_HU:
         raise ValueError(f"Unknown phase '{phase}'; expected one of {sorted(PHASE_HU)}.")
     hu = dict(PHASE_HU[phase])
@@ -283,6 +293,18 @@ def make_ct_phantom(
             tree |= _capsule(zz, yy, xx, a, b, radius)
         tree &= liver
         portal |= tree
+    gastric = lumen_g = gas_g = np.zeros(shape, dtype=bool)
+    if stomach is not None:
+        if stomach not in STOMACH_CONTENTS_HU:
+            raise ValueError(f"Unknown stomach '{stomach}'; expected one of {sorted(STOMACH_CONTENTS_HU)}.")
+        centre = (62.0, -40.0, -0.05 * zmax)
+        radii = (20.0, 13.0, 0.2 * zmax + 5) if stomach == "empty" else (32.0, 27.0, 0.25 * zmax + 5)
+        gastric = _ellipsoid(zz, yy, xx, centre, radii) & inner
+        gastric &= ~(liver | spleen | kidney_l | kidney_r | aorta | spine | vena | gall | lung_l | lung_r)
+        wall_mm = 9.0 if stomach == "empty" else 4.0
+        lumen_g = ndimage.distance_transform_edt(gastric, sampling=spacing) > wall_mm * body_scale
+        if stomach == "gas-fluid":  # gas floats in front of a horizontal level (supine)
+            gas_g = lumen_g & np.broadcast_to(yy < centre[1] - 6.0, shape)
     # ribs: small bony ellipses along the wall on every slice (down to the kidneys' level)
     ribs = np.zeros(shape, dtype=bool)
     rib_bottom = -130.0 if anatomical else -1e6
@@ -340,6 +362,7 @@ def make_ct_phantom(
         inside_wall = _ellipsoid(zz, yy, xx, (0, 0, 0), (126, 86, 1e6)) & full
         clean[inner & ~inside_wall] = hu["muscle"]
         organs = liver | spleen | kidney_r | kidney_l | aorta | spine | heart | psoas | bowel | bladder | vena
+        organs = organs | gastric
         around = ndimage.distance_transform_edt(~organs, sampling=spacing) <= 6.0
         retro = (yy > 25.0) & full
         clean[inside_wall & (around | retro) & ~organs] = -90.0
@@ -362,6 +385,10 @@ def make_ct_phantom(
     clean[lumen] = 15.0
     clean[gas] = -1000.0
     clean[bladder] = 10.0
+    if stomach is not None:
+        clean[gastric] = BOWEL_WALL_HU[phase]
+        clean[lumen_g] = STOMACH_CONTENTS_HU[stomach]
+        clean[gas_g] = -1000.0
     clean[spine | ribs | pelvis] = 650.0
 
     lesion_labels = np.zeros(shape, dtype=np.int16)
@@ -430,6 +457,7 @@ def make_ct_phantom(
         "lesions": lesion_labels > 0,
         "metal": metal_mask,
         "gallbladder": gall,
+        "stomach": gastric,
     }
     return Phantom(
         image=image,

@@ -92,6 +92,13 @@ VESSEL_PIXELS = 7.0  # (misplacing a third of a pixel on average there costs a D
 # adult's, 26 mm, is 0.91)
 WORKING_GRID_MM = 2.0
 VESSEL_WORKING_PIXELS = 10.0
+# the stomach: its wall and contents with some gas on top; a contour mostly of gas holds its gas pocket only
+STOMACH_GAS_FRACTION = 0.5
+STOMACH_WALL_HU = (-30.0, 150.0)  # its wall (and water, food) between fat and oral contrast
+STOMACH_WALL_FRACTION = 0.1  # of its voxels, at least: a wall round oral contrast
+STOMACH_WALL_MM = 5.0  # its wall's depth inside its contour, where a neighbour's level is no spill
+STOMACH_SPILL_ML = 5.0  # a neighbour organ's tissue deeper inside the contour than its wall: a spill
+STOMACH_SPILL_FRACTION = 0.1  # (and this share of the contour)
 
 
 @dataclass(frozen=True)
@@ -144,7 +151,8 @@ PRIORS: dict[str, OrganPrior] = {
     # the stomach is its wall and contents (water, food, oral contrast) with some gas on top: a contour on
     # the gas alone (median near -1000 HU; the gas pocket the competition seeds from, or colon gas below it)
     # is not the stomach
-    "stomach": OrganPrior(None, (-300.0, 400.0)),
+    # (an adult's stomach holds 20 ml collapsed to 2.5 l distended; see stomach_checks for its mixture)
+    "stomach": OrganPrior((20.0, 2500.0), (-300.0, 400.0), span_mm=300.0),
     "aorta": OrganPrior(None, (10.0, 700.0), vessel=True),
     "ivc": IVC_PRIOR,
     "inferior-vena-cava": IVC_PRIOR,
@@ -447,6 +455,56 @@ def vessel_course(
     return found
 
 
+def stomach_checks(
+    label: str, image: np.ndarray, mask: np.ndarray, spacing: Sequence[float],
+    neighbours: Sequence[tuple[str, np.ndarray]],
+) -> list[tuple[QCFlag, str]]:
+    """What is wrong with a stomach's contour: mostly gas (its gas pocket, not its wall and contents:
+    ``implausible_intensity``), no wall of soft tissue (:data:`STOMACH_WALL_HU`, under
+    :data:`STOMACH_WALL_FRACTION` of it: a bright vessel or bone taken for oral contrast,
+    ``implausible_intensity``), or a neighbour's tissue deeper inside it than its wall (liver, spleen:
+    voxels of the neighbour's level, median ± 2 × its noise, more than :data:`STOMACH_WALL_MM` inside the
+    contour and connected to the neighbour through such voxels, over :data:`STOMACH_SPILL_ML` and
+    :data:`STOMACH_SPILL_FRACTION` of it: ``leak``)."""
+    if not mask.any():
+        return []
+    found: list[tuple[QCFlag, str]] = []
+    box = _box(mask, [int(np.ceil(STOMACH_WALL_MM / s)) + 1 for s in spacing])
+    sub, values = mask[box], image[box]
+    inside = values[sub]
+    gas = float(np.mean(inside < -500.0))
+    if gas >= STOMACH_GAS_FRACTION:
+        found.append((QCFlag.IMPLAUSIBLE_INTENSITY, (
+            f"{100 * gas:.0f} % of {label} is gas: the contour holds its gas pocket, not its wall and "
+            "contents; its outline and volume are wrong.")))
+    wall = float(np.mean((inside >= STOMACH_WALL_HU[0]) & (inside <= STOMACH_WALL_HU[1])))
+    if wall < STOMACH_WALL_FRACTION:
+        found.append((QCFlag.IMPLAUSIBLE_INTENSITY, (
+            f"Only {100 * wall:.0f} % of {label} lies at {STOMACH_WALL_HU[0]:.0f} to "
+            f"{STOMACH_WALL_HU[1]:.0f} HU: a stomach has a wall of soft tissue round its contents; the "
+            "contour lies on something else (a vessel, bone, bowel gas).")))
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    deep = ndimage.distance_transform_edt(sub, sampling=spacing) > STOMACH_WALL_MM
+    for other, theirs in neighbours:
+        organ = theirs[box]
+        if theirs.shape != mask.shape or np.count_nonzero(organ) < 10:
+            continue
+        median, noise = _median_noise(image[theirs])
+        level = np.abs(values - median) <= 2.0 * max(noise, 5.0)
+        like = ((sub & level) | organ)
+        parts, n = ndimage.label(like)
+        if n == 0:
+            continue
+        joined = np.isin(parts, np.unique(parts[organ]))
+        spill = int(np.count_nonzero(joined & deep & sub))
+        if spill * voxel_ml > STOMACH_SPILL_ML and spill > STOMACH_SPILL_FRACTION * int(sub.sum()):
+            found.append((QCFlag.LEAK, (
+                f"{label} holds {spill * voxel_ml:.0f} ml of tissue of {other}'s attenuation "
+                f"({median:.0f} HU) more than {STOMACH_WALL_MM:.0f} mm inside its contour, joined to "
+                f"{other}: the contour has spilled into {other}; its outline and volume are wrong.")))
+    return found
+
+
 def child_scale(diameter_cm: float) -> float | None:
     """A child's body size as a fraction of the smallest adult's (diameter below :data:`CHILD_DIAMETER_CM`,
     at least 5 cm): lengths scale with it, sections with its square, volumes with its cube; ``None`` for an
@@ -616,6 +674,14 @@ def assess(
                 flags.append(QCFlag.LEAK)
                 reasons.append(f"{segment.label} overlaps {other.label} by {overlap * voxel_ml:.1f} ml "
                                f"({100 * overlap / smaller:.0f} % of the smaller).")
+        if is_ct and segment.structure == "stomach":
+            neighbours = [(o.label, coarse_masks[o.label]) for o in organs
+                          if o.structure in ("liver", "spleen") and o.label in coarse_masks]
+            coarse_image, coarse_spacing, _ = grids["coarse"]
+            for flag, reason in stomach_checks(segment.label, coarse_image, coarse_masks[segment.label],
+                                               coarse_spacing, neighbours):
+                flags.append(flag)
+                reasons.append(reason)
         if is_ct and prior.vessel and axial_axis is not None:
             for flag, reason in vessel_course(segment.label, image, mask, spacing, axial_axis,
                                               section_range(prior, diameter)):

@@ -294,7 +294,7 @@ def run_receiver(
     from dicomnode.spool.index import SpoolIndex
     from dicomnode.spool.journal import open_journal
     from dicomnode.spool.recovery import replay_journal
-    from dicomnode.spool.store import Spool
+    from dicomnode.spool.store import RECEIVE_SPARES, Spool
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides when receivers stop
     stop = threading.Event()
@@ -302,7 +302,8 @@ def run_receiver(
     configure_logging(config.logging)
     database = Database(config.storage.database_path)
     journal = open_journal(config.storage, number)
-    spool = Spool(config.storage.spool_dir, fsync=config.storage.fsync, journal=journal)
+    spool = Spool(config.storage.spool_dir, fsync=config.storage.fsync, journal=journal,
+                  spares=RECEIVE_SPARES)
     index = SpoolIndex(database, spool.root)
     forwarder = _Forwarder(pipes)
     # records each instance's series/study in the index transaction; its timers (and so its events) run
@@ -350,6 +351,7 @@ def run_receiver(
         if journal is not None and journal.running:  # the main process's metrics count it too
             forwarder.send("journal", *journal.backlog())
     listener.stop(drain_seconds=config.node.dimse_timeout)
+    spool.close()  # (its spare files)
     if journal is not None:
         journal.stop()  # every handed-over file made durable first
     database.close()

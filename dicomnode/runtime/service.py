@@ -25,7 +25,7 @@ from dicomnode.runtime.dispatch import EventDispatcher, ReadyHandler
 from dicomnode.spool.index import SpoolIndex
 from dicomnode.spool.journal import Journal, journal_folders, open_journal
 from dicomnode.spool.recovery import index_replayed, recover, replay_journal
-from dicomnode.spool.store import Spool
+from dicomnode.spool.store import RECEIVE_SPARES, Spool
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,8 @@ class Service:
         self.database = database if database is not None else Database(config.storage.database_path)
         # this process's receive journal (None when off); receiver processes have their own
         self.journal = open_journal(config.storage, 0) if journal == "config" else journal
-        self.spool = Spool(config.storage.spool_dir, fsync=config.storage.fsync, journal=self.journal)
+        self.spool = Spool(config.storage.spool_dir, fsync=config.storage.fsync, journal=self.journal,
+                           spares=RECEIVE_SPARES)
         self.index = SpoolIndex(self.database, self.spool.root)
         self.assembler = Assembler(
             self.database, self.index, config.completion, self._emit, quiet_resolver=quiet_resolver
@@ -120,6 +121,7 @@ class Service:
         self.receivers.signal_stop()  # every process stops accepting at once, then each drains
         self.listener.stop(drain_seconds=self.config.node.dimse_timeout)
         self.receivers.stop()
+        self.spool.close()  # (its spare files)
         if self.journal is not None:
             self.journal.stop()  # after the listeners: every handed-over file made durable first
         self.assembler.stop()

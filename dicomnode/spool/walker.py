@@ -19,7 +19,7 @@ from functools import lru_cache
 
 from pydicom.charset import convert_encodings
 from pydicom.datadict import dictionary_VR
-from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 from pydicom.valuerep import PersonName
 
 from dicomnode.spool.header import HeaderError, InstanceHeader
@@ -69,7 +69,7 @@ class DatasetWalker:
     """Feed with :meth:`feed`, then call :meth:`finish` for the header (raises :class:`HeaderError`)."""
 
     def __init__(self, transfer_syntax: str, *, max_depth: int = 64, max_inflated: int = 1 << 30) -> None:
-        ts = UID(transfer_syntax)
+        ts = transfer_syntax.strip(" \0")  # not pydicom's UID(), which runs a regex per instance
         self.implicit = ts == ImplicitVRLittleEndian
         self.little = ts != ExplicitVRBigEndian
         self._order = "<" if self.little else ">"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -180,3 +182,33 @@ def test_a_streamed_part_larger_than_the_writeback_step_is_stored_byte_for_byte(
     stored = spool.publish(part, "1.2", "1.2.3", "1.2.3.4")
     assert stored.size == len(payload) and stored.path.read_bytes() == payload
     assert not list(spool.tmp_dir.iterdir())
+
+
+def _wait_for(condition: Callable[[], bool], seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_spare_files_become_the_next_parts_and_are_removed_at_close(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", spares=2)
+    first = spool.open_part("1.2.3.4.5")  # (none ready yet: a new file; the maker starts)
+    assert _wait_for(lambda: len(list(spool.spare_dir.iterdir())) == 2)
+    spare_inodes = {p.stat().st_ino for p in spool.spare_dir.iterdir()}
+    second = spool.open_part("1.2.3.4.6")
+    assert second.path.name.startswith("1.2.3.4.6.") and second.path.suffix == ".part"
+    assert second.path.stat().st_ino in spare_inodes  # renamed, not made
+    second.write(b"DICM")
+    stored = spool.publish(second, "1.2.3", "1.2.3.4", "1.2.3.4.6")
+    assert stored.path.read_bytes() == b"DICM"
+    assert _wait_for(lambda: len(list(spool.spare_dir.iterdir())) == 2)  # made again
+    assert len(spool.stale_temp_files()) == 3  # recovery would remove the spares with the open part
+    first.discard()
+    spool.close()
+    assert list(spool.tmp_dir.iterdir()) == [] and list(spool.spare_dir.iterdir()) == []
+    third = spool.open_part("1.2.3.4.7")  # still usable after close, without spares
+    assert third.path.exists() and list(spool.spare_dir.iterdir()) == []
+    third.discard()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import pytest
 
 from dicomnode.database import Database
 from dicomnode.spool import Spool, SpoolIndex, recover
-from dicomnode.spool.journal import BLOCK, RECORD_HEADER, Journal
+from dicomnode.spool.journal import BLOCK, FLUSH_DIR, RECORD_HEADER, Journal
 from dicomnode.spool.recovery import index_replayed, replay_journal
 from dicomnode.spool.store import PartFile
 from tests.factories import ct_series
@@ -296,3 +298,43 @@ def test_stop_is_bounded_when_every_fsync_fails(tmp_path: Path, files: list[Path
     monkeypatch.undo()
     again = Journal(tmp_path / "j5", segment_bytes=4 * SEGMENT, max_segments=8, sync_seconds=0.1)
     assert len(list(again.scan())) == 3  # still in the journal for recovery
+
+
+def test_commits_flush_through_a_file_that_is_never_written(
+    tmp_path: Path, spool: Spool, journal: Journal, files: list[Path]
+) -> None:
+    flush = journal.flush_file
+    if flush is None:
+        pytest.skip(f"'{tmp_path}' is not on ext4 or XFS: commits fdatasync the segment")
+    segments = list(journal.directory.glob("segment-*.journal"))
+    # its inode is not in an inode-table block of a segment's (16 inodes of 256 bytes per 4 KB block)
+    assert (flush.stat().st_ino - 1) // 16 not in {(p.stat().st_ino - 1) // 16 for p in segments}
+    before = flush.stat()
+    # the crash came before the syncer: every record must read back whole from its segment
+    journal.sync_seconds = 3600
+    stored = [_store(spool, f) for f in files[:4]]  # within the first segment (the syncer stays idle)
+    after = flush.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    records = list(Journal(journal.directory, segment_bytes=SEGMENT).scan())
+    assert [r.meta["path"] for r in records] == [str(p.relative_to(spool.root)) for p in stored]
+    assert all(r.intact for r in records)
+    assert [b"".join(r.chunks()) for r in records] == [f.read_bytes() for f in files[:4]]
+
+
+def test_a_journal_off_ext4_and_xfs_commits_with_fdatasync(files: list[Path]) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir():
+        pytest.skip("no /dev/shm (tmpfs) here")
+    root = Path(tempfile.mkdtemp(dir=shm))
+    try:
+        journal = Journal(root / "journal", segment_bytes=SEGMENT)
+        journal.start()
+        try:
+            assert journal.flush_file is None
+            assert not (root / "journal" / FLUSH_DIR).exists()
+            stored = _store(Spool(root / "spool", journal=journal), files[0])
+            assert stored.read_bytes() == files[0].read_bytes()
+        finally:
+            journal.stop()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -9,10 +9,11 @@ On an LPS-oriented copy of the working grid (:mod:`dicomnode.imaging.organs.land
    relative to those landmarks (liver: right, below the right lung base; spleen: left posterolateral,
    below the left lung base; kidneys: paravertebral; aorta: a round bright/thick structure just in
    front of the vertebral body, slightly left; IVC: right of it, one continuous course of discs that differ
-   from their surroundings on every side, brighter or darker; stomach: gas/fluid left anterior under
-   the left hemidiaphragm). Inside the territory the organ's attenuation is the histogram mode of the
-   soft tissue there (−80..250 HU, so a fatty liver darker than the spleen is found as well), and the
-   seed is the eroded, connected part of the territory close to that mode.
+   from their surroundings on every side, brighter or darker; stomach: its lumen of gas, water or oral
+   contrast left anterior under the left hemidiaphragm, see :func:`_stomach`). Inside the territory the
+   organ's attenuation is the histogram mode of the soft tissue there (−80..250 HU, so a fatty liver
+   darker than the spleen is found as well), and the seed is the eroded, connected part of the territory
+   close to that mode.
 3. **Competition** — a marker-based watershed (scikit-image) on the gradient magnitude from all seeds
    at once, inside a soft-tissue band estimated from the image (between the fat and the organs' levels,
    below bone); everything outside the band and the muscles of the body wall and around the spine are
@@ -487,7 +488,7 @@ def _seeds(
             models["kidney-left"] = again
             if abs(again.hu - kidney.hu) < max(kidney.spread, 10.0):
                 break
-    stomach = _stomach(array, lm, u, v, h_l)
+    stomach = _stomach(array, lm, u, v, h_l, models, liver_mask)
     if stomach is not None:
         models["stomach"] = stomach
     if liver_mask is not None and liver_mask.any():
@@ -806,21 +807,157 @@ def _kidney_core_fits(
     return fat_fraction >= 0.3
 
 
-def _stomach(array: np.ndarray, lm: Landmarks, u, v, h) -> OrganModel | None:  # noqa: ANN001
-    """Gas in the stomach: the largest non-lung gas pocket left-anterior under the left hemidiaphragm."""
+# the stomach's contents (the pipelines' HU): water and thin liquid food; positive oral contrast is brighter
+# than this and than the bone threshold
+STOMACH_FLUID_HU = (-15.0, 25.0)
+STOMACH_CONTRAST_HU = 150.0
+STOMACH_WALL_MM = 6.0  # its wall (3-5 mm distended) and partial volume round its lumen, for an adult
+
+
+def _stomach(
+    array: np.ndarray, lm: Landmarks, u, v, h, models: dict[str, OrganModel],  # noqa: ANN001
+    liver_mask: np.ndarray | None,
+) -> OrganModel | None:
+    """The stomach's lumen, left-anterior under the left hemidiaphragm, left of the crus and the vertebral
+    body, in front of the spleen and the left kidney, not in the mediastinum: the largest group of pieces
+    (within 6 mm of each other) of gas (below −500 HU, not centred 40 mm above the left lung's base: no
+    airway), water-like contents (:func:`_fluid_pieces`) and positive oral contrast
+    (:func:`_contrast_pieces`), outside the other organs' seeds (fluid and contrast also 3 mm from them and
+    from the liver chain's mask). Where gas floats, above or below, does not matter: supine and prone alike.
+    Its attenuation is the contents' (the mode of the lumen without its gas; of the tissue 3-10 mm round a
+    lumen of gas alone); the seed is the lumen with its partial-volume rim in the slice's plane.
+    ``None`` without any such lumen (an empty, collapsed stomach is not looked for)."""
     s, sp = lm.scale, lm.spacing
-    zone = (u > -30 * s) & (u < 140 * s) & (v < 20 * s) & (h > -150 * s) & lm.body & ~lm.lungs
-    gas = (array < -500.0) & zone
-    labels, n = ndimage.label(gas)
-    if n == 0:
+    voxel_ml = float(np.prod(sp)) / 1000.0
+    inner = erode_mm(lm.body, 6.0 * s, sp)
+    zone = (u > -30 * s) & (u < 140 * s) & (v < 20 * s) & (h > -150 * s) & inner & ~lm.lungs
+    zone &= ~((np.abs(u) < 30 * s) & (v > -5 * s))  # the crura and the vertebral body
+    # the mediastinum: between the lungs, 30 mm above both lung bases
+    zz = lm.grids()[0]
+    zone &= ~((zz > max(lm.lung_base_left, lm.lung_base_right) + 30.0 * s) & (np.abs(u) < 40 * s))
+    seeds = np.zeros(array.shape, dtype=bool)
+    for m in models.values():
+        seeds |= m.seed
+    others = seeds | liver_mask if liver_mask is not None else seeds
+    if not zone.any():
         return None
-    sizes = np.bincount(labels.ravel()) * float(np.prod(sp)) / 1000.0
-    sizes[0] = 0
-    best = int(np.argmax(sizes))
-    if sizes[best] < 2.0 * s**3:
+    box = _box(zone, (1, 1, 1))
+    values, zone_b = array[box], zone[box]
+    apart = zone_b & ~dilate_mm(others[box], 3.0, sp)
+    pieces = np.zeros(zone_b.shape, dtype=bool)
+    fluid = _fluid_pieces(values, apart, sp, lm)
+    gas = values < -500.0
+    # (gas is no organ's: it may lie in the liver chain's mask, whose holes are filled; not the airways' gas
+    # above the diaphragm: a pocket centred more than 40 mm above the left lung's base)
+    air, n = ndimage.label(gas & zone_b & ~seeds[box])
+    if n:
+        level = np.broadcast_to(h, array.shape)[box]
+        high = np.asarray(ndimage.mean(level, air, index=np.arange(1, n + 1))) > 40.0 * s
+        air = np.concatenate([[False], ~high])[air]
+    for part, least in ((air > 0, 2.0), (fluid, 15.0),
+                        (_contrast_pieces(values, apart, lm.body[box], sp, lm), 10.0)):
+        labels, n = ndimage.label(part)
+        if n == 0:
+            continue
+        sizes = np.bincount(labels.ravel()) * voxel_ml
+        sizes[0] = 0
+        pieces |= (sizes >= least * s**3)[labels]
+    if not pieces.any():
         return None
-    pocket = labels == best
-    return OrganModel("stomach", pocket, -1000.0, 50.0)
+    # pieces within 6 mm of each other are one lumen (gas over its fluid level, the partial volume between)
+    groups, n = ndimage.label(dilate_mm(pieces, 6.0, sp))
+    sizes = np.bincount(groups[pieces], minlength=n + 1)
+    lumen = pieces & (groups == int(np.argmax(sizes)))
+    contents = lumen & ~gas
+    if contents.sum() >= 50:
+        hu, spread = _mode_near(values[contents], -100.0, 1000.0)
+    else:  # gas alone: the tissue 3-10 mm round it (its wall, contents of food; not the partial volume)
+        rim = dilate_mm(lumen, 10.0, sp) & ~dilate_mm(lumen, 3.0, sp) & ~others[box]
+        rim &= (values > lm.fat_hu + 40.0) & (values < lm.bone_hu)
+        if rim.sum() < 50:
+            return None
+        hu, spread = _mode_near(values[rim], lm.fat_hu + 40.0, lm.bone_hu)
+    seed = np.zeros(array.shape, dtype=bool)
+    # its partial-volume rim in the slice's plane; the first and last slice of its fluid left to the
+    # competition (the median filter of the working grid carries water one slice into the fat beyond it)
+    rim = ndimage.generate_binary_structure(3, 1)
+    rim[0], rim[2] = False, False
+    water = lumen & fluid
+    core = lumen & ~(water & ~ndimage.binary_erosion(water, np.ones((3, 1, 1), dtype=bool), border_value=1))
+    lumen = core if core.any() else lumen
+    seed[box] = ndimage.binary_dilation(lumen, rim) & ~others[box] & inner[box]
+    log.debug("stomach: lumen %.0f ml (gas %.0f ml), contents %.0f HU", lumen.sum() * voxel_ml,
+              (lumen & gas).sum() * voxel_ml, hu)
+    return OrganModel("stomach", seed, hu, spread)
+
+
+def _fluid_pieces(values: np.ndarray, zone: np.ndarray, spacing, lm: Landmarks) -> np.ndarray:  # noqa: ANN001
+    """Water-like contents (:data:`STOMACH_FLUID_HU`) in ``zone`` not next to fat, opened by a voxel, each
+    piece holding a disc of 12 mm across on some slice kept where
+    at most half of what lies 3.5-7 mm around it lies within 15 HU of its median: a lumen inside its wall or
+    fat, not a level of the soft tissue around."""
+    fluid = zone & (values >= STOMACH_FLUID_HU[0]) & (values <= STOMACH_FLUID_HU[1])
+    # (not next to fat or lung: a lumen lies inside its wall, and the partial volume of fat or lung with
+    # tissue passes through the same levels)
+    fluid &= ~ndimage.binary_dilation((values < lm.fat_hu + 40.0) & (values > -500.0))
+    fluid = ndimage.binary_opening(fluid)
+    labels, n = ndimage.label(fluid)
+    out = np.zeros_like(fluid)
+    for i in range(1, n + 1):
+        piece = labels == i
+        if piece.sum() < 20:
+            continue
+        pbox = _box(piece, [int(np.ceil(7.0 / spc)) + 1 for spc in spacing])
+        sub = piece[pbox]
+        # (a lumen holds a disc of 12 mm across on some slice; the partial volume of fat with tissue is a
+        # thin layer)
+        depth = max(float(ndimage.distance_transform_edt(plane, sampling=spacing[1:]).max())
+                    for plane in sub if plane.any())
+        if depth < 6.0 * lm.scale:
+            continue
+        ring = dilate_mm(sub, 7.0, spacing) & ~dilate_mm(sub, 3.5, spacing) & (values[pbox] > -500.0)
+        if ring.sum() < 10:
+            continue
+        level = float(np.median(values[pbox][sub]))
+        if float(np.mean(np.abs(values[pbox][ring] - level) <= 15.0)) <= 0.5:
+            out[pbox] |= sub
+    return out
+
+
+def _contrast_pieces(values: np.ndarray, zone: np.ndarray, body: np.ndarray, spacing,  # noqa: ANN001
+                     lm: Landmarks) -> np.ndarray:
+    """Positive oral contrast in ``zone``: brighter than the bone threshold and :data:`STOMACH_CONTRAST_HU`,
+    opened by 4 mm (no thin rib or vessel), at least 25 mm inside the body's surface (the ribs lie nearer)."""
+    bright = zone & (values > max(lm.bone_hu, STOMACH_CONTRAST_HU))
+    if not bright.any():
+        return bright
+    bright = dilate_mm(erode_mm(bright, 4.0 * lm.scale, spacing), 4.0 * lm.scale, spacing) & bright
+    depth = np.zeros(values.shape, dtype=np.float32)
+    for k in np.flatnonzero(bright.any(axis=(1, 2))):
+        depth[k] = ndimage.distance_transform_edt(body[k], sampling=spacing[1:])
+    labels, n = ndimage.label(bright)
+    out = np.zeros_like(bright)
+    for i in range(1, n + 1):
+        piece = labels == i
+        if float(np.median(depth[piece])) >= 25.0 * lm.scale:
+            out |= piece
+    return out
+
+
+def _stomach_reach(array: np.ndarray, lm: Landmarks, stomach: OrganModel, blocked: np.ndarray) -> np.ndarray:
+    """Where the stomach's wall may lie, also darker than the organs' soft-tissue band: tissue above the
+    fat's level within :data:`STOMACH_WALL_MM` of its seed, connected to it not through ``blocked`` (the
+    other organs' seeds), and what that encloses slice by slice."""
+    s, sp = lm.scale, lm.spacing
+    reach_mm = STOMACH_WALL_MM * s
+    box = _box(stomach.seed, [int(np.ceil(reach_mm / spc)) + 1 for spc in sp])
+    out = np.zeros(array.shape, dtype=bool)
+    seed = stomach.seed[box]
+    near = dilate_mm(seed, reach_mm, sp) & ~blocked[box] & lm.body[box]
+    tissue = near & (array[box] > lm.fat_hu + 40.0)
+    reach = _keep_seeded(tissue | seed, seed)
+    out[box] = (fill_holes(reach, slicewise=True) & near & ~seed) | (reach & tissue)
+    return out
 
 
 def _wall(array: np.ndarray, lm: Landmarks, inside: np.ndarray | None = None) -> np.ndarray:
@@ -975,6 +1112,14 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
     organ_hus = [m.hu for name, m in models.items() if name != "stomach"]
     low = max(lm.fat_hu + 30.0, min(organ_hus) - 3.0 * 12.0 - 25.0)
     band = (array > low) & (array < lm.bone_hu + 60.0) & lm.body
+    stomach_reach = None
+    if "stomach" in models:  # its contents and wall may be darker than the band (water, food)
+        blocked = np.zeros(array.shape, dtype=bool)
+        for name, m in models.items():
+            if name != "stomach":
+                blocked |= m.seed
+        stomach_reach = _stomach_reach(array, lm, models["stomach"], blocked)
+        band |= stomach_reach
     for name in VESSELS:  # a contrast-filled lumen may be brighter than the bone threshold
         if name in tubes and models[name].hu + 60.0 > lm.bone_hu:
             lumen = _tube_core(tubes[name], models[name].seed) & (array > low)
@@ -1008,6 +1153,8 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
         region = labels == value
         if name in tubes:
             region &= tubes[name]
+        if name == "stomach" and stomach_reach is not None:  # its wall's reach round the lumen
+            region &= stomach_reach | m.seed
         if name != "stomach":
             tolerance = max(3.5 * m.spread, 35.0)
             region &= np.abs(array - m.hu) <= tolerance + (60.0 if name.startswith("kidney") else 0.0)
@@ -1021,7 +1168,13 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
     out = np.where(free, relabelled, fixed).astype(np.uint8)
     if "ivc" in tubes:  # (the freed voxels' flood does not carry the IVC beyond its tube: the liver's again)
         out[(out == LABELS["ivc"]) & ~tubes["ivc"]] = 0
+    if stomach_reach is not None:  # (nor the stomach beyond its wall's reach)
+        out[(out == LABELS["stomach"]) & ~(stomach_reach | models["stomach"].seed)] = 0
     out[mask & (labels == BACKGROUND) & (fixed == 0)] = BACKGROUND
+    if stomach_reach is not None and models["stomach"].hu > lm.bone_hu:
+        # oral contrast: the stomach's wall lies on the flank of the lumen's steep edge, lower than the fat's
+        # edge beyond it, and the background's flood won it; its reach is the stomach's where no organ's
+        out[stomach_reach & ((out == 0) | (out == BACKGROUND))] = LABELS["stomach"]
     if liver_mask is not None and liver_mask.any():
         liver, model = LABELS["liver"], models["liver"]
         # the chain's voxels that the background won and whose attenuation is far from the liver's
@@ -1067,7 +1220,7 @@ def compete(array: np.ndarray, lm: Landmarks, liver_mask: np.ndarray | None = No
         if name in models and name in tubes:
             _vessel_boundary(out, array, lm, models[name], LABELS[name], tubes[name],
                              wall_mm=3.0 * lm.scale if name == "aorta" else 0.0, branches=name == "aorta")
-    for name in ("liver", "spleen", "kidney-right", "kidney-left"):
+    for name in ("liver", "spleen", "kidney-right", "kidney-left", "stomach"):
         value = LABELS[name]
         organ = out == value
         if organ.any():
