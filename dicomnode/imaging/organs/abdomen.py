@@ -488,7 +488,13 @@ def _seeds(
             models["kidney-left"] = again
             if abs(again.hu - kidney.hu) < max(kidney.spread, 10.0):
                 break
-    stomach = _stomach(array, lm, u, v, h_l, models, liver_mask)
+    # (the aorta's whole tube, not only its core, is no stomach: its arterial lumen is as bright as oral
+    # contrast, and the contrast pieces took the arterial child phantom's aorta)
+    apart = dict(models)
+    if "aorta" in tubes:
+        apart["aorta"] = OrganModel("aorta", models["aorta"].seed | tubes["aorta"], models["aorta"].hu,
+                                    models["aorta"].spread)
+    stomach = _stomach(array, lm, u, v, h_l, apart, liver_mask)
     if stomach is not None:
         models["stomach"] = stomach
     if liver_mask is not None and liver_mask.any():
