@@ -32,7 +32,7 @@ def real_case() -> tuple[sitk.Image, sitk.Image]:
 def organs_of(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
     spec = get_pipeline("liver-ct")
     ids = [s.id for s in spec.steps]
-    short = dataclasses.replace(spec, steps=spec.steps[: ids.index("organs") + 1])
+    short = dataclasses.replace(spec, steps=spec.steps[: max(ids.index("organs"), ids.index("liver")) + 1])
     context = execute(short, image).context
     return sitk.GetArrayFromImage(context["liver"]) > 0, sitk.GetArrayFromImage(context["organs"])
 
@@ -45,8 +45,9 @@ def test_real_abdomen_liver_and_spleen_in_competition(real_case) -> None:  # noq
     assert dice(organs == LABELS["spleen"], reference == REF_SPLEEN) >= 0.85
     assert not (liver & (organs == LABELS["spleen"])).any()  # one organ per voxel
     # the aorta with the partial volume at its border and the calcified plaques of its wall, without the
-    # origins of its branches (0.84: the contour lay inside the lumen's edge and took the coeliac trunk)
-    assert dice(organs == LABELS["aorta"], reference == REF_AORTA) >= 0.88
+    # origins of its branches (0.84: the contour lay inside the lumen's edge and took the coeliac trunk),
+    # its border drawn again on the source pixels (0.894 on the 2 mm grid alone; 0.912)
+    assert dice(organs == LABELS["aorta"], reference == REF_AORTA) >= 0.90
     # no kidney in this field of view (the slices end above them): none may be invented
     assert not np.isin(organs, [LABELS["kidney-right"], LABELS["kidney-left"]]).any()
     # the stomach (full of food, a pocket of gas in front): right, or its QC says what is wrong (its contour
@@ -114,7 +115,14 @@ PHANTOM_KEYS = ("liver", "spleen", "kidney-right", "kidney-left", "aorta")
         # enhances before their medulla (95 HU, nearer the liver's 75 than the cortex): each kidney is its
         # cortex and what that encloses
         ({"phase": "arterial"}, "supine",
-         {"liver": 0.93, "aorta": 0.85, "kidney-right": 0.9, "kidney-left": 0.9}),
+         {"liver": 0.93, "aorta": 0.95, "kidney-right": 0.9, "kidney-left": 0.9}),
+        # a child's arterial phase (0.7): the aorta, brighter than the bone threshold and against the
+        # vertebral body, is no bone (the spine's front had moved onto it and the aorta was withheld); its
+        # border drawn on the source pixels (0.963)
+        # (and its kidneys touch the wall's muscle behind them: their border, the local mean outside mixing
+        # muscle and fat, grew by a voxel into it, 0.88)
+        ({"phase": "arterial", "body_scale": 0.7}, "supine",
+         {"liver": 0.93, "aorta": 0.93, "spleen": 0.9, "kidney-right": 0.9, "kidney-left": 0.9}),
         # steatosis at -40 HU (the issue's lower bound), 60 HU above the fat: the chain's band is found
         # above the fat's level, the fat level comes from the subcutaneous fat, not from the liver; spleen and
         # kidneys keep their own
@@ -133,13 +141,9 @@ PHANTOM_KEYS = ("liver", "spleen", "kidney-right", "kidney-left", "aorta")
         # (0.62, volume x 2) and down the body wall's muscle of its own attenuation
         ({"phase": "native", "body_scale": 0.7}, "supine",
          {"liver": 0.93, "spleen": 0.83, "kidney-right": 0.8, "kidney-left": 0.88}),
-        # a child in the arterial phase: the kidneys touch the wall's muscle behind them, and their border
-        # (the local mean outside mixing muscle and fat) grew by a voxel into it (0.88)
-        ({"phase": "arterial", "body_scale": 0.7}, "supine",
-         {"liver": 0.93, "spleen": 0.9, "kidney-right": 0.9, "kidney-left": 0.9}),
     ],
-    ids=["portal", "fatty-ffs", "native", "arterial", "steatosis-40", "arterial-fatty", "slab-120",
-         "native-child", "arterial-child"],
+    ids=["portal", "fatty-ffs", "native", "arterial", "arterial-child", "steatosis-40", "arterial-fatty",
+         "slab-120", "native-child"],
 )
 def test_phantom_organs_in_competition(params: dict, position: str, minimum: dict[str, float]) -> None:
     """Phantom with fat planes (tests/phantoms.py): each organ scored against the phantom's truth."""
@@ -195,6 +199,39 @@ def test_kidneys_in_their_fat_whatever_the_noise_draw(seed: int) -> None:
     _, organs = organs_of(ct.to_sitk())
     for key in ("kidney-right", "kidney-left"):
         assert dice(organs == LABELS[key], ct.masks[key]) >= 0.95, key
+
+
+@pytest.mark.parametrize("variant", ["arterial", "fatty-liver"])
+def test_real_vessels_of_other_phases_and_livers(real_case, variant: str) -> None:  # noqa: ANN001
+    """The late arterial phase (aorta 300 HU, above the bone threshold, against the vertebra's front): the
+    lumen is not taken for bone, so the spine's front stays where the reference's vertebra puts it and the
+    aorta is found (it was withheld: the spine's front had moved onto the aorta's). A fatty liver (10 HU):
+    the IVC, brighter than the liver around it, keeps the border drawn on the source pixels (0.874 on the
+    2 mm grid: its section 16 % short)."""
+    from dicomnode.imaging.organs.landmarks import find_landmarks, to_lps
+
+    image, labels = real_case
+    if variant == "arterial":
+        image, labels = variants.arterial_phase(image, labels)
+        oriented = to_lps(image)
+        array = sitk.GetArrayFromImage(oriented)
+        spacing = tuple(float(s) for s in oriented.GetSpacing()[::-1])
+        lm = find_landmarks(array, array > -400.0, spacing)  # type: ignore[arg-type]
+        vertebra = sitk.GetArrayFromImage(to_lps(labels))
+        vertebra = (vertebra >= 26) & (vertebra <= 50)  # TotalSegmentator's vertebrae S1..C1
+        rows = np.arange(array.shape[1]) * spacing[1]
+        fronts = np.array([np.percentile(rows[np.nonzero(vertebra[k])[0]], 3) for k in range(array.shape[0])])
+        assert np.abs(lm.spine_y - fronts).max() < 10.0, (lm.spine_y - fronts).round(1)
+    else:
+        image, labels = variants.fatty_liver(image, labels, liver_value=REF_LIVER, target_hu=10.0)
+    liver, organs = organs_of(image)
+    reference = sitk.GetArrayFromImage(labels)
+    assert dice(liver, reference == REF_LIVER) >= (0.93 if variant == "arterial" else 0.92)  # 0.945, 0.925
+    assert not (liver & np.isin(organs, [LABELS["aorta"], LABELS["ivc"]])).any()  # one organ per voxel
+    if variant == "arterial":
+        assert dice(organs == LABELS["aorta"], reference == REF_AORTA) >= 0.88
+    else:
+        assert dice(organs == LABELS["ivc"], reference == 63) >= 0.90
 
 
 def test_the_spine_is_found_where_the_field_of_view_cuts_the_trunk(real_case) -> None:  # noqa: ANN001

@@ -196,7 +196,11 @@ def _wait_for(condition: Callable[[], bool], seconds: float = 5.0) -> bool:
 def test_spare_files_become_the_next_parts_and_are_removed_at_close(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool", spares=2)
     first = spool.open_part("1.2.3.4.5")  # (none ready yet: a new file; the maker starts)
-    assert _wait_for(lambda: len(list(spool.spare_dir.iterdir())) == 2)
+
+    def ready() -> int:  # the maker thread makes .spare itself: it may not be there yet
+        return len(list(spool.spare_dir.iterdir())) if spool.spare_dir.is_dir() else 0
+
+    assert _wait_for(lambda: ready() == 2)
     spare_inodes = {p.stat().st_ino for p in spool.spare_dir.iterdir()}
     second = spool.open_part("1.2.3.4.6")
     assert second.path.name.startswith("1.2.3.4.6.") and second.path.suffix == ".part"
@@ -204,7 +208,7 @@ def test_spare_files_become_the_next_parts_and_are_removed_at_close(tmp_path: Pa
     second.write(b"DICM")
     stored = spool.publish(second, "1.2.3", "1.2.3.4", "1.2.3.4.6")
     assert stored.path.read_bytes() == b"DICM"
-    assert _wait_for(lambda: len(list(spool.spare_dir.iterdir())) == 2)  # made again
+    assert _wait_for(lambda: ready() == 2)  # made again
     assert len(spool.stale_temp_files()) == 3  # recovery would remove the spares with the open part
     first.discard()
     spool.close()

@@ -488,7 +488,13 @@ def _seeds(
             models["kidney-left"] = again
             if abs(again.hu - kidney.hu) < max(kidney.spread, 10.0):
                 break
-    stomach = _stomach(array, lm, u, v, h_l, models, liver_mask)
+    # (the aorta's whole tube, not only its core, is no stomach: its arterial lumen is as bright as oral
+    # contrast, and the contrast pieces took the arterial child phantom's aorta)
+    apart = dict(models)
+    if "aorta" in tubes:
+        apart["aorta"] = OrganModel("aorta", models["aorta"].seed | tubes["aorta"], models["aorta"].hu,
+                                    models["aorta"].spread)
+    stomach = _stomach(array, lm, u, v, h_l, apart, liver_mask)
     if stomach is not None:
         models["stomach"] = stomach
     if liver_mask is not None and liver_mask.any():
@@ -1452,3 +1458,117 @@ def segment_organs(image: sitk.Image, body: sitk.Image, liver: sitk.Image | None
     # back onto the input grid: a permutation/flip of the axes, so nearest neighbour is exact
     return sitk.Resample(out, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
 
+
+
+#: Vessels refined on the source grid (:func:`vessels_on_source`): label value → name.
+SOURCE_VESSELS = {LABELS["aorta"]: "aorta", LABELS["ivc"]: "ivc"}
+#: Blood above this is contrast-enhanced (unenhanced blood lies at 30-70 HU on any CT).
+CONTRAST_BLOOD_HU = 80.0
+
+
+@step("abdomen.vessels_on_source")
+def vessels_on_source(labels: sitk.Image, image: sitk.Image, *, fraction: float = 0.4) -> sitk.Image:
+    """Step ``abdomen.vessels_on_source``: the organs' label map (on ``image``'s grid) with the aorta's
+    and the IVC's border drawn again on the source pixels (:func:`refine_vessel`). The competition works on
+    the median-smoothed 2 mm grid, where a ring of one voxel is 10 % of an adult aorta's section and 20 % of
+    a child's: the real CT's aorta 0.894 → 0.912, its 256 matrix 0.885 → 0.908, the phantom 0.956 → 0.986."""
+    oriented = to_lps(sitk.Cast(image, sitk.sitkFloat32))
+    array = sitk.GetArrayFromImage(oriented)
+    out = sitk.GetArrayFromImage(to_lps(sitk.Cast(labels, sitk.sitkUInt8)))
+    spacing = tuple(float(s) for s in oriented.GetSpacing()[::-1])
+    for value in SOURCE_VESSELS:
+        refine_vessel(out, array, value, spacing, fraction=fraction)  # type: ignore[arg-type]
+    result = sitk.GetImageFromArray(out)
+    result.CopyInformation(oriented)
+    return sitk.Resample(result, labels, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+
+
+def refine_vessel(
+    labels: np.ndarray, array: np.ndarray, value: int, spacing: tuple[float, float, float], *,
+    fraction: float = 0.4, reach_mm: float = 2.0, opening_mm: float = 1.5,
+) -> None:
+    """A vessel's border at the level ``fraction`` of the way from what lies around it to its lumen, in
+    place on the LPS label map ``labels`` (axial slices): the lumen's level is the median of the vessel's
+    core (1.5 mm inside its contour), the surroundings' level a Gaussian-weighted (4 mm) local mean of the
+    ring 2-5 mm outside it, HU clipped to the fat's level (the mode of the box's voxels at -200..-30 HU)
+    and the lumen's (bone and a brighter neighbour count as the lumen's level: no border is drawn into
+    them). Within ``reach_mm`` of the contour a voxel free or the liver's (the liver's mask gives the IVC's
+    border back, :func:`liver_less_vessels`) joins the vessel when its value lies above that level and it
+    is connected, in its slice, to the core; a voxel of the contour below it leaves. Bright structures
+    (over the lumen's level + max(4 × its noise, 100 HU)) that reach beyond 4 mm of the contour — the
+    vertebra, a neighbouring vessel — stay out with the pixel around them; calcified plaques of its wall
+    within that reach join it (the reference draws the wall). Spurs thinner than ``opening_mm`` leave (a
+    branch's origin, the partial volume towards the vertebra). A slice that would keep nothing keeps its
+    contour; a vessel whose lumen stands out from the ring around it by less than max(3 × its noise, 30 HU)
+    is left as it is, as is one without contrast (lumen under :data:`CONTRAST_BLOOD_HU`), and so is its
+    contour where the local level around it lies within max(3 × its noise, 30 HU) of the lumen's
+    (isodense tissue against it, or brighter tissue, which counts at the lumen's level: no border in the
+    image)."""
+    vessel = labels == value
+    if not vessel.any():
+        return
+    _, sy, sx = spacing
+    box = _box(vessel, [0, int(np.ceil(8.0 / sy)) + 1, int(np.ceil(8.0 / sx)) + 1])
+    sub, values, own = labels[box], array[box], vessel[box]
+    core = erode_mm(own, 1.5, spacing, slicewise=True)
+    if not core.any():
+        core = own
+    lumen = float(np.median(values[core]))
+    noise = 1.4826 * float(np.median(np.abs(values[core] - lumen)))
+    fatty = values[(values >= -200.0) & (values <= -30.0)]
+    fat = float(np.median(fatty)) if fatty.size >= 50 else -100.0
+    if lumen < CONTRAST_BLOOD_HU:  # (unenhanced blood, 30-60 HU: its border against muscle and bowel of its
+        return  # own level is not in the image; the working grid's contour stays and QC judges it)
+    clipped = np.clip(values, fat, lumen)
+    ring = dilate_mm(own, 5.0, spacing, slicewise=True) & ~dilate_mm(own, 2.0, spacing, slicewise=True)
+    if not ring.any() or lumen - float(np.median(clipped[ring])) < max(3.0 * noise, 30.0):
+        return  # (an IVC isodense with the liver around it: no border in the image to draw; QC judges it)
+    sigma = (0.0, 4.0 / sy, 4.0 / sx)
+    weight = ndimage.gaussian_filter(ring.astype(np.float32), sigma)
+    around = ndimage.gaussian_filter(np.where(ring, clipped, 0.0).astype(np.float32), sigma)
+    around = np.where(weight > 1e-3, around / np.maximum(weight, 1e-3), fat)
+    level = around + fraction * (lumen - around)
+    reach = dilate_mm(own, max(reach_mm, 1.01 * max(sy, sx)), spacing, slicewise=True)
+    bright = values > lumen + max(4.0 * noise, 100.0)
+    near = dilate_mm(own, 4.0, spacing, slicewise=True)
+    blocked = np.zeros_like(own)
+    for k in range(own.shape[0]):
+        parts, n = ndimage.label(bright[k])
+        if n == 0:
+            continue
+        beyond = np.unique(parts[~near[k] & bright[k]])
+        blocked[k] = np.isin(parts, beyond[beyond > 0])
+    blocked = dilate_mm(blocked, 1.01 * max(sy, sx), spacing, slicewise=True)
+    free = (sub == 0) | (sub == LABELS["liver"]) | own
+    # where the lumen stands out from what lies around it; elsewhere (isodense tissue against it, a native
+    # vessel beside muscle) there is no border in the image and the contour stays as it was
+    edge = lumen - around >= max(3.0 * noise, 30.0)
+    candidate = (own & ~edge) | (reach & free & ~blocked & edge & (values >= level))
+    if opening_mm > 0:  # (thin spurs: a branch's origin, the partial volume towards the vertebra)
+        ry, rx = int(opening_mm / sy), int(opening_mm / sx)
+        yy, xx = np.ogrid[-ry : ry + 1, -rx : rx + 1]
+        disc = (yy * sy) ** 2 + (xx * sx) ** 2 <= opening_mm**2
+        if disc.sum() > 1:
+            candidate = ndimage.binary_opening(candidate, disc[None]) | (candidate & core)
+    for k in range(own.shape[0]):
+        if not own[k].any():
+            continue
+        parts, _ = ndimage.label(candidate[k] | core[k])
+        keep = np.unique(parts[core[k]])
+        kept = np.isin(parts, keep[keep > 0])
+        if not kept.any():
+            continue
+        plane = sub[k]
+        plane[own[k] & ~kept] = 0
+        plane[kept] = value
+
+
+@step("abdomen.liver_less_vessels")
+def liver_less_vessels(liver: sitk.Image, labels: sitk.Image) -> sitk.Image:
+    """Step ``abdomen.liver_less_vessels``: the liver's mask less the voxels that the label map gives to
+    the aorta or the IVC (:func:`vessels_on_source` draws the IVC's border into the liver's)."""
+    mask = sitk.GetArrayFromImage(liver) > 0
+    arr = sitk.GetArrayFromImage(labels)
+    out = sitk.GetImageFromArray((mask & ~np.isin(arr, list(SOURCE_VESSELS))).astype(np.uint8))
+    out.CopyInformation(liver)
+    return out
