@@ -424,3 +424,13 @@ def test_a_seed_grown_into_a_darker_organ_keeps_its_own_level() -> None:
     assert (own & kidney).sum() < 0.05 * kidney.sum()
     assert (own & spleen).sum() > 0.8 * spleen.sum()
     assert np.array_equal(_own_level(array, lm, spleen), spleen)  # type: ignore[arg-type]
+
+
+def test_no_kidney_below_the_muscle_level_with_contrast_in_the_aorta(real_case) -> None:  # noqa: ANN001
+    """The real CT, arterial phase, as a child (0.6 x): no kidney lies in its field of view. A 19 HU blob of
+    the left back muscle was sent as a 5 ml left kidney; with contrast in the aorta a kidney enhances more
+    than muscle, so a candidate below the muscle's level is none."""
+    image, labels = variants.child(*variants.arterial_phase(*real_case), scale=0.6)
+    _, organs = organs_of(image)
+    for key in ("kidney-right", "kidney-left"):
+        assert not (organs == LABELS[key]).any(), key

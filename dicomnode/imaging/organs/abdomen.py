@@ -450,6 +450,10 @@ def _seeds(
             # a level of the muscle's (the psoas taken for a kidney) is looked for further
             if model is not None and not _muscle_level(model.hu, muscle_hu, muscle_spread):
                 break
+        if model is not None and _unenhanced_in_contrast(model, models.get("aorta"), lm, muscle_hu):
+            log.debug("%s at %.0f HU, below the muscle's %.0f HU with contrast in the aorta: no kidney", name,
+                      model.hu, muscle_hu)
+            model = None
         if model is not None:
             models[name] = model
             taken |= model.seed
@@ -723,6 +727,17 @@ def _kidney(
     if seed.sum() < 10:
         return None
     return OrganModel("kidney", seed, hu, max(spread, 10.0))
+
+
+def _unenhanced_in_contrast(
+    kidney: OrganModel, aorta: OrganModel | None, lm: Landmarks, muscle_hu: float | None
+) -> bool:
+    """Whether a kidney candidate lies below the wall muscle's level while the aorta holds contrast (its
+    blood 100 HU above the soft tissue's level): a kidney with contrast enhances more than muscle in every
+    phase, so such a candidate is muscle or bowel (the real arterial child's 19 HU left back muscle)."""
+    if aorta is None or muscle_hu is None:
+        return False
+    return aorta.hu > lm.tissue_hu + 100.0 and kidney.hu < muscle_hu
 
 
 def _split_from_muscle(hu: float, tolerance: float, muscle_hu: float | None) -> bool:
