@@ -58,13 +58,25 @@ def with_nodules(lung1):  # noqa: ANN001, ANN201
         index, radius, side, wall = nodule
         array, truths[nodule] = variants.juxtapleural(array, volume.spacing, slice_index=index,
                                                       radius_mm=radius, side=side, wall=wall)
+    array = _insert_small(volume, array, SMALL, truths)
+    return _run(volume, array, truths)
+
+
+def _insert_small(volume, array: np.ndarray, nodules, truths: dict) -> np.ndarray:  # noqa: ANN001
+    """``array`` with each of ``nodules`` ((where, side, slice, radius mm, row fraction)) inserted by
+    tests.variants at the site it names, in lung1's own lung space; each truth goes into ``truths``."""
     space = variants.lung_space(volume.array)
-    for seed, nodule in enumerate(SMALL):
+    for seed, nodule in enumerate(nodules):
         where, side, index, radius, rows = nodule
         centre = variants.nodule_site(array, volume.spacing, where=where, side=side, slice_index=index,
                                       radius_mm=radius, row_fraction=rows, space=space)
         array, truths[nodule] = variants.insert_nodule(array, volume.spacing, centre, radius, seed=seed,
                                                        space=space)
+    return array
+
+
+def _run(volume, array: np.ndarray, truths: dict):  # noqa: ANN001, ANN202
+    """(variant, truths, processed, summary): lung-ct run once on ``volume`` with ``array``'s pixels."""
     variant = replace(volume, array=array)
     spec = JobSpec("t", "lung-ct", {}, (), "o")
     processed, summary = process_volume(get_pipeline("lung-ct"), variant, spec)
@@ -199,18 +211,9 @@ def at_the_limits(lung1):  # noqa: ANN001, ANN201
     """lung1 with the nodules of :data:`LIMITED` inserted, processed once: (volume, truths, processed,
     summary); ``truths`` maps each of :data:`LIMITED` to its truth and ``"tumour"`` to the reference."""
     volume, tumour = lung1
-    array, truths = volume.array, {}
-    space = variants.lung_space(volume.array)
-    for seed, nodule in enumerate(LIMITED):
-        where, side, index, radius, rows = nodule
-        centre = variants.nodule_site(array, volume.spacing, where=where, side=side, slice_index=index,
-                                      radius_mm=radius, row_fraction=rows, space=space)
-        array, truths[nodule] = variants.insert_nodule(array, volume.spacing, centre, radius, seed=seed,
-                                                       space=space)
-    variant = replace(volume, array=array)
-    spec = JobSpec("t", "lung-ct", {}, (), "o")
-    processed, summary = process_volume(get_pipeline("lung-ct"), variant, spec)
-    return variant, {**truths, "tumour": tumour}, processed, summary
+    truths: dict = {}
+    array = _insert_small(volume, volume.array, LIMITED, truths)
+    return _run(volume, array, {**truths, "tumour": tumour})
 
 
 def test_a_missed_nodule_lies_where_the_lungs_qc_says_the_search_cannot_look(at_the_limits) -> None:  # noqa: ANN001
