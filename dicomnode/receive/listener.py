@@ -323,8 +323,8 @@ class Listener:
         if rejection is not None:
             log.warning("Rejected association from '%s' (%s) to '%s': %s.", request.calling_aet, conn.peer,
                         request.called_aet, rejection.reason)
+            self._reject(rejection.reason)  # counted first: a peer that has read the A-ASSOCIATE-RJ sees it
             _send_quietly(wire, reject_pdu(rejection))
-            self._reject(rejection.reason)
             _linger(sock)
             return
         accept, accepted = accept_pdu(request, self._contexts, node.max_pdu_size)

@@ -7,7 +7,7 @@ import urllib.request
 
 import pytest
 
-from tests.support import dcmtk, free_port
+from tests.support import dcmtk, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +38,14 @@ def test_association_outcomes_are_counted_by_reason(dicomnode_node) -> None:
     )
     assert wrong_called.returncode != 0
 
-    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+    def scrape() -> str:
+        return urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+
+    # a rejection is counted once the association has ended on the node's side, which may be a moment after
+    # echoscu has read the A-ASSOCIATE-RJ and exited (seen under load in CI): wait for it, then check them all
+    expected = 'dicomnode_associations_rejected_total{reason="called_aet"}'
+    wait_until(lambda: _metric(scrape(), expected) >= 1, "the called_aet rejection counted", timeout=10)
+    text = scrape()
     assert _metric(text, "dicomnode_associations_accepted_total") >= 2  # GOODSCU + the fixture's own echo
     assert _metric(text, 'dicomnode_associations_rejected_total{reason="calling_aet"}') == 1
     assert _metric(text, 'dicomnode_associations_rejected_total{reason="called_aet"}') == 1

@@ -868,6 +868,8 @@ def _kidney_core_fits(
 STOMACH_FLUID_HU = (-15.0, 25.0)
 STOMACH_CONTRAST_HU = 150.0
 STOMACH_WALL_MM = 6.0  # its wall (3-5 mm distended) and partial volume round its lumen, for an adult
+# its lumen reaches at least this high (mm, scaled) below the left lung's base: the fundus, under the dome
+STOMACH_TOP_MM = 90.0
 
 
 def _stomach(
@@ -923,6 +925,12 @@ def _stomach(
     # pieces within 6 mm of each other are one lumen (gas over its fluid level, the partial volume between)
     groups, n = ndimage.label(dilate_mm(pieces, 6.0, sp))
     sizes = np.bincount(groups[pieces], minlength=n + 1)
+    # the stomach's fundus lies under the left hemidiaphragm: a lumen whose top stays more than
+    # STOMACH_TOP_MM below the left lung's base is bowel (a 300 mm field's pelvic loops of water, 1 mm slices)
+    tops = ndimage.maximum(np.broadcast_to(h, array.shape)[box], groups, index=np.arange(1, n + 1))
+    sizes[1:][np.asarray(tops, dtype=float) < -STOMACH_TOP_MM * s] = 0
+    if sizes.max(initial=0) == 0:
+        return None
     lumen = pieces & (groups == int(np.argmax(sizes)))
     contents = lumen & ~gas
     if contents.sum() >= 50:
