@@ -318,10 +318,9 @@ def with_lesion_search_limits(report: Any, spec: PipelineSpec, estimates: Mappin
             continue
         median = estimates.get(f"{step.id}.organ_median", "")
         for label in hosts:
-            declared = next(d for d in spec.segments if d.label == label)
-            segments[declared.label] = segments[declared.label].adding(
+            segments[label] = segments[label].adding(
                 QCStatus.WARN, [QCFlag.LOW_CONTRAST],
-                [f"Lesions were looked for in {declared.label} only where they differ from its "
+                [f"Lesions were looked for in {label} only where they differ from its "
                  f"{median} HU by more than {threshold:.0f} HU (the image's noise sets that threshold): "
                  "lesions of lower contrast are not found, and finding none does not rule them out."])
     return replace(report, segments=segments)
