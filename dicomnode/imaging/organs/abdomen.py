@@ -1024,6 +1024,112 @@ def _stomach_reach(array: np.ndarray, lm: Landmarks, stomach: OrganModel, blocke
     return out
 
 
+#: The stomach's wall where no fat shows its outer border (mm; 3-5 mm distended, adult), and the range a
+#: thickness measured against fat is kept in (:func:`refine_stomach`).
+STOMACH_WALL_DEFAULT_MM = 4.0
+STOMACH_WALL_RANGE_MM = (2.0, 6.0)
+#: what the wall is measured on: its outer edge against fat over at least this share of the lumen's surface
+STOMACH_EDGE_FRACTION = 0.1
+
+
+@step("abdomen.stomach_on_source")
+def stomach_on_source(labels: sitk.Image, image: sitk.Image) -> sitk.Image:
+    """Step ``abdomen.stomach_on_source``: the organs' label map (on ``image``'s grid) with the stomach drawn
+    again on the source pixels (:func:`refine_stomach`). The competition works on the median-smoothed grid,
+    whose 3-voxel median across 5 mm slices moves the lumen's poles by a slice and wipes out a 4 mm wall at
+    2.8 mm pixels: the phantom's stomach rows lost 10-30 % of their volume there (Dice 0.71-0.89)."""
+    oriented = to_lps(sitk.Cast(image, sitk.sitkFloat32))
+    array = sitk.GetArrayFromImage(oriented)
+    out = sitk.GetArrayFromImage(to_lps(sitk.Cast(labels, sitk.sitkUInt8)))
+    spacing = tuple(float(s) for s in oriented.GetSpacing()[::-1])
+    refine_stomach(out, array, spacing)  # type: ignore[arg-type]
+    result = sitk.GetImageFromArray(out)
+    result.CopyInformation(oriented)
+    return sitk.Resample(result, labels, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+
+
+def refine_stomach(
+    labels: np.ndarray, array: np.ndarray, spacing: tuple[float, float, float]
+) -> float | None:
+    """The stomach as its lumen and the wall round it, in place on the LPS label map ``labels``; returns the
+    wall's thickness used (mm; ``None``: left as it was).
+
+    The lumen: gas (below −500 HU, with the partial volume next to it darker than the contents) and the
+    contents' level (the median of the contour's core without gas, ± max(2.5 × its noise, 20 HU)) within a
+    voxel of the contour, the largest connected piece. The wall: voxels above the level half-way between the
+    fat (the median of the box's −200..−30 HU) and the wall (the median of what lies within 1.5 voxels
+    outside the lumen, 40 HU above the fat), connected to the lumen, free or the liver's or the spleen's,
+    whose centre lies within the wall's thickness of the lumen's surface. The thickness is measured in the
+    image: the median distance from the lumen to the wall's outer edge where fat lies beyond it (kept in
+    :data:`STOMACH_WALL_RANGE_MM`), or :data:`STOMACH_WALL_DEFAULT_MM` where fat borders under
+    :data:`STOMACH_EDGE_FRACTION` of the lumen's surface (no fat plane: QC says the border is not seen,
+    :func:`dicomnode.imaging.assess.stomach_checks`). Holes are filled slice by slice."""
+    value = LABELS["stomach"]
+    own = labels == value
+    if np.count_nonzero(own) < 20:
+        return None
+    voxel = max(spacing)
+    box = _box(own, [int(np.ceil(12.0 / s)) + 1 for s in spacing])
+    sub, values, own = labels[box], array[box], own[box]
+    fatty = values[(values >= -200.0) & (values <= -30.0)]
+    fat = float(np.median(fatty)) if fatty.size >= 50 else -100.0
+    gas = values < -500.0
+    core = erode_mm(own, 1.01 * voxel, spacing) & ~gas
+    if np.count_nonzero(core) < 20:
+        core = own & ~gas
+        if np.count_nonzero(core) < 20:
+            return None
+    contents = float(np.median(values[core]))
+    noise = 1.4826 * float(np.median(np.abs(values[core] - contents)))
+    near = dilate_mm(own, 1.01 * voxel, spacing)
+    lumen = near & ((np.abs(values - contents) <= max(2.5 * noise, 20.0)) | gas)
+    lumen |= near & ndimage.binary_dilation(gas) & (values < contents)
+    lumen = largest_components(lumen, 1, connectivity=6)  # (diagonal steps pass through a fat plane)
+    if not lumen.any():
+        return None
+    dist, nearest = ndimage.distance_transform_edt(~lumen, sampling=spacing, return_indices=True)
+    # a voxel's centre from the lumen's surface: less half the nearest lumen voxel's extent that way
+    grid = np.indices(lumen.shape, sparse=True)
+    norm = np.maximum(dist, 1e-6)
+    half = sum(np.abs(nearest[i] - grid[i]) * (spacing[i] ** 2) for i in range(3)) / (2.0 * norm)
+    del nearest
+    ring = ~lumen & (dist <= 1.5 * voxel) & (values > fat + 40.0) & near
+    wall_hu = float(np.median(values[ring])) if np.count_nonzero(ring) >= 20 else contents
+    level = 0.5 * (fat + wall_hu)
+    free = (sub == 0) | own | (sub == LABELS["liver"]) | (sub == LABELS["spleen"])
+    depth = dist - half  # (no wall is thicker than the range's top: the liver's far side is no edge of it)
+    tissue = (values > level) & (depth <= STOMACH_WALL_RANGE_MM[1]) & free & ~gas
+    wall = _keep_seeded(tissue | lumen, lumen) & tissue & ~lumen
+    edge = _outer_edge(wall, (values <= level) & ~lumen & ~gas, dist)
+    surface = lumen & ~ndimage.binary_erosion(lumen)
+    if np.count_nonzero(edge) >= STOMACH_EDGE_FRACTION * np.count_nonzero(surface):
+        thickness = float(np.clip(np.median(dist[edge]), *STOMACH_WALL_RANGE_MM))
+    else:
+        thickness = STOMACH_WALL_DEFAULT_MM
+    stomach = fill_holes(lumen | (wall & (depth <= thickness)), slicewise=True) & (free | lumen)
+    log.debug("stomach on the source grid: contents %.0f HU (noise %.0f), wall %.0f HU, fat %.0f HU, "
+              "wall %.1f mm (%d edge voxels), %d -> %d voxels", contents, noise, wall_hu, fat, thickness,
+              int(np.count_nonzero(edge)), int(np.count_nonzero(own)), int(np.count_nonzero(stomach)))
+    sub[own & ~stomach] = 0
+    sub[stomach & free] = value
+    return thickness
+
+
+def _outer_edge(wall: np.ndarray, fat: np.ndarray, dist: np.ndarray) -> np.ndarray:
+    """The voxels of ``wall`` with a face neighbour in ``fat`` farther from the lumen (``dist``) than
+    themselves: its outer edge, not a noisy voxel of the contents inside it."""
+    edge = np.zeros_like(wall)
+    for axis in range(wall.ndim):
+        for step_ in (1, -1):
+            here = [slice(None)] * wall.ndim
+            there = [slice(None)] * wall.ndim
+            here[axis] = slice(None, -1) if step_ == 1 else slice(1, None)
+            there[axis] = slice(1, None) if step_ == 1 else slice(None, -1)
+            h, t = tuple(here), tuple(there)
+            edge[h] |= wall[h] & fat[t] & (dist[t] > dist[h])
+    return edge
+
+
 def _wall(array: np.ndarray, lm: Landmarks, inside: np.ndarray | None = None) -> np.ndarray:
     """Where no abdominal organ lies: the outer body layer, bone and its muscle attachments, the muscles
     behind and beside the spine, the back outside the rib cage, the heart and mediastinum."""
@@ -1592,6 +1698,8 @@ def liver_less_vessels(liver: sitk.Image, labels: sitk.Image) -> sitk.Image:
     the aorta or the IVC (:func:`vessels_on_source` draws the IVC's border into the liver's)."""
     mask = sitk.GetArrayFromImage(liver) > 0
     arr = sitk.GetArrayFromImage(labels)
-    out = sitk.GetImageFromArray((mask & ~np.isin(arr, list(SOURCE_VESSELS))).astype(np.uint8))
+    # (and the stomach's: :func:`stomach_on_source` draws its wall into the liver's where they touch)
+    taken = np.isin(arr, [*SOURCE_VESSELS, LABELS["stomach"]])
+    out = sitk.GetImageFromArray((mask & ~taken).astype(np.uint8))
     out.CopyInformation(liver)
     return out
