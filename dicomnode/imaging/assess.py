@@ -99,6 +99,10 @@ STOMACH_WALL_FRACTION = 0.1  # of its voxels, at least: a wall round oral contra
 STOMACH_WALL_MM = 5.0  # its wall's depth inside its contour, where a neighbour's level is no spill
 STOMACH_SPILL_ML = 5.0  # a neighbour organ's tissue deeper inside the contour than its wall: a spill
 STOMACH_SPILL_FRACTION = 0.1  # (and this share of the contour)
+# its border seen: fat or gas (below -30 HU) within this of its contour outside it; where none lies there its
+# neighbour touches it without a plane and the border is drawn at the wall's thickness from the lumen
+STOMACH_PLANE_MM = 5.0
+STOMACH_UNSEEN_FRACTION = 0.3  # of its surface, at most, without such a plane before QC says so
 
 
 @dataclass(frozen=True)
@@ -483,6 +487,15 @@ def stomach_checks(
             f"Only {100 * wall:.0f} % of {label} lies at {STOMACH_WALL_HU[0]:.0f} to "
             f"{STOMACH_WALL_HU[1]:.0f} HU: a stomach has a wall of soft tissue round its contents; the "
             "contour lies on something else (a vessel, bone, bowel gas).")))
+    unseen, touching = _unseparated_surface(values, sub, spacing, [(o, t[box]) for o, t in neighbours
+                                                                  if t.shape == mask.shape])
+    log.debug("%s: %.0f %% of its surface without a fat or gas plane (%s)", label, 100 * unseen, touching)
+    if unseen > STOMACH_UNSEEN_FRACTION:
+        found.append((QCFlag.LOW_CONTRAST, (
+            f"{100 * unseen:.0f} % of {label}'s surface has no fat or gas plane (below -30 HU within "
+            f"{STOMACH_PLANE_MM:.0f} mm outside it) separating it from {touching}: its border there is not "
+            "in the image and is drawn at its wall's thickness from its contents; its outline and volume "
+            "are uncertain.")))
     voxel_ml = float(np.prod(spacing)) / 1000.0
     deep = ndimage.distance_transform_edt(sub, sampling=spacing) > STOMACH_WALL_MM
     for other, theirs in neighbours:
@@ -503,6 +516,33 @@ def stomach_checks(
                 f"({median:.0f} HU) more than {STOMACH_WALL_MM:.0f} mm inside its contour, joined to "
                 f"{other}: the contour has spilled into {other}; its outline and volume are wrong.")))
     return found
+
+
+def _unseparated_surface(
+    values: np.ndarray, mask: np.ndarray, spacing: Sequence[float],
+    neighbours: Sequence[tuple[str, np.ndarray]],
+) -> tuple[float, str]:
+    """The share of ``mask``'s surface with no fat or gas (below -30 HU) within :data:`STOMACH_PLANE_MM`
+    outside it, and what touches it there (the neighbours' names whose masks hold a tenth of what lies
+    against that part; "the tissue around it" where they hold under half of it)."""
+    surface = mask & ~ndimage.binary_erosion(mask)
+    if not surface.any():
+        return 0.0, ""
+    beyond = ndimage.distance_transform_edt(~mask, sampling=spacing)
+    plane = ~mask & (beyond <= STOMACH_PLANE_MM) & (values < -30.0)
+    if plane.any():
+        seen = ndimage.distance_transform_edt(~plane, sampling=spacing) <= STOMACH_PLANE_MM
+    else:
+        seen = np.zeros_like(mask)
+    unseen = surface & ~seen
+    fraction = float(np.count_nonzero(unseen)) / float(np.count_nonzero(surface))
+    against = ndimage.binary_dilation(unseen) & ~mask
+    total = max(np.count_nonzero(against), 1)
+    names = [name for name, theirs in neighbours if np.count_nonzero(against & theirs) >= 0.1 * total]
+    named = np.logical_or.reduce([theirs for _, theirs in neighbours]) if neighbours else np.zeros_like(mask)
+    if np.count_nonzero(against & ~named) >= 0.5 * total:
+        names.append("the tissue around it")
+    return fraction, " and ".join(names)
 
 
 def child_scale(diameter_cm: float) -> float | None:
