@@ -1074,17 +1074,36 @@ def refine_stomach(
     fatty = values[(values >= -200.0) & (values <= -30.0)]
     fat = float(np.median(fatty)) if fatty.size >= 50 else -100.0
     gas = values < -500.0
-    core = erode_mm(own, 1.01 * voxel, spacing) & ~gas
+    # (the contents' level and noise away from the partial volume with gas)
+    core = erode_mm(own, 1.01 * voxel, spacing) & ~ndimage.binary_dilation(gas)
     if np.count_nonzero(core) < 20:
         core = own & ~gas
         if np.count_nonzero(core) < 20:
             return None
     contents = float(np.median(values[core]))
     noise = 1.4826 * float(np.median(np.abs(values[core] - contents)))
+    band = max(2.5 * noise, 20.0)
     near = dilate_mm(own, 1.01 * voxel, spacing)
-    lumen = near & ((np.abs(values - contents) <= max(2.5 * noise, 20.0)) | gas)
-    lumen |= near & ndimage.binary_dilation(gas) & (values < contents)
-    lumen = largest_components(lumen, 1, connectivity=6)  # (diagonal steps pass through a fat plane)
+
+    def lumen_within(low: float, high: float) -> np.ndarray:
+        inside = near & (((values >= low) & (values <= high)) | gas)
+        inside |= near & ndimage.binary_dilation(gas) & (values < contents)
+        return largest_components(inside, 1, connectivity=6)  # (diagonal steps pass through a fat plane)
+
+    lumen = lumen_within(contents - band, contents + band)
+    if not lumen.any():
+        return None
+    ring = ~lumen & (ndimage.distance_transform_edt(~lumen, sampling=spacing) <= 1.5 * voxel)
+    ring &= (values > fat + 40.0) & near
+    wall_hu = float(np.median(values[ring])) if np.count_nonzero(ring) >= 20 else contents
+    # the contents end half-way to the wall's level and the fat's (a noisy lumen ran through its wall)
+    low, high = contents - band, contents + band
+    for other in (fat, wall_hu):
+        if other < contents:
+            low = max(low, 0.5 * (contents + other))
+        elif other > contents:
+            high = min(high, 0.5 * (contents + other))
+    lumen = lumen_within(low, high)
     if not lumen.any():
         return None
     dist, nearest = ndimage.distance_transform_edt(~lumen, sampling=spacing, return_indices=True)
@@ -1093,41 +1112,34 @@ def refine_stomach(
     norm = np.maximum(dist, 1e-6)
     half = sum(np.abs(nearest[i] - grid[i]) * (spacing[i] ** 2) for i in range(3)) / (2.0 * norm)
     del nearest
-    ring = ~lumen & (dist <= 1.5 * voxel) & (values > fat + 40.0) & near
-    wall_hu = float(np.median(values[ring])) if np.count_nonzero(ring) >= 20 else contents
     level = 0.5 * (fat + wall_hu)
     free = (sub == 0) | own | (sub == LABELS["liver"]) | (sub == LABELS["spleen"])
     depth = dist - half  # (no wall is thicker than the range's top: the liver's far side is no edge of it)
     tissue = (values > level) & (depth <= STOMACH_WALL_RANGE_MM[1]) & free & ~gas
     wall = _keep_seeded(tissue | lumen, lumen) & tissue & ~lumen
-    edge = _outer_edge(wall, (values <= level) & ~lumen & ~gas, dist)
+    # its thickness: from the lumen's surface to the first fat beyond it (centre to centre, less half a voxel
+    # at each end), where fat lies within the range's top of the lumen; the tissue beyond a thin fat plane
+    # is not its wall
+    fatlike = (values <= level) & ~lumen & ~gas
     surface = lumen & ~ndimage.binary_erosion(lumen)
-    if np.count_nonzero(edge) >= STOMACH_EDGE_FRACTION * np.count_nonzero(surface):
-        thickness = float(np.clip(np.median(dist[edge]), *STOMACH_WALL_RANGE_MM))
+    reach, nearest = ndimage.distance_transform_edt(~fatlike, sampling=spacing, return_indices=True)
+    at = np.nonzero(surface)
+    steps = [np.abs(nearest[i][at] - at[i]) for i in range(3)]
+    del nearest
+    across = reach[at] - sum(steps[i] * spacing[i] ** 2 for i in range(3)) / np.maximum(reach[at], 1e-6)
+    faced = reach[at] <= STOMACH_WALL_RANGE_MM[1] + voxel
+    if np.count_nonzero(faced) >= STOMACH_EDGE_FRACTION * at[0].size:
+        thickness = float(np.clip(np.median(across[faced]), *STOMACH_WALL_RANGE_MM))
     else:
         thickness = STOMACH_WALL_DEFAULT_MM
     stomach = fill_holes(lumen | (wall & (depth <= thickness)), slicewise=True) & (free | lumen)
-    log.debug("stomach on the source grid: contents %.0f HU (noise %.0f), wall %.0f HU, fat %.0f HU, "
-              "wall %.1f mm (%d edge voxels), %d -> %d voxels", contents, noise, wall_hu, fat, thickness,
-              int(np.count_nonzero(edge)), int(np.count_nonzero(own)), int(np.count_nonzero(stomach)))
+    log.debug("stomach on the source grid: contents %.0f HU (noise %.0f), wall %.0f HU, fat %.0f HU, wall "
+              "%.1f mm (%d of %d surface voxels against fat), %d -> %d voxels", contents, noise, wall_hu, fat,
+              thickness, int(np.count_nonzero(faced)), at[0].size, int(np.count_nonzero(own)),
+              int(np.count_nonzero(stomach)))
     sub[own & ~stomach] = 0
     sub[stomach & free] = value
     return thickness
-
-
-def _outer_edge(wall: np.ndarray, fat: np.ndarray, dist: np.ndarray) -> np.ndarray:
-    """The voxels of ``wall`` with a face neighbour in ``fat`` farther from the lumen (``dist``) than
-    themselves: its outer edge, not a noisy voxel of the contents inside it."""
-    edge = np.zeros_like(wall)
-    for axis in range(wall.ndim):
-        for step_ in (1, -1):
-            here = [slice(None)] * wall.ndim
-            there = [slice(None)] * wall.ndim
-            here[axis] = slice(None, -1) if step_ == 1 else slice(1, None)
-            there[axis] = slice(1, None) if step_ == 1 else slice(None, -1)
-            h, t = tuple(here), tuple(there)
-            edge[h] |= wall[h] & fat[t] & (dist[t] > dist[h])
-    return edge
 
 
 def _wall(array: np.ndarray, lm: Landmarks, inside: np.ndarray | None = None) -> np.ndarray:
