@@ -1117,22 +1117,21 @@ def refine_stomach(
     depth = dist - half  # (no wall is thicker than the range's top: the liver's far side is no edge of it)
     tissue = (values > level) & (depth <= STOMACH_WALL_RANGE_MM[1]) & free & ~gas
     wall = _keep_seeded(tissue | lumen, lumen) & tissue & ~lumen
-    # its thickness: from the lumen's surface to the first fat beyond it (centre to centre, less half a voxel
-    # at each end), where fat lies within the range's top of the lumen; the tissue beyond a thin fat plane
-    # is not its wall
-    fatlike = (values <= level) & ~lumen & ~gas
+    # its thickness: the depth (from the lumen's surface) of the first fat beyond it, where fat lies within
+    # the range's top of the lumen; the tissue beyond a thin fat plane is not its wall (fat: below the
+    # contents' noise too, and not enclosed by the lumen: a noisy voxel of the water is none)
+    fatlike = (values <= min(level, contents - 3.0 * noise)) & ~fill_holes(lumen) & ~gas
     surface = lumen & ~ndimage.binary_erosion(lumen)
     reach, nearest = ndimage.distance_transform_edt(~fatlike, sampling=spacing, return_indices=True)
     at = np.nonzero(surface)
-    steps = [np.abs(nearest[i][at] - at[i]) for i in range(3)]
+    first = depth[tuple(nearest[i][at] for i in range(3))]
     del nearest
-    across = reach[at] - sum(steps[i] * spacing[i] ** 2 for i in range(3)) / np.maximum(reach[at], 1e-6)
     faced = reach[at] <= STOMACH_WALL_RANGE_MM[1] + voxel
     if np.count_nonzero(faced) >= STOMACH_EDGE_FRACTION * at[0].size:
-        thickness = float(np.clip(np.median(across[faced]), *STOMACH_WALL_RANGE_MM))
+        thickness = float(np.clip(np.median(first[faced]), *STOMACH_WALL_RANGE_MM))
     else:
         thickness = STOMACH_WALL_DEFAULT_MM
-    stomach = fill_holes(lumen | (wall & (depth <= thickness)), slicewise=True) & (free | lumen)
+    stomach = fill_holes(lumen | (wall & (depth < thickness)), slicewise=True) & (free | lumen)
     log.debug("stomach on the source grid: contents %.0f HU (noise %.0f), wall %.0f HU, fat %.0f HU, wall "
               "%.1f mm (%d of %d surface voxels against fat), %d -> %d voxels", contents, noise, wall_hu, fat,
               thickness, int(np.count_nonzero(faced)), at[0].size, int(np.count_nonzero(own)),
