@@ -37,7 +37,7 @@ from skimage.morphology import convex_hull_image
 from skimage.segmentation import watershed
 
 from dicomnode.errors import ImagingError
-from dicomnode.imaging.assess import PRIORS
+from dicomnode.imaging.assess import PRIORS, STOMACH_GAS_FRACTION
 from dicomnode.imaging.morphology import closing, fill_holes, largest_components
 from dicomnode.imaging.morphology import dilate as dilate_mm
 from dicomnode.imaging.morphology import erode as erode_mm
@@ -1055,15 +1055,19 @@ def refine_stomach(
     wall's thickness used (mm; ``None``: left as it was).
 
     The lumen: gas (below −500 HU, with the partial volume next to it darker than the contents) and the
-    contents' level (the median of the contour's core without gas, ± max(2.5 × its noise, 20 HU)) within a
-    voxel of the contour, the largest connected piece. The wall: voxels above the level half-way between the
-    fat (the median of the box's −200..−30 HU) and the wall (the median of what lies within 1.5 voxels
-    outside the lumen, 40 HU above the fat), connected to the lumen, free or the liver's or the spleen's,
-    whose centre lies within the wall's thickness of the lumen's surface. The thickness is measured in the
-    image: the median distance from the lumen to the wall's outer edge where fat lies beyond it (kept in
-    :data:`STOMACH_WALL_RANGE_MM`), or :data:`STOMACH_WALL_DEFAULT_MM` where fat borders under
-    :data:`STOMACH_EDGE_FRACTION` of the lumen's surface (no fat plane: QC says the border is not seen,
-    :func:`dicomnode.imaging.assess.stomach_checks`). Holes are filled slice by slice."""
+    contents' level (the median of the contour's core away from the gas, ± max(2.5 × its noise, 20 HU),
+    ending half-way to the fat's and the wall's levels) within a voxel of the contour, the largest piece
+    connected through faces. The wall: voxels above the level half-way between the fat (the median of the
+    box's −200..−30 HU) and the wall (the median of what lies within 1.5 voxels outside the lumen, 40 HU
+    above the fat), connected to the lumen, free or the liver's or the spleen's, whose depth (their centre's
+    distance from the lumen's surface) is less than the wall's thickness. The thickness is measured in the
+    image: the median depth of the first fat beyond each point of the lumen's surface where fat lies within
+    the top of :data:`STOMACH_WALL_RANGE_MM` (kept in that range; not the partial volume of gas or lung, not
+    a noisy voxel of the contents), or :data:`STOMACH_WALL_DEFAULT_MM` where fat faces under
+    :data:`STOMACH_EDGE_FRACTION` of the lumen's surface (no fat plane: QC says its border is not seen,
+    :func:`dicomnode.imaging.assess.stomach_checks`). Holes are filled slice by slice. A contour half or more
+    of gas (:data:`~dicomnode.imaging.assess.STOMACH_GAS_FRACTION`: its gas pocket, the contents not found)
+    is left as it is, for QC to withhold."""
     value = LABELS["stomach"]
     own = labels == value
     if np.count_nonzero(own) < 20:
@@ -1074,6 +1078,12 @@ def refine_stomach(
     fatty = values[(values >= -200.0) & (values <= -30.0)]
     fat = float(np.median(fatty)) if fatty.size >= 50 else -100.0
     gas = values < -500.0
+    if np.count_nonzero(own & gas) >= STOMACH_GAS_FRACTION * np.count_nonzero(own):
+        # its gas pocket without contents of their own (food at the wall's level is not told from the wall):
+        # a wall drawn round it would only hide from QC that the contour is not the stomach
+        log.debug("stomach on the source grid: %.0f %% of its contour is gas, left as it is",
+                  100.0 * np.count_nonzero(own & gas) / np.count_nonzero(own))
+        return None
     # (the contents' level and noise away from the partial volume with gas)
     core = erode_mm(own, 1.01 * voxel, spacing) & ~ndimage.binary_dilation(gas)
     if np.count_nonzero(core) < 20:
@@ -1120,7 +1130,8 @@ def refine_stomach(
     # its thickness: the depth (from the lumen's surface) of the first fat beyond it, where fat lies within
     # the range's top of the lumen; the tissue beyond a thin fat plane is not its wall (fat: below the
     # contents' noise too, and not enclosed by the lumen: a noisy voxel of the water is none)
-    fatlike = (values <= min(level, contents - 3.0 * noise)) & ~fill_holes(lumen) & ~gas
+    fatlike = (values <= min(level, contents - 3.0 * noise)) & ~fill_holes(lumen)
+    fatlike &= ~ndimage.binary_dilation(gas)  # (nor the partial volume of gas or lung with tissue)
     surface = lumen & ~ndimage.binary_erosion(lumen)
     reach, nearest = ndimage.distance_transform_edt(~fatlike, sampling=spacing, return_indices=True)
     at = np.nonzero(surface)
