@@ -303,12 +303,14 @@ def _median_noise(values: np.ndarray) -> tuple[float, float]:
     return median, 1.4826 * float(np.median(np.abs(values - median)))
 
 
-def _own_tissue(structure: str, values: np.ndarray) -> np.ndarray:
+def _own_tissue(structure: str, values: np.ndarray) -> np.ndarray | None:
     """An organ's voxels that are tissue of its own: a stomach's without its gas (below -500 HU; its wall's
-    contact with the liver read 97 HU 'under 1.5 × the noise' of a mixture of gas and water)."""
+    contact with the liver read 97 HU 'under 1.5 × the noise' of a mixture of gas and water); ``None`` for a
+    stomach half or more of gas (its gas pocket, which fails on its own: no border of it means anything)."""
     if structure == "stomach":
         tissue = values[values > -500.0]
-        return tissue if tissue.size >= 10 else values
+        enough = tissue.size > (1.0 - STOMACH_GAS_FRACTION) * values.size and tissue.size >= 10
+        return tissue if enough else None
     return values
 
 
@@ -321,7 +323,10 @@ def _equal_neighbours(segment, organs, sampled, image, spacing, stats=None):  # 
     if np.count_nonzero(mask) < 10:
         return []
     if segment.label not in stats:
-        stats[segment.label] = _median_noise(_own_tissue(segment.structure, image[mask]))
+        tissue = _own_tissue(segment.structure, image[mask])
+        stats[segment.label] = _median_noise(tissue) if tissue is not None else None
+    if stats[segment.label] is None:
+        return []
     median, noise = stats[segment.label]
     grown = None
     out = []
@@ -342,7 +347,10 @@ def _equal_neighbours(segment, organs, sampled, image, spacing, stats=None):  # 
         if contact * face_mm2 < CONTACT_MM2:
             continue
         if other.label not in stats:
-            stats[other.label] = _median_noise(_own_tissue(other.structure, image[theirs]))
+            tissue = _own_tissue(other.structure, image[theirs])
+            stats[other.label] = _median_noise(tissue) if tissue is not None else None
+        if stats[other.label] is None:
+            continue
         other_median, other_noise = stats[other.label]
         step_hu = abs(median - other_median)
         if step_hu < 1.5 * max(noise, other_noise, 1.0):
@@ -652,7 +660,7 @@ def assess(
         if sampled[s.label] is None:
             sampled[s.label] = np.ascontiguousarray(s.mask[:: step[0], :: step[1], :: step[2]])
     soft_tissue: dict[str, np.ndarray] = {}  # per grid: inside the body (above -500 HU)
-    neighbour_stats: dict[str, tuple[float, float]] = {}
+    neighbour_stats: dict[str, tuple[float, float] | None] = {}
     for segment in segments:
         volume = float(counts[segment.label]) * voxel_ml
         mask = sampled[segment.label]
