@@ -75,6 +75,8 @@ CHECKPOINT_NAME = "checkpoint"
 SEGMENT_GLOB = "segment-*.journal"
 COPY_CHUNK = 1024 * 1024
 SYNC_BATCH = 256  # files made durable per syncer round at most
+# a record's metadata as compact JSON (json.dumps with separators makes a new encoder on every call)
+_META_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
 def _align(n: int) -> int:
@@ -534,7 +536,7 @@ class Journal:
 
         Raises :class:`JournalFullError` when the record does not fit a segment or no segment is ready
         (the caller stores the instance directly instead), ``OSError`` for a failed write."""
-        meta_raw = json.dumps(meta, separators=(",", ":")).encode()
+        meta_raw = _META_ENCODER.encode(meta).encode()
         data_at = _align(RECORD_HEADER.size + len(meta_raw))  # from the record's start
         total = data_at + _align(size)
         if total > self.segment_bytes - BLOCK:

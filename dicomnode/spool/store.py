@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import threading
-import uuid
 from collections.abc import Iterable
 from contextlib import suppress
 from dataclasses import dataclass
@@ -197,12 +196,15 @@ class Spool:
         self._closing = False
 
     def path_for(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
-        return (
-            self.root
-            / validate_uid(study_uid, "Study Instance UID")
-            / validate_uid(series_uid, "Series Instance UID")
-            / f"{validate_uid(sop_uid, 'SOP Instance UID')}.dcm"
-        )
+        return self._paths(study_uid, series_uid, sop_uid)[0]
+
+    def _paths(self, study_uid: str, series_uid: str, sop_uid: str) -> tuple[Path, str]:
+        """(:meth:`path_for`, the same relative to the root as a POSIX string), built from one string (on the
+        receive path: three pathlib joins and a ``relative_to`` cost about 30 µs per instance)."""
+        relative = (f"{validate_uid(study_uid, 'Study Instance UID')}/"
+                    f"{validate_uid(series_uid, 'Series Instance UID')}/"
+                    f"{validate_uid(sop_uid, 'SOP Instance UID')}.dcm")
+        return Path(f"{self.root}/{relative}"), relative
 
     def series_dir(self, study_uid: str, series_uid: str) -> Path:
         return (
@@ -266,7 +268,7 @@ class Spool:
     def open_part(self, sop_uid: str) -> PartFile:
         """A new ``.tmp/<sop>.<random>.part`` file to stream an instance into (see :meth:`publish`)."""
         name = validate_uid(sop_uid, "SOP Instance UID") if sop_uid.strip() else "unknown"
-        tmp = self.tmp_dir / f"{name}.{uuid.uuid4().hex}{PART_SUFFIX}"
+        tmp = self.tmp_dir / f"{name}.{os.urandom(16).hex()}{PART_SUFFIX}"
         fd = self._take_spare(tmp)
         if fd is None:
             try:
@@ -327,7 +329,7 @@ class Spool:
                 if self._tmp_fd is None and not self._closing:
                     self._tmp_fd = os.open(self.tmp_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
             return None, os.open(self.tmp_dir, os.O_RDWR | _O_TMPFILE | os.O_CLOEXEC, 0o600)
-        path = self.spare_dir / uuid.uuid4().hex
+        path = self.spare_dir / os.urandom(16).hex()
         return path, os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
 
     def _make_spares(self) -> None:
@@ -405,7 +407,7 @@ class Spool:
         if journal is None or part.hasher is None or not journal.fits(part.size):
             return self.publish(part, study_uid, series_uid, sop_uid)
         try:
-            final = self.path_for(study_uid, series_uid, sop_uid)
+            final, relative = self._paths(study_uid, series_uid, sop_uid)
         except BaseException:
             part.discard()
             raise
@@ -413,7 +415,7 @@ class Spool:
         # before would cost every instance a stat)
         try:
             stat = os.fstat(part.fd)
-            meta = {"path": final.relative_to(self.root).as_posix(), "ino": stat.st_ino,
+            meta = {"path": relative, "ino": stat.st_ino,
                     "dev": stat.st_dev, **note}
             record = journal.append(part.fd, part.size, part.hasher.intdigest(), meta)
         except JournalFullError as exc:
