@@ -180,20 +180,27 @@ class InstanceWriter:
             self._part.discard()
             self._part = None
 
-    def finish(self) -> StoreResult:
+    def finish(self, *, report: bool = True) -> StoreResult:
         """Check the end of the dataset, publish the file durably and index it; the C-STORE status.
 
         Lines logged meanwhile carry ``calling_aet``/``sop_uid`` (and never the patient's name or ID);
-        the ingest's observers hear the outcome."""
+        the ingest's observers hear the outcome (``report`` False: when the caller calls :meth:`report`,
+        as the association does once the response is sent: a receiver process's observer writes to the
+        main process's pipe, whose wake-up competed with the response for the CPU)."""
         with log_context(calling_aet=self.calling_aet, sop_uid=self.sop_instance_uid):
             result = self._finish()
+        if report:
+            self.report(result)
+        return result
+
+    def report(self, result: StoreResult) -> None:
+        """Tell the ingest's observers the outcome of :meth:`finish`."""
         if result.status != SUCCESS:
             for failed in self.ingest.on_failed:
                 failed(f"0x{result.status:04X}")
         elif not result.duplicate:
             for stored in self.ingest.on_stored:
                 stored(self.received)
-        return result
 
     def _finish(self) -> StoreResult:
         if self._failed is not None:
