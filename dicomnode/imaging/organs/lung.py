@@ -246,7 +246,7 @@ def _bulges(lung: np.ndarray, allowed: np.ndarray, spacing: tuple[float, ...], d
 @step("lung.envelope")
 def envelope(
     labels: sitk.Image, airway: sitk.Image | None = None, *, pleura_mm: float = 15.0, wall_mm: float = 4.0,
-    bulge_mm: float = 3.0,
+    bulge_mm: float = 3.0, dent_mm: float = 8.0,
 ) -> sitk.Image:
     """Each lung of a split label map (1 = right, 2 = left) with what lies inside its pleura: holes filled
     (vessels, intrapulmonary nodules) and the pleural surface repaired by a closing of ``pleura_mm``
@@ -254,7 +254,9 @@ def envelope(
     carried across every indentation deeper than ``bulge_mm`` up to the lung's convex outline
     (:func:`_bulges`: a broad-based juxtapleural nodule wider than the ball). The repair never
     reaches medially past the lung's own medial border on any image row, so the hilum and the mediastinum
-    stay outside, and so do the trachea and main bronchi (``airway``) with their wall (``wall_mm``).
+    stay outside — except a round dent that border makes across up to ``2 × dent_mm`` of rows
+    (:func:`_medial_dents`: a nodule against the mediastinum) — and so do the trachea and main bronchi
+    (``airway``) with their wall (``wall_mm``).
     Returns the same labels."""
     if pleura_mm < 0:
         raise ImagingError(f"Parameter 'pleura_mm' must not be negative, got {pleura_mm!r}.")
@@ -276,6 +278,9 @@ def envelope(
         added = closed & ~filled & (lab == 0) & lateral
         if added.any():
             added = _capped(added, filled, edges=False)
+        if dent_mm > 0:  # a nodule against the mediastinum: the dent it cuts into the medial border
+            added |= _medial_dents(closed & ~filled & (lab == 0) & ~lateral, filled, border, xx, value == 1,
+                                   spacing, dent_mm)
         if bulge_mm > 0:
             bulges, inside = _bulges(filled, lateral & (lab == 0), spacing, bulge_mm, x, y,
                                      -1.0 if value == 1 else 1.0)
@@ -294,6 +299,38 @@ def envelope(
     if airway is not None:
         out[dilate(sitk.GetArrayFromImage(airway).astype(bool), wall_mm, spacing)] = 0
     return image_like(out, labels, np.uint8)
+
+
+def _medial_dents(beyond: np.ndarray, filled: np.ndarray, border: np.ndarray, xx: np.ndarray, right: bool,
+                  spacing: tuple[float, ...], dent_mm: float) -> np.ndarray:
+    """The round dents a nodule against the mediastinum cuts into the lung's medial border, out of
+    ``beyond`` (what the rolling ball adds medial to that border, ``border``: the medial-most patient x of
+    the lung ``filled`` on each row (z, y), ``xx`` the patient x of each voxel, ``right``: the right lung,
+    whose medial side is +x). On the rows through such a nodule the lung's own medial border runs along
+    the nodule's lateral face, so the nodule lay outside the repair whatever its size (lung1: a 12 mm
+    one 72 % outside the lung). The border is carried across each dent from the rows up to ``dent_mm``
+    on either side of it (the pleural line on either side), and what the ball adds medial to the row's
+    own border but lateral to the carried one is kept where lung caps it above and below (the gaps
+    between the hilum's vessels and bronchi mostly are not) and each 3-D part is round (principal axes
+    within 2.5 of each other) and at most ``2 × dent_mm + 10`` mm across: a nodule's dent, not the
+    branching gaps of the hilum."""
+    size = 2 * int(round(dent_mm / spacing[1])) + 1
+    extreme = ndimage.maximum_filter1d if right else ndimage.minimum_filter1d
+    carried = extreme(border, size, axis=1, mode="nearest")
+    beyond = beyond & ((xx <= carried) if right else (xx >= carried))
+    if not beyond.any():
+        return beyond
+    beyond = _capped(beyond, filled, edges=False)
+    labels, _ = ndimage.label(beyond)
+    keep = np.zeros(int(labels.max()) + 1, dtype=bool)
+    for i, sl in enumerate(ndimage.find_objects(labels), start=1):
+        part = labels[sl] == i
+        extent = max((s.stop - s.start) * sp for s, sp in zip(sl, spacing, strict=True))
+        keep[i] = part.sum() > 1 and extent <= 2.0 * dent_mm + 10.0 and _elongation(part, spacing) <= 2.5
+        if keep[i]:
+            log.debug("lung envelope: a round dent of the medial border at %s (%d voxels) is lung",
+                      [s.start for s in sl], int(part.sum()))
+    return keep[labels]
 
 
 def _elongation(mask: np.ndarray, spacing: tuple[float, ...]) -> float:
