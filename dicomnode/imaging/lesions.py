@@ -445,7 +445,7 @@ def detect_in_region(
         for comp in _surface_lesions(
             like, residual, organ_arr, spacing, limits, factors=factors, surface_mm=surface_mm,
             min_diameter_mm=max(min_diameter_mm, surface_min_mm), rejected=rejected, smooth=smooth,
-            fluid_check=centre - FLUID_HU[1] >= delta,
+            fluid_check=centre - FLUID_HU[1] >= delta, doubtful=doubtful, image=image,
         ):
             # the part inside the organ may have been found already (as an enclosed lesion): one lesion
             joined = [j for j, (_, other, _) in enumerate(kept) if (other & comp).any()]
@@ -480,6 +480,8 @@ def _surface_lesions(
     rejected: dict[str, int],
     smooth: np.ndarray,
     fluid_check: bool,
+    doubtful: list[str] | None = None,
+    image: sitk.Image | None = None,
 ) -> list[np.ndarray]:
     """Hypodense lesions that cross the organ's surface (see the module docstring): round blobs of
     lesion-like tissue whose largest inscribed ball crosses or touches the surface. Balls are looked for
@@ -546,6 +548,10 @@ def _surface_lesions(
         if reason:
             if reason != "enclosed":
                 rejected[reason] = rejected.get(reason, 0) + 1
+            if reason in DOUBTFUL and doubtful is not None and image is not None:
+                doubt = _doubtful(lesion, box, spacing, image, "hypo", reason)
+                if doubt:
+                    doubtful.append(doubt)
             continue
         log.debug("surface lesion: r=%.1f at %s, %d voxels", radius, tuple(centre), int(lesion.sum()))
         full = np.zeros(organ.shape, dtype=bool)
@@ -555,6 +561,7 @@ def _surface_lesions(
     return found
 
 
+AGAINST_LIKE = "against tissue of its own attenuation"  # a surface candidate in the organ's surface (WRAP)
 REPORT_MM = 10.0  # a dropped candidate this wide or more whose shape is a lesion's is named in the organ's QC
 # why each such drop is a judgement (what the candidate touches or where it lies, not its shape), and the QC
 # flag that names it: a lesion there cannot be ruled out
@@ -565,6 +572,8 @@ DOUBTFUL = {
     "cut by the field of view": ("truncated", "it is cut by the edge of the images, so whether it goes on "
                                  "as a vessel beyond them cannot be seen"),
     "metal streak": ("metal", "it runs along a metal streak"),
+    AGAINST_LIKE: ("low_contrast", "it bulges the surface against tissue of its own attenuation about as "
+                   "thick as it (a muscle, a crus, bowel), so where it ends cannot be seen"),
 }
 DOUBT_SEPARATOR = "; "
 
@@ -592,6 +601,15 @@ BITE = 2.0  # the organ's envelope around a surface candidate: each slice closed
 # radii (the ball found is about 0.8 of the lesion's radius, partial volume at its edge: at 1.3 radii a
 # notch as wide as the lesion stayed open; real liver, spheres half outside it: 20 mm found 4 -> 6 of 10,
 # 40 mm 7 -> 8 of 10, no row of the accuracy table moved)
+
+
+WRAP = 0.3  # a surface candidate whose shell (1-1.5 ball radii) is this much organ lies in the organ's
+# surface (a ball centred on a flat surface: 0.5; one that only touches it from outside: 0.1; real liver,
+# 20 mm lesions half outside it: 0.32-0.58, the balls of the wall's own muscle 0.07-0.22) ...
+WALL_DEPTH = 0.8  # ... and is a lesion, whatever lies beyond, when at most ``THICK_WALL`` of that shell is
+THICK_WALL = 0.35  # lesion-like tissue that holds balls of this many of its radii (as thick as the lesion: a
+# kidney, a thick crus or muscle goes on at its thickness, real CT 0.45-0.65; the wall a lesion lies against
+# 0.14-0.29); one wrapped but against a thicker wall is named (``AGAINST_LIKE``), not reported
 
 
 def _in_a_sac(smooth: np.ndarray, centre: np.ndarray, radius: float, lesion: np.ndarray,
@@ -686,9 +704,16 @@ def _surface_blob(
         bite = float((ball & hull & ~organ).sum()) / float(ball.sum())
         within = annulus & hull
         fill_within = float(like[within].mean()) if within.any() else 1.0
-        log.debug("surface bite %.2f, fill within the envelope %.2f", bite, fill_within)
-        if bite < 0.25 or fill_within > 0.4:
-            return "continues beyond the surface", lesion
+        # ... or one the organ wraps round (it lies in the surface, not on it) against a wall of its own
+        # attenuation thinner than it (muscle on the surface, a crus; the organ's mask stops at the lesion)
+        wrap = float(organ[annulus].mean()) if annulus.any() else 0.0
+        thick = dilate(depth > WALL_DEPTH * radius, WALL_DEPTH * radius, spacing) & like
+        wall = float(thick[annulus].mean()) if annulus.any() else 1.0
+        log.debug("surface bite %.2f, fill within the envelope %.2f, wrap %.2f, thick wall %.2f", bite,
+                  fill_within, wrap, wall)
+        if (bite < 0.25 or fill_within > 0.4) and not (wrap >= WRAP and wall <= THICK_WALL):
+            # one the organ wraps round is named: a lesion there cannot be told from what lies beyond it
+            return (AGAINST_LIKE if wrap >= WRAP else "continues beyond the surface"), lesion
     strength = -float(np.median(residual[lesion & (distance <= 0.5 * radius)]))
     if strength < limits.min_strength * limits.threshold:
         return "weak", lesion
