@@ -712,9 +712,11 @@ def _surface_blob(
         log.debug("surface bite %.2f, fill within the envelope %.2f, wrap %.2f, thick wall %.2f", bite,
                   fill_within, wrap, wall)
         if bite < 0.25 or fill_within > 0.4:
-            if not (wrap >= WRAP and wall <= THICK_WALL):
+            # (wrapped: and within the organ's envelope the organ, not the same tissue, surrounds it)
+            wrapped = wrap >= WRAP and fill_within <= 0.4
+            if not (wrapped and wall <= THICK_WALL):
                 # one the organ wraps round is named: a lesion there cannot be told from what lies beyond it
-                return (AGAINST_LIKE if wrap >= WRAP else "continues beyond the surface"), lesion
+                return (AGAINST_LIKE if wrapped else "continues beyond the surface"), lesion
             # beyond the organ no edge parts it from the wall of its own attenuation: there it is its ball
             lesion &= organ | (distance <= radius + half)
     strength = -float(np.median(residual[lesion & (distance <= 0.5 * radius)]))
