@@ -445,7 +445,7 @@ def detect_in_region(
         for comp in _surface_lesions(
             like, residual, organ_arr, spacing, limits, factors=factors, surface_mm=surface_mm,
             min_diameter_mm=max(min_diameter_mm, surface_min_mm), rejected=rejected, smooth=smooth,
-            fluid_check=centre - FLUID_HU[1] >= delta, doubtful=doubtful, image=image,
+            fluid_check=centre - FLUID_HU[1] >= delta, doubtful=doubtful, image=image, fov_faces=fov_faces,
         ):
             # the part inside the organ may have been found already (as an enclosed lesion): one lesion
             joined = [j for j, (_, other, _) in enumerate(kept) if (other & comp).any()]
@@ -482,6 +482,7 @@ def _surface_lesions(
     fluid_check: bool,
     doubtful: list[str] | None = None,
     image: sitk.Image | None = None,
+    fov_faces: tuple[bool, ...] | None = None,
 ) -> list[np.ndarray]:
     """Hypodense lesions that cross the organ's surface (see the module docstring): round blobs of
     lesion-like tissue whose largest inscribed ball crosses or touches the surface. Balls are looked for
@@ -541,8 +542,13 @@ def _surface_lesions(
             inner = tuple(slice(b.start - w.start, b.stop - w.start) for b, w in zip(box, wide, strict=True))
             return closed[inner] | organ[box]
 
+        # whether the ball lies within the images (what lies around it beyond their edge cannot be seen)
+        faces = fov_faces if fov_faces is not None else (True,) * (2 * len(spacing))
+        seen_round = all((not faces[2 * a] or centre[a] * spacing[a] >= radius)
+                         and (not faces[2 * a + 1] or (organ.shape[a] - 1 - centre[a]) * spacing[a] >= radius)
+                         for a in range(len(spacing)))
         reason, lesion = _surface_blob(like[box], local_depth, organ[box], residual[box], distance, radius,
-                                       spacing, limits, envelope)
+                                       spacing, limits, envelope, seen_round)
         if not reason and fluid_check and _in_a_sac(smooth, centre, radius, lesion, box, spacing):
             reason = "gallbladder"
         if reason:
@@ -670,6 +676,7 @@ def _surface_blob(
     spacing: tuple[float, ...],
     limits: Limits,
     envelope: Callable[[], np.ndarray],
+    seen_round: bool = True,
 ) -> tuple[str, np.ndarray]:
     """Why the ball of ``radius`` at the centre of ``distance`` is not a surface lesion ('' when it is one)
     and the lesion's mask: the lesion-like tissue in balls of 0.6 × ``radius`` around it (what is
@@ -712,8 +719,9 @@ def _surface_blob(
         log.debug("surface bite %.2f, fill within the envelope %.2f, wrap %.2f, thick wall %.2f", bite,
                   fill_within, wrap, wall)
         if bite < 0.25 or fill_within > 0.4:
-            # (wrapped: and within the organ's envelope the organ, not the same tissue, surrounds it)
-            wrapped = wrap >= WRAP and fill_within <= 0.4
+            # (wrapped: and within the organ's envelope the organ, not the same tissue, surrounds it, and the
+            # ball lies within the images: at their edge what goes on beyond cannot be seen)
+            wrapped = wrap >= WRAP and fill_within <= 0.4 and seen_round
             if not (wrapped and wall <= THICK_WALL):
                 # one the organ wraps round is named: a lesion there cannot be told from what lies beyond it
                 return (AGAINST_LIKE if wrapped else "continues beyond the surface"), lesion
