@@ -446,6 +446,7 @@ def detect_in_region(
             like, residual, organ_arr, spacing, limits, factors=factors, surface_mm=surface_mm,
             min_diameter_mm=max(min_diameter_mm, surface_min_mm), rejected=rejected, smooth=smooth,
             fluid_check=centre - FLUID_HU[1] >= delta, doubtful=doubtful, image=image, fov_faces=fov_faces,
+            metal_slices=averaged,
         ):
             # the part inside the organ may have been found already (as an enclosed lesion): one lesion
             joined = [j for j, (_, other, _) in enumerate(kept) if (other & comp).any()]
@@ -483,6 +484,7 @@ def _surface_lesions(
     doubtful: list[str] | None = None,
     image: sitk.Image | None = None,
     fov_faces: tuple[bool, ...] | None = None,
+    metal_slices: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """Hypodense lesions that cross the organ's surface (see the module docstring): round blobs of
     lesion-like tissue whose largest inscribed ball crosses or touches the surface. Balls are looked for
@@ -542,11 +544,16 @@ def _surface_lesions(
             inner = tuple(slice(b.start - w.start, b.stop - w.start) for b, w in zip(box, wide, strict=True))
             return closed[inner] | organ[box]
 
-        # whether the ball lies within the images (what lies around it beyond their edge cannot be seen)
+        # whether the ball lies within the images (what lies around it beyond their edge cannot be seen) and
+        # off the slices that hold metal (streak residue darkens bands there that no edge parts from a lesion)
         faces = fov_faces if fov_faces is not None else (True,) * (2 * len(spacing))
         seen_round = all((not faces[2 * a] or centre[a] * spacing[a] >= radius)
                          and (not faces[2 * a + 1] or (organ.shape[a] - 1 - centre[a]) * spacing[a] >= radius)
                          for a in range(len(spacing)))
+        if metal_slices is not None:
+            reach = int(math.ceil(radius / spacing[0]))
+            first, stop = max(0, int(centre[0]) - reach), int(centre[0]) + reach + 1
+            seen_round &= not bool(metal_slices[first:stop].any())
         reason, lesion = _surface_blob(like[box], local_depth, organ[box], residual[box], distance, radius,
                                        spacing, limits, envelope, seen_round)
         if not reason and fluid_check and _in_a_sac(smooth, centre, radius, lesion, box, spacing):
@@ -720,7 +727,7 @@ def _surface_blob(
                   fill_within, wrap, wall)
         if bite < 0.25 or fill_within > 0.4:
             # (wrapped: and within the organ's envelope the organ, not the same tissue, surrounds it, and the
-            # ball lies within the images: at their edge what goes on beyond cannot be seen)
+            # ball lies within the images, off the slices with metal: there what it is cannot be seen)
             wrapped = wrap >= WRAP and fill_within <= 0.4 and seen_round
             if not (wrapped and wall <= THICK_WALL):
                 # one the organ wraps round is named: a lesion there cannot be told from what lies beyond it
