@@ -74,7 +74,14 @@ ordered by decreasing volume) of hypo- and/or hyper-dense regions:
    on through that shell), the blob (the lesion-like tissue in balls of 0.6 radius there, so a thinner
    wall it touches is left out) shares at least 30 % of its boundary with the organ, is round
    (inscribed / equivalent diameter >= 0.7, principal-axis ratio <= 2), not mostly inside the organ
-   (that is the enclosed search's) and as clear as an enclosed lesion. It is then traced on the full
+   (that is the enclosed search's) and as clear as an enclosed lesion. Against a wall of its own
+   attenuation (body wall muscle, a crus: the organ chain leaves such a lesion out whole, its shell is
+   mostly lesion-like) a ball is a lesion too where the organ wraps round ``WRAP`` (30 %) of its shell
+   (it lies in the surface, not on it), within the organ's envelope the organ surrounds it, at most
+   ``THICK_WALL`` of its shell is tissue as thick as it (the wall beyond is thinner; a kidney or a thick
+   muscle goes on at its thickness), and it lies within the images and off the slices that hold metal;
+   beyond the organ its mask is then its ball (no edge parts it from the wall). One wrapped so but
+   against a thicker wall is named (:data:`AGAINST_LIKE`), not reported. It is then traced on the full
    grid; an enclosed lesion it overlaps (its inner part) becomes part of it. The labels of lesions
    found this way may lie outside the organ mask; ``surface_lesions`` counts them.
 6. A hypodense candidate (enclosed or at the surface) at water density (``FLUID_HU``, -15..20 HU: bile,
@@ -91,7 +98,7 @@ ordered by decreasing volume) of hypo- and/or hyper-dense regions:
 one sentence (joined by ``DOUBT_SEPARATOR``) per candidate of ``REPORT_MM`` (10 mm) or more whose shape is
 a lesion's (inscribed / equivalent diameter >= 0.6, axes within 1.5) but that was dropped for what it
 touches or where it lies (:data:`DOUBTFUL`: continues as a vessel, weak, cut by the field of view, metal
-streak) — its size, position and why. The pipeline runner turns each into a ``warn`` on the organ searched
+streak, against tissue of its own attenuation) — its size, position and why. The pipeline runner turns each into a ``warn`` on the organ searched
 with the flag :data:`DOUBTFUL` names: a drop that could be a missed lesion is never silent. Drops for shape
 (small, rim, elongated, tubular, flat) are not named: those candidates are not lesion-shaped.
 """
