@@ -98,9 +98,10 @@ ordered by decreasing volume) of hypo- and/or hyper-dense regions:
 one sentence (joined by ``DOUBT_SEPARATOR``) per candidate of ``REPORT_MM`` (10 mm) or more whose shape is
 a lesion's (inscribed / equivalent diameter >= 0.6, axes within 1.5) but that was dropped for what it
 touches or where it lies (:data:`DOUBTFUL`: continues as a vessel, weak, cut by the field of view, metal
-streak, against tissue of its own attenuation) — its size, position and why. The pipeline runner turns each into a ``warn`` on the organ searched
-with the flag :data:`DOUBTFUL` names: a drop that could be a missed lesion is never silent. Drops for shape
-(small, rim, elongated, tubular, flat) are not named: those candidates are not lesion-shaped.
+streak, against tissue of its own attenuation) — its size, position and why. The pipeline runner turns
+each into a ``warn`` on the organ searched with the flag :data:`DOUBTFUL` names: a drop that could be a
+missed lesion is never silent. Drops for shape (small, rim, elongated, tubular, flat) are not named: those
+candidates are not lesion-shaped.
 """
 
 from __future__ import annotations
