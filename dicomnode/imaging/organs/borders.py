@@ -9,7 +9,9 @@ liver's, the spleen's and both kidneys' border is decided again, voxel by voxel 
 * the organ's level beside each voxel is a Gaussian-weighted (``level_mm``) local mean of the organ's own
   voxels ``reach_mm``..``reach_mm + shell_mm`` inside its contour, those far from the organ's median (a
   lesion, a vessel) left out; the outside's level the same over the free voxels (label 0) as far outside
-  it — both estimated from the image, so any phase, a fatty liver, a child's organs alike;
+  it, their values clipped to the fat's level below (air beyond a layer of fat is not what touches the
+  organ) and as far above the organ's — both estimated from the image, so any phase, a fatty liver, a
+  child's organs alike;
 * a voxel of the band belongs to the organ when its value (Gaussian ``smooth_mm``: the pixels' noise) is
   nearer the organ's level than the outside's: the border lies midway, where partial volume puts it;
 * only where the two levels differ by ``contrast_sigmas`` × the noise of those smoothed pixels (and at
@@ -44,8 +46,8 @@ SOLID_ORGANS: dict[int, str] = {1: "liver", 2: "spleen", 3: "kidney-right", 4: "
 
 @step("borders.solid_on_source")
 def solid_on_source(
-    labels: sitk.Image, image: sitk.Image, *, reach_mm: float = 2.0, shell_mm: float = 5.0,
-    level_mm: float = 4.0, smooth_mm: float = 0.7, contrast_sigmas: float = 4.0,
+    labels: sitk.Image, image: sitk.Image, *, reach_mm: float = 2.0, shell_mm: float = 3.0,
+    level_mm: float = 2.5, smooth_mm: float = 0.7, contrast_sigmas: float = 4.0,
     min_contrast_hu: float = 20.0,
 ) -> StepOutput:
     """Step ``borders.solid_on_source``: the organs' label map (on ``image``'s grid) with the liver's, the
@@ -94,11 +96,21 @@ def _distance(mask: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarr
 
 
 def _local_mean(values: np.ndarray, weights: np.ndarray, sigma: list[float]) -> tuple[np.ndarray, np.ndarray]:
-    """Gaussian-weighted mean of ``values`` over ``weights`` (normalised convolution) and the weight."""
-    w = ndimage.gaussian_filter(weights.astype(np.float32), sigma, mode="nearest")
-    total = ndimage.gaussian_filter(np.where(weights, values, np.float32(0.0)), sigma, mode="nearest")
-    np.divide(total, np.maximum(w, np.float32(1e-6)), out=total)
-    return total, w
+    """Gaussian-weighted mean of ``values`` over ``weights`` (normalised convolution) and where it is
+    supported: where the voxels of ``weights`` near it are too few, the mean over three times the width
+    (the band's far side lies up to two reaches from the shell)."""
+    fine_w = ndimage.gaussian_filter(weights.astype(np.float32), sigma, mode="nearest")
+    masked = np.where(weights, values, np.float32(0.0))
+    fine = ndimage.gaussian_filter(masked, sigma, mode="nearest")
+    np.divide(fine, np.maximum(fine_w, np.float32(1e-6)), out=fine)
+    wide = [3.0 * s for s in sigma]
+    coarse_w = ndimage.gaussian_filter(weights.astype(np.float32), wide, mode="nearest")
+    coarse = ndimage.gaussian_filter(masked, wide, mode="nearest")
+    del masked
+    np.divide(coarse, np.maximum(coarse_w, np.float32(1e-6)), out=coarse)
+    thin = fine_w < 0.05
+    fine[thin] = coarse[thin]
+    return fine, (fine_w >= 0.05) | (coarse_w >= 0.01)
 
 
 def _sigma(mm: float, spacing: tuple[float, float, float]) -> list[float]:
@@ -108,7 +120,7 @@ def _sigma(mm: float, spacing: tuple[float, float, float]) -> list[float]:
 
 def redraw_border(
     labels: np.ndarray, pixels: np.ndarray, value: int, spacing: tuple[float, float, float], *,
-    reach_mm: float = 2.0, shell_mm: float = 5.0, level_mm: float = 4.0, smooth_mm: float = 0.7,
+    reach_mm: float = 2.0, shell_mm: float = 3.0, level_mm: float = 2.5, smooth_mm: float = 0.7,
     contrast_sigmas: float = 4.0, min_contrast_hu: float = 20.0,
 ) -> tuple[float, int, int] | None:
     """The border of label ``value`` drawn again, in place on ``labels`` (see the module docstring):
@@ -132,22 +144,29 @@ def redraw_border(
     spread = 1.4826 * float(np.median(np.abs(organ - median)))
     typical = inner & (np.abs(values - median) <= max(3.0 * spread, 30.0))  # not a lesion, not a vessel
     sigma = _sigma(level_mm, spacing)
-    level_in, w_in = _local_mean(values, typical, sigma)
+    level_in, in_ok = _local_mean(values, typical, sigma)
     del typical
     smoothed = ndimage.gaussian_filter(values, _sigma(smooth_mm, spacing), mode="nearest")
     # noise of the smoothed pixels the decision is made on: their spread about the organ's local level
-    deep = own & (dist < -reach_mm) & (w_in > 0.2)
+    deep = own & (dist < -reach_mm) & in_ok
     residual = smoothed[deep] - level_in[deep]
     if residual.size < 50:
         return None
     noise = 1.4826 * float(np.median(np.abs(residual - np.median(residual))))
     del values, residual, deep
-    level_out, w_out = _local_mean(smoothed, outer, sigma)
+    # air (a lung base) and bone beyond a thin layer of fat or muscle would pull the outside's level far
+    # from what touches the organ: the outside's values are clipped to the fat's level below and as far
+    # above the organ's level
+    fatty = smoothed[outer & (smoothed >= -200.0) & (smoothed <= -30.0)]
+    fat = float(np.median(fatty)) if fatty.size >= 50 else -100.0
+    clipped = np.clip(smoothed, fat, 2.0 * median - fat)
+    level_out, out_ok = _local_mean(clipped, outer, sigma)
+    del clipped
     del outer, inner
     band = np.abs(dist) <= reach_mm
     contrast = np.abs(level_in - level_out)
-    edge = band & (w_in > 0.05) & (w_out > 0.05) & (contrast >= max(contrast_sigmas * noise, min_contrast_hu))
-    del contrast, w_in, w_out
+    edge = band & in_ok & out_ok & (contrast >= max(contrast_sigmas * noise, min_contrast_hu))
+    del contrast, in_ok, out_ok
     nearer = np.abs(smoothed - level_in) < np.abs(smoothed - level_out)
     del level_in, level_out, smoothed
     # an organ's voxel leaves only towards a free voxel: at a contact with another organ the competition's
