@@ -32,11 +32,12 @@ def staircase_labels(ct) -> tuple[np.ndarray, sitk.Image]:  # noqa: ANN001
     truth_img.CopyInformation(image)
     work = to_working_grid(image, 2.0)
     on_work = sitk.Resample(truth_img, work, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-    # the competition's contour is off by up to a working voxel: the liver one voxel short of its border,
-    # the spleen one voxel beyond it (into what is free)
+    # the competition's contour follows the working grid's voxels (nearest neighbour: its steps); the
+    # liver's lies a working voxel short of its border in-plane, the spleen's one beyond it (into free voxels)
     arr = sitk.GetArrayFromImage(on_work)
     liver = arr == NAMES["liver"]
-    arr[liver & ~ndimage.binary_erosion(liver)] = 0
+    cross = np.array([[[0, 1, 0], [1, 1, 1], [0, 1, 0]]])
+    arr[liver & ~ndimage.binary_erosion(liver, cross, border_value=1)] = 0
     spleen = arr == NAMES["spleen"]
     arr[ndimage.binary_dilation(spleen) & (arr == 0)] = NAMES["spleen"]
     shifted = sitk.GetImageFromArray(arr)
@@ -60,10 +61,9 @@ def test_border_drawn_again_on_the_source_pixels(fine_phantom) -> None:  # noqa:
     for name, value in NAMES.items():
         before = dice(stairs == value, ct.masks[name])
         after = dice(out == value, ct.masks[name])
-        # the working grid's contour is a working voxel off (liver, spleen) or on its steps (kidneys);
-        # the pixels put it back: within about half a pixel of the truth
-        assert after >= (0.96 if name == "spleen" else 0.98), (name, before, after)
-        assert after >= before + (0.03 if name in ("liver", "spleen") else 0.008), (name, before, after)
+        # the pixels put the border back: within about half a pixel of the truth
+        assert after >= (0.96 if name == "spleen" else 0.975), (name, before, after)
+        assert after >= before + (0.05 if name == "spleen" else 0.005), (name, before, after)
         assert f"{name}.moved" in result.estimates
     # nothing but the solid organs' labels changed, and no organ took a voxel of another
     changed = out != stairs

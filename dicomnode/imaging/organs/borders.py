@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 #: The solid organs whose border is drawn again: label value (as in ``abdomen.LABELS``) → name.
 SOLID_ORGANS: dict[int, str] = {1: "liver", 2: "spleen", 3: "kidney-right", 4: "kidney-left"}
+#: The least Gaussian weight of a shell's voxels for a local level to count (else: no border drawn there).
+SUPPORT = 0.03
 
 
 @step("borders.solid_on_source")
@@ -96,21 +98,14 @@ def _distance(mask: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarr
 
 
 def _local_mean(values: np.ndarray, weights: np.ndarray, sigma: list[float]) -> tuple[np.ndarray, np.ndarray]:
-    """Gaussian-weighted mean of ``values`` over ``weights`` (normalised convolution) and where it is
-    supported: where the voxels of ``weights`` near it are too few, the mean over three times the width
-    (the band's far side lies up to two reaches from the shell)."""
-    fine_w = ndimage.gaussian_filter(weights.astype(np.float32), sigma, mode="nearest")
-    masked = np.where(weights, values, np.float32(0.0))
-    fine = ndimage.gaussian_filter(masked, sigma, mode="nearest")
-    np.divide(fine, np.maximum(fine_w, np.float32(1e-6)), out=fine)
-    wide = [3.0 * s for s in sigma]
-    coarse_w = ndimage.gaussian_filter(weights.astype(np.float32), wide, mode="nearest")
-    coarse = ndimage.gaussian_filter(masked, wide, mode="nearest")
-    del masked
-    np.divide(coarse, np.maximum(coarse_w, np.float32(1e-6)), out=coarse)
-    thin = fine_w < 0.05
-    fine[thin] = coarse[thin]
-    return fine, (fine_w >= 0.05) | (coarse_w >= 0.01)
+    """Gaussian-weighted mean of ``values`` over ``weights`` (normalised convolution; the band's far side
+    lies up to two reaches from the shell, where the nearest of its voxels dominate) and where it is
+    supported at all."""
+    weight = ndimage.gaussian_filter(weights.astype(np.float32), sigma, mode="nearest", truncate=3.0)
+    mean = ndimage.gaussian_filter(np.where(weights, values, np.float32(0.0)), sigma, mode="nearest",
+                                   truncate=3.0)
+    np.divide(mean, np.maximum(weight, np.float32(1e-6)), out=mean)
+    return mean, weight >= SUPPORT
 
 
 def _sigma(mm: float, spacing: tuple[float, float, float]) -> list[float]:
@@ -126,7 +121,7 @@ def redraw_border(
     """The border of label ``value`` drawn again, in place on ``labels`` (see the module docstring):
     (share of its band with a border to draw, voxels gained, voxels lost), or None when it is absent
     or too small to estimate its levels."""
-    pad = [int(math.ceil((reach_mm + shell_mm + 2.0 * level_mm) / s)) + 1 for s in spacing]
+    pad = [int(math.ceil((reach_mm + shell_mm + level_mm) / s)) + 1 for s in spacing]
     box = _box(labels == value, pad)
     if box is None:
         return None
@@ -148,7 +143,7 @@ def redraw_border(
     del typical
     smoothed = ndimage.gaussian_filter(values, _sigma(smooth_mm, spacing), mode="nearest")
     # noise of the smoothed pixels the decision is made on: their spread about the organ's local level
-    deep = own & (dist < -reach_mm) & in_ok
+    deep = inner & in_ok
     residual = smoothed[deep] - level_in[deep]
     if residual.size < 50:
         return None
@@ -178,11 +173,22 @@ def redraw_border(
     del towards_free, nearer, edge
     new = (own & ~leave) | join
     core = own & (dist < -reach_mm)
-    parts, _ = ndimage.label(new)
-    kept = np.unique(parts[core])
-    new = np.isin(parts, kept[kept > 0]) if core.any() else new
-    del parts, core
-    new |= ndimage.binary_fill_holes(new) & own  # no hole opened inside the organ (a lesion stays its own)
+    if core.any():  # what the band keeps must hang on the organ's core
+        parts, count = ndimage.label(new)
+        keep = np.zeros(count + 1, dtype=bool)
+        keep[parts[core]] = True
+        keep[0] = False
+        new = keep[parts]
+        del parts
+    del core
+    # no hole opened inside the organ (a lesion near its surface stays its own): what the organ left that
+    # is not connected to the free voxels beyond the band goes back to it
+    left = ~new & (dist >= -reach_mm)
+    parts, count = ndimage.label(left)
+    open_ = np.zeros(count + 1, dtype=bool)
+    open_[parts[left & (dist > reach_mm)]] = True
+    new |= own & ~open_[parts]
+    del parts, left
     gained = int((new & ~own).sum())
     lost = int((own & ~new).sum())
     sub[own & ~new] = 0
