@@ -18,10 +18,10 @@ liver's, the spleen's and both kidneys' border is decided again, voxel by voxel 
   least ``min_contrast_hu``): a native liver against muscle, an organ against bowel of its level keep the
   working grid's contour, as there is no border in the image to draw;
 * the competition's labels arbitrate between organs: a voxel joins only from the free label 0, and an
-  organ's voxel leaves (to 0) only where it lies within ``reach_mm`` of a free voxel — never at a contact
-  with another organ; what the band keeps must be connected to the organ's core, and holes the band would
-  open inside the organ are closed (a lesion inside the liver stays the liver's: the lesion search runs on
-  that mask later).
+  organ's voxel leaves (to 0) only where free voxels lie beyond it (the outside's level is estimated from
+  them) — not at a contact with another organ; what the band keeps must be connected to the organ's
+  core, and holes the band would open inside the organ are closed (a lesion inside the liver stays the
+  liver's: the lesion search runs on that mask later).
 
 Each organ is worked on in its bounding box (float32 only there), so the cost follows the organs' size.
 """
@@ -164,13 +164,12 @@ def redraw_border(
     del contrast, in_ok, out_ok
     nearer = np.abs(smoothed - level_in) < np.abs(smoothed - level_out)
     del level_in, level_out, smoothed
-    # an organ's voxel leaves only towards a free voxel: at a contact with another organ the competition's
-    # label stands
-    towards_free = _distance(free, spacing) <= reach_mm
+    # an organ's voxel leaves only where free voxels lie beyond it (the outside's level needs them: at a
+    # broad contact with another organ there is none, and the competition's label stands); it leaves to 0
     join = edge & free & nearer
-    leave = edge & own & towards_free & ~nearer
+    leave = edge & own & ~nearer
     share = float(edge[own & band].mean()) if (own & band).any() else 0.0
-    del towards_free, nearer, edge
+    del nearer, edge
     new = (own & ~leave) | join
     core = own & (dist < -reach_mm)
     if core.any():  # what the band keeps must hang on the organ's core
