@@ -79,7 +79,7 @@ def test_a_file_on_disk_loads_with_its_path_in_the_spec_and_in_its_problems(tmp_
 def test_the_shipped_pipelines_read_as_before() -> None:
     assert sorted(load_pipelines()) == ["brain-mr", "forward", "liver-ct", "lung-ct"]
     liver = get_pipeline("liver-ct")
-    assert liver.version == "2.3" and liver.modalities == ("CT",) and liver.enhanced == "enhanced"
+    assert liver.version == "2.4" and liver.modalities == ("CT",) and liver.enhanced == "enhanced"
     segments = [(s.source, s.each, s.required) for s in liver.segments]
     organs = [("organs", False, False)] * 6  # spleen, kidneys, stomach, aorta, IVC (abdomen.organs): if found
     assert segments == [("liver", False, True), *organs, ("lesions", True, False)]

@@ -179,4 +179,4 @@ def test_the_console_rules_page_lists_shipped_and_site_pipelines(tmp_path: Path)
     page = TestClient(create_app(fab.node)).get("/rules").text
     table = html.unescape(" ".join(re.sub(r"<[^>]+>", " ", page.split('id="pipelines"')[1]).split()))
     assert f"abdomen 1 {folder / 'abdomen.yaml'} model.segment" in table
-    assert "liver-ct 2.3 shipped grid.working" in table
+    assert "liver-ct 2.4 shipped grid.working" in table
