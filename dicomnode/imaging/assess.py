@@ -307,13 +307,20 @@ def _equal_neighbours(segment, organs, sampled, image, spacing, stats=None):  # 
     mask = sampled[segment.label]
     if np.count_nonzero(mask) < 10:
         return []
+    own_prior = PRIORS.get(segment.structure, OrganPrior())
     if segment.label not in stats:
         stats[segment.label] = _median_noise(image[mask])
+        if own_prior.vessel:  # (a vessel's noise inside its border: the partial volume at its border with
+            # fat, a fifth of a small vessel's voxels, is no noise; the IVC's 130 HU blood 20 HU above the
+            # liver was withheld for a 'noise' of 15 HU where the image's is 12)
+            box = _box(mask, (1,) * mask.ndim)
+            inner = ndimage.binary_erosion(mask[box])
+            if np.count_nonzero(inner) >= 10:
+                stats[segment.label] = (stats[segment.label][0], _median_noise(image[box][inner])[1])
     median, noise = stats[segment.label]
     grown = None
     out = []
     face_mm2 = float(min(spacing[0] * spacing[1], spacing[1] * spacing[2]))
-    own_prior = PRIORS.get(segment.structure, OrganPrior())
     for other in organs:
         if other.label == segment.label:
             continue

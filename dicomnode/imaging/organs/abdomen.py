@@ -138,10 +138,11 @@ def _disc_scores(
     """Per slice holding ``window``, the score of a disc of ``radius_mm`` centred at each voxel of the
     window's bounding box (``-inf`` outside the window): its mean (HU clipped to −100..400) less half the
     mean of the ring 3–8 mm around it (HU clipped to −100..``tissue_hu`` + 60), and the disc's mean.
-    With ``sectors`` the score is instead the smallest difference (either sign) between the disc's mean
-    and the mean of each quarter of the ring: a vessel differs from what lies around it on every side,
-    brighter or darker (a native IVC in the liver), an organ's edge or corner on one or two; less 1.5 × the
-    spread inside the disc (a lumen is uniform, a mix of fat and tissue is not). A disc whose mean is
+    With ``sectors`` the score is instead the second smallest difference (either sign) between the disc's
+    mean and the mean of each eighth of the ring: a vessel differs from what lies around it on every side
+    but where a branch joins it (the hepatic veins at the IVC's confluence), brighter or darker (a native
+    IVC in the liver), an organ's edge or corner on two to four; less 1.5 × the spread inside the disc (a
+    lumen is uniform, a mix of fat and tissue is not). A disc whose mean is
     below ``floor`` (fat, not blood) scores ``-inf``."""
     _, sy, sx = spacing
     clipped = np.clip(array, -100.0, 400.0)
@@ -159,12 +160,13 @@ def _disc_scores(
     ring = ((d2 > (radius_mm + 3.0) ** 2) & (d2 <= outer**2)).astype(np.float32)
     ring_mask = ring > 0
     ring /= max(ring.sum(), 1.0)
-    quarters = []
+    eighths = []
     if sectors:
-        for quarter in ((yy >= 0) & (xx > 0), (yy > 0) & (xx <= 0), (yy <= 0) & (xx < 0),
-                        (yy < 0) & (xx >= 0)):
-            kernel = (ring_mask & quarter).astype(np.float32)
-            quarters.append(kernel / max(float(kernel.sum()), 1.0))
+        angle = np.mod(np.arctan2(yy, xx), 2.0 * np.pi)
+        for i in range(8):
+            part = (angle >= i * np.pi / 4.0) & (angle < (i + 1) * np.pi / 4.0)
+            kernel = (ring_mask & part).astype(np.float32)
+            eighths.append(kernel / max(float(kernel.sum()), 1.0))
     for k in range(array.shape[0]):
         if not window[k].any():
             continue
@@ -174,8 +176,8 @@ def _disc_scores(
         plane = clipped[k, lo_r : r1 + ry + 1, lo_c : c1 + rx + 1]
         means = ndimage.convolve(plane, disc, mode="nearest")
         if sectors:
-            sub = np.min([np.abs(means - ndimage.convolve(plane, q, mode="nearest")) for q in quarters],
-                         axis=0)
+            steps = np.stack([np.abs(means - ndimage.convolve(plane, q, mode="nearest")) for q in eighths])
+            sub = np.partition(steps, 1, axis=0)[1]
             spread = ndimage.convolve(plane * plane, disc, mode="nearest") - means * means
             sub -= 1.5 * np.sqrt(np.maximum(spread, 0.0))
         else:
@@ -1517,6 +1519,9 @@ def segment_organs(image: sitk.Image, body: sitk.Image, liver: sitk.Image | None
 SOURCE_VESSELS = {LABELS["aorta"]: "aorta", LABELS["ivc"]: "ivc"}
 #: Blood above this is contrast-enhanced (unenhanced blood lies at 30-70 HU on any CT).
 CONTRAST_BLOOD_HU = 80.0
+#: The least step from what lies around a vessel to its lumen on which its border is drawn on the mean along
+#: its course (:func:`refine_vessel`; 3 × the noise there, at least this).
+LOW_CONTRAST_BLOOD_HU = 15.0
 
 
 @step("abdomen.vessels_on_source")
@@ -1572,15 +1577,40 @@ def refine_vessel(
     fat = float(np.median(fatty)) if fatty.size >= 50 else -100.0
     if lumen < CONTRAST_BLOOD_HU:  # (unenhanced blood, 30-60 HU: its border against muscle and bowel of its
         return  # own level is not in the image; the working grid's contour stays and QC judges it)
-    clipped = np.clip(values, fat, lumen)
     ring = dilate_mm(own, 5.0, spacing, slicewise=True) & ~dilate_mm(own, 2.0, spacing, slicewise=True)
-    if not ring.any() or lumen - float(np.median(clipped[ring])) < max(3.0 * noise, 30.0):
-        return  # (an IVC isodense with the liver around it: no border in the image to draw; QC judges it)
+    if not ring.any():
+        return
+    floor = max(3.0 * noise, 30.0)
+    if lumen - float(np.median(np.clip(values, fat, lumen)[ring])) < floor:
+        # a lumen of low contrast (an IVC 20-30 HU above the liver around it): its border is drawn on the
+        # mean of its slice and its neighbours along its course (their contours' centres aligned; a vessel's
+        # section changes little from one slice to the next), where the noise is lower
+        values = _along_course(values, own)
+        lumen = float(np.median(values[core]))
+        noise = 1.4826 * float(np.median(np.abs(values[core] - lumen)))
+        floor = max(2.0 * noise, LOW_CONTRAST_BLOOD_HU)
+        if lumen - float(np.median(np.clip(values, fat, lumen)[ring])) < floor:
+            return  # (an IVC isodense with the liver around it: no border in the image to draw; QC judges it)
+        fraction = max(fraction, 0.5)
+        low_contrast = True
+    else:
+        low_contrast = False
+    clipped = np.clip(values, fat, lumen)
     sigma = (0.0, 4.0 / sy, 4.0 / sx)
     weight = ndimage.gaussian_filter(ring.astype(np.float32), sigma)
     around = ndimage.gaussian_filter(np.where(ring, clipped, 0.0).astype(np.float32), sigma)
     around = np.where(weight > 1e-3, around / np.maximum(weight, 1e-3), fat)
     level = around + fraction * (lumen - around)
+    if low_contrast:
+        # (a thin layer of tissue between the lumen and fat, the liver's rim behind the IVC: the mean around
+        # mixes the two and the rim, far nearer the lumen than that mean, joined it; where tissue lies in
+        # the ring nearby, the border lies between the lumen and that tissue)
+        tissue = ring & (values > 0.5 * (fat + lumen))
+        t_weight = ndimage.gaussian_filter(tissue.astype(np.float32), sigma)
+        t_around = ndimage.gaussian_filter(np.where(tissue, clipped, 0.0).astype(np.float32), sigma)
+        t_around = t_around / np.maximum(t_weight, 1e-3)
+        level = np.where(t_weight > 0.25 * np.maximum(weight, 1e-3),
+                         np.maximum(level, t_around + fraction * (lumen - t_around)), level)
     reach = dilate_mm(own, max(reach_mm, 1.01 * max(sy, sx)), spacing, slicewise=True)
     bright = values > lumen + max(4.0 * noise, 100.0)
     near = dilate_mm(own, 4.0, spacing, slicewise=True)
@@ -1595,7 +1625,7 @@ def refine_vessel(
     free = (sub == 0) | (sub == LABELS["liver"]) | own
     # where the lumen stands out from what lies around it; elsewhere (isodense tissue against it, a native
     # vessel beside muscle) there is no border in the image and the contour stays as it was
-    edge = lumen - around >= max(3.0 * noise, 30.0)
+    edge = lumen - around >= floor
     candidate = (own & ~edge) | (reach & free & ~blocked & edge & (values >= level))
     if opening_mm > 0:  # (thin spurs: a branch's origin, the partial volume towards the vertebra)
         ry, rx = int(opening_mm / sy), int(opening_mm / sx)
@@ -1614,6 +1644,30 @@ def refine_vessel(
         plane = sub[k]
         plane[own[k] & ~kept] = 0
         plane[kept] = value
+
+
+def _along_course(values: np.ndarray, own: np.ndarray) -> np.ndarray:
+    """``values`` (axial slices) where each slice holding ``own`` is the mean of itself and its neighbours
+    that hold it too, each shifted in-plane by whole pixels so that its contour's centre (smoothed along
+    the course) lies on this slice's (the course's drift between slices); other slices as they are."""
+    out = values.astype(np.float32, copy=True)
+    held = np.flatnonzero(own.any(axis=(1, 2)))
+    if held.size == 0:
+        return out
+    # (the contours' centres smoothed over five slices: a contour's own noise is no drift of the course)
+    track = np.array([ndimage.center_of_mass(own[k]) for k in held])
+    track = ndimage.uniform_filter1d(track, min(5, held.size), axis=0, mode="nearest")
+    centres = dict(zip(held.tolist(), track, strict=True))
+    for k in centres:
+        total, count = values[k].astype(np.float32), 1
+        for j in (k - 1, k + 1):
+            if j not in centres:
+                continue
+            dy, dx = np.round(centres[k] - centres[j]).astype(int)
+            total = total + ndimage.shift(values[j].astype(np.float32), (dy, dx), order=0, mode="nearest")
+            count += 1
+        out[k] = total / count
+    return out
 
 
 @step("abdomen.liver_less_vessels")
