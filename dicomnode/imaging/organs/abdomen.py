@@ -254,7 +254,8 @@ def _disc_path(
         total = chain[0][3].copy()
         local = chain[0][3].copy()
         best_end, best_local = (0, int(np.argmax(local))), float(np.max(local))
-        for j, ((k0, r0, c0, _, m0), (k1, r1, c1, s1, m1)) in enumerate(zip(chain, chain[1:], strict=False), 1):
+        pairs = zip(chain, chain[1:], strict=False)
+        for j, ((k0, r0, c0, _, m0), (k1, r1, c1, s1, m1)) in enumerate(pairs, 1):
             dist = np.hypot((r1[:, None] - r0[None, :]) * sy, (c1[:, None] - c0[None, :]) * sx)
             cost = penalty * np.maximum(dist - drift * sz * (k1 - k0), 0.0)
             cost += change * np.abs(m1[:, None] - m0[None, :])
