@@ -40,7 +40,8 @@ truncated (lung)       warn    a lesion in a lung bordering solid tissue inside 
 low_contrast           warn    the segment's median differs from its 2-6 mm surroundings by less than
                                1.5 × the image noise inside it, or from an organ segment it touches
                                (over at least 2 cm²) by less than 1.5 × the noise: the border between
-                               two organs of nearly equal attenuation (native phase) is uncertain
+                               two organs of nearly equal attenuation (native phase) is uncertain (a
+                               vessel's noise read inside its border: its rim's partial volume is none)
 =====================  ======  ===========================================================================
 
 Body size is the patient's median axial cross-section (equivalent diameter ``d``, from the image).
