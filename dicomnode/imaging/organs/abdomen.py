@@ -125,6 +125,10 @@ def _box(mask: np.ndarray, pad) -> tuple[slice, ...]:  # noqa: ANN001
     return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
 
 
+#: A vessel's disc scoring this (:func:`_disc_scores` with sectors, HU) stands out clearly from around it.
+DISTINCT_SCORE = 20.0
+
+
 def _disc_scores(
     array: np.ndarray,
     window: np.ndarray,
@@ -224,7 +228,7 @@ def _disc_path(
     change: float = 0.5,
     floor: float = -np.inf,
     sectors: bool = True,
-    ends: bool = False,
+    ends: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The centres of discs that differ from their surroundings on every side (:func:`_disc_scores` with
     ``sectors``; without, that stand out brightest from their ring) chosen as one continuous course
@@ -233,9 +237,10 @@ def _disc_path(
     the disc's mean changes (a vessel runs on with its blood; the most distinct disc of one slice may be a
     neighbour organ or bowel).
 
-    With ``ends`` the course may begin and end on any slice (the best-scoring run of slices, as a local
-    alignment: a vessel ends, the IVC in the right atrium), where it stands out somewhere (a positive
-    sum); the slices beyond it are not found. Without, a course running on through the tissue beyond the
+    With ``ends`` (a score) the course may begin and end on any slice (the best-scoring run of slices, as
+    a local alignment: a vessel ends, the IVC in the right atrium) where a disc of that run scores at least
+    ``ends`` (the vessel stands out clearly somewhere; else the whole chain's course, as without); the
+    slices beyond it are not found. Without, a course running on through the tissue beyond the
     vessel's end drew its last slices off the lumen: the HU change to what lies beyond costs less spread
     over several slices (the phantom's IVC lost its top 5-20 mm).
     Returns rows, cols, found, each slice's score and disc mean (HU)."""
@@ -262,7 +267,7 @@ def _disc_path(
             best = np.argmax(total[None, :] - cost, axis=1)
             total = s1 + (total[best] - cost[np.arange(best.size), best])
             back.append(best)
-            if ends:
+            if ends is not None:
                 reach = local[None, :] - cost
                 came = np.argmax(reach, axis=1)
                 carried = reach[np.arange(came.size), came]
@@ -270,17 +275,21 @@ def _disc_path(
                 local = s1 + np.maximum(carried, 0.0)
                 if float(np.max(local)) > best_local:
                     best_end, best_local = (j, int(np.argmax(local))), float(np.max(local))
-        if ends and best_local > 0.0:  # the best run of slices; beyond it the vessel has ended
+        if ends is not None and best_local > 0.0:  # the best run of slices; beyond it the vessel has ended
+            run: list[tuple[int, int]] = []
             j, i = best_end
             while True:
-                k, r, c, sc, mn = chain[j]
-                rows[k], cols[k], found[k], scores[k], means[k] = r[i], c[i], True, sc[i], mn[i]
+                run.append((j, i))
                 if j == 0 or local_back[j - 1][i] < 0:
                     break
                 i = int(local_back[j - 1][i])
                 j -= 1
-            chain.clear()
-            return
+            if max(float(chain[j][3][i]) for j, i in run) >= ends:
+                for j, i in run:
+                    k, r, c, sc, mn = chain[j]
+                    rows[k], cols[k], found[k], scores[k], means[k] = r[i], c[i], True, sc[i], mn[i]
+                chain.clear()
+                return
         i = int(np.argmax(total))
         for j in range(len(chain) - 1, -1, -1):
             k, r, c, sc, mn = chain[j]
@@ -305,7 +314,8 @@ def _disc_path(
     return rows, cols, found, scores, means
 
 
-def _trim_course(found: np.ndarray, scores: np.ndarray, confident: float = 20.0) -> tuple[np.ndarray, bool]:
+def _trim_course(found: np.ndarray, scores: np.ndarray, confident: float = DISTINCT_SCORE
+                 ) -> tuple[np.ndarray, bool]:
     """``found`` less the slices of a vessel's course (:func:`_disc_path`) beyond where it stops standing
     out (the median score of three slices below 0) on either side of its most distinct slice, when it
     stands out clearly (``confident``) somewhere: the course has ended (the IVC in the right atrium) and
@@ -388,7 +398,7 @@ def _seeds(
         # continuous course: the right kidney's front and the liver's veins are brighter discs on some slices)
         rows, cols, found, scores, means = _disc_path(array, window, 6.0 * s, sp, excluded=vertebra,
                                                       tissue_hu=lm.tissue_hu, floor=lm.fat_hu + 80.0,
-                                                      ends=True)
+                                                      ends=DISTINCT_SCORE)
         found, distinct = _trim_course(found, scores)
         if found.any():
             # (at least a voxel's width about the centre: a child's IVC on a coarse grid)
