@@ -174,8 +174,9 @@ def _through_dicom(case: Case):  # noqa: ANN202 - a Volume
 def _tumour_rows(case: Case, segments, spacing, seconds: float, verdicts, volume) -> list[Row]:  # noqa: ANN001
     """lung-ct: each truth tumour scored against the lesion segment that matches it best, then one row
     counting the tumours found (any overlap) and the lesions that match none (false). A tumour not found
-    is explained when its lung's QC names a search limit (``lung.nodule_search_limits``) holding at least
-    half of it, for a nodule of its size; otherwise the miss is silent."""
+    is explained when its lung's QC is ``search_limited`` naming a search limit
+    (``lung.nodule_search_limits``) holding at least half of it, for a nodule of its size; otherwise the
+    miss is silent."""
     from dicomnode.imaging.metrics import compare
 
     lesions = [s for s in segments if s.category == "lesion"]
@@ -212,9 +213,10 @@ def _miss_explained(segments, verdicts, volume, truth: np.ndarray, spacing) -> s
     lungs.CopyInformation(image)
     rows, cols = np.nonzero(truth.any(axis=0))
     size = max(float(np.ptp(rows) + 1) * spacing[1], float(np.ptp(cols) + 1) * spacing[2])
-    named = " ".join(" ".join(v.get("reasons", ())) for v in verdicts.values())
     for limit in nodule_search_limits(image, lungs):
-        if limit.mask[truth].mean() >= 0.5 and size < limit.below_mm and limit.reason in named:
+        verdict = verdicts.get(f"{limit.side.capitalize()} lung") or {}
+        if limit.mask[truth].mean() >= 0.5 and size < limit.below_mm and limit.reason in verdict.get(
+                "reasons", ()) and "search_limited" in verdict.get("flags", ()):
             return f"flagged: {limit.side} lung, {limit.region}"
     return "silent"
 

@@ -42,6 +42,7 @@ class QCFlag(StrEnum):
     LEAK = "leak"  # overlaps or spills into a neighbour's territory
     METAL = "metal"  # metal present in or near the segment
     LOW_CONTRAST = "low_contrast"  # weak organ/background contrast
+    SEARCH_LIMITED = "search_limited"  # a lesion search within the segment cannot promise to see every lesion
 
 
 def worst(statuses: Iterable[QCStatus]) -> QCStatus:

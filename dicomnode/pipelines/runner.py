@@ -331,10 +331,15 @@ LUNG_SIDES = {"lung-right": "right", "lung-left": "left"}
 
 
 def with_nodule_search_limits(report: Any, spec: PipelineSpec, estimates: Mapping[str, str]) -> Any:  # noqa: ANN401
-    """``report`` with each lung searched by a ``lung.nodules`` step at least ``warn`` ``low_contrast`` for
-    every region of it the search cannot cover (``<step>.limit_<side>_<region>``: too thick slices, the
-    band against the mediastinum, the apex and diaphragm), each reason naming the region and the nodule
-    size it cannot promise there: a nodule missed there leaves a flag that explains it, not silence."""
+    """``report`` with each lung searched by a ``lung.nodules`` step at least ``warn`` ``search_limited``
+    where there is a concrete reason to doubt 'no nodule' in it: its slices are too thick for the smallest
+    nodule the search promises (``<step>.limit_<side>_slices``), or the search dropped a round candidate
+    in a region it cannot cover (``<step>.doubt_<side>_<region>``: the band against the mediastinum, the
+    apex and diaphragm). The reasons then name every such region of that lung (``limit_<side>_<region>``)
+    and the size it cannot promise there, and each dropped candidate: a nodule missed there leaves a flag
+    that explains it. Without a concrete reason the lung's verdict is left as it is — those regions exist
+    in every chest, and a standing warning is one a reader learns to ignore; the regions stay in the
+    step's estimates (``result.json``)."""
     from dicomnode.imaging.qc import QCFlag, QCStatus
 
     segments = dict(report.segments)
@@ -345,11 +350,11 @@ def with_nodule_search_limits(report: Any, spec: PipelineSpec, estimates: Mappin
             side = LUNG_SIDES.get(declared.structure)
             if side is None or declared.each or declared.label not in segments:
                 continue
-            prefix = f"{step.id}.limit_{side}_"
-            reasons = [text for key, text in estimates.items() if key.startswith(prefix)]
-            if reasons:
+            limits = [text for key, text in estimates.items() if key.startswith(f"{step.id}.limit_{side}_")]
+            doubts = [text for key, text in estimates.items() if key.startswith(f"{step.id}.doubt_{side}_")]
+            if f"{step.id}.limit_{side}_slices" in estimates or doubts:
                 segments[declared.label] = segments[declared.label].adding(
-                    QCStatus.WARN, [QCFlag.LOW_CONTRAST], reasons)
+                    QCStatus.WARN, [QCFlag.SEARCH_LIMITED], [*limits, *doubts])
     return replace(report, segments=segments)
 
 

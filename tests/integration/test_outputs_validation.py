@@ -24,6 +24,7 @@ import pytest
 import SimpleITK as sitk
 
 from dicomnode.config import ViewerProfile
+from dicomnode.imaging.qc import QCFlag, QCStatus, SegmentQC
 from dicomnode.imaging.volume import read_volume, resample_onto
 from dicomnode.outputs.codes import DEFAULT_SR_FEATURES
 from dicomnode.outputs.package import write_result_package
@@ -36,6 +37,10 @@ OUR_ACCEPTED_WARNINGS = (
     re.compile(r"^\(0x0077,0x10[0-9a-f]{2}\)\s+\?\s+- Warning - Unrecognized tag"),
     # derived series and capture of a source without Laterality: sent empty (= unknown) instead of missing
     re.compile(r"^Warning - is only permitted to be empty when actually unknown.*attribute <Laterality>$"),
+    # the QC verdicts' own coding scheme (dicomnode.outputs.codes.QC_SCHEME: DICOM's 99-prefixed private
+    # scheme convention) is not among the designators it knows
+    re.compile(r"^Warning - Unrecognized defined term <99DICOMNODE> for value 1 of attribute "
+               r"<Coding Scheme Designator>$"),
 )
 
 
@@ -55,10 +60,13 @@ def processed(real_ct_processed):  # noqa: ANN001
 
 @pytest.fixture(scope="module")
 def package(processed, tmp_path_factory):
-    """A package with given measurements (no pyradiomics run: volumes still come from the masks)."""
+    """A package with given measurements (no pyradiomics run: volumes still come from the masks) and a QC
+    verdict on the spleen whose flags' codes are longer than a CodeValue holds (Long Code Value)."""
     values = {s.label: {f: 1.0 for f in DEFAULT_SR_FEATURES if f != "volume_ml"} for s in processed.segments}
+    qc = SegmentQC(QCStatus.WARN, (QCFlag.SEARCH_LIMITED, QCFlag.IMPLAUSIBLE_VOLUME), ("limited", "large"))
+    segments = tuple(dataclasses.replace(s, qc=qc) if s.label == "Spleen" else s for s in processed.segments)
     out = tmp_path_factory.mktemp("validation")
-    write_result_package(dataclasses.replace(processed, measurements=values), out,
+    write_result_package(dataclasses.replace(processed, segments=segments, measurements=values), out,
                          ViewerProfile(secondary_capture=True))
     return out
 

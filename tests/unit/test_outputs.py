@@ -475,7 +475,8 @@ def _lesion_case(processed: ProcessedSeries, shift_mm: float = 0.0) -> Processed
                        + ((xx - centre[2]) * sx) ** 2)
     lesion = distance <= 7.0
     image = np.where(lesion, -20.0, processed.image).astype(np.float32)
-    qc = SegmentQC(QCStatus.WARN, (QCFlag.LOW_CONTRAST,), ("lesion contrast below 30 HU",))
+    qc = SegmentQC(QCStatus.WARN, (QCFlag.LOW_CONTRAST, QCFlag.SEARCH_LIMITED),
+                   ("lesion contrast below 30 HU", "the search cannot see lesions of lower contrast"))
     segments = (processed.segments[0], Segment("Lesion 1", "lesion", lesion, (255, 255, 0), "lesion", qc))
     return dataclasses.replace(processed, segments=segments, image=image, measurements={})
 
@@ -498,6 +499,8 @@ def test_lesion_finding_is_coded_as_the_field_writes_it_and_keeps_its_tracking_u
     evaluations = {(e.name.value, e.value.value) for e in volumetric.get_qualitative_evaluations()}
     assert ("112118", "129746008") in evaluations  # Density: low density lesion
     assert ("QC-STATUS", "QC-WARN") in evaluations and ("QC-FLAG", "QC-LOW_CONTRAST") in evaluations
+    # a code longer than a CodeValue's 16 characters travels as a Long Code Value
+    assert ("QC-FLAG", "QC-SEARCH_LIMITED") in evaluations
     seg = pydicom.dcmread(tmp_path / "a" / "seg.dcm")
     assert seg.SegmentSequence[1].TrackingUID == volumetric.tracking_uid
     assert seg.SegmentSequence[0].SegmentAlgorithmType == "AUTOMATIC"

@@ -172,10 +172,11 @@ def split(
     return image_like(out, lungs, np.uint8)
 
 
-def _capped(candidates: np.ndarray, lung: np.ndarray, *, edges: bool = True) -> np.ndarray:
-    """The 3-D components of ``candidates`` capped by ``lung`` above and below: at least 3/4 of the voxels
-    just above and below each component (along the slice axis) are lung. A nodule in the lung, or in an
-    indentation of its pleura, is capped; the liver dome rising into a ring of lung base is not (liver
+def _capped(candidates: np.ndarray, lung: np.ndarray, *, edges: bool = True, share: float = 0.75,
+            ) -> np.ndarray:
+    """The 3-D components of ``candidates`` capped by ``lung`` above and below: at least ``share`` (3/4) of
+    the voxels just above and below each component (along the slice axis) are lung. A nodule in the lung, or
+    in an indentation of its pleura, is capped; the liver dome rising into a ring of lung base is not (liver
     lies below it). ``lung`` may include what lies inside the lung's outline on each slice (a broad-based
     nodule continues above and below the part of it one repair adds)."""
     labels, n = ndimage.label(candidates)
@@ -191,7 +192,7 @@ def _capped(candidates: np.ndarray, lung: np.ndarray, *, edges: bool = True) -> 
         edge = int(part[0].sum() if grown[0].start == 0 else 0) + int(
             part[-1].sum() if grown[0].stop >= lung.shape[0] else 0)
         faces = int(caps.sum()) + edge
-        keep[i] = faces == 0 or int((caps & lung[grown]).sum()) + (edge if edges else 0) >= 0.75 * faces
+        keep[i] = faces == 0 or int((caps & lung[grown]).sum()) + (edge if edges else 0) >= share * faces
     return keep[labels]
 
 
@@ -246,7 +247,7 @@ def _bulges(lung: np.ndarray, allowed: np.ndarray, spacing: tuple[float, ...], d
 @step("lung.envelope")
 def envelope(
     labels: sitk.Image, airway: sitk.Image | None = None, *, pleura_mm: float = 15.0, wall_mm: float = 4.0,
-    bulge_mm: float = 3.0,
+    bulge_mm: float = 3.0, dent_mm: float = 8.0,
 ) -> sitk.Image:
     """Each lung of a split label map (1 = right, 2 = left) with what lies inside its pleura: holes filled
     (vessels, intrapulmonary nodules) and the pleural surface repaired by a closing of ``pleura_mm``
@@ -254,7 +255,9 @@ def envelope(
     carried across every indentation deeper than ``bulge_mm`` up to the lung's convex outline
     (:func:`_bulges`: a broad-based juxtapleural nodule wider than the ball). The repair never
     reaches medially past the lung's own medial border on any image row, so the hilum and the mediastinum
-    stay outside, and so do the trachea and main bronchi (``airway``) with their wall (``wall_mm``).
+    stay outside — except a round dent that border makes across up to ``2 × dent_mm`` of rows
+    (:func:`_medial_dents`: a nodule against the mediastinum) — and so do the trachea and main bronchi
+    (``airway``) with their wall (``wall_mm``).
     Returns the same labels."""
     if pleura_mm < 0:
         raise ImagingError(f"Parameter 'pleura_mm' must not be negative, got {pleura_mm!r}.")
@@ -276,6 +279,9 @@ def envelope(
         added = closed & ~filled & (lab == 0) & lateral
         if added.any():
             added = _capped(added, filled, edges=False)
+        if dent_mm > 0:  # a nodule against the mediastinum: the dent it cuts into the medial border
+            added |= _medial_dents(closed & ~filled & (lab == 0) & ~lateral, filled, border, xx, value == 1,
+                                   spacing, dent_mm)
         if bulge_mm > 0:
             bulges, inside = _bulges(filled, lateral & (lab == 0), spacing, bulge_mm, x, y,
                                      -1.0 if value == 1 else 1.0)
@@ -294,6 +300,41 @@ def envelope(
     if airway is not None:
         out[dilate(sitk.GetArrayFromImage(airway).astype(bool), wall_mm, spacing)] = 0
     return image_like(out, labels, np.uint8)
+
+
+def _medial_dents(beyond: np.ndarray, filled: np.ndarray, border: np.ndarray, xx: np.ndarray, right: bool,
+                  spacing: tuple[float, ...], dent_mm: float) -> np.ndarray:
+    """The round dents a nodule against the mediastinum cuts into the lung's medial border, out of
+    ``beyond`` (what the rolling ball adds medial to that border, ``border``: the medial-most patient x of
+    the lung ``filled`` on each row (z, y), ``xx`` the patient x of each voxel, ``right``: the right lung,
+    whose medial side is +x). On the rows through such a nodule the lung's own medial border runs along
+    the nodule's lateral face, so the nodule lay outside the repair whatever its size (lung1: a 12 mm
+    one 72 % outside the lung). The border is carried across each dent from the rows up to ``dent_mm``
+    on either side of it (the pleural line on either side), and what the ball adds medial to the row's
+    own border but lateral to the carried one is kept where lung caps 60 % of it above and below (the gaps
+    between the hilum's vessels and bronchi mostly are not) and each 3-D part is round (principal axes
+    within 2.5 of each other) and at most ``2 × dent_mm + 10`` mm across: a nodule's dent, not the
+    branching gaps of the hilum."""
+    size = 2 * int(round(dent_mm / spacing[1])) + 1
+    extreme = ndimage.maximum_filter1d if right else ndimage.minimum_filter1d
+    carried = extreme(border, size, axis=1, mode="nearest")
+    beyond = beyond & ((xx <= carried) if right else (xx >= carried))
+    if not beyond.any():
+        return beyond
+    # lung caps a nodule's dent above and below, but not all of it: its medial part reaches the carried
+    # border, medial to the lung's own border on the slices above and below (0.71-0.79 on lung1's 12 mm
+    # nodule; the hilum's gaps 0.4-0.5)
+    beyond = _capped(beyond, filled, edges=False, share=0.6)
+    labels, _ = ndimage.label(beyond)
+    keep = np.zeros(int(labels.max()) + 1, dtype=bool)
+    for i, sl in enumerate(ndimage.find_objects(labels), start=1):
+        part = labels[sl] == i
+        extent = max((s.stop - s.start) * sp for s, sp in zip(sl, spacing, strict=True))
+        keep[i] = part.sum() > 1 and extent <= 2.0 * dent_mm + 10.0 and _elongation(part, spacing) <= 2.5
+        if keep[i]:
+            log.debug("lung envelope: a round dent of the medial border at %s (%d voxels) is lung",
+                      [s.start for s in sl], int(part.sum()))
+    return keep[labels]
 
 
 def _elongation(mask: np.ndarray, spacing: tuple[float, ...]) -> float:
@@ -544,8 +585,9 @@ def search_limits(outline: np.ndarray, spacing: tuple[float, ...], plane: _Plane
       its axis (the opening that keeps ``min_diameter_mm`` blobs) under half unless ``d ≥ √(t² + m²)``
       (``m`` = ``min_diameter_mm``); named where that exceeds ``m`` by 1 mm or more (3 mm slices);
     * ``mediastinum`` — within ``band_mm`` of the lung's medial border on each image row: the envelope
-      never reaches medially past it (the hilum and mediastinum stay out), so a nodule lying mostly outside
-      the lung's contour there is not found, whatever its size;
+      never reaches medially past it (the hilum and mediastinum stay out) except across a round dent of
+      it (``lung.envelope``'s ``dent_mm``: on lung1 a 12 mm nodule against the heart), so a nodule lying
+      mostly outside the lung's contour there (on an oblique border, or wider) may be missed;
     * ``surface`` — within ``surface_mm`` (at least one slice) of where the lung ends above or below
       (apex, diaphragm domes, the images' first and last slice): the pleural line is carried across an
       indentation only where lung caps it above and below, so a nodule sitting on the pleura there stays
@@ -577,8 +619,8 @@ def search_limits(outline: np.ndarray, spacing: tuple[float, ...], plane: _Plane
             limits.append(SearchLimit(side, "mediastinum", (
                 f"Against the mediastinum and hilum (within {band_mm:.0f} mm of the {side} lung's medial "
                 "border) nodules are looked for only inside the lung's contour: one is found only where at "
-                f"least {d:.0f} mm of it bulges into the lung; one lying mostly outside the contour is not "
-                "found, whatever its size."), band))
+                f"least {d:.0f} mm of it bulges into the lung; one lying mostly outside the contour may be "
+                "missed, whatever its size."), band))
         on_surface = surface & lung
         if on_surface.any():
             limits.append(SearchLimit(side, "surface", (
@@ -655,6 +697,25 @@ def nodule_search_limits(image: sitk.Image, lungs: sitk.Image, *, min_diameter_m
     return limits
 
 
+def _round_candidate(region: np.ndarray, spacing: tuple[float, ...], diameter_mm: float) -> bool:
+    """Whether a dropped blob looked like a nodule of ``diameter_mm`` or more: that equivalent diameter,
+    principal axes within 2 of each other."""
+    across = (6.0 * float(region.sum()) * float(np.prod(spacing)) / np.pi) ** (1.0 / 3.0)
+    return across >= diameter_mm and _elongation(region, spacing) <= 2.0
+
+
+def _doubt(image: sitk.Image, lo: np.ndarray, why: str, where: tuple[slice, ...], region: np.ndarray,
+           spacing: tuple[float, ...], limit: SearchLimit) -> str:
+    """One sentence naming a round candidate the search dropped in ``limit``'s region."""
+    across = (6.0 * float(region.sum()) * float(np.prod(spacing)) / np.pi) ** (1.0 / 3.0)
+    centre = np.argwhere(region).mean(axis=0) + [s.start for s in where] + lo  # (z, y, x) index
+    x, y, z = image.TransformContinuousIndexToPhysicalPoint([float(c) for c in centre[::-1]])
+    what = {"vessel": "a cut through a vessel", "faint": "partial volume", "ring": "a bronchial wall",
+            "airway": "a bronchial wall"}[why]
+    return (f"A round {across:.0f} mm candidate at ({x:.0f}, {y:.0f}, {z:.0f}) mm in the {limit.region} "
+            f"region of the {limit.side} lung was dropped as {what}: a nodule there is not ruled out.")
+
+
 @step("lung.nodules")
 def nodules(
     image: sitk.Image,
@@ -668,6 +729,7 @@ def nodules(
     outline_mm: float = 5.0,
     ground_glass_mm: float = 0.0,
     ground_glass_hu: float = 250.0,
+    doubt_mm: float = 10.0,
 ) -> StepOutput:
     """Nodules and masses inside the lung envelope as a label map (1, 2, … by decreasing volume).
 
@@ -685,7 +747,13 @@ def nodules(
     that is mostly a wall around enclosed air, or whose 3 mm surroundings are more than 5 % airway lumen
     (darker than ``lumen_hu``; parenchyma never is), is a bronchus not removed as airway: rejected too.
     A blob on the envelope's edge is carried out to the pleural line in the images' resolution
-    (:func:`_to_pleura`, within ``rim_mm``)."""
+    (:func:`_to_pleura`, within ``rim_mm``).
+
+    Estimates: ``limit_<side>_<region>`` (:func:`search_limits`: where the search cannot promise a nodule)
+    and ``doubt_<side>_<region>``: the round candidates of ``doubt_mm`` or more (equivalent diameter;
+    principal axes within 2) dropped in such a region (as a vessel cut, a bronchial wall, partial
+    volume), each named with its size, position and why — the concrete reason for the lung's QC to warn
+    that the region may hide a nodule."""
     empty = StepOutput(image_like(np.zeros(lungs.GetSize()[::-1]), image, np.uint8), {"nodules": 0})
     space = _search_space(image, lungs, soft_tissue_hu=soft_tissue_hu, rim_mm=rim_mm, outline_mm=outline_mm)
     if space is None:
@@ -705,6 +773,7 @@ def nodules(
     out = np.zeros(inside.shape, dtype=np.int32)
     found: list[tuple[float, np.ndarray, bool]] = []
     rejected = {"elongated": 0, "small": 0, "ring": 0, "airway": 0, "faint": 0, "vessel": 0}
+    dropped: list[tuple[str, tuple[slice, ...], np.ndarray]] = []  # (why, where, what) once past "small"
     for i, sl in enumerate(ndimage.find_objects(labels), start=1):
         if sl is None:
             continue
@@ -733,23 +802,27 @@ def nodules(
         if region.sum() < 0.6 * hollow.sum():
             # a wall around air: a bronchus (a cavity's wall is thicker)
             rejected["ring"] += 1
+            dropped.append(("ring", grow, region))
             log.debug("lung blob at %s rejected: ring", at)
             continue
         shell = dilate(region, 3.0, spacing) & ~region
         if np.mean(values[grow][shell] < lumen_hu) > 0.05:
             # beside an airway lumen (darker than any parenchyma): a bronchial wall
             rejected["airway"] += 1
+            dropped.append(("airway", grow, region))
             log.debug("lung blob at %s rejected: airway", at)
             continue
         if float(np.percentile(values[grow][region], 90)) < soft_tissue_hu - 140.0:
             # no voxel near soft-tissue density: partial volume of a vessel or scar
             rejected["faint"] += 1
+            dropped.append(("faint", grow, region))
             log.debug("lung blob at %s rejected: faint", at)
             continue
         tree_size = int(tree_sizes[np.unique(trees[grow][region])].sum())
         if region.sum() < 0.5 * tree_size and not thick[grow][blob].any():
             # a cut through a vessel tree no wider than the tree's vessels
             rejected["vessel"] += 1
+            dropped.append(("vessel", grow, region))
             log.debug("lung blob at %s rejected: vessel", at)
             continue
         full = np.zeros(inside.shape, dtype=bool)
@@ -784,5 +857,11 @@ def nodules(
     estimates: dict[str, Estimate] = {"solid_threshold": level, "nodules": count, "rejected": rejected}
     for limit in search_limits(outline, spacing, plane, midline, min_diameter_mm):
         estimates[f"limit_{limit.side}_{limit.region}"] = limit.reason
+        if limit.region == "slices":
+            continue
+        doubts = [_doubt(image, lo, why, where, region, spacing, limit) for why, where, region in dropped
+                  if _round_candidate(region, spacing, doubt_mm) and limit.mask[where][region].mean() >= 0.5]
+        if doubts:
+            estimates[f"doubt_{limit.side}_{limit.region}"] = " ".join(doubts)
     return StepOutput(image_like(result, image, np.uint8), estimates)
 
