@@ -142,11 +142,10 @@ def _disc_scores(
     """Per slice holding ``window``, the score of a disc of ``radius_mm`` centred at each voxel of the
     window's bounding box (``-inf`` outside the window): its mean (HU clipped to −100..400) less half the
     mean of the ring 3–8 mm around it (HU clipped to −100..``tissue_hu`` + 60), and the disc's mean.
-    With ``sectors`` the score is instead the second smallest difference (either sign) between the disc's
-    mean and the mean of each eighth of the ring: a vessel differs from what lies around it on every side
-    but where a branch joins it (the hepatic veins at the IVC's confluence), brighter or darker (a native
-    IVC in the liver), an organ's edge or corner on two to four; less 1.5 × the spread inside the disc (a
-    lumen is uniform, a mix of fat and tissue is not). A disc whose mean is
+    With ``sectors`` the score is instead the smallest difference (either sign) between the disc's mean
+    and the mean of each quarter of the ring: a vessel differs from what lies around it on every side,
+    brighter or darker (a native IVC in the liver), an organ's edge or corner on one or two; less 1.5 × the
+    spread inside the disc (a lumen is uniform, a mix of fat and tissue is not). A disc whose mean is
     below ``floor`` (fat, not blood) scores ``-inf``."""
     _, sy, sx = spacing
     clipped = np.clip(array, -100.0, 400.0)
@@ -164,13 +163,12 @@ def _disc_scores(
     ring = ((d2 > (radius_mm + 3.0) ** 2) & (d2 <= outer**2)).astype(np.float32)
     ring_mask = ring > 0
     ring /= max(ring.sum(), 1.0)
-    eighths = []
+    quarters = []
     if sectors:
-        angle = np.mod(np.arctan2(yy, xx), 2.0 * np.pi)
-        for i in range(8):
-            part = (angle >= i * np.pi / 4.0) & (angle < (i + 1) * np.pi / 4.0)
-            kernel = (ring_mask & part).astype(np.float32)
-            eighths.append(kernel / max(float(kernel.sum()), 1.0))
+        for quarter in ((yy >= 0) & (xx > 0), (yy > 0) & (xx <= 0), (yy <= 0) & (xx < 0),
+                        (yy < 0) & (xx >= 0)):
+            kernel = (ring_mask & quarter).astype(np.float32)
+            quarters.append(kernel / max(float(kernel.sum()), 1.0))
     for k in range(array.shape[0]):
         if not window[k].any():
             continue
@@ -180,8 +178,8 @@ def _disc_scores(
         plane = clipped[k, lo_r : r1 + ry + 1, lo_c : c1 + rx + 1]
         means = ndimage.convolve(plane, disc, mode="nearest")
         if sectors:
-            steps = np.stack([np.abs(means - ndimage.convolve(plane, q, mode="nearest")) for q in eighths])
-            sub = np.partition(steps, 1, axis=0)[1]
+            sub = np.min([np.abs(means - ndimage.convolve(plane, q, mode="nearest")) for q in quarters],
+                         axis=0)
             spread = ndimage.convolve(plane * plane, disc, mode="nearest") - means * means
             sub -= 1.5 * np.sqrt(np.maximum(spread, 0.0))
         else:
