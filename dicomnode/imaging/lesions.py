@@ -74,7 +74,14 @@ ordered by decreasing volume) of hypo- and/or hyper-dense regions:
    on through that shell), the blob (the lesion-like tissue in balls of 0.6 radius there, so a thinner
    wall it touches is left out) shares at least 30 % of its boundary with the organ, is round
    (inscribed / equivalent diameter >= 0.7, principal-axis ratio <= 2), not mostly inside the organ
-   (that is the enclosed search's) and as clear as an enclosed lesion. It is then traced on the full
+   (that is the enclosed search's) and as clear as an enclosed lesion. Against a wall of its own
+   attenuation (body wall muscle, a crus: the organ chain leaves such a lesion out whole, its shell is
+   mostly lesion-like) a ball is a lesion too where the organ wraps round ``WRAP`` (30 %) of its shell
+   (it lies in the surface, not on it), within the organ's envelope the organ surrounds it, at most
+   ``THICK_WALL`` of its shell is tissue as thick as it (the wall beyond is thinner; a kidney or a thick
+   muscle goes on at its thickness), and it lies within the images and off the slices that hold metal;
+   beyond the organ its mask is then its ball (no edge parts it from the wall). One wrapped so but
+   against a thicker wall is named (:data:`AGAINST_LIKE`), not reported. It is then traced on the full
    grid; an enclosed lesion it overlaps (its inner part) becomes part of it. The labels of lesions
    found this way may lie outside the organ mask; ``surface_lesions`` counts them.
 6. A hypodense candidate (enclosed or at the surface) at water density (``FLUID_HU``, -15..20 HU: bile,
@@ -91,9 +98,10 @@ ordered by decreasing volume) of hypo- and/or hyper-dense regions:
 one sentence (joined by ``DOUBT_SEPARATOR``) per candidate of ``REPORT_MM`` (10 mm) or more whose shape is
 a lesion's (inscribed / equivalent diameter >= 0.6, axes within 1.5) but that was dropped for what it
 touches or where it lies (:data:`DOUBTFUL`: continues as a vessel, weak, cut by the field of view, metal
-streak) — its size, position and why. The pipeline runner turns each into a ``warn`` on the organ searched
-with the flag :data:`DOUBTFUL` names: a drop that could be a missed lesion is never silent. Drops for shape
-(small, rim, elongated, tubular, flat) are not named: those candidates are not lesion-shaped.
+streak, against tissue of its own attenuation) — its size, position and why. The pipeline runner turns
+each into a ``warn`` on the organ searched with the flag :data:`DOUBTFUL` names: a drop that could be a
+missed lesion is never silent. Drops for shape (small, rim, elongated, tubular, flat) are not named: those
+candidates are not lesion-shaped.
 """
 
 from __future__ import annotations
@@ -445,7 +453,8 @@ def detect_in_region(
         for comp in _surface_lesions(
             like, residual, organ_arr, spacing, limits, factors=factors, surface_mm=surface_mm,
             min_diameter_mm=max(min_diameter_mm, surface_min_mm), rejected=rejected, smooth=smooth,
-            fluid_check=centre - FLUID_HU[1] >= delta,
+            fluid_check=centre - FLUID_HU[1] >= delta, doubtful=doubtful, image=image, fov_faces=fov_faces,
+            metal_slices=averaged,
         ):
             # the part inside the organ may have been found already (as an enclosed lesion): one lesion
             joined = [j for j, (_, other, _) in enumerate(kept) if (other & comp).any()]
@@ -480,6 +489,10 @@ def _surface_lesions(
     rejected: dict[str, int],
     smooth: np.ndarray,
     fluid_check: bool,
+    doubtful: list[str] | None = None,
+    image: sitk.Image | None = None,
+    fov_faces: tuple[bool, ...] | None = None,
+    metal_slices: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """Hypodense lesions that cross the organ's surface (see the module docstring): round blobs of
     lesion-like tissue whose largest inscribed ball crosses or touches the surface. Balls are looked for
@@ -539,13 +552,27 @@ def _surface_lesions(
             inner = tuple(slice(b.start - w.start, b.stop - w.start) for b, w in zip(box, wide, strict=True))
             return closed[inner] | organ[box]
 
+        # whether the ball lies within the images (what lies around it beyond their edge cannot be seen) and
+        # off the slices that hold metal (streak residue darkens bands there that no edge parts from a lesion)
+        faces = fov_faces if fov_faces is not None else (True,) * (2 * len(spacing))
+        seen_round = all((not faces[2 * a] or centre[a] * spacing[a] >= radius)
+                         and (not faces[2 * a + 1] or (organ.shape[a] - 1 - centre[a]) * spacing[a] >= radius)
+                         for a in range(len(spacing)))
+        if metal_slices is not None:
+            reach = int(math.ceil(radius / spacing[0]))
+            first, stop = max(0, int(centre[0]) - reach), int(centre[0]) + reach + 1
+            seen_round &= not bool(metal_slices[first:stop].any())
         reason, lesion = _surface_blob(like[box], local_depth, organ[box], residual[box], distance, radius,
-                                       spacing, limits, envelope)
+                                       spacing, limits, envelope, seen_round)
         if not reason and fluid_check and _in_a_sac(smooth, centre, radius, lesion, box, spacing):
             reason = "gallbladder"
         if reason:
             if reason != "enclosed":
                 rejected[reason] = rejected.get(reason, 0) + 1
+            if reason in DOUBTFUL and doubtful is not None and image is not None:
+                doubt = _doubtful(lesion, box, spacing, image, "hypo", reason)
+                if doubt:
+                    doubtful.append(doubt)
             continue
         log.debug("surface lesion: r=%.1f at %s, %d voxels", radius, tuple(centre), int(lesion.sum()))
         full = np.zeros(organ.shape, dtype=bool)
@@ -555,6 +582,7 @@ def _surface_lesions(
     return found
 
 
+AGAINST_LIKE = "against tissue of its own attenuation"  # a surface candidate in the organ's surface (WRAP)
 REPORT_MM = 10.0  # a dropped candidate this wide or more whose shape is a lesion's is named in the organ's QC
 # why each such drop is a judgement (what the candidate touches or where it lies, not its shape), and the QC
 # flag that names it: a lesion there cannot be ruled out
@@ -565,6 +593,8 @@ DOUBTFUL = {
     "cut by the field of view": ("truncated", "it is cut by the edge of the images, so whether it goes on "
                                  "as a vessel beyond them cannot be seen"),
     "metal streak": ("metal", "it runs along a metal streak"),
+    AGAINST_LIKE: ("low_contrast", "it bulges the surface against tissue of its own attenuation about as "
+                   "thick as it (a muscle, a crus, bowel), so where it ends cannot be seen"),
 }
 DOUBT_SEPARATOR = "; "
 
@@ -592,6 +622,15 @@ BITE = 2.0  # the organ's envelope around a surface candidate: each slice closed
 # radii (the ball found is about 0.8 of the lesion's radius, partial volume at its edge: at 1.3 radii a
 # notch as wide as the lesion stayed open; real liver, spheres half outside it: 20 mm found 4 -> 6 of 10,
 # 40 mm 7 -> 8 of 10, no row of the accuracy table moved)
+
+
+WRAP = 0.3  # a surface candidate whose shell (1-1.5 ball radii) is this much organ lies in the organ's
+# surface (a ball centred on a flat surface: 0.5; one that only touches it from outside: 0.1; real liver,
+# 20 mm lesions half outside it: 0.32-0.58, the balls of the wall's own muscle 0.07-0.22) ...
+WALL_DEPTH = 0.8  # ... and is a lesion, whatever lies beyond, when at most ``THICK_WALL`` of that shell is
+THICK_WALL = 0.35  # lesion-like tissue that holds balls of this many of its radii (as thick as the lesion: a
+# kidney, a thick crus or muscle goes on at its thickness, real CT 0.45-0.65; the wall a lesion lies against
+# 0.14-0.29); one wrapped but against a thicker wall is named (``AGAINST_LIKE``), not reported
 
 
 def _in_a_sac(smooth: np.ndarray, centre: np.ndarray, radius: float, lesion: np.ndarray,
@@ -652,6 +691,7 @@ def _surface_blob(
     spacing: tuple[float, ...],
     limits: Limits,
     envelope: Callable[[], np.ndarray],
+    seen_round: bool = True,
 ) -> tuple[str, np.ndarray]:
     """Why the ball of ``radius`` at the centre of ``distance`` is not a surface lesion ('' when it is one)
     and the lesion's mask: the lesion-like tissue in balls of 0.6 × ``radius`` around it (what is
@@ -686,9 +726,22 @@ def _surface_blob(
         bite = float((ball & hull & ~organ).sum()) / float(ball.sum())
         within = annulus & hull
         fill_within = float(like[within].mean()) if within.any() else 1.0
-        log.debug("surface bite %.2f, fill within the envelope %.2f", bite, fill_within)
+        # ... or one the organ wraps round (it lies in the surface, not on it) against a wall of its own
+        # attenuation thinner than it (muscle on the surface, a crus; the organ's mask stops at the lesion)
+        wrap = float(organ[annulus].mean()) if annulus.any() else 0.0
+        thick = dilate(depth > WALL_DEPTH * radius, WALL_DEPTH * radius, spacing) & like
+        wall = float(thick[annulus].mean()) if annulus.any() else 1.0
+        log.debug("surface bite %.2f, fill within the envelope %.2f, wrap %.2f, thick wall %.2f", bite,
+                  fill_within, wrap, wall)
         if bite < 0.25 or fill_within > 0.4:
-            return "continues beyond the surface", lesion
+            # (wrapped: and within the organ's envelope the organ, not the same tissue, surrounds it, and the
+            # ball lies within the images, off the slices with metal: there what it is cannot be seen)
+            wrapped = wrap >= WRAP and fill_within <= 0.4 and seen_round
+            if not (wrapped and wall <= THICK_WALL):
+                # one the organ wraps round is named: a lesion there cannot be told from what lies beyond it
+                return (AGAINST_LIKE if wrapped else "continues beyond the surface"), lesion
+            # beyond the organ no edge parts it from the wall of its own attenuation: there it is its ball
+            lesion &= organ | (distance <= radius + half)
     strength = -float(np.median(residual[lesion & (distance <= 0.5 * radius)]))
     if strength < limits.min_strength * limits.threshold:
         return "weak", lesion

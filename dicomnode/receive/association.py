@@ -423,16 +423,20 @@ class Association:
         assert command is not None and sink is not None
         field_ = int(command.get("CommandField", 0))
         if isinstance(sink, InstanceWriter):
-            result = sink.finish()
-            status, comment = result.status, result.comment
+            result = sink.finish(report=False)
             self.instances += result.status == SUCCESS
-        elif isinstance(sink, _Buffer):
-            status, comment = self._event_report(command, sink), ""
+            try:
+                answer = response(command, field_ | 0x8000, result.status, result.comment)
+                self._reply(self._context_id, answer)
+            finally:  # the observers after the response (see InstanceWriter.finish)
+                sink.report(result)
+            return
+        if isinstance(sink, _Buffer):
+            status = self._event_report(command, sink)
             event_type = int(command.get("EventTypeID", 0) or 0)
             self._reply(self._context_id, response(command, 0x8100, status, event_type=event_type))
             return
-        else:
-            status, comment = self._early_status or (UNRECOGNIZED_OPERATION, "")
+        status, comment = self._early_status or (UNRECOGNIZED_OPERATION, "")
         self._early_status = None
         self._reply(self._context_id, response(command, field_ | 0x8000, status, comment))
 

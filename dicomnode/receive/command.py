@@ -11,15 +11,23 @@ this reader is one ``struct`` call per element and refuses anything that is not 
 from __future__ import annotations
 
 import struct
+from types import MappingProxyType
 from typing import Any
 
-from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.datadict import DicomDictionary, keyword_for_tag
 
 from dicomnode.errors import ReceiveError
 
 _ELEMENT = struct.Struct("<HHI")
 _NUMBERS = {"US": struct.Struct("<H"), "UL": struct.Struct("<I"), "SS": struct.Struct("<h"),
             "SL": struct.Struct("<i")}
+_TEXT_VRS = frozenset({"UI", "AE", "LO", "SH", "CS", "ST", "LT", "DA", "TM", "PN"})
+# keyword → (element, VR) of every command element (group 0000) in pydicom's dictionary, read once: a
+# C-STORE asks for about ten of them, and each look-up through pydicom's functions cost microseconds
+_COMMAND_ELEMENTS = MappingProxyType({
+    keyword_for_tag(tag): (tag & 0xFFFF, entry[0]) for tag, entry in DicomDictionary.items()
+    if tag >> 16 == 0 and keyword_for_tag(tag)
+})
 
 
 class CommandError(ReceiveError):
@@ -59,24 +67,24 @@ class Command:
         return cls(values)
 
     def __contains__(self, keyword: str) -> bool:
-        tag = tag_for_keyword(keyword)
-        return tag is not None and tag >> 16 == 0 and (tag & 0xFFFF) in self._values
+        known = _COMMAND_ELEMENTS.get(keyword)
+        return known is not None and known[0] in self._values
 
     def get(self, keyword: str, default: Any = None) -> Any:
         """The element's value (int for US/UL, str for text, bytes otherwise) or ``default``."""
-        tag = tag_for_keyword(keyword)
-        if tag is None or tag >> 16 != 0:
+        known = _COMMAND_ELEMENTS.get(keyword)
+        if known is None:
             return default
-        raw = self._values.get(tag & 0xFFFF)
+        element, vr = known
+        raw = self._values.get(element)
         if raw is None:
             return default
-        vr = dictionary_VR(tag)
         number = _NUMBERS.get(vr)
         if number is not None:
             if len(raw) < number.size:
                 return default
             return number.unpack_from(raw)[0]
-        if vr in ("UI", "AE", "LO", "SH", "CS", "ST", "LT", "DA", "TM", "PN"):
+        if vr in _TEXT_VRS:
             return raw.decode("ascii", errors="replace").strip(" \0")
         return raw
 

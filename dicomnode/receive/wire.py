@@ -10,7 +10,10 @@ never holds a thread past it. The PDUs themselves are decoded and encoded by ``p
 
 from __future__ import annotations
 
+import math
+import select
 import socket
+import ssl
 import struct
 import time
 from collections.abc import Iterator
@@ -49,6 +52,23 @@ class Wire:
         self._pdu_began = 0.0  # when the current PDU's first byte was there
         self._pdu_mark = 0  # _received before the current PDU
         self.deadline_kind = "idle"
+        # a plain socket is non-blocking: a read is one recv() when bytes are there, and poll() only when
+        # none are (with a timeout, CPython polls before every recv and sets the timeout with an ioctl);
+        # TLS keeps socket timeouts (a TLS record may need more bytes than poll() shows)
+        self._poll: select.poll | None = None
+        self._events = select.POLLIN
+        if not isinstance(sock, ssl.SSLSocket):
+            sock.setblocking(False)
+            self._poll = select.poll()
+            self._poll.register(sock, select.POLLIN)
+
+    def _wait(self, events: int, remaining: float) -> bool:
+        """Wait up to ``remaining`` seconds for ``events`` on the (non-blocking) socket; False on timeout."""
+        assert self._poll is not None
+        if events != self._events:
+            self._poll.modify(self.sock, events)
+            self._events = events
+        return bool(self._poll.poll(max(1, math.ceil(remaining * 1000))))
 
     def _fill(self, deadline: float) -> None:
         """Receive at least one more byte into the buffer (compacting it first when needed)."""
@@ -61,20 +81,45 @@ class Wire:
         if self.deadline_kind == "slow":  # the PDU so far must have come at min_rate (after the grace)
             progress = self._received - self._pdu_mark + 1
             deadline = min(deadline, self._pdu_began + self.grace + progress / self.min_rate)
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise WireTimeout("The peer sent nothing before the deadline.", self.deadline_kind)
-        self.sock.settimeout(remaining)
-        try:
-            count = self.sock.recv_into(self._view[self._end :])
-        except TimeoutError as exc:
-            raise WireTimeout(f"The peer sent nothing for {remaining:.1f} s.", self.deadline_kind) from exc
-        except OSError as exc:
-            raise PeerGone(f"The connection broke: {exc}.") from exc
+        if self._poll is not None:
+            count = self._receive(deadline)
+        else:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise WireTimeout("The peer sent nothing before the deadline.", self.deadline_kind)
+            self.sock.settimeout(remaining)
+            try:
+                count = self.sock.recv_into(self._view[self._end :])
+            except TimeoutError as exc:
+                message = f"The peer sent nothing for {remaining:.1f} s."
+                raise WireTimeout(message, self.deadline_kind) from exc
+            except OSError as exc:
+                raise PeerGone(f"The connection broke: {exc}.") from exc
         if count == 0:
             raise PeerGone("The peer closed the connection.")
         self._end += count
         self._received += count
+
+    def _receive(self, deadline: float) -> int:
+        """recv_into the buffer's free end, waiting in poll() until ``deadline`` only while nothing is
+        there."""
+        view = self._view[self._end :]
+        while True:
+            try:
+                return self.sock.recv_into(view)
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                raise PeerGone(f"The connection broke: {exc}.") from exc
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise WireTimeout("The peer sent nothing before the deadline.", self.deadline_kind)
+            try:
+                ready = self._wait(select.POLLIN, remaining)
+            except OSError as exc:
+                raise PeerGone(f"The connection broke: {exc}.") from exc
+            if not ready and deadline <= time.monotonic():
+                raise WireTimeout(f"The peer sent nothing for {remaining:.1f} s.", self.deadline_kind)
 
     def read_exact(self, count: int, deadline: float) -> bytes:
         while self._end - self._start < count:
@@ -118,8 +163,24 @@ class Wire:
         return pdu_type, length, self.pdu_deadline(length)
 
     def send(self, data: bytes) -> None:
-        self.sock.settimeout(self.grace)
+        if self._poll is None:
+            self.sock.settimeout(self.grace)
+            try:
+                self.sock.sendall(data)
+            except OSError as exc:
+                raise PeerGone(f"Cannot send to the peer: {exc}.") from exc
+            return
+        view = memoryview(data)
+        deadline = time.monotonic() + self.grace
         try:
-            self.sock.sendall(data)
+            while view:
+                try:
+                    view = view[self.sock.send(view) :]
+                    continue
+                except BlockingIOError:
+                    pass
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._wait(select.POLLOUT, remaining):
+                    raise PeerGone(f"Cannot send to the peer: nothing was taken for {self.grace:.1f} s.")
         except OSError as exc:
             raise PeerGone(f"Cannot send to the peer: {exc}.") from exc

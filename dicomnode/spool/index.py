@@ -89,7 +89,16 @@ class SpoolIndex:
     def __init__(self, database: Database, root: Path) -> None:
         self.database = database
         self.root = Path(root)
+        self._root_prefix = f"{self.root}/"
         database.migrate(SCHEMA)
+
+    def _relative(self, path: Path) -> str:
+        """``path`` relative to the root, as POSIX text (string slicing for the usual case: ``relative_to``
+        cost ~10 µs on every received instance)."""
+        text = str(path)
+        if text.startswith(self._root_prefix) and "/../" not in text and "/./" not in text:
+            return text[len(self._root_prefix):]
+        return path.relative_to(self.root).as_posix()
 
     def add(
         self,
@@ -130,7 +139,7 @@ class SpoolIndex:
                 calling_aet,
                 time.time() if received_at is None else received_at,
                 size,
-                path.relative_to(self.root).as_posix(),
+                self._relative(path),
             ),
         )
         # RETURNING cannot tell insert from update; the row's duplicates counter can.

@@ -74,7 +74,10 @@ CHECKPOINT = struct.Struct("<4sQQQI")  # magic, counter, sequence, offset, crc32
 CHECKPOINT_NAME = "checkpoint"
 SEGMENT_GLOB = "segment-*.journal"
 COPY_CHUNK = 1024 * 1024
+WRITEBACK_PIECE = 128 * 1024  # a record's data is copied in pieces of this size, each written back at once
 SYNC_BATCH = 256  # files made durable per syncer round at most
+# a record's metadata as compact JSON (json.dumps with separators makes a new encoder on every call)
+_META_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
 def _align(n: int) -> int:
@@ -186,14 +189,19 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _copy(source: int, target: int, count: int, target_offset: int) -> None:
-    """Copy ``count`` bytes from the start of ``source`` to ``target`` at ``target_offset``."""
+def _copy(source: int, target: int, count: int, target_offset: int, *, writeback: bool = False) -> None:
+    """Copy ``count`` bytes from the start of ``source`` to ``target`` at ``target_offset``; ``writeback``:
+    start writing each :data:`WRITEBACK_PIECE` to the device as soon as it is copied (the device writes
+    while the rest is copied: the commit's wait is for the last piece only)."""
     done = 0
     try:
         while done < count:
-            copied = os.copy_file_range(source, target, count - done, done, target_offset + done)
+            piece = min(count - done, WRITEBACK_PIECE) if writeback else count - done
+            copied = os.copy_file_range(source, target, piece, done, target_offset + done)
             if copied == 0:
                 raise OSError(errno.EIO, f"the source ended after {done} of {count} bytes")
+            if writeback and done + copied < count:  # (the last piece is written by the commit itself)
+                start_writeback(target, target_offset + done, copied)
             done += copied
         return
     except OSError as exc:
@@ -534,7 +542,7 @@ class Journal:
 
         Raises :class:`JournalFullError` when the record does not fit a segment or no segment is ready
         (the caller stores the instance directly instead), ``OSError`` for a failed write."""
-        meta_raw = json.dumps(meta, separators=(",", ":")).encode()
+        meta_raw = _META_ENCODER.encode(meta).encode()
         data_at = _align(RECORD_HEADER.size + len(meta_raw))  # from the record's start
         total = data_at + _align(size)
         if total > self.segment_bytes - BLOCK:
@@ -561,7 +569,7 @@ class Journal:
         try:
             if size % BLOCK:  # the last page whole too (zeros, then the data's end over them)
                 os.pwrite(segment.fd, bytes(BLOCK), offset + data_at + size - size % BLOCK)
-            _copy(source_fd, segment.fd, size, offset + data_at)
+            _copy(source_fd, segment.fd, size, offset + data_at, writeback=self._flush_fd is not None)
         except OSError:
             self.release(record)
             raise

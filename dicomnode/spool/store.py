@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import threading
-import uuid
 from collections.abc import Iterable
 from contextlib import suppress
 from dataclasses import dataclass
@@ -33,8 +32,9 @@ log = logging.getLogger(__name__)
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 TMP_DIR_NAME = ".tmp"
 PART_SUFFIX = ".part"
-SPARE_DIR_NAME = ".spare"  # empty files made ahead, each renamed to a .part (see Spool._take_spare)
+SPARE_DIR_NAME = ".spare"  # named spare files where O_TMPFILE is missing (see Spool._make_spares)
 RECEIVE_SPARES = 4  # spare files a receiving process keeps ready
+_O_TMPFILE = getattr(os, "O_TMPFILE", 0)  # Linux: an unnamed file in a folder (see Spool._make_spares)
 
 
 def validate_uid(value: str, what: str) -> str:
@@ -179,7 +179,7 @@ class Spool:
         """``journal`` (with ``fsync`` on): :meth:`publish` commits each instance there (one fdatasync)
         and leaves the file's own fsyncs to the journal's syncer (see :mod:`dicomnode.spool.journal`).
         ``spares``: empty files kept ready in ``.spare`` by a background thread, so that :meth:`open_part`
-        renames one instead of making a new inode (see :meth:`_take_spare`); :meth:`close` removes them."""
+        names one instead of making a new inode (see :meth:`_take_spare`); :meth:`close` removes them."""
         self.root = Path(root)
         self.fsync = fsync
         self.journal = journal if fsync else None
@@ -189,18 +189,22 @@ class Spool:
         self._directory_sync = DirectorySync()
         self._known_dirs: set[Path] = set()  # series folders that exist (see _series_dir)
         self._spare_count = spares
-        self._spares: list[tuple[Path, int]] = []
+        self._spares: list[tuple[Path | None, int]] = []  # (None: unnamed, see _make_spares)
         self._spares_wake = threading.Condition()
+        self._tmp_fd: int | None = None  # .tmp, for naming unnamed spares (see _take_spare)
         self._spare_maker: threading.Thread | None = None  # started by the first open_part
         self._closing = False
 
     def path_for(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
-        return (
-            self.root
-            / validate_uid(study_uid, "Study Instance UID")
-            / validate_uid(series_uid, "Series Instance UID")
-            / f"{validate_uid(sop_uid, 'SOP Instance UID')}.dcm"
-        )
+        return self._paths(study_uid, series_uid, sop_uid)[0]
+
+    def _paths(self, study_uid: str, series_uid: str, sop_uid: str) -> tuple[Path, str]:
+        """(:meth:`path_for`, the same relative to the root as a POSIX string), built from one string (on the
+        receive path: three pathlib joins and a ``relative_to`` cost about 30 µs per instance)."""
+        relative = (f"{validate_uid(study_uid, 'Study Instance UID')}/"
+                    f"{validate_uid(series_uid, 'Series Instance UID')}/"
+                    f"{validate_uid(sop_uid, 'SOP Instance UID')}.dcm")
+        return Path(f"{self.root}/{relative}"), relative
 
     def series_dir(self, study_uid: str, series_uid: str) -> Path:
         return (
@@ -264,7 +268,7 @@ class Spool:
     def open_part(self, sop_uid: str) -> PartFile:
         """A new ``.tmp/<sop>.<random>.part`` file to stream an instance into (see :meth:`publish`)."""
         name = validate_uid(sop_uid, "SOP Instance UID") if sop_uid.strip() else "unknown"
-        tmp = self.tmp_dir / f"{name}.{uuid.uuid4().hex}{PART_SUFFIX}"
+        tmp = self.tmp_dir / f"{name}.{os.urandom(16).hex()}{PART_SUFFIX}"
         fd = self._take_spare(tmp)
         if fd is None:
             try:
@@ -276,7 +280,8 @@ class Spool:
                         writeback_from=self.journal.segment_bytes if self.journal is not None else 0)
 
     def _take_spare(self, name: Path) -> int | None:
-        """A spare file renamed to ``name``, open (None when there is none ready).
+        """A spare file given the name ``name`` (linked or renamed: see :meth:`_make_spares`), open (None
+        when there is none ready).
 
         Why: making a file allocates an inode, and ext4 without a journal skips every free inode whose
         file was deleted in the last seconds, reading each one's dtime: after deletions (retention, or a
@@ -294,6 +299,16 @@ class Spool:
             spare = self._spares.pop() if self._spares else None
             if len(self._spares) <= self._spare_count // 2:  # (the maker refills in a batch: fewer wake-ups)
                 self._spares_wake.notify()
+            if spare is not None and spare[0] is None:  # unnamed, in .tmp: linked under its name
+                try:  # (under the lock: close() closes the folder's descriptor)
+                    assert self._tmp_fd is not None
+                    os.link(f"/proc/self/fd/{spare[1]}", name.name, dst_dir_fd=self._tmp_fd,
+                            follow_symlinks=True)
+                except OSError as exc:
+                    os.close(spare[1])
+                    log.debug("A spare file could not be named '%s' (a new file instead): %s", name, exc)
+                    return None
+                return spare[1]
         if spare is None:
             return None
         path, fd = spare
@@ -306,24 +321,48 @@ class Spool:
             return None
         return fd
 
+    def _new_spare(self, unnamed: bool) -> tuple[Path | None, int]:
+        """One spare file, open: unnamed in ``.tmp`` (``O_TMPFILE``) when ``unnamed``, else named in
+        ``.spare``. Raises ``OSError``."""
+        if unnamed:
+            with self._spares_wake:
+                if self._tmp_fd is None and not self._closing:
+                    self._tmp_fd = os.open(self.tmp_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            return None, os.open(self.tmp_dir, os.O_RDWR | _O_TMPFILE | os.O_CLOEXEC, 0o600)
+        path = self.spare_dir / os.urandom(16).hex()
+        return path, os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+
     def _make_spares(self) -> None:
-        """Keep ``spares`` empty files ready in ``.spare`` (the spare maker thread)."""
+        """Keep ``spares`` empty files ready (the spare maker thread).
+
+        They are unnamed files of ``.tmp`` (``O_TMPFILE``, Linux), each linked under its ``.part`` name
+        when taken, where the filesystem makes them: making one locks no folder, and one that is never
+        taken vanishes with the process. Named files in ``.spare``, renamed when taken, elsewhere: a
+        rename locks both folders, and the maker's next file creation held ``.spare``'s lock for as long
+        as its inode allocation took (see :meth:`_take_spare`), so the receive path's rename waited for
+        it (measured in-process at load 9: 0.72 ms per rename, a link 0.05 ms)."""
         failed = False
-        with suppress(OSError):
-            self.spare_dir.mkdir(exist_ok=True)
+        unnamed = bool(_O_TMPFILE)
+        if not unnamed:
+            with suppress(OSError):
+                self.spare_dir.mkdir(exist_ok=True)
         while True:
             with self._spares_wake:
                 while not self._closing and len(self._spares) >= self._spare_count:
                     self._spares_wake.wait()
                 if self._closing:
                     return
-            path = self.spare_dir / uuid.uuid4().hex
             try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                path, fd = self._new_spare(unnamed)
             except OSError as exc:
+                if unnamed and exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                    unnamed = False  # a filesystem without O_TMPFILE
+                    with suppress(OSError):
+                        self.spare_dir.mkdir(exist_ok=True)
+                    continue
                 if not failed:
                     log.warning("Cannot make a spare file in '%s' (each instance makes its own): %s",
-                                self.spare_dir, exc)
+                                self.tmp_dir if unnamed else self.spare_dir, exc)
                 failed = True
                 with self._spares_wake:
                     self._spares_wake.wait(5.0)
@@ -334,7 +373,8 @@ class Spool:
                     self._spares.append((path, fd))
                     continue
             os.close(fd)
-            path.unlink(missing_ok=True)
+            if path is not None:
+                path.unlink(missing_ok=True)
             return
 
     def close(self) -> None:
@@ -343,14 +383,18 @@ class Spool:
             self._closing = True
             spares, self._spares = self._spares, []
             maker = self._spare_maker
+            tmp_fd, self._tmp_fd = self._tmp_fd, None
             self._spares_wake.notify_all()
+        if tmp_fd is not None:
+            os.close(tmp_fd)
         if maker is not None:
             maker.join(5.0)
         for path, fd in spares:
             with suppress(OSError):
                 os.close(fd)
-            with suppress(OSError):
-                path.unlink()
+            if path is not None:
+                with suppress(OSError):
+                    path.unlink()
 
     def publish_journaled(
         self, part: PartFile, study_uid: str, series_uid: str, sop_uid: str, note: dict[str, object]
@@ -363,7 +407,7 @@ class Spool:
         if journal is None or part.hasher is None or not journal.fits(part.size):
             return self.publish(part, study_uid, series_uid, sop_uid)
         try:
-            final = self.path_for(study_uid, series_uid, sop_uid)
+            final, relative = self._paths(study_uid, series_uid, sop_uid)
         except BaseException:
             part.discard()
             raise
@@ -371,7 +415,7 @@ class Spool:
         # before would cost every instance a stat)
         try:
             stat = os.fstat(part.fd)
-            meta = {"path": final.relative_to(self.root).as_posix(), "ino": stat.st_ino,
+            meta = {"path": relative, "ino": stat.st_ino,
                     "dev": stat.st_dev, **note}
             record = journal.append(part.fd, part.size, part.hasher.intdigest(), meta)
         except JournalFullError as exc:

@@ -113,7 +113,7 @@ def test_console_in_a_browser(dicomnode_node, storescp, tmp_path: Path) -> None:
                 "SELECT job_id FROM route_decisions WHERE study_uid = ? AND rule = 'abdomen-ct'",
                 (study_uid,)))
             job_dir = node.storage / "jobs" / decision[0]["job_id"]
-            _wait("the pipeline result", lambda: (job_dir / "result.json").is_file(), timeout=240, every=1)
+            _wait("the pipeline result", lambda: (job_dir / "result.json").is_file(), timeout=240)
             result = json.loads((job_dir / "result.json").read_text())
             assert result["ok"], result["error"]
             _wait("the forward delivered", lambda: node.query(

@@ -75,7 +75,7 @@ def test_stow_rs_upload_is_stored_and_processed_like_a_c_store(
         modalities = {str(s["MainDicomTags"]["Modality"]) for s in orthanc.series_of_study(study_uid)}  # type: ignore[index]
         if {"SEG", "SR"} <= modalities:
             break
-        time.sleep(1.0)
+        time.sleep(0.25)
     else:
         raise AssertionError(f"no liver-ct results in Orthanc; node log:\n{node.log_text()[-4000:]}")
     assert node.stop() == 0

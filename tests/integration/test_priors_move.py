@@ -50,14 +50,14 @@ def test_the_moved_prior_is_compared_and_not_routed_again(dicomnode_node, tmp_pa
         deadline = time.monotonic() + 400
         while time.monotonic() < deadline:
             jobs = node.query("SELECT state, output_dir FROM jobs") if node.database.exists() else []
-            decided = node.query("SELECT id FROM route_decisions WHERE series_uid = ?", (prior_series,)) \
-                if jobs else []
+            # the prior's decision carried out ('done'): a wrongly routed prior has queued its job by then
+            decided = node.query("SELECT id FROM route_decisions WHERE series_uid = ? AND state = 'done'",
+                                 (prior_series,)) if jobs else []
             if jobs and all(j["state"] in ("done", "failed") for j in jobs) and decided:
                 break
-            time.sleep(0.5)
+            time.sleep(0.2)
         else:
             raise AssertionError(f"timed out; node log:\n{node.log_text()[-6000:]}")
-        time.sleep(2)  # a wrongly routed prior would have queued its job by now
         jobs = node.query("SELECT id, state, output_dir FROM jobs")
         assert len(jobs) == 1 and jobs[0]["state"] == "done", (jobs, node.log_text()[-4000:])
         result = json.loads((Path(jobs[0]["output_dir"]) / "result.json").read_text())

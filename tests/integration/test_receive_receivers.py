@@ -106,20 +106,21 @@ def test_kill_9_of_a_receiver_loses_nothing_acknowledged_and_it_is_replaced(
     dicomnode_node, tmp_path: Path
 ) -> None:
     senders_wanted = 10
-    sources = []
-    for i in range(senders_wanted):
+
+    def source(i: int) -> Path:  # made when its sender is needed: usually one or two of the ten
         ct_series(tmp_path / f"src{i}", slices=120, rows=32, cols=32, seed=f"kill-receiver-{i}")
-        sources.append(tmp_path / f"src{i}")
+        return tmp_path / f"src{i}"
+
     # sync_seconds 30: the receiver's journal still holds everything it acknowledged when it is killed
     node = dicomnode_node(node={"receivers": 2}, storage={"journal": {"segment_mb": 8, "sync_seconds": 30}})
     assert node.proc is not None
     (receiver,) = _receiver_pids(node)
     senders: list[subprocess.Popen[str]] = []
     # start senders until the receiver process serves one of them (the kernel picks by address hash)
-    for source in sources:
+    for i in range(senders_wanted):
         senders.append(subprocess.Popen(
             [dcmtk("storescu"), "-v", "-aet", "CT1", "-aec", node.ae_title, "127.0.0.1", str(node.port),
-             "+sd", "+sp", "*.dcm", str(source)],
+             "+sd", "+sp", "*.dcm", str(source(i))],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         ))
         served = False
@@ -166,7 +167,7 @@ def test_kill_9_of_a_receiver_loses_nothing_acknowledged_and_it_is_replaced(
         assert replayed(), node.log_text()[-3000:]
         line = replayed()[0]
         assert int(re.search(r"(\d+) made durable", line).group(1)) >= len(served), line
-    again = storescu(node, *sorted(sources[0].glob("*.dcm"))[:5])
+    again = storescu(node, *sorted((tmp_path / "src0").glob("*.dcm"))[:5])
     assert again.returncode == 0
 
     assert node.stop() == 0

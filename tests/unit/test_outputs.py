@@ -6,7 +6,9 @@ NRRD/DICOM slice order is handled by positions, not by index. The enhanced array
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import math
 
 import highdicom as hd
@@ -437,7 +439,7 @@ def test_seg_without_source_references_is_placed_by_position(package, processed,
     seg = hd.seg.segread(tmp_path / "noref.dcm")
     for number, segment in enumerate(processed.segments, start=1):
         assert np.array_equal(seg_mask(seg, processed.sources, number), segment.mask)
-    shifted = [s.copy() for s in processed.sources]
+    shifted = [copy.deepcopy(s) for s in processed.sources]  # Dataset.copy() shares the elements
     for s in shifted:
         s.ImagePositionPatient = [float(v) + 1.0 for v in s.ImagePositionPatient]
     with pytest.raises(OutputError, match="lies on no slice of the series"):
@@ -449,12 +451,12 @@ def test_sources_missing_type2_patient_attributes_still_give_a_package(processed
     with the attributes present and empty, and the source headers are left untouched."""
     stripped = []
     for source in processed.sources:
-        copy = pydicom.Dataset(dict(source.items()))  # pydicom.Dataset(source) shares the element dict
-        copy.file_meta = source.file_meta
+        bare = pydicom.Dataset(dict(source.items()))  # pydicom.Dataset(source) shares the element dict
+        bare.file_meta = source.file_meta
         for keyword in ("PatientBirthDate", "PatientSex", "ReferringPhysicianName", "AccessionNumber"):
-            if keyword in copy:
-                delattr(copy, keyword)
-        stripped.append(copy)
+            if keyword in bare:
+                delattr(bare, keyword)
+        stripped.append(bare)
     small = dataclasses.replace(processed, sources=tuple(stripped), enhanced=None)
     write_result_package(small, tmp_path, ViewerProfile(send_enhanced=False))
     seg = pydicom.dcmread(tmp_path / "seg.dcm")
@@ -463,11 +465,19 @@ def test_sources_missing_type2_patient_attributes_still_give_a_package(processed
     assert "PatientBirthDate" in processed.sources[0]
 
 
+@functools.cache
+def _deepest_voxel(mask: bytes, shape: tuple[int, ...], spacing: tuple[float, ...]) -> tuple[int, ...]:
+    """The index of the mask's voxel farthest from its surface; computed once per mask (the distance
+    transform of the shared CT's liver takes ~1 CPU s, and four tests ask for it)."""
+    depth = ndimage.distance_transform_edt(np.frombuffer(mask, dtype=bool).reshape(shape), sampling=spacing)
+    return tuple(int(i) for i in np.unravel_index(np.argmax(depth), depth.shape))
+
+
 def _lesion_case(processed: ProcessedSeries, shift_mm: float = 0.0) -> ProcessedSeries:
     """The liver of the shared CT with a 14 mm hypodense lesion (-20 HU) inside it, shifted by shift_mm."""
     liver = processed.segments[0].mask
-    depth = ndimage.distance_transform_edt(liver, sampling=processed.spacing)
-    centre = np.array(np.unravel_index(np.argmax(depth), depth.shape), dtype=float)
+    centre = np.array(_deepest_voxel(np.ascontiguousarray(liver, dtype=bool).tobytes(), liver.shape,
+                                     tuple(float(s) for s in processed.spacing)), dtype=float)
     centre[2] += shift_mm / processed.spacing[2]
     zz, yy, xx = np.indices(liver.shape, sparse=True)
     sz, sy, sx = processed.spacing
@@ -527,14 +537,14 @@ def test_lesion_finding_is_coded_as_the_field_writes_it_and_keeps_its_tracking_u
 
 
 def _restudied(source, patient: str | None = None):  # noqa: ANN001, ANN202
-    copy = pydicom.Dataset(dict(source.items()))
-    copy.file_meta = source.file_meta
-    copy.StudyInstanceUID = pydicom.uid.generate_uid(entropy_srcs=["study", str(source.StudyInstanceUID)])
-    copy.SeriesInstanceUID = pydicom.uid.generate_uid(entropy_srcs=["series", str(source.SeriesInstanceUID)])
-    copy.SOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=["sop", str(source.SOPInstanceUID)])
+    # a deep copy: setting an attribute a shallow copy shares sets it in the session's source too
+    other = copy.deepcopy(source)
+    other.StudyInstanceUID = pydicom.uid.generate_uid(entropy_srcs=["study", str(source.StudyInstanceUID)])
+    other.SeriesInstanceUID = pydicom.uid.generate_uid(entropy_srcs=["series", str(source.SeriesInstanceUID)])
+    other.SOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=["sop", str(source.SOPInstanceUID)])
     if patient is not None:
-        copy.PatientID = patient
-    return copy
+        other.PatientID = patient
+    return other
 
 
 def test_the_ivc_is_coded_in_the_seg_and_the_sr(processed, tmp_path):

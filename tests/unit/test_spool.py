@@ -197,22 +197,26 @@ def test_spare_files_become_the_next_parts_and_are_removed_at_close(tmp_path: Pa
     spool = Spool(tmp_path / "spool", spares=2)
     first = spool.open_part("1.2.3.4.5")  # (none ready yet: a new file; the maker starts)
 
-    def ready() -> int:  # the maker thread makes .spare itself: it may not be there yet
-        return len(list(spool.spare_dir.iterdir())) if spool.spare_dir.is_dir() else 0
+    def ready() -> int:  # unnamed files of .tmp (O_TMPFILE), open in the spool: nothing to list
+        with spool._spares_wake:
+            return len(spool._spares)
 
     assert _wait_for(lambda: ready() == 2)
-    spare_inodes = {p.stat().st_ino for p in spool.spare_dir.iterdir()}
+    assert [p.name for p in spool.tmp_dir.iterdir()] == [first.path.name]  # the spares have no names
+    assert not spool.spare_dir.exists() or list(spool.spare_dir.iterdir()) == []
+    with spool._spares_wake:
+        spare_inodes = {os.fstat(fd).st_ino for _, fd in spool._spares}
     second = spool.open_part("1.2.3.4.6")
     assert second.path.name.startswith("1.2.3.4.6.") and second.path.suffix == ".part"
-    assert second.path.stat().st_ino in spare_inodes  # renamed, not made
+    assert second.path.stat().st_ino in spare_inodes  # named, not made
     second.write(b"DICM")
     stored = spool.publish(second, "1.2.3", "1.2.3.4", "1.2.3.4.6")
     assert stored.path.read_bytes() == b"DICM"
     assert _wait_for(lambda: ready() == 2)  # made again
-    assert len(spool.stale_temp_files()) == 3  # recovery would remove the spares with the open part
+    assert spool.stale_temp_files() == [first.path]  # what recovery would remove: the open part only
     first.discard()
     spool.close()
-    assert list(spool.tmp_dir.iterdir()) == [] and list(spool.spare_dir.iterdir()) == []
+    assert list(spool.tmp_dir.iterdir()) == [] and ready() == 0
     third = spool.open_part("1.2.3.4.7")  # still usable after close, without spares
-    assert third.path.exists() and list(spool.spare_dir.iterdir()) == []
+    assert third.path.exists() and list(spool.tmp_dir.iterdir()) == [third.path]
     third.discard()
