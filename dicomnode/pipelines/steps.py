@@ -27,7 +27,7 @@ from scipy import ndimage
 from dicomnode.errors import ImagingError, PipelineError
 from dicomnode.imaging import artifacts, enhance, fuse, grid, lesions, model, morphology, preprocess, segment
 from dicomnode.imaging.grid import array_of, bounding_box, crop, image_like, paste, spacing_of
-from dicomnode.imaging.organs import abdomen, brain, liver, lung
+from dicomnode.imaging.organs import abdomen, borders, brain, liver, lung
 from dicomnode.imaging.step import StepOutput, StepValue, image_of, output_of, step, step_names
 
 log = logging.getLogger(__name__)
@@ -207,7 +207,7 @@ def guided_contrast(
 
 #: The modules whose ``@step`` functions make up the registry (a new step module is added here).
 STEP_MODULES: tuple[ModuleType, ...] = (
-    preprocess, segment, enhance, artifacts, fuse, model, grid, liver, abdomen, lung, brain, lesions,
+    preprocess, segment, enhance, artifacts, fuse, model, grid, liver, abdomen, borders, lung, brain, lesions,
 )
 
 
