@@ -100,6 +100,10 @@ STOMACH_WALL_FRACTION = 0.1  # of its voxels, at least: a wall round oral contra
 STOMACH_WALL_MM = 5.0  # its wall's depth inside its contour, where a neighbour's level is no spill
 STOMACH_SPILL_ML = 5.0  # a neighbour organ's tissue deeper inside the contour than its wall: a spill
 STOMACH_SPILL_FRACTION = 0.1  # (and this share of the contour)
+# its border seen: fat or gas (below -30 HU) within this of its contour outside it; where none lies there its
+# neighbour touches it without a plane and the border is drawn at the wall's thickness from the lumen
+STOMACH_PLANE_MM = 5.0
+STOMACH_UNSEEN_FRACTION = 0.3  # of its surface, at most, without such a plane before QC says so
 
 
 @dataclass(frozen=True)
@@ -300,24 +304,39 @@ def _median_noise(values: np.ndarray) -> tuple[float, float]:
     return median, 1.4826 * float(np.median(np.abs(values - median)))
 
 
+def _own_tissue(structure: str, values: np.ndarray) -> np.ndarray | None:
+    """An organ's voxels that are tissue of its own: a stomach's without its gas (below -500 HU; its wall's
+    contact with the liver read 97 HU 'under 1.5 × the noise' of a mixture of gas and water); ``None`` for a
+    stomach half or more of gas (its gas pocket, which fails on its own: no border of it means anything)."""
+    if structure == "stomach":
+        tissue = values[values > -500.0]
+        enough = tissue.size > (1.0 - STOMACH_GAS_FRACTION) * values.size and tissue.size >= 10
+        return tissue if enough else None
+    return values
+
+
 def _equal_neighbours(segment, organs, sampled, image, spacing, stats=None):  # noqa: ANN001, ANN202
     """(label, HU step) of each organ segment touching ``segment`` over at least ``CONTACT_MM2`` whose
-    median differs from it by less than 1.5 × the noise (1.4826 × MAD inside either). ``stats`` caches
-    each organ's (median, noise) across calls."""
+    median differs from it by less than 1.5 × the noise (1.4826 × MAD inside either; a stomach's without its
+    gas, :func:`_own_tissue`). ``stats`` caches each organ's (median, noise) across calls."""
     stats = {} if stats is None else stats
     mask = sampled[segment.label]
     if np.count_nonzero(mask) < 10:
         return []
     own_prior = PRIORS.get(segment.structure, OrganPrior())
     if segment.label not in stats:
-        stats[segment.label] = _median_noise(image[mask])
-        if own_prior.vessel:  # (a vessel's noise inside its border: the partial volume at its border with
-            # fat, a fifth of a small vessel's voxels, is no noise; the IVC's 130 HU blood 20 HU above the
-            # liver was withheld for a 'noise' of 15 HU where the image's is 12)
+        tissue = _own_tissue(segment.structure, image[mask])
+        stats[segment.label] = _median_noise(tissue) if tissue is not None else None
+        if stats[segment.label] is not None and own_prior.vessel:
+            # (a vessel's noise inside its border: the partial volume at its border with fat, a fifth of a
+            # small vessel's voxels, is no noise; the IVC's 130 HU blood 20 HU above the liver was withheld
+            # for a 'noise' of 15 HU where the image's is 12)
             box = _box(mask, (1,) * mask.ndim)
             inner = ndimage.binary_erosion(mask[box])
             if np.count_nonzero(inner) >= 10:
                 stats[segment.label] = (stats[segment.label][0], _median_noise(image[box][inner])[1])
+    if stats[segment.label] is None:
+        return []
     median, noise = stats[segment.label]
     grown = None
     out = []
@@ -337,7 +356,10 @@ def _equal_neighbours(segment, organs, sampled, image, spacing, stats=None):  # 
         if contact * face_mm2 < CONTACT_MM2:
             continue
         if other.label not in stats:
-            stats[other.label] = _median_noise(image[theirs])
+            tissue = _own_tissue(other.structure, image[theirs])
+            stats[other.label] = _median_noise(tissue) if tissue is not None else None
+        if stats[other.label] is None:
+            continue
         other_median, other_noise = stats[other.label]
         step_hu = abs(median - other_median)
         if step_hu < 1.5 * max(noise, other_noise, 1.0):
@@ -491,6 +513,15 @@ def stomach_checks(
             f"Only {100 * wall:.0f} % of {label} lies at {STOMACH_WALL_HU[0]:.0f} to "
             f"{STOMACH_WALL_HU[1]:.0f} HU: a stomach has a wall of soft tissue round its contents; the "
             "contour lies on something else (a vessel, bone, bowel gas).")))
+    unseen, touching = _unseparated_surface(values, sub, spacing, [(o, t[box]) for o, t in neighbours
+                                                                  if t.shape == mask.shape])
+    log.debug("%s: %.0f %% of its surface without a fat or gas plane (%s)", label, 100 * unseen, touching)
+    if unseen > STOMACH_UNSEEN_FRACTION:
+        found.append((QCFlag.LOW_CONTRAST, (
+            f"{100 * unseen:.0f} % of {label}'s surface has no fat or gas plane (below -30 HU within "
+            f"{STOMACH_PLANE_MM:.0f} mm outside it) separating it from {touching}: its border there is not "
+            "in the image and is drawn at its wall's thickness from its contents; its outline and volume "
+            "are uncertain.")))
     voxel_ml = float(np.prod(spacing)) / 1000.0
     deep = ndimage.distance_transform_edt(sub, sampling=spacing) > STOMACH_WALL_MM
     for other, theirs in neighbours:
@@ -511,6 +542,33 @@ def stomach_checks(
                 f"({median:.0f} HU) more than {STOMACH_WALL_MM:.0f} mm inside its contour, joined to "
                 f"{other}: the contour has spilled into {other}; its outline and volume are wrong.")))
     return found
+
+
+def _unseparated_surface(
+    values: np.ndarray, mask: np.ndarray, spacing: Sequence[float],
+    neighbours: Sequence[tuple[str, np.ndarray]],
+) -> tuple[float, str]:
+    """The share of ``mask``'s surface with no fat or gas (below -30 HU) within :data:`STOMACH_PLANE_MM`
+    outside it, and what touches it there (the neighbours' names whose masks hold a tenth of what lies
+    against that part; "the tissue around it" where they hold under half of it)."""
+    surface = mask & ~ndimage.binary_erosion(mask)
+    if not surface.any():
+        return 0.0, ""
+    beyond = ndimage.distance_transform_edt(~mask, sampling=spacing)
+    plane = ~mask & (beyond <= STOMACH_PLANE_MM) & (values < -30.0)
+    if plane.any():
+        seen = ndimage.distance_transform_edt(~plane, sampling=spacing) <= STOMACH_PLANE_MM
+    else:
+        seen = np.zeros_like(mask)
+    unseen = surface & ~seen
+    fraction = float(np.count_nonzero(unseen)) / float(np.count_nonzero(surface))
+    against = ndimage.binary_dilation(unseen) & ~mask
+    total = max(np.count_nonzero(against), 1)
+    names = [name for name, theirs in neighbours if np.count_nonzero(against & theirs) >= 0.1 * total]
+    named = np.logical_or.reduce([theirs for _, theirs in neighbours]) if neighbours else np.zeros_like(mask)
+    if np.count_nonzero(against & ~named) >= 0.5 * total:
+        names.append("the tissue around it")
+    return fraction, " and ".join(names)
 
 
 def child_scale(diameter_cm: float) -> float | None:
@@ -611,7 +669,7 @@ def assess(
         if sampled[s.label] is None:
             sampled[s.label] = np.ascontiguousarray(s.mask[:: step[0], :: step[1], :: step[2]])
     soft_tissue: dict[str, np.ndarray] = {}  # per grid: inside the body (above -500 HU)
-    neighbour_stats: dict[str, tuple[float, float]] = {}
+    neighbour_stats: dict[str, tuple[float, float] | None] = {}
     for segment in segments:
         volume = float(counts[segment.label]) * voxel_ml
         mask = sampled[segment.label]

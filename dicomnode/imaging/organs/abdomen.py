@@ -37,7 +37,7 @@ from skimage.morphology import convex_hull_image
 from skimage.segmentation import watershed
 
 from dicomnode.errors import ImagingError
-from dicomnode.imaging.assess import PRIORS
+from dicomnode.imaging.assess import PRIORS, STOMACH_GAS_FRACTION
 from dicomnode.imaging.morphology import closing, fill_holes, largest_components
 from dicomnode.imaging.morphology import dilate as dilate_mm
 from dicomnode.imaging.morphology import erode as erode_mm
@@ -1065,6 +1065,134 @@ def _stomach_reach(array: np.ndarray, lm: Landmarks, stomach: OrganModel, blocke
     return out
 
 
+#: The stomach's wall where no fat shows its outer border (mm; 3-5 mm distended, adult), and the range a
+#: thickness measured against fat is kept in (:func:`refine_stomach`).
+STOMACH_WALL_DEFAULT_MM = 4.0
+STOMACH_WALL_RANGE_MM = (2.0, 6.0)
+#: what the wall is measured on: its outer edge against fat over at least this share of the lumen's surface
+STOMACH_EDGE_FRACTION = 0.1
+
+
+@step("abdomen.stomach_on_source")
+def stomach_on_source(labels: sitk.Image, image: sitk.Image) -> sitk.Image:
+    """Step ``abdomen.stomach_on_source``: the organs' label map (on ``image``'s grid) with the stomach drawn
+    again on the source pixels (:func:`refine_stomach`). The competition works on the median-smoothed grid,
+    whose 3-voxel median across 5 mm slices moves the lumen's poles by a slice and wipes out a 4 mm wall at
+    2.8 mm pixels: the phantom's stomach rows lost 10-30 % of their volume there (Dice 0.71-0.89)."""
+    oriented = to_lps(sitk.Cast(image, sitk.sitkFloat32))
+    array = sitk.GetArrayFromImage(oriented)
+    out = sitk.GetArrayFromImage(to_lps(sitk.Cast(labels, sitk.sitkUInt8)))
+    spacing = tuple(float(s) for s in oriented.GetSpacing()[::-1])
+    refine_stomach(out, array, spacing)  # type: ignore[arg-type]
+    result = sitk.GetImageFromArray(out)
+    result.CopyInformation(oriented)
+    return sitk.Resample(result, labels, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+
+
+def refine_stomach(
+    labels: np.ndarray, array: np.ndarray, spacing: tuple[float, float, float]
+) -> float | None:
+    """The stomach as its lumen and the wall round it, in place on the LPS label map ``labels``; returns the
+    wall's thickness used (mm; ``None``: left as it was).
+
+    The lumen: gas (below −500 HU, with the partial volume next to it darker than the contents) and the
+    contents' level (the median of the contour's core away from the gas, ± max(2.5 × its noise, 20 HU),
+    ending half-way to the fat's and the wall's levels) within a voxel of the contour, the largest piece
+    connected through faces. The wall: voxels above the level half-way between the fat (the median of the
+    box's −200..−30 HU) and the wall (the median of what lies within 1.5 voxels outside the lumen, 40 HU
+    above the fat), connected to the lumen, free or the liver's or the spleen's, whose depth (their centre's
+    distance from the lumen's surface) is less than the wall's thickness. The thickness is measured in the
+    image: the median depth of the first fat beyond each point of the lumen's surface where fat lies within
+    the top of :data:`STOMACH_WALL_RANGE_MM` (kept in that range; not the partial volume of gas or lung, not
+    a noisy voxel of the contents), or :data:`STOMACH_WALL_DEFAULT_MM` where fat faces under
+    :data:`STOMACH_EDGE_FRACTION` of the lumen's surface (no fat plane: QC says its border is not seen,
+    :func:`dicomnode.imaging.assess.stomach_checks`). Holes are filled slice by slice. A contour half or more
+    of gas (:data:`~dicomnode.imaging.assess.STOMACH_GAS_FRACTION`: its gas pocket, the contents not found)
+    is left as it is, for QC to withhold."""
+    value = LABELS["stomach"]
+    own = labels == value
+    if np.count_nonzero(own) < 20:
+        return None
+    voxel = max(spacing)
+    box = _box(own, [int(np.ceil(12.0 / s)) + 1 for s in spacing])
+    sub, values, own = labels[box], array[box], own[box]
+    fatty = values[(values >= -200.0) & (values <= -30.0)]
+    fat = float(np.median(fatty)) if fatty.size >= 50 else -100.0
+    gas = values < -500.0
+    if np.count_nonzero(own & gas) >= STOMACH_GAS_FRACTION * np.count_nonzero(own):
+        # its gas pocket without contents of their own (food at the wall's level is not told from the wall):
+        # a wall drawn round it would only hide from QC that the contour is not the stomach
+        log.debug("stomach on the source grid: %.0f %% of its contour is gas, left as it is",
+                  100.0 * np.count_nonzero(own & gas) / np.count_nonzero(own))
+        return None
+    # (the contents' level and noise away from the partial volume with gas)
+    core = erode_mm(own, 1.01 * voxel, spacing) & ~ndimage.binary_dilation(gas)
+    if np.count_nonzero(core) < 20:
+        core = own & ~gas
+        if np.count_nonzero(core) < 20:
+            return None
+    contents = float(np.median(values[core]))
+    noise = 1.4826 * float(np.median(np.abs(values[core] - contents)))
+    band = max(2.5 * noise, 20.0)
+    near = dilate_mm(own, 1.01 * voxel, spacing)
+
+    def lumen_within(low: float, high: float) -> np.ndarray:
+        inside = near & (((values >= low) & (values <= high)) | gas)
+        inside |= near & ndimage.binary_dilation(gas) & (values < contents)
+        return largest_components(inside, 1, connectivity=6)  # (diagonal steps pass through a fat plane)
+
+    lumen = lumen_within(contents - band, contents + band)
+    if not lumen.any():
+        return None
+    ring = ~lumen & (ndimage.distance_transform_edt(~lumen, sampling=spacing) <= 1.5 * voxel)
+    ring &= (values > fat + 40.0) & near
+    wall_hu = float(np.median(values[ring])) if np.count_nonzero(ring) >= 20 else contents
+    # the contents end half-way to the wall's level and the fat's (a noisy lumen ran through its wall)
+    low, high = contents - band, contents + band
+    for other in (fat, wall_hu):
+        if other < contents:
+            low = max(low, 0.5 * (contents + other))
+        elif other > contents:
+            high = min(high, 0.5 * (contents + other))
+    lumen = lumen_within(low, high)
+    if not lumen.any():
+        return None
+    dist, nearest = ndimage.distance_transform_edt(~lumen, sampling=spacing, return_indices=True)
+    # a voxel's centre from the lumen's surface: less half the nearest lumen voxel's extent that way
+    grid = np.indices(lumen.shape, sparse=True)
+    norm = np.maximum(dist, 1e-6)
+    half = sum(np.abs(nearest[i] - grid[i]) * (spacing[i] ** 2) for i in range(3)) / (2.0 * norm)
+    del nearest
+    level = 0.5 * (fat + wall_hu)
+    free = (sub == 0) | own | (sub == LABELS["liver"]) | (sub == LABELS["spleen"])
+    depth = dist - half  # (no wall is thicker than the range's top: the liver's far side is no edge of it)
+    tissue = (values > level) & (depth <= STOMACH_WALL_RANGE_MM[1]) & free & ~gas
+    wall = _keep_seeded(tissue | lumen, lumen) & tissue & ~lumen
+    # its thickness: the depth (from the lumen's surface) of the first fat beyond it, where fat lies within
+    # the range's top of the lumen; the tissue beyond a thin fat plane is not its wall (fat: below the
+    # contents' noise too, and not enclosed by the lumen: a noisy voxel of the water is none)
+    fatlike = (values <= min(level, contents - 3.0 * noise)) & ~fill_holes(lumen)
+    fatlike &= ~ndimage.binary_dilation(gas)  # (nor the partial volume of gas or lung with tissue)
+    surface = lumen & ~ndimage.binary_erosion(lumen)
+    reach, nearest = ndimage.distance_transform_edt(~fatlike, sampling=spacing, return_indices=True)
+    at = np.nonzero(surface)
+    first = depth[tuple(nearest[i][at] for i in range(3))]
+    del nearest
+    faced = reach[at] <= STOMACH_WALL_RANGE_MM[1] + voxel
+    if np.count_nonzero(faced) >= STOMACH_EDGE_FRACTION * at[0].size:
+        thickness = float(np.clip(np.median(first[faced]), *STOMACH_WALL_RANGE_MM))
+    else:
+        thickness = STOMACH_WALL_DEFAULT_MM
+    stomach = fill_holes(lumen | (wall & (depth < thickness)), slicewise=True) & (free | lumen)
+    log.debug("stomach on the source grid: contents %.0f HU (noise %.0f), wall %.0f HU, fat %.0f HU, wall "
+              "%.1f mm (%d of %d surface voxels against fat), %d -> %d voxels", contents, noise, wall_hu, fat,
+              thickness, int(np.count_nonzero(faced)), at[0].size, int(np.count_nonzero(own)),
+              int(np.count_nonzero(stomach)))
+    sub[own & ~stomach] = 0
+    sub[stomach & free] = value
+    return thickness
+
+
 def _wall(array: np.ndarray, lm: Landmarks, inside: np.ndarray | None = None) -> np.ndarray:
     """Where no abdominal organ lies: the outer body layer, bone and its muscle attachments, the muscles
     behind and beside the spine, the back outside the rib cage, the heart and mediastinum."""
@@ -1685,6 +1813,8 @@ def liver_less_vessels(liver: sitk.Image, labels: sitk.Image) -> sitk.Image:
     the aorta or the IVC (:func:`vessels_on_source` draws the IVC's border into the liver's)."""
     mask = sitk.GetArrayFromImage(liver) > 0
     arr = sitk.GetArrayFromImage(labels)
-    out = sitk.GetImageFromArray((mask & ~np.isin(arr, list(SOURCE_VESSELS))).astype(np.uint8))
+    # (and the stomach's: :func:`stomach_on_source` draws its wall into the liver's where they touch)
+    taken = np.isin(arr, [*SOURCE_VESSELS, LABELS["stomach"]])
+    out = sitk.GetImageFromArray((mask & ~taken).astype(np.uint8))
     out.CopyInformation(liver)
     return out
