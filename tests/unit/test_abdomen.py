@@ -167,8 +167,12 @@ def test_phantom_organs_in_competition(params: dict, position: str, minimum: dic
 
 @pytest.mark.parametrize(("params", "position", "minimum"), [
     # portal phase: 130 HU blood beside the right crus and in the liver's bare area (105 HU liver), scanned
-    # feet first (the course runs the other way along the slices)
-    ({"phase": "portal"}, "feet-first", 0.85),
+    # feet first (the course runs the other way along the slices); its border in the liver drawn on the mean
+    # along its course (0.893 on the working grid's contour: 22 HU over 12 HU noise)
+    ({"phase": "portal"}, "feet-first", 0.90),
+    # another noise draw: the course's last 20 mm drew off the lumen towards what lies beyond its end (the
+    # path ran on through the slices above it; 0.846); the course now ends where the vessel does
+    ({"phase": "portal", "seed": 3}, "supine", 0.90),
     # native phase: 40 HU blood, darker than the 58 HU liver it passes through
     ({"phase": "native"}, "supine", 0.7),
 ])
@@ -177,7 +181,8 @@ def test_the_ivc_in_competition(params: dict, position: str, minimum: float) -> 
     the aorta beside it keeps its own."""
     from tests.phantoms import make_ct_phantom
 
-    ct = make_ct_phantom(seed=5, fat_planes=True, hepatic_vessels=True, ivc=True, **params)
+    params = {"seed": 5, **params}
+    ct = make_ct_phantom(fat_planes=True, hepatic_vessels=True, ivc=True, **params)
     image = ct.to_sitk()
     truth = ct.to_sitk(ct.masks["ivc"].astype(np.uint8) + 2 * ct.masks["aorta"].astype(np.uint8))
     if position == "feet-first":

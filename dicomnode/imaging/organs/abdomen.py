@@ -125,6 +125,10 @@ def _box(mask: np.ndarray, pad) -> tuple[slice, ...]:  # noqa: ANN001
     return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
 
 
+#: A vessel's disc scoring this (:func:`_disc_scores` with sectors, HU) stands out clearly from around it.
+DISTINCT_SCORE = 20.0
+
+
 def _disc_scores(
     array: np.ndarray,
     window: np.ndarray,
@@ -222,6 +226,7 @@ def _disc_path(
     change: float = 0.5,
     floor: float = -np.inf,
     sectors: bool = True,
+    ends: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The centres of discs that differ from their surroundings on every side (:func:`_disc_scores` with
     ``sectors``; without, that stand out brightest from their ring) chosen as one continuous course
@@ -229,6 +234,13 @@ def _disc_path(
     centre moves between neighbouring slices beyond ``drift`` × their distance and ``change`` per HU that
     the disc's mean changes (a vessel runs on with its blood; the most distinct disc of one slice may be a
     neighbour organ or bowel).
+
+    With ``ends`` (a score) the course may begin and end on any slice (the best-scoring run of slices, as
+    a local alignment: a vessel ends, the IVC in the right atrium) where a disc of that run scores at least
+    ``ends`` (the vessel stands out clearly somewhere; else the whole chain's course, as without); the
+    slices beyond it are not found. Without, a course running on through the tissue beyond the
+    vessel's end drew its last slices off the lumen: the HU change to what lies beyond costs less spread
+    over several slices (the phantom's IVC lost its top 5-20 mm).
     Returns rows, cols, found, each slice's score and disc mean (HU)."""
     sz, sy, sx = spacing
     nz = array.shape[0]
@@ -240,15 +252,42 @@ def _disc_path(
     def close() -> None:
         if not chain:
             return
-        back: list[np.ndarray] = []
+        back: list[np.ndarray] = []  # the whole chain's course
+        local_back: list[np.ndarray] = []  # a course beginning anywhere (-1: it begins on this slice)
         total = chain[0][3].copy()
-        for (k0, r0, c0, _, m0), (k1, r1, c1, s1, m1) in zip(chain, chain[1:], strict=False):
+        local = chain[0][3].copy()
+        best_end, best_local = (0, int(np.argmax(local))), float(np.max(local))
+        pairs = zip(chain, chain[1:], strict=False)
+        for j, ((k0, r0, c0, _, m0), (k1, r1, c1, s1, m1)) in enumerate(pairs, 1):
             dist = np.hypot((r1[:, None] - r0[None, :]) * sy, (c1[:, None] - c0[None, :]) * sx)
             cost = penalty * np.maximum(dist - drift * sz * (k1 - k0), 0.0)
             cost += change * np.abs(m1[:, None] - m0[None, :])
             best = np.argmax(total[None, :] - cost, axis=1)
             total = s1 + (total[best] - cost[np.arange(best.size), best])
             back.append(best)
+            if ends is not None:
+                reach = local[None, :] - cost
+                came = np.argmax(reach, axis=1)
+                carried = reach[np.arange(came.size), came]
+                local_back.append(np.where(carried > 0.0, came, -1))
+                local = s1 + np.maximum(carried, 0.0)
+                if float(np.max(local)) > best_local:
+                    best_end, best_local = (j, int(np.argmax(local))), float(np.max(local))
+        if ends is not None and best_local > 0.0:  # the best run of slices; beyond it the vessel has ended
+            run: list[tuple[int, int]] = []
+            j, i = best_end
+            while True:
+                run.append((j, i))
+                if j == 0 or local_back[j - 1][i] < 0:
+                    break
+                i = int(local_back[j - 1][i])
+                j -= 1
+            if max(float(chain[j][3][i]) for j, i in run) >= ends:
+                for j, i in run:
+                    k, r, c, sc, mn = chain[j]
+                    rows[k], cols[k], found[k], scores[k], means[k] = r[i], c[i], True, sc[i], mn[i]
+                chain.clear()
+                return
         i = int(np.argmax(total))
         for j in range(len(chain) - 1, -1, -1):
             k, r, c, sc, mn = chain[j]
@@ -273,7 +312,8 @@ def _disc_path(
     return rows, cols, found, scores, means
 
 
-def _trim_course(found: np.ndarray, scores: np.ndarray, confident: float = 20.0) -> tuple[np.ndarray, bool]:
+def _trim_course(found: np.ndarray, scores: np.ndarray, confident: float = DISTINCT_SCORE
+                 ) -> tuple[np.ndarray, bool]:
     """``found`` less the slices of a vessel's course (:func:`_disc_path`) beyond where it stops standing
     out (the median score of three slices below 0) on either side of its most distinct slice, when it
     stands out clearly (``confident``) somewhere: the course has ended (the IVC in the right atrium) and
@@ -355,7 +395,8 @@ def _seeds(
         # (not on the vertebral body's bone, which the window's back reaches on its right side; one
         # continuous course: the right kidney's front and the liver's veins are brighter discs on some slices)
         rows, cols, found, scores, means = _disc_path(array, window, 6.0 * s, sp, excluded=vertebra,
-                                                      tissue_hu=lm.tissue_hu, floor=lm.fat_hu + 80.0)
+                                                      tissue_hu=lm.tissue_hu, floor=lm.fat_hu + 80.0,
+                                                      ends=DISTINCT_SCORE)
         found, distinct = _trim_course(found, scores)
         if found.any():
             # (at least a voxel's width about the centre: a child's IVC on a coarse grid)
@@ -1615,6 +1656,9 @@ def segment_organs(image: sitk.Image, body: sitk.Image, liver: sitk.Image | None
 SOURCE_VESSELS = {LABELS["aorta"]: "aorta", LABELS["ivc"]: "ivc"}
 #: Blood above this is contrast-enhanced (unenhanced blood lies at 30-70 HU on any CT).
 CONTRAST_BLOOD_HU = 80.0
+#: The least step from what lies around a vessel to its lumen on which its border is drawn on the mean along
+#: its course (:func:`refine_vessel`; 3 × the noise there, at least this).
+LOW_CONTRAST_BLOOD_HU = 15.0
 
 
 @step("abdomen.vessels_on_source")
@@ -1670,15 +1714,40 @@ def refine_vessel(
     fat = float(np.median(fatty)) if fatty.size >= 50 else -100.0
     if lumen < CONTRAST_BLOOD_HU:  # (unenhanced blood, 30-60 HU: its border against muscle and bowel of its
         return  # own level is not in the image; the working grid's contour stays and QC judges it)
-    clipped = np.clip(values, fat, lumen)
     ring = dilate_mm(own, 5.0, spacing, slicewise=True) & ~dilate_mm(own, 2.0, spacing, slicewise=True)
-    if not ring.any() or lumen - float(np.median(clipped[ring])) < max(3.0 * noise, 30.0):
-        return  # (an IVC isodense with the liver around it: no border in the image to draw; QC judges it)
+    if not ring.any():
+        return
+    floor = max(3.0 * noise, 30.0)
+    if lumen - float(np.median(np.clip(values, fat, lumen)[ring])) < floor:
+        # a lumen of low contrast (an IVC 20-30 HU above the liver around it): its border is drawn on the
+        # mean of its slice and its neighbours along its course (their contours' centres aligned; a vessel's
+        # section changes little from one slice to the next), where the noise is lower
+        values = _along_course(values, own)
+        lumen = float(np.median(values[core]))
+        noise = 1.4826 * float(np.median(np.abs(values[core] - lumen)))
+        floor = max(2.0 * noise, LOW_CONTRAST_BLOOD_HU)
+        if lumen - float(np.median(np.clip(values, fat, lumen)[ring])) < floor:
+            return  # (an IVC isodense with the liver around it: no border in the image to draw; QC judges it)
+        fraction = max(fraction, 0.5)
+        low_contrast = True
+    else:
+        low_contrast = False
+    clipped = np.clip(values, fat, lumen)
     sigma = (0.0, 4.0 / sy, 4.0 / sx)
     weight = ndimage.gaussian_filter(ring.astype(np.float32), sigma)
     around = ndimage.gaussian_filter(np.where(ring, clipped, 0.0).astype(np.float32), sigma)
     around = np.where(weight > 1e-3, around / np.maximum(weight, 1e-3), fat)
     level = around + fraction * (lumen - around)
+    if low_contrast:
+        # (a thin layer of tissue between the lumen and fat, the liver's rim behind the IVC: the mean around
+        # mixes the two and the rim, far nearer the lumen than that mean, joined it; where tissue lies in
+        # the ring nearby, the border lies between the lumen and that tissue)
+        tissue = ring & (values > 0.5 * (fat + lumen))
+        t_weight = ndimage.gaussian_filter(tissue.astype(np.float32), sigma)
+        t_around = ndimage.gaussian_filter(np.where(tissue, clipped, 0.0).astype(np.float32), sigma)
+        t_around = t_around / np.maximum(t_weight, 1e-3)
+        level = np.where(t_weight > 0.25 * np.maximum(weight, 1e-3),
+                         np.maximum(level, t_around + fraction * (lumen - t_around)), level)
     reach = dilate_mm(own, max(reach_mm, 1.01 * max(sy, sx)), spacing, slicewise=True)
     bright = values > lumen + max(4.0 * noise, 100.0)
     near = dilate_mm(own, 4.0, spacing, slicewise=True)
@@ -1693,7 +1762,7 @@ def refine_vessel(
     free = (sub == 0) | (sub == LABELS["liver"]) | own
     # where the lumen stands out from what lies around it; elsewhere (isodense tissue against it, a native
     # vessel beside muscle) there is no border in the image and the contour stays as it was
-    edge = lumen - around >= max(3.0 * noise, 30.0)
+    edge = lumen - around >= floor
     candidate = (own & ~edge) | (reach & free & ~blocked & edge & (values >= level))
     if opening_mm > 0:  # (thin spurs: a branch's origin, the partial volume towards the vertebra)
         ry, rx = int(opening_mm / sy), int(opening_mm / sx)
@@ -1712,6 +1781,30 @@ def refine_vessel(
         plane = sub[k]
         plane[own[k] & ~kept] = 0
         plane[kept] = value
+
+
+def _along_course(values: np.ndarray, own: np.ndarray) -> np.ndarray:
+    """``values`` (axial slices) where each slice holding ``own`` is the mean of itself and its neighbours
+    that hold it too, each shifted in-plane by whole pixels so that its contour's centre (smoothed along
+    the course) lies on this slice's (the course's drift between slices); other slices as they are."""
+    out = values.astype(np.float32, copy=True)
+    held = np.flatnonzero(own.any(axis=(1, 2)))
+    if held.size == 0:
+        return out
+    # (the contours' centres smoothed over five slices: a contour's own noise is no drift of the course)
+    track = np.array([ndimage.center_of_mass(own[k]) for k in held])
+    track = ndimage.uniform_filter1d(track, min(5, held.size), axis=0, mode="nearest")
+    centres = dict(zip(held.tolist(), track, strict=True))
+    for k in centres:
+        total, count = values[k].astype(np.float32), 1
+        for j in (k - 1, k + 1):
+            if j not in centres:
+                continue
+            dy, dx = np.round(centres[k] - centres[j]).astype(int)
+            total = total + ndimage.shift(values[j].astype(np.float32), (dy, dx), order=0, mode="nearest")
+            count += 1
+        out[k] = total / count
+    return out
 
 
 @step("abdomen.liver_less_vessels")
