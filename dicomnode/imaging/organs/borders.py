@@ -29,13 +29,12 @@ Each organ is worked on in its bounding box (float32 only there), so the cost fo
 from __future__ import annotations
 
 import logging
-import math
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from dicomnode.imaging.grid import spacing_of
+from dicomnode.imaging.grid import bounding_box, spacing_of
 from dicomnode.imaging.step import StepOutput, step
 
 log = logging.getLogger(__name__)
@@ -74,19 +73,6 @@ def solid_on_source(
     return StepOutput(result_image, estimates)
 
 
-def _box(mask: np.ndarray, pad: list[int]) -> tuple[slice, ...] | None:
-    """The bounding box of ``mask`` grown by ``pad`` voxels per axis (clipped to the array); None if empty."""
-    axes = []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        hit = np.flatnonzero(mask.any(axis=other))
-        if hit.size == 0:
-            return None
-        lo, hi = int(hit[0]) - pad[axis], int(hit[-1]) + pad[axis] + 1
-        axes.append(slice(max(lo, 0), min(hi, mask.shape[axis])))
-    return tuple(axes)
-
-
 def _distance(mask: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
     """Signed distance in mm to the surface of ``mask`` (negative inside), float32."""
     img = sitk.GetImageFromArray(mask.astype(np.uint8))
@@ -121,10 +107,11 @@ def redraw_border(
     """The border of label ``value`` drawn again, in place on ``labels`` (see the module docstring):
     (share of its band with a border to draw, voxels gained, voxels lost), or None when it is absent
     or too small to estimate its levels."""
-    pad = [int(math.ceil((reach_mm + shell_mm + level_mm) / s)) + 1 for s in spacing]
-    box = _box(labels == value, pad)
-    if box is None:
+    present = labels == value
+    if not present.any():
         return None
+    box = bounding_box(present, spacing, margin_mm=reach_mm + shell_mm + level_mm, extra=1)
+    del present
     sub = labels[box]  # a view: written in place
     own = sub == value
     free = sub == 0
