@@ -35,6 +35,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from dicomnode.imaging.grid import bounding_box, spacing_of
+from dicomnode.imaging.organs.common import fat_level
 from dicomnode.imaging.step import StepOutput, step
 
 log = logging.getLogger(__name__)
@@ -139,8 +140,7 @@ def redraw_border(
     # air (a lung base) and bone beyond a thin layer of fat or muscle would pull the outside's level far
     # from what touches the organ: the outside's values are clipped to the fat's level below and as far
     # above the organ's level
-    fatty = smoothed[outer & (smoothed >= -200.0) & (smoothed <= -30.0)]
-    fat = float(np.median(fatty)) if fatty.size >= 50 else -100.0
+    fat = fat_level(smoothed[outer])
     clipped = np.clip(smoothed, fat, 2.0 * median - fat)
     level_out, out_ok = _local_mean(clipped, outer, sigma)
     del clipped

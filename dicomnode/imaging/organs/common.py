@@ -33,6 +33,17 @@ def physical_axes(image: sitk.Image) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return coords[0], coords[1], coords[2]
 
 
+#: CT fat's attenuation band (HU) in which :func:`fat_level` looks for the fat near an organ.
+FAT_BAND_HU = (-200.0, -30.0)
+
+
+def fat_level(values: np.ndarray, default: float = -100.0) -> float:
+    """The fat's level among ``values`` (HU): the median of those within :data:`FAT_BAND_HU`, or ``default``
+    where fewer than 50 lie there."""
+    fatty = values[(values >= FAT_BAND_HU[0]) & (values <= FAT_BAND_HU[1])]
+    return float(np.median(fatty)) if fatty.size >= 50 else default
+
+
 def histogram_mode(
     values: np.ndarray, low: float, high: float, bin_width: float = 2.0
 ) -> tuple[float, float, float, float]:
